@@ -1,0 +1,232 @@
+//! Settings: the command line (Gunicorn's flag names, defaults and meanings) parsed into
+//! one [`Config`] the master and workers read. Parsing only: nothing here binds,
+//! forks or touches Python.
+
+pub mod bind;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+pub use self::bind::BindAddress;
+use crate::http::head::HeadLimits;
+
+/// Gunicorn's default access-log format.
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
+    r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "rgun",
+    version,
+    about = "A pre-fork HTTP server for Python WSGI applications (a drop-in Gunicorn replacement)",
+    args_override_self = true
+)]
+pub struct Config {
+    /// The WSGI application: MODULE[:CALLABLE], e.g. `myproject.wsgi:application` or
+    /// `app:create_app()`. The callable defaults to `application`.
+    #[arg(value_name = "MODULE:CALLABLE")]
+    pub app: String,
+
+    /// Address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N. Repeatable.
+    #[arg(short = 'b', long = "bind", value_name = "ADDRESS", value_parser = bind::parse)]
+    pub bind: Vec<BindAddress>,
+
+    /// Number of worker processes [default: $WEB_CONCURRENCY, else 1].
+    #[arg(short = 'w', long = "workers", value_name = "INT", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+
+    /// Python threads per worker.
+    #[arg(long = "threads", value_name = "INT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: u32,
+
+    /// Workers silent (or on one request) for more than this many seconds are killed and
+    /// restarted; 0 disables.
+    #[arg(short = 't', long = "timeout", value_name = "INT", default_value_t = 30)]
+    pub timeout: u64,
+
+    /// Seconds workers get to finish requests in flight on a graceful stop.
+    #[arg(long = "graceful-timeout", value_name = "INT", default_value_t = 30)]
+    pub graceful_timeout: u64,
+
+    /// Seconds to wait for the next request on a keep-alive connection.
+    #[arg(long = "keep-alive", value_name = "INT", default_value_t = 2)]
+    pub keepalive: u64,
+
+    /// Largest request line in bytes (0 = unlimited).
+    #[arg(long = "limit-request-line", value_name = "INT", default_value_t = 4094, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    pub limit_request_line: u32,
+
+    /// Most header fields in a request.
+    #[arg(long = "limit-request-fields", value_name = "INT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=32768))]
+    pub limit_request_fields: u32,
+
+    /// Largest header field in bytes.
+    #[arg(long = "limit-request-field_size", alias = "limit-request-field-size", value_name = "INT", default_value_t = 8190)]
+    pub limit_request_field_size: u32,
+
+    /// Change to this directory before loading the application.
+    #[arg(long = "chdir", value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Comma-separated directories to add to the Python path.
+    #[arg(long = "pythonpath", value_name = "STRING")]
+    pub pythonpath: Option<String>,
+
+    /// Set an environment variable in the workers: KEY=VALUE. Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Access log file; `-` is stdout. Off by default.
+    #[arg(long = "access-logfile", value_name = "FILE")]
+    pub access_logfile: Option<String>,
+
+    /// Access log format, with Gunicorn's atoms.
+    #[arg(long = "access-logformat", value_name = "STRING", default_value = DEFAULT_ACCESS_LOG_FORMAT)]
+    pub access_log_format: String,
+
+    /// Error log file; `-` is stderr.
+    #[arg(long = "error-logfile", alias = "log-file", value_name = "FILE", default_value = "-")]
+    pub error_logfile: String,
+
+    /// Error log level.
+    #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", value_parser = ["debug", "info", "warning", "error", "critical"])]
+    pub loglevel: String,
+
+    /// Peers trusted to set the URL scheme with X-Forwarded-* headers: comma-separated
+    /// IP addresses, or `*`.
+    #[arg(long = "forwarded-allow-ips", value_name = "STRING", default_value = "127.0.0.1,::1", value_parser = parse_allow_ips)]
+    pub forwarded_allow_ips: AllowIps,
+
+    /// Most simultaneous connections per worker.
+    #[arg(long = "worker-connections", value_name = "INT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub worker_connections: u32,
+
+    /// Restart a worker after this many requests (0 = never).
+    #[arg(long = "max-requests", value_name = "INT", default_value_t = 0)]
+    pub max_requests: u64,
+
+    /// Random extra requests, up to this many, added to --max-requests per worker.
+    #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0)]
+    pub max_requests_jitter: u64,
+
+    /// Listen queue size.
+    #[arg(long = "backlog", value_name = "INT", default_value_t = 2048)]
+    pub backlog: i32,
+
+    /// Set SO_REUSEPORT on listening sockets.
+    #[arg(long = "reuse-port")]
+    pub reuse_port: bool,
+}
+
+/// `--forwarded-allow-ips`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowIps {
+    Any,
+    List(Vec<IpAddr>),
+}
+
+impl AllowIps {
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        match self {
+            AllowIps::Any => true,
+            AllowIps::List(ips) => ips.iter().any(|a| *a == ip || a.to_canonical() == ip.to_canonical()),
+        }
+    }
+}
+
+fn parse_allow_ips(s: &str) -> Result<AllowIps, String> {
+    if s.split(',').any(|p| p.trim() == "*") {
+        return Ok(AllowIps::Any);
+    }
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<IpAddr>().map_err(|_| format!("{p:?} is not an IP address")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(AllowIps::List)
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+impl Config {
+    /// Parses the process's command line; prints one line and exits 2 on a bad one.
+    pub fn from_args() -> Config {
+        match Config::try_parse() {
+            Ok(cfg) => cfg,
+            Err(e) => match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => e.exit(),
+                _ => {
+                    let rendered = e.render().to_string();
+                    let first = rendered.lines().next().unwrap_or("invalid command line");
+                    eprintln!("rgun: {}", first.trim_start_matches("error: "));
+                    std::process::exit(2);
+                }
+            },
+        }
+    }
+
+    /// Binds in effect (Gunicorn's default when none given).
+    pub fn binds(&self) -> Vec<BindAddress> {
+        if self.bind.is_empty() {
+            vec![BindAddress::Tcp("127.0.0.1:8000".into())]
+        } else {
+            self.bind.clone()
+        }
+    }
+
+    /// `-w`, else `$WEB_CONCURRENCY`, else 1.
+    pub fn worker_count(&self) -> Result<u32, String> {
+        if let Some(n) = self.workers {
+            return Ok(n);
+        }
+        match std::env::var("WEB_CONCURRENCY") {
+            Ok(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| format!("invalid WEB_CONCURRENCY {v:?}: expected a number of workers from 1 to 1024")),
+            Err(_) => Ok(1),
+        }
+    }
+
+    pub fn head_limits(&self) -> HeadLimits {
+        HeadLimits {
+            request_line_bytes: self.limit_request_line as usize,
+            fields: self.limit_request_fields as usize,
+            field_bytes: if self.limit_request_field_size == 0 { 8190 } else { self.limit_request_field_size as usize },
+        }
+    }
+
+    pub fn pythonpath_dirs(&self) -> Vec<PathBuf> {
+        self.pythonpath
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive)
+    }
+
+    pub fn graceful_timeout(&self) -> Duration {
+        Duration::from_secs(self.graceful_timeout)
+    }
+
+    /// A short name for process titles and logs: the application spec.
+    pub fn proc_name(&self) -> &str {
+        &self.app
+    }
+}

@@ -1,0 +1,14 @@
+//! rgun: a pre-fork HTTP server for Python WSGI applications.
+//!
+//! `main.rs` parses the command line into a [`config::Config`] and hands it to
+//! [`master::run`]; see ARCHITECTURE.md for the map.
+
+pub mod config;
+pub mod http;
+pub mod log;
+pub mod master;
+pub mod python;
+pub mod scoreboard;
+pub mod signals;
+pub mod worker;
+pub mod wsgi;

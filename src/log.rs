@@ -1,0 +1,263 @@
+//! Logging in Gunicorn's formats.
+//!
+//! The error log is file descriptor 2 in every process: `--error-logfile` is opened and
+//! dup'ed onto it, so Rust's `tracing` output, Python's `sys.stderr`/`sys.stdout` and
+//! `wsgi.errors` all land in one place and a reopen is one dup2. The access log is one
+//! write(2) per line on an O_APPEND descriptor, so processes never interleave lines.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::http::head::RequestHead;
+use crate::wsgi::environ::Peer;
+
+/// Points fd 2 at `--error-logfile` (unless it is `-`) and installs the formatter.
+pub fn init_error_log(path: &str, level: &str) -> std::io::Result<()> {
+    reopen_error_log(path)?;
+    let max = match level {
+        "debug" => Level::DEBUG,
+        "info" => Level::INFO,
+        "warning" => Level::WARN,
+        _ => Level::ERROR,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(max)
+        .with_writer(std::io::stderr)
+        .event_format(GunicornFormat)
+        .try_init();
+    Ok(())
+}
+
+/// (Re)opens the error log file onto fd 2; `-` leaves stderr alone.
+pub fn reopen_error_log(path: &str) -> std::io::Result<()> {
+    if path == "-" {
+        return Ok(());
+    }
+    let file = open_append(path)?;
+    nix::unistd::dup2(file.as_raw_fd(), 2).map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+fn open_append(path: &str) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot open log file {path}: {e}"))
+    })
+}
+
+/// `[2024-05-01 12:00:00 +0000] [1234] [INFO] message`
+struct GunicornFormat;
+
+impl<S, N> FormatEvent<S, N> for GunicornFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let level = match *event.metadata().level() {
+            Level::ERROR => "ERROR",
+            Level::WARN => "WARNING",
+            Level::INFO => "INFO",
+            _ => "DEBUG",
+        };
+        write!(writer, "[{}] [{}] [{}] ", local_time("%Y-%m-%d %H:%M:%S %z"), std::process::id(), level)?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+/// The current local time through strftime(3).
+pub fn local_time(format: &str) -> String {
+    let fmt = std::ffi::CString::new(format).unwrap_or_default();
+    let mut buf = [0u8; 64];
+    // SAFETY: localtime_r fills `tm` from a valid time_t; strftime writes at most
+    // buf.len() bytes into `buf` and returns how many.
+    let n = unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&now, &mut tm);
+        libc::strftime(buf.as_mut_ptr().cast(), buf.len(), fmt.as_ptr(), &tm)
+    };
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// One request, as the access log sees it.
+pub struct AccessRecord<'a> {
+    pub head_bytes: &'a [u8],
+    pub head: &'a RequestHead,
+    pub peer: &'a Peer,
+    pub status: u16,
+    pub body_bytes: u64,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Atom {
+    Literal(String),
+    RemoteAddr,
+    Dash,
+    User,
+    Time,
+    RequestLine,
+    Method,
+    Path,
+    Query,
+    Protocol,
+    Status,
+    BytesOrZero,
+    BytesOrDash,
+    Referer,
+    UserAgent,
+    Seconds,
+    Millis,
+    Micros,
+    DecimalSeconds,
+    Pid,
+    RequestHeader(String),
+}
+
+/// The access log: a compiled `--access-logformat` and its destination.
+pub struct AccessLog {
+    atoms: Vec<Atom>,
+    path: String,
+    file: Option<File>,
+    line: String,
+}
+
+impl AccessLog {
+    pub fn open(path: &str, format: &str) -> std::io::Result<AccessLog> {
+        let mut log = AccessLog { atoms: compile(format), path: path.to_owned(), file: None, line: String::new() };
+        log.reopen()?;
+        Ok(log)
+    }
+
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        self.file = if self.path == "-" { None } else { Some(open_append(&self.path)?) };
+        Ok(())
+    }
+
+    pub fn write(&mut self, r: &AccessRecord<'_>) {
+        use std::fmt::Write as _;
+        let line = &mut self.line;
+        line.clear();
+        let header = |name: &str| -> Option<String> {
+            r.head.headers.iter().find(|(n, _)| r.head_bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| String::from_utf8_lossy(&r.head_bytes[v.clone()]).into_owned())
+        };
+        let text = |range: std::ops::Range<usize>| String::from_utf8_lossy(&r.head_bytes[range]).into_owned();
+        let protocol = if r.head.minor_version == 0 { "HTTP/1.0" } else { "HTTP/1.1" };
+        for atom in &self.atoms {
+            let _ = match atom {
+                Atom::Literal(s) => write!(line, "{s}"),
+                Atom::RemoteAddr => write!(line, "{}", if r.peer.addr.is_empty() { "-" } else { &r.peer.addr }),
+                Atom::Dash | Atom::User => write!(line, "-"),
+                Atom::Time => write!(line, "[{}]", local_time("%d/%b/%Y:%H:%M:%S %z")),
+                Atom::RequestLine => write!(line, "{} {} {}", text(r.head.method.clone()), text(r.head.target.clone()), protocol),
+                Atom::Method => write!(line, "{}", text(r.head.method.clone())),
+                Atom::Path => write!(line, "{}", text(r.head.path.clone())),
+                Atom::Query => write!(line, "{}", text(r.head.query.clone())),
+                Atom::Protocol => write!(line, "{protocol}"),
+                Atom::Status => write!(line, "{}", r.status),
+                Atom::BytesOrZero => write!(line, "{}", r.body_bytes),
+                Atom::BytesOrDash if r.body_bytes == 0 => write!(line, "-"),
+                Atom::BytesOrDash => write!(line, "{}", r.body_bytes),
+                Atom::Referer => write!(line, "{}", header("referer").unwrap_or_else(|| "-".into())),
+                Atom::UserAgent => write!(line, "{}", header("user-agent").unwrap_or_else(|| "-".into())),
+                Atom::Seconds => write!(line, "{}", r.elapsed.as_secs()),
+                Atom::Millis => write!(line, "{}", r.elapsed.as_millis()),
+                Atom::Micros => write!(line, "{}", r.elapsed.as_micros()),
+                Atom::DecimalSeconds => write!(line, "{:.6}", r.elapsed.as_secs_f64()),
+                Atom::Pid => write!(line, "<{}>", std::process::id()),
+                Atom::RequestHeader(name) => write!(line, "{}", header(name).unwrap_or_else(|| "-".into())),
+            };
+        }
+        line.push('\n');
+        let result = match &mut self.file {
+            Some(f) => f.write_all(line.as_bytes()),
+            None => std::io::stdout().lock().write_all(line.as_bytes()),
+        };
+        if let Err(e) = result {
+            tracing::debug!("access log write failed: {e}");
+        }
+    }
+}
+
+/// Compiles a Python %-format such as `%(h)s %({x-real-ip}i)s` into atoms. Unknown
+/// atoms print `-`, as in Gunicorn.
+fn compile(format: &str) -> Vec<Atom> {
+    let mut atoms = Vec::new();
+    let mut literal = String::new();
+    let mut rest = format;
+    while let Some(i) = rest.find('%') {
+        literal.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(after) = rest.strip_prefix("%%") {
+            literal.push('%');
+            rest = after;
+            continue;
+        }
+        let parsed = rest.strip_prefix("%(").and_then(|r| r.split_once(")s"));
+        let Some((name, after)) = parsed else {
+            literal.push('%');
+            rest = &rest[1..];
+            continue;
+        };
+        if !literal.is_empty() {
+            atoms.push(Atom::Literal(std::mem::take(&mut literal)));
+        }
+        atoms.push(atom(name));
+        rest = after;
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        atoms.push(Atom::Literal(literal));
+    }
+    atoms
+}
+
+fn atom(name: &str) -> Atom {
+    match name {
+        "h" => Atom::RemoteAddr,
+        "l" => Atom::Dash,
+        "u" => Atom::User,
+        "t" => Atom::Time,
+        "r" => Atom::RequestLine,
+        "m" => Atom::Method,
+        "U" => Atom::Path,
+        "q" => Atom::Query,
+        "H" => Atom::Protocol,
+        "s" => Atom::Status,
+        "B" => Atom::BytesOrZero,
+        "b" => Atom::BytesOrDash,
+        "f" => Atom::Referer,
+        "a" => Atom::UserAgent,
+        "T" => Atom::Seconds,
+        "M" => Atom::Millis,
+        "D" => Atom::Micros,
+        "L" => Atom::DecimalSeconds,
+        "p" => Atom::Pid,
+        _ => match name.strip_prefix('{').and_then(|n| n.strip_suffix("}i")) {
+            Some(header) => Atom::RequestHeader(header.to_owned()),
+            None => Atom::Dash,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiles_the_default_format() {
+        let atoms = compile(crate::config::DEFAULT_ACCESS_LOG_FORMAT);
+        assert!(matches!(atoms[0], Atom::RemoteAddr));
+        assert!(atoms.iter().any(|a| matches!(a, Atom::UserAgent)));
+        assert!(matches!(compile("%({x-id}i)s %%")[0], Atom::RequestHeader(ref h) if h == "x-id"));
+    }
+}

@@ -1,0 +1,88 @@
+//! Opening the listening sockets, once, in the master. Workers inherit them across
+//! fork and accept on them directly; nothing is proxied and nothing is per-worker.
+
+use std::net::ToSocketAddrs;
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::config::{BindAddress, Config};
+use crate::wsgi::environ::Local;
+
+pub struct Listener {
+    pub socket: Socket,
+    /// What SERVER_NAME/SERVER_PORT say when a request has no Host header.
+    pub local: Local,
+    /// Shown in logs: `http://127.0.0.1:8000`, `unix:/run/app.sock`.
+    pub display: String,
+    /// A Unix socket file we created and remove on exit.
+    pub unix_path: Option<PathBuf>,
+}
+
+pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
+    let mut out = Vec::new();
+    for bind in cfg.binds() {
+        match &bind {
+            BindAddress::Tcp(addr) => {
+                let addrs: Vec<_> = addr.to_socket_addrs().with_context(|| format!("cannot resolve {addr}"))?.collect();
+                if addrs.is_empty() {
+                    bail!("{addr} resolves to no address");
+                }
+                for sa in addrs {
+                    let socket = Socket::new(Domain::for_address(sa), Type::STREAM, None)?;
+                    socket.set_reuse_address(true)?;
+                    if cfg.reuse_port {
+                        socket.set_reuse_port(true)?;
+                    }
+                    if sa.is_ipv6() {
+                        socket.set_only_v6(true)?;
+                    }
+                    socket.bind(&sa.into()).with_context(|| format!("cannot bind to {sa}"))?;
+                    socket.listen(cfg.backlog)?;
+                    socket.set_nonblocking(true)?;
+                    let local_addr = socket.local_addr()?.as_socket().unwrap_or(sa);
+                    out.push(Listener {
+                        socket,
+                        local: Local { name: local_addr.ip().to_string(), port: local_addr.port().to_string() },
+                        display: format!("http://{local_addr}"),
+                        unix_path: None,
+                    });
+                }
+            }
+            BindAddress::Unix(path) => {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if !meta.file_type().is_socket() {
+                        bail!("cannot bind to unix:{}: the path exists and is not a socket", path.display());
+                    }
+                    std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+                }
+                let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+                socket.bind(&SockAddr::unix(path)?).with_context(|| format!("cannot bind to unix:{}", path.display()))?;
+                socket.listen(cfg.backlog)?;
+                socket.set_nonblocking(true)?;
+                out.push(Listener {
+                    socket,
+                    local: Local { name: "localhost".into(), port: String::new() },
+                    display: format!("unix:{}", path.display()),
+                    unix_path: Some(path.clone()),
+                });
+            }
+            BindAddress::Fd(fd) => {
+                // SAFETY: the operator told us this descriptor is a listening socket we
+                // own; fstat-like validation follows through local_addr().
+                let socket = unsafe { Socket::from_raw_fd(*fd) };
+                let local = socket.local_addr().with_context(|| format!("fd://{fd} is not a socket"))?;
+                socket.set_nonblocking(true)?;
+                let (name, port) = match local.as_socket() {
+                    Some(sa) => (sa.ip().to_string(), sa.port().to_string()),
+                    None => ("localhost".into(), String::new()),
+                };
+                out.push(Listener { socket, local: Local { name, port }, display: format!("fd://{fd}"), unix_path: None });
+            }
+        }
+    }
+    Ok(out)
+}

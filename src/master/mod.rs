@@ -1,0 +1,412 @@
+//! The master (arbiter): one thread, one poll loop. It owns the listeners, the
+//! scoreboard and the worker table; it forks workers, waits for their explicit ready
+//! message, replaces the ones that die (backing off when they die young), and turns
+//! signals into intents.
+//!
+//! The master never serves HTTP and never starts Python, so fork() is always safe.
+
+pub mod listeners;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use self::listeners::{bind_all, Listener};
+use crate::config::Config;
+use crate::scoreboard::{Scoreboard, MAX_SLOTS};
+use crate::signals::SignalPipe;
+use crate::worker::{self, exit, WorkerInit};
+
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+/// Quick stop: how long workers get before SIGKILL.
+const QUICK_STOP_GRACE: Duration = Duration::from_secs(1);
+/// The longest pause between respawns of a worker that keeps dying young.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A worker that lives less than this counts as a crash for back-off.
+const YOUNG_DEATH: Duration = Duration::from_secs(2);
+
+/// The master's life, logged on every change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Booting the first workers; a boot failure now halts the server.
+    Starting,
+    Running,
+    Stopping { graceful: bool },
+}
+
+/// What a signal asks for; the loop reasons about these, not signal numbers.
+#[derive(Debug, Clone, Copy)]
+enum Intent {
+    GracefulStop,
+    QuickStop,
+    MoreWorkers,
+    FewerWorkers,
+    ReopenLogs,
+    ChildExited,
+}
+
+fn intent(sig: i32) -> Option<Intent> {
+    use signal_hook::consts::*;
+    Some(match sig {
+        SIGTERM => Intent::GracefulStop,
+        SIGINT | SIGQUIT => Intent::QuickStop,
+        SIGTTIN => Intent::MoreWorkers,
+        SIGTTOU => Intent::FewerWorkers,
+        SIGUSR1 => Intent::ReopenLogs,
+        SIGCHLD => Intent::ChildExited,
+        _ => return None,
+    })
+}
+
+struct WorkerProc {
+    pid: Pid,
+    slot: usize,
+    pipe: UnixStream,
+    inbox: Vec<u8>,
+    ready: bool,
+    spawned: Instant,
+    retiring: bool,
+}
+
+pub struct Arbiter {
+    cfg: Config,
+    listeners: Vec<Listener>,
+    scoreboard: Scoreboard,
+    poll: Poll,
+    signals: SignalPipe,
+    workers: BTreeMap<usize, WorkerProc>,
+    target: usize,
+    phase: Phase,
+    stop_deadline: Option<Instant>,
+    /// Young deaths in a row, for back-off; reset when a worker becomes ready.
+    failures: u32,
+    next_spawn: Instant,
+    exit_code: i32,
+}
+
+/// Runs the server until it stops; returns the process exit status.
+pub fn run(cfg: Config) -> anyhow::Result<i32> {
+    let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
+    crate::python::interpreter_executable()?;
+    if let Some(dir) = &cfg.chdir {
+        std::env::set_current_dir(dir).with_context(|| format!("cannot chdir to {}", dir.display()))?;
+    }
+    let listeners = bind_all(&cfg)?;
+    let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
+    use signal_hook::consts::*;
+    let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGCHLD])?;
+    // SAFETY: standard dispositions for signals the master does not act on yet.
+    unsafe {
+        libc::signal(SIGHUP, libc::SIG_IGN);
+        libc::signal(SIGUSR2, libc::SIG_IGN);
+        libc::signal(SIGWINCH, libc::SIG_IGN);
+    }
+    let poll = Poll::new()?;
+    poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
+
+    tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
+    for l in &listeners {
+        tracing::info!("Listening at: {} ({})", l.display, std::process::id());
+    }
+    tracing::info!("Using worker: rgun (threads: {})", cfg.threads);
+    let mut arbiter = Arbiter {
+        cfg,
+        listeners,
+        scoreboard,
+        poll,
+        signals,
+        workers: BTreeMap::new(),
+        target: target as usize,
+        phase: Phase::Starting,
+        stop_deadline: None,
+        failures: 0,
+        next_spawn: Instant::now(),
+        exit_code: 0,
+    };
+    arbiter.run();
+    Ok(arbiter.exit_code)
+}
+
+impl Arbiter {
+    /// The supervision story: wait for something → handle it → reap → stop or converge.
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let timeout = self.next_wakeup();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("master poll failed: {e}");
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL_TOKEN => {
+                        for sig in self.signals.take() {
+                            if let Some(i) = intent(sig) {
+                                self.handle_intent(i);
+                            }
+                        }
+                    }
+                    Token(slot) => self.read_worker(slot),
+                }
+            }
+            self.reap_workers();
+            if let Phase::Stopping { .. } = self.phase {
+                if self.workers.is_empty() {
+                    self.cleanup();
+                    return;
+                }
+                if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                    self.signal_all(Signal::SIGKILL);
+                }
+            } else {
+                self.manage_workers();
+            }
+        }
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let mut wake = Instant::now() + Duration::from_secs(1);
+        if let Some(d) = self.stop_deadline {
+            wake = wake.min(d);
+        }
+        if self.live_workers() < self.target {
+            wake = wake.min(self.next_spawn);
+        }
+        wake.saturating_duration_since(Instant::now()).max(Duration::from_millis(5))
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if self.phase != phase {
+            tracing::debug!("master phase: {:?} -> {:?}", self.phase, phase);
+            self.phase = phase;
+        }
+    }
+
+    fn handle_intent(&mut self, intent: Intent) {
+        match intent {
+            Intent::GracefulStop => self.begin_stop(true),
+            Intent::QuickStop => self.begin_stop(false),
+            Intent::MoreWorkers => {
+                self.target = (self.target + 1).min(MAX_SLOTS);
+                tracing::info!("Number of workers: {}", self.target);
+            }
+            Intent::FewerWorkers => {
+                self.target = self.target.saturating_sub(1).max(1);
+                tracing::info!("Number of workers: {}", self.target);
+            }
+            Intent::ReopenLogs => {
+                if let Err(e) = crate::log::reopen_error_log(&self.cfg.error_logfile) {
+                    tracing::error!("{e}");
+                }
+                self.signal_all(Signal::SIGUSR1);
+            }
+            Intent::ChildExited => {}
+        }
+    }
+
+    fn begin_stop(&mut self, graceful: bool) {
+        if let Phase::Stopping { graceful: already } = self.phase {
+            if already && !graceful {
+                // A quick stop overrides a graceful one in progress.
+                self.phase = Phase::Stopping { graceful: false };
+                self.signal_all(Signal::SIGQUIT);
+                self.stop_deadline = Some(Instant::now() + QUICK_STOP_GRACE);
+            }
+            return;
+        }
+        tracing::info!("Handling signal: {}", if graceful { "term" } else { "int" });
+        self.set_phase(Phase::Stopping { graceful });
+        let (sig, grace) =
+            if graceful { (Signal::SIGTERM, self.cfg.graceful_timeout()) } else { (Signal::SIGQUIT, QUICK_STOP_GRACE) };
+        self.signal_all(sig);
+        self.stop_deadline = Some(Instant::now() + grace);
+    }
+
+    fn signal_all(&self, sig: Signal) {
+        for w in self.workers.values() {
+            let _ = kill(w.pid, sig);
+        }
+    }
+
+    fn live_workers(&self) -> usize {
+        self.workers.values().filter(|w| !w.retiring).count()
+    }
+
+    /// Spawn or retire workers to match the target.
+    fn manage_workers(&mut self) {
+        let live = self.live_workers();
+        if live > self.target {
+            // Retire the youngest first: the old ones are warm.
+            let extra: Vec<usize> = self
+                .workers
+                .values()
+                .filter(|w| !w.retiring)
+                .map(|w| (w.spawned, w.slot))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .rev()
+                .take(live - self.target)
+                .map(|(_, slot)| slot)
+                .collect();
+            for slot in extra {
+                if let Some(w) = self.workers.get_mut(&slot) {
+                    w.retiring = true;
+                    let _ = kill(w.pid, Signal::SIGTERM);
+                }
+            }
+        }
+        if live < self.target && Instant::now() >= self.next_spawn {
+            for _ in live..self.target {
+                if let Err(e) = self.spawn_worker() {
+                    tracing::error!("cannot spawn a worker: {e:#}");
+                    self.note_failure();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn spawn_worker(&mut self) -> anyhow::Result<()> {
+        let slot = self.scoreboard.claim(|i| self.workers.contains_key(&i)).context("no free scoreboard slot")?;
+        let (master_end, worker_end) = UnixStream::pair()?;
+        master_end.set_nonblocking(true)?;
+        let mut master_fds: Vec<i32> = self.workers.values().map(|w| w.pipe.as_raw_fd()).collect();
+        master_fds.push(master_end.as_raw_fd());
+        master_fds.extend(self.signals.fds());
+        master_fds.push(self.poll.as_raw_fd());
+        // SAFETY: the master is single-threaded, so the child inherits no lock held by
+        // another thread; the child only runs `worker::run`, which never returns.
+        match unsafe { fork() }.context("fork failed")? {
+            ForkResult::Child => worker::run(WorkerInit {
+                cfg: &self.cfg,
+                listeners: &self.listeners,
+                slot: self.scoreboard.slot(slot),
+                to_master: worker_end,
+                master_fds,
+                master_signals: self.signals.ids(),
+            }),
+            ForkResult::Parent { child } => {
+                drop(worker_end);
+                self.scoreboard.assign(slot, child.as_raw());
+                self.poll.registry().register(&mut SourceFd(&master_end.as_raw_fd()), Token(slot), Interest::READABLE)?;
+                self.workers.insert(
+                    slot,
+                    WorkerProc { pid: child, slot, pipe: master_end, inbox: Vec::new(), ready: false, spawned: Instant::now(), retiring: false },
+                );
+                tracing::debug!("spawned worker {child} in slot {slot}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads what a worker says: `R\n` when ready, `E<text>` before it exits on a boot
+    /// failure.
+    fn read_worker(&mut self, slot: usize) {
+        let Some(w) = self.workers.get_mut(&slot) else { return };
+        let mut buf = [0u8; 4096];
+        loop {
+            match (&w.pipe).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => w.inbox.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        if !w.ready && w.inbox.starts_with(b"R\n") {
+            w.ready = true;
+            w.inbox.drain(..2);
+            self.failures = 0;
+            if self.phase == Phase::Starting && self.workers.values().filter(|w| w.ready).count() >= self.target {
+                tracing::info!("All {} workers ready", self.target);
+                self.set_phase(Phase::Running);
+            }
+        }
+    }
+
+    /// Collects exited workers and decides what their exit means.
+    fn reap_workers(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(s) => s,
+            };
+            let (pid, code, signal) = match status {
+                WaitStatus::Exited(pid, code) => (pid, Some(code), None),
+                WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
+                _ => continue,
+            };
+            let Some(slot) = self.workers.iter().find(|(_, w)| w.pid == pid).map(|(s, _)| *s) else { continue };
+            let mut w = self.workers.remove(&slot).expect("present");
+            self.read_remaining(&mut w);
+            let _ = self.poll.registry().deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
+            self.scoreboard.release(slot);
+            let boot_error = (w.inbox.first() == Some(&b'E')).then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
+            if let Some(text) = &boot_error {
+                tracing::error!("{text}");
+            }
+            let stopping = matches!(self.phase, Phase::Stopping { .. });
+            match (code, signal) {
+                (Some(0), _) if stopping || w.retiring => tracing::debug!("worker {pid} exited"),
+                (Some(0), _) => tracing::info!("Worker exiting (pid: {pid})"),
+                (Some(c), _) => tracing::error!("Worker (pid:{pid}) exited with code {c}"),
+                (_, Some(sig)) if stopping && sig == Signal::SIGKILL => {
+                    tracing::warn!("Worker (pid:{pid}) was killed after the graceful timeout")
+                }
+                (_, Some(sig)) => tracing::error!("Worker (pid:{pid}) was sent {sig}!"),
+                _ => {}
+            }
+            if stopping {
+                continue;
+            }
+            let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
+            if failed_boot && self.phase == Phase::Starting {
+                let reason = if code == Some(exit::APP_LOAD_ERROR) { "App failed to load." } else { "Worker failed to boot." };
+                tracing::error!("Shutting down: {reason}");
+                self.exit_code = code.unwrap_or(1);
+                self.begin_stop(false);
+                continue;
+            }
+            if failed_boot || (!w.retiring && w.spawned.elapsed() < YOUNG_DEATH) {
+                self.note_failure();
+                tracing::warn!("Worker failed early; next spawn in {:.1}s", self.next_spawn.saturating_duration_since(Instant::now()).as_secs_f64());
+            }
+        }
+    }
+
+    fn note_failure(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let backoff = Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(16))).min(MAX_BACKOFF);
+        self.next_spawn = Instant::now() + backoff;
+    }
+
+    fn read_remaining(&self, w: &mut WorkerProc) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = (&w.pipe).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            w.inbox.extend_from_slice(&buf[..n]);
+        }
+        if w.inbox.starts_with(b"R\n") {
+            w.inbox.drain(..2);
+        }
+    }
+
+    fn cleanup(&mut self) {
+        for l in &self.listeners {
+            if let Some(path) = &l.unix_path {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        tracing::info!("Shutting down: Master");
+    }
+}

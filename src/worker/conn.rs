@@ -1,0 +1,389 @@
+//! One client connection: the state machine that reads a request head and body from a
+//! non-blocking socket, hands complete requests to the application, sends the response
+//! and loops for keep-alive and pipelining.
+//!
+//! A request reaches Python only when its head and body are complete, so a slow client
+//! never holds the interpreter. Every state has a deadline the event loop enforces.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use super::body::{BodyError, BodyReader};
+use super::respond::{close_result, write_fd, Pump, RespondError, Responding};
+use super::ServeContext;
+use crate::http::head::{parse_head, BodyFraming, RequestHead};
+use crate::http::response::{write_error, RequestFacts};
+use crate::http::HttpError;
+use crate::log::AccessRecord;
+use crate::wsgi::environ::{is_https, Local, Peer, RequestInfo};
+use crate::wsgi::input::Body;
+
+/// How much we try to read per recv(2).
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// After an error response, how long we read and discard before closing, so the client
+/// sees our answer rather than a reset.
+const DRAIN_SECS: u64 = 1;
+
+enum State {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// Receiving the request body.
+    Body(BodyReader),
+    /// Sending the application's response.
+    Responding(Box<Responding>),
+    /// Sending a server-generated error response, then closing.
+    Closing { out: Vec<u8>, pos: usize },
+    /// Our side is shut down; discarding input until the client closes.
+    Draining,
+}
+
+/// What the event loop should do with the connection after `drive`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drive {
+    /// Waiting for the socket; keep it registered.
+    Wait,
+    /// Done with it: close and forget.
+    Close,
+}
+
+pub struct Conn {
+    pub sock: socket2::Socket,
+    peer: Peer,
+    local: std::rc::Rc<Local>,
+    read_buf: Vec<u8>,
+    read_start: usize,
+    head: RequestHead,
+    head_bytes: Vec<u8>,
+    state: State,
+    /// When the current state gives up (idle keep-alive, slow head, stalled I/O).
+    pub deadline: Instant,
+    /// A request is between its first byte and its last response byte.
+    pub in_request: bool,
+    request_started: Instant,
+    served: u64,
+}
+
+impl Conn {
+    pub fn new(sock: socket2::Socket, peer: Peer, local: std::rc::Rc<Local>, first_byte_timeout: Duration) -> Conn {
+        Conn {
+            sock,
+            peer,
+            local,
+            read_buf: Vec::new(),
+            read_start: 0,
+            head: RequestHead::default(),
+            head_bytes: Vec::new(),
+            state: State::Head,
+            deadline: Instant::now() + first_byte_timeout,
+            in_request: false,
+            request_started: Instant::now(),
+            served: 0,
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Idle between requests, with nothing buffered: safe to close at any moment.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Head) && !self.in_request && self.read_start == self.read_buf.len()
+    }
+
+    /// Runs the state machine until it must wait for the socket or is done.
+    pub fn drive(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Drive {
+        loop {
+            let step = match &mut self.state {
+                State::Head => self.step_head(py, ctx),
+                State::Body(_) => self.step_body(py, ctx),
+                State::Responding(_) => self.step_respond(py, ctx),
+                State::Closing { .. } => self.step_closing(),
+                State::Draining => self.step_draining(),
+            };
+            match step {
+                Step::Continue => {}
+                Step::Wait => return Drive::Wait,
+                Step::Close => return Drive::Close,
+            }
+        }
+    }
+
+    fn step_head(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
+        if self.read_start < self.read_buf.len() {
+            let buf = &self.read_buf[self.read_start..];
+            match parse_head(buf, &ctx.settings.limits, &mut self.head) {
+                Ok(Some(n)) => {
+                    self.head_bytes.clear();
+                    self.head_bytes.extend_from_slice(&buf[..n]);
+                    self.read_start += n;
+                    return self.on_head(py, ctx);
+                }
+                Ok(None) => {}
+                Err(e) => return self.fail(&e),
+            }
+        } else if ctx.stopping {
+            return Step::Close;
+        }
+        let was_empty = self.read_start == self.read_buf.len();
+        match self.fill() {
+            Ok(0) => Step::Close,
+            Ok(_) => {
+                if was_empty {
+                    // The first byte of a request: the whole head must now arrive in time.
+                    self.in_request = true;
+                    self.request_started = Instant::now();
+                    self.deadline = self.request_started + ctx.settings.request_timeout;
+                }
+                Step::Continue
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait,
+            Err(_) => Step::Close,
+        }
+    }
+
+    fn on_head(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
+        if !self.in_request {
+            self.in_request = true;
+            self.request_started = Instant::now();
+        }
+        match BodyReader::new(self.head.framing) {
+            None => self.run_app(py, ctx, Body::Empty),
+            Some(reader) => {
+                if self.head.expects_continue && self.read_start == self.read_buf.len() {
+                    // Best effort: a full socket buffer here means the client is not
+                    // waiting for it anyway.
+                    let _ = write_fd(self.fd(), b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                self.deadline = Instant::now() + ctx.settings.request_timeout;
+                self.state = State::Body(reader);
+                Step::Continue
+            }
+        }
+    }
+
+    fn step_body(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
+        let State::Body(reader) = &mut self.state else { unreachable!() };
+        if self.read_start < self.read_buf.len() {
+            match reader.feed(&self.read_buf[self.read_start..]) {
+                Ok(n) => self.read_start += n,
+                Err(BodyError::Http(e)) => return self.fail(&e),
+                Err(e @ BodyError::Spill(_)) => {
+                    tracing::error!("{e}");
+                    return self.fail_status(500, "Internal Server Error");
+                }
+            }
+        }
+        if reader.is_done() {
+            let State::Body(reader) = std::mem::replace(&mut self.state, State::Head) else { unreachable!() };
+            return match reader.finish() {
+                Ok(body) => self.run_app(py, ctx, body),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    self.fail_status(500, "Internal Server Error")
+                }
+            };
+        }
+        self.compact();
+        match self.fill() {
+            Ok(0) => Step::Close,
+            Ok(_) => {
+                self.deadline = Instant::now() + ctx.settings.request_timeout;
+                Step::Continue
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait,
+            Err(_) => Step::Close,
+        }
+    }
+
+    fn run_app(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>, body: Body) -> Step {
+        let https = match is_https(&self.head_bytes, &self.head, self.peer.trusted) {
+            Ok(h) => h,
+            Err(e) => return self.fail(&e),
+        };
+        ctx.scoreboard_begin();
+        let facts = RequestFacts {
+            minor_version: self.head.minor_version,
+            is_head: self.head.is_head_method(&self.head_bytes),
+            close: self.head.wants_close || ctx.stopping || ctx.last_request(),
+            known_length: None,
+        };
+        let info = RequestInfo {
+            head_bytes: &self.head_bytes,
+            head: &self.head,
+            peer: &self.peer,
+            local: &self.local,
+            https,
+        };
+        let response = match ctx.app.call(py, &info, body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.log_app_error(&crate::python::format_exception(py, &e));
+                return self.fail_status(500, "Internal Server Error");
+            }
+        };
+        match Responding::start(py, ctx.app, response, facts, Vec::new()) {
+            Ok(r) => {
+                self.state = State::Responding(Box::new(r));
+                self.deadline = Instant::now() + ctx.settings.request_timeout;
+                Step::Continue
+            }
+            Err((e, result)) => {
+                close_result(py, result);
+                self.log_app_error(&e.to_string());
+                self.fail_status(500, "Internal Server Error")
+            }
+        }
+    }
+
+    fn log_app_error(&self, detail: &str) {
+        let path = String::from_utf8_lossy(&self.head_bytes[self.head.target.clone()]);
+        tracing::error!("Error handling request {path}\n{detail}");
+    }
+
+    fn step_respond(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
+        let fd = self.fd();
+        let State::Responding(r) = &mut self.state else { unreachable!() };
+        match r.pump(py, fd) {
+            Ok(Pump::Blocked) => {
+                self.deadline = Instant::now() + ctx.settings.request_timeout;
+                Step::Wait
+            }
+            Ok(Pump::Finished) => {
+                r.close(py);
+                let (status, bytes, close) = (r.status, r.body_bytes, r.close_after);
+                self.end_request(ctx, status, bytes);
+                if close {
+                    return self.shutdown_and_drain();
+                }
+                self.state = State::Head;
+                self.deadline = Instant::now() + ctx.settings.keepalive;
+                self.compact();
+                Step::Continue
+            }
+            Err(e) => {
+                r.close(py);
+                let status = r.status;
+                match e {
+                    RespondError::Io(_) => tracing::debug!("client went away mid-response: {e}"),
+                    other => self.log_app_error(&other.to_string()),
+                }
+                // The head may be on the wire: closing is the only honest signal left.
+                self.end_request(ctx, status, 0);
+                Step::Close
+            }
+        }
+    }
+
+    fn end_request(&mut self, ctx: &mut ServeContext<'_>, status: u16, body_bytes: u64) {
+        self.served += 1;
+        self.in_request = false;
+        ctx.scoreboard_end();
+        if let Some(log) = ctx.access_log.as_mut() {
+            log.write(&AccessRecord {
+                head_bytes: &self.head_bytes,
+                head: &self.head,
+                peer: &self.peer,
+                status,
+                body_bytes,
+                elapsed: self.request_started.elapsed(),
+            });
+        }
+    }
+
+    /// Answers a request the parser refused, then closes.
+    fn fail(&mut self, e: &HttpError) -> Step {
+        tracing::debug!("refusing request from {}: {e}", self.peer.addr);
+        let (code, reason) = e.status();
+        self.fail_status(code, reason)
+    }
+
+    fn fail_status(&mut self, code: u16, reason: &str) -> Step {
+        let mut out = Vec::new();
+        write_error(&mut out, code, reason);
+        self.state = State::Closing { out, pos: 0 };
+        self.in_request = false;
+        Step::Continue
+    }
+
+    fn step_closing(&mut self) -> Step {
+        let fd = self.fd();
+        let State::Closing { out, pos } = &mut self.state else { unreachable!() };
+        while *pos < out.len() {
+            match write_fd(fd, &out[*pos..]) {
+                Ok(n) => *pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(_) => return Step::Close,
+            }
+        }
+        self.shutdown_and_drain()
+    }
+
+    fn shutdown_and_drain(&mut self) -> Step {
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        self.state = State::Draining;
+        self.deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
+        self.read_buf.clear();
+        self.read_start = 0;
+        Step::Continue
+    }
+
+    fn step_draining(&mut self) -> Step {
+        loop {
+            self.read_buf.clear();
+            self.read_start = 0;
+            match self.fill() {
+                Ok(0) => return Step::Close,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(_) => return Step::Close,
+            }
+        }
+    }
+
+    /// Drops consumed bytes from the front of the read buffer.
+    fn compact(&mut self) {
+        if self.read_start == self.read_buf.len() {
+            self.read_buf.clear();
+            self.read_start = 0;
+        } else if self.read_start > 0 && self.read_start >= self.read_buf.len() / 2 {
+            self.read_buf.drain(..self.read_start);
+            self.read_start = 0;
+        }
+    }
+
+    /// One recv(2) into the read buffer's spare capacity.
+    fn fill(&mut self) -> io::Result<usize> {
+        if self.read_start == self.read_buf.len() {
+            self.read_buf.clear();
+            self.read_start = 0;
+        }
+        self.read_buf.reserve(READ_CHUNK_BYTES);
+        let spare = self.read_buf.spare_capacity_mut();
+        // SAFETY: recv writes at most `spare.len()` bytes into the vector's spare
+        // capacity; we only extend the length by what the kernel reports written.
+        let n = unsafe { libc::recv(self.sock.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: the kernel initialised `n` bytes past the old length.
+        unsafe { self.read_buf.set_len(self.read_buf.len() + n) };
+        Ok(n)
+    }
+
+}
+
+impl BodyFraming {
+    pub fn has_body(&self) -> bool {
+        !matches!(self, BodyFraming::None)
+    }
+}
+
+enum Step {
+    Continue,
+    Wait,
+    Close,
+}

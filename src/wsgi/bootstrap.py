@@ -1,0 +1,97 @@
+"""Python-side helpers of rgun's WSGI bridge, loaded into each worker's interpreter.
+
+Only what is simpler and more faithful in Python lives here: resolving the
+MODULE:CALLABLE spec the way Gunicorn does, and wsgi.file_wrapper. The request
+path itself is Rust.
+"""
+
+import ast
+import importlib
+import sys
+
+
+def import_app(spec):
+    """Gunicorn's rules: MODULE[:EXPR], EXPR a name, a dotted attribute path, or a
+    call of one with literal arguments (a factory such as create_app())."""
+    module_name, _, expression = spec.partition(":")
+    if not module_name:
+        raise ImportError("no module in application spec %r" % spec)
+    expression = expression or "application"
+    try:
+        tree = ast.parse(expression, mode="eval").body
+    except SyntaxError:
+        raise ImportError("failed to parse %r as an attribute name or function call" % expression) from None
+    if isinstance(tree, ast.Call):
+        target, call = tree.func, tree
+    else:
+        target, call = tree, None
+    names = []
+    while isinstance(target, ast.Attribute):
+        names.insert(0, target.attr)
+        target = target.value
+    if not isinstance(target, ast.Name):
+        raise ImportError("failed to parse %r as an attribute name or function call" % expression)
+    names.insert(0, target.id)
+    if call is not None:
+        try:
+            args = [ast.literal_eval(a) for a in call.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        except ValueError:
+            raise ImportError("failed to parse arguments as literal values: %r" % expression) from None
+    module = importlib.import_module(module_name)
+    app = module
+    for name in names:
+        try:
+            app = getattr(app, name)
+        except AttributeError:
+            raise ImportError("failed to find attribute %r in %r" % (".".join(names), module_name)) from None
+    if call is not None:
+        app = app(*args, **kwargs)
+    if app is None:
+        raise ImportError("the application object %r in %r is None" % (expression, module_name))
+    if not callable(app):
+        raise ImportError("application object %r in %r must be callable" % (expression, module_name))
+    return app
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: rgun sends it with sendfile(2) when `filelike` has a real
+    file descriptor, and iterates it in blocks otherwise."""
+
+    def __init__(self, filelike, blksize=8192):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __getitem__(self, key):
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise IndexError
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+def sendfile_fd(wrapper):
+    """The (fd, offset) to sendfile from, or None when the file-like object has no
+    usable descriptor."""
+    filelike = wrapper.filelike
+    try:
+        fd = filelike.fileno()
+        offset = filelike.tell()
+    except Exception:
+        return None
+    if hasattr(filelike, "flush"):
+        try:
+            filelike.flush()
+        except Exception:
+            return None
+    return fd, offset

@@ -1,0 +1,277 @@
+//! Building the WSGI `environ` dict from a parsed request (PEP 3333 and Gunicorn's
+//! extras such as `RAW_URI`).
+//!
+//! The constant part is built once per worker and copied per request (a C-level dict
+//! copy); keys are interned Python strings; values decode as latin-1, as the PEP says.
+
+use std::borrow::Cow;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+use crate::http::head::RequestHead;
+use crate::http::HttpError;
+
+/// Who is on the other end of a connection, formatted once per connection.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// IP address text, or empty for a Unix-socket peer.
+    pub addr: String,
+    pub port: String,
+    /// Trusted by `--forwarded-allow-ips` to set the URL scheme.
+    pub trusted: bool,
+}
+
+/// Where the connection arrived, for SERVER_NAME/SERVER_PORT when there is no Host.
+#[derive(Debug, Clone, Default)]
+pub struct Local {
+    pub name: String,
+    pub port: String,
+}
+
+/// Everything the environ needs about one request.
+pub struct RequestInfo<'a> {
+    pub head_bytes: &'a [u8],
+    pub head: &'a RequestHead,
+    pub peer: &'a Peer,
+    pub local: &'a Local,
+    pub https: bool,
+}
+
+/// Settings and interned strings shared by every request of a worker.
+pub struct EnvironBuilder {
+    base: Py<PyDict>,
+    script_name: Vec<u8>,
+    k: Keys,
+}
+
+macro_rules! keys {
+    ($($field:ident = $name:literal),* $(,)?) => {
+        struct Keys { $($field: Py<PyString>,)* }
+        impl Keys {
+            fn new(py: Python<'_>) -> Keys {
+                Keys { $($field: PyString::intern(py, $name).unbind(),)* }
+            }
+        }
+    };
+}
+
+keys! {
+    request_method = "REQUEST_METHOD",
+    script_name = "SCRIPT_NAME",
+    path_info = "PATH_INFO",
+    query_string = "QUERY_STRING",
+    raw_uri = "RAW_URI",
+    server_protocol = "SERVER_PROTOCOL",
+    remote_addr = "REMOTE_ADDR",
+    remote_port = "REMOTE_PORT",
+    server_name = "SERVER_NAME",
+    server_port = "SERVER_PORT",
+    content_type = "CONTENT_TYPE",
+    content_length = "CONTENT_LENGTH",
+    url_scheme = "wsgi.url_scheme",
+    input = "wsgi.input",
+    http = "http",
+    https_ = "https",
+    http10 = "HTTP/1.0",
+    http11 = "HTTP/1.1",
+    get = "GET",
+    empty = "",
+    port80 = "80",
+    port443 = "443",
+}
+
+impl EnvironBuilder {
+    /// `multithread`/`multiprocess` as PEP 3333 defines them for this worker.
+    pub fn new(
+        py: Python<'_>,
+        multithread: bool,
+        multiprocess: bool,
+        file_wrapper: &Bound<'_, PyAny>,
+    ) -> PyResult<EnvironBuilder> {
+        let base = PyDict::new(py);
+        base.set_item("wsgi.version", (1, 0))?;
+        base.set_item("wsgi.multithread", multithread)?;
+        base.set_item("wsgi.multiprocess", multiprocess)?;
+        base.set_item("wsgi.run_once", false)?;
+        base.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
+        base.set_item("wsgi.file_wrapper", file_wrapper)?;
+        base.set_item("wsgi.input_terminated", true)?;
+        base.set_item("SERVER_SOFTWARE", concat!("rgun/", env!("CARGO_PKG_VERSION")))?;
+        let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
+        let script_name = script_name.trim_end_matches('/').as_bytes().to_vec();
+        Ok(EnvironBuilder { base: base.unbind(), script_name, k: Keys::new(py) })
+    }
+
+    /// A fresh environ for one request; `input` becomes `wsgi.input`.
+    pub fn build<'py>(
+        &self,
+        py: Python<'py>,
+        req: &RequestInfo<'_>,
+        input: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let k = &self.k;
+        let env = self.base.bind(py).copy()?;
+        let head = req.head;
+        let bytes = req.head_bytes;
+        let method = &bytes[head.method.clone()];
+        if method == b"GET" {
+            env.set_item(&k.request_method, &k.get)?;
+        } else {
+            env.set_item(&k.request_method, latin1(py, method))?;
+        }
+        let path = percent_decode(&bytes[head.path.clone()]);
+        let (script, path_info) = match path.strip_prefix(self.script_name.as_slice()) {
+            Some(rest) if !self.script_name.is_empty() && (rest.is_empty() || rest[0] == b'/') => {
+                (&self.script_name[..], rest)
+            }
+            _ => (&b""[..], &path[..]),
+        };
+        env.set_item(&k.script_name, if script.is_empty() { k.empty.bind(py).clone() } else { latin1(py, script) })?;
+        env.set_item(&k.path_info, latin1(py, path_info))?;
+        let query = &bytes[head.query.clone()];
+        env.set_item(&k.query_string, if query.is_empty() { k.empty.bind(py).clone() } else { latin1(py, query) })?;
+        env.set_item(&k.raw_uri, latin1(py, &bytes[head.target.clone()]))?;
+        env.set_item(&k.server_protocol, if head.minor_version == 0 { &k.http10 } else { &k.http11 })?;
+        env.set_item(&k.remote_addr, PyString::new(py, &req.peer.addr))?;
+        env.set_item(&k.remote_port, PyString::new(py, &req.peer.port))?;
+        env.set_item(&k.url_scheme, if req.https { &k.https_ } else { &k.http })?;
+        env.set_item(&k.input, input)?;
+
+        let mut host: Option<&[u8]> = None;
+        let mut name_buf = Vec::with_capacity(64);
+        for (name, value) in &head.headers {
+            let name = &bytes[name.clone()];
+            let value = &bytes[value.clone()];
+            if name.eq_ignore_ascii_case(b"content-type") {
+                env.set_item(&k.content_type, latin1(py, value))?;
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                env.set_item(&k.content_length, latin1(py, value))?;
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"host") {
+                host = Some(value);
+            }
+            name_buf.clear();
+            name_buf.extend_from_slice(b"HTTP_");
+            name_buf.extend(name.iter().map(|b| if *b == b'-' { b'_' } else { b.to_ascii_uppercase() }));
+            let key = latin1(py, &name_buf);
+            // Repeated fields are joined with a comma (RFC 9110 5.3).
+            match env.get_item(&key)? {
+                Some(prev) => {
+                    let joined = format!("{},{}", prev.extract::<String>()?, latin1(py, value).to_cow()?);
+                    env.set_item(key, joined)?;
+                }
+                None => env.set_item(key, latin1(py, value))?,
+            }
+        }
+        let (server_name, server_port) = match host {
+            Some(h) => split_host(h),
+            None => (req.local.name.as_bytes(), req.local.port.as_bytes()),
+        };
+        env.set_item(&k.server_name, latin1(py, server_name))?;
+        let port = if !server_port.is_empty() {
+            latin1(py, server_port)
+        } else if req.https {
+            k.port443.bind(py).clone()
+        } else {
+            k.port80.bind(py).clone()
+        };
+        env.set_item(&k.server_port, port)?;
+        Ok(env)
+    }
+}
+
+/// `host[:port]` or `[v6]:port` → (host, port).
+fn split_host(h: &[u8]) -> (&[u8], &[u8]) {
+    let colon = if h.first() == Some(&b'[') {
+        memchr::memchr(b']', h).and_then(|end| (h.get(end + 1) == Some(&b':')).then_some(end + 1))
+    } else {
+        memchr::memrchr(b':', h)
+    };
+    match colon {
+        Some(i) => (&h[..i], &h[i + 1..]),
+        None => (h, &h[h.len()..]),
+    }
+}
+
+/// Gunicorn's `secure_scheme_headers`: from a trusted peer, these headers say whether
+/// the original request was HTTPS. Disagreeing headers are a 400, as in Gunicorn.
+pub fn is_https(head_bytes: &[u8], head: &RequestHead, trusted: bool) -> Result<bool, HttpError> {
+    if !trusted {
+        return Ok(false);
+    }
+    const SECURE: [(&[u8], &[u8]); 3] = [
+        (b"x-forwarded-protocol", b"ssl"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-ssl", b"on"),
+    ];
+    let mut verdict = None;
+    for (name, value) in &head.headers {
+        let name = &head_bytes[name.clone()];
+        let value = &head_bytes[value.clone()];
+        for (secure_name, secure_value) in SECURE {
+            if name.eq_ignore_ascii_case(secure_name) {
+                let secure = value.eq_ignore_ascii_case(secure_value);
+                if verdict.is_some_and(|v| v != secure) {
+                    return Err(HttpError::Malformed("contradictory scheme headers"));
+                }
+                verdict = Some(secure);
+            }
+        }
+    }
+    Ok(verdict.unwrap_or(false))
+}
+
+/// Bytes as a latin-1 `str` (every byte maps to the code point of the same value).
+pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+    if let Ok(ascii) = std::str::from_utf8(bytes) {
+        if ascii.is_ascii() {
+            return PyString::new(py, ascii);
+        }
+    }
+    let text: String = bytes.iter().map(|&b| char::from(b)).collect();
+    PyString::new(py, &text)
+}
+
+/// `%XX` → byte; malformed escapes stay as they are.
+pub fn percent_decode(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input.contains(&b'%') {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' && i + 2 < input.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(hi), Some(lo)) = (hex(input[i + 1]), hex(input[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(&*percent_decode(b"/a%20b%zz%4"), b"/a b%zz%4");
+        assert_eq!(&*percent_decode(b"/%C3%A9"), "/é".as_bytes());
+    }
+
+    #[test]
+    fn host_splitting() {
+        assert_eq!(split_host(b"example.com:8080"), (&b"example.com"[..], &b"8080"[..]));
+        assert_eq!(split_host(b"[::1]:80"), (&b"[::1]"[..], &b"80"[..]));
+        assert_eq!(split_host(b"[::1]"), (&b"[::1]"[..], &b""[..]));
+    }
+}

@@ -1,0 +1,71 @@
+//! The WSGI bridge: loading the application and calling it for one request.
+//!
+//! Everything that touches Python objects for a request lives under `wsgi::`; the
+//! connection (`worker::conn`) hands it a parsed request and a complete body, and gets
+//! back the application's result iterable with its `start_response` state. Nothing
+//! here does socket I/O.
+
+pub mod environ;
+pub mod input;
+pub mod start_response;
+
+use pyo3::prelude::*;
+use pyo3::types::PyModule;
+
+use self::environ::{EnvironBuilder, RequestInfo};
+use self::input::{Body, Input};
+use self::start_response::StartResponse;
+
+const BOOTSTRAP: &str = include_str!("bootstrap.py");
+
+/// A loaded application and the per-worker state needed to call it.
+pub struct App {
+    callable: Py<PyAny>,
+    environ: EnvironBuilder,
+    file_wrapper: Py<PyAny>,
+    sendfile_fd: Py<PyAny>,
+}
+
+/// What the application returned for one request.
+pub struct AppResponse {
+    pub result: Py<PyAny>,
+    pub start_response: Py<StartResponse>,
+}
+
+impl App {
+    /// Imports `spec` (`MODULE:CALLABLE`, factories allowed) the way Gunicorn does.
+    pub fn load(py: Python<'_>, spec: &str, multithread: bool, multiprocess: bool) -> PyResult<App> {
+        let bootstrap = PyModule::from_code(
+            py,
+            &std::ffi::CString::new(BOOTSTRAP).expect("no NUL in bootstrap"),
+            c"rgun_bootstrap.py",
+            c"rgun_bootstrap",
+        )?;
+        let callable = bootstrap.getattr("import_app")?.call1((spec,))?;
+        let file_wrapper = bootstrap.getattr("FileWrapper")?;
+        let environ = EnvironBuilder::new(py, multithread, multiprocess, &file_wrapper)?;
+        Ok(App {
+            callable: callable.unbind(),
+            environ,
+            file_wrapper: file_wrapper.unbind(),
+            sendfile_fd: bootstrap.getattr("sendfile_fd")?.unbind(),
+        })
+    }
+
+    /// Calls the application. An `Err` is an exception raised by the call itself.
+    pub fn call(&self, py: Python<'_>, req: &RequestInfo<'_>, body: Body) -> PyResult<AppResponse> {
+        let input = Bound::new(py, Input::new(body))?.into_any();
+        let environ = self.environ.build(py, req, input)?;
+        let start_response = Py::new(py, StartResponse::default())?;
+        let result = self.callable.bind(py).call1((environ, start_response.clone_ref(py)))?;
+        Ok(AppResponse { result: result.unbind(), start_response })
+    }
+
+    /// For a `wsgi.file_wrapper` result with a real file: its (fd, offset).
+    pub fn sendfile_source(&self, py: Python<'_>, result: &Bound<'_, PyAny>) -> Option<(i32, i64)> {
+        if !result.is_instance(self.file_wrapper.bind(py)).unwrap_or(false) {
+            return None;
+        }
+        self.sendfile_fd.bind(py).call1((result,)).ok()?.extract().ok()
+    }
+}
