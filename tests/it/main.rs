@@ -1,0 +1,11 @@
+//! rgun's integration tests: one binary, one module per area. Every test starts a real
+//! `rgun` process (see `support`) and talks to it over real sockets.
+
+mod support;
+
+mod cli;
+mod conformance;
+mod frameworks;
+mod hostile;
+mod lifecycle;
+mod wsgi;

@@ -1,0 +1,322 @@
+//! Shared test helpers: start a real `rgun` on an ephemeral loopback port (handed over
+//! as `fd://3`, so there is no port race), wait for its workers through its log, talk
+//! HTTP over real sockets, and stop what we started by pid.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The project venv made by `scripts/test` (Flask, Django, ...), if present.
+pub fn venv() -> Option<PathBuf> {
+    let v = repo_root().join(".venv");
+    v.join("pyvenv.cfg").exists().then_some(v)
+}
+
+pub fn apps_dir() -> PathBuf {
+    repo_root().join("tests").join("apps")
+}
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub log_path: PathBuf,
+    pub access_path: PathBuf,
+}
+
+pub struct ServerBuilder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    workers: u32,
+    wait_ready: bool,
+    bind_fd: bool,
+}
+
+impl ServerBuilder {
+    pub fn new(app: &str) -> ServerBuilder {
+        ServerBuilder { args: vec![app.to_owned()], env: Vec::new(), workers: 1, wait_ready: true, bind_fd: true }
+    }
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn workers(mut self, n: u32) -> Self {
+        self.workers = n;
+        self
+    }
+    /// Do not wait for "workers ready" (for start-up failure tests).
+    pub fn no_wait(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+    /// The test passes its own -b.
+    pub fn own_bind(mut self) -> Self {
+        self.bind_fd = false;
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_path = dir.path().join("error.log");
+        let access_path = dir.path().join("access.log");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
+        let port = listener.local_addr().unwrap().port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rgun"));
+        cmd.args(&self.args)
+            .arg("-w")
+            .arg(self.workers.to_string())
+            .arg("--error-logfile")
+            .arg(&log_path)
+            .arg("--access-logfile")
+            .arg(&access_path)
+            .arg("--pythonpath")
+            .arg(apps_dir())
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(v) = venv() {
+            cmd.env("VIRTUAL_ENV", v);
+        } else {
+            cmd.env_remove("VIRTUAL_ENV");
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if self.bind_fd {
+            cmd.arg("-b").arg("fd://3");
+            let fd = listener.as_raw_fd();
+            // SAFETY: dup2 is async-signal-safe; the new fd 3 has no CLOEXEC flag, so
+            // the server inherits the listening socket.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("spawn rgun");
+        drop(listener);
+        let server = Server { child, port, dir, log_path, access_path };
+        if self.wait_ready {
+            server.wait_for_log(&format!("All {} workers ready", self.workers), Duration::from_secs(30));
+        }
+        server
+    }
+}
+
+impl Server {
+    pub fn start(app: &str) -> Server {
+        ServerBuilder::new(app).start()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(&self.access_path).unwrap_or_default()
+    }
+
+    /// Waits until the error log contains `needle`; panics with the log on time-out.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting for {needle:?}; log:\n{}", self.log());
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for the master to exit; returns its status code (None: killed).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("rgun did not exit within {limit:?}; log:\n{}", self.log());
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+    }
+
+    /// Sends raw bytes on a fresh connection and reads one response.
+    pub fn request(&self, raw: &[u8]) -> Response {
+        let mut s = self.connect();
+        s.write_all(raw).expect("write request");
+        let mut r = BufReader::new(s);
+        read_response(&mut r, false).expect("a response")
+    }
+
+    /// Worker pids, from /proc (children of the master).
+    pub fn worker_pids(&self) -> Vec<i32> {
+        children_of(self.pid())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let workers = self.worker_pids();
+            self.signal(libc::SIGQUIT);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for pid in workers {
+                // SAFETY: killing processes we started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Reads one HTTP/1.1 response (Content-Length, chunked or close-delimited body).
+/// `None` when the connection closed before a status line.
+pub fn read_response(r: &mut impl BufRead, head_request: bool) -> Option<Response> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if !line.trim().is_empty() {
+            break;
+        }
+    }
+    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (n, v) = h.split_once(':')?;
+        headers.push((n.trim().to_owned(), v.trim().to_owned()));
+    }
+    let mut resp = Response { status, headers, body: Vec::new() };
+    if status == 100 {
+        return read_response(r, head_request);
+    }
+    if head_request || status == 204 || status == 304 {
+        return Some(resp);
+    }
+    if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            if n == 0 {
+                let mut end = String::new();
+                r.read_line(&mut end).ok()?;
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            resp.body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(len) = resp.header("content-length") {
+        let n: usize = len.parse().ok()?;
+        let mut body = vec![0; n];
+        r.read_exact(&mut body).ok()?;
+        resp.body = body;
+    } else {
+        r.read_to_end(&mut resp.body).ok()?;
+    }
+    Some(resp)
+}
+
+/// Resident set size of a process in bytes, from /proc.
+pub fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p
+}
