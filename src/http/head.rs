@@ -130,10 +130,10 @@ pub fn parse_head(
 
     let mut storage = [httparse::EMPTY_HEADER; 128];
     let mut heap;
-    let slots: &mut [httparse::Header] = if limits.fields < storage.len() {
-        &mut storage[..limits.fields + 1]
+    let slots: &mut [httparse::Header] = if limits.fields <= storage.len() {
+        &mut storage[..limits.fields]
     } else {
-        heap = vec![httparse::EMPTY_HEADER; limits.fields + 1];
+        heap = vec![httparse::EMPTY_HEADER; limits.fields];
         &mut heap
     };
     let mut req = httparse::Request::new(slots);
@@ -176,7 +176,9 @@ pub fn parse_head(
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
-        if name.len() + 2 + h.value.len() > limits.field_bytes {
+        // Gunicorn counts the whole field line with its CRLF.
+        let line_bytes = h.value.as_ptr() as usize + h.value.len() - h.name.as_ptr() as usize + 2;
+        if line_bytes > limits.field_bytes {
             return Err(HttpError::HeaderFieldTooLarge);
         }
         validate_value(value)?;
@@ -209,12 +211,13 @@ pub fn parse_head(
         out.headers.push((range_of(name), range_of(value)));
     }
     out.framing = match (te.present, content_length) {
-        (true, Some(_)) => return Err(HttpError::Malformed("Content-Length with Transfer-Encoding")),
+        (true, Some(_)) if !te.only_identity => return Err(HttpError::Malformed("Content-Length with Transfer-Encoding")),
         (true, None) if out.minor_version == 0 && te.chunked => {
             return Err(HttpError::Malformed("chunked encoding in HTTP/1.0"))
         }
         (true, None) if te.chunked => BodyFraming::Chunked,
-        (true, None) if te.only_identity => BodyFraming::None,
+        (true, Some(0)) | (true, None) if te.only_identity => BodyFraming::None,
+        (true, Some(n)) => BodyFraming::Length(n),
         (true, None) => return Err(HttpError::Malformed("unsupported Transfer-Encoding")),
         (false, Some(0)) | (false, None) => BodyFraming::None,
         (false, Some(n)) => BodyFraming::Length(n),
@@ -251,7 +254,7 @@ fn check_partial_fields(buf: &[u8], limits: &HeadLimits) -> Result<(), HttpError
     lines.next(); // request line, checked by the caller
     let mut count = 0;
     for line in lines {
-        if line.len() > limits.field_bytes + 1 {
+        if line.len() + 1 > limits.field_bytes {
             return Err(HttpError::HeaderFieldTooLarge);
         }
         count += 1;

@@ -71,8 +71,11 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
                 });
             }
             BindAddress::Fd(fd) => {
-                // SAFETY: the operator told us this descriptor is a listening socket we
-                // own; fstat-like validation follows through local_addr().
+                // SAFETY: F_GETFD only inspects the descriptor table.
+                if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+                    bail!("cannot bind to fd://{fd}: the descriptor is not open");
+                }
+                // SAFETY: the descriptor is open and the operator handed it to us to own.
                 let socket = unsafe { Socket::from_raw_fd(*fd) };
                 let local = socket.local_addr().with_context(|| format!("fd://{fd} is not a socket"))?;
                 socket.set_nonblocking(true)?;

@@ -108,7 +108,8 @@ impl ServerBuilder {
             // the server inherits the listening socket.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::dup2(fd, 3) < 0 {
+                    // dup2 onto itself would keep CLOEXEC, so clear it explicitly.
+                    if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
