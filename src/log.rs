@@ -47,9 +47,11 @@ pub fn reopen_error_log(path: &str) -> std::io::Result<()> {
 }
 
 fn open_append(path: &str) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot open log file {path}: {e}"))
-    })
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot open log file {path}: {e}")))
 }
 
 /// `[2024-05-01 12:00:00 +0000] [1234] [INFO] message`
@@ -60,14 +62,25 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
         let level = match *event.metadata().level() {
             Level::ERROR => "ERROR",
             Level::WARN => "WARNING",
             Level::INFO => "INFO",
             _ => "DEBUG",
         };
-        write!(writer, "[{}] [{}] [{}] ", local_time("%Y-%m-%d %H:%M:%S %z"), std::process::id(), level)?;
+        write!(
+            writer,
+            "[{}] [{}] [{}] ",
+            local_time("%Y-%m-%d %H:%M:%S %z"),
+            std::process::id(),
+            level
+        )?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
@@ -133,13 +146,22 @@ pub struct AccessLog {
 
 impl AccessLog {
     pub fn open(path: &str, format: &str) -> std::io::Result<AccessLog> {
-        let mut log = AccessLog { atoms: compile(format), path: path.to_owned(), file: None, line: String::new() };
+        let mut log = AccessLog {
+            atoms: compile(format),
+            path: path.to_owned(),
+            file: None,
+            line: String::new(),
+        };
         log.reopen()?;
         Ok(log)
     }
 
     pub fn reopen(&mut self) -> std::io::Result<()> {
-        self.file = if self.path == "-" { None } else { Some(open_append(&self.path)?) };
+        self.file = if self.path == "-" {
+            None
+        } else {
+            Some(open_append(&self.path)?)
+        };
         Ok(())
     }
 
@@ -148,17 +170,41 @@ impl AccessLog {
         let line = &mut self.line;
         line.clear();
         let header = |name: &str| -> Option<String> {
-            r.head.headers.iter().find(|(n, _)| r.head_bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| String::from_utf8_lossy(&r.head_bytes[v.clone()]).into_owned())
+            r.head
+                .headers
+                .iter()
+                .find(|(n, _)| r.head_bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| String::from_utf8_lossy(&r.head_bytes[v.clone()]).into_owned())
         };
-        let text = |range: std::ops::Range<usize>| String::from_utf8_lossy(&r.head_bytes[range]).into_owned();
-        let protocol = if r.head.minor_version == 0 { "HTTP/1.0" } else { "HTTP/1.1" };
+        let text = |range: std::ops::Range<usize>| {
+            String::from_utf8_lossy(&r.head_bytes[range]).into_owned()
+        };
+        let protocol = if r.head.minor_version == 0 {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        };
         for atom in &self.atoms {
             let _ = match atom {
                 Atom::Literal(s) => write!(line, "{s}"),
-                Atom::RemoteAddr => write!(line, "{}", if r.peer.addr.is_empty() { "-" } else { &r.peer.addr }),
+                Atom::RemoteAddr => write!(
+                    line,
+                    "{}",
+                    if r.peer.addr.is_empty() {
+                        "-"
+                    } else {
+                        &r.peer.addr
+                    }
+                ),
                 Atom::Dash | Atom::User => write!(line, "-"),
                 Atom::Time => write!(line, "[{}]", local_time("%d/%b/%Y:%H:%M:%S %z")),
-                Atom::RequestLine => write!(line, "{} {} {}", text(r.head.method.clone()), text(r.head.target.clone()), protocol),
+                Atom::RequestLine => write!(
+                    line,
+                    "{} {} {}",
+                    text(r.head.method.clone()),
+                    text(r.head.target.clone()),
+                    protocol
+                ),
                 Atom::Method => write!(line, "{}", text(r.head.method.clone())),
                 Atom::Path => write!(line, "{}", text(r.head.path.clone())),
                 Atom::Query => write!(line, "{}", text(r.head.query.clone())),
@@ -167,14 +213,22 @@ impl AccessLog {
                 Atom::BytesOrZero => write!(line, "{}", r.body_bytes),
                 Atom::BytesOrDash if r.body_bytes == 0 => write!(line, "-"),
                 Atom::BytesOrDash => write!(line, "{}", r.body_bytes),
-                Atom::Referer => write!(line, "{}", header("referer").unwrap_or_else(|| "-".into())),
-                Atom::UserAgent => write!(line, "{}", header("user-agent").unwrap_or_else(|| "-".into())),
+                Atom::Referer => {
+                    write!(line, "{}", header("referer").unwrap_or_else(|| "-".into()))
+                }
+                Atom::UserAgent => write!(
+                    line,
+                    "{}",
+                    header("user-agent").unwrap_or_else(|| "-".into())
+                ),
                 Atom::Seconds => write!(line, "{}", r.elapsed.as_secs()),
                 Atom::Millis => write!(line, "{}", r.elapsed.as_millis()),
                 Atom::Micros => write!(line, "{}", r.elapsed.as_micros()),
                 Atom::DecimalSeconds => write!(line, "{:.6}", r.elapsed.as_secs_f64()),
                 Atom::Pid => write!(line, "<{}>", std::process::id()),
-                Atom::RequestHeader(name) => write!(line, "{}", header(name).unwrap_or_else(|| "-".into())),
+                Atom::RequestHeader(name) => {
+                    write!(line, "{}", header(name).unwrap_or_else(|| "-".into()))
+                }
             };
         }
         line.push('\n');

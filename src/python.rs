@@ -51,7 +51,10 @@ fn check_venv_version(venv: &Path) -> Result<(), PythonError> {
         .ok_or_else(|| PythonError::VenvConfig(display.clone()))?;
     let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
     if minor != EMBEDDED_VERSION {
-        return Err(PythonError::VenvVersion { venv: display, found: minor });
+        return Err(PythonError::VenvVersion {
+            venv: display,
+            found: minor,
+        });
     }
     Ok(())
 }
@@ -98,7 +101,9 @@ fn status_message(status: &ffi::PyStatus) -> String {
         return "unknown error".into();
     }
     // SAFETY: err_msg is a static NUL-terminated C string owned by CPython.
-    unsafe { std::ffi::CStr::from_ptr(status.err_msg) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(status.err_msg) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Gunicorn's `sys.path` set-up: the working directory first, then `--pythonpath`
@@ -106,7 +111,10 @@ fn status_message(status: &ffi::PyStatus) -> String {
 pub fn configure_sys(py: Python<'_>, cwd: &Path, pythonpath: &[PathBuf]) -> PyResult<()> {
     let sys = py.import("sys")?;
     let path = sys.getattr("path")?;
-    for (i, dir) in std::iter::once(cwd).chain(pythonpath.iter().map(PathBuf::as_path)).enumerate() {
+    for (i, dir) in std::iter::once(cwd)
+        .chain(pythonpath.iter().map(PathBuf::as_path))
+        .enumerate()
+    {
         path.call_method1("insert", (i, dir.to_string_lossy().as_ref()))?;
     }
     sys.setattr("stdout", sys.getattr("stderr")?)?;
@@ -123,5 +131,8 @@ pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
             .extract()?;
         Ok(joined)
     });
-    formatted.unwrap_or_else(|_| err.to_string()).trim_end().to_owned()
+    formatted
+        .unwrap_or_else(|_| err.to_string())
+        .trim_end()
+        .to_owned()
 }

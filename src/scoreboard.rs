@@ -41,7 +41,8 @@ impl Slot {
     }
 
     pub fn request_begin(&self) {
-        self.request_started_ms.store(monotonic_ms().max(1), Ordering::Relaxed);
+        self.request_started_ms
+            .store(monotonic_ms().max(1), Ordering::Relaxed);
     }
 
     pub fn request_end(&self) {
@@ -51,7 +52,11 @@ impl Slot {
 
     fn reset(&self, pid: i32) {
         self.pid.store(pid, Ordering::Relaxed);
-        self.set_state(if pid == 0 { WorkerState::Free } else { WorkerState::Booting });
+        self.set_state(if pid == 0 {
+            WorkerState::Free
+        } else {
+            WorkerState::Booting
+        });
         self.requests.store(0, Ordering::Relaxed);
         self.request_started_ms.store(0, Ordering::Relaxed);
         self.heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
@@ -104,6 +109,7 @@ impl Scoreboard {
 
 /// CLOCK_MONOTONIC in milliseconds: comparable across processes on one machine.
 pub fn monotonic_ms() -> u64 {
-    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
 }

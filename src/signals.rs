@@ -4,14 +4,15 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub struct SignalPipe {
     read: UnixStream,
     /// Kept so the write end outlives the handlers that use it.
     _write: UnixStream,
-    flags: Vec<(i32, Arc<AtomicBool>)>,
+    /// How many times each signal fired since the last `take`.
+    counts: Vec<(i32, Arc<AtomicUsize>)>,
     ids: Vec<signal_hook::SigId>,
 }
 
@@ -20,15 +21,30 @@ impl SignalPipe {
         let (read, write) = UnixStream::pair()?;
         read.set_nonblocking(true)?;
         write.set_nonblocking(true)?;
-        let mut flags = Vec::new();
+        let mut counts = Vec::new();
         let mut ids = Vec::new();
         for &sig in signals {
-            let flag = Arc::new(AtomicBool::new(false));
-            ids.push(signal_hook::flag::register(sig, Arc::clone(&flag))?);
-            ids.push(signal_hook::low_level::pipe::register(sig, write.try_clone()?)?);
-            flags.push((sig, flag));
+            let count = Arc::new(AtomicUsize::new(0));
+            let in_handler = Arc::clone(&count);
+            // SAFETY: the action only does an atomic increment, which is
+            // async-signal-safe; it allocates nothing and takes no lock.
+            ids.push(unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    in_handler.fetch_add(1, Ordering::Relaxed);
+                })
+            }?);
+            ids.push(signal_hook::low_level::pipe::register(
+                sig,
+                write.try_clone()?,
+            )?);
+            counts.push((sig, count));
         }
-        Ok(SignalPipe { read, _write: write, flags, ids })
+        Ok(SignalPipe {
+            read,
+            _write: write,
+            counts,
+            ids,
+        })
     }
 
     pub fn fd(&self) -> RawFd {
@@ -45,8 +61,8 @@ impl SignalPipe {
         self.ids.clone()
     }
 
-    /// Empties the pipe and returns the signals that fired since the last call, in the
-    /// order they were installed.
+    /// Empties the pipe and returns the signals that fired since the last call (a signal
+    /// that fired twice appears twice), in the order they were installed.
     pub fn take(&self) -> Vec<i32> {
         let mut buf = [0u8; 128];
         while let Ok(n) = (&self.read).read(&mut buf) {
@@ -54,6 +70,11 @@ impl SignalPipe {
                 break;
             }
         }
-        self.flags.iter().filter(|(_, f)| f.swap(false, Ordering::Relaxed)).map(|(s, _)| *s).collect()
+        let mut fired = Vec::new();
+        for (sig, count) in &self.counts {
+            let n = count.swap(0, Ordering::Relaxed);
+            fired.extend(std::iter::repeat_n(*sig, n));
+        }
+        fired
     }
 }

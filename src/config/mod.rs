@@ -44,7 +44,12 @@ pub struct Config {
 
     /// Workers silent (or on one request) for more than this many seconds are killed and
     /// restarted; 0 disables.
-    #[arg(short = 't', long = "timeout", value_name = "INT", default_value_t = 30)]
+    #[arg(
+        short = 't',
+        long = "timeout",
+        value_name = "INT",
+        default_value_t = 30
+    )]
     pub timeout: u64,
 
     /// Seconds workers get to finish requests in flight on a graceful stop.
@@ -64,7 +69,12 @@ pub struct Config {
     pub limit_request_fields: u32,
 
     /// Largest header field in bytes.
-    #[arg(long = "limit-request-field_size", alias = "limit-request-field-size", value_name = "INT", default_value_t = 8190)]
+    #[arg(
+        long = "limit-request-field_size",
+        alias = "limit-request-field-size",
+        value_name = "INT",
+        default_value_t = 8190
+    )]
     pub limit_request_field_size: u32,
 
     /// Change to this directory before loading the application.
@@ -88,7 +98,12 @@ pub struct Config {
     pub access_log_format: String,
 
     /// Error log file; `-` is stderr.
-    #[arg(long = "error-logfile", alias = "log-file", value_name = "FILE", default_value = "-")]
+    #[arg(
+        long = "error-logfile",
+        alias = "log-file",
+        value_name = "FILE",
+        default_value = "-"
+    )]
     pub error_logfile: String,
 
     /// Error log level.
@@ -132,7 +147,9 @@ impl AllowIps {
     pub fn allows(&self, ip: IpAddr) -> bool {
         match self {
             AllowIps::Any => true,
-            AllowIps::List(ips) => ips.iter().any(|a| *a == ip || a.to_canonical() == ip.to_canonical()),
+            AllowIps::List(ips) => ips
+                .iter()
+                .any(|a| *a == ip || a.to_canonical() == ip.to_canonical()),
         }
     }
 }
@@ -144,7 +161,10 @@ fn parse_allow_ips(s: &str) -> Result<AllowIps, String> {
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<IpAddr>().map_err(|_| format!("{p:?} is not an IP address")))
+        .map(|p| {
+            p.parse::<IpAddr>()
+                .map_err(|_| format!("{p:?} is not an IP address"))
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(AllowIps::List)
 }
@@ -162,11 +182,19 @@ impl Config {
         match Config::try_parse() {
             Ok(cfg) => cfg,
             Err(e) => match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => e.exit(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    e.exit()
+                }
                 _ => {
+                    // clap explains over several lines; the first paragraph names the
+                    // problem, and we print it as one line.
                     let rendered = e.render().to_string();
-                    let first = rendered.lines().next().unwrap_or("invalid command line");
-                    eprintln!("rgun: {}", first.trim_start_matches("error: "));
+                    let summary: Vec<&str> = rendered
+                        .lines()
+                        .take_while(|l| !l.trim().is_empty())
+                        .map(str::trim)
+                        .collect();
+                    eprintln!("rgun: {}", summary.join(" ").trim_start_matches("error: "));
                     std::process::exit(2);
                 }
             },
@@ -202,7 +230,11 @@ impl Config {
         HeadLimits {
             request_line_bytes: self.limit_request_line as usize,
             fields: self.limit_request_fields as usize,
-            field_bytes: if self.limit_request_field_size == 0 { 8190 } else { self.limit_request_field_size as usize },
+            field_bytes: if self.limit_request_field_size == 0 {
+                8190
+            } else {
+                self.limit_request_field_size as usize
+            },
         }
     }
 

@@ -35,7 +35,11 @@ pub struct ChunkedDecoder {
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
-        ChunkedDecoder { state: State::Size, line: Vec::new(), trailer_bytes: 0 }
+        ChunkedDecoder {
+            state: State::Size,
+            line: Vec::new(),
+            trailer_bytes: 0,
+        }
     }
 }
 
@@ -76,7 +80,11 @@ impl ChunkedDecoder {
                     emit(&input[pos..pos + take]);
                     pos += take;
                     let left = remaining - take as u64;
-                    self.state = if left == 0 { State::DataEnd } else { State::Data(left) };
+                    self.state = if left == 0 {
+                        State::DataEnd
+                    } else {
+                        State::Data(left)
+                    };
                 }
                 State::Done => unreachable!(),
             }
@@ -85,7 +93,11 @@ impl ChunkedDecoder {
     }
 
     fn check_line_length(&self) -> Result<(), HttpError> {
-        let limit = if self.state == State::Trailers { MAX_TRAILER_BYTES } else { MAX_CHUNK_LINE_BYTES };
+        let limit = if self.state == State::Trailers {
+            MAX_TRAILER_BYTES
+        } else {
+            MAX_CHUNK_LINE_BYTES
+        };
         if self.line.len() > limit {
             Err(HttpError::Malformed("chunk line too long"))
         } else {
@@ -101,7 +113,11 @@ impl ChunkedDecoder {
         match self.state {
             State::Size => {
                 let size = parse_chunk_size(content)?;
-                self.state = if size == 0 { State::Trailers } else { State::Data(size) };
+                self.state = if size == 0 {
+                    State::Trailers
+                } else {
+                    State::Data(size)
+                };
             }
             State::DataEnd => {
                 if !content.is_empty() {
@@ -128,7 +144,10 @@ impl ChunkedDecoder {
 
 fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
     let bad = HttpError::Malformed("invalid chunk size");
-    let digits_end = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
+    let digits_end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
     let (digits, ext) = line.split_at(digits_end);
     if digits.is_empty() {
         return Err(bad);
@@ -141,7 +160,10 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
         }
     }
     let digits = {
-        let nonzero = digits.iter().position(|b| *b != b'0').unwrap_or(digits.len());
+        let nonzero = digits
+            .iter()
+            .position(|b| *b != b'0')
+            .unwrap_or(digits.len());
         &digits[nonzero..]
     };
     if digits.len() > 15 {
@@ -181,7 +203,8 @@ mod tests {
 
     #[test]
     fn decodes_and_stops_at_end() {
-        let (out, n, done) = decode_all(b"5\r\nhello\r\n6;x=y\r\n world\r\n000\r\nA: b\r\n\r\nNEXT").unwrap();
+        let (out, n, done) =
+            decode_all(b"5\r\nhello\r\n6;x=y\r\n world\r\n000\r\nA: b\r\n\r\nNEXT").unwrap();
         assert_eq!(out, b"hello world");
         assert!(done);
         assert_eq!(n, 38);
@@ -201,7 +224,15 @@ mod tests {
 
     #[test]
     fn rejects_sloppy_sizes() {
-        for bad in [&b"0 \r\n\r\n"[..], b" 0\r\n\r\n", b"\r\n", b"-5\r\n", b"5\n;\r\n", b"6_0\r\n", b"5;a\rb\r\n"] {
+        for bad in [
+            &b"0 \r\n\r\n"[..],
+            b" 0\r\n\r\n",
+            b"\r\n",
+            b"-5\r\n",
+            b"5\n;\r\n",
+            b"6_0\r\n",
+            b"5;a\rb\r\n",
+        ] {
             assert!(decode_all(bad).is_err(), "{:?}", bad);
         }
     }

@@ -23,22 +23,31 @@ pub struct HeadLimits {
 
 impl Default for HeadLimits {
     fn default() -> Self {
-        HeadLimits { request_line_bytes: 4094, fields: 100, field_bytes: 8190 }
+        HeadLimits {
+            request_line_bytes: 4094,
+            fields: 100,
+            field_bytes: 8190,
+        }
     }
 }
 
 impl HeadLimits {
     /// The most bytes a complete head may occupy before we give up waiting for it.
     pub fn max_head_bytes(&self) -> usize {
-        let line = if self.request_line_bytes == 0 { 64 * 1024 } else { self.request_line_bytes };
+        let line = if self.request_line_bytes == 0 {
+            64 * 1024
+        } else {
+            self.request_line_bytes
+        };
         line + 2 + self.fields * (self.field_bytes + 2) + 2
     }
 }
 
 /// How the request body is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyFraming {
     /// No body (no Content-Length, no chunked Transfer-Encoding).
+    #[default]
     None,
     /// Exactly this many bytes.
     Length(u64),
@@ -69,12 +78,6 @@ pub struct RequestHead {
     pub expects_continue: bool,
 }
 
-impl Default for BodyFraming {
-    fn default() -> Self {
-        BodyFraming::None
-    }
-}
-
 impl RequestHead {
     pub fn method<'a>(&self, head: &'a [u8]) -> &'a [u8] {
         &head[self.method.clone()]
@@ -94,7 +97,10 @@ pub fn parse_head(
     out: &mut RequestHead,
 ) -> Result<Option<usize>, HttpError> {
     // Gunicorn skips blank lines before a request line; so do we (RFC 9112 2.2).
-    let skip = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let skip = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
     if skip > 0 {
         // Skipping is only sound for whole CRLFs; anything else is garbage.
         let parsed = parse_head(&buf[skip..], limits, out)?;
@@ -143,7 +149,9 @@ pub fn parse_head(
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
         Err(httparse::Error::Version) => return Err(HttpError::Malformed("invalid HTTP version")),
         Err(httparse::Error::Token) => return Err(HttpError::Malformed("invalid method")),
-        Err(httparse::Error::HeaderName) => return Err(HttpError::Malformed("invalid header name")),
+        Err(httparse::Error::HeaderName) => {
+            return Err(HttpError::Malformed("invalid header name"))
+        }
         Err(httparse::Error::HeaderValue) => {
             return Err(HttpError::Malformed("invalid header value"))
         }
@@ -211,7 +219,11 @@ pub fn parse_head(
         out.headers.push((range_of(name), range_of(value)));
     }
     out.framing = match (te.present, content_length) {
-        (true, Some(_)) if !te.only_identity => return Err(HttpError::Malformed("Content-Length with Transfer-Encoding")),
+        (true, Some(_)) if !te.only_identity => {
+            return Err(HttpError::Malformed(
+                "Content-Length with Transfer-Encoding",
+            ))
+        }
         (true, None) if out.minor_version == 0 && te.chunked => {
             return Err(HttpError::Malformed("chunked encoding in HTTP/1.0"))
         }
@@ -240,12 +252,14 @@ fn shift(out: &mut RequestHead, by: usize) {
 
 /// Position just past the blank line that ends the head (`\r\n\r\n`).
 fn find_head_end(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4).or_else(|| {
-        // A head with no fields may end at the request line's `\n\r\n` only via the above;
-        // bare-LF heads are rejected by `reject_bare_lf` once complete, but we must still
-        // notice them ending, or a `\n\n` client would wait for a timeout.
-        memchr::memmem::find(buf, b"\n\n").map(|i| i + 2)
-    })
+    memchr::memmem::find(buf, b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| {
+            // A head with no fields may end at the request line's `\n\r\n` only via the above;
+            // bare-LF heads are rejected by `reject_bare_lf` once complete, but we must still
+            // notice them ending, or a `\n\n` client would wait for a timeout.
+            memchr::memmem::find(buf, b"\n\n").map(|i| i + 2)
+        })
 }
 
 /// While the head is incomplete, a single header line over the limit is already an error.
@@ -314,7 +328,10 @@ fn split_target<'a>(method: &[u8], target: &'a [u8]) -> Result<(&'a [u8], &'a [u
     };
     Ok(match memchr::memchr(b'?', without_fragment) {
         Some(i) => (&without_fragment[..i], &without_fragment[i + 1..]),
-        None => (without_fragment, &without_fragment[without_fragment.len()..]),
+        None => (
+            without_fragment,
+            &without_fragment[without_fragment.len()..],
+        ),
     })
 }
 
@@ -325,7 +342,9 @@ fn absolute_form_path(target: &[u8]) -> Result<&[u8], HttpError> {
     let scheme = &target[..colon];
     let scheme_ok = !scheme.is_empty()
         && scheme[0].is_ascii_alphabetic()
-        && scheme.iter().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b));
+        && scheme
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b));
     let after = &target[colon..];
     if !scheme_ok || !after.starts_with(b"://") {
         return Err(bad);
@@ -336,7 +355,9 @@ fn absolute_form_path(target: &[u8]) -> Result<&[u8], HttpError> {
         .position(|b| b"/?#".contains(b))
         .unwrap_or(authority_and_path.len());
     let authority = &authority_and_path[..end];
-    if authority.is_empty() || authority.iter().any(|b| b"[]".contains(b)) && !authority_is_ipv6(authority) {
+    if authority.is_empty()
+        || authority.iter().any(|b| b"[]".contains(b)) && !authority_is_ipv6(authority)
+    {
         return Err(bad);
     }
     Ok(&authority_and_path[end..])
@@ -364,7 +385,10 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return Err(bad);
     }
-    std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).ok_or(bad)
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(bad)
 }
 
 #[derive(Default)]
@@ -384,7 +408,9 @@ impl TransferCoding {
         self.present = true;
         for coding in value.split(|&b| b == b',').map(trim) {
             if self.chunked {
-                return Err(HttpError::Malformed("chunked is not the final transfer coding"));
+                return Err(HttpError::Malformed(
+                    "chunked is not the final transfer coding",
+                ));
             }
             if coding.eq_ignore_ascii_case(b"chunked") {
                 self.chunked = true;
@@ -405,8 +431,14 @@ pub fn is_token_byte(b: u8) -> bool {
 }
 
 pub fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(v.len());
-    let end = v.iter().rposition(|b| *b != b' ' && *b != b'\t').map_or(start, |i| i + 1);
+    let start = v
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| *b != b' ' && *b != b'\t')
+        .map_or(start, |i| i + 1);
     &v[start..end]
 }
 
@@ -437,7 +469,7 @@ mod tests {
     #[test]
     fn long_request_line_is_414() {
         let mut raw = b"GET /".to_vec();
-        raw.extend(std::iter::repeat(b'a').take(5000));
+        raw.extend(std::iter::repeat_n(b'a', 5000));
         assert_eq!(parse(&raw).unwrap_err(), HttpError::RequestLineTooLong);
     }
 

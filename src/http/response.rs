@@ -136,7 +136,11 @@ fn write_head_inner<'h>(
         out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(ResponseHead { status: code, framing, close })
+    Ok(ResponseHead {
+        status: code,
+        framing,
+        close,
+    })
 }
 
 /// A complete error response (used for 4xx from the parser and 500 from the bridge).
@@ -189,7 +193,10 @@ pub fn push_http_date(out: &mut Vec<u8>) {
         static CACHE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
     }
     let now = SystemTime::now();
-    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.0 != secs || cache.1.is_empty() {
@@ -204,7 +211,12 @@ mod tests {
     use super::*;
 
     fn facts() -> RequestFacts {
-        RequestFacts { minor_version: 1, is_head: false, close: false, known_length: None }
+        RequestFacts {
+            minor_version: 1,
+            is_head: false,
+            close: false,
+            known_length: None,
+        }
     }
 
     #[test]
@@ -213,7 +225,9 @@ mod tests {
         let h = [(&b"Content-Type"[..], &b"text/plain"[..])];
         let head = write_head(&mut out, "200 OK", h.iter().copied(), facts()).unwrap();
         assert_eq!(head.framing, ResponseFraming::Chunked);
-        assert!(String::from_utf8(out).unwrap().contains("Transfer-Encoding: chunked\r\n"));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("Transfer-Encoding: chunked\r\n"));
     }
 
     #[test]
@@ -230,7 +244,16 @@ mod tests {
         let mut out = Vec::new();
         let head = write_head(&mut out, "304 Not Modified", [].into_iter(), facts()).unwrap();
         assert_eq!(head.framing, ResponseFraming::NoBody);
-        let head = write_head(&mut out, "200 OK", [].into_iter(), RequestFacts { is_head: true, ..facts() }).unwrap();
+        let head = write_head(
+            &mut out,
+            "200 OK",
+            [].into_iter(),
+            RequestFacts {
+                is_head: true,
+                ..facts()
+            },
+        )
+        .unwrap();
         assert_eq!(head.framing, ResponseFraming::NoBody);
     }
 }

@@ -26,7 +26,10 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
     for bind in cfg.binds() {
         match &bind {
             BindAddress::Tcp(addr) => {
-                let addrs: Vec<_> = addr.to_socket_addrs().with_context(|| format!("cannot resolve {addr}"))?.collect();
+                let addrs: Vec<_> = addr
+                    .to_socket_addrs()
+                    .with_context(|| format!("cannot resolve {addr}"))?
+                    .collect();
                 if addrs.is_empty() {
                     bail!("{addr} resolves to no address");
                 }
@@ -39,13 +42,18 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
                     if sa.is_ipv6() {
                         socket.set_only_v6(true)?;
                     }
-                    socket.bind(&sa.into()).with_context(|| format!("cannot bind to {sa}"))?;
+                    socket
+                        .bind(&sa.into())
+                        .with_context(|| format!("cannot bind to {sa}"))?;
                     socket.listen(cfg.backlog)?;
                     socket.set_nonblocking(true)?;
                     let local_addr = socket.local_addr()?.as_socket().unwrap_or(sa);
                     out.push(Listener {
                         socket,
-                        local: Local { name: local_addr.ip().to_string(), port: local_addr.port().to_string() },
+                        local: Local {
+                            name: local_addr.ip().to_string(),
+                            port: local_addr.port().to_string(),
+                        },
                         display: format!("http://{local_addr}"),
                         unix_path: None,
                     });
@@ -55,17 +63,27 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
                     use std::os::unix::fs::FileTypeExt;
                     if !meta.file_type().is_socket() {
-                        bail!("cannot bind to unix:{}: the path exists and is not a socket", path.display());
+                        bail!(
+                            "cannot bind to unix:{}: the path exists and is not a socket",
+                            path.display()
+                        );
                     }
-                    std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+                    std::fs::remove_file(path).with_context(|| {
+                        format!("cannot remove stale socket {}", path.display())
+                    })?;
                 }
                 let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-                socket.bind(&SockAddr::unix(path)?).with_context(|| format!("cannot bind to unix:{}", path.display()))?;
+                socket
+                    .bind(&SockAddr::unix(path)?)
+                    .with_context(|| format!("cannot bind to unix:{}", path.display()))?;
                 socket.listen(cfg.backlog)?;
                 socket.set_nonblocking(true)?;
                 out.push(Listener {
                     socket,
-                    local: Local { name: "localhost".into(), port: String::new() },
+                    local: Local {
+                        name: "localhost".into(),
+                        port: String::new(),
+                    },
                     display: format!("unix:{}", path.display()),
                     unix_path: Some(path.clone()),
                 });
@@ -77,13 +95,20 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
                 }
                 // SAFETY: the descriptor is open and the operator handed it to us to own.
                 let socket = unsafe { Socket::from_raw_fd(*fd) };
-                let local = socket.local_addr().with_context(|| format!("fd://{fd} is not a socket"))?;
+                let local = socket
+                    .local_addr()
+                    .with_context(|| format!("fd://{fd} is not a socket"))?;
                 socket.set_nonblocking(true)?;
                 let (name, port) = match local.as_socket() {
                     Some(sa) => (sa.ip().to_string(), sa.port().to_string()),
                     None => ("localhost".into(), String::new()),
                 };
-                out.push(Listener { socket, local: Local { name, port }, display: format!("fd://{fd}"), unix_path: None });
+                out.push(Listener {
+                    socket,
+                    local: Local { name, port },
+                    display: format!("fd://{fd}"),
+                    unix_path: None,
+                });
             }
         }
     }

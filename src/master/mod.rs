@@ -40,7 +40,9 @@ enum Phase {
     /// Booting the first workers; a boot failure now halts the server.
     Starting,
     Running,
-    Stopping { graceful: bool },
+    Stopping {
+        graceful: bool,
+    },
 }
 
 /// What a signal asks for; the loop reasons about these, not signal numbers.
@@ -98,12 +100,14 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
     crate::python::interpreter_executable()?;
     if let Some(dir) = &cfg.chdir {
-        std::env::set_current_dir(dir).with_context(|| format!("cannot chdir to {}", dir.display()))?;
+        std::env::set_current_dir(dir)
+            .with_context(|| format!("cannot chdir to {}", dir.display()))?;
     }
     let listeners = bind_all(&cfg)?;
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
     use signal_hook::consts::*;
-    let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGCHLD])?;
+    let signals =
+        SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGCHLD])?;
     // SAFETY: standard dispositions for signals the master does not act on yet.
     unsafe {
         libc::signal(SIGHUP, libc::SIG_IGN);
@@ -111,7 +115,11 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         libc::signal(SIGWINCH, libc::SIG_IGN);
     }
     let poll = Poll::new()?;
-    poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
+    poll.registry().register(
+        &mut SourceFd(&signals.fd()),
+        SIGNAL_TOKEN,
+        Interest::READABLE,
+    )?;
 
     tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
     for l in &listeners {
@@ -182,7 +190,8 @@ impl Arbiter {
         if self.live_workers() < self.target {
             wake = wake.min(self.next_spawn);
         }
-        wake.saturating_duration_since(Instant::now()).max(Duration::from_millis(5))
+        wake.saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(5))
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -226,8 +235,11 @@ impl Arbiter {
         }
         tracing::info!("Handling signal: {}", if graceful { "term" } else { "int" });
         self.set_phase(Phase::Stopping { graceful });
-        let (sig, grace) =
-            if graceful { (Signal::SIGTERM, self.cfg.graceful_timeout()) } else { (Signal::SIGQUIT, QUICK_STOP_GRACE) };
+        let (sig, grace) = if graceful {
+            (Signal::SIGTERM, self.cfg.graceful_timeout())
+        } else {
+            (Signal::SIGQUIT, QUICK_STOP_GRACE)
+        };
         self.signal_all(sig);
         self.stop_deadline = Some(Instant::now() + grace);
     }
@@ -277,7 +289,10 @@ impl Arbiter {
     }
 
     fn spawn_worker(&mut self) -> anyhow::Result<()> {
-        let slot = self.scoreboard.claim(|i| self.workers.contains_key(&i)).context("no free scoreboard slot")?;
+        let slot = self
+            .scoreboard
+            .claim(|i| self.workers.contains_key(&i))
+            .context("no free scoreboard slot")?;
         let (master_end, worker_end) = UnixStream::pair()?;
         master_end.set_nonblocking(true)?;
         let mut master_fds: Vec<i32> = self.workers.values().map(|w| w.pipe.as_raw_fd()).collect();
@@ -298,10 +313,22 @@ impl Arbiter {
             ForkResult::Parent { child } => {
                 drop(worker_end);
                 self.scoreboard.assign(slot, child.as_raw());
-                self.poll.registry().register(&mut SourceFd(&master_end.as_raw_fd()), Token(slot), Interest::READABLE)?;
+                self.poll.registry().register(
+                    &mut SourceFd(&master_end.as_raw_fd()),
+                    Token(slot),
+                    Interest::READABLE,
+                )?;
                 self.workers.insert(
                     slot,
-                    WorkerProc { pid: child, slot, pipe: master_end, inbox: Vec::new(), ready: false, spawned: Instant::now(), retiring: false },
+                    WorkerProc {
+                        pid: child,
+                        slot,
+                        pipe: master_end,
+                        inbox: Vec::new(),
+                        ready: false,
+                        spawned: Instant::now(),
+                        retiring: false,
+                    },
                 );
                 tracing::debug!("spawned worker {child} in slot {slot}");
                 Ok(())
@@ -312,7 +339,9 @@ impl Arbiter {
     /// Reads what a worker says: `R\n` when ready, `E<text>` before it exits on a boot
     /// failure.
     fn read_worker(&mut self, slot: usize) {
-        let Some(w) = self.workers.get_mut(&slot) else { return };
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
         let mut buf = [0u8; 4096];
         loop {
             match (&w.pipe).read(&mut buf) {
@@ -325,7 +354,9 @@ impl Arbiter {
             w.ready = true;
             w.inbox.drain(..2);
             self.failures = 0;
-            if self.phase == Phase::Starting && self.workers.values().filter(|w| w.ready).count() >= self.target {
+            if self.phase == Phase::Starting
+                && self.workers.values().filter(|w| w.ready).count() >= self.target
+            {
                 tracing::info!("All {} workers ready", self.target);
                 self.set_phase(Phase::Running);
             }
@@ -344,12 +375,23 @@ impl Arbiter {
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
                 _ => continue,
             };
-            let Some(slot) = self.workers.iter().find(|(_, w)| w.pid == pid).map(|(s, _)| *s) else { continue };
+            let Some(slot) = self
+                .workers
+                .iter()
+                .find(|(_, w)| w.pid == pid)
+                .map(|(s, _)| *s)
+            else {
+                continue;
+            };
             let mut w = self.workers.remove(&slot).expect("present");
             self.read_remaining(&mut w);
-            let _ = self.poll.registry().deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
             self.scoreboard.release(slot);
-            let boot_error = (w.inbox.first() == Some(&b'E')).then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
+            let boot_error = (w.inbox.first() == Some(&b'E'))
+                .then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
             if let Some(text) = &boot_error {
                 tracing::error!("{text}");
             }
@@ -369,22 +411,34 @@ impl Arbiter {
             }
             let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
             if failed_boot && self.phase == Phase::Starting {
-                let reason = if code == Some(exit::APP_LOAD_ERROR) { "App failed to load." } else { "Worker failed to boot." };
+                let reason = if code == Some(exit::APP_LOAD_ERROR) {
+                    "App failed to load."
+                } else {
+                    "Worker failed to boot."
+                };
                 tracing::error!("Shutting down: {reason}");
                 self.exit_code = code.unwrap_or(1);
                 self.begin_stop(false);
                 continue;
             }
-            if failed_boot || (!w.retiring && w.spawned.elapsed() < YOUNG_DEATH) {
+            // A clean exit (max-requests, a retired worker) is not a crash.
+            let crashed = code != Some(0) && !w.retiring;
+            if failed_boot || (crashed && w.spawned.elapsed() < YOUNG_DEATH) {
                 self.note_failure();
-                tracing::warn!("Worker failed early; next spawn in {:.1}s", self.next_spawn.saturating_duration_since(Instant::now()).as_secs_f64());
+                tracing::warn!(
+                    "Worker failed early; next spawn in {:.1}s",
+                    self.next_spawn
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64()
+                );
             }
         }
     }
 
     fn note_failure(&mut self) {
         self.failures = self.failures.saturating_add(1);
-        let backoff = Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(16))).min(MAX_BACKOFF);
+        let backoff = Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(16)))
+            .min(MAX_BACKOFF);
         self.next_spawn = Instant::now() + backoff;
     }
 

@@ -40,7 +40,12 @@ impl BodyReader {
             BodyFraming::Length(n) => (n as usize).min(SPILL_THRESHOLD_BYTES),
             _ => 0,
         };
-        Some(BodyReader { decoder, mem: Vec::with_capacity(hint), file: None, received: 0 })
+        Some(BodyReader {
+            decoder,
+            mem: Vec::with_capacity(hint),
+            file: None,
+            received: 0,
+        })
     }
 
     pub fn is_done(&self) -> bool {
@@ -56,7 +61,12 @@ impl BodyReader {
             Decoder::Length(left) => {
                 let take = (*left).min(input.len() as u64) as usize;
                 *left -= take as u64;
-                Self::store(&mut self.mem, &mut self.file, &mut self.received, &input[..take])?;
+                Self::store(
+                    &mut self.mem,
+                    &mut self.file,
+                    &mut self.received,
+                    &input[..take],
+                )?;
                 Ok(take)
             }
             Decoder::Chunked(decoder) => {

@@ -67,7 +67,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(sock: socket2::Socket, peer: Peer, local: std::rc::Rc<Local>, first_byte_timeout: Duration) -> Conn {
+    pub fn new(
+        sock: socket2::Socket,
+        peer: Peer,
+        local: std::rc::Rc<Local>,
+        first_byte_timeout: Duration,
+    ) -> Conn {
         Conn {
             sock,
             peer,
@@ -88,9 +93,17 @@ impl Conn {
         self.sock.as_raw_fd()
     }
 
-    /// Idle between requests, with nothing buffered: safe to close at any moment.
+    /// Between requests with nothing buffered. A keep-alive connection in this state
+    /// may be closed at any moment; a fresh one (`served() == 0`) has a first request
+    /// on its way, so a draining worker still waits for it.
     pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Head) && !self.in_request && self.read_start == self.read_buf.len()
+        matches!(self.state, State::Head)
+            && !self.in_request
+            && self.read_start == self.read_buf.len()
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served
     }
 
     /// Runs the state machine until it must wait for the socket or is done.
@@ -165,7 +178,9 @@ impl Conn {
     }
 
     fn step_body(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
-        let State::Body(reader) = &mut self.state else { unreachable!() };
+        let State::Body(reader) = &mut self.state else {
+            unreachable!()
+        };
         if self.read_start < self.read_buf.len() {
             match reader.feed(&self.read_buf[self.read_start..]) {
                 Ok(n) => self.read_start += n,
@@ -177,7 +192,9 @@ impl Conn {
             }
         }
         if reader.is_done() {
-            let State::Body(reader) = std::mem::replace(&mut self.state, State::Head) else { unreachable!() };
+            let State::Body(reader) = std::mem::replace(&mut self.state, State::Head) else {
+                unreachable!()
+            };
             return match reader.finish() {
                 Ok(body) => self.run_app(py, ctx, body),
                 Err(e) => {
@@ -245,7 +262,9 @@ impl Conn {
 
     fn step_respond(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
         let fd = self.fd();
-        let State::Responding(r) = &mut self.state else { unreachable!() };
+        let State::Responding(r) = &mut self.state else {
+            unreachable!()
+        };
         match r.pump(py, fd) {
             Ok(Pump::Blocked) => {
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
@@ -310,7 +329,9 @@ impl Conn {
 
     fn step_closing(&mut self) -> Step {
         let fd = self.fd();
-        let State::Closing { out, pos } = &mut self.state else { unreachable!() };
+        let State::Closing { out, pos } = &mut self.state else {
+            unreachable!()
+        };
         while *pos < out.len() {
             match write_fd(fd, &out[*pos..]) {
                 Ok(n) => *pos += n,
@@ -364,7 +385,14 @@ impl Conn {
         let spare = self.read_buf.spare_capacity_mut();
         // SAFETY: recv writes at most `spare.len()` bytes into the vector's spare
         // capacity; we only extend the length by what the kernel reports written.
-        let n = unsafe { libc::recv(self.sock.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
+        let n = unsafe {
+            libc::recv(
+                self.sock.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                0,
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -373,7 +401,6 @@ impl Conn {
         unsafe { self.read_buf.set_len(self.read_buf.len() + n) };
         Ok(n)
     }
-
 }
 
 impl BodyFraming {

@@ -107,8 +107,13 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     }
     let cfg = init.cfg;
     use signal_hook::consts::*;
-    let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGUSR1])
-        .map_err(|e| boot_failure(&mut init.to_master, &format!("cannot install signal handlers: {e}"), exit::BOOT_ERROR))?;
+    let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGUSR1]).map_err(|e| {
+        boot_failure(
+            &mut init.to_master,
+            &format!("cannot install signal handlers: {e}"),
+            exit::BOOT_ERROR,
+        )
+    })?;
     // The master handles HUP/TTIN/...; a worker ignores them rather than dying.
     for sig in [SIGHUP, SIGTTIN, SIGTTOU, SIGUSR2, SIGWINCH] {
         // SAFETY: setting a standard disposition.
@@ -119,7 +124,8 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     }
     raise_fd_limit();
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
-    crate::python::initialize().map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?;
+    crate::python::initialize()
+        .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?;
     let workers = cfg.worker_count().unwrap_or(1);
     let app = Python::with_gil(|py| {
         crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())?;
@@ -129,11 +135,18 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         Ok(app) => app,
         Err(e) => {
             let text = Python::with_gil(|py| crate::python::format_exception(py, &e));
-            return Err(boot_failure(&mut init.to_master, &format!("Exception in worker process\n{text}"), exit::APP_LOAD_ERROR));
+            return Err(boot_failure(
+                &mut init.to_master,
+                &format!("Exception in worker process\n{text}"),
+                exit::APP_LOAD_ERROR,
+            ));
         }
     };
     let access_log = match &cfg.access_logfile {
-        Some(path) => Some(AccessLog::open(path, &cfg.access_log_format).map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?),
+        Some(path) => Some(
+            AccessLog::open(path, &cfg.access_log_format)
+                .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?,
+        ),
         None => None,
     };
     let settings = Settings {
@@ -144,8 +157,22 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         max_requests: jittered(cfg.max_requests, cfg.max_requests_jitter),
         forwarded_allow_ips: cfg.forwarded_allow_ips.clone(),
     };
-    let mut worker = EventLoop::new(init.listeners, signals, app, settings, access_log, init.slot, cfg.graceful_timeout())
-        .map_err(|e| boot_failure(&mut init.to_master, &format!("cannot start event loop: {e}"), exit::BOOT_ERROR))?;
+    let mut worker = EventLoop::new(
+        init.listeners,
+        signals,
+        app,
+        settings,
+        access_log,
+        init.slot,
+        cfg.graceful_timeout(),
+    )
+    .map_err(|e| {
+        boot_failure(
+            &mut init.to_master,
+            &format!("cannot start event loop: {e}"),
+            exit::BOOT_ERROR,
+        )
+    })?;
     tracing::info!("Booting worker with pid: {}", std::process::id());
     init.slot.set_state(WorkerState::Idle);
     init.slot.heartbeat();
@@ -177,12 +204,17 @@ fn jittered(max_requests: u64, jitter: u64) -> u64 {
 
 /// Lets a worker hold `--worker-connections` sockets.
 fn raise_fd_limit() {
-    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+/// Most connections accepted per listener wake-up.
+const ACCEPT_BATCH: usize = 64;
 const LISTENER_BASE: usize = usize::MAX - 1024;
 
 struct EventLoop<'a> {
@@ -214,7 +246,11 @@ impl<'a> EventLoop<'a> {
         graceful_timeout: Duration,
     ) -> std::io::Result<EventLoop<'a>> {
         let poll = Poll::new()?;
-        poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&signals.fd()),
+            SIGNAL_TOKEN,
+            Interest::READABLE,
+        )?;
         for (i, l) in listeners.iter().enumerate() {
             register_exclusive(&poll, l.socket.as_raw_fd(), LISTENER_BASE + i)?;
         }
@@ -264,10 +300,6 @@ impl<'a> EventLoop<'a> {
                 self.close_expired(now);
                 next_sweep = now + Duration::from_secs(1);
             }
-            if self.settings.max_requests > 0 && self.served >= self.settings.max_requests && self.accepting {
-                tracing::info!("Autorestarting worker after current request.");
-                self.begin_stop(Instant::now() + self.graceful_timeout);
-            }
             if let Some(deadline) = self.stop_by {
                 self.close_idle();
                 if self.open == 0 || Instant::now() >= deadline {
@@ -302,7 +334,10 @@ impl<'a> EventLoop<'a> {
         self.stop_by = Some(deadline);
         self.slot.set_state(WorkerState::Stopping);
         for l in self.listeners {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&l.socket.as_raw_fd()));
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&l.socket.as_raw_fd()));
         }
     }
 
@@ -311,7 +346,12 @@ impl<'a> EventLoop<'a> {
             return;
         }
         let listener = &self.listeners[index];
-        loop {
+        // Bounded, so one busy listener cannot starve the rest of the loop; the
+        // listener is level-triggered and wakes us again for what is left.
+        for _ in 0..ACCEPT_BATCH {
+            if !self.accepting {
+                return;
+            }
             if self.open >= self.settings.max_connections && !self.evict_idle() {
                 // Leave the rest in the kernel's backlog until a connection frees up.
                 return;
@@ -331,11 +371,24 @@ impl<'a> EventLoop<'a> {
             let peer = match addr.as_socket() {
                 Some(sa) => {
                     let _ = sock.set_nodelay(true);
-                    Peer { addr: sa.ip().to_canonical().to_string(), port: sa.port().to_string(), trusted: self.settings.forwarded_allow_ips.allows(sa.ip()) }
+                    Peer {
+                        addr: sa.ip().to_canonical().to_string(),
+                        port: sa.port().to_string(),
+                        trusted: self.settings.forwarded_allow_ips.allows(sa.ip()),
+                    }
                 }
-                None => Peer { addr: String::new(), port: String::new(), trusted: true },
+                None => Peer {
+                    addr: String::new(),
+                    port: String::new(),
+                    trusted: true,
+                },
             };
-            let conn = Conn::new(sock, peer, Rc::clone(&self.locals[index]), self.settings.request_timeout);
+            let conn = Conn::new(
+                sock,
+                peer,
+                Rc::clone(&self.locals[index]),
+                self.settings.request_timeout,
+            );
             let key = match self.free.pop() {
                 Some(k) => k,
                 None => {
@@ -344,7 +397,12 @@ impl<'a> EventLoop<'a> {
                 }
             };
             let interest = Interest::READABLE | Interest::WRITABLE;
-            if self.poll.registry().register(&mut SourceFd(&conn.fd()), Token(key), interest).is_err() {
+            if self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&conn.fd()), Token(key), interest)
+                .is_err()
+            {
                 self.free.push(key);
                 continue;
             }
@@ -354,8 +412,21 @@ impl<'a> EventLoop<'a> {
         }
     }
 
+    /// `--max-requests` reached: drain and exit so the master starts a fresh worker.
+    fn check_max_requests(&mut self) {
+        if self.settings.max_requests > 0
+            && self.served >= self.settings.max_requests
+            && self.accepting
+        {
+            tracing::info!("Autorestarting worker after current request.");
+            self.begin_stop(Instant::now() + self.graceful_timeout);
+        }
+    }
+
     fn drive(&mut self, py: Python<'_>, key: usize) {
-        let Some(conn) = self.conns.get_mut(key).and_then(Option::as_mut) else { return };
+        let Some(conn) = self.conns.get_mut(key).and_then(Option::as_mut) else {
+            return;
+        };
         let mut ctx = ServeContext {
             app: &self.app,
             settings: &self.settings,
@@ -367,6 +438,7 @@ impl<'a> EventLoop<'a> {
         if conn.drive(py, &mut ctx) == Drive::Close {
             self.close(key);
         }
+        self.check_max_requests();
     }
 
     fn close(&mut self, key: usize) {
@@ -375,24 +447,33 @@ impl<'a> EventLoop<'a> {
             if conn.in_request {
                 // A request abandoned mid-way still leaves the slot idle.
                 self.slot.request_started_ms.store(0, Ordering::Relaxed);
-                self.slot.set_state(if self.stop_by.is_some() { WorkerState::Stopping } else { WorkerState::Idle });
+                self.slot.set_state(if self.stop_by.is_some() {
+                    WorkerState::Stopping
+                } else {
+                    WorkerState::Idle
+                });
             }
             self.free.push(key);
             self.open -= 1;
         }
     }
 
-    /// At the connection limit, an idle keep-alive connection makes room for a new
-    /// client (limits are on requests in flight, not on idle sockets).
+    /// At the connection limit, an idle connection makes room for a new client (limits
+    /// are on requests in flight, not on idle sockets): a keep-alive one first, else the
+    /// oldest silent fresh one.
     fn evict_idle(&mut self) -> bool {
         let oldest = self
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(k, c)| c.as_ref().filter(|c| c.is_idle()).map(|c| (c.deadline, k)))
+            .filter_map(|(k, c)| {
+                c.as_ref()
+                    .filter(|c| c.is_idle())
+                    .map(|c| (c.served() == 0, c.deadline, k))
+            })
             .min();
         match oldest {
-            Some((_, key)) => {
+            Some((_, _, key)) => {
                 self.close(key);
                 true
             }
@@ -412,12 +493,17 @@ impl<'a> EventLoop<'a> {
         }
     }
 
+    /// Draining: close keep-alive connections between requests.
     fn close_idle(&mut self) {
         let idle: Vec<usize> = self
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(k, c)| c.as_ref().filter(|c| c.is_idle()).map(|_| k))
+            .filter_map(|(k, c)| {
+                c.as_ref()
+                    .filter(|c| c.is_idle() && c.served() > 0)
+                    .map(|_| k)
+            })
             .collect();
         for key in idle {
             self.close(key);
@@ -428,7 +514,10 @@ impl<'a> EventLoop<'a> {
 /// Registers a listener with EPOLLEXCLUSIVE so that one incoming connection wakes one
 /// worker, not all of them (mio has no flag for it; the token layout is mio's).
 fn register_exclusive(poll: &Poll, fd: RawFd, token: usize) -> std::io::Result<()> {
-    let mut event = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32, u64: token as u64 };
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+        u64: token as u64,
+    };
     // SAFETY: both descriptors are open; `event` is a valid epoll_event.
     let rc = unsafe { libc::epoll_ctl(poll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
     if rc < 0 {

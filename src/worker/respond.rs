@@ -67,7 +67,10 @@ impl Responding {
         facts: RequestFacts,
         out: Vec<u8>,
     ) -> Result<Responding, (RespondError, Option<Py<PyAny>>)> {
-        let AppResponse { result, start_response } = response;
+        let AppResponse {
+            result,
+            start_response,
+        } = response;
         let mut r = Responding {
             result: Some(result),
             start_response,
@@ -90,8 +93,18 @@ impl Responding {
         }
     }
 
-    fn begin(&mut self, py: Python<'_>, app: &App, facts: RequestFacts) -> Result<(), RespondError> {
-        let result = self.result.as_ref().expect("result present").bind(py).clone();
+    fn begin(
+        &mut self,
+        py: Python<'_>,
+        app: &App,
+        facts: RequestFacts,
+    ) -> Result<(), RespondError> {
+        let result = self
+            .result
+            .as_ref()
+            .expect("result present")
+            .bind(py)
+            .clone();
         let mut first: Vec<Bound<'_, PyBytes>> = Vec::new();
         let mut known_length = None;
         if let Some((fd, offset)) = app.sendfile_source(py, &result) {
@@ -139,14 +152,22 @@ impl Responding {
         }
         let written = std::mem::take(&mut self.start_response.borrow_mut(py).written);
         let known_length = known_length.map(|extra: u64| {
-            extra + written.len() as u64 + first.iter().map(|b| b.as_bytes().len() as u64).sum::<u64>()
+            extra
+                + written.len() as u64
+                + first.iter().map(|b| b.as_bytes().len() as u64).sum::<u64>()
         });
         let known_length = if self.file.is_some() {
             known_length.map(|l| l - written.len() as u64)
         } else {
             known_length
         };
-        self.write_head(py, RequestFacts { known_length, ..facts })?;
+        self.write_head(
+            py,
+            RequestFacts {
+                known_length,
+                ..facts
+            },
+        )?;
         self.push_body(&written);
         for chunk in &first {
             self.push_body(chunk.as_bytes());
@@ -160,9 +181,14 @@ impl Responding {
     fn write_head(&mut self, py: Python<'_>, facts: RequestFacts) -> Result<(), RespondError> {
         let mut sr = self.start_response.borrow_mut(py);
         let Some(head) = sr.head.as_ref() else {
-            return Err(RespondError::App("the application did not call start_response".into()));
+            return Err(RespondError::App(
+                "the application did not call start_response".into(),
+            ));
         };
-        let headers = head.headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice()));
+        let headers = head
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()));
         let written = write_head(&mut self.out, &head.status, headers, facts)?;
         self.framing = written.framing;
         self.status = written.status;
@@ -315,7 +341,10 @@ pub fn close_result(py: Python<'_>, result: Option<Py<PyAny>>) {
     let result = result.bind(py);
     if let Ok(close) = result.getattr(pyo3::intern!(py, "close")) {
         if let Err(e) = close.call0() {
-            tracing::error!("Error closing the response iterable\n{}", crate::python::format_exception(py, &e));
+            tracing::error!(
+                "Error closing the response iterable\n{}",
+                crate::python::format_exception(py, &e)
+            );
         }
     }
 }
@@ -330,7 +359,11 @@ fn as_bytes(item: Bound<'_, PyAny>) -> Result<Bound<'_, PyBytes>, RespondError> 
     item.downcast_into::<PyBytes>().map_err(|e| {
         RespondError::App(format!(
             "the response iterable yielded {} instead of bytes",
-            e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            e.into_inner()
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })
 }

@@ -97,10 +97,17 @@ impl EnvironBuilder {
         base.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
         base.set_item("wsgi.file_wrapper", file_wrapper)?;
         base.set_item("wsgi.input_terminated", true)?;
-        base.set_item("SERVER_SOFTWARE", concat!("rgun/", env!("CARGO_PKG_VERSION")))?;
+        base.set_item(
+            "SERVER_SOFTWARE",
+            concat!("rgun/", env!("CARGO_PKG_VERSION")),
+        )?;
         let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
         let script_name = script_name.trim_end_matches('/').as_bytes().to_vec();
-        Ok(EnvironBuilder { base: base.unbind(), script_name, k: Keys::new(py) })
+        Ok(EnvironBuilder {
+            base: base.unbind(),
+            script_name,
+            k: Keys::new(py),
+        })
     }
 
     /// A fresh environ for one request; `input` becomes `wsgi.input`.
@@ -127,12 +134,33 @@ impl EnvironBuilder {
             }
             _ => (&b""[..], &path[..]),
         };
-        env.set_item(&k.script_name, if script.is_empty() { k.empty.bind(py).clone() } else { latin1(py, script) })?;
+        env.set_item(
+            &k.script_name,
+            if script.is_empty() {
+                k.empty.bind(py).clone()
+            } else {
+                latin1(py, script)
+            },
+        )?;
         env.set_item(&k.path_info, latin1(py, path_info))?;
         let query = &bytes[head.query.clone()];
-        env.set_item(&k.query_string, if query.is_empty() { k.empty.bind(py).clone() } else { latin1(py, query) })?;
+        env.set_item(
+            &k.query_string,
+            if query.is_empty() {
+                k.empty.bind(py).clone()
+            } else {
+                latin1(py, query)
+            },
+        )?;
         env.set_item(&k.raw_uri, latin1(py, &bytes[head.target.clone()]))?;
-        env.set_item(&k.server_protocol, if head.minor_version == 0 { &k.http10 } else { &k.http11 })?;
+        env.set_item(
+            &k.server_protocol,
+            if head.minor_version == 0 {
+                &k.http10
+            } else {
+                &k.http11
+            },
+        )?;
         env.set_item(&k.remote_addr, PyString::new(py, &req.peer.addr))?;
         env.set_item(&k.remote_port, PyString::new(py, &req.peer.port))?;
         env.set_item(&k.url_scheme, if req.https { &k.https_ } else { &k.http })?;
@@ -156,12 +184,22 @@ impl EnvironBuilder {
             }
             name_buf.clear();
             name_buf.extend_from_slice(b"HTTP_");
-            name_buf.extend(name.iter().map(|b| if *b == b'-' { b'_' } else { b.to_ascii_uppercase() }));
+            name_buf.extend(name.iter().map(|b| {
+                if *b == b'-' {
+                    b'_'
+                } else {
+                    b.to_ascii_uppercase()
+                }
+            }));
             let key = latin1(py, &name_buf);
             // Repeated fields are joined with a comma (RFC 9110 5.3).
             match env.get_item(&key)? {
                 Some(prev) => {
-                    let joined = format!("{},{}", prev.extract::<String>()?, latin1(py, value).to_cow()?);
+                    let joined = format!(
+                        "{},{}",
+                        prev.extract::<String>()?,
+                        latin1(py, value).to_cow()?
+                    );
                     env.set_item(key, joined)?;
                 }
                 None => env.set_item(key, latin1(py, value))?,
@@ -270,7 +308,10 @@ mod tests {
 
     #[test]
     fn host_splitting() {
-        assert_eq!(split_host(b"example.com:8080"), (&b"example.com"[..], &b"8080"[..]));
+        assert_eq!(
+            split_host(b"example.com:8080"),
+            (&b"example.com"[..], &b"8080"[..])
+        );
         assert_eq!(split_host(b"[::1]:80"), (&b"[::1]"[..], &b"80"[..]));
         assert_eq!(split_host(b"[::1]"), (&b"[::1]"[..], &b""[..]));
     }

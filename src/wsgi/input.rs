@@ -66,7 +66,10 @@ pub struct Input {
 impl Input {
     pub fn new(body: Body) -> Self {
         let source = match body {
-            Body::Empty => Source::Memory { data: Vec::new(), pos: 0 },
+            Body::Empty => Source::Memory {
+                data: Vec::new(),
+                pos: 0,
+            },
             Body::Memory(data) => Source::Memory { data, pos: 0 },
             Body::File(f) => Source::File(BufReader::with_capacity(64 * 1024, f)),
         };
@@ -90,30 +93,48 @@ impl Input {
     #[pyo3(signature = (size = None))]
     fn read<'py>(&mut self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
         let mut out = Vec::new();
-        self.source.read_upto(limit(size), &mut out).map_err(io_err)?;
+        self.source
+            .read_upto(limit(size), &mut out)
+            .map_err(io_err)?;
         Ok(PyBytes::new(py, &out))
     }
 
     #[pyo3(signature = (size = None))]
-    fn read1<'py>(&mut self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+    fn read1<'py>(
+        &mut self,
+        py: Python<'py>,
+        size: Option<isize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         self.read(py, size)
     }
 
     #[pyo3(signature = (size = None))]
-    fn readline<'py>(&mut self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+    fn readline<'py>(
+        &mut self,
+        py: Python<'py>,
+        size: Option<isize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let mut out = Vec::new();
-        self.source.read_line(limit(size), &mut out).map_err(io_err)?;
+        self.source
+            .read_line(limit(size), &mut out)
+            .map_err(io_err)?;
         Ok(PyBytes::new(py, &out))
     }
 
     #[pyo3(signature = (hint = None))]
-    fn readlines<'py>(&mut self, py: Python<'py>, hint: Option<isize>) -> PyResult<Bound<'py, PyList>> {
+    fn readlines<'py>(
+        &mut self,
+        py: Python<'py>,
+        hint: Option<isize>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let lines = PyList::empty(py);
         let budget = limit(hint);
         let mut total = 0usize;
         loop {
             let mut line = Vec::new();
-            self.source.read_line(usize::MAX, &mut line).map_err(io_err)?;
+            self.source
+                .read_line(usize::MAX, &mut line)
+                .map_err(io_err)?;
             if line.is_empty() {
                 break;
             }
@@ -136,7 +157,11 @@ impl Input {
 
     fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let line = self.readline(py, None)?;
-        Ok(if line.as_bytes().is_empty() { None } else { Some(line) })
+        Ok(if line.as_bytes().is_empty() {
+            None
+        } else {
+            Some(line)
+        })
     }
 
     fn close(&self) {}

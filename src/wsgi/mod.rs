@@ -34,7 +34,12 @@ pub struct AppResponse {
 
 impl App {
     /// Imports `spec` (`MODULE:CALLABLE`, factories allowed) the way Gunicorn does.
-    pub fn load(py: Python<'_>, spec: &str, multithread: bool, multiprocess: bool) -> PyResult<App> {
+    pub fn load(
+        py: Python<'_>,
+        spec: &str,
+        multithread: bool,
+        multiprocess: bool,
+    ) -> PyResult<App> {
         let bootstrap = PyModule::from_code(
             py,
             &std::ffi::CString::new(BOOTSTRAP).expect("no NUL in bootstrap"),
@@ -57,15 +62,29 @@ impl App {
         let input = Bound::new(py, Input::new(body))?.into_any();
         let environ = self.environ.build(py, req, input)?;
         let start_response = Py::new(py, StartResponse::default())?;
-        let result = self.callable.bind(py).call1((environ, start_response.clone_ref(py)))?;
-        Ok(AppResponse { result: result.unbind(), start_response })
+        let result = self
+            .callable
+            .bind(py)
+            .call1((environ, start_response.clone_ref(py)))?;
+        Ok(AppResponse {
+            result: result.unbind(),
+            start_response,
+        })
     }
 
     /// For a `wsgi.file_wrapper` result with a real file: its (fd, offset).
     pub fn sendfile_source(&self, py: Python<'_>, result: &Bound<'_, PyAny>) -> Option<(i32, i64)> {
-        if !result.is_instance(self.file_wrapper.bind(py)).unwrap_or(false) {
+        if !result
+            .is_instance(self.file_wrapper.bind(py))
+            .unwrap_or(false)
+        {
             return None;
         }
-        self.sendfile_fd.bind(py).call1((result,)).ok()?.extract().ok()
+        self.sendfile_fd
+            .bind(py)
+            .call1((result,))
+            .ok()?
+            .extract()
+            .ok()
     }
 }

@@ -51,7 +51,12 @@ impl StartResponse {
         }
         let head = convert_head(status, headers)?;
         slf.borrow_mut().head = Some(head);
-        Py::new(py, Writer { start_response: slf.unbind() })
+        Py::new(
+            py,
+            Writer {
+                start_response: slf.unbind(),
+            },
+        )
     }
 }
 
@@ -67,7 +72,10 @@ impl Writer {
         let bytes = data
             .downcast::<PyBytes>()
             .map_err(|_| PyTypeError::new_err("write() argument must be bytes"))?;
-        self.start_response.borrow_mut(py).written.extend_from_slice(bytes.as_bytes());
+        self.start_response
+            .borrow_mut(py)
+            .written
+            .extend_from_slice(bytes.as_bytes());
         Ok(())
     }
 }
@@ -95,12 +103,16 @@ fn convert_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResu
         }
         let name = pair.get_item(0)?;
         let value = pair.get_item(1)?;
-        let (Ok(name), Ok(value)) = (name.downcast::<PyString>(), value.downcast::<PyString>()) else {
+        let (Ok(name), Ok(value)) = (name.downcast::<PyString>(), value.downcast::<PyString>())
+        else {
             return Err(PyTypeError::new_err("header names and values must be str"));
         };
         converted.push((latin1_bytes(name)?, latin1_bytes(value)?));
     }
-    Ok(AppHead { status, headers: converted })
+    Ok(AppHead {
+        status,
+        headers: converted,
+    })
 }
 
 /// A `str` as latin-1 bytes, as PEP 3333 requires of status and headers.

@@ -1,1 +1,170 @@
-//! (tests to come)
+//! The command line: Gunicorn's spellings, one-line errors with exit status 2, and
+//! start-up failures that explain themselves and exit instead of looping.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{repo_root, ServerBuilder};
+
+fn rgun(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        .args(args)
+        .current_dir(repo_root())
+        .env_remove("WEB_CONCURRENCY")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rgun");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_and_values_are_one_line_and_exit_2() {
+    for (args, needle) in [
+        (&["--no-such-flag", "app:app"][..], "--no-such-flag"),
+        (&["-w", "many", "app:app"], "--workers"),
+        (&["--bind", "host:notaport", "app:app"], "--bind"),
+        (&["--log-level", "loud", "app:app"], "--log-level"),
+        (
+            &["--forwarded-allow-ips", "not-an-ip", "app:app"],
+            "--forwarded-allow-ips",
+        ),
+        (&[], "MODULE:CALLABLE"),
+    ] {
+        let (code, _, err) = rgun(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?} printed more than one line:\n{err}"
+        );
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let (code, out, _) = rgun(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("rgun "), "{out}");
+    let (code, out, _) = rgun(&["--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--bind",
+        "--workers",
+        "--threads",
+        "--keep-alive",
+        "--limit-request-field_size",
+        "--access-logformat",
+        "--forwarded-allow-ips",
+        "--graceful-timeout",
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn bad_web_concurrency_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        .args(["-b", "127.0.0.1:0", "demo.app:application"])
+        .env("WEB_CONCURRENCY", "lots")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WEB_CONCURRENCY"));
+}
+
+#[test]
+fn unimportable_app_prints_the_traceback_and_exits() {
+    let start = Instant::now();
+    let mut s = ServerBuilder::new("broken_app:application")
+        .workers(2)
+        .no_wait()
+        .start();
+    let code = s.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(4), "{}", s.log());
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let log = s.log();
+    assert!(log.contains("Traceback"), "{log}");
+    assert!(
+        log.contains("ModuleNotFoundError: No module named 'this_module_does_not_exist'"),
+        "{log}"
+    );
+    assert!(log.contains("App failed to load"), "{log}");
+}
+
+#[test]
+fn missing_callable_names_it() {
+    let mut s = ServerBuilder::new("echo:nope").no_wait().start();
+    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(4));
+    assert!(
+        s.log()
+            .contains("failed to find attribute 'nope' in 'echo'"),
+        "{}",
+        s.log()
+    );
+}
+
+#[test]
+fn factory_with_literal_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("factory_app.py"),
+        "def create_app(greeting, punct='!'):\n    def app(environ, start_response):\n        start_response('200 OK', [])\n        return [(greeting + punct).encode()]\n    return app\n",
+    )
+    .unwrap();
+    let s = ServerBuilder::new("factory_app:create_app('hi', punct='?')")
+        .args(["--chdir", dir.path().to_str().unwrap()])
+        .start();
+    assert_eq!(s.get("/").text(), "hi?");
+}
+
+#[test]
+fn binds_unix_socket_and_ipv6_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("rgun.sock");
+    let mut s = ServerBuilder::new("pep3333:application")
+        .own_bind()
+        .args([
+            "-b",
+            &format!("unix:{}", sock.display()),
+            "-b",
+            "[::1]:0",
+            "-e",
+            "RGUN_TEST_FILE=/etc/hostname",
+        ])
+        .start();
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).expect("unix socket accepts");
+    use std::io::Write;
+    c.write_all(b"GET /environ HTTP/1.1\r\nHost: unix\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let r = crate::support::read_response(&mut std::io::BufReader::new(c), false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["REMOTE_ADDR"], "");
+    assert!(
+        s.log().contains("Listening at: http://[::1]:"),
+        "{}",
+        s.log()
+    );
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(!sock.exists(), "the unix socket file is removed on exit");
+}
+
+#[test]
+fn chdir_puts_the_directory_on_sys_path() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("elsewhere_app.py"),
+        "def application(e, sr):\n    sr('200 OK', [])\n    return [b'found']\n",
+    )
+    .unwrap();
+    let s = ServerBuilder::new("elsewhere_app")
+        .args(["--chdir", dir.path().to_str().unwrap()])
+        .start();
+    assert_eq!(s.get("/").text(), "found");
+}

@@ -22,7 +22,11 @@ fn flags_for(settings: &serde_json::Map<String, Value>) -> Option<Vec<String>> {
             "limit_request_fields" => "--limit-request-fields",
             "limit_request_field_size" => "--limit-request-field_size",
             "forwarded_allow_ips" => {
-                let ips: Vec<String> = v.as_array()?.iter().filter_map(|x| x.as_str().map(String::from)).collect();
+                let ips: Vec<String> = v
+                    .as_array()?
+                    .iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect();
                 flags.push("--forwarded-allow-ips".into());
                 flags.push(ips.join(","));
                 continue;
@@ -68,7 +72,9 @@ fn expected_headers(headers: &[Value]) -> BTreeMap<String, String> {
             "CONTENT-LENGTH" => "CONTENT_LENGTH".to_owned(),
             n => format!("HTTP_{}", n.replace('-', "_")),
         };
-        map.entry(key).and_modify(|v| *v = format!("{v},{value}")).or_insert_with(|| value.to_owned());
+        map.entry(key)
+            .and_modify(|v| *v = format!("{v},{value}"))
+            .or_insert_with(|| value.to_owned());
     }
     map
 }
@@ -79,9 +85,14 @@ fn check_valid(server: &Server, case: &Value, raw: &[u8]) -> Result<(), String> 
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut reader = BufReader::new(s);
     for (i, want) in case["requests"].as_array().unwrap().iter().enumerate() {
-        let resp = read_response(&mut reader, false).ok_or(format!("no response to request {i}"))?;
+        let resp =
+            read_response(&mut reader, false).ok_or(format!("no response to request {i}"))?;
         if resp.status != 200 {
-            return Err(format!("request {i}: status {} {}", resp.status, resp.text()));
+            return Err(format!(
+                "request {i}: status {} {}",
+                resp.status,
+                resp.text()
+            ));
         }
         let got = resp.json();
         let method = want["method"].as_str().unwrap();
@@ -113,13 +124,19 @@ fn check_valid(server: &Server, case: &Value, raw: &[u8]) -> Result<(), String> 
         if got_headers != want_headers {
             return Err(format!("headers {got_headers:?} != {want_headers:?}"));
         }
-        let body = base64::engine::general_purpose::STANDARD.decode(want["body_b64"].as_str().unwrap()).unwrap();
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(want["body_b64"].as_str().unwrap())
+            .unwrap();
         if got["body"] != latin1(&body).as_str() {
             return Err(format!("body {} != {:?}", got["body"], latin1(&body)));
         }
     }
     if let Some(extra) = read_response(&mut reader, false) {
-        return Err(format!("unexpected extra response {} {}", extra.status, extra.text()));
+        return Err(format!(
+            "unexpected extra response {} {}",
+            extra.status,
+            extra.text()
+        ));
     }
     Ok(())
 }
@@ -131,7 +148,11 @@ fn check_invalid(server: &Server, raw: &[u8]) -> Result<(), String> {
     let mut reader = BufReader::new(s);
     if let Some(resp) = read_response(&mut reader, false) {
         if !(400..500).contains(&resp.status) {
-            return Err(format!("status {} (the app was reached?) {}", resp.status, resp.text()));
+            return Err(format!(
+                "status {} (the app was reached?) {}",
+                resp.status,
+                resp.text()
+            ));
         }
     }
     Ok(())
@@ -158,24 +179,51 @@ fn gunicorn_request_vectors_over_tcp() {
     let mut failures = Vec::new();
     let mut passed = 0;
     for (flags, cases) in &groups {
-        let server = ServerBuilder::new("echo:application").args(flags.clone()).start();
+        let server = ServerBuilder::new("echo:application")
+            .args(flags.clone())
+            .start();
         for case in cases {
             let name = case["name"].as_str().unwrap();
-            let raw = base64::engine::general_purpose::STANDARD.decode(case["raw_b64"].as_str().unwrap()).unwrap();
-            let result = if case["kind"] == "valid" { check_valid(&server, case, &raw) } else { check_invalid(&server, &raw) };
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(case["raw_b64"].as_str().unwrap())
+                .unwrap();
+            let result = if case["kind"] == "valid" {
+                check_valid(&server, case, &raw)
+            } else {
+                check_invalid(&server, &raw)
+            };
             match result {
                 Ok(()) => passed += 1,
-                Err(e) => failures.push(format!("{name}: {}", e.chars().take(300).collect::<String>())),
+                Err(e) => failures.push(format!(
+                    "{name}: {}",
+                    e.chars().take(300).collect::<String>()
+                )),
             }
             // The server keeps serving after every case.
             let after = server.request(b"GET /after HTTP/1.0\r\n\r\n");
             if after.status != 200 {
-                failures.push(format!("{name}: server did not answer afterwards ({})", after.status));
+                failures.push(format!(
+                    "{name}: server did not answer afterwards ({})",
+                    after.status
+                ));
             }
         }
         assert!(!server.log().contains("panicked"), "{}", server.log());
     }
-    eprintln!("conformance: {passed} passed, {} skipped ({})", skipped.len(), skipped.join(", "));
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
-    assert_eq!(passed + skipped.len(), cases.len(), "every case ran or was skipped");
+    eprintln!(
+        "conformance: {passed} passed, {} skipped ({})",
+        skipped.len(),
+        skipped.join(", ")
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        passed + skipped.len(),
+        cases.len(),
+        "every case ran or was skipped"
+    );
 }

@@ -1,1 +1,171 @@
-//! (tests to come)
+//! The master's process lifecycle: graceful and quick stops, replacing dead workers,
+//! back-off when they cannot boot, TTIN/TTOU, and workers recycled by --max-requests.
+
+use std::io::{BufReader, Write};
+use std::time::{Duration, Instant};
+
+use crate::support::{read_response, ServerBuilder};
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn term_finishes_requests_in_flight_then_exits_0() {
+    let mut s = ServerBuilder::new("lifecycle_app:application").start();
+    let mut c = s.connect();
+    c.write_all(b"GET /sleep?1.5 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.signal(libc::SIGTERM);
+    let mut reader = BufReader::new(c);
+    let r = read_response(&mut reader, false).expect("the request in flight completes");
+    assert_eq!(r.text(), "slept");
+    assert!(
+        read_response(&mut reader, false).is_none(),
+        "a draining worker closes keep-alive connections"
+    );
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(s.log().contains("Shutting down: Master"));
+}
+
+#[test]
+fn graceful_timeout_bounds_the_stop() {
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .args(["--graceful-timeout", "1"])
+        .start();
+    let mut c = s.connect();
+    c.write_all(b"GET /sleep?30 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn int_is_a_quick_stop() {
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .start();
+    let workers = s.worker_pids();
+    let mut c = s.connect();
+    c.write_all(b"GET /sleep?30 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    s.signal(libc::SIGINT);
+    s.wait_exit(Duration::from_secs(10));
+    assert!(start.elapsed() < Duration::from_secs(3));
+    for pid in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z"),
+            "worker {pid} survived"
+        );
+    }
+}
+
+#[test]
+fn dead_worker_is_replaced() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .start();
+    let before = s.worker_pids();
+    assert_eq!(before.len(), 2);
+    // SAFETY: killing a worker we started.
+    unsafe { libc::kill(before[0], libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let now = s.worker_pids();
+            now.len() == 2 && !now.contains(&before[0])
+        }),
+        "worker not replaced: {:?}",
+        s.worker_pids()
+    );
+    assert_eq!(s.get("/").text(), "ok");
+}
+
+#[test]
+fn failing_respawns_back_off_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("broken");
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .env("RGUN_FAIL_MARKER", marker.to_str().unwrap())
+        .start();
+    std::fs::write(&marker, "x").unwrap();
+    let victim = s.worker_pids()[0];
+    // SAFETY: killing a worker we started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(3));
+    let attempts = s
+        .log()
+        .matches("broken deploy: marker file present")
+        .count();
+    assert!(attempts >= 1, "respawn never tried:\n{}", s.log());
+    assert!(
+        attempts <= 6,
+        "{attempts} boot attempts in 3 s: no back-off"
+    );
+    assert!(
+        s.child_alive(),
+        "the master must survive boot failures after start"
+    );
+    std::fs::remove_file(&marker).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(40), || s.worker_pids().len() == 1
+            && s.log().matches("Booting worker").count() >= 2),
+        "no recovery:\n{}",
+        s.log()
+    );
+    let r = s.request(b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(r.text(), "ok");
+}
+
+#[test]
+fn ttin_and_ttou_change_the_worker_count() {
+    let s = ServerBuilder::new("lifecycle_app:application").start();
+    s.signal(libc::SIGTTIN);
+    std::thread::sleep(Duration::from_millis(100));
+    s.signal(libc::SIGTTIN);
+    assert!(
+        wait_until(Duration::from_secs(10), || s.worker_pids().len() == 3),
+        "{:?}",
+        s.worker_pids()
+    );
+    s.signal(libc::SIGTTOU);
+    assert!(
+        wait_until(Duration::from_secs(10), || s.worker_pids().len() == 2),
+        "{:?}",
+        s.worker_pids()
+    );
+}
+
+#[test]
+fn max_requests_recycles_workers_without_failed_requests() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .args(["--max-requests", "5"])
+        .start();
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let r = s.request(b"GET /pid HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        assert_eq!(r.status, 200);
+        pids.insert(r.text());
+    }
+    assert!(pids.len() >= 4, "workers were not recycled: {pids:?}");
+}

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -44,7 +44,13 @@ pub struct ServerBuilder {
 
 impl ServerBuilder {
     pub fn new(app: &str) -> ServerBuilder {
-        ServerBuilder { args: vec![app.to_owned()], env: Vec::new(), workers: 1, wait_ready: true, bind_fd: true }
+        ServerBuilder {
+            args: vec![app.to_owned()],
+            env: Vec::new(),
+            workers: 1,
+            wait_ready: true,
+            bind_fd: true,
+        }
     }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
@@ -118,9 +124,18 @@ impl ServerBuilder {
         }
         let child = cmd.spawn().expect("spawn rgun");
         drop(listener);
-        let server = Server { child, port, dir, log_path, access_path };
+        let server = Server {
+            child,
+            port,
+            dir,
+            log_path,
+            access_path,
+        };
         if self.wait_ready {
-            server.wait_for_log(&format!("All {} workers ready", self.workers), Duration::from_secs(30));
+            server.wait_for_log(
+                &format!("All {} workers ready", self.workers),
+                Duration::from_secs(30),
+            );
         }
         server
     }
@@ -129,6 +144,11 @@ impl ServerBuilder {
 impl Server {
     pub fn start(app: &str) -> Server {
         ServerBuilder::new(app).start()
+    }
+
+    pub fn child_alive(&self) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(self.pid(), 0) == 0 }
     }
 
     pub fn pid(&self) -> i32 {
@@ -179,7 +199,10 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> Response {
-        self.request(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        self.request(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
     }
 
     /// Sends raw bytes on a fresh connection and reads one response.
@@ -236,13 +259,17 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -273,14 +300,21 @@ pub fn read_response(r: &mut impl BufRead, head_request: bool) -> Option<Respons
         let (n, v) = h.split_once(':')?;
         headers.push((n.trim().to_owned(), v.trim().to_owned()));
     }
-    let mut resp = Response { status, headers, body: Vec::new() };
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     if status == 100 {
         return read_response(r, head_request);
     }
     if head_request || status == 204 || status == 304 {
         return Some(resp);
     }
-    if resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+    if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
         loop {
             let mut size = String::new();
             r.read_line(&mut size).ok()?;

@@ -38,7 +38,10 @@ fn environ_is_complete_and_typed() {
 
 #[test]
 fn multiprocess_and_multithread_flags_follow_the_settings() {
-    let s = ServerBuilder::new("pep3333:application").workers(2).args(["--threads", "4"]).start();
+    let s = ServerBuilder::new("pep3333:application")
+        .workers(2)
+        .args(["--threads", "4"])
+        .start();
     let e = s.get("/environ").json();
     assert_eq!(e["wsgi.multiprocess"], true);
     assert_eq!(e["wsgi.multithread"], true);
@@ -59,7 +62,9 @@ fn trusted_proxy_sets_url_scheme() {
     assert_eq!(r.json()["wsgi.url_scheme"], "https");
     assert_eq!(r.json()["SERVER_PORT"], "443");
     // An untrusted peer cannot.
-    let s = ServerBuilder::new("pep3333:application").args(["--forwarded-allow-ips", "10.9.9.9"]).start();
+    let s = ServerBuilder::new("pep3333:application")
+        .args(["--forwarded-allow-ips", "10.9.9.9"])
+        .start();
     let r = s.request(b"GET /environ HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n");
     assert_eq!(r.json()["wsgi.url_scheme"], "http");
 }
@@ -68,16 +73,25 @@ fn trusted_proxy_sets_url_scheme() {
 fn wsgi_input_methods() {
     let s = server();
     let body = "abcdef\nline2\nline3\nline4";
-    let raw = format!("POST /input HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let raw = format!(
+        "POST /input HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     let e = s.request(raw.as_bytes()).json();
     assert_eq!(e["read3"], "abc");
     assert_eq!(e["readline"], "def\n");
     assert_eq!(e["readline_limited"], "li");
-    assert_eq!(e["readlines"], serde_json::json!(["ne2\n", "line3\n", "line4"]));
+    assert_eq!(
+        e["readlines"],
+        serde_json::json!(["ne2\n", "line3\n", "line4"])
+    );
     assert_eq!(e["after"], "");
 
     let raw = b"POST /iterate_input HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\na\nb\n\r\n2\r\nc\n\r\n0\r\n\r\n";
-    assert_eq!(s.request(raw).json()["lines"], serde_json::json!(["a\n", "b\n", "c\n"]));
+    assert_eq!(
+        s.request(raw).json()["lines"],
+        serde_json::json!(["a\n", "b\n", "c\n"])
+    );
 }
 
 #[test]
@@ -90,7 +104,10 @@ fn wsgiref_validator_finds_nothing() {
     let r = s.get("/validate/get");
     assert_eq!(r.status, 200, "{}", s.log());
     let log = s.log();
-    assert!(log.contains("validated request"), "wsgi.errors reaches the error log:\n{log}");
+    assert!(
+        log.contains("validated request"),
+        "wsgi.errors reaches the error log:\n{log}"
+    );
     for bad in ["WSGIWarning", "AssertionError", "Exception ignored"] {
         assert!(!log.contains(bad), "validator objected ({bad}):\n{log}");
     }
@@ -121,13 +138,17 @@ fn app_exception_gives_500_and_the_worker_keeps_serving() {
 fn exception_after_headers_closes_the_connection() {
     let s = server();
     let mut c = s.connect();
-    c.write_all(b"GET /error_midstream HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    c.write_all(b"GET /error_midstream HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let mut raw = Vec::new();
     c.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("partial"));
-    assert!(!text.ends_with("0\r\n\r\n"), "an incomplete body must not look complete: {text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "an incomplete body must not look complete: {text}"
+    );
     s.wait_for_log("boom after headers", Duration::from_secs(5));
     assert_eq!(s.get("/environ").status, 200);
 }
@@ -136,13 +157,17 @@ fn exception_after_headers_closes_the_connection() {
 fn header_injection_becomes_500() {
     let s = server();
     let mut c = s.connect();
-    c.write_all(b"GET /bad_header HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    c.write_all(b"GET /bad_header HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut raw = Vec::new();
     c.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 500"), "{text}");
     assert!(!text.contains("pwned"), "{text}");
-    s.wait_for_log("invalid character in value of header \"X-Evil\"", Duration::from_secs(5));
+    s.wait_for_log(
+        "invalid character in value of header \"X-Evil\"",
+        Duration::from_secs(5),
+    );
 }
 
 #[test]
@@ -178,7 +203,9 @@ fn file_wrapper_is_sent_whole() {
     let path = dir.path().join("blob.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(&path, &data).unwrap();
-    let s = ServerBuilder::new("pep3333:application").env("RGUN_TEST_FILE", path.to_str().unwrap()).start();
+    let s = ServerBuilder::new("pep3333:application")
+        .env("RGUN_TEST_FILE", path.to_str().unwrap())
+        .start();
     let r = s.get("/file");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), Some("3000000"));
@@ -189,17 +216,26 @@ fn file_wrapper_is_sent_whole() {
 fn close_is_called_when_the_client_goes_away() {
     let s = server();
     let mut c = s.connect();
-    c.write_all(b"GET /tracked HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    c.write_all(b"GET /tracked HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let mut first = [0u8; 1024];
     c.read_exact(&mut first).unwrap();
     drop(c);
     let start = Instant::now();
     loop {
         let closed = s.get("/closed").json();
-        if closed["closed"].as_array().unwrap().iter().any(|t| t == "tracked") {
+        if closed["closed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "tracked")
+        {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "close() never called");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "close() never called"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -208,24 +244,35 @@ fn close_is_called_when_the_client_goes_away() {
 fn keep_alive_pipelining_and_http10_keep_alive() {
     let s = server();
     let mut c = s.connect();
-    c.write_all(b"GET /environ HTTP/1.1\r\nHost: a\r\n\r\nGET /write HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    c.write_all(b"GET /environ HTTP/1.1\r\nHost: a\r\n\r\nGET /write HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
     assert_eq!(read_response(&mut r, false).unwrap().status, 200);
-    assert_eq!(read_response(&mut r, false).unwrap().text(), "written-returned");
-    c.write_all(b"GET /write HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    assert_eq!(
+        read_response(&mut r, false).unwrap().text(),
+        "written-returned"
+    );
+    c.write_all(b"GET /write HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
     let resp = read_response(&mut r, false).unwrap();
     assert_eq!(resp.header("connection"), Some("keep-alive"));
     c.write_all(b"GET /write HTTP/1.0\r\n\r\n").unwrap();
-    assert_eq!(read_response(&mut r, false).unwrap().text(), "written-returned");
+    assert_eq!(
+        read_response(&mut r, false).unwrap().text(),
+        "written-returned"
+    );
     // HTTP/1.0 without keep-alive: the server closes.
     assert!(read_response(&mut r, false).is_none());
 }
 
 #[test]
 fn idle_keep_alive_connection_is_closed_after_the_timeout() {
-    let s = ServerBuilder::new("pep3333:application").args(["--keep-alive", "1"]).start();
+    let s = ServerBuilder::new("pep3333:application")
+        .args(["--keep-alive", "1"])
+        .start();
     let mut c = s.connect();
-    c.write_all(b"GET /write HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    c.write_all(b"GET /write HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
     assert_eq!(read_response(&mut r, false).unwrap().status, 200);
     let start = Instant::now();
@@ -233,14 +280,20 @@ fn idle_keep_alive_connection_is_closed_after_the_timeout() {
     let n = r.read_to_end(&mut rest).unwrap();
     assert_eq!(n, 0);
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "closed after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
 }
 
 #[test]
 fn expect_100_continue_is_answered() {
     let s = server();
     let mut c = s.connect();
-    c.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").unwrap();
+    c.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
     let mut interim = [0u8; 25];
     c.read_exact(&mut interim).unwrap();
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -262,11 +315,17 @@ fn access_log_uses_gunicorn_format() {
     s.request(b"GET /write?q=1 HTTP/1.1\r\nHost: a\r\nUser-Agent: tester/1\r\nReferer: http://r/\r\nConnection: close\r\n\r\n");
     let start = Instant::now();
     while !s.access_log().contains("tester/1") {
-        assert!(start.elapsed() < Duration::from_secs(5), "no access log line");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no access log line"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let line = s.access_log();
     // 127.0.0.1 - - [25/Nov/2026:01:00:00 +0000] "GET /write?q=1 HTTP/1.1" 200 16 "http://r/" "tester/1"
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
-    assert!(line.contains("] \"GET /write?q=1 HTTP/1.1\" 200 16 \"http://r/\" \"tester/1\""), "{line}");
+    assert!(
+        line.contains("] \"GET /write?q=1 HTTP/1.1\" 200 16 \"http://r/\" \"tester/1\""),
+        "{line}"
+    );
 }
