@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 
 use super::body::{BodyError, BodyReader};
 use super::respond::{close_result, write_fd, Pump, RespondError, Responding};
-use super::ServeContext;
+use super::Shared;
 use crate::http::head::{parse_head, BodyFraming, RequestHead};
 use crate::http::response::{write_error, RequestFacts};
 use crate::http::HttpError;
@@ -47,12 +47,23 @@ pub enum Drive {
     Wait,
     /// Done with it: close and forget.
     Close,
+    /// A complete request waits for a pool thread (`Exec::Pool` only).
+    Dispatch,
+}
+
+/// Where the application runs.
+#[derive(Clone, Copy)]
+pub enum Exec<'py> {
+    /// On the event loop's thread, which holds the GIL.
+    Inline(Python<'py>),
+    /// On a `--threads` pool thread: `drive` stops at a complete request.
+    Pool,
 }
 
 pub struct Conn {
     pub sock: socket2::Socket,
     peer: Peer,
-    local: std::rc::Rc<Local>,
+    local: std::sync::Arc<Local>,
     read_buf: Vec<u8>,
     read_start: usize,
     head: RequestHead,
@@ -64,13 +75,15 @@ pub struct Conn {
     pub in_request: bool,
     request_started: Instant,
     served: u64,
+    /// The body of a request waiting for a pool thread.
+    pending_body: Option<Body>,
 }
 
 impl Conn {
     pub fn new(
         sock: socket2::Socket,
         peer: Peer,
-        local: std::rc::Rc<Local>,
+        local: std::sync::Arc<Local>,
         first_byte_timeout: Duration,
     ) -> Conn {
         Conn {
@@ -86,6 +99,7 @@ impl Conn {
             in_request: false,
             request_started: Instant::now(),
             served: 0,
+            pending_body: None,
         }
     }
 
@@ -107,24 +121,71 @@ impl Conn {
     }
 
     /// Runs the state machine until it must wait for the socket or is done.
-    pub fn drive(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Drive {
+    pub fn drive(&mut self, exec: Exec<'_>, ctx: &Shared) -> Drive {
         loop {
-            let step = match &mut self.state {
-                State::Head => self.step_head(py, ctx),
-                State::Body(_) => self.step_body(py, ctx),
-                State::Responding(_) => self.step_respond(py, ctx),
-                State::Closing { .. } => self.step_closing(),
-                State::Draining => self.step_draining(),
+            let step = match (&mut self.state, exec) {
+                (State::Head, _) => self.step_head(exec, ctx),
+                (State::Body(_), _) => self.step_body(exec, ctx),
+                (State::Responding(_), Exec::Inline(py)) => self.step_respond(py, ctx),
+                // Only a pool thread sends a response in pool mode.
+                (State::Responding(_), Exec::Pool) => Step::Wait,
+                (State::Closing { .. }, _) => self.step_closing(),
+                (State::Draining, _) => self.step_draining(),
             };
             match step {
                 Step::Continue => {}
                 Step::Wait => return Drive::Wait,
                 Step::Close => return Drive::Close,
+                Step::Dispatch => return Drive::Dispatch,
             }
         }
     }
 
-    fn step_head(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
+    /// On a pool thread: runs the dispatched request and sends its response, waiting
+    /// for the socket with the GIL released. Returns false to close the connection.
+    pub fn serve_dispatched(&mut self, py: Python<'_>, ctx: &Shared) -> bool {
+        let body = self.pending_body.take().unwrap_or_default();
+        if let Step::Close = self.run_app(py, ctx, body) {
+            return false;
+        }
+        loop {
+            if !matches!(self.state, State::Responding(_)) {
+                return true;
+            }
+            match self.step_respond(py, ctx) {
+                Step::Continue => {}
+                Step::Close => return false,
+                Step::Wait | Step::Dispatch => {
+                    let fd = self.fd();
+                    let timeout_ms = ctx.settings.request_timeout.as_millis() as i32;
+                    if !py.allow_threads(|| wait_writable(fd, timeout_ms)) {
+                        tracing::debug!("client {} stopped reading; closing", self.peer.addr);
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection is closed with a request unfinished: the scoreboard forgets it.
+    pub fn abandon(&self, ctx: &Shared) {
+        if matches!(self.state, State::Responding(_)) {
+            ctx.scoreboard_end();
+        }
+    }
+
+    /// A complete request: run it here, or hand it to a pool thread.
+    fn request_ready(&mut self, exec: Exec<'_>, ctx: &Shared, body: Body) -> Step {
+        match exec {
+            Exec::Inline(py) => self.run_app(py, ctx, body),
+            Exec::Pool => {
+                self.pending_body = Some(body);
+                Step::Dispatch
+            }
+        }
+    }
+
+    fn step_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
         if self.read_start < self.read_buf.len() {
             let buf = &self.read_buf[self.read_start..];
             match parse_head(buf, &ctx.settings.limits, &mut self.head) {
@@ -132,12 +193,12 @@ impl Conn {
                     self.head_bytes.clear();
                     self.head_bytes.extend_from_slice(&buf[..n]);
                     self.read_start += n;
-                    return self.on_head(py, ctx);
+                    return self.on_head(exec, ctx);
                 }
                 Ok(None) => {}
                 Err(e) => return self.fail(&e),
             }
-        } else if ctx.stopping {
+        } else if ctx.stopping() {
             return Step::Close;
         }
         let was_empty = self.read_start == self.read_buf.len();
@@ -157,13 +218,13 @@ impl Conn {
         }
     }
 
-    fn on_head(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
+    fn on_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
         if !self.in_request {
             self.in_request = true;
             self.request_started = Instant::now();
         }
         match BodyReader::new(self.head.framing) {
-            None => self.run_app(py, ctx, Body::Empty),
+            None => self.request_ready(exec, ctx, Body::Empty),
             Some(reader) => {
                 if self.head.expects_continue && self.read_start == self.read_buf.len() {
                     // Best effort: a full socket buffer here means the client is not
@@ -177,7 +238,7 @@ impl Conn {
         }
     }
 
-    fn step_body(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
+    fn step_body(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
         let State::Body(reader) = &mut self.state else {
             unreachable!()
         };
@@ -196,7 +257,7 @@ impl Conn {
                 unreachable!()
             };
             return match reader.finish() {
-                Ok(body) => self.run_app(py, ctx, body),
+                Ok(body) => self.request_ready(exec, ctx, body),
                 Err(e) => {
                     tracing::error!("{e}");
                     self.fail_status(500, "Internal Server Error")
@@ -215,7 +276,7 @@ impl Conn {
         }
     }
 
-    fn run_app(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>, body: Body) -> Step {
+    fn run_app(&mut self, py: Python<'_>, ctx: &Shared, body: Body) -> Step {
         let https = match is_https(&self.head_bytes, &self.head, self.peer.trusted) {
             Ok(h) => h,
             Err(e) => return self.fail(&e),
@@ -224,7 +285,7 @@ impl Conn {
         let facts = RequestFacts {
             minor_version: self.head.minor_version,
             is_head: self.head.is_head_method(&self.head_bytes),
-            close: self.head.wants_close || ctx.stopping || ctx.last_request(),
+            close: self.head.wants_close || ctx.stopping() || ctx.last_request(),
             known_length: None,
         };
         let info = RequestInfo {
@@ -241,7 +302,7 @@ impl Conn {
                 return self.fail_status(500, "Internal Server Error");
             }
         };
-        match Responding::start(py, ctx.app, response, facts, Vec::new()) {
+        match Responding::start(py, &ctx.app, response, facts, Vec::new()) {
             Ok(r) => {
                 self.state = State::Responding(Box::new(r));
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
@@ -260,7 +321,7 @@ impl Conn {
         tracing::error!("Error handling request {path}\n{detail}");
     }
 
-    fn step_respond(&mut self, py: Python<'_>, ctx: &mut ServeContext<'_>) -> Step {
+    fn step_respond(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
         let fd = self.fd();
         let State::Responding(r) = &mut self.state else {
             unreachable!()
@@ -296,20 +357,18 @@ impl Conn {
         }
     }
 
-    fn end_request(&mut self, ctx: &mut ServeContext<'_>, status: u16, body_bytes: u64) {
+    fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) {
         self.served += 1;
         self.in_request = false;
         ctx.scoreboard_end();
-        if let Some(log) = ctx.access_log.as_mut() {
-            log.write(&AccessRecord {
-                head_bytes: &self.head_bytes,
-                head: &self.head,
-                peer: &self.peer,
-                status,
-                body_bytes,
-                elapsed: self.request_started.elapsed(),
-            });
-        }
+        ctx.log_access(&AccessRecord {
+            head_bytes: &self.head_bytes,
+            head: &self.head,
+            peer: &self.peer,
+            status,
+            body_bytes,
+            elapsed: self.request_started.elapsed(),
+        });
     }
 
     /// Answers a request the parser refused, then closes.
@@ -413,4 +472,17 @@ enum Step {
     Continue,
     Wait,
     Close,
+    Dispatch,
+}
+
+/// poll(2) for writability; false on time-out or error.
+fn wait_writable(fd: RawFd, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0
 }

@@ -1,33 +1,29 @@
-//! A worker process: set-up after fork, then one event loop that accepts connections
-//! on the shared listeners, drives each connection's state machine and calls the
-//! application on the same thread (no hand-off per request).
-//!
-//! The GIL is held while requests are processed and released only while the loop
-//! waits in epoll, so application background threads still run.
+//! A worker process: set-up after fork (`boot_and_serve`), the state every connection
+//! shares (`Shared`), and the exit codes the master understands. The event loop lives
+//! in `event_loop`, the `--threads N` pool in `pool`.
 
 mod body;
 mod conn;
+mod event_loop;
+mod pool;
 mod respond;
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
-use std::rc::Rc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
 use pyo3::prelude::*;
 
-use self::conn::{Conn, Drive};
+use self::event_loop::EventLoop;
 use crate::config::{AllowIps, Config};
 use crate::http::head::HeadLimits;
-use crate::log::AccessLog;
+use crate::log::{AccessLog, AccessRecord};
 use crate::master::listeners::Listener;
 use crate::scoreboard::{Slot, WorkerState};
 use crate::signals::SignalPipe;
-use crate::wsgi::environ::{Local, Peer};
 use crate::wsgi::App;
 
 /// Exit statuses a worker uses to tell the master not to simply respawn it.
@@ -49,31 +45,75 @@ pub struct Settings {
     pub forwarded_allow_ips: AllowIps,
 }
 
-/// The state a connection needs while serving, borrowed from the worker.
-pub struct ServeContext<'a> {
-    pub app: &'a App,
-    pub settings: &'a Settings,
-    pub slot: &'a Slot,
-    pub access_log: Option<&'a mut AccessLog>,
-    pub stopping: bool,
-    pub served: &'a mut u64,
+/// What every connection of a worker shares, also across `--threads` pool threads.
+pub struct Shared {
+    pub app: App,
+    pub settings: Settings,
+    pub slot: &'static Slot,
+    access_log: Mutex<Option<AccessLog>>,
+    served: AtomicU64,
+    in_flight: AtomicUsize,
+    stopping: AtomicBool,
 }
 
-impl ServeContext<'_> {
+impl Shared {
     pub fn scoreboard_begin(&self) {
-        self.slot.request_begin();
-        self.slot.set_state(WorkerState::Busy);
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.slot.request_begin();
+            self.slot.set_state(WorkerState::Busy);
+        }
     }
 
-    pub fn scoreboard_end(&mut self) {
-        self.slot.request_end();
-        self.slot.set_state(WorkerState::Idle);
-        *self.served += 1;
+    pub fn scoreboard_end(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.slot.request_end();
+            self.slot.set_state(if self.stopping() {
+                WorkerState::Stopping
+            } else {
+                WorkerState::Idle
+            });
+        } else {
+            self.slot.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// This request reaches `--max-requests`: close its connection afterwards.
     pub fn last_request(&self) -> bool {
-        self.settings.max_requests > 0 && *self.served + 1 >= self.settings.max_requests
+        let max = self.settings.max_requests;
+        max > 0 && self.served() + self.in_flight.load(Ordering::Relaxed) as u64 >= max
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    pub fn log_access(&self, record: &AccessRecord<'_>) {
+        if let Some(log) = self
+            .access_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            log.write(record);
+        }
+    }
+
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = self
+            .access_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            if let Err(e) = log.reopen() {
+                tracing::error!("{e}");
+            }
+        }
     }
 }
 
@@ -157,13 +197,20 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         max_requests: jittered(cfg.max_requests, cfg.max_requests_jitter),
         forwarded_allow_ips: cfg.forwarded_allow_ips.clone(),
     };
+    let shared = Arc::new(Shared {
+        app,
+        settings,
+        slot: init.slot,
+        access_log: Mutex::new(access_log),
+        served: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+    });
     let mut worker = EventLoop::new(
         init.listeners,
         signals,
-        app,
-        settings,
-        access_log,
-        init.slot,
+        Arc::clone(&shared),
+        cfg.threads as usize,
         cfg.graceful_timeout(),
     )
     .map_err(|e| {
@@ -179,7 +226,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     if init.to_master.write_all(b"R\n").is_err() {
         return Err(exit::BOOT_ERROR);
     }
-    Python::with_gil(|py| worker.run(py));
+    worker.run();
     Ok(())
 }
 
@@ -210,318 +257,4 @@ fn raise_fd_limit() {
         let _ =
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
-}
-
-const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
-/// Most connections accepted per listener wake-up.
-const ACCEPT_BATCH: usize = 64;
-const LISTENER_BASE: usize = usize::MAX - 1024;
-
-struct EventLoop<'a> {
-    poll: Poll,
-    listeners: &'a [Listener],
-    locals: Vec<Rc<Local>>,
-    signals: SignalPipe,
-    app: App,
-    settings: Settings,
-    access_log: Option<AccessLog>,
-    slot: &'static Slot,
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
-    open: usize,
-    accepting: bool,
-    stop_by: Option<Instant>,
-    graceful_timeout: Duration,
-    served: u64,
-}
-
-impl<'a> EventLoop<'a> {
-    fn new(
-        listeners: &'a [Listener],
-        signals: SignalPipe,
-        app: App,
-        settings: Settings,
-        access_log: Option<AccessLog>,
-        slot: &'static Slot,
-        graceful_timeout: Duration,
-    ) -> std::io::Result<EventLoop<'a>> {
-        let poll = Poll::new()?;
-        poll.registry().register(
-            &mut SourceFd(&signals.fd()),
-            SIGNAL_TOKEN,
-            Interest::READABLE,
-        )?;
-        for (i, l) in listeners.iter().enumerate() {
-            register_exclusive(&poll, l.socket.as_raw_fd(), LISTENER_BASE + i)?;
-        }
-        let locals = listeners.iter().map(|l| Rc::new(l.local.clone())).collect();
-        Ok(EventLoop {
-            poll,
-            listeners,
-            locals,
-            signals,
-            app,
-            settings,
-            access_log,
-            slot,
-            conns: Vec::new(),
-            free: Vec::new(),
-            open: 0,
-            accepting: true,
-            stop_by: None,
-            graceful_timeout,
-            served: 0,
-        })
-    }
-
-    fn run(&mut self, py: Python<'_>) {
-        let mut events = Events::with_capacity(256);
-        let mut next_sweep = Instant::now() + Duration::from_secs(1);
-        loop {
-            let timeout = next_sweep.saturating_duration_since(Instant::now());
-            let poll = &mut self.poll;
-            let result = py.allow_threads(|| poll.poll(&mut events, Some(timeout)));
-            if let Err(e) = result {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::error!("epoll failed: {e}");
-                    return;
-                }
-            }
-            self.slot.heartbeat();
-            for event in events.iter() {
-                match event.token() {
-                    SIGNAL_TOKEN => self.handle_signals(),
-                    Token(t) if t >= LISTENER_BASE => self.accept(py, t - LISTENER_BASE),
-                    Token(t) => self.drive(py, t),
-                }
-            }
-            let now = Instant::now();
-            if now >= next_sweep {
-                self.close_expired(now);
-                next_sweep = now + Duration::from_secs(1);
-            }
-            if let Some(deadline) = self.stop_by {
-                self.close_idle();
-                if self.open == 0 || Instant::now() >= deadline {
-                    return;
-                }
-            }
-        }
-    }
-
-    fn handle_signals(&mut self) {
-        use signal_hook::consts::*;
-        for sig in self.signals.take() {
-            match sig {
-                SIGINT | SIGQUIT => std::process::exit(0),
-                SIGUSR1 => {
-                    if let Some(Err(e)) = self.access_log.as_mut().map(AccessLog::reopen) {
-                        tracing::error!("{e}");
-                    }
-                }
-                SIGTERM if self.stop_by.is_none() => {
-                    tracing::info!("Worker exiting (pid: {})", std::process::id());
-                    self.begin_stop(Instant::now() + self.graceful_timeout);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Stop accepting; finish what is in flight; close idle keep-alive connections.
-    fn begin_stop(&mut self, deadline: Instant) {
-        self.accepting = false;
-        self.stop_by = Some(deadline);
-        self.slot.set_state(WorkerState::Stopping);
-        for l in self.listeners {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&l.socket.as_raw_fd()));
-        }
-    }
-
-    fn accept(&mut self, py: Python<'_>, index: usize) {
-        if !self.accepting {
-            return;
-        }
-        let listener = &self.listeners[index];
-        // Bounded, so one busy listener cannot starve the rest of the loop; the
-        // listener is level-triggered and wakes us again for what is left.
-        for _ in 0..ACCEPT_BATCH {
-            if !self.accepting {
-                return;
-            }
-            if self.open >= self.settings.max_connections && !self.evict_idle() {
-                // Leave the rest in the kernel's backlog until a connection frees up.
-                return;
-            }
-            let (sock, addr) = match listener.socket.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!("accept failed: {e}");
-                    return;
-                }
-            };
-            if sock.set_nonblocking(true).is_err() {
-                continue;
-            }
-            let peer = match addr.as_socket() {
-                Some(sa) => {
-                    let _ = sock.set_nodelay(true);
-                    Peer {
-                        addr: sa.ip().to_canonical().to_string(),
-                        port: sa.port().to_string(),
-                        trusted: self.settings.forwarded_allow_ips.allows(sa.ip()),
-                    }
-                }
-                None => Peer {
-                    addr: String::new(),
-                    port: String::new(),
-                    trusted: true,
-                },
-            };
-            let conn = Conn::new(
-                sock,
-                peer,
-                Rc::clone(&self.locals[index]),
-                self.settings.request_timeout,
-            );
-            let key = match self.free.pop() {
-                Some(k) => k,
-                None => {
-                    self.conns.push(None);
-                    self.conns.len() - 1
-                }
-            };
-            let interest = Interest::READABLE | Interest::WRITABLE;
-            if self
-                .poll
-                .registry()
-                .register(&mut SourceFd(&conn.fd()), Token(key), interest)
-                .is_err()
-            {
-                self.free.push(key);
-                continue;
-            }
-            self.conns[key] = Some(conn);
-            self.open += 1;
-            self.drive(py, key);
-        }
-    }
-
-    /// `--max-requests` reached: drain and exit so the master starts a fresh worker.
-    fn check_max_requests(&mut self) {
-        if self.settings.max_requests > 0
-            && self.served >= self.settings.max_requests
-            && self.accepting
-        {
-            tracing::info!("Autorestarting worker after current request.");
-            self.begin_stop(Instant::now() + self.graceful_timeout);
-        }
-    }
-
-    fn drive(&mut self, py: Python<'_>, key: usize) {
-        let Some(conn) = self.conns.get_mut(key).and_then(Option::as_mut) else {
-            return;
-        };
-        let mut ctx = ServeContext {
-            app: &self.app,
-            settings: &self.settings,
-            slot: self.slot,
-            access_log: self.access_log.as_mut(),
-            stopping: self.stop_by.is_some(),
-            served: &mut self.served,
-        };
-        if conn.drive(py, &mut ctx) == Drive::Close {
-            self.close(key);
-        }
-        self.check_max_requests();
-    }
-
-    fn close(&mut self, key: usize) {
-        if let Some(conn) = self.conns[key].take() {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&conn.fd()));
-            if conn.in_request {
-                // A request abandoned mid-way still leaves the slot idle.
-                self.slot.request_started_ms.store(0, Ordering::Relaxed);
-                self.slot.set_state(if self.stop_by.is_some() {
-                    WorkerState::Stopping
-                } else {
-                    WorkerState::Idle
-                });
-            }
-            self.free.push(key);
-            self.open -= 1;
-        }
-    }
-
-    /// At the connection limit, an idle connection makes room for a new client (limits
-    /// are on requests in flight, not on idle sockets): a keep-alive one first, else the
-    /// oldest silent fresh one.
-    fn evict_idle(&mut self) -> bool {
-        let oldest = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(k, c)| {
-                c.as_ref()
-                    .filter(|c| c.is_idle())
-                    .map(|c| (c.served() == 0, c.deadline, k))
-            })
-            .min();
-        match oldest {
-            Some((_, _, key)) => {
-                self.close(key);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn close_expired(&mut self, now: Instant) {
-        let expired: Vec<usize> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(k, c)| c.as_ref().filter(|c| c.deadline <= now).map(|_| k))
-            .collect();
-        for key in expired {
-            self.close(key);
-        }
-    }
-
-    /// Draining: close keep-alive connections between requests.
-    fn close_idle(&mut self) {
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(k, c)| {
-                c.as_ref()
-                    .filter(|c| c.is_idle() && c.served() > 0)
-                    .map(|_| k)
-            })
-            .collect();
-        for key in idle {
-            self.close(key);
-        }
-    }
-}
-
-/// Registers a listener with EPOLLEXCLUSIVE so that one incoming connection wakes one
-/// worker, not all of them (mio has no flag for it; the token layout is mio's).
-fn register_exclusive(poll: &Poll, fd: RawFd, token: usize) -> std::io::Result<()> {
-    let mut event = libc::epoll_event {
-        events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
-        u64: token as u64,
-    };
-    // SAFETY: both descriptors are open; `event` is a valid epoll_event.
-    let rc = unsafe { libc::epoll_ctl(poll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

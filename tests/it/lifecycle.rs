@@ -169,3 +169,43 @@ fn max_requests_recycles_workers_without_failed_requests() {
     }
     assert!(pids.len() >= 4, "workers were not recycled: {pids:?}");
 }
+
+#[test]
+fn threads_serve_requests_concurrently() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .args(["--threads", "4"])
+        .start();
+    // A slow request on one thread does not stall a fast one.
+    let mut slow = s.connect();
+    slow.write_all(b"GET /sleep?3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    assert_eq!(s.get("/").text(), "ok");
+    let fast = start.elapsed();
+    assert!(
+        fast < Duration::from_secs(2),
+        "fast request waited {fast:?} behind the slow one"
+    );
+    // Four sleeping requests overlap instead of queueing.
+    let start = Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = s.connect();
+            c.write_all(b"GET /sleep?1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    for c in clients {
+        let r = read_response(&mut BufReader::new(c), false).unwrap();
+        assert_eq!(r.text(), "slept");
+    }
+    let four = start.elapsed();
+    assert!(
+        four < Duration::from_millis(2500),
+        "4 x 1 s sleeps took {four:?} with 4 threads"
+    );
+    let r = read_response(&mut BufReader::new(slow), false).unwrap();
+    assert_eq!(r.text(), "slept");
+}

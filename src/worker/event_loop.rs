@@ -1,0 +1,356 @@
+//! The worker's event loop: accept on the shared listeners, drive every connection's
+//! state machine, enforce deadlines, drain on TERM.
+//!
+//! With `--threads 1` the application is called right here, on the loop's thread, with
+//! the GIL held while events are processed and released only around epoll: no
+//! hand-off per request. With `--threads N` complete requests are handed to the
+//! `pool` and come back when their response is sent, so a slow request never stalls
+//! the loop or the other threads.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use pyo3::prelude::*;
+
+use super::conn::{Conn, Drive, Exec};
+use super::pool::Pool;
+use super::Shared;
+use crate::master::listeners::Listener;
+use crate::scoreboard::WorkerState;
+use crate::signals::SignalPipe;
+use crate::wsgi::environ::{Local, Peer};
+
+const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+const WAKER_TOKEN: Token = Token(usize::MAX - 2);
+const LISTENER_BASE: usize = usize::MAX - 1024;
+/// Most connections accepted per listener wake-up.
+const ACCEPT_BATCH: usize = 64;
+
+pub struct EventLoop<'a> {
+    poll: Poll,
+    listeners: &'a [Listener],
+    locals: Vec<Arc<Local>>,
+    signals: SignalPipe,
+    shared: Arc<Shared>,
+    pool: Option<Pool>,
+    /// Connection slots; `None` is free or, for keys in the pool, away.
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    /// Connections open, including those away in the pool.
+    open: usize,
+    accepting: bool,
+    stop_by: Option<Instant>,
+    graceful_timeout: Duration,
+}
+
+impl<'a> EventLoop<'a> {
+    pub fn new(
+        listeners: &'a [Listener],
+        signals: SignalPipe,
+        shared: Arc<Shared>,
+        threads: usize,
+        graceful_timeout: Duration,
+    ) -> std::io::Result<EventLoop<'a>> {
+        let poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&signals.fd()),
+            SIGNAL_TOKEN,
+            Interest::READABLE,
+        )?;
+        for (i, l) in listeners.iter().enumerate() {
+            register_exclusive(&poll, l.socket.as_raw_fd(), LISTENER_BASE + i)?;
+        }
+        let pool = if threads > 1 {
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+            Some(Pool::start(threads, Arc::clone(&shared), waker)?)
+        } else {
+            None
+        };
+        let locals = listeners
+            .iter()
+            .map(|l| Arc::new(l.local.clone()))
+            .collect();
+        Ok(EventLoop {
+            poll,
+            listeners,
+            locals,
+            signals,
+            shared,
+            pool,
+            conns: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            accepting: true,
+            stop_by: None,
+            graceful_timeout,
+        })
+    }
+
+    /// Runs until the worker has drained after a stop.
+    pub fn run(&mut self) {
+        if self.pool.is_some() {
+            self.run_with(Exec::Pool);
+        } else {
+            Python::with_gil(|py| self.run_with(Exec::Inline(py)));
+        }
+    }
+
+    fn run_with(&mut self, exec: Exec<'_>) {
+        let mut events = Events::with_capacity(256);
+        let mut next_sweep = Instant::now() + Duration::from_secs(1);
+        loop {
+            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            let poll = &mut self.poll;
+            let result = match exec {
+                Exec::Inline(py) => py.allow_threads(|| poll.poll(&mut events, Some(timeout))),
+                Exec::Pool => poll.poll(&mut events, Some(timeout)),
+            };
+            if let Err(e) = result {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("epoll failed: {e}");
+                    return;
+                }
+            }
+            self.shared.slot.heartbeat();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNAL_TOKEN => self.handle_signals(),
+                    WAKER_TOKEN => self.collect_finished(exec),
+                    Token(t) if t >= LISTENER_BASE => self.accept(exec, t - LISTENER_BASE),
+                    Token(t) => self.drive(exec, t),
+                }
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.close_expired(now);
+                next_sweep = now + Duration::from_secs(1);
+            }
+            if let Some(deadline) = self.stop_by {
+                self.close_idle();
+                if self.open == 0 || Instant::now() >= deadline {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        use signal_hook::consts::*;
+        for sig in self.signals.take() {
+            match sig {
+                SIGINT | SIGQUIT => std::process::exit(0),
+                SIGUSR1 => self.shared.reopen_access_log(),
+                SIGTERM if self.stop_by.is_none() => {
+                    tracing::info!("Worker exiting (pid: {})", std::process::id());
+                    self.begin_stop();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Stop accepting; finish what is in flight; close idle keep-alive connections.
+    fn begin_stop(&mut self) {
+        self.accepting = false;
+        self.stop_by = Some(Instant::now() + self.graceful_timeout);
+        self.shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.slot.set_state(WorkerState::Stopping);
+        for l in self.listeners {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&l.socket.as_raw_fd()));
+        }
+    }
+
+    fn accept(&mut self, exec: Exec<'_>, index: usize) {
+        let listener = &self.listeners[index];
+        // Bounded, so one busy listener cannot starve the rest of the loop; the
+        // listener is level-triggered and wakes us again for what is left.
+        for _ in 0..ACCEPT_BATCH {
+            if !self.accepting {
+                return;
+            }
+            if self.open >= self.shared.settings.max_connections && !self.evict_idle() {
+                // Leave the rest in the kernel's backlog until a connection frees up.
+                return;
+            }
+            let (sock, addr) = match listener.socket.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!("accept failed: {e}");
+                    return;
+                }
+            };
+            if sock.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let peer = match addr.as_socket() {
+                Some(sa) => {
+                    let _ = sock.set_nodelay(true);
+                    Peer {
+                        addr: sa.ip().to_canonical().to_string(),
+                        port: sa.port().to_string(),
+                        trusted: self.shared.settings.forwarded_allow_ips.allows(sa.ip()),
+                    }
+                }
+                None => Peer {
+                    addr: String::new(),
+                    port: String::new(),
+                    trusted: true,
+                },
+            };
+            let conn = Conn::new(
+                sock,
+                peer,
+                Arc::clone(&self.locals[index]),
+                self.shared.settings.request_timeout,
+            );
+            let key = match self.free.pop() {
+                Some(k) => k,
+                None => {
+                    self.conns.push(None);
+                    self.conns.len() - 1
+                }
+            };
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&conn.fd()), Token(key), interest)
+                .is_err()
+            {
+                self.free.push(key);
+                continue;
+            }
+            self.conns[key] = Some(conn);
+            self.open += 1;
+            self.drive(exec, key);
+        }
+    }
+
+    fn drive(&mut self, exec: Exec<'_>, key: usize) {
+        let Some(conn) = self.conns.get_mut(key).and_then(Option::as_mut) else {
+            return;
+        };
+        match conn.drive(exec, &self.shared) {
+            Drive::Wait => {}
+            Drive::Close => self.close(key),
+            Drive::Dispatch => {
+                let conn = self.conns[key].take().expect("present");
+                if let Some(pool) = &self.pool {
+                    pool.submit(key, conn);
+                }
+            }
+        }
+        self.check_max_requests();
+    }
+
+    /// Connections whose response the pool has sent come home.
+    fn collect_finished(&mut self, exec: Exec<'_>) {
+        let Some(pool) = &self.pool else { return };
+        let finished: Vec<_> = pool.finished().collect();
+        for (key, conn, keep) in finished {
+            self.conns[key] = Some(conn);
+            if keep {
+                self.drive(exec, key);
+            } else {
+                self.close(key);
+            }
+        }
+    }
+
+    /// `--max-requests` reached: drain and exit so the master starts a fresh worker.
+    fn check_max_requests(&mut self) {
+        let max = self.shared.settings.max_requests;
+        if max > 0 && self.shared.served() >= max && self.accepting {
+            tracing::info!("Autorestarting worker after current request.");
+            self.begin_stop();
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(conn) = self.conns[key].take() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&conn.fd()));
+            if conn.in_request {
+                conn.abandon(&self.shared);
+            }
+            self.free.push(key);
+            self.open -= 1;
+        }
+    }
+
+    /// At the connection limit, an idle connection makes room for a new client (limits
+    /// are on requests in flight, not on idle sockets): a keep-alive one first, else the
+    /// oldest silent fresh one.
+    fn evict_idle(&mut self) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| {
+                c.as_ref()
+                    .filter(|c| c.is_idle())
+                    .map(|c| (c.served() == 0, c.deadline, k))
+            })
+            .min();
+        match oldest {
+            Some((_, _, key)) => {
+                self.close(key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn close_expired(&mut self, now: Instant) {
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| c.as_ref().filter(|c| c.deadline <= now).map(|_| k))
+            .collect();
+        for key in expired {
+            self.close(key);
+        }
+    }
+
+    /// Draining: close keep-alive connections between requests.
+    fn close_idle(&mut self) {
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| {
+                c.as_ref()
+                    .filter(|c| c.is_idle() && c.served() > 0)
+                    .map(|_| k)
+            })
+            .collect();
+        for key in idle {
+            self.close(key);
+        }
+    }
+}
+
+/// Registers a listener with EPOLLEXCLUSIVE so that one incoming connection wakes one
+/// worker, not all of them (mio has no flag for it; the token layout is mio's).
+fn register_exclusive(poll: &Poll, fd: RawFd, token: usize) -> std::io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
+        u64: token as u64,
+    };
+    // SAFETY: both descriptors are open; `event` is a valid epoll_event.
+    let rc = unsafe { libc::epoll_ctl(poll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
