@@ -4,6 +4,7 @@
 //! [`master::run`]; see ARCHITECTURE.md for the map.
 
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod log;
 pub mod master;

@@ -134,6 +134,26 @@ pub struct Config {
     /// Set SO_REUSEPORT on listening sockets.
     #[arg(long = "reuse-port")]
     pub reuse_port: bool,
+
+    /// Control socket path [default: $RUNTIME_DIRECTORY/rgun.ctl, else
+    /// $XDG_RUNTIME_DIR/rgun.ctl, else ./rgun.ctl].
+    #[arg(long = "control-socket", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+
+    /// Permissions of the control socket, in octal.
+    #[arg(long = "control-socket-mode", value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
+    pub control_socket_mode: u32,
+
+    /// Do not open a control socket.
+    #[arg(long = "no-control-socket", conflicts_with = "control_socket")]
+    pub no_control_socket: bool,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0600"))
 }
 
 /// `--forwarded-allow-ips`.
@@ -257,8 +277,46 @@ impl Config {
         Duration::from_secs(self.graceful_timeout)
     }
 
-    /// A short name for process titles and logs: the application spec.
-    pub fn proc_name(&self) -> &str {
-        &self.app
+    /// Where the control socket goes, or None with `--no-control-socket`.
+    pub fn control_socket_path(&self) -> Option<PathBuf> {
+        if self.no_control_socket {
+            return None;
+        }
+        Some(self.control_socket.clone().unwrap_or_else(rgunctl::default_socket_path))
+    }
+
+    /// The effective settings under Gunicorn's names, for `rgunctl config`.
+    pub fn settings_json(&self, workers: usize) -> serde_json::Value {
+        let allow = match &self.forwarded_allow_ips {
+            AllowIps::Any => "*".to_owned(),
+            AllowIps::List(ips) => ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        };
+        serde_json::json!({
+            "wsgi_app": self.app,
+            "bind": self.binds().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "workers": workers,
+            "threads": self.threads,
+            "timeout": self.timeout,
+            "graceful_timeout": self.graceful_timeout,
+            "keepalive": self.keepalive,
+            "limit_request_line": self.limit_request_line,
+            "limit_request_fields": self.limit_request_fields,
+            "limit_request_field_size": self.limit_request_field_size,
+            "chdir": self.chdir,
+            "pythonpath": self.pythonpath,
+            "raw_env": self.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "accesslog": self.access_logfile,
+            "access_log_format": self.access_log_format,
+            "errorlog": self.error_logfile,
+            "loglevel": self.loglevel,
+            "forwarded_allow_ips": allow,
+            "worker_connections": self.worker_connections,
+            "max_requests": self.max_requests,
+            "max_requests_jitter": self.max_requests_jitter,
+            "backlog": self.backlog,
+            "reuse_port": self.reuse_port,
+            "control_socket": self.control_socket_path(),
+            "control_socket_mode": format!("{:04o}", self.control_socket_mode),
+        })
     }
 }

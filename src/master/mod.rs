@@ -1,17 +1,20 @@
 //! The master (arbiter): one thread, one poll loop. It owns the listeners, the
-//! scoreboard and the worker table; it forks workers, waits for their explicit ready
-//! message, replaces the ones that die (backing off when they die young), and turns
-//! signals into intents.
+//! scoreboard, the control socket and the worker table; it forks workers, waits for
+//! their explicit ready message, replaces the ones that die (backing off when they die
+//! young), swaps generations on reload, and turns signals and control requests into
+//! actions.
 //!
 //! The master never serves HTTP and never starts Python, so fork() is always safe.
 
+mod commands;
 pub mod listeners;
+mod reload;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use mio::unix::SourceFd;
@@ -19,9 +22,12 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
+use rgunctl::protocol::HistoryEntry;
 
 use self::listeners::{bind_all, Listener};
+use self::reload::Reload;
 use crate::config::Config;
+use crate::control::{ControlServer, TOKEN_BASE as CONTROL_TOKENS};
 use crate::scoreboard::{Scoreboard, MAX_SLOTS};
 use crate::signals::SignalPipe;
 use crate::worker::{self, exit, WorkerInit};
@@ -33,6 +39,8 @@ const QUICK_STOP_GRACE: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A worker that lives less than this counts as a crash for back-off.
 const YOUNG_DEATH: Duration = Duration::from_secs(2);
+/// Entries kept for `history`.
+const HISTORY_LEN: usize = 20;
 
 /// The master's life, logged on every change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +48,7 @@ enum Phase {
     /// Booting the first workers; a boot failure now halts the server.
     Starting,
     Running,
-    Stopping {
-        graceful: bool,
-    },
+    Stopping { graceful: bool },
 }
 
 /// What a signal asks for; the loop reasons about these, not signal numbers.
@@ -50,6 +56,7 @@ enum Phase {
 enum Intent {
     GracefulStop,
     QuickStop,
+    Reload,
     MoreWorkers,
     FewerWorkers,
     ReopenLogs,
@@ -61,6 +68,7 @@ fn intent(sig: i32) -> Option<Intent> {
     Some(match sig {
         SIGTERM => Intent::GracefulStop,
         SIGINT | SIGQUIT => Intent::QuickStop,
+        SIGHUP => Intent::Reload,
         SIGTTIN => Intent::MoreWorkers,
         SIGTTOU => Intent::FewerWorkers,
         SIGUSR1 => Intent::ReopenLogs,
@@ -72,11 +80,23 @@ fn intent(sig: i32) -> Option<Intent> {
 struct WorkerProc {
     pid: Pid,
     slot: usize,
+    generation: u32,
     pipe: UnixStream,
     inbox: Vec<u8>,
     ready: bool,
     spawned: Instant,
+    /// Told to stop (scale down, old generation, kill): not to be replaced.
     retiring: bool,
+}
+
+/// Counters for `status`.
+#[derive(Debug, Default)]
+struct Totals {
+    requests_of_exited: u64,
+    spawned: u64,
+    exited: u64,
+    timeouts: u64,
+    reloads: u64,
 }
 
 pub struct Arbiter {
@@ -85,9 +105,19 @@ pub struct Arbiter {
     scoreboard: Scoreboard,
     poll: Poll,
     signals: SignalPipe,
+    control: Option<ControlServer>,
     workers: BTreeMap<usize, WorkerProc>,
     target: usize,
+    /// The generation serving traffic.
+    generation: u32,
+    reload: Option<Reload>,
+    /// `scale --wait` clients: (connection, request id, started).
+    scale_waiters: Vec<(usize, serde_json::Value)>,
+    history: VecDeque<HistoryEntry>,
+    totals: Totals,
     phase: Phase,
+    started: Instant,
+    started_at: SystemTime,
     stop_deadline: Option<Instant>,
     /// Young deaths in a row, for back-off; reset when a worker becomes ready.
     failures: u32,
@@ -100,30 +130,30 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
     crate::python::interpreter_executable()?;
     if let Some(dir) = &cfg.chdir {
-        std::env::set_current_dir(dir)
-            .with_context(|| format!("cannot chdir to {}", dir.display()))?;
+        std::env::set_current_dir(dir).with_context(|| format!("cannot chdir to {}", dir.display()))?;
     }
     let listeners = bind_all(&cfg)?;
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
     use signal_hook::consts::*;
-    let signals =
-        SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGCHLD])?;
+    let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGCHLD])?;
     // SAFETY: standard dispositions for signals the master does not act on yet.
     unsafe {
-        libc::signal(SIGHUP, libc::SIG_IGN);
         libc::signal(SIGUSR2, libc::SIG_IGN);
         libc::signal(SIGWINCH, libc::SIG_IGN);
     }
     let poll = Poll::new()?;
-    poll.registry().register(
-        &mut SourceFd(&signals.fd()),
-        SIGNAL_TOKEN,
-        Interest::READABLE,
-    )?;
+    poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
+    let control = match cfg.control_socket_path() {
+        Some(path) => Some(ControlServer::bind(&path, cfg.control_socket_mode, poll.registry())?),
+        None => None,
+    };
 
     tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
     for l in &listeners {
         tracing::info!("Listening at: {} ({})", l.display, std::process::id());
+    }
+    if let Some(c) = &control {
+        tracing::info!("Control socket: {}", c.path().display());
     }
     tracing::info!("Using worker: rgun (threads: {})", cfg.threads);
     let mut arbiter = Arbiter {
@@ -132,9 +162,17 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         scoreboard,
         poll,
         signals,
+        control,
         workers: BTreeMap::new(),
         target: target as usize,
+        generation: 1,
+        reload: None,
+        scale_waiters: Vec::new(),
+        history: VecDeque::new(),
+        totals: Totals::default(),
         phase: Phase::Starting,
+        started: Instant::now(),
+        started_at: SystemTime::now(),
         stop_deadline: None,
         failures: 0,
         next_spawn: Instant::now(),
@@ -164,6 +202,7 @@ impl Arbiter {
                             }
                         }
                     }
+                    Token(t) if t >= CONTROL_TOKENS => self.handle_control_event(Token(t)),
                     Token(slot) => self.read_worker(slot),
                 }
             }
@@ -177,7 +216,9 @@ impl Arbiter {
                     self.signal_all(Signal::SIGKILL);
                 }
             } else {
+                self.check_reload();
                 self.manage_workers();
+                self.answer_scale_waiters();
             }
         }
     }
@@ -190,8 +231,7 @@ impl Arbiter {
         if self.live_workers() < self.target {
             wake = wake.min(self.next_spawn);
         }
-        wake.saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(5))
+        wake.saturating_duration_since(Instant::now()).max(Duration::from_millis(5))
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -205,22 +245,24 @@ impl Arbiter {
         match intent {
             Intent::GracefulStop => self.begin_stop(true),
             Intent::QuickStop => self.begin_stop(false),
-            Intent::MoreWorkers => {
-                self.target = (self.target + 1).min(MAX_SLOTS);
-                tracing::info!("Number of workers: {}", self.target);
-            }
-            Intent::FewerWorkers => {
-                self.target = self.target.saturating_sub(1).max(1);
-                tracing::info!("Number of workers: {}", self.target);
-            }
-            Intent::ReopenLogs => {
-                if let Err(e) = crate::log::reopen_error_log(&self.cfg.error_logfile) {
-                    tracing::error!("{e}");
+            Intent::Reload => {
+                tracing::info!("Handling signal: hup");
+                if let Err(e) = self.begin_reload("signal HUP".into()) {
+                    tracing::warn!("reload not started: {}", e.message);
                 }
-                self.signal_all(Signal::SIGUSR1);
             }
+            Intent::MoreWorkers => self.set_target(self.target + 1, "signal TTIN".into()),
+            Intent::FewerWorkers => self.set_target(self.target.saturating_sub(1), "signal TTOU".into()),
+            Intent::ReopenLogs => self.reopen_logs(),
             Intent::ChildExited => {}
         }
+    }
+
+    fn reopen_logs(&mut self) {
+        if let Err(e) = crate::log::reopen_error_log(&self.cfg.error_logfile) {
+            tracing::error!("{e}");
+        }
+        self.signal_all(Signal::SIGUSR1);
     }
 
     fn begin_stop(&mut self, graceful: bool) {
@@ -234,12 +276,10 @@ impl Arbiter {
             return;
         }
         tracing::info!("Handling signal: {}", if graceful { "term" } else { "int" });
+        self.fail_reload("the server is stopping");
         self.set_phase(Phase::Stopping { graceful });
-        let (sig, grace) = if graceful {
-            (Signal::SIGTERM, self.cfg.graceful_timeout())
-        } else {
-            (Signal::SIGQUIT, QUICK_STOP_GRACE)
-        };
+        let (sig, grace) =
+            if graceful { (Signal::SIGTERM, self.cfg.graceful_timeout()) } else { (Signal::SIGQUIT, QUICK_STOP_GRACE) };
         self.signal_all(sig);
         self.stop_deadline = Some(Instant::now() + grace);
     }
@@ -250,36 +290,30 @@ impl Arbiter {
         }
     }
 
+    /// Workers of the serving generation that are meant to stay.
     fn live_workers(&self) -> usize {
-        self.workers.values().filter(|w| !w.retiring).count()
+        self.workers.values().filter(|w| !w.retiring && w.generation == self.generation).count()
     }
 
-    /// Spawn or retire workers to match the target.
+    /// Spawn or retire workers of the serving generation to match the target.
     fn manage_workers(&mut self) {
         let live = self.live_workers();
         if live > self.target {
             // Retire the youngest first: the old ones are warm.
-            let extra: Vec<usize> = self
+            let mut candidates: Vec<(Instant, usize)> = self
                 .workers
                 .values()
-                .filter(|w| !w.retiring)
+                .filter(|w| !w.retiring && w.generation == self.generation)
                 .map(|w| (w.spawned, w.slot))
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .rev()
-                .take(live - self.target)
-                .map(|(_, slot)| slot)
                 .collect();
-            for slot in extra {
-                if let Some(w) = self.workers.get_mut(&slot) {
-                    w.retiring = true;
-                    let _ = kill(w.pid, Signal::SIGTERM);
-                }
+            candidates.sort();
+            for (_, slot) in candidates.into_iter().rev().take(live - self.target) {
+                self.retire(slot);
             }
         }
         if live < self.target && Instant::now() >= self.next_spawn {
             for _ in live..self.target {
-                if let Err(e) = self.spawn_worker() {
+                if let Err(e) = self.spawn_worker(self.generation) {
                     tracing::error!("cannot spawn a worker: {e:#}");
                     self.note_failure();
                     break;
@@ -288,17 +322,24 @@ impl Arbiter {
         }
     }
 
-    fn spawn_worker(&mut self) -> anyhow::Result<()> {
-        let slot = self
-            .scoreboard
-            .claim(|i| self.workers.contains_key(&i))
-            .context("no free scoreboard slot")?;
+    fn retire(&mut self, slot: usize) {
+        if let Some(w) = self.workers.get_mut(&slot) {
+            w.retiring = true;
+            let _ = kill(w.pid, Signal::SIGTERM);
+        }
+    }
+
+    fn spawn_worker(&mut self, generation: u32) -> anyhow::Result<()> {
+        let slot = self.scoreboard.claim(|i| self.workers.contains_key(&i)).context("no free scoreboard slot")?;
         let (master_end, worker_end) = UnixStream::pair()?;
         master_end.set_nonblocking(true)?;
         let mut master_fds: Vec<i32> = self.workers.values().map(|w| w.pipe.as_raw_fd()).collect();
         master_fds.push(master_end.as_raw_fd());
         master_fds.extend(self.signals.fds());
         master_fds.push(self.poll.as_raw_fd());
+        if let Some(c) = &self.control {
+            master_fds.extend(c.fds());
+        }
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread; the child only runs `worker::run`, which never returns.
         match unsafe { fork() }.context("fork failed")? {
@@ -313,16 +354,13 @@ impl Arbiter {
             ForkResult::Parent { child } => {
                 drop(worker_end);
                 self.scoreboard.assign(slot, child.as_raw());
-                self.poll.registry().register(
-                    &mut SourceFd(&master_end.as_raw_fd()),
-                    Token(slot),
-                    Interest::READABLE,
-                )?;
+                self.poll.registry().register(&mut SourceFd(&master_end.as_raw_fd()), Token(slot), Interest::READABLE)?;
                 self.workers.insert(
                     slot,
                     WorkerProc {
                         pid: child,
                         slot,
+                        generation,
                         pipe: master_end,
                         inbox: Vec::new(),
                         ready: false,
@@ -330,7 +368,8 @@ impl Arbiter {
                         retiring: false,
                     },
                 );
-                tracing::debug!("spawned worker {child} in slot {slot}");
+                self.totals.spawned += 1;
+                tracing::debug!("spawned worker {child} (generation {generation}) in slot {slot}");
                 Ok(())
             }
         }
@@ -339,9 +378,7 @@ impl Arbiter {
     /// Reads what a worker says: `R\n` when ready, `E<text>` before it exits on a boot
     /// failure.
     fn read_worker(&mut self, slot: usize) {
-        let Some(w) = self.workers.get_mut(&slot) else {
-            return;
-        };
+        let Some(w) = self.workers.get_mut(&slot) else { return };
         let mut buf = [0u8; 4096];
         loop {
             match (&w.pipe).read(&mut buf) {
@@ -354,13 +391,15 @@ impl Arbiter {
             w.ready = true;
             w.inbox.drain(..2);
             self.failures = 0;
-            if self.phase == Phase::Starting
-                && self.workers.values().filter(|w| w.ready).count() >= self.target
-            {
+            if self.phase == Phase::Starting && self.ready_workers() >= self.target {
                 tracing::info!("All {} workers ready", self.target);
                 self.set_phase(Phase::Running);
             }
         }
+    }
+
+    fn ready_workers(&self) -> usize {
+        self.workers.values().filter(|w| w.ready && !w.retiring && w.generation == self.generation).count()
     }
 
     /// Collects exited workers and decides what their exit means.
@@ -375,23 +414,14 @@ impl Arbiter {
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
                 _ => continue,
             };
-            let Some(slot) = self
-                .workers
-                .iter()
-                .find(|(_, w)| w.pid == pid)
-                .map(|(s, _)| *s)
-            else {
-                continue;
-            };
+            let Some(slot) = self.workers.iter().find(|(_, w)| w.pid == pid).map(|(s, _)| *s) else { continue };
             let mut w = self.workers.remove(&slot).expect("present");
             self.read_remaining(&mut w);
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
+            let _ = self.poll.registry().deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
+            self.totals.requests_of_exited += self.scoreboard.slot(slot).requests.load(std::sync::atomic::Ordering::Relaxed);
+            self.totals.exited += 1;
             self.scoreboard.release(slot);
-            let boot_error = (w.inbox.first() == Some(&b'E'))
-                .then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
+            let boot_error = (w.inbox.first() == Some(&b'E')).then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
             if let Some(text) = &boot_error {
                 tracing::error!("{text}");
             }
@@ -400,8 +430,8 @@ impl Arbiter {
                 (Some(0), _) if stopping || w.retiring => tracing::debug!("worker {pid} exited"),
                 (Some(0), _) => tracing::info!("Worker exiting (pid: {pid})"),
                 (Some(c), _) => tracing::error!("Worker (pid:{pid}) exited with code {c}"),
-                (_, Some(sig)) if stopping && sig == Signal::SIGKILL => {
-                    tracing::warn!("Worker (pid:{pid}) was killed after the graceful timeout")
+                (_, Some(sig)) if (stopping || w.retiring) && sig == Signal::SIGKILL => {
+                    tracing::warn!("Worker (pid:{pid}) was killed")
                 }
                 (_, Some(sig)) => tracing::error!("Worker (pid:{pid}) was sent {sig}!"),
                 _ => {}
@@ -409,13 +439,14 @@ impl Arbiter {
             if stopping {
                 continue;
             }
+            if self.reload.as_ref().is_some_and(|r| r.generation == w.generation) && !w.ready && !w.retiring {
+                let why = boot_error.unwrap_or_else(|| describe_exit(code, signal));
+                self.fail_reload(&why);
+                continue;
+            }
             let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
             if failed_boot && self.phase == Phase::Starting {
-                let reason = if code == Some(exit::APP_LOAD_ERROR) {
-                    "App failed to load."
-                } else {
-                    "Worker failed to boot."
-                };
+                let reason = if code == Some(exit::APP_LOAD_ERROR) { "App failed to load." } else { "Worker failed to boot." };
                 tracing::error!("Shutting down: {reason}");
                 self.exit_code = code.unwrap_or(1);
                 self.begin_stop(false);
@@ -427,9 +458,7 @@ impl Arbiter {
                 self.note_failure();
                 tracing::warn!(
                     "Worker failed early; next spawn in {:.1}s",
-                    self.next_spawn
-                        .saturating_duration_since(Instant::now())
-                        .as_secs_f64()
+                    self.next_spawn.saturating_duration_since(Instant::now()).as_secs_f64()
                 );
             }
         }
@@ -437,8 +466,7 @@ impl Arbiter {
 
     fn note_failure(&mut self) {
         self.failures = self.failures.saturating_add(1);
-        let backoff = Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(16)))
-            .min(MAX_BACKOFF);
+        let backoff = Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(16))).min(MAX_BACKOFF);
         self.next_spawn = Instant::now() + backoff;
     }
 
@@ -455,12 +483,37 @@ impl Arbiter {
         }
     }
 
+    fn push_history(&mut self, entry: HistoryEntry) -> usize {
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.history.push_back(entry);
+        self.history.len() - 1
+    }
+
     fn cleanup(&mut self) {
         for l in &self.listeners {
             if let Some(path) = &l.unix_path {
                 let _ = std::fs::remove_file(path);
             }
         }
+        if let Some(c) = &self.control {
+            c.remove_socket();
+        }
         tracing::info!("Shutting down: Master");
     }
 }
+
+fn describe_exit(code: Option<i32>, signal: Option<Signal>) -> String {
+    match (code, signal) {
+        (Some(c), _) => format!("a new worker exited with code {c} before it was ready"),
+        (_, Some(s)) => format!("a new worker was killed by {s} before it was ready"),
+        _ => "a new worker exited before it was ready".into(),
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+const _: () = assert!(MAX_SLOTS < CONTROL_TOKENS);

@@ -27,25 +27,11 @@ use crate::support::{read_response, rss_bytes, Server, ServerBuilder};
 const HONEST_LIMIT: Duration = Duration::from_secs(1);
 
 fn start() -> Server {
-    keep_fd3_busy();
     ServerBuilder::new("hostile_app:application")
         .workers(1)
         .arg("--threads")
         .arg("1")
         .start()
-}
-
-/// Makes sure descriptor 3 of this process is taken before `support` binds its
-/// listener. If the listener itself landed on fd 3, the `dup2(fd, 3)` in older versions
-/// of `support::ServerBuilder::start` would be a no-op that leaves FD_CLOEXEC set, and
-/// rgun would start without its socket (fixed in `support` on main; harmless after).
-fn keep_fd3_busy() {
-    static HOLD: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
-    HOLD.get_or_init(|| {
-        // SAFETY: F_GETFD only inspects the descriptor table.
-        let free = unsafe { libc::fcntl(3, libc::F_GETFD) } < 0;
-        free.then(|| std::fs::File::open("/dev/null").expect("open /dev/null"))
-    });
 }
 
 /// One honest `GET /ping` on a fresh connection; returns how long it took end to end

@@ -32,6 +32,7 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub log_path: PathBuf,
     pub access_path: PathBuf,
+    pub ctl_path: PathBuf,
 }
 
 pub struct ServerBuilder {
@@ -83,6 +84,7 @@ impl ServerBuilder {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("error.log");
         let access_path = dir.path().join("access.log");
+        let ctl_path = dir.path().join("rgun.ctl");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
         let port = listener.local_addr().unwrap().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rgun"));
@@ -95,6 +97,8 @@ impl ServerBuilder {
             .arg(&access_path)
             .arg("--pythonpath")
             .arg(apps_dir())
+            .arg("--control-socket")
+            .arg(&ctl_path)
             .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -130,6 +134,7 @@ impl ServerBuilder {
             dir,
             log_path,
             access_path,
+            ctl_path,
         };
         if self.wait_ready {
             server.wait_for_log(

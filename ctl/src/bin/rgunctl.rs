@@ -1,0 +1,292 @@
+//! `rgunctl`: operate a running rgun through its control socket.
+//!
+//! Exit status: 0 ok, 1 the daemon answered with an error, 2 usage, 3 cannot connect.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use rgunctl::protocol::{HistoryEntry, Status};
+use rgunctl::{default_socket_path, Client, ClientError};
+use serde_json::{json, Map, Value};
+
+#[derive(Parser)]
+#[command(name = "rgunctl", version, about = "Operate a running rgun through its control socket")]
+struct Cli {
+    /// Control socket [default: $RGUN_CONTROL_SOCKET, else the daemon's default path]
+    #[arg(short = 's', long = "socket", value_name = "PATH", env = "RGUN_CONTROL_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Print the raw JSON result.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this many seconds [default: 10, none for reload and scale --wait]
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Master and per-worker state.
+    Status,
+    /// Set the number of workers: N, +N or -N.
+    Scale {
+        #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
+        count: String,
+        /// Return once that many workers are ready.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Rolling reload: boot a new generation, then retire the old one.
+    Reload {
+        /// Return at once instead of waiting for the outcome.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop the daemon (graceful unless --quick).
+    Stop {
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Reopen the log files (after rotation).
+    ReopenLogs,
+    /// The effective settings.
+    Config,
+    /// Gracefully stop one worker; the master replaces it.
+    Kill { pid: i32 },
+    /// The last reloads and scale changes.
+    History,
+    /// Check that the daemon answers.
+    Ping,
+    /// Print shell completions or the man page (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// `man`, or a shell: bash, zsh, fish, elvish, powershell
+        what: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Cmd::Generate { what } = &cli.command {
+        return generate(what);
+    }
+    let (cmd, args, waits) = request_for(&cli.command);
+    let args = match args {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("rgunctl: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let timeout = match cli.timeout {
+        Some(s) if s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(_) => None,
+        None if waits => None,
+        None => Some(Duration::from_secs(10)),
+    };
+    let path = cli.socket.clone().unwrap_or_else(default_socket_path);
+    let mut client = match Client::connect(&path, timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rgunctl: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match client.call(cmd, args) {
+        Ok(Ok(result)) => {
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+            } else {
+                print_human(&cli.command, &result);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => {
+            eprintln!("rgunctl: {} failed ({}): {}", cmd, serde_json::to_value(error.code).unwrap_or_default().as_str().unwrap_or(""), error.message);
+            ExitCode::from(1)
+        }
+        Err(e @ ClientError::Connect { .. }) => {
+            eprintln!("rgunctl: {e}");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("rgunctl: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The protocol command, its arguments, and whether it waits for an outcome.
+fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, bool) {
+    let obj = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    match cmd {
+        Cmd::Status => ("status", Ok(Map::new()), false),
+        Cmd::Scale { count, wait } => {
+            let args = parse_scale(count).map(|(key, n)| {
+                let mut m = Map::new();
+                m.insert(key.into(), json!(n));
+                m.insert("wait".into(), json!(wait));
+                m
+            });
+            ("scale", args, *wait)
+        }
+        Cmd::Reload { no_wait } => ("reload", Ok(obj(json!({"wait": !no_wait}))), !no_wait),
+        Cmd::Stop { quick } => ("stop", Ok(obj(json!({"mode": if *quick { "quick" } else { "graceful" }}))), false),
+        Cmd::ReopenLogs => ("reopen_logs", Ok(Map::new()), false),
+        Cmd::Config => ("config", Ok(Map::new()), false),
+        Cmd::Kill { pid } => ("kill", Ok(obj(json!({"pid": pid}))), false),
+        Cmd::History => ("history", Ok(Map::new()), false),
+        Cmd::Ping => ("ping", Ok(Map::new()), false),
+        Cmd::Generate { .. } => unreachable!("handled before"),
+    }
+}
+
+/// `8` → workers 8; `+2`/`-1` → delta.
+fn parse_scale(count: &str) -> Result<(&'static str, i64), String> {
+    let relative = count.starts_with('+') || count.starts_with('-');
+    let n: i64 = count.parse().map_err(|_| format!("scale: {count:?} is not N, +N or -N"))?;
+    if relative {
+        if n == 0 {
+            return Err("scale: a change of 0 does nothing".into());
+        }
+        Ok(("delta", n))
+    } else if n < 1 {
+        Err("scale: the number of workers must be at least 1".into())
+    } else {
+        Ok(("workers", n))
+    }
+}
+
+fn print_human(cmd: &Cmd, result: &Value) {
+    match cmd {
+        Cmd::Status => match serde_json::from_value::<Status>(result.clone()) {
+            Ok(status) => print_status(&status),
+            Err(_) => println!("{result}"),
+        },
+        Cmd::History => match serde_json::from_value::<Vec<HistoryEntry>>(result.get("entries").cloned().unwrap_or_default()) {
+            Ok(entries) if entries.is_empty() => println!("no reloads or scale changes yet"),
+            Ok(entries) => {
+                println!("{:<20} {:<7} {:<16} {:>9} {:<8} DETAIL", "STARTED", "ACTION", "TRIGGER", "DURATION", "OUTCOME");
+                for e in entries {
+                    let dur = e.duration_ms.map_or("-".into(), |d| format!("{d}ms"));
+                    let detail = e.error.clone().map(|s| s.lines().last().unwrap_or("").to_owned()).unwrap_or_else(|| e.detail.to_string());
+                    println!("{:<20} {:<7} {:<16} {:>9} {:<8} {}", format_time(e.started_at), e.action, e.trigger, dur, e.outcome, detail);
+                }
+            }
+            Err(_) => println!("{result}"),
+        },
+        Cmd::Scale { .. } => println!("workers: {} -> {}", result["previous"], result["target"]),
+        Cmd::Reload { no_wait: false } => println!(
+            "reloaded: generation {} -> {} in {} ms",
+            result["previous_generation"], result["generation"], result["duration_ms"]
+        ),
+        Cmd::Reload { no_wait: true } => println!("reload started (generation {})", result["generation"]),
+        Cmd::Ping => println!("pong: rgun {} (pid {})", result["version"].as_str().unwrap_or("?"), result["pid"]),
+        Cmd::Config => println!("{}", serde_json::to_string_pretty(result).unwrap_or_default()),
+        Cmd::Stop { .. } => println!("stopping"),
+        Cmd::ReopenLogs => println!("logs reopened"),
+        Cmd::Kill { pid } => println!("worker {pid} is stopping"),
+        Cmd::Generate { .. } => {}
+    }
+}
+
+fn print_status(s: &Status) {
+    let m = &s.master;
+    let ready = s.workers.iter().filter(|w| w.generation == m.generation && (w.state == "idle" || w.state == "busy")).count();
+    println!(
+        "master {}  rgun {}  {}  state {}  generation {}  workers {}/{}  up {}",
+        m.pid,
+        m.version,
+        m.app,
+        m.state,
+        m.generation,
+        ready,
+        m.workers_target,
+        format_age(m.uptime_s)
+    );
+    println!("binds  {}", m.binds.join(" "));
+    println!("{:<8} {:>4} {:<9} {:>8} {:>9} {:>8} {:>9} {:>10}", "PID", "GEN", "STATE", "AGE", "REQUESTS", "CURRENT", "HEARTBEAT", "RSS");
+    for w in &s.workers {
+        println!(
+            "{:<8} {:>4} {:<9} {:>8} {:>9} {:>8} {:>9} {:>10}",
+            w.pid,
+            w.generation,
+            w.state,
+            format_age(w.age_s),
+            w.requests,
+            w.current_request_s.map_or("-".into(), |c| format!("{c:.1}s")),
+            format!("{:.1}s", w.last_heartbeat_s),
+            format!("{:.1} MiB", w.rss_bytes as f64 / 1048576.0)
+        );
+    }
+    let t = &s.totals;
+    println!(
+        "totals requests {}  spawned {}  exited {}  timeouts {}  reloads {}",
+        t.requests, t.workers_spawned, t.workers_exited, t.timeouts, t.reloads
+    );
+}
+
+fn format_age(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn format_time(unix: f64) -> String {
+    let secs = unix as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    let (y, mo, d) = civil_from_days(days);
+    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (UTC).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn generate(what: &str) -> ExitCode {
+    let mut cmd = Cli::command();
+    if what == "man" {
+        return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rgunctl: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    match what.parse::<clap_complete::Shell>() {
+        Ok(shell) => {
+            clap_complete::generate(shell, &mut cmd, "rgunctl", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Err(_) => {
+            eprintln!("rgunctl: generate: expected man or a shell name, got {what:?}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! `rgunctl`: the control protocol shared by the rgun daemon and its command-line
+//! client. Types, framing and a blocking client; no Python and no daemon code, so the
+//! client builds anywhere.
+
+pub mod client;
+pub mod protocol;
+
+pub use client::{default_socket_path, Client, ClientError};
+pub use protocol::{Command, ErrorBody, ErrorCode, HistoryEntry, Status};

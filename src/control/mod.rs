@@ -1,0 +1,251 @@
+//! The control socket server, inside the master's poll loop (no threads): accepts
+//! local clients, checks their uid, splits newline-delimited JSON into requests for the
+//! arbiter, and writes the answers back, possibly much later (a `reload` with `wait`).
+//!
+//! Framing and validation are `rgunctl::protocol`'s; what each command does is the
+//! arbiter's (`master::control`). A bad line gets an error and the connection stays
+//! usable; a client that vanishes costs nothing.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Registry, Token};
+use rgunctl::protocol::{error_line, parse_request, Command, ErrorBody, ErrorCode, MAX_LINE_BYTES};
+use serde_json::Value;
+
+/// Tokens at and above this belong to the control server.
+pub const TOKEN_BASE: usize = 1 << 40;
+const LISTENER_TOKEN: Token = Token(TOKEN_BASE);
+/// Most simultaneous control connections; more are refused at accept.
+const MAX_CONNECTIONS: usize = 512;
+
+/// Identifies one client connection, for answers sent later.
+pub type ConnId = usize;
+
+/// A request ready for the arbiter.
+pub struct Request {
+    pub conn: ConnId,
+    pub id: Value,
+    pub command: Command,
+    /// The peer's uid, for history ("ctl uid 1000").
+    pub uid: u32,
+}
+
+struct Conn {
+    stream: UnixStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    uid: u32,
+    allowed: bool,
+    /// Dropping the rest of a line that was too long.
+    skipping: bool,
+}
+
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    conns: BTreeMap<ConnId, Conn>,
+    next: ConnId,
+    daemon_uid: u32,
+}
+
+impl ControlServer {
+    /// Binds the socket with `mode`. A stale socket file is replaced; a live one (another
+    /// daemon answering) is an error.
+    pub fn bind(path: &Path, mode: u32, registry: &Registry) -> anyhow::Result<ControlServer> {
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("another daemon is answering on the control socket {}: stop it, or choose another path with --control-socket", path.display());
+            }
+            std::fs::remove_file(path).with_context(|| format!("cannot remove stale control socket {}", path.display()))?;
+        }
+        // SAFETY: umask only changes this process's file-creation mask; the master is
+        // single-threaded, so no other thread creates files meanwhile.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = std::os::unix::net::UnixListener::bind(path);
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        let std_listener = bound.with_context(|| format!("cannot create control socket {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+        std_listener.set_nonblocking(true)?;
+        let mut listener = UnixListener::from_std(std_listener);
+        registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
+        Ok(ControlServer {
+            listener,
+            path: path.to_owned(),
+            conns: BTreeMap::new(),
+            next: TOKEN_BASE + 1,
+            daemon_uid: nix::unistd::geteuid().as_raw(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Descriptors a forked worker must close.
+    pub fn fds(&self) -> Vec<RawFd> {
+        std::iter::once(self.listener.as_raw_fd()).chain(self.conns.values().map(|c| c.stream.as_raw_fd())).collect()
+    }
+
+    /// Handles a poll event for one of our tokens; returns the complete requests.
+    pub fn handle_event(&mut self, token: Token, registry: &Registry) -> Vec<Request> {
+        if token == LISTENER_TOKEN {
+            self.accept(registry);
+            return Vec::new();
+        }
+        let mut requests = Vec::new();
+        let id = token.0;
+        let Some(conn) = self.conns.get_mut(&id) else { return requests };
+        let alive = conn.flush() && conn.read_requests(id, &mut requests);
+        if !alive {
+            self.drop_conn(id, registry);
+        }
+        requests
+    }
+
+    fn accept(&mut self, registry: &Registry) {
+        loop {
+            let (mut stream, _) = match self.listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!("control accept failed: {e}");
+                    return;
+                }
+            };
+            if self.conns.len() >= MAX_CONNECTIONS {
+                continue; // dropped: the client sees a closed connection
+            }
+            let uid = peer_uid(&stream).unwrap_or(u32::MAX);
+            let allowed = uid == 0 || uid == self.daemon_uid;
+            let id = self.next;
+            self.next += 1;
+            if registry.register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE).is_err() {
+                continue;
+            }
+            self.conns.insert(id, Conn { stream, inbuf: Vec::new(), outbuf: Vec::new(), uid, allowed, skipping: false });
+        }
+    }
+
+    /// Queues a response line for a connection (if it is still there) and tries to send.
+    pub fn send(&mut self, conn: ConnId, line: &str, registry: &Registry) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.outbuf.extend_from_slice(line.as_bytes());
+        if !c.flush() {
+            self.drop_conn(conn, registry);
+        }
+    }
+
+    fn drop_conn(&mut self, id: ConnId, registry: &Registry) {
+        if let Some(mut c) = self.conns.remove(&id) {
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+
+    pub fn remove_socket(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Conn {
+    /// Writes what is queued; false when the client is gone.
+    fn flush(&mut self) -> bool {
+        while !self.outbuf.is_empty() {
+            match self.stream.write(&self.outbuf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Reads what arrived and turns complete lines into requests (errors are answered
+    /// here). False when the client is gone.
+    fn read_requests(&mut self, id: ConnId, out: &mut Vec<Request>) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut eof = false;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+            if self.inbuf.len() > 4 * MAX_LINE_BYTES {
+                break; // process what we have before reading more
+            }
+        }
+        let queued = out.len();
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &self.inbuf[start..]) {
+            let line = &self.inbuf[start..start + nl];
+            start += nl + 1;
+            if std::mem::take(&mut self.skipping) {
+                continue; // the tail of an over-long line, already answered
+            }
+            let line = trim_cr(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if line.len() > MAX_LINE_BYTES {
+                self.reply_error(&Value::Null, ErrorCode::BadRequest, &format!("request line over {MAX_LINE_BYTES} bytes"));
+                continue;
+            }
+            match parse_request(line) {
+                _ if !self.allowed => {
+                    let id = parse_request(line).map(|(id, _)| id).unwrap_or_else(|(id, _)| id);
+                    self.reply_error(&id, ErrorCode::Forbidden, &format!("uid {} may not control this daemon", self.uid));
+                }
+                Ok((req_id, command)) => out.push(Request { conn: id, id: req_id, command, uid: self.uid }),
+                Err((req_id, error)) => self.reply(&req_id, &error),
+            }
+        }
+        self.inbuf.drain(..start);
+        if self.inbuf.len() > MAX_LINE_BYTES && !self.skipping {
+            self.reply_error(&Value::Null, ErrorCode::BadRequest, &format!("request line over {MAX_LINE_BYTES} bytes"));
+            self.inbuf.clear();
+            self.skipping = true;
+        } else if self.skipping {
+            self.inbuf.clear();
+        }
+        // A client that half-closed still gets its answers (even deferred ones); one
+        // that closed with nothing left to answer is dropped.
+        let flushed = self.flush();
+        flushed && !(eof && out.len() == queued && self.outbuf.is_empty())
+    }
+
+    fn reply_error(&mut self, id: &Value, code: ErrorCode, message: &str) {
+        self.reply(id, &ErrorBody::new(code, message));
+    }
+
+    fn reply(&mut self, id: &Value, error: &ErrorBody) {
+        self.outbuf.extend_from_slice(error_line(id, error).as_bytes());
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    // SAFETY: the descriptor is a connected Unix socket owned by `stream` for the
+    // duration of the borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials).ok().map(|c| c.uid())
+}

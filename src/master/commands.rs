@@ -1,0 +1,221 @@
+//! What each control command does, on the arbiter's state. Requests arrive from
+//! `control::ControlServer`; answers go back through it, at once or when a reload or a
+//! `scale --wait` completes.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use mio::Token;
+use nix::sys::signal::{kill, Signal};
+use rgunctl::protocol::{
+    error_line, ok_line, Command, ErrorBody, ErrorCode, HistoryEntry, MasterStatus, ScaleTarget, Status, Totals,
+    WorkerStatus, MAX_WORKERS,
+};
+use serde_json::{json, Value};
+
+use super::{unix_now, Arbiter, Phase};
+use crate::control::Request;
+use crate::scoreboard::{monotonic_ms, WorkerState};
+
+impl Arbiter {
+    pub(super) fn handle_control_event(&mut self, token: Token) {
+        let Some(control) = self.control.as_mut() else { return };
+        let requests = control.handle_event(token, self.poll.registry());
+        for request in requests {
+            self.handle_request(request);
+        }
+    }
+
+    fn handle_request(&mut self, req: Request) {
+        let Request { conn, id, command, uid } = req;
+        let trigger = format!("ctl uid {uid}");
+        let answer: Result<Option<Value>, ErrorBody> = match command {
+            Command::Ping => Ok(Some(json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}))),
+            Command::Status => Ok(Some(serde_json::to_value(self.status()).unwrap_or_default())),
+            Command::Config => Ok(Some(self.cfg.settings_json(self.target))),
+            Command::History => Ok(Some(json!({"entries": self.history}))),
+            Command::ReopenLogs => {
+                self.reopen_logs();
+                Ok(Some(json!({})))
+            }
+            Command::Stop { quick } => {
+                self.reply_ok(conn, &id, json!({}));
+                self.begin_stop(!quick);
+                Ok(None)
+            }
+            Command::Kill { pid } => self.kill_worker(pid).map(Some),
+            Command::Scale { target, wait } => {
+                let previous = self.target;
+                let new = match target {
+                    ScaleTarget::Workers(n) => i64::from(n),
+                    ScaleTarget::Delta(d) => previous as i64 + i64::from(d),
+                };
+                if !(1..=i64::from(MAX_WORKERS)).contains(&new) {
+                    Err(ErrorBody::new(ErrorCode::BadRequest, format!("scale: {new} workers is out of range 1..={MAX_WORKERS}")))
+                } else {
+                    self.set_target(new as usize, trigger);
+                    if wait {
+                        self.scale_waiters.push((conn, id.clone()));
+                        Ok(None)
+                    } else {
+                        Ok(Some(json!({"previous": previous, "target": new})))
+                    }
+                }
+            }
+            Command::Reload { wait } => match self.begin_reload(trigger) {
+                Ok(_) if wait => {
+                    if let Some(r) = self.reload.as_mut() {
+                        r.waiters.push((conn, id.clone()));
+                    }
+                    Ok(None)
+                }
+                Ok(generation) => Ok(Some(json!({"generation": generation, "previous_generation": generation - 1}))),
+                Err(e) => Err(e),
+            },
+        };
+        match answer {
+            Ok(Some(result)) => self.reply_ok(conn, &id, result),
+            Ok(None) => {}
+            Err(error) => self.reply_error(conn, &id, &error),
+        }
+    }
+
+    pub(super) fn reply_ok(&mut self, conn: usize, id: &Value, result: Value) {
+        if let Some(c) = self.control.as_mut() {
+            c.send(conn, &ok_line(id, result), self.poll.registry());
+        }
+    }
+
+    pub(super) fn reply_error(&mut self, conn: usize, id: &Value, error: &ErrorBody) {
+        if let Some(c) = self.control.as_mut() {
+            c.send(conn, &error_line(id, error), self.poll.registry());
+        }
+    }
+
+    /// Moves the worker target (TTIN/TTOU and `scale` alike); it survives reloads.
+    pub(super) fn set_target(&mut self, target: usize, trigger: String) {
+        let target = target.clamp(1, MAX_WORKERS as usize);
+        let previous = self.target;
+        if target == previous {
+            return;
+        }
+        self.target = target;
+        tracing::info!("Number of workers: {previous} -> {target}");
+        self.push_history(HistoryEntry {
+            action: "scale".into(),
+            trigger,
+            started_at: unix_now(),
+            duration_ms: None,
+            outcome: "ok".into(),
+            error: None,
+            detail: json!({"previous": previous, "target": target}),
+        });
+    }
+
+    /// `scale --wait` answers once exactly `target` workers of the serving generation
+    /// are ready and the extra ones are gone.
+    pub(super) fn answer_scale_waiters(&mut self) {
+        if self.scale_waiters.is_empty() {
+            return;
+        }
+        let converged = self.ready_workers() == self.target
+            && self.live_workers() == self.target
+            && self.workers.values().all(|w| !w.retiring || w.generation != self.generation);
+        if converged {
+            let result = json!({"previous": Value::Null, "target": self.target, "ready": self.target});
+            for (conn, id) in std::mem::take(&mut self.scale_waiters) {
+                self.reply_ok(conn, &id, result.clone());
+            }
+        }
+    }
+
+    fn kill_worker(&mut self, pid: i32) -> Result<Value, ErrorBody> {
+        let Some(w) = self.workers.values().find(|w| w.pid.as_raw() == pid) else {
+            return Err(ErrorBody::new(ErrorCode::Failed, format!("no worker with pid {pid}")));
+        };
+        let _ = kill(w.pid, Signal::SIGTERM);
+        tracing::info!("Stopping worker {pid} on request; it will be replaced");
+        Ok(json!({}))
+    }
+
+    fn status(&self) -> Status {
+        let now_ms = monotonic_ms();
+        let page = page_size();
+        let started_at = self.started_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let workers: Vec<WorkerStatus> = self
+            .workers
+            .values()
+            .map(|w| {
+                let slot = self.scoreboard.slot(w.slot);
+                let state = if w.retiring {
+                    "stopping"
+                } else if !w.ready {
+                    "booting"
+                } else {
+                    match slot.state.load(Ordering::Relaxed) {
+                        s if s == WorkerState::Busy as u32 => "busy",
+                        s if s == WorkerState::Stopping as u32 => "stopping",
+                        s if s == WorkerState::Booting as u32 => "booting",
+                        _ => "idle",
+                    }
+                };
+                let started = slot.request_started_ms.load(Ordering::Relaxed);
+                WorkerStatus {
+                    pid: w.pid.as_raw(),
+                    generation: w.generation,
+                    state: state.into(),
+                    age_s: w.spawned.elapsed().as_secs_f64(),
+                    requests: slot.requests.load(Ordering::Relaxed),
+                    current_request_s: (started != 0).then(|| now_ms.saturating_sub(started) as f64 / 1000.0),
+                    last_heartbeat_s: now_ms.saturating_sub(slot.heartbeat_ms.load(Ordering::Relaxed)) as f64 / 1000.0,
+                    rss_bytes: rss_pages(w.pid.as_raw()) * page,
+                }
+            })
+            .collect();
+        let live_requests: u64 = workers.iter().map(|w| w.requests).sum();
+        let state = match self.phase {
+            Phase::Stopping { .. } => "stopping",
+            _ if self.reload.is_some() => "reloading",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+        };
+        Status {
+            master: MasterStatus {
+                pid: std::process::id() as i32,
+                version: env!("CARGO_PKG_VERSION").into(),
+                started_at,
+                uptime_s: self.started.elapsed().as_secs_f64(),
+                app: self.cfg.app.clone(),
+                binds: self.listeners.iter().map(|l| l.display.clone()).collect(),
+                generation: self.generation,
+                workers_target: self.target as u32,
+                state: state.into(),
+            },
+            workers,
+            totals: Totals {
+                requests: self.totals.requests_of_exited + live_requests,
+                workers_spawned: self.totals.spawned,
+                workers_exited: self.totals.exited,
+                timeouts: self.totals.timeouts,
+                reloads: self.totals.reloads,
+            },
+        }
+    }
+}
+
+fn rss_pages(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}

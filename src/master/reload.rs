@@ -1,0 +1,122 @@
+//! Reload as a gated generation swap: boot a whole new generation beside the serving
+//! one; only when every new worker has said ready are the old ones told to stop
+//! gracefully. If a new worker fails to boot (import error, crash, boot timeout), the
+//! new generation is torn down and the old one keeps serving. HUP and `rgunctl reload`
+//! both come here.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use rgunctl::protocol::{ErrorBody, ErrorCode, HistoryEntry};
+use serde_json::{json, Value};
+
+use super::{unix_now, Arbiter, Phase};
+
+/// A reload in progress.
+pub struct Reload {
+    pub generation: u32,
+    previous: u32,
+    started: Instant,
+    /// Clients waiting for the outcome: (connection, request id).
+    pub waiters: Vec<(usize, Value)>,
+    /// Its `history` entry, to fill in at the end.
+    history_started_at: f64,
+}
+
+/// Longest a new generation may take to become ready (at least 30 s, or `--timeout`).
+fn boot_timeout(timeout_secs: u64) -> Duration {
+    Duration::from_secs(timeout_secs.max(30))
+}
+
+impl Arbiter {
+    /// Starts a reload; `busy` if one is running.
+    pub(super) fn begin_reload(&mut self, trigger: String) -> Result<u32, ErrorBody> {
+        if self.reload.is_some() {
+            return Err(ErrorBody::new(ErrorCode::Busy, "a reload is already in progress"));
+        }
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            return Err(ErrorBody::new(ErrorCode::Failed, "the server is stopping"));
+        }
+        let generation = self.generation + 1;
+        tracing::info!("Reloading: booting generation {generation} ({} workers)", self.target);
+        let started_at = unix_now();
+        self.push_history(HistoryEntry {
+            action: "reload".into(),
+            trigger,
+            started_at,
+            duration_ms: None,
+            outcome: "running".into(),
+            error: None,
+            detail: json!({"generation": generation}),
+        });
+        self.reload = Some(Reload {
+            generation,
+            previous: self.generation,
+            started: Instant::now(),
+            waiters: Vec::new(),
+            history_started_at: started_at,
+        });
+        for _ in 0..self.target.max(1) {
+            if let Err(e) = self.spawn_worker(generation) {
+                self.fail_reload(&format!("cannot spawn a worker: {e:#}"));
+                return Err(ErrorBody::new(ErrorCode::Failed, format!("cannot spawn a worker: {e:#}")));
+            }
+        }
+        Ok(generation)
+    }
+
+    /// Swaps generations once the new one is ready; fails the reload on boot time-out.
+    pub(super) fn check_reload(&mut self) {
+        let Some(reload) = &self.reload else { return };
+        let generation = reload.generation;
+        let new: Vec<bool> = self.workers.values().filter(|w| w.generation == generation && !w.retiring).map(|w| w.ready).collect();
+        if !new.is_empty() && new.iter().all(|r| *r) {
+            self.finish_reload();
+        } else if reload.started.elapsed() > boot_timeout(self.cfg.timeout) {
+            let secs = boot_timeout(self.cfg.timeout).as_secs();
+            self.fail_reload(&format!("the new workers were not ready after {secs} s"));
+        }
+    }
+
+    fn finish_reload(&mut self) {
+        let Some(reload) = self.reload.take() else { return };
+        let old: Vec<usize> = self.workers.values().filter(|w| w.generation != reload.generation && !w.retiring).map(|w| w.slot).collect();
+        for slot in old {
+            self.retire(slot);
+        }
+        self.generation = reload.generation;
+        self.totals.reloads += 1;
+        let duration_ms = reload.started.elapsed().as_millis() as u64;
+        tracing::info!("Reloaded: generation {} serving ({} ms)", reload.generation, duration_ms);
+        self.finish_history(reload.history_started_at, duration_ms, "ok", None);
+        let result = json!({"generation": reload.generation, "previous_generation": reload.previous, "duration_ms": duration_ms});
+        for (conn, id) in reload.waiters {
+            self.reply_ok(conn, &id, result.clone());
+        }
+    }
+
+    /// Tears down the new generation; the serving one is untouched.
+    pub(super) fn fail_reload(&mut self, why: &str) {
+        let Some(reload) = self.reload.take() else { return };
+        for w in self.workers.values_mut().filter(|w| w.generation == reload.generation) {
+            w.retiring = true;
+            // Booting workers serve nothing yet: no need to be gentle.
+            let _ = kill(w.pid, Signal::SIGKILL);
+        }
+        let duration_ms = reload.started.elapsed().as_millis() as u64;
+        tracing::error!("Reload to generation {} failed; generation {} keeps serving: {why}", reload.generation, reload.previous);
+        self.finish_history(reload.history_started_at, duration_ms, "failed", Some(why.to_owned()));
+        let error = ErrorBody::new(ErrorCode::Failed, format!("reload failed, generation {} keeps serving: {why}", reload.previous));
+        for (conn, id) in reload.waiters {
+            self.reply_error(conn, &id, &error);
+        }
+    }
+
+    fn finish_history(&mut self, started_at: f64, duration_ms: u64, outcome: &str, error: Option<String>) {
+        if let Some(entry) = self.history.iter_mut().rev().find(|e| e.action == "reload" && e.started_at == started_at) {
+            entry.duration_ms = Some(duration_ms);
+            entry.outcome = outcome.into();
+            entry.error = error;
+        }
+    }
+}
