@@ -118,6 +118,10 @@ pub fn configure_sys(py: Python<'_>, cwd: &Path, pythonpath: &[PathBuf]) -> PyRe
         path.call_method1("insert", (i, dir.to_string_lossy().as_ref()))?;
     }
     sys.setattr("stdout", sys.getattr("stderr")?)?;
+    // On SIGABRT (the master's time-out), write every thread's stack to the error log
+    // before dying, so the stuck request's frames are on record.
+    py.import("faulthandler")?
+        .call_method1("enable", (sys.getattr("stderr")?, true))?;
     Ok(())
 }
 

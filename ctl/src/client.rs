@@ -13,7 +13,10 @@ use crate::protocol::{request_line, ErrorBody, MAX_LINE_BYTES};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {path}: {source}")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("control socket I/O failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("the daemon closed the connection without answering")]
@@ -28,7 +31,12 @@ pub fn default_socket_path() -> PathBuf {
     for var in ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"] {
         if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             // RUNTIME_DIRECTORY may list several directories; the first is ours.
-            let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+            let first = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             return PathBuf::from(first).join("rgun.ctl");
         }
     }
@@ -43,28 +51,45 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path, timeout: Option<Duration>) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
         stream.set_read_timeout(timeout)?;
         stream.set_write_timeout(timeout)?;
-        Ok(Client { reader: BufReader::new(stream.try_clone()?), writer: stream, next_id: 1 })
+        Ok(Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            next_id: 1,
+        })
     }
 
     /// Sends `cmd` with `args`; `Ok(Err(..))` is the daemon's error answer.
-    pub fn call(&mut self, cmd: &str, args: Map<String, Value>) -> Result<Result<Value, ErrorBody>, ClientError> {
+    pub fn call(
+        &mut self,
+        cmd: &str,
+        args: Map<String, Value>,
+    ) -> Result<Result<Value, ErrorBody>, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.writer.write_all(request_line(id, cmd, args).as_bytes())?;
+        self.writer
+            .write_all(request_line(id, cmd, args).as_bytes())?;
         let mut line = String::new();
-        let n = (&mut self.reader).take(MAX_LINE_BYTES as u64 * 64).read_line(&mut line)?;
+        let n = (&mut self.reader)
+            .take(MAX_LINE_BYTES as u64 * 64)
+            .read_line(&mut line)?;
         if n == 0 {
             return Err(ClientError::Closed);
         }
-        let response: Value = serde_json::from_str(&line).map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        let response: Value =
+            serde_json::from_str(&line).map_err(|e| ClientError::BadResponse(e.to_string()))?;
         match response.get("ok").and_then(Value::as_bool) {
             Some(true) => Ok(Ok(response.get("result").cloned().unwrap_or(Value::Null))),
             Some(false) => {
                 let error = response.get("error").cloned().unwrap_or(Value::Null);
-                serde_json::from_value(error).map(Err).map_err(|e| ClientError::BadResponse(e.to_string()))
+                serde_json::from_value(error)
+                    .map(Err)
+                    .map_err(|e| ClientError::BadResponse(e.to_string()))
             }
             None => Err(ClientError::BadResponse(line.trim_end().to_owned())),
         }

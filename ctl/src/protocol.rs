@@ -29,7 +29,10 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
-        ErrorBody { code, message: message.into() }
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -60,7 +63,8 @@ pub enum Command {
 /// error to answer.
 pub fn parse_request(line: &[u8]) -> Result<(Value, Command), (Value, ErrorBody)> {
     let bad = |id: Value, msg: String| (id, ErrorBody::new(ErrorCode::BadRequest, msg));
-    let value: Value = serde_json::from_slice(line).map_err(|e| bad(Value::Null, format!("invalid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| bad(Value::Null, format!("invalid JSON: {e}")))?;
     let Value::Object(obj) = value else {
         return Err(bad(Value::Null, "a request must be a JSON object".into()));
     };
@@ -84,9 +88,17 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         "reload" => &["wait"],
         "stop" => &["mode"],
         "kill" => &["pid"],
-        other => return Err(ErrorBody::new(ErrorCode::UnknownCommand, format!("unknown command {other:?}"))),
+        other => {
+            return Err(ErrorBody::new(
+                ErrorCode::UnknownCommand,
+                format!("unknown command {other:?}"),
+            ))
+        }
     };
-    if let Some(extra) = obj.keys().find(|k| *k != "id" && *k != "cmd" && !known.contains(&k.as_str())) {
+    if let Some(extra) = obj
+        .keys()
+        .find(|k| *k != "id" && *k != "cmd" && !known.contains(&k.as_str()))
+    {
         return Err(bad_arg(format!("{cmd}: unknown argument {extra:?}")));
     }
     Ok(match cmd {
@@ -98,7 +110,9 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         "scale" => {
             let wait = opt_bool(obj, "wait", false)?;
             let target = match (obj.get("workers"), obj.get("delta")) {
-                (Some(_), Some(_)) => return Err(bad_arg("scale: give \"workers\" or \"delta\", not both")),
+                (Some(_), Some(_)) => {
+                    return Err(bad_arg("scale: give \"workers\" or \"delta\", not both"))
+                }
                 (Some(n), None) => {
                     let n = n.as_u64().filter(|n| (1..=MAX_WORKERS as u64).contains(n)).ok_or_else(|| {
                         bad_arg(format!("scale: \"workers\" must be an integer from 1 to {MAX_WORKERS}, got {n}"))
@@ -109,20 +123,30 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
                     let d = d
                         .as_i64()
                         .filter(|d| d.unsigned_abs() <= MAX_WORKERS as u64 && *d != 0)
-                        .ok_or_else(|| bad_arg(format!("scale: \"delta\" must be a non-zero integer, got {d}")))?;
+                        .ok_or_else(|| {
+                            bad_arg(format!(
+                                "scale: \"delta\" must be a non-zero integer, got {d}"
+                            ))
+                        })?;
                     ScaleTarget::Delta(d as i32)
                 }
                 (None, None) => return Err(bad_arg("scale: needs \"workers\" or \"delta\"")),
             };
             Command::Scale { target, wait }
         }
-        "reload" => Command::Reload { wait: opt_bool(obj, "wait", true)? },
+        "reload" => Command::Reload {
+            wait: opt_bool(obj, "wait", true)?,
+        },
         "stop" => {
             let quick = match obj.get("mode") {
                 None => false,
                 Some(Value::String(m)) if m == "graceful" => false,
                 Some(Value::String(m)) if m == "quick" => true,
-                Some(other) => return Err(bad_arg(format!("stop: \"mode\" must be \"graceful\" or \"quick\", got {other}"))),
+                Some(other) => {
+                    return Err(bad_arg(format!(
+                        "stop: \"mode\" must be \"graceful\" or \"quick\", got {other}"
+                    )))
+                }
             };
             Command::Stop { quick }
         }
@@ -146,7 +170,9 @@ fn opt_bool(obj: &Map<String, Value>, key: &str, default: bool) -> Result<bool, 
     match obj.get(key) {
         None => Ok(default),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => Err(bad_arg(format!("{key:?} must be true or false, got {other}"))),
+        Some(other) => Err(bad_arg(format!(
+            "{key:?} must be true or false, got {other}"
+        ))),
     }
 }
 
@@ -246,7 +272,13 @@ mod tests {
     fn parses_commands() {
         let (id, cmd) = parse_request(br#"{"id": 7, "cmd": "scale", "delta": -2}"#).unwrap();
         assert_eq!(id, json!(7));
-        assert_eq!(cmd, Command::Scale { target: ScaleTarget::Delta(-2), wait: false });
+        assert_eq!(
+            cmd,
+            Command::Scale {
+                target: ScaleTarget::Delta(-2),
+                wait: false
+            }
+        );
         let (_, cmd) = parse_request(br#"{"cmd": "reload"}"#).unwrap();
         assert_eq!(cmd, Command::Reload { wait: true });
     }
@@ -255,10 +287,22 @@ mod tests {
     fn rejects_bad_requests_with_the_right_code() {
         assert_eq!(err("{nope").code, ErrorCode::BadRequest);
         assert_eq!(err(r#"{"cmd": "dance"}"#).code, ErrorCode::UnknownCommand);
-        assert_eq!(err(r#"{"cmd": "scale", "workers": -5}"#).code, ErrorCode::BadRequest);
-        assert_eq!(err(r#"{"cmd": "scale", "workers": "many"}"#).code, ErrorCode::BadRequest);
-        assert_eq!(err(r#"{"cmd": "stop", "mode": "now"}"#).code, ErrorCode::BadRequest);
-        assert_eq!(err(r#"{"cmd": "ping", "x": 1}"#).code, ErrorCode::BadRequest);
+        assert_eq!(
+            err(r#"{"cmd": "scale", "workers": -5}"#).code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err(r#"{"cmd": "scale", "workers": "many"}"#).code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err(r#"{"cmd": "stop", "mode": "now"}"#).code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            err(r#"{"cmd": "ping", "x": 1}"#).code,
+            ErrorCode::BadRequest
+        );
         assert_eq!(err("[1]").code, ErrorCode::BadRequest);
     }
 

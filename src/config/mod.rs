@@ -282,14 +282,22 @@ impl Config {
         if self.no_control_socket {
             return None;
         }
-        Some(self.control_socket.clone().unwrap_or_else(rgunctl::default_socket_path))
+        Some(
+            self.control_socket
+                .clone()
+                .unwrap_or_else(rgunctl::default_socket_path),
+        )
     }
 
     /// The effective settings under Gunicorn's names, for `rgunctl config`.
     pub fn settings_json(&self, workers: usize) -> serde_json::Value {
         let allow = match &self.forwarded_allow_ips {
             AllowIps::Any => "*".to_owned(),
-            AllowIps::List(ips) => ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            AllowIps::List(ips) => ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
         };
         serde_json::json!({
             "wsgi_app": self.app,

@@ -62,7 +62,9 @@ impl ControlServer {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!("another daemon is answering on the control socket {}: stop it, or choose another path with --control-socket", path.display());
             }
-            std::fs::remove_file(path).with_context(|| format!("cannot remove stale control socket {}", path.display()))?;
+            std::fs::remove_file(path).with_context(|| {
+                format!("cannot remove stale control socket {}", path.display())
+            })?;
         }
         // SAFETY: umask only changes this process's file-creation mask; the master is
         // single-threaded, so no other thread creates files meanwhile.
@@ -70,7 +72,8 @@ impl ControlServer {
         let bound = std::os::unix::net::UnixListener::bind(path);
         // SAFETY: as above, restoring the previous mask.
         unsafe { libc::umask(old) };
-        let std_listener = bound.with_context(|| format!("cannot create control socket {}", path.display()))?;
+        let std_listener =
+            bound.with_context(|| format!("cannot create control socket {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
         std_listener.set_nonblocking(true)?;
@@ -91,7 +94,9 @@ impl ControlServer {
 
     /// Descriptors a forked worker must close.
     pub fn fds(&self) -> Vec<RawFd> {
-        std::iter::once(self.listener.as_raw_fd()).chain(self.conns.values().map(|c| c.stream.as_raw_fd())).collect()
+        std::iter::once(self.listener.as_raw_fd())
+            .chain(self.conns.values().map(|c| c.stream.as_raw_fd()))
+            .collect()
     }
 
     /// Handles a poll event for one of our tokens; returns the complete requests.
@@ -102,7 +107,9 @@ impl ControlServer {
         }
         let mut requests = Vec::new();
         let id = token.0;
-        let Some(conn) = self.conns.get_mut(&id) else { return requests };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return requests;
+        };
         let alive = conn.flush() && conn.read_requests(id, &mut requests);
         if !alive {
             self.drop_conn(id, registry);
@@ -127,16 +134,35 @@ impl ControlServer {
             let allowed = uid == 0 || uid == self.daemon_uid;
             let id = self.next;
             self.next += 1;
-            if registry.register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE).is_err() {
+            if registry
+                .register(
+                    &mut stream,
+                    Token(id),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
                 continue;
             }
-            self.conns.insert(id, Conn { stream, inbuf: Vec::new(), outbuf: Vec::new(), uid, allowed, skipping: false });
+            self.conns.insert(
+                id,
+                Conn {
+                    stream,
+                    inbuf: Vec::new(),
+                    outbuf: Vec::new(),
+                    uid,
+                    allowed,
+                    skipping: false,
+                },
+            );
         }
     }
 
     /// Queues a response line for a connection (if it is still there) and tries to send.
     pub fn send(&mut self, conn: ConnId, line: &str, registry: &Registry) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.outbuf.extend_from_slice(line.as_bytes());
         if !c.flush() {
             self.drop_conn(conn, registry);
@@ -204,21 +230,40 @@ impl Conn {
                 continue;
             }
             if line.len() > MAX_LINE_BYTES {
-                self.reply_error(&Value::Null, ErrorCode::BadRequest, &format!("request line over {MAX_LINE_BYTES} bytes"));
+                self.reply_error(
+                    &Value::Null,
+                    ErrorCode::BadRequest,
+                    &format!("request line over {MAX_LINE_BYTES} bytes"),
+                );
                 continue;
             }
             match parse_request(line) {
                 _ if !self.allowed => {
-                    let id = parse_request(line).map(|(id, _)| id).unwrap_or_else(|(id, _)| id);
-                    self.reply_error(&id, ErrorCode::Forbidden, &format!("uid {} may not control this daemon", self.uid));
+                    let id = parse_request(line)
+                        .map(|(id, _)| id)
+                        .unwrap_or_else(|(id, _)| id);
+                    self.reply_error(
+                        &id,
+                        ErrorCode::Forbidden,
+                        &format!("uid {} may not control this daemon", self.uid),
+                    );
                 }
-                Ok((req_id, command)) => out.push(Request { conn: id, id: req_id, command, uid: self.uid }),
+                Ok((req_id, command)) => out.push(Request {
+                    conn: id,
+                    id: req_id,
+                    command,
+                    uid: self.uid,
+                }),
                 Err((req_id, error)) => self.reply(&req_id, &error),
             }
         }
         self.inbuf.drain(..start);
         if self.inbuf.len() > MAX_LINE_BYTES && !self.skipping {
-            self.reply_error(&Value::Null, ErrorCode::BadRequest, &format!("request line over {MAX_LINE_BYTES} bytes"));
+            self.reply_error(
+                &Value::Null,
+                ErrorCode::BadRequest,
+                &format!("request line over {MAX_LINE_BYTES} bytes"),
+            );
             self.inbuf.clear();
             self.skipping = true;
         } else if self.skipping {
@@ -235,7 +280,8 @@ impl Conn {
     }
 
     fn reply(&mut self, id: &Value, error: &ErrorBody) {
-        self.outbuf.extend_from_slice(error_line(id, error).as_bytes());
+        self.outbuf
+            .extend_from_slice(error_line(id, error).as_bytes());
     }
 }
 
@@ -247,5 +293,7 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     // SAFETY: the descriptor is a connected Unix socket owned by `stream` for the
     // duration of the borrow.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials).ok().map(|c| c.uid())
+    nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.uid())
 }

@@ -8,8 +8,8 @@ use std::time::SystemTime;
 use mio::Token;
 use nix::sys::signal::{kill, Signal};
 use rgunctl::protocol::{
-    error_line, ok_line, Command, ErrorBody, ErrorCode, HistoryEntry, MasterStatus, ScaleTarget, Status, Totals,
-    WorkerStatus, MAX_WORKERS,
+    error_line, ok_line, Command, ErrorBody, ErrorCode, HistoryEntry, MasterStatus, ScaleTarget,
+    Status, Totals, WorkerStatus, MAX_WORKERS,
 };
 use serde_json::{json, Value};
 
@@ -19,7 +19,9 @@ use crate::scoreboard::{monotonic_ms, WorkerState};
 
 impl Arbiter {
     pub(super) fn handle_control_event(&mut self, token: Token) {
-        let Some(control) = self.control.as_mut() else { return };
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
         let requests = control.handle_event(token, self.poll.registry());
         for request in requests {
             self.handle_request(request);
@@ -27,11 +29,20 @@ impl Arbiter {
     }
 
     fn handle_request(&mut self, req: Request) {
-        let Request { conn, id, command, uid } = req;
+        let Request {
+            conn,
+            id,
+            command,
+            uid,
+        } = req;
         let trigger = format!("ctl uid {uid}");
         let answer: Result<Option<Value>, ErrorBody> = match command {
-            Command::Ping => Ok(Some(json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}))),
-            Command::Status => Ok(Some(serde_json::to_value(self.status()).unwrap_or_default())),
+            Command::Ping => Ok(Some(
+                json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}),
+            )),
+            Command::Status => Ok(Some(
+                serde_json::to_value(self.status()).unwrap_or_default(),
+            )),
             Command::Config => Ok(Some(self.cfg.settings_json(self.target))),
             Command::History => Ok(Some(json!({"entries": self.history}))),
             Command::ReopenLogs => {
@@ -51,7 +62,10 @@ impl Arbiter {
                     ScaleTarget::Delta(d) => previous as i64 + i64::from(d),
                 };
                 if !(1..=i64::from(MAX_WORKERS)).contains(&new) {
-                    Err(ErrorBody::new(ErrorCode::BadRequest, format!("scale: {new} workers is out of range 1..={MAX_WORKERS}")))
+                    Err(ErrorBody::new(
+                        ErrorCode::BadRequest,
+                        format!("scale: {new} workers is out of range 1..={MAX_WORKERS}"),
+                    ))
                 } else {
                     self.set_target(new as usize, trigger);
                     if wait {
@@ -69,7 +83,9 @@ impl Arbiter {
                     }
                     Ok(None)
                 }
-                Ok(generation) => Ok(Some(json!({"generation": generation, "previous_generation": generation - 1}))),
+                Ok(generation) => Ok(Some(
+                    json!({"generation": generation, "previous_generation": generation - 1}),
+                )),
                 Err(e) => Err(e),
             },
         };
@@ -120,9 +136,13 @@ impl Arbiter {
         }
         let converged = self.ready_workers() == self.target
             && self.live_workers() == self.target
-            && self.workers.values().all(|w| !w.retiring || w.generation != self.generation);
+            && self
+                .workers
+                .values()
+                .all(|w| !w.retiring || w.generation != self.generation);
         if converged {
-            let result = json!({"previous": Value::Null, "target": self.target, "ready": self.target});
+            let result =
+                json!({"previous": Value::Null, "target": self.target, "ready": self.target});
             for (conn, id) in std::mem::take(&mut self.scale_waiters) {
                 self.reply_ok(conn, &id, result.clone());
             }
@@ -131,7 +151,10 @@ impl Arbiter {
 
     fn kill_worker(&mut self, pid: i32) -> Result<Value, ErrorBody> {
         let Some(w) = self.workers.values().find(|w| w.pid.as_raw() == pid) else {
-            return Err(ErrorBody::new(ErrorCode::Failed, format!("no worker with pid {pid}")));
+            return Err(ErrorBody::new(
+                ErrorCode::Failed,
+                format!("no worker with pid {pid}"),
+            ));
         };
         let _ = kill(w.pid, Signal::SIGTERM);
         tracing::info!("Stopping worker {pid} on request; it will be replaced");
@@ -141,7 +164,11 @@ impl Arbiter {
     fn status(&self) -> Status {
         let now_ms = monotonic_ms();
         let page = page_size();
-        let started_at = self.started_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        let started_at = self
+            .started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         let workers: Vec<WorkerStatus> = self
             .workers
             .values()
@@ -166,8 +193,12 @@ impl Arbiter {
                     state: state.into(),
                     age_s: w.spawned.elapsed().as_secs_f64(),
                     requests: slot.requests.load(Ordering::Relaxed),
-                    current_request_s: (started != 0).then(|| now_ms.saturating_sub(started) as f64 / 1000.0),
-                    last_heartbeat_s: now_ms.saturating_sub(slot.heartbeat_ms.load(Ordering::Relaxed)) as f64 / 1000.0,
+                    current_request_s: (started != 0)
+                        .then(|| now_ms.saturating_sub(started) as f64 / 1000.0),
+                    last_heartbeat_s: now_ms
+                        .saturating_sub(slot.heartbeat_ms.load(Ordering::Relaxed))
+                        as f64
+                        / 1000.0,
                     rss_bytes: rss_pages(w.pid.as_raw()) * page,
                 }
             })

@@ -8,6 +8,7 @@
 
 mod commands;
 pub mod listeners;
+mod notify;
 mod reload;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -25,6 +26,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use rgunctl::protocol::HistoryEntry;
 
 use self::listeners::{bind_all, Listener};
+use self::notify::Notifier;
 use self::reload::Reload;
 use crate::config::Config;
 use crate::control::{ControlServer, TOKEN_BASE as CONTROL_TOKENS};
@@ -39,6 +41,8 @@ const QUICK_STOP_GRACE: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A worker that lives less than this counts as a crash for back-off.
 const YOUNG_DEATH: Duration = Duration::from_secs(2);
+/// After SIGABRT for a time-out, how long before SIGKILL.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// Entries kept for `history`.
 const HISTORY_LEN: usize = 20;
 
@@ -48,7 +52,9 @@ enum Phase {
     /// Booting the first workers; a boot failure now halts the server.
     Starting,
     Running,
-    Stopping { graceful: bool },
+    Stopping {
+        graceful: bool,
+    },
 }
 
 /// What a signal asks for; the loop reasons about these, not signal numbers.
@@ -87,6 +93,8 @@ struct WorkerProc {
     spawned: Instant,
     /// Told to stop (scale down, old generation, kill): not to be replaced.
     retiring: bool,
+    /// When it was sent SIGABRT for a time-out; SIGKILL follows after a grace.
+    aborted: Option<Instant>,
 }
 
 /// Counters for `status`.
@@ -106,6 +114,7 @@ pub struct Arbiter {
     poll: Poll,
     signals: SignalPipe,
     control: Option<ControlServer>,
+    notifier: Notifier,
     workers: BTreeMap<usize, WorkerProc>,
     target: usize,
     /// The generation serving traffic.
@@ -130,21 +139,33 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
     crate::python::interpreter_executable()?;
     if let Some(dir) = &cfg.chdir {
-        std::env::set_current_dir(dir).with_context(|| format!("cannot chdir to {}", dir.display()))?;
+        std::env::set_current_dir(dir)
+            .with_context(|| format!("cannot chdir to {}", dir.display()))?;
     }
     let listeners = bind_all(&cfg)?;
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
     use signal_hook::consts::*;
-    let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGCHLD])?;
+    let signals = SignalPipe::install(&[
+        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGCHLD,
+    ])?;
     // SAFETY: standard dispositions for signals the master does not act on yet.
     unsafe {
         libc::signal(SIGUSR2, libc::SIG_IGN);
         libc::signal(SIGWINCH, libc::SIG_IGN);
     }
+    let notifier = Notifier::from_env();
     let poll = Poll::new()?;
-    poll.registry().register(&mut SourceFd(&signals.fd()), SIGNAL_TOKEN, Interest::READABLE)?;
+    poll.registry().register(
+        &mut SourceFd(&signals.fd()),
+        SIGNAL_TOKEN,
+        Interest::READABLE,
+    )?;
     let control = match cfg.control_socket_path() {
-        Some(path) => Some(ControlServer::bind(&path, cfg.control_socket_mode, poll.registry())?),
+        Some(path) => Some(ControlServer::bind(
+            &path,
+            cfg.control_socket_mode,
+            poll.registry(),
+        )?),
         None => None,
     };
 
@@ -163,6 +184,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         poll,
         signals,
         control,
+        notifier,
         workers: BTreeMap::new(),
         target: target as usize,
         generation: 1,
@@ -216,6 +238,8 @@ impl Arbiter {
                     self.signal_all(Signal::SIGKILL);
                 }
             } else {
+                self.notifier.tick(self.ready_workers());
+                self.kill_stale();
                 self.check_reload();
                 self.manage_workers();
                 self.answer_scale_waiters();
@@ -228,10 +252,14 @@ impl Arbiter {
         if let Some(d) = self.stop_deadline {
             wake = wake.min(d);
         }
+        if let Some(d) = self.notifier.next_deadline() {
+            wake = wake.min(d);
+        }
         if self.live_workers() < self.target {
             wake = wake.min(self.next_spawn);
         }
-        wake.saturating_duration_since(Instant::now()).max(Duration::from_millis(5))
+        wake.saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(5))
     }
 
     fn set_phase(&mut self, phase: Phase) {
@@ -252,7 +280,9 @@ impl Arbiter {
                 }
             }
             Intent::MoreWorkers => self.set_target(self.target + 1, "signal TTIN".into()),
-            Intent::FewerWorkers => self.set_target(self.target.saturating_sub(1), "signal TTOU".into()),
+            Intent::FewerWorkers => {
+                self.set_target(self.target.saturating_sub(1), "signal TTOU".into())
+            }
             Intent::ReopenLogs => self.reopen_logs(),
             Intent::ChildExited => {}
         }
@@ -277,9 +307,13 @@ impl Arbiter {
         }
         tracing::info!("Handling signal: {}", if graceful { "term" } else { "int" });
         self.fail_reload("the server is stopping");
+        self.notifier.stopping();
         self.set_phase(Phase::Stopping { graceful });
-        let (sig, grace) =
-            if graceful { (Signal::SIGTERM, self.cfg.graceful_timeout()) } else { (Signal::SIGQUIT, QUICK_STOP_GRACE) };
+        let (sig, grace) = if graceful {
+            (Signal::SIGTERM, self.cfg.graceful_timeout())
+        } else {
+            (Signal::SIGQUIT, QUICK_STOP_GRACE)
+        };
         self.signal_all(sig);
         self.stop_deadline = Some(Instant::now() + grace);
     }
@@ -292,7 +326,10 @@ impl Arbiter {
 
     /// Workers of the serving generation that are meant to stay.
     fn live_workers(&self) -> usize {
-        self.workers.values().filter(|w| !w.retiring && w.generation == self.generation).count()
+        self.workers
+            .values()
+            .filter(|w| !w.retiring && w.generation == self.generation)
+            .count()
     }
 
     /// Spawn or retire workers of the serving generation to match the target.
@@ -322,6 +359,43 @@ impl Arbiter {
         }
     }
 
+    /// `--timeout`: a worker whose request (or event loop) has been stuck longer gets
+    /// SIGABRT, which makes it write every thread's Python stack to the error log
+    /// (faulthandler) and die; SIGKILL follows if it lingers.
+    fn kill_stale(&mut self) {
+        if self.cfg.timeout == 0 {
+            return;
+        }
+        let limit_ms = self.cfg.timeout.saturating_mul(1000);
+        let now = crate::scoreboard::monotonic_ms();
+        let mut timed_out = Vec::new();
+        for w in self.workers.values_mut() {
+            if let Some(at) = w.aborted {
+                if at.elapsed() >= ABORT_GRACE {
+                    let _ = kill(w.pid, Signal::SIGKILL);
+                }
+                continue;
+            }
+            if !w.ready {
+                continue;
+            }
+            let slot = self.scoreboard.slot(w.slot);
+            let started = slot
+                .request_started_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let heartbeat = slot.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let stuck_request = started != 0 && now.saturating_sub(started) > limit_ms;
+            let silent = now.saturating_sub(heartbeat) > limit_ms;
+            if stuck_request || silent {
+                tracing::error!("WORKER TIMEOUT (pid:{})", w.pid);
+                let _ = kill(w.pid, Signal::SIGABRT);
+                w.aborted = Some(Instant::now());
+                timed_out.push(w.pid);
+            }
+        }
+        self.totals.timeouts += timed_out.len() as u64;
+    }
+
     fn retire(&mut self, slot: usize) {
         if let Some(w) = self.workers.get_mut(&slot) {
             w.retiring = true;
@@ -330,7 +404,10 @@ impl Arbiter {
     }
 
     fn spawn_worker(&mut self, generation: u32) -> anyhow::Result<()> {
-        let slot = self.scoreboard.claim(|i| self.workers.contains_key(&i)).context("no free scoreboard slot")?;
+        let slot = self
+            .scoreboard
+            .claim(|i| self.workers.contains_key(&i))
+            .context("no free scoreboard slot")?;
         let (master_end, worker_end) = UnixStream::pair()?;
         master_end.set_nonblocking(true)?;
         let mut master_fds: Vec<i32> = self.workers.values().map(|w| w.pipe.as_raw_fd()).collect();
@@ -354,7 +431,11 @@ impl Arbiter {
             ForkResult::Parent { child } => {
                 drop(worker_end);
                 self.scoreboard.assign(slot, child.as_raw());
-                self.poll.registry().register(&mut SourceFd(&master_end.as_raw_fd()), Token(slot), Interest::READABLE)?;
+                self.poll.registry().register(
+                    &mut SourceFd(&master_end.as_raw_fd()),
+                    Token(slot),
+                    Interest::READABLE,
+                )?;
                 self.workers.insert(
                     slot,
                     WorkerProc {
@@ -366,6 +447,7 @@ impl Arbiter {
                         ready: false,
                         spawned: Instant::now(),
                         retiring: false,
+                        aborted: None,
                     },
                 );
                 self.totals.spawned += 1;
@@ -378,7 +460,9 @@ impl Arbiter {
     /// Reads what a worker says: `R\n` when ready, `E<text>` before it exits on a boot
     /// failure.
     fn read_worker(&mut self, slot: usize) {
-        let Some(w) = self.workers.get_mut(&slot) else { return };
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
         let mut buf = [0u8; 4096];
         loop {
             match (&w.pipe).read(&mut buf) {
@@ -394,12 +478,26 @@ impl Arbiter {
             if self.phase == Phase::Starting && self.ready_workers() >= self.target {
                 tracing::info!("All {} workers ready", self.target);
                 self.set_phase(Phase::Running);
+                self.notifier.ready(&self.status_line());
             }
         }
     }
 
+    /// systemd's STATUS= line.
+    fn status_line(&self) -> String {
+        format!(
+            "generation {}, {} of {} workers ready",
+            self.generation,
+            self.ready_workers(),
+            self.target
+        )
+    }
+
     fn ready_workers(&self) -> usize {
-        self.workers.values().filter(|w| w.ready && !w.retiring && w.generation == self.generation).count()
+        self.workers
+            .values()
+            .filter(|w| w.ready && !w.retiring && w.generation == self.generation)
+            .count()
     }
 
     /// Collects exited workers and decides what their exit means.
@@ -414,14 +512,29 @@ impl Arbiter {
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
                 _ => continue,
             };
-            let Some(slot) = self.workers.iter().find(|(_, w)| w.pid == pid).map(|(s, _)| *s) else { continue };
+            let Some(slot) = self
+                .workers
+                .iter()
+                .find(|(_, w)| w.pid == pid)
+                .map(|(s, _)| *s)
+            else {
+                continue;
+            };
             let mut w = self.workers.remove(&slot).expect("present");
             self.read_remaining(&mut w);
-            let _ = self.poll.registry().deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
-            self.totals.requests_of_exited += self.scoreboard.slot(slot).requests.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
+            self.totals.requests_of_exited += self
+                .scoreboard
+                .slot(slot)
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed);
             self.totals.exited += 1;
             self.scoreboard.release(slot);
-            let boot_error = (w.inbox.first() == Some(&b'E')).then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
+            let boot_error = (w.inbox.first() == Some(&b'E'))
+                .then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
             if let Some(text) = &boot_error {
                 tracing::error!("{text}");
             }
@@ -439,14 +552,24 @@ impl Arbiter {
             if stopping {
                 continue;
             }
-            if self.reload.as_ref().is_some_and(|r| r.generation == w.generation) && !w.ready && !w.retiring {
+            if self
+                .reload
+                .as_ref()
+                .is_some_and(|r| r.generation == w.generation)
+                && !w.ready
+                && !w.retiring
+            {
                 let why = boot_error.unwrap_or_else(|| describe_exit(code, signal));
                 self.fail_reload(&why);
                 continue;
             }
             let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
             if failed_boot && self.phase == Phase::Starting {
-                let reason = if code == Some(exit::APP_LOAD_ERROR) { "App failed to load." } else { "Worker failed to boot." };
+                let reason = if code == Some(exit::APP_LOAD_ERROR) {
+                    "App failed to load."
+                } else {
+                    "Worker failed to boot."
+                };
                 tracing::error!("Shutting down: {reason}");
                 self.exit_code = code.unwrap_or(1);
                 self.begin_stop(false);
@@ -458,7 +581,9 @@ impl Arbiter {
                 self.note_failure();
                 tracing::warn!(
                     "Worker failed early; next spawn in {:.1}s",
-                    self.next_spawn.saturating_duration_since(Instant::now()).as_secs_f64()
+                    self.next_spawn
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64()
                 );
             }
         }
@@ -466,7 +591,8 @@ impl Arbiter {
 
     fn note_failure(&mut self) {
         self.failures = self.failures.saturating_add(1);
-        let backoff = Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(16))).min(MAX_BACKOFF);
+        let backoff = Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(16)))
+            .min(MAX_BACKOFF);
         self.next_spawn = Instant::now() + backoff;
     }
 
@@ -513,7 +639,10 @@ fn describe_exit(code: Option<i32>, signal: Option<Signal>) -> String {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 const _: () = assert!(MAX_SLOTS < CONTROL_TOKENS);

@@ -32,13 +32,20 @@ impl Arbiter {
     /// Starts a reload; `busy` if one is running.
     pub(super) fn begin_reload(&mut self, trigger: String) -> Result<u32, ErrorBody> {
         if self.reload.is_some() {
-            return Err(ErrorBody::new(ErrorCode::Busy, "a reload is already in progress"));
+            return Err(ErrorBody::new(
+                ErrorCode::Busy,
+                "a reload is already in progress",
+            ));
         }
         if matches!(self.phase, Phase::Stopping { .. }) {
             return Err(ErrorBody::new(ErrorCode::Failed, "the server is stopping"));
         }
         let generation = self.generation + 1;
-        tracing::info!("Reloading: booting generation {generation} ({} workers)", self.target);
+        self.notifier.reloading();
+        tracing::info!(
+            "Reloading: booting generation {generation} ({} workers)",
+            self.target
+        );
         let started_at = unix_now();
         self.push_history(HistoryEntry {
             action: "reload".into(),
@@ -59,7 +66,10 @@ impl Arbiter {
         for _ in 0..self.target.max(1) {
             if let Err(e) = self.spawn_worker(generation) {
                 self.fail_reload(&format!("cannot spawn a worker: {e:#}"));
-                return Err(ErrorBody::new(ErrorCode::Failed, format!("cannot spawn a worker: {e:#}")));
+                return Err(ErrorBody::new(
+                    ErrorCode::Failed,
+                    format!("cannot spawn a worker: {e:#}"),
+                ));
             }
         }
         Ok(generation)
@@ -69,7 +79,12 @@ impl Arbiter {
     pub(super) fn check_reload(&mut self) {
         let Some(reload) = &self.reload else { return };
         let generation = reload.generation;
-        let new: Vec<bool> = self.workers.values().filter(|w| w.generation == generation && !w.retiring).map(|w| w.ready).collect();
+        let new: Vec<bool> = self
+            .workers
+            .values()
+            .filter(|w| w.generation == generation && !w.retiring)
+            .map(|w| w.ready)
+            .collect();
         if !new.is_empty() && new.iter().all(|r| *r) {
             self.finish_reload();
         } else if reload.started.elapsed() > boot_timeout(self.cfg.timeout) {
@@ -79,15 +94,27 @@ impl Arbiter {
     }
 
     fn finish_reload(&mut self) {
-        let Some(reload) = self.reload.take() else { return };
-        let old: Vec<usize> = self.workers.values().filter(|w| w.generation != reload.generation && !w.retiring).map(|w| w.slot).collect();
+        let Some(reload) = self.reload.take() else {
+            return;
+        };
+        let old: Vec<usize> = self
+            .workers
+            .values()
+            .filter(|w| w.generation != reload.generation && !w.retiring)
+            .map(|w| w.slot)
+            .collect();
         for slot in old {
             self.retire(slot);
         }
         self.generation = reload.generation;
         self.totals.reloads += 1;
+        self.notifier.ready(&self.status_line());
         let duration_ms = reload.started.elapsed().as_millis() as u64;
-        tracing::info!("Reloaded: generation {} serving ({} ms)", reload.generation, duration_ms);
+        tracing::info!(
+            "Reloaded: generation {} serving ({} ms)",
+            reload.generation,
+            duration_ms
+        );
         self.finish_history(reload.history_started_at, duration_ms, "ok", None);
         let result = json!({"generation": reload.generation, "previous_generation": reload.previous, "duration_ms": duration_ms});
         for (conn, id) in reload.waiters {
@@ -97,23 +124,56 @@ impl Arbiter {
 
     /// Tears down the new generation; the serving one is untouched.
     pub(super) fn fail_reload(&mut self, why: &str) {
-        let Some(reload) = self.reload.take() else { return };
-        for w in self.workers.values_mut().filter(|w| w.generation == reload.generation) {
+        let Some(reload) = self.reload.take() else {
+            return;
+        };
+        for w in self
+            .workers
+            .values_mut()
+            .filter(|w| w.generation == reload.generation)
+        {
             w.retiring = true;
             // Booting workers serve nothing yet: no need to be gentle.
             let _ = kill(w.pid, Signal::SIGKILL);
         }
         let duration_ms = reload.started.elapsed().as_millis() as u64;
-        tracing::error!("Reload to generation {} failed; generation {} keeps serving: {why}", reload.generation, reload.previous);
-        self.finish_history(reload.history_started_at, duration_ms, "failed", Some(why.to_owned()));
-        let error = ErrorBody::new(ErrorCode::Failed, format!("reload failed, generation {} keeps serving: {why}", reload.previous));
+        self.notifier.ready(&self.status_line());
+        tracing::error!(
+            "Reload to generation {} failed; generation {} keeps serving: {why}",
+            reload.generation,
+            reload.previous
+        );
+        self.finish_history(
+            reload.history_started_at,
+            duration_ms,
+            "failed",
+            Some(why.to_owned()),
+        );
+        let error = ErrorBody::new(
+            ErrorCode::Failed,
+            format!(
+                "reload failed, generation {} keeps serving: {why}",
+                reload.previous
+            ),
+        );
         for (conn, id) in reload.waiters {
             self.reply_error(conn, &id, &error);
         }
     }
 
-    fn finish_history(&mut self, started_at: f64, duration_ms: u64, outcome: &str, error: Option<String>) {
-        if let Some(entry) = self.history.iter_mut().rev().find(|e| e.action == "reload" && e.started_at == started_at) {
+    fn finish_history(
+        &mut self,
+        started_at: f64,
+        duration_ms: u64,
+        outcome: &str,
+        error: Option<String>,
+    ) {
+        if let Some(entry) = self
+            .history
+            .iter_mut()
+            .rev()
+            .find(|e| e.action == "reload" && e.started_at == started_at)
+        {
             entry.duration_ms = Some(duration_ms);
             entry.outcome = outcome.into();
             entry.error = error;

@@ -209,3 +209,84 @@ fn threads_serve_requests_concurrently() {
     let r = read_response(&mut BufReader::new(slow), false).unwrap();
     assert_eq!(r.text(), "slept");
 }
+
+#[test]
+fn hung_request_is_aborted_with_its_stack_logged_and_replaced() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .args(["-t", "2"])
+        .start();
+    let before = s.worker_pids();
+    let mut hung = s.connect();
+    hung.write_all(b"GET /sleep?60 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // Other requests keep succeeding meanwhile (the other worker serves them).
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        assert_eq!(s.request(b"GET / HTTP/1.0\r\n\r\n").text(), "ok");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.wait_for_log("WORKER TIMEOUT", Duration::from_secs(10));
+    // faulthandler's dump of the stuck thread names the endpoint's frame.
+    s.wait_for_log("in application", Duration::from_secs(10));
+    assert!(s.log().contains("lifecycle_app.py"), "{}", s.log());
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut hung, &mut rest);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let now = s.worker_pids();
+            now.len() == 2 && now.iter().filter(|p| before.contains(p)).count() == 1
+        }),
+        "the hung worker was not replaced: {:?} -> {:?}",
+        before,
+        s.worker_pids()
+    );
+}
+
+#[test]
+fn systemd_notify_messages_arrive_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
+        .start();
+    let mut messages: Vec<String> = Vec::new();
+    let mut next = |skip_watchdog: bool| loop {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notify message");
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if skip_watchdog && m == "WATCHDOG=1" {
+            continue;
+        }
+        return m;
+    };
+    let ready = next(true);
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=generation 1, 2 of 2 workers ready"),
+        "{ready}"
+    );
+    assert_eq!(
+        next(false),
+        "WATCHDOG=1",
+        "the watchdog is pinged while workers are ready"
+    );
+    s.signal(libc::SIGHUP);
+    messages.push(next(true));
+    messages.push(next(true));
+    assert!(
+        messages[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].starts_with("READY=1\nSTATUS=generation 2"),
+        "{messages:?}"
+    );
+    s.signal(libc::SIGTERM);
+    assert_eq!(next(true), "STOPPING=1");
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+}

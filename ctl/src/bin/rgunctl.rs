@@ -12,10 +12,19 @@ use rgunctl::{default_socket_path, Client, ClientError};
 use serde_json::{json, Map, Value};
 
 #[derive(Parser)]
-#[command(name = "rgunctl", version, about = "Operate a running rgun through its control socket")]
+#[command(
+    name = "rgunctl",
+    version,
+    about = "Operate a running rgun through its control socket"
+)]
 struct Cli {
     /// Control socket [default: $RGUN_CONTROL_SOCKET, else the daemon's default path]
-    #[arg(short = 's', long = "socket", value_name = "PATH", env = "RGUN_CONTROL_SOCKET")]
+    #[arg(
+        short = 's',
+        long = "socket",
+        value_name = "PATH",
+        env = "RGUN_CONTROL_SOCKET"
+    )]
     socket: Option<PathBuf>,
     /// Print the raw JSON result.
     #[arg(long)]
@@ -105,14 +114,25 @@ fn main() -> ExitCode {
     match client.call(cmd, args) {
         Ok(Ok(result)) => {
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).unwrap_or_default()
+                );
             } else {
                 print_human(&cli.command, &result);
             }
             ExitCode::SUCCESS
         }
         Ok(Err(error)) => {
-            eprintln!("rgunctl: {} failed ({}): {}", cmd, serde_json::to_value(error.code).unwrap_or_default().as_str().unwrap_or(""), error.message);
+            eprintln!(
+                "rgunctl: {} failed ({}): {}",
+                cmd,
+                serde_json::to_value(error.code)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or(""),
+                error.message
+            );
             ExitCode::from(1)
         }
         Err(e @ ClientError::Connect { .. }) => {
@@ -144,7 +164,13 @@ fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, 
             ("scale", args, *wait)
         }
         Cmd::Reload { no_wait } => ("reload", Ok(obj(json!({"wait": !no_wait}))), !no_wait),
-        Cmd::Stop { quick } => ("stop", Ok(obj(json!({"mode": if *quick { "quick" } else { "graceful" }}))), false),
+        Cmd::Stop { quick } => (
+            "stop",
+            Ok(obj(
+                json!({"mode": if *quick { "quick" } else { "graceful" }}),
+            )),
+            false,
+        ),
         Cmd::ReopenLogs => ("reopen_logs", Ok(Map::new()), false),
         Cmd::Config => ("config", Ok(Map::new()), false),
         Cmd::Kill { pid } => ("kill", Ok(obj(json!({"pid": pid}))), false),
@@ -157,7 +183,9 @@ fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, 
 /// `8` → workers 8; `+2`/`-1` → delta.
 fn parse_scale(count: &str) -> Result<(&'static str, i64), String> {
     let relative = count.starts_with('+') || count.starts_with('-');
-    let n: i64 = count.parse().map_err(|_| format!("scale: {count:?} is not N, +N or -N"))?;
+    let n: i64 = count
+        .parse()
+        .map_err(|_| format!("scale: {count:?} is not N, +N or -N"))?;
     if relative {
         if n == 0 {
             return Err("scale: a change of 0 does nothing".into());
@@ -176,14 +204,31 @@ fn print_human(cmd: &Cmd, result: &Value) {
             Ok(status) => print_status(&status),
             Err(_) => println!("{result}"),
         },
-        Cmd::History => match serde_json::from_value::<Vec<HistoryEntry>>(result.get("entries").cloned().unwrap_or_default()) {
+        Cmd::History => match serde_json::from_value::<Vec<HistoryEntry>>(
+            result.get("entries").cloned().unwrap_or_default(),
+        ) {
             Ok(entries) if entries.is_empty() => println!("no reloads or scale changes yet"),
             Ok(entries) => {
-                println!("{:<20} {:<7} {:<16} {:>9} {:<8} DETAIL", "STARTED", "ACTION", "TRIGGER", "DURATION", "OUTCOME");
+                println!(
+                    "{:<20} {:<7} {:<16} {:>9} {:<8} DETAIL",
+                    "STARTED", "ACTION", "TRIGGER", "DURATION", "OUTCOME"
+                );
                 for e in entries {
                     let dur = e.duration_ms.map_or("-".into(), |d| format!("{d}ms"));
-                    let detail = e.error.clone().map(|s| s.lines().last().unwrap_or("").to_owned()).unwrap_or_else(|| e.detail.to_string());
-                    println!("{:<20} {:<7} {:<16} {:>9} {:<8} {}", format_time(e.started_at), e.action, e.trigger, dur, e.outcome, detail);
+                    let detail = e
+                        .error
+                        .clone()
+                        .map(|s| s.lines().last().unwrap_or("").to_owned())
+                        .unwrap_or_else(|| e.detail.to_string());
+                    println!(
+                        "{:<20} {:<7} {:<16} {:>9} {:<8} {}",
+                        format_time(e.started_at),
+                        e.action,
+                        e.trigger,
+                        dur,
+                        e.outcome,
+                        detail
+                    );
                 }
             }
             Err(_) => println!("{result}"),
@@ -193,9 +238,18 @@ fn print_human(cmd: &Cmd, result: &Value) {
             "reloaded: generation {} -> {} in {} ms",
             result["previous_generation"], result["generation"], result["duration_ms"]
         ),
-        Cmd::Reload { no_wait: true } => println!("reload started (generation {})", result["generation"]),
-        Cmd::Ping => println!("pong: rgun {} (pid {})", result["version"].as_str().unwrap_or("?"), result["pid"]),
-        Cmd::Config => println!("{}", serde_json::to_string_pretty(result).unwrap_or_default()),
+        Cmd::Reload { no_wait: true } => {
+            println!("reload started (generation {})", result["generation"])
+        }
+        Cmd::Ping => println!(
+            "pong: rgun {} (pid {})",
+            result["version"].as_str().unwrap_or("?"),
+            result["pid"]
+        ),
+        Cmd::Config => println!(
+            "{}",
+            serde_json::to_string_pretty(result).unwrap_or_default()
+        ),
         Cmd::Stop { .. } => println!("stopping"),
         Cmd::ReopenLogs => println!("logs reopened"),
         Cmd::Kill { pid } => println!("worker {pid} is stopping"),
@@ -205,7 +259,11 @@ fn print_human(cmd: &Cmd, result: &Value) {
 
 fn print_status(s: &Status) {
     let m = &s.master;
-    let ready = s.workers.iter().filter(|w| w.generation == m.generation && (w.state == "idle" || w.state == "busy")).count();
+    let ready = s
+        .workers
+        .iter()
+        .filter(|w| w.generation == m.generation && (w.state == "idle" || w.state == "busy"))
+        .count();
     println!(
         "master {}  rgun {}  {}  state {}  generation {}  workers {}/{}  up {}",
         m.pid,
@@ -218,7 +276,10 @@ fn print_status(s: &Status) {
         format_age(m.uptime_s)
     );
     println!("binds  {}", m.binds.join(" "));
-    println!("{:<8} {:>4} {:<9} {:>8} {:>9} {:>8} {:>9} {:>10}", "PID", "GEN", "STATE", "AGE", "REQUESTS", "CURRENT", "HEARTBEAT", "RSS");
+    println!(
+        "{:<8} {:>4} {:<9} {:>8} {:>9} {:>8} {:>9} {:>10}",
+        "PID", "GEN", "STATE", "AGE", "REQUESTS", "CURRENT", "HEARTBEAT", "RSS"
+    );
     for w in &s.workers {
         println!(
             "{:<8} {:>4} {:<9} {:>8} {:>9} {:>8} {:>9} {:>10}",
@@ -227,7 +288,8 @@ fn print_status(s: &Status) {
             w.state,
             format_age(w.age_s),
             w.requests,
-            w.current_request_s.map_or("-".into(), |c| format!("{c:.1}s")),
+            w.current_request_s
+                .map_or("-".into(), |c| format!("{c:.1}s")),
             format!("{:.1}s", w.last_heartbeat_s),
             format!("{:.1} MiB", w.rss_bytes as f64 / 1048576.0)
         );
@@ -252,7 +314,12 @@ fn format_time(unix: f64) -> String {
     let secs = unix as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     let (y, mo, d) = civil_from_days(days);
-    format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (UTC).
