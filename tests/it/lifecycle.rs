@@ -256,7 +256,7 @@ fn systemd_notify_messages_arrive_in_order() {
         .env("WATCHDOG_USEC", "400000")
         .start();
     let mut messages: Vec<String> = Vec::new();
-    let mut next = |skip_watchdog: bool| loop {
+    let next = |skip_watchdog: bool| loop {
         let mut buf = [0u8; 4096];
         let n = sock.recv(&mut buf).expect("a notify message");
         let m = String::from_utf8_lossy(&buf[..n]).into_owned();
