@@ -8,6 +8,7 @@ pub mod control;
 pub mod http;
 pub mod log;
 pub mod master;
+pub mod process;
 pub mod python;
 pub mod scoreboard;
 pub mod signals;

@@ -5,9 +5,25 @@ use rgun::config::Config;
 
 fn main() {
     let cfg = Config::from_args();
+    if cfg.print_config {
+        let settings = cfg.settings_json(cfg.worker_count().unwrap_or(1) as usize);
+        for (name, value) in settings.as_object().into_iter().flatten() {
+            println!("{name:<26} = {value}");
+        }
+        return;
+    }
+    if cfg.daemon {
+        if let Err(e) = rgun::process::daemonize(cfg.error_logfile == "-") {
+            eprintln!("rgun: cannot daemonize: {e:#}");
+            std::process::exit(1);
+        }
+    }
     if let Err(e) = rgun::log::init_error_log(&cfg.error_logfile, &cfg.loglevel) {
         eprintln!("rgun: {e}");
         std::process::exit(1);
+    }
+    if cfg.check_config {
+        std::process::exit(rgun::master::check_config(&cfg));
     }
     match rgun::master::run(cfg) {
         Ok(code) => std::process::exit(code),

@@ -147,6 +147,93 @@ pub struct Config {
     /// Do not open a control socket.
     #[arg(long = "no-control-socket", conflicts_with = "control_socket")]
     pub no_control_socket: bool,
+
+    /// Write the master's pid to this file (refused if it names a live process).
+    #[arg(short = 'p', long = "pid", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Detach from the terminal and run in the background.
+    #[arg(short = 'D', long = "daemon")]
+    pub daemon: bool,
+
+    /// Run workers as this user (name or uid).
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run workers as this group (name or gid).
+    #[arg(short = 'g', long = "group", value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Also set the worker user's supplementary groups.
+    #[arg(long = "initgroups")]
+    pub initgroups: bool,
+
+    /// File mode creation mask, in octal (Gunicorn's default 0).
+    #[arg(short = 'm', long = "umask", value_name = "INT", default_value = "0", value_parser = parse_mode)]
+    pub umask: u32,
+
+    /// Check the configuration and that the application imports, then exit (0 or 1).
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+
+    /// Print the effective settings and exit.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
+}
+
+/// Environment variables whose contents are parsed as extra command-line arguments,
+/// after the configuration file and before the real command line.
+pub const ARGS_ENV_VARS: [&str; 2] = ["GUNICORN_CMD_ARGS", "RGUN_CMD_ARGS"];
+
+/// Splits a string the way a POSIX shell splits words (quotes and backslashes).
+pub fn split_args(s: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(ch) => word.push(ch),
+                        None => return Err("unterminated single quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => word.push(chars.next().ok_or("unterminated double quote")?),
+                        Some(ch) => word.push(ch),
+                        None => return Err("unterminated double quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                word.push(chars.next().ok_or("trailing backslash")?);
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -154,6 +241,13 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0600"))
+}
+
+/// Why the layered command line could not be parsed.
+#[derive(Debug)]
+pub enum LayerError {
+    Env(String),
+    Clap(clap::Error),
 }
 
 /// `--forwarded-allow-ips`.
@@ -199,9 +293,14 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 impl Config {
     /// Parses the process's command line; prints one line and exits 2 on a bad one.
     pub fn from_args() -> Config {
-        match Config::try_parse() {
+        let cli: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        match Config::parse_layers(&cli) {
             Ok(cfg) => cfg,
-            Err(e) => match e.kind() {
+            Err(LayerError::Env(msg)) => {
+                eprintln!("rgun: {msg}");
+                std::process::exit(2);
+            }
+            Err(LayerError::Clap(e)) => match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     e.exit()
                 }
@@ -219,6 +318,43 @@ impl Config {
                 }
             },
         }
+    }
+
+    /// Parses `GUNICORN_CMD_ARGS`/`RGUN_CMD_ARGS` then the command line, with
+    /// Gunicorn's precedence: the command line wins, also for repeatable options (a
+    /// `-b` on the command line replaces the environment's binds).
+    pub fn parse_layers(cli: &[std::ffi::OsString]) -> Result<Config, LayerError> {
+        let (prog, rest) = cli
+            .split_first()
+            .map_or((std::ffi::OsString::from("rgun"), &[][..]), |(p, r)| {
+                (p.clone(), r)
+            });
+        let mut argv = vec![prog.clone()];
+        for var in ARGS_ENV_VARS {
+            if let Ok(text) = std::env::var(var) {
+                let words =
+                    split_args(&text).map_err(|e| LayerError::Env(format!("{var}: {e}")))?;
+                argv.extend(words.into_iter().map(Into::into));
+            }
+        }
+        let from_env = argv.len() > 1;
+        argv.extend(rest.iter().cloned());
+        let mut cfg = Config::try_parse_from(&argv).map_err(LayerError::Clap)?;
+        if from_env {
+            use clap::CommandFactory;
+            let only_cli = Config::command()
+                .ignore_errors(true)
+                .try_get_matches_from(std::iter::once(prog).chain(rest.iter().cloned()));
+            if let Ok(m) = only_cli {
+                if let Some(binds) = m.get_many::<BindAddress>("bind") {
+                    cfg.bind = binds.cloned().collect();
+                }
+                if let Some(env) = m.get_many::<(String, String)>("env") {
+                    cfg.env = env.cloned().collect();
+                }
+            }
+        }
+        Ok(cfg)
     }
 
     /// Binds in effect (Gunicorn's default when none given).
@@ -325,6 +461,12 @@ impl Config {
             "reuse_port": self.reuse_port,
             "control_socket": self.control_socket_path(),
             "control_socket_mode": format!("{:04o}", self.control_socket_mode),
+            "pidfile": self.pidfile,
+            "daemon": self.daemon,
+            "user": self.user,
+            "group": self.group,
+            "initgroups": self.initgroups,
+            "umask": format!("{:04o}", self.umask),
         })
     }
 }

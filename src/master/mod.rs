@@ -115,6 +115,8 @@ pub struct Arbiter {
     signals: SignalPipe,
     control: Option<ControlServer>,
     notifier: Notifier,
+    identity: crate::process::Identity,
+    pidfile: Option<crate::process::PidFile>,
     workers: BTreeMap<usize, WorkerProc>,
     target: usize,
     /// The generation serving traffic.
@@ -134,15 +136,56 @@ pub struct Arbiter {
     exit_code: i32,
 }
 
+/// `--check-config`: the settings parsed; now import the application in a child
+/// process (the master stays Python-free) and report. Returns the exit status.
+pub fn check_config(cfg: &Config) -> i32 {
+    if let Err(e) = cfg.worker_count() {
+        eprintln!("rgun: {e}");
+        return 1;
+    }
+    if let Some(dir) = &cfg.chdir {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            eprintln!("rgun: cannot chdir to {}: {e}", dir.display());
+            return 1;
+        }
+    }
+    // SAFETY: single-threaded; the child only imports the app and exits.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => std::process::exit(worker::check_app(cfg)),
+        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => {
+                println!("rgun: configuration OK; {} imports", cfg.app);
+                0
+            }
+            _ => 1,
+        },
+        Err(e) => {
+            eprintln!("rgun: fork failed: {e}");
+            1
+        }
+    }
+}
+
 /// Runs the server until it stops; returns the process exit status.
 pub fn run(cfg: Config) -> anyhow::Result<i32> {
     let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
     crate::python::interpreter_executable()?;
+    // SAFETY: umask only sets this process's creation mask.
+    unsafe { libc::umask(cfg.umask as libc::mode_t) };
+    let identity = crate::process::Identity::resolve(
+        cfg.user.as_deref(),
+        cfg.group.as_deref(),
+        cfg.initgroups,
+    )?;
     if let Some(dir) = &cfg.chdir {
         std::env::set_current_dir(dir)
             .with_context(|| format!("cannot chdir to {}", dir.display()))?;
     }
     let listeners = bind_all(&cfg)?;
+    let pidfile = match &cfg.pidfile {
+        Some(path) => Some(crate::process::PidFile::create(path)?),
+        None => None,
+    };
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
     use signal_hook::consts::*;
     let signals = SignalPipe::install(&[
@@ -185,6 +228,8 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         signals,
         control,
         notifier,
+        identity,
+        pidfile,
         workers: BTreeMap::new(),
         target: target as usize,
         generation: 1,
@@ -427,6 +472,7 @@ impl Arbiter {
                 to_master: worker_end,
                 master_fds,
                 master_signals: self.signals.ids(),
+                identity: &self.identity,
             }),
             ForkResult::Parent { child } => {
                 drop(worker_end);
@@ -625,6 +671,9 @@ impl Arbiter {
         }
         if let Some(c) = &self.control {
             c.remove_socket();
+        }
+        if let Some(p) = &self.pidfile {
+            p.remove();
         }
         tracing::info!("Shutting down: Master");
     }

@@ -126,6 +126,32 @@ pub struct WorkerInit<'a> {
     /// Descriptors that belong to the master (other workers' pipes, its signal pipe).
     pub master_fds: Vec<RawFd>,
     pub master_signals: Vec<signal_hook::SigId>,
+    /// Who to become before importing the application.
+    pub identity: &'a crate::process::Identity,
+}
+
+/// `--check-config` in a child: start Python, import the app, report. Exit status.
+pub fn check_app(cfg: &Config) -> i32 {
+    if let Err(e) = crate::python::initialize() {
+        eprintln!("rgun: {e}");
+        return exit::BOOT_ERROR;
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    Python::with_gil(|py| {
+        let loaded = crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())
+            .and_then(|()| App::load(py, &cfg.app, cfg.threads > 1, true));
+        match loaded {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!(
+                    "rgun: {} cannot be loaded:\n{}",
+                    cfg.app,
+                    crate::python::format_exception(py, &e)
+                );
+                exit::APP_LOAD_ERROR
+            }
+        }
+    })
 }
 
 /// The worker process's main; never returns.
@@ -166,6 +192,13 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     crate::python::initialize()
         .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?;
+    if let Err(e) = init.identity.drop_privileges() {
+        return Err(boot_failure(
+            &mut init.to_master,
+            &format!("cannot switch user/group: {e}"),
+            exit::BOOT_ERROR,
+        ));
+    }
     let workers = cfg.worker_count().unwrap_or(1);
     let app = Python::with_gil(|py| {
         crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())?;

@@ -172,14 +172,26 @@ fn chdir_puts_the_directory_on_sys_path() {
 #[test]
 fn virtualenv_of_another_python_is_refused() {
     let venv = tempfile::tempdir().unwrap();
-    std::fs::write(venv.path().join("pyvenv.cfg"), "home = /usr/bin\nversion = 3.99.1\n").unwrap();
+    std::fs::write(
+        venv.path().join("pyvenv.cfg"),
+        "home = /usr/bin\nversion = 3.99.1\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
-        .args(["-b", "127.0.0.1:0", "--no-control-socket", "demo.app:application"])
+        .args([
+            "-b",
+            "127.0.0.1:0",
+            "--no-control-socket",
+            "demo.app:application",
+        ])
         .env("VIRTUAL_ENV", venv.path())
         .current_dir(repo_root())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is Python 3.99") && err.contains("rgun embeds Python 3."), "{err}");
+    assert!(
+        err.contains("is Python 3.99") && err.contains("rgun embeds Python 3."),
+        "{err}"
+    );
 }

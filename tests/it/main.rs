@@ -7,5 +7,6 @@ mod cli;
 mod conformance;
 mod frameworks;
 mod hostile;
+mod hygiene;
 mod lifecycle;
 mod wsgi;

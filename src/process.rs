@@ -1,0 +1,152 @@
+//! Process hygiene, Gunicorn-style: daemon mode, the pidfile, the umask, and the
+//! privilege drop workers do before importing the application.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use nix::unistd::{Gid, Group, Uid, User};
+
+/// Forks into the background (`-D`): the parent exits 0, the grandchild continues in a
+/// new session with stdin/stdout (and stderr, unless it is a log file) on /dev/null.
+pub fn daemonize(error_log_is_stderr: bool) -> anyhow::Result<()> {
+    use nix::unistd::{fork, setsid, ForkResult};
+    // SAFETY: called from main before any thread exists.
+    if let ForkResult::Parent { .. } = unsafe { fork() }.context("fork failed")? {
+        std::process::exit(0);
+    }
+    setsid().context("setsid failed")?;
+    // SAFETY: still single-threaded.
+    if let ForkResult::Parent { .. } = unsafe { fork() }.context("fork failed")? {
+        std::process::exit(0);
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    use std::os::fd::AsRawFd;
+    for fd in [0, 1] {
+        nix::unistd::dup2(null.as_raw_fd(), fd)?;
+    }
+    if error_log_is_stderr {
+        nix::unistd::dup2(null.as_raw_fd(), 2)?;
+    }
+    Ok(())
+}
+
+/// A pidfile we wrote and remove on exit.
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Refuses when the file names a live process other than us.
+    pub fn create(path: &Path) -> anyhow::Result<PidFile> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                let alive = pid > 0
+                    && pid != std::process::id() as i32
+                    && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+                if alive {
+                    bail!(
+                        "pidfile {} names a running process ({pid}): is rgun already running?",
+                        path.display()
+                    );
+                }
+            }
+        }
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pidfile {}", path.display()))?;
+        Ok(PidFile {
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn remove(&self) {
+        // Only ours: a successor may have rewritten it.
+        let ours = std::fs::read_to_string(&self.path)
+            .is_ok_and(|t| t.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Who workers run as (`-u`, `-g`, `--initgroups`), resolved once in the master.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub uid: Option<Uid>,
+    pub gid: Option<Gid>,
+    /// With `--initgroups`: the user name for initgroups(3).
+    pub initgroups: Option<(std::ffi::CString, Gid)>,
+}
+
+impl Identity {
+    pub fn resolve(
+        user: Option<&str>,
+        group: Option<&str>,
+        initgroups: bool,
+    ) -> anyhow::Result<Identity> {
+        let user = match user {
+            None => None,
+            Some(u) => Some(match u.parse::<u32>() {
+                Ok(id) => User::from_uid(Uid::from_raw(id))?.unwrap_or_else(|| anon_user(id)),
+                Err(_) => {
+                    User::from_name(u)?.with_context(|| format!("--user: no such user {u:?}"))?
+                }
+            }),
+        };
+        let gid = match group {
+            None => user.as_ref().map(|u| u.gid),
+            Some(g) => Some(match g.parse::<u32>() {
+                Ok(id) => Gid::from_raw(id),
+                Err(_) => {
+                    Group::from_name(g)?
+                        .with_context(|| format!("--group: no such group {g:?}"))?
+                        .gid
+                }
+            }),
+        };
+        let initgroups = match (&user, initgroups) {
+            (Some(u), true) => Some((
+                std::ffi::CString::new(u.name.clone())?,
+                gid.unwrap_or(u.gid),
+            )),
+            _ => None,
+        };
+        Ok(Identity {
+            uid: user.map(|u| u.uid),
+            gid,
+            initgroups,
+        })
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.uid.is_none() && self.gid.is_none()
+    }
+
+    /// In a worker: group first, then supplementary groups, then user.
+    pub fn drop_privileges(&self) -> nix::Result<()> {
+        if let Some((name, gid)) = &self.initgroups {
+            nix::unistd::initgroups(name, *gid)?;
+        }
+        if let Some(gid) = self.gid {
+            nix::unistd::setgid(gid)?;
+        }
+        if let Some(uid) = self.uid {
+            nix::unistd::setuid(uid)?;
+        }
+        Ok(())
+    }
+}
+
+fn anon_user(id: u32) -> User {
+    User {
+        name: id.to_string(),
+        passwd: Default::default(),
+        uid: Uid::from_raw(id),
+        gid: Gid::from_raw(id),
+        gecos: Default::default(),
+        dir: PathBuf::from("/"),
+        shell: PathBuf::from("/bin/sh"),
+    }
+}

@@ -1,0 +1,222 @@
+//! Process hygiene and settings plumbing: pidfile, daemon mode, privilege drop,
+//! GUNICORN_CMD_ARGS precedence, --check-config and --print-config.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{repo_root, ServerBuilder};
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn pidfile_is_written_refused_when_live_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("rgun.pid");
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .args(["-p", pidfile.to_str().unwrap()])
+        .start();
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        s.pid().to_string()
+    );
+    // A second server with the same pidfile refuses to start.
+    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        .args([
+            "-b",
+            "127.0.0.1:0",
+            "--no-control-socket",
+            "-p",
+            pidfile.to_str().unwrap(),
+            "demo.app:application",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is rgun already running"));
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(!pidfile.exists());
+}
+
+#[test]
+fn daemon_mode_detaches_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("rgun.pid");
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .args(["-D", "-p", pidfile.to_str().unwrap()])
+        .no_wait()
+        .start();
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "the foreground process exits at once"
+    );
+    s.wait_for_log("All 1 workers ready", Duration::from_secs(30));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(pid, s.pid());
+    assert_eq!(s.get("/").text(), "ok");
+    // SAFETY: stopping the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(
+        wait_until(Duration::from_secs(10), || !pidfile.exists()),
+        "daemon did not stop"
+    );
+}
+
+#[test]
+fn workers_drop_privileges_when_root() {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    if !world_can_reach(&python_stdlib()) || !world_can_reach(&repo_root().join("tests/apps")) {
+        // e.g. a pyenv Python under /root (mode 0700): nobody could not import
+        // anything. Drop only the group then, which root can still read with.
+        let s = ServerBuilder::new("lifecycle_app:application")
+            .args(["-g", "nogroup"])
+            .start();
+        let worker = s.worker_pids()[0];
+        let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+        let gid_line = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
+        let nogroup = nix::unistd::Group::from_name("nogroup")
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw();
+        assert!(
+            gid_line
+                .split_whitespace()
+                .skip(1)
+                .all(|g| g == nogroup.to_string()),
+            "{gid_line}"
+        );
+        assert_eq!(s.get("/").text(), "ok");
+        return;
+    }
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .args(["-u", "nobody", "-g", "nogroup"])
+        .start();
+    let worker = s.worker_pids()[0];
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == nobody.to_string()),
+        "{uid_line}"
+    );
+    assert_eq!(s.get("/").text(), "ok");
+    // The master keeps its identity (it may need to bind and signal).
+    let master = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    assert!(master.lines().any(|l| l.starts_with("Uid:\t0")));
+}
+
+#[test]
+fn gunicorn_cmd_args_sit_below_the_command_line() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .env(
+            "GUNICORN_CMD_ARGS",
+            "--workers 3 --keep-alive 7 --log-level 'debug'",
+        )
+        .workers(2)
+        .start();
+    // -w 2 on the command line wins over the environment's 3.
+    assert_eq!(s.worker_pids().len(), 2);
+    assert!(
+        s.log().contains("[DEBUG]"),
+        "the environment's --log-level applies"
+    );
+}
+
+#[test]
+fn check_config_imports_the_app() {
+    let run = |app: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rgun"))
+            .args(["--check-config", "--pythonpath", "tests/apps", app])
+            .current_dir(repo_root())
+            .env_remove("VIRTUAL_ENV")
+            .output()
+            .unwrap()
+    };
+    let ok = run("lifecycle_app:application");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = run("broken_app:application");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr)
+        .contains("No module named 'this_module_does_not_exist'"));
+}
+
+#[test]
+fn print_config_shows_effective_settings() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        .args([
+            "--print-config",
+            "-w",
+            "3",
+            "--keep-alive",
+            "5",
+            "demo.app:application",
+        ])
+        .env("GUNICORN_CMD_ARGS", "--threads 2")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in ["workers", "keepalive", "threads", "wsgi_app"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(line)),
+            "{line} missing:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("= 3") && text.contains("= 5") && text.contains("= 2"),
+        "{text}"
+    );
+}
+
+fn python_stdlib() -> std::path::PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
+        ])
+        .output()
+        .unwrap();
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Every directory from / down to `path` is searchable by other users.
+fn world_can_reach(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors().all(|p| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    })
+}
