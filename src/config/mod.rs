@@ -3,9 +3,10 @@
 //! forks or touches Python.
 
 pub mod bind;
+pub mod file;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -27,8 +28,21 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
 pub struct Config {
     /// The WSGI application: MODULE[:CALLABLE], e.g. `myproject.wsgi:application` or
     /// `app:create_app()`. The callable defaults to `application`.
-    #[arg(value_name = "MODULE:CALLABLE")]
+    #[arg(value_name = "MODULE:CALLABLE", default_value = "")]
     pub app: String,
+
+    /// The application, from a configuration file's `wsgi_app` (the positional wins).
+    #[arg(long = "wsgi-app", hide = true, default_value = "")]
+    pub wsgi_app: String,
+
+    /// Gunicorn configuration file: a path, or python:MODULE [default: ./gunicorn.conf.py
+    /// when present].
+    #[arg(short = 'c', long = "config", value_name = "CONFIG")]
+    pub config: Option<String>,
+
+    /// Server hooks the configuration file defines (filled in after parsing).
+    #[arg(skip)]
+    pub hooks: Vec<String>,
 
     /// Address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N. Repeatable.
     #[arg(short = 'b', long = "bind", value_name = "ADDRESS", value_parser = bind::parse)]
@@ -247,6 +261,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 #[derive(Debug)]
 pub enum LayerError {
     Env(String),
+    File(String),
     Clap(clap::Error),
 }
 
@@ -300,6 +315,10 @@ impl Config {
                 eprintln!("rgun: {msg}");
                 std::process::exit(2);
             }
+            Err(LayerError::File(msg)) => {
+                eprintln!("rgun: {msg}");
+                std::process::exit(1);
+            }
             Err(LayerError::Clap(e)) => match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                     e.exit()
@@ -324,34 +343,57 @@ impl Config {
     /// Gunicorn's precedence: the command line wins, also for repeatable options (a
     /// `-b` on the command line replaces the environment's binds).
     pub fn parse_layers(cli: &[std::ffi::OsString]) -> Result<Config, LayerError> {
-        let (prog, rest) = cli
-            .split_first()
-            .map_or((std::ffi::OsString::from("rgun"), &[][..]), |(p, r)| {
-                (p.clone(), r)
-            });
-        let mut argv = vec![prog.clone()];
+        use clap::CommandFactory;
+        let (prog, rest) = match cli.split_first() {
+            Some((p, r)) => (p.clone(), r),
+            None => (std::ffi::OsString::from("rgun"), &[][..]),
+        };
+        // The environment's arguments, then the command line's.
+        let mut upper = vec![prog.clone()];
         for var in ARGS_ENV_VARS {
             if let Ok(text) = std::env::var(var) {
-                let words =
-                    split_args(&text).map_err(|e| LayerError::Env(format!("{var}: {e}")))?;
-                argv.extend(words.into_iter().map(Into::into));
+                let words = split_args(&text).map_err(|e| LayerError::Env(format!("{var}: {e}")))?;
+                upper.extend(words.into_iter().map(Into::into));
             }
         }
-        let from_env = argv.len() > 1;
-        argv.extend(rest.iter().cloned());
+        upper.extend(rest.iter().cloned());
+        // Which configuration file? (-c from either, else ./gunicorn.conf.py if present.)
+        let lenient = |args: &[std::ffi::OsString]| Config::command().ignore_errors(true).try_get_matches_from(args).ok();
+        let location = lenient(&upper)
+            .and_then(|m| m.get_one::<String>("config").cloned())
+            .or_else(|| Path::new("gunicorn.conf.py").exists().then(|| "gunicorn.conf.py".to_owned()));
+        let file = match &location {
+            Some(loc) => file::load(loc).map_err(|e| LayerError::File(format!("{loc}: {e}")))?,
+            None => file::FileSettings::default(),
+        };
+        if let (Some(loc), false) = (&location, file.unknown.is_empty()) {
+            eprintln!("rgun: warning: {loc}: unknown setting(s) ignored: {}", file.unknown.join(", "));
+        }
+        let mut argv = vec![prog.clone()];
+        argv.extend(file.args.iter().map(Into::into));
+        argv.extend(upper.iter().skip(1).cloned());
         let mut cfg = Config::try_parse_from(&argv).map_err(LayerError::Clap)?;
-        if from_env {
-            use clap::CommandFactory;
-            let only_cli = Config::command()
-                .ignore_errors(true)
-                .try_get_matches_from(std::iter::once(prog).chain(rest.iter().cloned()));
-            if let Ok(m) = only_cli {
-                if let Some(binds) = m.get_many::<BindAddress>("bind") {
-                    cfg.bind = binds.cloned().collect();
-                }
-                if let Some(env) = m.get_many::<(String, String)>("env") {
-                    cfg.env = env.cloned().collect();
-                }
+        cfg.hooks = file.hooks;
+        cfg.config = location;
+        if cfg.app.is_empty() {
+            cfg.app = std::mem::take(&mut cfg.wsgi_app);
+        }
+        if cfg.app.is_empty() && !cfg.print_config {
+            return Err(LayerError::Clap(Config::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "no application: give MODULE:CALLABLE, or wsgi_app in the configuration file",
+            )));
+        }
+        // Repeatable options are replaced, not extended, by a higher layer: the file's
+        // give way to the environment's, which give way to the command line's.
+        let mut cli_argv = vec![prog];
+        cli_argv.extend(rest.iter().cloned());
+        for higher in [lenient(&upper), lenient(&cli_argv)].into_iter().flatten() {
+            if let Some(binds) = higher.get_many::<BindAddress>("bind") {
+                cfg.bind = binds.cloned().collect();
+            }
+            if let Some(env) = higher.get_many::<(String, String)>("env") {
+                cfg.env = env.cloned().collect();
             }
         }
         Ok(cfg)
@@ -437,6 +479,7 @@ impl Config {
         };
         serde_json::json!({
             "wsgi_app": self.app,
+            "config": self.config,
             "bind": self.binds().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "workers": workers,
             "threads": self.threads,
