@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod control;
+pub mod hooks;
 pub mod http;
 pub mod log;
 pub mod master;

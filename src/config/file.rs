@@ -25,7 +25,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("keepalive", "--keep-alive", "int"),
     ("limit_request_line", "--limit-request-line", "int"),
     ("limit_request_fields", "--limit-request-fields", "int"),
-    ("limit_request_field_size", "--limit-request-field_size", "int"),
+    (
+        "limit_request_field_size",
+        "--limit-request-field_size",
+        "int",
+    ),
     ("chdir", "--chdir", "str"),
     ("pythonpath", "--pythonpath", "str"),
     ("raw_env", "--env", "list"),
@@ -95,22 +99,33 @@ fn evaluate(location: &str) -> String {
     Python::with_gil(|py| {
         let run = || -> PyResult<String> {
             let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
-            py.import("sys")?.getattr("path")?.call_method1("insert", (0, cwd.to_string_lossy().as_ref()))?;
+            py.import("sys")?
+                .getattr("path")?
+                .call_method1("insert", (0, cwd.to_string_lossy().as_ref()))?;
             let module = PyModule::from_code(
                 py,
                 &std::ffi::CString::new(LOADER).expect("no NUL"),
                 c"rgun_config_loader.py",
                 c"rgun_config_loader",
             )?;
-            let table: serde_json::Map<String, serde_json::Value> =
-                SETTINGS.iter().map(|(n, f, k)| ((*n).to_owned(), serde_json::json!([f, k]))).collect();
-            module.getattr("to_args")?.call1((location, serde_json::Value::Object(table).to_string()))?.extract()
+            let table: serde_json::Map<String, serde_json::Value> = SETTINGS
+                .iter()
+                .map(|(n, f, k)| ((*n).to_owned(), serde_json::json!([f, k])))
+                .collect();
+            module
+                .getattr("to_args")?
+                .call1((location, serde_json::Value::Object(table).to_string()))?
+                .extract()
         };
         match run() {
             Ok(json) => format!("OK{json}"),
             Err(e) => {
                 let value = e.value(py);
-                let kind = value.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+                let kind = value
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default();
                 let message = value.str().map(|s| s.to_string()).unwrap_or_default();
                 format!("ER{kind}: {message}")
             }
@@ -122,10 +137,21 @@ fn parse_reply(text: &str) -> Result<FileSettings, String> {
     if let Some(msg) = text.strip_prefix("ER") {
         return Err(msg.lines().next().unwrap_or("error").to_owned());
     }
-    let json = text.strip_prefix("OK").ok_or("the configuration file could not be evaluated")?;
+    let json = text
+        .strip_prefix("OK")
+        .ok_or("the configuration file could not be evaluated")?;
     let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
     let strings = |key: &str| -> Vec<String> {
-        v[key].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+        v[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
     };
-    Ok(FileSettings { args: strings("args"), unknown: strings("unknown"), hooks: strings("hooks") })
+    Ok(FileSettings {
+        args: strings("args"),
+        unknown: strings("unknown"),
+        hooks: strings("hooks"),
+    })
 }

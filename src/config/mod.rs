@@ -352,22 +352,35 @@ impl Config {
         let mut upper = vec![prog.clone()];
         for var in ARGS_ENV_VARS {
             if let Ok(text) = std::env::var(var) {
-                let words = split_args(&text).map_err(|e| LayerError::Env(format!("{var}: {e}")))?;
+                let words =
+                    split_args(&text).map_err(|e| LayerError::Env(format!("{var}: {e}")))?;
                 upper.extend(words.into_iter().map(Into::into));
             }
         }
         upper.extend(rest.iter().cloned());
         // Which configuration file? (-c from either, else ./gunicorn.conf.py if present.)
-        let lenient = |args: &[std::ffi::OsString]| Config::command().ignore_errors(true).try_get_matches_from(args).ok();
+        let lenient = |args: &[std::ffi::OsString]| {
+            Config::command()
+                .ignore_errors(true)
+                .try_get_matches_from(args)
+                .ok()
+        };
         let location = lenient(&upper)
             .and_then(|m| m.get_one::<String>("config").cloned())
-            .or_else(|| Path::new("gunicorn.conf.py").exists().then(|| "gunicorn.conf.py".to_owned()));
+            .or_else(|| {
+                Path::new("gunicorn.conf.py")
+                    .exists()
+                    .then(|| "gunicorn.conf.py".to_owned())
+            });
         let file = match &location {
             Some(loc) => file::load(loc).map_err(|e| LayerError::File(format!("{loc}: {e}")))?,
             None => file::FileSettings::default(),
         };
         if let (Some(loc), false) = (&location, file.unknown.is_empty()) {
-            eprintln!("rgun: warning: {loc}: unknown setting(s) ignored: {}", file.unknown.join(", "));
+            eprintln!(
+                "rgun: warning: {loc}: unknown setting(s) ignored: {}",
+                file.unknown.join(", ")
+            );
         }
         let mut argv = vec![prog.clone()];
         argv.extend(file.args.iter().map(Into::into));

@@ -473,6 +473,7 @@ impl Arbiter {
                 master_fds,
                 master_signals: self.signals.ids(),
                 identity: &self.identity,
+                age: self.totals.spawned,
             }),
             ForkResult::Parent { child } => {
                 drop(worker_end);

@@ -77,6 +77,8 @@ pub struct Conn {
     served: u64,
     /// The body of a request waiting for a pool thread.
     pending_body: Option<Body>,
+    /// `req` and environ kept for a `post_request` hook.
+    hook_request: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
 impl Conn {
@@ -100,6 +102,7 @@ impl Conn {
             request_started: Instant::now(),
             served: 0,
             pending_body: None,
+            hook_request: None,
         }
     }
 
@@ -295,6 +298,17 @@ impl Conn {
             local: &self.local,
             https,
         };
+        let hook_req = match &ctx.hooks {
+            Some(h) if h.pre_request || h.post_request => h
+                .request(py, &self.head_bytes, &self.head, &self.peer.addr)
+                .ok(),
+            _ => None,
+        };
+        if let (Some(h), Some(req)) = (&ctx.hooks, &hook_req) {
+            if h.pre_request {
+                h.call(py, "pre_request", vec![req.clone()]);
+            }
+        }
         let response = match ctx.app.call(py, &info, body) {
             Ok(r) => r,
             Err(e) => {
@@ -302,6 +316,11 @@ impl Conn {
                 return self.fail_status(500, "Internal Server Error");
             }
         };
+        if let (Some(h), Some(req)) = (&ctx.hooks, hook_req) {
+            if h.post_request {
+                self.hook_request = Some((req.unbind(), response.environ.clone_ref(py).into_any()));
+            }
+        }
         match Responding::start(py, &ctx.app, response, facts, Vec::new()) {
             Ok(r) => {
                 self.state = State::Responding(Box::new(r));
@@ -333,6 +352,16 @@ impl Conn {
             }
             Ok(Pump::Finished) => {
                 r.close(py);
+                if let (Some(h), Some((req, environ))) = (&ctx.hooks, self.hook_request.take()) {
+                    let (status, headers) = r.head_text(py);
+                    if let Ok(resp) = h.response(py, &status, headers, r.body_bytes) {
+                        h.call(
+                            py,
+                            "post_request",
+                            vec![req.into_bound(py), environ.into_bound(py), resp],
+                        );
+                    }
+                }
                 let (status, bytes, close) = (r.status, r.body_bytes, r.close_after);
                 self.end_request(ctx, status, bytes);
                 if close {

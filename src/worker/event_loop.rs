@@ -141,7 +141,15 @@ impl<'a> EventLoop<'a> {
         use signal_hook::consts::*;
         for sig in self.signals.take() {
             match sig {
-                SIGINT | SIGQUIT => std::process::exit(0),
+                SIGINT | SIGQUIT => {
+                    if let Some(h) = &self.shared.hooks {
+                        Python::with_gil(|py| {
+                            h.call(py, "worker_int", Vec::new());
+                            h.call(py, "worker_exit", Vec::new());
+                        });
+                    }
+                    std::process::exit(0)
+                }
                 SIGUSR1 => self.shared.reopen_access_log(),
                 SIGTERM if self.stop_by.is_none() => {
                     tracing::info!("Worker exiting (pid: {})", std::process::id());

@@ -48,6 +48,7 @@ pub struct Settings {
 /// What every connection of a worker shares, also across `--threads` pool threads.
 pub struct Shared {
     pub app: App,
+    pub hooks: Option<crate::hooks::Hooks>,
     pub settings: Settings,
     pub slot: &'static Slot,
     access_log: Mutex<Option<AccessLog>>,
@@ -128,6 +129,8 @@ pub struct WorkerInit<'a> {
     pub master_signals: Vec<signal_hook::SigId>,
     /// Who to become before importing the application.
     pub identity: &'a crate::process::Identity,
+    /// How many workers the master had spawned before this one (Gunicorn's `age`).
+    pub age: u64,
 }
 
 /// `--check-config` in a child: start Python, import the app, report. Exit status.
@@ -200,12 +203,21 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         ));
     }
     let workers = cfg.worker_count().unwrap_or(1);
-    let app = Python::with_gil(|py| {
+    let age = init.age;
+    let loaded = Python::with_gil(|py| {
         crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())?;
-        App::load(py, &cfg.app, cfg.threads > 1, workers > 1)
+        let hooks = crate::hooks::Hooks::load(py, cfg, age)?;
+        if let Some(h) = &hooks {
+            h.call(py, "post_fork", Vec::new());
+        }
+        let app = App::load(py, &cfg.app, cfg.threads > 1, workers > 1)?;
+        if let Some(h) = &hooks {
+            h.call(py, "post_worker_init", Vec::new());
+        }
+        Ok::<_, PyErr>((app, hooks))
     });
-    let app = match app {
-        Ok(app) => app,
+    let (app, hooks) = match loaded {
+        Ok(pair) => pair,
         Err(e) => {
             let text = Python::with_gil(|py| crate::python::format_exception(py, &e));
             return Err(boot_failure(
@@ -215,6 +227,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             ));
         }
     };
+
     let access_log = match &cfg.access_logfile {
         Some(path) => Some(
             AccessLog::open(path, &cfg.access_log_format)
@@ -232,6 +245,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     };
     let shared = Arc::new(Shared {
         app,
+        hooks,
         settings,
         slot: init.slot,
         access_log: Mutex::new(access_log),
@@ -260,6 +274,9 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         return Err(exit::BOOT_ERROR);
     }
     worker.run();
+    if let Some(h) = &shared.hooks {
+        Python::with_gil(|py| h.call(py, "worker_exit", Vec::new()));
+    }
     Ok(())
 }
 

@@ -70,6 +70,7 @@ impl Responding {
         let AppResponse {
             result,
             start_response,
+            ..
         } = response;
         let mut r = Responding {
             result: Some(result),
@@ -319,6 +320,26 @@ impl Responding {
         self.body_bytes += n as u64;
         self.file = Some((file_fd, off as i64));
         Ok(true)
+    }
+
+    /// The status line and headers the application chose, for `post_request` hooks.
+    pub fn head_text(&self, py: Python<'_>) -> (String, Vec<(String, String)>) {
+        let sr = self.start_response.borrow(py);
+        match &sr.head {
+            Some(h) => (
+                h.status.clone(),
+                h.headers
+                    .iter()
+                    .map(|(n, v)| {
+                        (
+                            String::from_utf8_lossy(n).into_owned(),
+                            String::from_utf8_lossy(v).into_owned(),
+                        )
+                    })
+                    .collect(),
+            ),
+            None => (String::new(), Vec::new()),
+        }
     }
 
     /// Calls the iterable's `close()` (PEP 3333), logging what it raises.

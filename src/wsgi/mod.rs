@@ -30,6 +30,8 @@ pub struct App {
 pub struct AppResponse {
     pub result: Py<PyAny>,
     pub start_response: Py<StartResponse>,
+    /// The environ the application saw (for `post_request` hooks).
+    pub environ: Py<pyo3::types::PyDict>,
 }
 
 impl App {
@@ -65,10 +67,11 @@ impl App {
         let result = self
             .callable
             .bind(py)
-            .call1((environ, start_response.clone_ref(py)))?;
+            .call1((&environ, start_response.clone_ref(py)))?;
         Ok(AppResponse {
             result: result.unbind(),
             start_response,
+            environ: environ.unbind(),
         })
     }
 

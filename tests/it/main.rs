@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod config;
 mod conformance;
 mod frameworks;
 mod hostile;

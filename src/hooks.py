@@ -1,0 +1,107 @@
+"""Gunicorn server hooks for rgun workers: loads the configuration file's hook
+functions and the objects they receive (server, worker, req, resp), with the attributes
+real configurations use. See ARCHITECTURE.md for the supported set."""
+
+import importlib
+import logging
+import os
+import runpy
+import sys
+import time
+
+WORKER_HOOKS = ("post_fork", "post_worker_init", "pre_request", "post_request", "worker_int", "worker_exit")
+
+
+def _logger():
+    log = logging.getLogger("rgun.hooks")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S %z"))
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
+    return log
+
+
+class Config:
+    """`server.cfg` / `worker.cfg`: settings by their Gunicorn names."""
+
+    def __init__(self, settings):
+        self.__dict__.update(settings)
+
+    def __getattr__(self, name):
+        return None
+
+
+class Server:
+    def __init__(self, settings):
+        self.cfg = Config(settings)
+        self.log = _logger()
+        self.pid = os.getppid()
+        self.num_workers = settings.get("workers")
+        self.app = settings.get("wsgi_app")
+        self.proc_name = settings.get("wsgi_app")
+
+
+class Worker:
+    def __init__(self, settings, age):
+        self.cfg = Config(settings)
+        self.log = _logger()
+        self.pid = os.getpid()
+        self.ppid = os.getppid()
+        self.age = age
+        self.alive = True
+        self.booted = False
+        self.started = time.time()
+
+
+class Request:
+    def __init__(self, method, uri, path, query, version, headers, remote_addr):
+        self.method = method
+        self.uri = uri
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.remote_addr = remote_addr
+        self.scheme = "http"
+
+    def __repr__(self):
+        return "<Request %s %s>" % (self.method, self.uri)
+
+
+class Response:
+    def __init__(self, status, headers, sent):
+        self.status = status
+        self.status_code = int(status.split(None, 1)[0]) if status else None
+        self.headers = headers
+        self.sent = sent
+        self.response_length = sent
+
+
+class Hooks:
+    def __init__(self, location, settings, age):
+        if location.startswith("python:"):
+            namespace = vars(importlib.import_module(location[len("python:"):]))
+        else:
+            namespace = runpy.run_path(location, run_name="__config__")
+        self.functions = {name: namespace[name] for name in WORKER_HOOKS if callable(namespace.get(name))}
+        self.server = Server(settings)
+        self.worker = Worker(settings, age)
+
+    def names(self):
+        return sorted(self.functions)
+
+    def call(self, name, *args):
+        fn = self.functions.get(name)
+        if fn is None:
+            return
+        try:
+            if name == "worker_exit":
+                fn(self.server, self.worker)
+            elif name == "post_fork":
+                fn(self.server, self.worker)
+            else:
+                fn(self.worker, *args)
+        except Exception:
+            _logger().exception("Exception in %s hook", name)

@@ -1,0 +1,105 @@
+//! Gunicorn server hooks in a worker: the configuration file is executed again in the
+//! worker's own interpreter and its worker-side hooks (`post_fork`, `post_worker_init`,
+//! `pre_request`, `post_request`, `worker_int`, `worker_exit`) are called where Gunicorn
+//! calls them. A hook that raises is logged with its traceback and never stops the
+//! worker. The objects hooks receive are built in `hooks.py`.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+
+const HOOKS_PY: &str = include_str!("hooks.py");
+
+pub struct Hooks {
+    inner: Py<PyAny>,
+    request_class: Py<PyAny>,
+    response_class: Py<PyAny>,
+    pub pre_request: bool,
+    pub post_request: bool,
+}
+
+impl Hooks {
+    /// Loads the hooks of `cfg.config`, or None when it defines no worker hook.
+    pub fn load(py: Python<'_>, cfg: &crate::config::Config, age: u64) -> PyResult<Option<Hooks>> {
+        let Some(location) = &cfg.config else {
+            return Ok(None);
+        };
+        if cfg.hooks.is_empty() {
+            return Ok(None);
+        }
+        let module = PyModule::from_code(
+            py,
+            &std::ffi::CString::new(HOOKS_PY).expect("no NUL"),
+            c"rgun_hooks.py",
+            c"rgun_hooks",
+        )?;
+        let settings = py.import("json")?.call_method1(
+            "loads",
+            (cfg.settings_json(cfg.worker_count().unwrap_or(1) as usize)
+                .to_string(),),
+        )?;
+        let inner = module
+            .getattr("Hooks")?
+            .call1((location.as_str(), settings, age))?;
+        let names: Vec<String> = inner.call_method0("names")?.extract()?;
+        if names.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Hooks {
+            request_class: module.getattr("Request")?.unbind(),
+            response_class: module.getattr("Response")?.unbind(),
+            pre_request: names.iter().any(|n| n == "pre_request"),
+            post_request: names.iter().any(|n| n == "post_request"),
+            inner: inner.unbind(),
+        }))
+    }
+
+    /// Calls a hook by name with extra arguments after the worker.
+    pub fn call<'py>(&self, py: Python<'py>, name: &str, args: Vec<Bound<'py, PyAny>>) {
+        let mut all: Vec<Bound<'py, PyAny>> = vec![pyo3::types::PyString::new(py, name).into_any()];
+        all.extend(args);
+        let Ok(tuple) = PyTuple::new(py, all) else {
+            return;
+        };
+        if let Err(e) = self.inner.bind(py).call_method1("call", tuple) {
+            tracing::error!(
+                "hook {name} failed\n{}",
+                crate::python::format_exception(py, &e)
+            );
+        }
+    }
+
+    /// A `req` object for pre_request/post_request.
+    pub fn request<'py>(
+        &self,
+        py: Python<'py>,
+        head_bytes: &[u8],
+        head: &crate::http::head::RequestHead,
+        remote: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(&head_bytes[r]).into_owned();
+        let headers = PyList::empty(py);
+        for (n, v) in &head.headers {
+            headers.append((text(n.clone()).to_ascii_uppercase(), text(v.clone())))?;
+        }
+        self.request_class.bind(py).call1((
+            text(head.method.clone()),
+            text(head.target.clone()),
+            text(head.path.clone()),
+            text(head.query.clone()),
+            (1, head.minor_version),
+            headers,
+            remote,
+        ))
+    }
+
+    /// A `resp` object for post_request.
+    pub fn response<'py>(
+        &self,
+        py: Python<'py>,
+        status: &str,
+        headers: Vec<(String, String)>,
+        sent: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.response_class.bind(py).call1((status, headers, sent))
+    }
+}

@@ -1,0 +1,147 @@
+//! Gunicorn configuration files: settings with their precedence, warnings and errors,
+//! and the worker-side server hooks, against real rgun processes.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{repo_root, ServerBuilder};
+
+fn wait_for_file(path: &std::path::Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || start.elapsed() > Duration::from_secs(10) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn config_file_settings_sit_below_env_and_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(&conf, "import os\nworkers = 3\nkeepalive = 9\nwsgi_app = 'lifecycle_app:application'\ntimeout = 45\n").unwrap();
+    let s = ServerBuilder::new("")
+        .args(["-c", conf.to_str().unwrap()])
+        .workers(2)
+        .start();
+    assert_eq!(
+        s.worker_pids().len(),
+        2,
+        "-w on the command line beats the file"
+    );
+    assert_eq!(s.get("/").text(), "ok", "wsgi_app from the file");
+    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        .args(["-c", conf.to_str().unwrap(), "--print-config"])
+        .env("GUNICORN_CMD_ARGS", "--timeout 50")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("keepalive") && l.ends_with("= 9")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("timeout ") && l.ends_with("= 50")),
+        "env beats file: {text}"
+    );
+}
+
+#[test]
+fn config_file_mistakes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.conf.py");
+    let run = |text: &str| {
+        std::fs::write(&conf, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_rgun"))
+            .args([
+                "-c",
+                conf.to_str().unwrap(),
+                "--print-config",
+                "demo.app:application",
+            ])
+            .current_dir(repo_root())
+            .output()
+            .unwrap()
+    };
+    let out = run("workers = 'four'\n");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("setting 'workers' must be an integer") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    let out = run("frobnicate = 1\nworkers = 2\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting(s) ignored: frobnicate"));
+    let out = run("def broken(:\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SyntaxError"));
+}
+
+#[test]
+fn worker_hooks_are_called_where_gunicorn_calls_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("hooks.log");
+    let conf = dir.path().join("hooks.conf.py");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+RECORD = {record:?}
+
+def note(text):
+    with open(RECORD, "a") as f:
+        f.write(text + "\n")
+
+def post_fork(server, worker):
+    note("post_fork pid=%d age=%s server=%d" % (worker.pid, worker.age, server.pid))
+
+def post_worker_init(worker):
+    note("post_worker_init %d" % worker.pid)
+
+def pre_request(worker, req):
+    note("pre_request %s %s %s" % (req.method, req.path, dict(req.headers).get("X-TRACE")))
+
+def post_request(worker, req, environ, resp):
+    note("post_request %s %s %s" % (req.path, resp.status_code, environ["PATH_INFO"]))
+    if req.path == "/boom-hook":
+        raise RuntimeError("hook trouble")
+
+def worker_exit(server, worker):
+    note("worker_exit %d" % worker.pid)
+"#,
+            record = record.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    let worker = s.worker_pids()[0];
+    let r = s.request(b"GET /pid HTTP/1.1\r\nHost: a\r\nX-Trace: abc\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.text(), worker.to_string());
+    let text = wait_for_file(&record, "post_request /pid 200 /pid");
+    assert!(
+        text.contains(&format!("post_fork pid={worker} age=")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("server={}", s.pid())), "{text}");
+    assert!(
+        text.contains(&format!("post_worker_init {worker}")),
+        "{text}"
+    );
+    assert!(text.contains("pre_request GET /pid abc"), "{text}");
+    // A hook that raises is logged and the worker keeps serving.
+    s.get("/boom-hook");
+    s.wait_for_log("hook trouble", Duration::from_secs(5));
+    assert_eq!(s.get("/").text(), "ok");
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
+    let text = wait_for_file(&record, "worker_exit");
+    assert!(text.contains(&format!("worker_exit {worker}")), "{text}");
+}
