@@ -42,6 +42,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("max_requests", "--max-requests", "int"),
     ("max_requests_jitter", "--max-requests-jitter", "int"),
     ("backlog", "--backlog", "int"),
+    ("proxy_protocol", "--proxy-protocol", "proxy"),
+    ("proxy_allow_ips", "--proxy-allow-from", "csv"),
     ("reuse_port", "--reuse-port", "bool"),
     ("pidfile", "--pid", "str"),
     ("daemon", "--daemon", "bool"),

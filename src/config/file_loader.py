@@ -78,6 +78,14 @@ def convert(name, flag, kind, value):
         for v in value:
             out.extend([flag, v])
         return out
+    if kind == "proxy":
+        if value is True:
+            return [flag, "auto"]
+        if value is False or value is None:
+            return []
+        if not isinstance(value, str):
+            bad("True, False or one of off, v1, v2, auto")
+        return [flag, value]
     if kind == "csv":
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)

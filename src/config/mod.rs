@@ -149,6 +149,15 @@ pub struct Config {
     #[arg(long = "reuse-port")]
     pub reuse_port: bool,
 
+    /// Accept a PROXY protocol header (v1, v2, or auto: either or none) from
+    /// --proxy-allow-from peers; the bare flag means auto.
+    #[arg(long = "proxy-protocol", value_name = "MODE", num_args = 0..=1, default_value = "off", default_missing_value = "auto", value_parser = ["off", "v1", "v2", "auto"])]
+    pub proxy_protocol: String,
+
+    /// Peers allowed to send a PROXY header: comma-separated IP addresses, or `*`.
+    #[arg(long = "proxy-allow-from", value_name = "STRING", default_value = "127.0.0.1,::1", value_parser = parse_allow_ips)]
+    pub proxy_allow_from: AllowIps,
+
     /// Control socket path [default: $RUNTIME_DIRECTORY/rgun.ctl, else
     /// $XDG_RUNTIME_DIR/rgun.ctl, else ./rgun.ctl].
     #[arg(long = "control-socket", value_name = "PATH")]
@@ -437,6 +446,16 @@ impl Config {
         }
     }
 
+    pub fn proxy_mode(&self) -> crate::http::proxy::ProxyMode {
+        use crate::http::proxy::ProxyMode;
+        match self.proxy_protocol.as_str() {
+            "v1" => ProxyMode::V1,
+            "v2" => ProxyMode::V2,
+            "auto" => ProxyMode::Auto,
+            _ => ProxyMode::Off,
+        }
+    }
+
     pub fn head_limits(&self) -> HeadLimits {
         HeadLimits {
             request_line_bytes: self.limit_request_line as usize,
@@ -514,6 +533,11 @@ impl Config {
             "max_requests": self.max_requests,
             "max_requests_jitter": self.max_requests_jitter,
             "backlog": self.backlog,
+            "proxy_protocol": self.proxy_protocol,
+            "proxy_allow_ips": match &self.proxy_allow_from {
+                AllowIps::Any => "*".to_owned(),
+                AllowIps::List(ips) => ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            },
             "reuse_port": self.reuse_port,
             "control_socket": self.control_socket_path(),
             "control_socket_mode": format!("{:04o}", self.control_socket_mode),

@@ -3,6 +3,7 @@
 
 pub mod chunked;
 pub mod head;
+pub mod proxy;
 pub mod response;
 
 /// Why a request was refused before it reached the application.

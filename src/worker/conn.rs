@@ -15,6 +15,7 @@ use super::body::{BodyError, BodyReader};
 use super::respond::{close_result, write_fd, Pump, RespondError, Responding};
 use super::Shared;
 use crate::http::head::{parse_head, BodyFraming, RequestHead};
+use crate::http::proxy::{self, ProxyMode};
 use crate::http::response::{write_error, RequestFacts};
 use crate::http::HttpError;
 use crate::log::AccessRecord;
@@ -77,6 +78,8 @@ pub struct Conn {
     served: u64,
     /// The body of a request waiting for a pool thread.
     pending_body: Option<Body>,
+    /// A PROXY protocol header may still come first (`--proxy-protocol`).
+    proxy_pending: Option<ProxyMode>,
     /// `req` and environ kept for a `post_request` hook.
     hook_request: Option<(Py<PyAny>, Py<PyAny>)>,
 }
@@ -85,6 +88,7 @@ impl Conn {
     pub fn new(
         sock: socket2::Socket,
         peer: Peer,
+        proxy_pending: Option<ProxyMode>,
         local: std::sync::Arc<Local>,
         first_byte_timeout: Duration,
     ) -> Conn {
@@ -103,6 +107,7 @@ impl Conn {
             served: 0,
             pending_body: None,
             hook_request: None,
+            proxy_pending,
         }
     }
 
@@ -189,7 +194,11 @@ impl Conn {
     }
 
     fn step_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
-        if self.read_start < self.read_buf.len() {
+        if self.read_start < self.read_buf.len() && self.proxy_pending.is_some() {
+            if let Some(step) = self.take_proxy_header() {
+                return step;
+            }
+        } else if self.read_start < self.read_buf.len() {
             let buf = &self.read_buf[self.read_start..];
             match parse_head(buf, &ctx.settings.limits, &mut self.head) {
                 Ok(Some(n)) => {
@@ -218,6 +227,24 @@ impl Conn {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait,
             Err(_) => Step::Close,
+        }
+    }
+
+    /// Consumes a PROXY header (or notes there is none). None: more bytes needed.
+    fn take_proxy_header(&mut self) -> Option<Step> {
+        let mode = self.proxy_pending?;
+        match proxy::parse(&self.read_buf[self.read_start..], mode) {
+            Ok(None) => None,
+            Ok(Some((header, n))) => {
+                self.proxy_pending = None;
+                self.read_start += n;
+                if let Some(client) = header.and_then(|h| h.client) {
+                    self.peer.addr = client.ip().to_canonical().to_string();
+                    self.peer.port = client.port().to_string();
+                }
+                Some(Step::Continue)
+            }
+            Err(e) => Some(self.fail(&e)),
         }
     }
 

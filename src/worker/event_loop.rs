@@ -200,6 +200,12 @@ impl<'a> EventLoop<'a> {
             if sock.set_nonblocking(true).is_err() {
                 continue;
             }
+            let settings = &self.shared.settings;
+            let proxy = match addr.as_socket() {
+                Some(sa) if !settings.proxy_allow_from.allows(sa.ip()) => None,
+                _ if settings.proxy_mode == crate::http::proxy::ProxyMode::Off => None,
+                _ => Some(settings.proxy_mode),
+            };
             let peer = match addr.as_socket() {
                 Some(sa) => {
                     let _ = sock.set_nodelay(true);
@@ -218,6 +224,7 @@ impl<'a> EventLoop<'a> {
             let conn = Conn::new(
                 sock,
                 peer,
+                proxy,
                 Arc::clone(&self.locals[index]),
                 self.shared.settings.request_timeout,
             );

@@ -43,6 +43,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_requests: u64,
     pub forwarded_allow_ips: AllowIps,
+    pub proxy_mode: crate::http::proxy::ProxyMode,
+    pub proxy_allow_from: AllowIps,
 }
 
 /// What every connection of a worker shares, also across `--threads` pool threads.
@@ -242,6 +244,8 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         max_connections: cfg.worker_connections as usize,
         max_requests: jittered(cfg.max_requests, cfg.max_requests_jitter),
         forwarded_allow_ips: cfg.forwarded_allow_ips.clone(),
+        proxy_mode: cfg.proxy_mode(),
+        proxy_allow_from: cfg.proxy_allow_from.clone(),
     };
     let shared = Arc::new(Shared {
         app,

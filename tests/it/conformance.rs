@@ -21,6 +21,11 @@ fn flags_for(settings: &serde_json::Map<String, Value>) -> Option<Vec<String>> {
             "limit_request_line" => "--limit-request-line",
             "limit_request_fields" => "--limit-request-fields",
             "limit_request_field_size" => "--limit-request-field_size",
+            "proxy_protocol" => {
+                flags.push("--proxy-protocol".into());
+                flags.push(v.as_str()?.to_owned());
+                continue;
+            }
             "forwarded_allow_ips" => {
                 let ips: Vec<String> = v
                     .as_array()?

@@ -329,3 +329,28 @@ fn access_log_uses_gunicorn_format() {
         "{line}"
     );
 }
+
+#[test]
+fn proxy_protocol_sets_the_client_address_from_allowed_peers() {
+    let s = ServerBuilder::new("pep3333:application")
+        .args(["--proxy-protocol", "--proxy-allow-from", "127.0.0.1"])
+        .start();
+    let r = s.request(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 443\r\nGET /environ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.json()["REMOTE_ADDR"], "203.0.113.7");
+    assert_eq!(r.json()["REMOTE_PORT"], "40000");
+    // v2, IPv6.
+    let mut raw = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    raw.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    raw.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    raw.extend_from_slice(&[0xd4, 0x31, 0x00, 0x50]);
+    raw.extend_from_slice(b"GET /environ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(s.request(&raw).json()["REMOTE_ADDR"], "2001:db8::1");
+    // Without a header (auto mode), the socket's address.
+    assert_eq!(s.get("/environ").json()["REMOTE_ADDR"], "127.0.0.1");
+    // A peer not in --proxy-allow-from cannot claim another address.
+    let s = ServerBuilder::new("pep3333:application")
+        .args(["--proxy-protocol", "--proxy-allow-from", "10.1.1.1"])
+        .start();
+    let r = s.request(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 443\r\nGET /environ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 400);
+}
