@@ -22,6 +22,13 @@ pub struct Listener {
 }
 
 pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
+    if let Some(fds) = systemd_fds() {
+        tracing::info!("Using {} socket(s) from systemd (LISTEN_FDS)", fds.len());
+        return fds
+            .into_iter()
+            .map(|fd| adopt_fd(fd, cfg.backlog, format!("systemd fd {fd}")))
+            .collect();
+    }
     let mut out = Vec::new();
     for bind in cfg.binds() {
         match &bind {
@@ -88,29 +95,52 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
                     unix_path: Some(path.clone()),
                 });
             }
-            BindAddress::Fd(fd) => {
-                // SAFETY: F_GETFD only inspects the descriptor table.
-                if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
-                    bail!("cannot bind to fd://{fd}: the descriptor is not open");
-                }
-                // SAFETY: the descriptor is open and the operator handed it to us to own.
-                let socket = unsafe { Socket::from_raw_fd(*fd) };
-                let local = socket
-                    .local_addr()
-                    .with_context(|| format!("fd://{fd} is not a socket"))?;
-                socket.set_nonblocking(true)?;
-                let (name, port) = match local.as_socket() {
-                    Some(sa) => (sa.ip().to_string(), sa.port().to_string()),
-                    None => ("localhost".into(), String::new()),
-                };
-                out.push(Listener {
-                    socket,
-                    local: Local { name, port },
-                    display: format!("fd://{fd}"),
-                    unix_path: None,
-                });
-            }
+            BindAddress::Fd(fd) => out.push(adopt_fd(*fd, cfg.backlog, format!("fd://{fd}"))?),
         }
     }
     Ok(out)
+}
+
+/// Sockets passed by systemd socket activation: `LISTEN_FDS` descriptors from 3 on, if
+/// `LISTEN_PID` is us. The variables are removed so workers do not see them.
+fn systemd_fds() -> Option<Vec<i32>> {
+    let pid = std::env::var("LISTEN_PID").ok()?;
+    let count = std::env::var("LISTEN_FDS").ok()?;
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    if pid.trim() != std::process::id().to_string() {
+        return None;
+    }
+    let n: i32 = count.trim().parse().ok().filter(|n| *n > 0)?;
+    Some((3..3 + n).collect())
+}
+
+/// Takes ownership of an inherited listening socket (`fd://N`, systemd, upgrade).
+pub fn adopt_fd(fd: i32, backlog: i32, display: String) -> anyhow::Result<Listener> {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("cannot use {display}: the descriptor is not open");
+    }
+    // SAFETY: the descriptor is open and was handed to us to own.
+    let socket = unsafe { Socket::from_raw_fd(fd) };
+    let local = socket
+        .local_addr()
+        .with_context(|| format!("{display} is not a socket"))?;
+    // As Gunicorn does: an inherited listener gets our backlog too.
+    socket
+        .listen(backlog)
+        .with_context(|| format!("{display} is not a listening socket"))?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    let (name, port, unix_path) = match local.as_socket() {
+        Some(sa) => (sa.ip().to_string(), sa.port().to_string(), None),
+        None => ("localhost".into(), String::new(), None),
+    };
+    Ok(Listener {
+        socket,
+        local: Local { name, port },
+        display,
+        unix_path,
+    })
 }

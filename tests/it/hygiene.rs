@@ -220,3 +220,17 @@ fn world_can_reach(path: &std::path::Path) -> bool {
             .unwrap_or(false)
     })
 }
+
+#[test]
+fn systemd_socket_activation_uses_listen_fds() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .systemd_activation()
+        .start();
+    assert_eq!(s.get("/").text(), "ok");
+    assert!(
+        s.log()
+            .contains("Using 1 socket(s) from systemd (LISTEN_FDS)"),
+        "{}",
+        s.log()
+    );
+}

@@ -41,6 +41,7 @@ pub struct ServerBuilder {
     workers: u32,
     wait_ready: bool,
     bind_fd: bool,
+    systemd: bool,
 }
 
 impl ServerBuilder {
@@ -51,6 +52,7 @@ impl ServerBuilder {
             workers: 1,
             wait_ready: true,
             bind_fd: true,
+            systemd: false,
         }
     }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -80,6 +82,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Hand the socket over as systemd socket activation does (LISTEN_FDS/LISTEN_PID)
+    /// instead of `-b fd://3`.
+    pub fn systemd_activation(mut self) -> Self {
+        self.systemd = true;
+        self
+    }
+
     pub fn start(self) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("error.log");
@@ -87,7 +96,18 @@ impl ServerBuilder {
         let ctl_path = dir.path().join("rgun.ctl");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
         let port = listener.local_addr().unwrap().port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rgun"));
+        let mut cmd = if self.systemd {
+            // LISTEN_PID must be rgun's own pid: a shell sets it and execs in place.
+            let mut c = Command::new("/bin/sh");
+            c.args([
+                "-c",
+                "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"",
+                env!("CARGO_BIN_EXE_rgun"),
+            ]);
+            c
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_rgun"))
+        };
         cmd.args(&self.args)
             .arg("-w")
             .arg(self.workers.to_string())
@@ -112,7 +132,9 @@ impl ServerBuilder {
             cmd.env(k, v);
         }
         if self.bind_fd {
-            cmd.arg("-b").arg("fd://3");
+            if !self.systemd {
+                cmd.arg("-b").arg("fd://3");
+            }
             let fd = listener.as_raw_fd();
             // SAFETY: dup2 is async-signal-safe; the new fd 3 has no CLOEXEC flag, so
             // the server inherits the listening socket.
