@@ -61,6 +61,17 @@ impl PidFile {
         })
     }
 
+    /// USR2: the old master moves aside to `<pidfile>.oldbin`, as Gunicorn does, so
+    /// the new master can write the pidfile.
+    pub fn rename_to_oldbin(&mut self) {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".oldbin");
+        let old = PathBuf::from(old);
+        if std::fs::rename(&self.path, &old).is_ok() {
+            self.path = old;
+        }
+    }
+
     pub fn remove(&self) {
         // Only ours: a successor may have rewritten it.
         let ours = std::fs::read_to_string(&self.path)

@@ -58,8 +58,10 @@ impl ControlServer {
     /// Binds the socket with `mode`. A stale socket file is replaced; a live one (another
     /// daemon answering) is an error.
     pub fn bind(path: &Path, mode: u32, registry: &Registry) -> anyhow::Result<ControlServer> {
+        // A new master after USR2 takes the socket over from its parent.
+        let upgrading = std::env::var_os(crate::master::UPGRADE_FROM_ENV).is_some();
         if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if !upgrading && std::os::unix::net::UnixStream::connect(path).is_ok() {
                 bail!("another daemon is answering on the control socket {}: stop it, or choose another path with --control-socket", path.display());
             }
             std::fs::remove_file(path).with_context(|| {

@@ -22,6 +22,21 @@ pub struct Listener {
 }
 
 pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
+    if let Ok(inherited) = std::env::var(super::upgrade::INHERIT_ENV) {
+        // A new master after USR2: the old master's sockets, not new ones.
+        std::env::remove_var(super::upgrade::INHERIT_ENV);
+        return inherited
+            .split(';')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (fd, display) = pair.split_once('=').unwrap_or((pair, pair));
+                let fd: i32 = fd
+                    .parse()
+                    .with_context(|| format!("bad inherited descriptor {pair:?}"))?;
+                adopt_fd(fd, cfg.backlog, display.to_owned())
+            })
+            .collect();
+    }
     if let Some(fds) = systemd_fds() {
         tracing::info!("Using {} socket(s) from systemd (LISTEN_FDS)", fds.len());
         return fds

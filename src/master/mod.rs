@@ -10,6 +10,9 @@ mod commands;
 pub mod listeners;
 mod notify;
 mod reload;
+mod upgrade;
+
+pub use self::upgrade::UPGRADE_FROM_ENV;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
@@ -66,6 +69,7 @@ enum Intent {
     MoreWorkers,
     FewerWorkers,
     ReopenLogs,
+    Upgrade,
     ChildExited,
 }
 
@@ -78,6 +82,7 @@ fn intent(sig: i32) -> Option<Intent> {
         SIGTTIN => Intent::MoreWorkers,
         SIGTTOU => Intent::FewerWorkers,
         SIGUSR1 => Intent::ReopenLogs,
+        SIGUSR2 => Intent::Upgrade,
         SIGCHLD => Intent::ChildExited,
         _ => return None,
     })
@@ -117,6 +122,8 @@ pub struct Arbiter {
     notifier: Notifier,
     identity: crate::process::Identity,
     pidfile: Option<crate::process::PidFile>,
+    /// The pid of the master a USR2 started.
+    upgraded_to: Option<u32>,
     workers: BTreeMap<usize, WorkerProc>,
     target: usize,
     /// The generation serving traffic.
@@ -189,11 +196,10 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
     use signal_hook::consts::*;
     let signals = SignalPipe::install(&[
-        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGCHLD,
+        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGCHLD,
     ])?;
     // SAFETY: standard dispositions for signals the master does not act on yet.
     unsafe {
-        libc::signal(SIGUSR2, libc::SIG_IGN);
         libc::signal(SIGWINCH, libc::SIG_IGN);
     }
     let notifier = Notifier::from_env();
@@ -219,6 +225,10 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     if let Some(c) = &control {
         tracing::info!("Control socket: {}", c.path().display());
     }
+    if let Ok(old) = std::env::var(UPGRADE_FROM_ENV) {
+        tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");
+        std::env::remove_var(UPGRADE_FROM_ENV);
+    }
     tracing::info!("Using worker: rgun (threads: {})", cfg.threads);
     let mut arbiter = Arbiter {
         cfg,
@@ -230,6 +240,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         notifier,
         identity,
         pidfile,
+        upgraded_to: None,
         workers: BTreeMap::new(),
         target: target as usize,
         generation: 1,
@@ -329,6 +340,7 @@ impl Arbiter {
                 self.set_target(self.target.saturating_sub(1), "signal TTOU".into())
             }
             Intent::ReopenLogs => self.reopen_logs(),
+            Intent::Upgrade => self.upgrade(),
             Intent::ChildExited => {}
         }
     }
@@ -665,13 +677,16 @@ impl Arbiter {
     }
 
     fn cleanup(&mut self) {
-        for l in &self.listeners {
-            if let Some(path) = &l.unix_path {
-                let _ = std::fs::remove_file(path);
+        // After USR2 the socket files belong to the new master.
+        if self.upgraded_to.is_none() {
+            for l in &self.listeners {
+                if let Some(path) = &l.unix_path {
+                    let _ = std::fs::remove_file(path);
+                }
             }
-        }
-        if let Some(c) = &self.control {
-            c.remove_socket();
+            if let Some(c) = &self.control {
+                c.remove_socket();
+            }
         }
         if let Some(p) = &self.pidfile {
             p.remove();

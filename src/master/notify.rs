@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
+    /// The NOTIFY_SOCKET value, for a new master after USR2.
+    path: Option<String>,
     watchdog: Option<Duration>,
     last_ping: Instant,
 }
@@ -15,8 +17,8 @@ pub struct Notifier {
 impl Notifier {
     /// Reads (and removes, so workers do not inherit them) the systemd variables.
     pub fn from_env() -> Notifier {
-        let target = std::env::var_os("NOTIFY_SOCKET").and_then(|path| {
-            let path = path.to_string_lossy().into_owned();
+        let path = std::env::var("NOTIFY_SOCKET").ok();
+        let target = path.clone().and_then(|path| {
             let addr = match path.strip_prefix('@') {
                 Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).ok()?,
                 None => SocketAddr::from_pathname(&path).ok()?,
@@ -37,9 +39,14 @@ impl Notifier {
         }
         Notifier {
             target,
+            path,
             watchdog,
             last_ping: Instant::now(),
         }
+    }
+
+    pub fn socket_path(&self) -> Option<&str> {
+        self.path.as_deref()
     }
 
     pub fn send(&self, message: &str) {

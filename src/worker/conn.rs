@@ -210,7 +210,7 @@ impl Conn {
                 Ok(None) => {}
                 Err(e) => return self.fail(&e),
             }
-        } else if ctx.stopping() {
+        } else if ctx.stopping() && self.served > 0 {
             return Step::Close;
         }
         let was_empty = self.read_start == self.read_buf.len();

@@ -290,3 +290,83 @@ fn systemd_notify_messages_arrive_in_order() {
     assert_eq!(next(true), "STOPPING=1");
     assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+#[test]
+fn usr2_starts_a_new_master_on_the_same_sockets_without_failed_requests() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("rgun.pid");
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .args(["-p", pidfile.to_str().unwrap()])
+        .start();
+    let old_pid = s.pid();
+    let port = s.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let answered = std::net::TcpStream::connect(("127.0.0.1", port))
+                        .ok()
+                        .and_then(|mut c| {
+                            c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                            c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                                .ok()?;
+                            read_response(&mut BufReader::new(c), false)
+                        });
+                    match answered {
+                        Some(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    s.signal(libc::SIGUSR2);
+    let new_pid = {
+        let mut found = None;
+        wait_until(Duration::from_secs(20), || {
+            found = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                .filter(|p| *p != old_pid);
+            found.is_some() && s.log().matches("All 2 workers ready").count() >= 2
+        });
+        found.expect("a new master wrote the pidfile")
+    };
+    assert!(
+        std::fs::read_to_string(format!("{}.oldbin", pidfile.display()))
+            .unwrap()
+            .contains(&old_pid.to_string())
+    );
+    // The old master stops; the new one goes on serving on the same sockets.
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(15)), Some(0));
+    let before = ok.load(Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(10), || ok.load(Ordering::Relaxed)
+            > before + 20),
+        "the new master does not answer"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    // SAFETY: stopping the master the test caused to exist.
+    unsafe { libc::kill(new_pid, libc::SIGTERM) };
+    assert!(
+        wait_until(Duration::from_secs(10), || !pidfile.exists()),
+        "the new master did not stop"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} ok, some failed\n{}",
+        ok.load(Ordering::Relaxed),
+        s.log()
+    );
+}
