@@ -70,6 +70,7 @@ enum Intent {
     FewerWorkers,
     ReopenLogs,
     Upgrade,
+    StopWorkers,
     ChildExited,
 }
 
@@ -83,6 +84,7 @@ fn intent(sig: i32) -> Option<Intent> {
         SIGTTOU => Intent::FewerWorkers,
         SIGUSR1 => Intent::ReopenLogs,
         SIGUSR2 => Intent::Upgrade,
+        SIGWINCH => Intent::StopWorkers,
         SIGCHLD => Intent::ChildExited,
         _ => return None,
     })
@@ -196,12 +198,8 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
     use signal_hook::consts::*;
     let signals = SignalPipe::install(&[
-        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGCHLD,
+        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD,
     ])?;
-    // SAFETY: standard dispositions for signals the master does not act on yet.
-    unsafe {
-        libc::signal(SIGWINCH, libc::SIG_IGN);
-    }
     let notifier = Notifier::from_env();
     let poll = Poll::new()?;
     poll.registry().register(
@@ -341,6 +339,13 @@ impl Arbiter {
             }
             Intent::ReopenLogs => self.reopen_logs(),
             Intent::Upgrade => self.upgrade(),
+            Intent::StopWorkers if self.cfg.daemon => {
+                // Gunicorn's WINCH: keep the master (and its sockets), stop the workers;
+                // TTIN or `scale` brings them back.
+                tracing::info!("Handling signal: winch; stopping all workers");
+                self.target = 0;
+            }
+            Intent::StopWorkers => tracing::info!("SIGWINCH ignored: not daemonized"),
             Intent::ChildExited => {}
         }
     }

@@ -69,6 +69,27 @@ fn daemon_mode_detaches_and_serves() {
         .unwrap();
     assert_ne!(pid, s.pid());
     assert_eq!(s.get("/").text(), "ok");
+    // WINCH in daemon mode stops the workers and keeps the master; TTIN brings one back.
+    // SAFETY: signalling the daemon we started.
+    unsafe { libc::kill(pid, libc::SIGWINCH) };
+    assert!(
+        wait_until(Duration::from_secs(10), || crate::support::children_of(pid)
+            .is_empty()),
+        "workers still running"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTTIN) };
+    assert!(
+        wait_until(Duration::from_secs(10), || crate::support::children_of(pid)
+            .len()
+            == 1),
+        "no worker after TTIN"
+    );
+    s.wait_for_log("All 1 workers ready", Duration::from_secs(10));
+    assert!(wait_until(Duration::from_secs(10), || s
+        .request(b"GET / HTTP/1.0\r\n\r\n")
+        .status
+        == 200));
     // SAFETY: stopping the daemon we started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(

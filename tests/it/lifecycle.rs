@@ -370,3 +370,33 @@ fn usr2_starts_a_new_master_on_the_same_sockets_without_failed_requests() {
         s.log()
     );
 }
+
+#[test]
+fn usr1_reopens_logs_without_losing_lines() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .start();
+    for _ in 0..5 {
+        assert_eq!(s.get("/").status, 200);
+    }
+    assert!(wait_until(Duration::from_secs(5), || s
+        .access_log()
+        .lines()
+        .count()
+        == 5));
+    let rotated = s.dir.path().join("access.log.1");
+    std::fs::rename(&s.access_path, &rotated).unwrap();
+    std::fs::rename(&s.log_path, s.dir.path().join("error.log.1")).unwrap();
+    s.signal(libc::SIGUSR1);
+    // Requests after the signal land in the new files, none is lost in between.
+    assert!(wait_until(Duration::from_secs(10), || {
+        s.get("/");
+        s.access_log().lines().count() >= 3
+    }));
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let total = old.lines().count() + s.access_log().lines().count();
+    assert!(old.lines().count() >= 5, "{old}");
+    assert!(total >= 8, "lines lost across the rotation: {total}");
+    s.signal(libc::SIGTTIN);
+    s.wait_for_log("Number of workers", Duration::from_secs(5));
+}
