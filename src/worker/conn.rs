@@ -210,8 +210,6 @@ impl Conn {
                 Ok(None) => {}
                 Err(e) => return self.fail(&e),
             }
-        } else if ctx.stopping() && self.served > 0 {
-            return Step::Close;
         }
         let was_empty = self.read_start == self.read_buf.len();
         match self.fill() {
@@ -224,6 +222,11 @@ impl Conn {
                     self.deadline = self.request_started + ctx.settings.request_timeout;
                 }
                 Step::Continue
+            }
+            // Draining: a keep-alive connection with nothing more to read is done. (A
+            // request already in the kernel's buffer was read above and is served.)
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && ctx.stopping() && was_empty && self.served > 0 => {
+                Step::Close
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait,
             Err(_) => Step::Close,

@@ -129,7 +129,7 @@ impl<'a> EventLoop<'a> {
                 next_sweep = now + Duration::from_secs(1);
             }
             if let Some(deadline) = self.stop_by {
-                self.close_idle();
+                self.close_idle(exec);
                 if self.open == 0 || Instant::now() >= deadline {
                     return;
                 }
@@ -338,7 +338,7 @@ impl<'a> EventLoop<'a> {
     }
 
     /// Draining: close keep-alive connections between requests.
-    fn close_idle(&mut self) {
+    fn close_idle(&mut self, exec: Exec<'_>) {
         let idle: Vec<usize> = self
             .conns
             .iter()
@@ -349,8 +349,10 @@ impl<'a> EventLoop<'a> {
                     .map(|_| k)
             })
             .collect();
+        // Driving (not just closing) reads a request that may already be waiting in
+        // the kernel; with nothing there, a draining connection closes itself.
         for key in idle {
-            self.close(key);
+            self.drive(exec, key);
         }
     }
 }
