@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod conformance;
+mod control;
 mod frameworks;
 mod hostile;
 mod lifecycle;
