@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod config;
 mod conformance;
+mod control;
 mod frameworks;
 mod hostile;
 mod hygiene;
