@@ -37,6 +37,12 @@ impl Arbiter {
                 "a reload is already in progress",
             ));
         }
+        if self.phase == Phase::Starting {
+            return Err(ErrorBody::new(
+                ErrorCode::Busy,
+                "the server is still starting its first workers",
+            ));
+        }
         if matches!(self.phase, Phase::Stopping { .. }) {
             return Err(ErrorBody::new(ErrorCode::Failed, "the server is stopping"));
         }

@@ -225,7 +225,12 @@ impl Conn {
             }
             // Draining: a keep-alive connection with nothing more to read is done. (A
             // request already in the kernel's buffer was read above and is served.)
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && ctx.stopping() && was_empty && self.served > 0 => {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    && ctx.stopping()
+                    && was_empty
+                    && self.served > 0 =>
+            {
                 Step::Close
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait,
