@@ -72,6 +72,20 @@ impl PidFile {
         }
     }
 
+    /// The upgrade failed: the pidfile is ours again.
+    pub fn restore_from_oldbin(&mut self) {
+        if let Some(orig) = self
+            .path
+            .to_str()
+            .and_then(|p| p.strip_suffix(".oldbin"))
+            .map(PathBuf::from)
+        {
+            if std::fs::rename(&self.path, &orig).is_ok() {
+                self.path = orig;
+            }
+        }
+    }
+
     pub fn remove(&self) {
         // Only ours: a successor may have rewritten it.
         let ours = std::fs::read_to_string(&self.path)

@@ -140,3 +140,24 @@ pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
         .trim_end()
         .to_owned()
 }
+
+/// fork(2) in a process whose interpreter is running (`--preload`): CPython's
+/// before/after-fork hooks run around it, so the child's interpreter is consistent.
+///
+/// # Safety
+/// The caller must be single-threaded (the master), as for any fork.
+pub unsafe fn fork_interpreter() -> nix::Result<nix::unistd::ForkResult> {
+    Python::with_gil(|_py| {
+        // SAFETY: the GIL is held, as these hooks require; the caller guarantees a
+        // single-threaded process.
+        unsafe {
+            ffi::PyOS_BeforeFork();
+            let result = nix::unistd::fork();
+            match result {
+                Ok(nix::unistd::ForkResult::Child) => ffi::PyOS_AfterFork_Child(),
+                _ => ffi::PyOS_AfterFork_Parent(),
+            }
+            result
+        }
+    })
+}

@@ -46,6 +46,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("proxy_allow_ips", "--proxy-allow-from", "csv"),
     ("reuse_port", "--reuse-port", "bool"),
     ("pidfile", "--pid", "str"),
+    ("preload_app", "--preload", "bool"),
     ("daemon", "--daemon", "bool"),
     ("user", "--user", "str"),
     ("group", "--group", "str"),

@@ -195,6 +195,11 @@ pub struct Config {
     #[arg(short = 'm', long = "umask", value_name = "INT", default_value = "0", value_parser = parse_mode)]
     pub umask: u32,
 
+    /// Import the application in the master before forking workers (copy-on-write
+    /// memory). A reload then re-executes the master to bring in new code.
+    #[arg(long = "preload")]
+    pub preload: bool,
+
     /// Check the configuration and that the application imports, then exit (0 or 1).
     #[arg(long = "check-config")]
     pub check_config: bool,
@@ -547,6 +552,7 @@ impl Config {
             "group": self.group,
             "initgroups": self.initgroups,
             "umask": format!("{:04o}", self.umask),
+            "preload_app": self.preload,
         })
     }
 }

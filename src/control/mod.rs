@@ -58,26 +58,50 @@ impl ControlServer {
     /// Binds the socket with `mode`. A stale socket file is replaced; a live one (another
     /// daemon answering) is an error.
     pub fn bind(path: &Path, mode: u32, registry: &Registry) -> anyhow::Result<ControlServer> {
-        // A new master after USR2 takes the socket over from its parent.
-        let upgrading = std::env::var_os(crate::master::UPGRADE_FROM_ENV).is_some();
         if path.exists() {
-            if !upgrading && std::os::unix::net::UnixStream::connect(path).is_ok() {
-                bail!("another daemon is answering on the control socket {}: stop it, or choose another path with --control-socket", path.display());
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "another daemon is answering on the control socket {}: stop it, or choose another path with --control-socket",
+                    path.display()
+                );
             }
             std::fs::remove_file(path).with_context(|| {
                 format!("cannot remove stale control socket {}", path.display())
             })?;
         }
+        Self::bind_at(path, path, mode, registry)
+    }
+
+    /// A new master (after USR2 or a `--preload` reload) takes the socket over from the
+    /// old one: bound beside it, then renamed over it, so clients never find no socket.
+    pub fn take_over(path: &Path, mode: u32, registry: &Registry) -> anyhow::Result<ControlServer> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".new-{}", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        Self::bind_at(&tmp, path, mode, registry)
+    }
+
+    fn bind_at(
+        bind_path: &Path,
+        path: &Path,
+        mode: u32,
+        registry: &Registry,
+    ) -> anyhow::Result<ControlServer> {
         // SAFETY: umask only changes this process's file-creation mask; the master is
         // single-threaded, so no other thread creates files meanwhile.
         let old = unsafe { libc::umask(0o177) };
-        let bound = std::os::unix::net::UnixListener::bind(path);
+        let bound = std::os::unix::net::UnixListener::bind(bind_path);
         // SAFETY: as above, restoring the previous mask.
         unsafe { libc::umask(old) };
-        let std_listener =
-            bound.with_context(|| format!("cannot create control socket {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+        let std_listener = bound
+            .with_context(|| format!("cannot create control socket {}", bind_path.display()))?;
+        std::fs::set_permissions(bind_path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set mode {mode:o} on {}", bind_path.display()))?;
+        if bind_path != path {
+            std::fs::rename(bind_path, path)
+                .with_context(|| format!("cannot move the control socket to {}", path.display()))?;
+        }
         std_listener.set_nonblocking(true)?;
         let mut listener = UnixListener::from_std(std_listener);
         registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;

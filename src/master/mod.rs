@@ -13,6 +13,7 @@ mod reload;
 mod upgrade;
 
 pub use self::upgrade::UPGRADE_FROM_ENV;
+use self::upgrade::{UpgradeChild, UPGRADE_TOKEN};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Read;
@@ -124,8 +125,16 @@ pub struct Arbiter {
     notifier: Notifier,
     identity: crate::process::Identity,
     pidfile: Option<crate::process::PidFile>,
-    /// The pid of the master a USR2 started.
+    /// The pid of the new master (USR2 or a `--preload` reload) once it is ready.
     upgraded_to: Option<u32>,
+    /// A new master we started and wait for.
+    upgrade_child: Option<UpgradeChild>,
+    /// When we are a new master: the pipe to the old one, until we are ready.
+    old_master: Option<UnixStream>,
+    /// When we are a new master: control socket path and pidfile, taken over at ready.
+    deferred_takeover: bool,
+    /// `--preload`: the application, imported in this process.
+    preloaded: Option<crate::wsgi::App>,
     workers: BTreeMap<usize, WorkerProc>,
     target: usize,
     /// The generation serving traffic.
@@ -175,6 +184,19 @@ pub fn check_config(cfg: &Config) -> i32 {
     }
 }
 
+/// `--preload`: imports the application in this process; `Err` is the traceback.
+fn preload(cfg: &Config) -> Result<crate::wsgi::App, String> {
+    use pyo3::Python;
+    crate::python::initialize().map_err(|e| e.to_string())?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let workers = cfg.worker_count().unwrap_or(1);
+    Python::with_gil(|py| {
+        crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())
+            .and_then(|()| crate::wsgi::App::load(py, &cfg.app, cfg.threads > 1, workers > 1))
+            .map_err(|e| crate::python::format_exception(py, &e))
+    })
+}
+
 /// Runs the server until it stops; returns the process exit status.
 pub fn run(cfg: Config) -> anyhow::Result<i32> {
     let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
@@ -191,9 +213,24 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
             .with_context(|| format!("cannot chdir to {}", dir.display()))?;
     }
     let listeners = bind_all(&cfg)?;
+    let mut old_master = upgrade::pipe_to_old_master();
+    let deferred_takeover = std::env::var_os(UPGRADE_FROM_ENV).is_some();
     let pidfile = match &cfg.pidfile {
-        Some(path) => Some(crate::process::PidFile::create(path)?),
-        None => None,
+        Some(path) if !deferred_takeover => Some(crate::process::PidFile::create(path)?),
+        _ => None,
+    };
+    let preloaded = if cfg.preload {
+        match preload(&cfg) {
+            Ok(app) => Some(app),
+            Err(text) => {
+                tracing::error!("Exception while preloading the application\n{text}");
+                upgrade::report_failure(&mut old_master, &text);
+                tracing::error!("Shutting down: App failed to load.");
+                return Ok(exit::APP_LOAD_ERROR);
+            }
+        }
+    } else {
+        None
     };
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
     use signal_hook::consts::*;
@@ -207,7 +244,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         SIGNAL_TOKEN,
         Interest::READABLE,
     )?;
-    let control = match cfg.control_socket_path() {
+    let control = match cfg.control_socket_path().filter(|_| !deferred_takeover) {
         Some(path) => Some(ControlServer::bind(
             &path,
             cfg.control_socket_mode,
@@ -239,9 +276,16 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         identity,
         pidfile,
         upgraded_to: None,
+        upgrade_child: None,
+        old_master,
+        deferred_takeover,
+        preloaded,
         workers: BTreeMap::new(),
         target: target as usize,
-        generation: 1,
+        generation: std::env::var(upgrade::GENERATION_ENV)
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(1),
         reload: None,
         scale_waiters: Vec::new(),
         history: VecDeque::new(),
@@ -278,6 +322,7 @@ impl Arbiter {
                             }
                         }
                     }
+                    UPGRADE_TOKEN => self.read_upgrade_pipe(),
                     Token(t) if t >= CONTROL_TOKENS => self.handle_control_event(Token(t)),
                     Token(slot) => self.read_worker(slot),
                 }
@@ -338,7 +383,12 @@ impl Arbiter {
                 self.set_target(self.target.saturating_sub(1), "signal TTOU".into())
             }
             Intent::ReopenLogs => self.reopen_logs(),
-            Intent::Upgrade => self.upgrade(),
+            Intent::Upgrade => {
+                tracing::info!("Handling signal: usr2");
+                if let Err(e) = self.upgrade(false) {
+                    tracing::error!("cannot upgrade: {e}");
+                }
+            }
             Intent::StopWorkers if self.cfg.daemon => {
                 // Gunicorn's WINCH: keep the master (and its sockets), stop the workers;
                 // TTIN or `scale` brings them back.
@@ -481,7 +531,14 @@ impl Arbiter {
         }
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread; the child only runs `worker::run`, which never returns.
-        match unsafe { fork() }.context("fork failed")? {
+        let forked = if self.preloaded.is_some() {
+            // SAFETY: as above; the interpreter's own fork hooks run around it.
+            unsafe { crate::python::fork_interpreter() }
+        } else {
+            // SAFETY: as above.
+            unsafe { fork() }
+        };
+        match forked.context("fork failed")? {
             ForkResult::Child => worker::run(WorkerInit {
                 cfg: &self.cfg,
                 listeners: &self.listeners,
@@ -491,6 +548,7 @@ impl Arbiter {
                 master_signals: self.signals.ids(),
                 identity: &self.identity,
                 age: self.totals.spawned,
+                preloaded: self.preloaded.as_ref(),
             }),
             ForkResult::Parent { child } => {
                 drop(worker_end);
@@ -542,8 +600,36 @@ impl Arbiter {
             if self.phase == Phase::Starting && self.ready_workers() >= self.target {
                 tracing::info!("All {} workers ready", self.target);
                 self.set_phase(Phase::Running);
+                self.take_over_from_old_master();
                 self.notifier.ready(&self.status_line());
             }
+        }
+    }
+
+    /// A new master whose workers are ready takes the control socket and pidfile over
+    /// and tells the old master.
+    fn take_over_from_old_master(&mut self) {
+        if !std::mem::take(&mut self.deferred_takeover) {
+            return;
+        }
+        if let Some(path) = self.cfg.control_socket_path() {
+            match ControlServer::take_over(
+                &path,
+                self.cfg.control_socket_mode,
+                self.poll.registry(),
+            ) {
+                Ok(c) => self.control = Some(c),
+                Err(e) => tracing::error!("cannot take over the control socket: {e:#}"),
+            }
+        }
+        if let Some(path) = &self.cfg.pidfile {
+            match crate::process::PidFile::create(path) {
+                Ok(p) => self.pidfile = Some(p),
+                Err(e) => tracing::error!("{e:#}"),
+            }
+        }
+        if let Some(mut pipe) = self.old_master.take() {
+            let _ = std::io::Write::write_all(&mut pipe, b"R");
         }
     }
 
@@ -576,6 +662,10 @@ impl Arbiter {
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
                 _ => continue,
             };
+            if self.is_upgrade_child(pid) {
+                self.on_new_master_exited(code);
+                continue;
+            }
             let Some(slot) = self
                 .workers
                 .iter()

@@ -19,6 +19,8 @@ pub struct Reload {
     started: Instant,
     /// Clients waiting for the outcome: (connection, request id).
     pub waiters: Vec<(usize, Value)>,
+    /// Done by a new master (`--preload`) rather than new workers of this one.
+    via_new_master: bool,
     /// Its `history` entry, to fill in at the end.
     history_started_at: f64,
 }
@@ -67,8 +69,17 @@ impl Arbiter {
             previous: self.generation,
             started: Instant::now(),
             waiters: Vec::new(),
+            via_new_master: self.cfg.preload,
             history_started_at: started_at,
         });
+        if self.cfg.preload {
+            // The application lives in this master: new code needs a new master.
+            if let Err(e) = self.upgrade(true) {
+                self.fail_reload(&e);
+                return Err(ErrorBody::new(ErrorCode::Failed, e));
+            }
+            return Ok(generation);
+        }
         for _ in 0..self.target.max(1) {
             if let Err(e) = self.spawn_worker(generation) {
                 self.fail_reload(&format!("cannot spawn a worker: {e:#}"));
@@ -84,6 +95,14 @@ impl Arbiter {
     /// Swaps generations once the new one is ready; fails the reload on boot time-out.
     pub(super) fn check_reload(&mut self) {
         let Some(reload) = &self.reload else { return };
+        if reload.via_new_master {
+            if reload.started.elapsed() > boot_timeout(self.cfg.timeout) {
+                if let Some(pid) = self.upgrade_child.as_ref().map(|c| c.pid) {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+            return; // the new master's pipe or exit decides
+        }
         let generation = reload.generation;
         let new: Vec<bool> = self
             .workers
@@ -99,7 +118,7 @@ impl Arbiter {
         }
     }
 
-    fn finish_reload(&mut self) {
+    pub(super) fn finish_reload(&mut self) {
         let Some(reload) = self.reload.take() else {
             return;
         };

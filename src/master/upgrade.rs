@@ -1,10 +1,25 @@
-//! `USR2`: re-execute the rgun binary in a new master that inherits the listening
-//! sockets, so a new binary (or new code with `--preload`) starts serving without a
-//! refused connection. The old master keeps serving until it is told to stop (`TERM`),
-//! as in Gunicorn; under systemd it hands `MAINPID` to the new master.
+//! Re-executing the master on the inherited listening sockets.
+//!
+//! - `USR2`: a new binary starts beside the old master; once its workers are ready it
+//!   takes over the control socket and the pidfile, and the old master keeps serving
+//!   until it is told to stop (`TERM`), as in Gunicorn. Under systemd the old master
+//!   hands `MAINPID` over.
+//! - A reload with `--preload`: the application lives in the master, so new code needs
+//!   a new master. Same mechanism; when the new master is ready the old one answers the
+//!   reload and stops gracefully. If the new master cannot import the application, it
+//!   says why on the pipe and exits, and the old master keeps serving.
+//!
+//! Old and new master talk over a socketpair: the new one writes `R` when its workers
+//! are ready, or `E<text>` before it exits on a boot failure.
 
-use std::os::fd::AsRawFd;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use nix::unistd::Pid;
 
 use super::Arbiter;
 
@@ -12,45 +27,78 @@ use super::Arbiter;
 pub const INHERIT_ENV: &str = "RGUN_INHERIT_FDS";
 /// Set in the new master's environment: the old master's pid.
 pub const UPGRADE_FROM_ENV: &str = "RGUN_UPGRADE_FROM";
+/// The new master's end of the ready/error pipe.
+pub const PIPE_ENV: &str = "RGUN_UPGRADE_PIPE";
+/// The generation the new master starts at.
+pub const GENERATION_ENV: &str = "RGUN_GENERATION";
+
+pub const UPGRADE_TOKEN: Token = Token(usize::MAX - 3);
+
+/// A new master we started and are waiting for.
+pub struct UpgradeChild {
+    pub pid: Pid,
+    pipe: UnixStream,
+    inbox: Vec<u8>,
+    /// Started by a reload (`--preload`): we stop once it is ready.
+    pub for_reload: bool,
+}
+
+/// In a new master: the pipe to the old one, taken from the environment.
+pub fn pipe_to_old_master() -> Option<UnixStream> {
+    let fd: i32 = std::env::var(PIPE_ENV).ok()?.parse().ok()?;
+    std::env::remove_var(PIPE_ENV);
+    // SAFETY: the old master passed this descriptor to us for exactly this purpose.
+    let stream = unsafe { UnixStream::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    Some(stream)
+}
+
+/// In a new master: tell the old one we failed, with the reason.
+pub fn report_failure(pipe: &mut Option<UnixStream>, text: &str) {
+    if let Some(p) = pipe.as_mut() {
+        let _ = p.write_all(format!("E{text}").as_bytes());
+    }
+}
 
 impl Arbiter {
-    pub(super) fn upgrade(&mut self) {
-        if self.upgraded_to.is_some() {
-            tracing::warn!("USR2 ignored: already upgraded to a new master");
-            return;
+    /// Starts a new master. `for_reload`: a `--preload` reload, which ends with this
+    /// master stopping.
+    pub(super) fn upgrade(&mut self, for_reload: bool) -> Result<(), String> {
+        if self.upgraded_to.is_some() || self.upgrade_child.is_some() {
+            return Err("a new master is already running".into());
         }
-        let exe = match std::env::current_exe() {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("cannot upgrade: cannot find the rgun binary: {e}");
-                return;
-            }
-        };
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the rgun binary: {e}"))?;
+        let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+        ours.set_nonblocking(true).map_err(|e| e.to_string())?;
         let inherit: Vec<String> = self
             .listeners
             .iter()
             .map(|l| format!("{}={}", l.socket.as_raw_fd(), l.display.replace(';', ",")))
             .collect();
-        let fds: Vec<i32> = self
+        let mut keep: Vec<i32> = self
             .listeners
             .iter()
             .map(|l| l.socket.as_raw_fd())
             .collect();
-        if let Some(p) = &mut self.pidfile {
-            p.rename_to_oldbin();
-        }
+        keep.push(theirs.as_raw_fd());
         let mut cmd = std::process::Command::new(&exe);
         cmd.args(std::env::args_os().skip(1))
             .env(INHERIT_ENV, inherit.join(";"))
-            .env(UPGRADE_FROM_ENV, std::process::id().to_string());
+            .env(UPGRADE_FROM_ENV, std::process::id().to_string())
+            .env(PIPE_ENV, theirs.as_raw_fd().to_string())
+            .env(GENERATION_ENV, (self.generation + 1).to_string());
         if let Some(path) = self.notifier.socket_path() {
             cmd.env("NOTIFY_SOCKET", path);
         }
         // SAFETY: between fork and exec the child only clears FD_CLOEXEC on the
-        // listeners (fcntl is async-signal-safe) so that exec keeps them open.
+        // descriptors it must keep (fcntl is async-signal-safe).
         unsafe {
             cmd.pre_exec(move || {
-                for fd in &fds {
+                for fd in &keep {
                     if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -58,16 +106,98 @@ impl Arbiter {
                 Ok(())
             });
         }
-        match cmd.spawn() {
-            Ok(child) => {
-                let pid = child.id();
-                tracing::info!("Upgrading: new master {pid} started from {}", exe.display());
-                self.notifier.send(&format!("MAINPID={pid}"));
-                self.upgraded_to = Some(pid);
-                // The new master outlives us; do not wait on it here.
-                std::mem::forget(child);
-            }
-            Err(e) => tracing::error!("cannot upgrade: {e}"),
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start a new master: {e}"))?;
+        drop(theirs);
+        let pid = Pid::from_raw(child.id() as i32);
+        // The new master outlives the handle; it is reaped by `reap_workers`.
+        std::mem::forget(child);
+        let _ = self.poll.registry().register(
+            &mut SourceFd(&ours.as_raw_fd()),
+            UPGRADE_TOKEN,
+            Interest::READABLE,
+        );
+        if let Some(p) = &mut self.pidfile {
+            p.rename_to_oldbin();
         }
+        tracing::info!("Starting a new master {pid} from {}", exe.display());
+        self.upgrade_child = Some(UpgradeChild {
+            pid,
+            pipe: ours,
+            inbox: Vec::new(),
+            for_reload,
+        });
+        Ok(())
+    }
+
+    /// The new master wrote on the pipe.
+    pub(super) fn read_upgrade_pipe(&mut self) {
+        let Some(child) = self.upgrade_child.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = (&child.pipe).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            child.inbox.extend_from_slice(&buf[..n]);
+        }
+        if child.inbox.first() == Some(&b'R') {
+            self.on_new_master_ready();
+        }
+    }
+
+    fn on_new_master_ready(&mut self) {
+        let Some(child) = self.upgrade_child.take() else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&child.pipe.as_raw_fd()));
+        self.upgraded_to = Some(child.pid.as_raw() as u32);
+        self.notifier.send(&format!("MAINPID={}", child.pid));
+        tracing::info!("New master {} is ready", child.pid);
+        if child.for_reload {
+            self.finish_reload();
+            self.begin_stop(true);
+        }
+    }
+
+    /// The new master exited; before it was ready, that is a failed upgrade.
+    pub(super) fn on_new_master_exited(&mut self, code: Option<i32>) {
+        let Some(mut child) = self.upgrade_child.take() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = (&child.pipe).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            child.inbox.extend_from_slice(&buf[..n]);
+        }
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&child.pipe.as_raw_fd()));
+        if let Some(p) = &mut self.pidfile {
+            p.restore_from_oldbin();
+        }
+        let why = match child.inbox.first() {
+            Some(b'E') => String::from_utf8_lossy(&child.inbox[1..]).into_owned(),
+            _ => format!("the new master exited with {code:?} before it was ready"),
+        };
+        tracing::error!(
+            "The new master {} failed; this master keeps serving: {why}",
+            child.pid
+        );
+        if child.for_reload {
+            self.fail_reload(&why);
+        }
+    }
+
+    pub(super) fn is_upgrade_child(&self, pid: Pid) -> bool {
+        self.upgrade_child.as_ref().is_some_and(|c| c.pid == pid)
     }
 }

@@ -129,7 +129,6 @@ impl<'a> EventLoop<'a> {
                 next_sweep = now + Duration::from_secs(1);
             }
             if let Some(deadline) = self.stop_by {
-                self.close_idle(exec);
                 if self.open == 0 || Instant::now() >= deadline {
                     return;
                 }
@@ -160,7 +159,10 @@ impl<'a> EventLoop<'a> {
         }
     }
 
-    /// Stop accepting; finish what is in flight; close idle keep-alive connections.
+    /// Stop accepting and finish what is in flight. Keep-alive connections are not cut
+    /// while a client may be sending on them: a request that still arrives is served
+    /// with `Connection: close`, and idle ones close at their usual keep-alive deadline,
+    /// the moment clients already expect a server to close.
     fn begin_stop(&mut self) {
         self.accepting = false;
         self.stop_by = Some(Instant::now() + self.graceful_timeout);
@@ -334,25 +336,6 @@ impl<'a> EventLoop<'a> {
             .collect();
         for key in expired {
             self.close(key);
-        }
-    }
-
-    /// Draining: close keep-alive connections between requests.
-    fn close_idle(&mut self, exec: Exec<'_>) {
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(k, c)| {
-                c.as_ref()
-                    .filter(|c| c.is_idle() && c.served() > 0)
-                    .map(|_| k)
-            })
-            .collect();
-        // Driving (not just closing) reads a request that may already be waiting in
-        // the kernel; with nothing there, a draining connection closes itself.
-        for key in idle {
-            self.drive(exec, key);
         }
     }
 }

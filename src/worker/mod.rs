@@ -133,6 +133,8 @@ pub struct WorkerInit<'a> {
     pub identity: &'a crate::process::Identity,
     /// How many workers the master had spawned before this one (Gunicorn's `age`).
     pub age: u64,
+    /// The application the master imported (`--preload`).
+    pub preloaded: Option<&'a App>,
 }
 
 /// `--check-config` in a child: start Python, import the app, report. Exit status.
@@ -212,7 +214,10 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         if let Some(h) = &hooks {
             h.call(py, "post_fork", Vec::new());
         }
-        let app = App::load(py, &cfg.app, cfg.threads > 1, workers > 1)?;
+        let app = match init.preloaded {
+            Some(app) => app.clone_ref(py),
+            None => App::load(py, &cfg.app, cfg.threads > 1, workers > 1)?,
+        };
         if let Some(h) = &hooks {
             h.call(py, "post_worker_init", Vec::new());
         }

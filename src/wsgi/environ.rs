@@ -52,6 +52,9 @@ macro_rules! keys {
             fn new(py: Python<'_>) -> Keys {
                 Keys { $($field: PyString::intern(py, $name).unbind(),)* }
             }
+            fn clone_ref(&self, py: Python<'_>) -> Keys {
+                Keys { $($field: self.$field.clone_ref(py),)* }
+            }
         }
     };
 }
@@ -108,6 +111,14 @@ impl EnvironBuilder {
             script_name,
             k: Keys::new(py),
         })
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> EnvironBuilder {
+        EnvironBuilder {
+            base: self.base.clone_ref(py),
+            script_name: self.script_name.clone(),
+            k: self.k.clone_ref(py),
+        }
     }
 
     /// A fresh environ for one request; `input` becomes `wsgi.input`.

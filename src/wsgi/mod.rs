@@ -59,6 +59,16 @@ impl App {
         })
     }
 
+    /// Another handle on the same application (a preloaded app in a forked worker).
+    pub fn clone_ref(&self, py: Python<'_>) -> App {
+        App {
+            callable: self.callable.clone_ref(py),
+            environ: self.environ.clone_ref(py),
+            file_wrapper: self.file_wrapper.clone_ref(py),
+            sendfile_fd: self.sendfile_fd.clone_ref(py),
+        }
+    }
+
     /// Calls the application. An `Err` is an exception raised by the call itself.
     pub fn call(&self, py: Python<'_>, req: &RequestInfo<'_>, body: Body) -> PyResult<AppResponse> {
         let input = Bound::new(py, Input::new(body))?.into_any();

@@ -1575,3 +1575,67 @@ fn another_uid_is_forbidden() {
     assert_eq!(st["master"]["state"], json!("running"));
     assert!(server.child_alive());
 }
+
+// ---------------------------------------------------------------------------------
+// --preload: the app lives in the master, so a reload re-executes the master
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn preload_reload_brings_new_code_without_failures() {
+    let code = tempfile::tempdir().expect("tempdir");
+    let imports = code.path().join("imports.log");
+    let hook = format!(
+        "open({:?}, 'a').write('%d\\n' % os.getpid())",
+        imports.to_str().unwrap()
+    );
+    write_deploy(code.path(), "p0", &hook);
+    let server = ServerBuilder::new("deployed:application")
+        .workers(2)
+        .args(["--preload", "--chdir", code.path().to_str().unwrap()])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .start();
+    assert_eq!(version_of(&server), "p0");
+    // Imported once, in the master, not in each worker.
+    let imported = std::fs::read_to_string(&imports).unwrap();
+    assert_eq!(
+        imported.lines().collect::<Vec<_>>(),
+        vec![server.pid().to_string()],
+        "{imported}"
+    );
+    let load = Load::start(server.port);
+    let mut master = server.pid();
+    for n in 1..=2 {
+        let version = format!("p{n}");
+        write_deploy(code.path(), &version, &hook);
+        ctl(&server, &["reload"]).assert_ok("reload");
+        wait_for_version(&server, &version, Duration::from_secs(20));
+        let st = status(&server.ctl_path);
+        let new_master = st["master"]["pid"].as_i64().unwrap() as i32;
+        assert_ne!(new_master, master, "a new master serves the new code");
+        assert_eq!(st["master"]["generation"], json!(n + 1));
+        master = new_master;
+    }
+    // A broken deploy: the reload fails with the traceback and the current master stays.
+    write_deploy(
+        code.path(),
+        "broken",
+        "raise RuntimeError('preload exploded: marker-5150')",
+    );
+    let run = ctl(&server, &["reload"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("marker-5150"), "{}", run.stderr);
+    assert_eq!(version_of(&server), "p2");
+    assert_eq!(
+        status(&server.ctl_path)["master"]["pid"].as_i64().unwrap() as i32,
+        master
+    );
+    let stats = load.finish();
+    assert_no_failures(&stats, &server);
+    // Stop the master this test caused to exist (the first one already left).
+    ctl(&server, &["stop"]).assert_ok("stop");
+    assert!(
+        wait_until(Duration::from_secs(15), || unsafe { libc::kill(master, 0) }
+            != 0),
+        "the last master did not stop"
+    );
+}
