@@ -1639,3 +1639,53 @@ fn preload_reload_brings_new_code_without_failures() {
         "the last master did not stop"
     );
 }
+
+#[test]
+fn the_scale_target_survives_a_reload() {
+    let (code, server) = deploy_server(1, "t0");
+    ctl(&server, &["scale", "3", "--wait"]).assert_ok("scale");
+    write_deploy(code.path(), "t1", "");
+    ctl(&server, &["reload"]).assert_ok("reload");
+    wait_for_version(&server, "t1", Duration::from_secs(20));
+    assert!(
+        wait_until(Duration::from_secs(20), || server.worker_pids().len() == 3),
+        "{:?}",
+        server.worker_pids()
+    );
+    let st = status(&server.ctl_path);
+    assert_eq!(st["master"]["workers_target"], json!(3));
+    assert!(
+        st["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["generation"] == json!(2)),
+        "{st}"
+    );
+}
+
+#[test]
+fn rgunctl_generates_a_man_page_and_completions() {
+    let man = run_bounded(
+        rgunctl_cmd(None, &["generate", "man"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(man.code, Some(0));
+    assert!(
+        man.stdout.contains(".TH rgunctl") && man.stdout.contains("reload"),
+        "{}",
+        man.stdout
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        let run = run_bounded(
+            rgunctl_cmd(None, &["generate", shell]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(run.code, Some(0), "{shell}");
+        assert!(
+            run.stdout.contains("rgunctl") && run.stdout.contains("scale"),
+            "{shell}: {}",
+            run.stdout
+        );
+    }
+}
