@@ -78,6 +78,8 @@ pub struct Conn {
     served: u64,
     /// The body of a request waiting for a pool thread.
     pending_body: Option<Body>,
+    /// REMOTE_ADDR/REMOTE_PORT as Python strings, made at the first request.
+    remote_py: Option<(Py<pyo3::types::PyString>, Py<pyo3::types::PyString>)>,
     /// A PROXY protocol header may still come first (`--proxy-protocol`).
     proxy_pending: Option<ProxyMode>,
     /// `req` and environ kept for a `post_request` hook.
@@ -108,6 +110,7 @@ impl Conn {
             pending_body: None,
             hook_request: None,
             proxy_pending,
+            remote_py: None,
         }
     }
 
@@ -326,7 +329,14 @@ impl Conn {
             close: self.head.wants_close || ctx.stopping() || ctx.last_request(),
             known_length: None,
         };
+        let remote = self.remote_py.get_or_insert_with(|| {
+            (
+                pyo3::types::PyString::new(py, &self.peer.addr).unbind(),
+                pyo3::types::PyString::new(py, &self.peer.port).unbind(),
+            )
+        });
         let info = RequestInfo {
+            remote,
             head_bytes: &self.head_bytes,
             head: &self.head,
             peer: &self.peer,

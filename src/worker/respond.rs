@@ -360,6 +360,11 @@ impl Drop for Responding {
 pub fn close_result(py: Python<'_>, result: Option<Py<PyAny>>) {
     let Some(result) = result else { return };
     let result = result.bind(py);
+    // Plain lists and tuples (the common case) have no close(); asking would build and
+    // discard an AttributeError per request.
+    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+        return;
+    }
     if let Ok(close) = result.getattr(pyo3::intern!(py, "close")) {
         if let Err(e) = close.call0() {
             tracing::error!(

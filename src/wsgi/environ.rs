@@ -5,6 +5,7 @@
 //! copy); keys are interned Python strings; values decode as latin-1, as the PEP says.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
@@ -36,6 +37,8 @@ pub struct RequestInfo<'a> {
     pub peer: &'a Peer,
     pub local: &'a Local,
     pub https: bool,
+    /// REMOTE_ADDR and REMOTE_PORT as Python strings, made once per connection.
+    pub remote: &'a (Py<PyString>, Py<PyString>),
 }
 
 /// Settings and interned strings shared by every request of a worker.
@@ -43,7 +46,52 @@ pub struct EnvironBuilder {
     base: Py<PyDict>,
     script_name: Vec<u8>,
     k: Keys,
+    /// `HTTP_*` keys of common request headers, by lower-case header name, made once.
+    header_keys: HashMap<&'static [u8], Py<PyString>>,
 }
+
+/// Request headers whose environ keys are built once per worker rather than per request.
+const COMMON_HEADERS: &[&str] = &[
+    "host",
+    "user-agent",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "accept-charset",
+    "connection",
+    "cookie",
+    "referer",
+    "cache-control",
+    "pragma",
+    "origin",
+    "authorization",
+    "upgrade-insecure-requests",
+    "if-none-match",
+    "if-modified-since",
+    "range",
+    "dnt",
+    "te",
+    "keep-alive",
+    "expect",
+    "via",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-request-id",
+    "x-requested-with",
+    "x-csrftoken",
+    "sec-fetch-site",
+    "sec-fetch-mode",
+    "sec-fetch-dest",
+    "sec-fetch-user",
+    "sec-ch-ua",
+    "sec-ch-ua-mobile",
+    "sec-ch-ua-platform",
+    "priority",
+];
 
 macro_rules! keys {
     ($($field:ident = $name:literal),* $(,)?) => {
@@ -104,12 +152,41 @@ impl EnvironBuilder {
             "SERVER_SOFTWARE",
             concat!("rgun/", env!("CARGO_PKG_VERSION")),
         )?;
+        let keys = Keys::new(py);
+        // Every request sets these; having them in the template (overwritten per
+        // request) makes each copy come out at its final size, with no resize.
+        for key in [
+            &keys.request_method,
+            &keys.script_name,
+            &keys.path_info,
+            &keys.query_string,
+            &keys.raw_uri,
+            &keys.server_protocol,
+            &keys.remote_addr,
+            &keys.remote_port,
+            &keys.url_scheme,
+            &keys.input,
+            &keys.server_name,
+            &keys.server_port,
+        ] {
+            base.set_item(key, &keys.empty)?;
+        }
         let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
         let script_name = script_name.trim_end_matches('/').as_bytes().to_vec();
+        let header_keys = COMMON_HEADERS
+            .iter()
+            .map(|h| {
+                (
+                    h.as_bytes(),
+                    PyString::intern(py, &http_key(h.as_bytes())).unbind(),
+                )
+            })
+            .collect();
         Ok(EnvironBuilder {
             base: base.unbind(),
             script_name,
-            k: Keys::new(py),
+            k: keys,
+            header_keys,
         })
     }
 
@@ -118,6 +195,11 @@ impl EnvironBuilder {
             base: self.base.clone_ref(py),
             script_name: self.script_name.clone(),
             k: self.k.clone_ref(py),
+            header_keys: self
+                .header_keys
+                .iter()
+                .map(|(n, k)| (*n, k.clone_ref(py)))
+                .collect(),
         }
     }
 
@@ -172,13 +254,13 @@ impl EnvironBuilder {
                 &k.http11
             },
         )?;
-        env.set_item(&k.remote_addr, PyString::new(py, &req.peer.addr))?;
-        env.set_item(&k.remote_port, PyString::new(py, &req.peer.port))?;
+        env.set_item(&k.remote_addr, req.remote.0.bind(py))?;
+        env.set_item(&k.remote_port, req.remote.1.bind(py))?;
         env.set_item(&k.url_scheme, if req.https { &k.https_ } else { &k.http })?;
         env.set_item(&k.input, input)?;
 
         let mut host: Option<&[u8]> = None;
-        let mut name_buf = Vec::with_capacity(64);
+        let mut lower = [0u8; 32];
         for (name, value) in &head.headers {
             let name = &bytes[name.clone()];
             let value = &bytes[value.clone()];
@@ -193,16 +275,18 @@ impl EnvironBuilder {
             if name.eq_ignore_ascii_case(b"host") {
                 host = Some(value);
             }
-            name_buf.clear();
-            name_buf.extend_from_slice(b"HTTP_");
-            name_buf.extend(name.iter().map(|b| {
-                if *b == b'-' {
-                    b'_'
-                } else {
-                    b.to_ascii_uppercase()
-                }
-            }));
-            let key = latin1(py, &name_buf);
+            let common = (name.len() <= lower.len())
+                .then(|| {
+                    let l = &mut lower[..name.len()];
+                    l.copy_from_slice(name);
+                    l.make_ascii_lowercase();
+                    self.header_keys.get(&*l)
+                })
+                .flatten();
+            let key = match common {
+                Some(k) => k.bind(py).clone(),
+                None => PyString::new(py, &http_key(name)),
+            };
             // Repeated fields are joined with a comma (RFC 9110 5.3).
             match env.get_item(&key)? {
                 Some(prev) => {
@@ -231,6 +315,20 @@ impl EnvironBuilder {
         env.set_item(&k.server_port, port)?;
         Ok(env)
     }
+}
+
+/// `X-Request-Id` → `HTTP_X_REQUEST_ID` (header names are tokens: ASCII).
+fn http_key(name: &[u8]) -> String {
+    let mut key = String::with_capacity(5 + name.len());
+    key.push_str("HTTP_");
+    key.extend(name.iter().map(|b| {
+        if *b == b'-' {
+            '_'
+        } else {
+            b.to_ascii_uppercase() as char
+        }
+    }));
+    key
 }
 
 /// `host[:port]` or `[v6]:port` → (host, port).
@@ -276,13 +374,26 @@ pub fn is_https(head_bytes: &[u8], head: &RequestHead, trusted: bool) -> Result<
 
 /// Bytes as a latin-1 `str` (every byte maps to the code point of the same value).
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
-    if let Ok(ascii) = std::str::from_utf8(bytes) {
-        if ascii.is_ascii() {
-            return PyString::new(py, ascii);
+    // Built directly as a one-byte-per-character string: no UTF-8 decoding. CPython
+    // requires pure-ASCII text to use the ASCII kind (maxchar 127).
+    let maxchar = if bytes.is_ascii() { 127 } else { 255 };
+    // SAFETY: PyUnicode_New returns a new string of `len` one-byte characters (maxchar
+    // <= 255) or NULL with an exception set; we fill exactly `len` bytes of its data
+    // before anyone else sees it.
+    unsafe {
+        let obj = pyo3::ffi::PyUnicode_New(bytes.len() as pyo3::ffi::Py_ssize_t, maxchar);
+        if obj.is_null() {
+            // Out of memory: fall back to the checked path, which reports it properly.
+            let text: String = bytes.iter().map(|&b| char::from(b)).collect();
+            return PyString::new(py, &text);
         }
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            pyo3::ffi::PyUnicode_1BYTE_DATA(obj),
+            bytes.len(),
+        );
+        Bound::from_owned_ptr(py, obj).downcast_into_unchecked()
     }
-    let text: String = bytes.iter().map(|&b| char::from(b)).collect();
-    PyString::new(py, &text)
 }
 
 /// `%XX` → byte; malformed escapes stay as they are.
