@@ -244,6 +244,11 @@ def versions():
     }
 
 
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def fmt(x, nd=0):
     return "n/a" if x != x else f"{x:,.{nd}f}"
 
@@ -283,6 +288,7 @@ def report(results, args, info):
         f"Date (UTC): {info['date']}  ",
         f"Machine: {info['machine']}  ",
         f"Versions: {info['versions']}  ",
+        f"Load average (1/5/15 min) {info['load']}  ",
         f"Settings: {WORKERS} workers each; wrk -t2 (-t1 at 1 connection: wrk needs conns >= threads), {args.duration} s per run, {args.rounds} interleaved round(s), "
         f"values are the MEDIAN over rounds (errors are summed). sleep10ms runs 4 threads per worker "
         f"(rgun --threads 4, gunicorn --threads 4 = gthread, granian --blocking-threads 4); other workloads use each "
@@ -309,7 +315,10 @@ def main():
     args.rounds = args.rounds or (1 if args.quick else 2)
     wls = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))
     conns = [int(c) for c in args.connections.split(",")]
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), **versions()}
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), **versions(),
+            "load": f"at start: {loadavg()}"}
+    if float(loadavg().split()[0]) > 0.5:
+        print(f"WARNING: machine not idle (load {loadavg()}); other work skews the results", flush=True)
     logdir = tempfile.mkdtemp(prefix="rgun-bench-")
     print(f"{info['machine']}\n{info['versions']}\nserver logs: {logdir}", flush=True)
 
@@ -339,6 +348,7 @@ def main():
                 finally:
                     stop(proc)
 
+    info["load"] += f"; at end: {loadavg()}"
     md = report(results, args, info)
     print("\n" + md)
     if args.out:
