@@ -1,0 +1,361 @@
+"""Benchmark orchestrator: rgun vs Granian vs Gunicorn on the same WSGI apps (bench/apps.py).
+
+Run through `bench/run`, which sets up wrk, the pinned venv and the release build.
+For each workload and round it starts each server (2 workers, loopback, free port),
+waits until it answers, warms up, then runs `wrk -t2 --latency` at 1 and 64
+connections. Servers are interleaved within a round (rgun, Granian, Gunicorn, rgun, ...)
+and the MEDIAN over rounds is reported. Results go to stdout and to BENCHMARKS.md.
+
+Measurements:
+  req/s, p50, p99   from wrk (--latency distribution)
+  CPU us/req        utime+stime of the live server process tree (master + all
+                    descendants, /proc/<pid>/stat) sampled just before and after wrk;
+                    processes that exit during the run are not counted
+  peak RSS MiB      max over the run of the sum of VmRSS of the tree, sampled every
+                    100 ms (shared pages are counted once per process)
+  errors            wrk non-2xx/3xx responses + socket errors (summed over rounds)
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import http.client
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+VENV = os.path.join(BENCH, ".venv")
+RGUN = os.path.join(ROOT, "target", "release", "rgun")
+WORKERS = 2
+SERVERS = ["rgun", "Granian", "Gunicorn"]
+CLK = os.sysconf("SC_CLK_TCK")
+
+# name -> (callable in apps.py, wrk extra args, threads per worker or None)
+WORKLOADS = {
+    "hello": ("hello", [], None),
+    "flask_json": ("flask_json", [], None),
+    "64k": ("k64", [], None),
+    "post_1m": ("post_1m", ["-s", os.path.join(BENCH, "post_1m.lua")], None),
+    "sleep10ms": ("sleep10ms", [], 4),
+}
+QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms"]
+
+
+def server_cmd(server, app, port, threads):
+    """The command line that starts `server` on apps:`app` (cwd = repo root)."""
+    target = f"apps:{app}"
+    if server == "rgun":
+        cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, target]
+        return cmd + (["--threads", str(threads)] if threads else [])
+    if server == "Gunicorn":
+        cmd = [f"{VENV}/bin/gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--chdir", BENCH, "--no-control-socket", target]
+        return cmd + (["--threads", str(threads)] if threads else [])
+    cmd = [f"{VENV}/bin/granian", "--interface", "wsgi", "--workers", str(WORKERS), "--host", "127.0.0.1",
+           "--port", str(port), "--working-dir", BENCH, target]
+    return cmd + (["--blocking-threads", str(threads)] if threads else [])
+
+
+# ---------------------------------------------------------------- /proc sampling
+
+def tree(root):
+    """Pids of `root` and all its live descendants."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def cpu_times(root):
+    """{pid: utime+stime in seconds} over the live tree."""
+    res = {}
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            res[pid] = (int(fields[11]) + int(fields[12])) / CLK  # fields 14 and 15 of stat
+        except (OSError, IndexError, ValueError):
+            pass
+    return res
+
+
+def rss_mib(root):
+    total = 0
+    for pid in tree(root):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total / 1024
+
+
+# ---------------------------------------------------------------- server lifecycle
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(server, app, threads, logdir):
+    port = free_port()
+    env = dict(os.environ, VIRTUAL_ENV=VENV)
+    env["PATH"] = f"{VENV}/bin:" + env.get("PATH", "")
+    log = open(os.path.join(logdir, f"{server}-{app}.log"), "ab")
+    proc = subprocess.Popen(server_cmd(server, app, port, threads), cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{server} exited with {proc.returncode}; see {log.name}")
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/")
+                status = c.getresponse().status
+                c.close()
+                if status == 200:
+                    return proc, port
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{server} did not answer within 30 s; see {log.name}")
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def stop(proc, grace=10):
+    """SIGTERM the master, SIGKILL it (and any leftover descendants) after `grace` s."""
+    pids = tree(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid in pids[1:]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def check(port, wl):
+    """One real request per workload, so a server that answers wrongly is caught, not benchmarked."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    body = b"a" * (1 << 20) if wl == "post_1m" else None
+    c.request("POST" if body else "GET", "/", body=body)
+    resp = c.getresponse()
+    data = resp.read()
+    c.close()
+    want = {"64k": lambda d: len(d) == 65536, "post_1m": lambda d: d.startswith(b"1048576 ")}.get(wl, bool)
+    if resp.status != 200 or not want(data):
+        raise RuntimeError(f"bad answer for {wl}: {resp.status} {data[:80]!r}")
+
+
+# ---------------------------------------------------------------- wrk
+
+UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_wrk(out):
+    def lat(pct):
+        m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(m.group(1)) * UNIT[m.group(2)] if m else float("nan")
+
+    m = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "requests": int(m.group(1)) if m else 0,
+        "rps": float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1)),
+        "p50": lat(50), "p99": lat(99),
+        "errors": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0),
+    }
+
+
+def wrk(port, conns, duration, extra):
+    cmd = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", "--latency", *extra,
+           f"http://127.0.0.1:{port}/"]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def measure(proc, port, conns, duration, extra):
+    peak, done = [0.0], threading.Event()
+
+    def sampler():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib(proc.pid))
+            done.wait(0.1)
+
+    t = threading.Thread(target=sampler)
+    before = cpu_times(proc.pid)
+    t.start()
+    try:
+        out = wrk(port, conns, duration, extra)
+    finally:
+        done.set()
+        t.join()
+    after = cpu_times(proc.pid)
+    r = parse_wrk(out)
+    cpu = sum(v - before.get(pid, 0.0) for pid, v in after.items())
+    r["cpu_us"] = cpu / r["requests"] * 1e6 if r["requests"] else float("nan")
+    r["rss"] = peak[0]
+    return r
+
+
+# ---------------------------------------------------------------- report
+
+def versions():
+    def run(*cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        except OSError:
+            return "?"
+    rev = run("git", "rev-parse", "--short", "HEAD") + (" (dirty)" if run("git", "status", "--porcelain", "--", "src", "Cargo.toml") else "")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].split(" [")[0]
+    return {
+        "machine": f"{os.cpu_count()} cores (nproc {run('nproc')}), {cpu}, Linux {platform.release()}",
+        "versions": f"rgun {rev}, Python {platform.python_version()}, gunicorn {importlib.metadata.version('gunicorn')}, "
+                    f"granian {importlib.metadata.version('granian')}, flask {importlib.metadata.version('flask')}, {wrk_v}",
+    }
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def fmt(x, nd=0):
+    return "n/a" if x != x else f"{x:,.{nd}f}"
+
+
+def ratio(a, b):
+    return "n/a" if not b or a != a or b != b else f"{a / b:.2f}"
+
+
+def report(results, args, info):
+    """Markdown: one main table (servers side by side per workload) and a ratio table."""
+    L = ["| workload | conns | server | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors |",
+         "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    R = ["| workload | conns | req/s rgun/Granian | req/s rgun/Gunicorn | p99 rgun/Granian | p99 rgun/Gunicorn "
+         "| CPU/req rgun/Granian | CPU/req rgun/Gunicorn | RSS rgun/Granian | RSS rgun/Gunicorn |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for (wl, conns), per in results.items():
+        med = {s: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us", "rss")}
+               | {"errors": sum(r["errors"] for r in rs)} for s, rs in per.items() if rs}
+        for s in SERVERS:
+            if s not in med:
+                L.append(f"| {wl} | {conns} | {s} | failed | | | | | |")
+                continue
+            m = med[s]
+            L.append(f"| {wl} | {conns} | {s} | {fmt(m['rps'])} | {fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} "
+                     f"| {fmt(m['cpu_us'])} | {fmt(m['rss'], 1)} | {m['errors']} |")
+        g = lambda s, k: med.get(s, {}).get(k, float("nan"))
+        R.append(f"| {wl} | {conns} | " + " | ".join(ratio(g("rgun", k), g(o, k)) for k in ("rps", "p99", "cpu_us", "rss")
+                                                      for o in ("Granian", "Gunicorn")) + " |")
+        threads = WORKLOADS[wl][2]
+        if threads:
+            ideal = min(conns, WORKERS * threads) / 0.010
+            notes.append(f"- {wl} @ {conns} conns: ideal = min(conns, workers×threads = {WORKERS * threads}) / 10 ms = "
+                         f"{ideal:.0f} req/s; achieved/ideal: "
+                         + ", ".join(f"{s} {ratio(g(s, 'rps'), ideal)}" for s in SERVERS))
+    return "\n".join([
+        f"Date (UTC): {info['date']}  ",
+        f"Machine: {info['machine']}  ",
+        f"Versions: {info['versions']}  ",
+        f"Load average (1/5/15 min) {info['load']}  ",
+        f"Settings: {WORKERS} workers each; wrk -t2 (-t1 at 1 connection: wrk needs conns >= threads), {args.duration} s per run, {args.rounds} interleaved round(s), "
+        f"values are the MEDIAN over rounds (errors are summed). sleep10ms runs 4 threads per worker "
+        f"(rgun --threads 4, gunicorn --threads 4 = gthread, granian --blocking-threads 4); other workloads use each "
+        f"server's default (Gunicorn: sync worker).",
+        "", *L, "", "Ratios (req/s: >1 means rgun is faster; p99, CPU/req, RSS: <1 means rgun is lower):", "", *R, "",
+        *(["Sleep workload vs ideal:", "", *notes, ""] if notes else []),
+        "CPU/req = utime+stime of the live server process tree (master + descendants) sampled from /proc just before "
+        "and after wrk, divided by requests completed; processes that exit mid-run are not counted. Peak RSS = max "
+        "of the tree's summed VmRSS, sampled every 100 ms (pages shared after fork are counted in every process). "
+        "wrk runs on the same 2-core machine and competes with the server for CPU.",
+    ])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 s, 1 round, fewer workloads")
+    ap.add_argument("--duration", type=int, help="seconds per wrk run (default 10, quick 2)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 2, quick 1)")
+    ap.add_argument("--workloads", help="comma-separated subset of: " + ",".join(WORKLOADS))
+    ap.add_argument("--connections", default="1,64", help="comma-separated wrk connection counts")
+    ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"), help="markdown output ('' for none)")
+    args = ap.parse_args()
+    args.duration = args.duration or (2 if args.quick else 10)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    wls = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))
+    conns = [int(c) for c in args.connections.split(",")]
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), **versions(),
+            "load": f"at start: {loadavg()}"}
+    if float(loadavg().split()[0]) > 0.5:
+        print(f"WARNING: machine not idle (load {loadavg()}); other work skews the results", flush=True)
+    logdir = tempfile.mkdtemp(prefix="rgun-bench-")
+    print(f"{info['machine']}\n{info['versions']}\nserver logs: {logdir}", flush=True)
+
+    results = {(wl, c): {s: [] for s in SERVERS} for wl in wls for c in conns}
+    for wl in wls:
+        app, extra, threads = WORKLOADS[wl]
+        for rnd in range(args.rounds):
+            for server in SERVERS:
+                try:
+                    proc, port = start(server, app, threads, logdir)
+                except RuntimeError as e:
+                    print(f"[{wl} r{rnd + 1}] {server}: {e}", flush=True)
+                    continue
+                try:
+                    check(port, wl)
+                    wrk(port, 64, 1, extra)  # warm-up
+                    for c in conns:
+                        r = measure(proc, port, c, args.duration, extra)
+                        results[(wl, c)][server].append(r)
+                        print(f"[{wl} r{rnd + 1}] {server:8} c={c:<3} {r['rps']:9.0f} req/s  p50 {r['p50']:7.2f} ms  "
+                              f"p99 {r['p99']:7.2f} ms  cpu {r['cpu_us']:6.0f} us/req  rss {r['rss']:6.1f} MiB  "
+                              f"errors {r['errors']}", flush=True)
+                except subprocess.CalledProcessError as e:
+                    print(f"[{wl} r{rnd + 1}] {server}: wrk failed: {e.stderr.strip()}", flush=True)
+                except (RuntimeError, OSError) as e:
+                    print(f"[{wl} r{rnd + 1}] {server}: {e}", flush=True)
+                finally:
+                    stop(proc)
+
+    info["load"] += f"; at end: {loadavg()}"
+    md = report(results, args, info)
+    print("\n" + md)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(f"# Benchmarks\n\nGenerated by `bench/run{' --quick' if args.quick else ''}`; do not edit by hand.\n\n{md}\n")
+        print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
