@@ -1,12 +1,13 @@
 """Benchmark WSGI apps, served identically by rgun, Granian and Gunicorn.
 
-Each workload is a module-level callable: `apps:hello`, `apps:flask_json`, ...
+Each workload is a module-level callable: `apps:hello`, `apps:k64`, ... The Flask
+workload lives in `flask_apps.py`, so that the plain ones do not pay for importing
+Flask (a hello-world app is a hello-world app).
 """
 
 import hashlib
 import time
 
-from flask import Flask, jsonify
 
 
 def _plain(start_response, body, ctype=b"text/plain"):
@@ -18,15 +19,7 @@ def hello(environ, start_response):
     return _plain(start_response, b"Hello, World!\n")
 
 
-_flask = Flask(__name__)
 
-
-@_flask.route("/")
-def _json_route():
-    return jsonify(message="Hello, World!", id=42, tags=["a", "b", "c"], ok=True)
-
-
-flask_json = _flask
 
 _BODY_64K = b"x" * 65536
 

@@ -40,22 +40,22 @@ WORKERS = 2
 SERVERS = ["rgun", "Granian", "Gunicorn"]
 CLK = os.sysconf("SC_CLK_TCK")
 
-# name -> (callable in apps.py, wrk extra args, threads per worker or None)
+# name -> (MODULE:CALLABLE in bench/, wrk extra args, threads per worker or None)
 WORKLOADS = {
-    "hello": ("hello", [], None),
-    "flask_json": ("flask_json", [], None),
-    "64k": ("k64", [], None),
-    "post_1m": ("post_1m", ["-s", os.path.join(BENCH, "post_1m.lua")], None),
-    "sleep10ms": ("sleep10ms", [], 4),
+    "hello": ("apps:hello", [], None),
+    "flask_json": ("flask_apps:flask_json", [], None),
+    "64k": ("apps:k64", [], None),
+    "post_1m": ("apps:post_1m", ["-s", os.path.join(BENCH, "post_1m.lua")], None),
+    "sleep10ms": ("apps:sleep10ms", [], 4),
 }
 QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms"]
 
 
 def server_cmd(server, app, port, threads):
-    """The command line that starts `server` on apps:`app` (cwd = repo root)."""
-    target = f"apps:{app}"
+    """The command line that starts `server` on `app` (MODULE:CALLABLE; cwd = repo root)."""
+    target = app
     if server == "rgun":
-        cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, target]
+        cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, "--no-control-socket", target]
         return cmd + (["--threads", str(threads)] if threads else [])
     if server == "Gunicorn":
         cmd = [f"{VENV}/bin/gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--chdir", BENCH, "--no-control-socket", target]
@@ -302,6 +302,60 @@ def report(results, args, info):
     ])
 
 
+def reload_time(logdir):
+    """rgun's reload of a 2-worker Flask app against the app's import time (target:
+    within import time + 200 ms)."""
+    probe = subprocess.run([f"{VENV}/bin/python", "-c",
+                            "import sys, time; sys.path.insert(0, %r); t = time.perf_counter(); "
+                            "import flask_apps; print(time.perf_counter() - t)" % BENCH],
+                           capture_output=True, text=True, check=True)
+    import_ms = float(probe.stdout.strip()) * 1000
+    ctl = os.path.join(logdir, "rgun.ctl")
+    port = free_port()
+    env = dict(os.environ, VIRTUAL_ENV=VENV)
+    proc = subprocess.Popen([RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH,
+                             "--control-socket", ctl, "flask_apps:flask_json"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(os.path.join(logdir, "reload.log"), "w"))
+    durations = []
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("rgun did not start for the reload measurement")
+                time.sleep(0.1)
+        for _ in range(5):
+            durations.append(control(ctl, {"id": 1, "cmd": "reload", "wait": True})["result"]["duration_ms"])
+    finally:
+        stop(proc)
+    best = min(durations)
+    verdict = "met" if best <= import_ms + 200 else "NOT met"
+    return (f"Reload of a 2-worker Flask app (`rgunctl reload`, 5 times): {', '.join(map(str, durations))} ms; "
+            f"the app's import takes {import_ms:.0f} ms in a fresh interpreter; target import + 200 ms: {verdict}.")
+
+
+def control(path, request):
+    """One request on rgun's control socket."""
+    import json
+    import socket
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(120)
+        s.connect(path)
+        s.sendall((json.dumps(request) + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 s, 1 round, fewer workloads")
@@ -349,7 +403,7 @@ def main():
                     stop(proc)
 
     info["load"] += f"; at end: {loadavg()}"
-    md = report(results, args, info)
+    md = report(results, args, info) + "\n\n" + reload_time(logdir)
     print("\n" + md)
     if args.out:
         with open(args.out, "w") as f:
