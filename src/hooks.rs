@@ -10,7 +10,14 @@ use pyo3::types::{PyList, PyTuple};
 const HOOKS_PY: &str = include_str!("hooks.py");
 
 /// The hooks rgun calls (in workers); `hooks.py` lists the same names.
-pub const WORKER_HOOKS: &[&str] = &["post_fork", "post_worker_init", "pre_request", "post_request", "worker_int", "worker_exit"];
+pub const WORKER_HOOKS: &[&str] = &[
+    "post_fork",
+    "post_worker_init",
+    "pre_request",
+    "post_request",
+    "worker_int",
+    "worker_exit",
+];
 
 pub struct Hooks {
     inner: Py<PyAny>,

@@ -44,8 +44,10 @@ enum State {
 /// What the event loop should do with the connection after `drive`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Drive {
-    /// Waiting for the socket; keep it registered.
-    Wait,
+    /// Waiting for the client to send.
+    WaitRead,
+    /// Waiting for room in the socket's send buffer.
+    WaitWrite,
     /// Done with it: close and forget.
     Close,
     /// A complete request waits for a pool thread (`Exec::Pool` only).
@@ -78,6 +80,9 @@ pub struct Conn {
     served: u64,
     /// The body of a request waiting for a pool thread.
     pending_body: Option<Body>,
+    /// Registered for writability too (only while a write is blocked: otherwise every
+    /// ACK would wake the loop for nothing).
+    pub writable_registered: bool,
     /// REMOTE_ADDR/REMOTE_PORT as Python strings, made at the first request.
     remote_py: Option<(Py<pyo3::types::PyString>, Py<pyo3::types::PyString>)>,
     /// A PROXY protocol header may still come first (`--proxy-protocol`).
@@ -111,6 +116,7 @@ impl Conn {
             hook_request: None,
             proxy_pending,
             remote_py: None,
+            writable_registered: false,
         }
     }
 
@@ -145,7 +151,8 @@ impl Conn {
             };
             match step {
                 Step::Continue => {}
-                Step::Wait => return Drive::Wait,
+                Step::Wait => return Drive::WaitRead,
+                Step::WaitWrite => return Drive::WaitWrite,
                 Step::Close => return Drive::Close,
                 Step::Dispatch => return Drive::Dispatch,
             }
@@ -166,7 +173,7 @@ impl Conn {
             match self.step_respond(py, ctx) {
                 Step::Continue => {}
                 Step::Close => return false,
-                Step::Wait | Step::Dispatch => {
+                Step::Wait | Step::WaitWrite | Step::Dispatch => {
                     let fd = self.fd();
                     let timeout_ms = ctx.settings.request_timeout.as_millis() as i32;
                     if !py.allow_threads(|| wait_writable(fd, timeout_ms)) {
@@ -393,7 +400,7 @@ impl Conn {
         match r.pump(py, fd) {
             Ok(Pump::Blocked) => {
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
-                Step::Wait
+                Step::WaitWrite
             }
             Ok(Pump::Finished) => {
                 r.close(py);
@@ -468,7 +475,7 @@ impl Conn {
         while *pos < out.len() {
             match write_fd(fd, &out[*pos..]) {
                 Ok(n) => *pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WaitWrite,
                 Err(_) => return Step::Close,
             }
         }
@@ -545,6 +552,7 @@ impl BodyFraming {
 enum Step {
     Continue,
     Wait,
+    WaitWrite,
     Close,
     Dispatch,
 }

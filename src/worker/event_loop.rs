@@ -237,7 +237,7 @@ impl<'a> EventLoop<'a> {
                     self.conns.len() - 1
                 }
             };
-            let interest = Interest::READABLE | Interest::WRITABLE;
+            let interest = Interest::READABLE;
             if self
                 .poll
                 .registry()
@@ -258,7 +258,24 @@ impl<'a> EventLoop<'a> {
             return;
         };
         match conn.drive(exec, &self.shared) {
-            Drive::Wait => {}
+            wait @ (Drive::WaitRead | Drive::WaitWrite) => {
+                let want_write = wait == Drive::WaitWrite;
+                if want_write != conn.writable_registered {
+                    let interest = if want_write {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    if self
+                        .poll
+                        .registry()
+                        .reregister(&mut SourceFd(&conn.fd()), Token(key), interest)
+                        .is_ok()
+                    {
+                        conn.writable_registered = want_write;
+                    }
+                }
+            }
             Drive::Close => self.close(key),
             Drive::Dispatch => {
                 let conn = self.conns[key].take().expect("present");

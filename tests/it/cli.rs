@@ -199,7 +199,11 @@ fn virtualenv_of_another_python_is_refused() {
 #[test]
 fn compat_doc_matches_the_code() {
     let doc = std::fs::read_to_string(repo_root().join("docs/gunicorn-compat.md")).unwrap();
-    let row = |name: &str| doc.lines().find(|l| l.starts_with(&format!("| `{name}` |"))).map(str::to_owned);
+    let row = |name: &str| {
+        doc.lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .map(str::to_owned)
+    };
     // Every setting the configuration file accepts is documented as supported, with
     // the flag it maps to (wsgi_app is the positional argument).
     for (name, flag, _) in rgun::config::file::SETTINGS {
@@ -207,21 +211,50 @@ fn compat_doc_matches_the_code() {
             assert!(doc.contains(flag), "{flag} is not mentioned");
             continue;
         }
-        let line = row(name).unwrap_or_else(|| panic!("setting {name} missing from docs/gunicorn-compat.md"));
-        assert!(line.contains("| same |") || line.contains("| different |"), "{name} is supported but documented as {line}");
+        let line = row(name)
+            .unwrap_or_else(|| panic!("setting {name} missing from docs/gunicorn-compat.md"));
+        assert!(
+            line.contains("| same |") || line.contains("| different |"),
+            "{name} is supported but documented as {line}"
+        );
         if *name != "wsgi_app" {
-            assert!(line.contains(flag.trim_start_matches("--")), "{name}: flag {flag} not in {line}");
+            assert!(
+                line.contains(flag.trim_start_matches("--")),
+                "{name}: flag {flag} not in {line}"
+            );
         }
     }
     // Settings documented as supported are ones the code knows.
-    for line in doc.lines().filter(|l| l.starts_with("| `") && l.contains("| same |")) {
+    for line in doc
+        .lines()
+        .filter(|l| l.starts_with("| `") && l.contains("| same |"))
+    {
         let name = line.split('`').nth(1).unwrap();
-        let known = rgun::config::file::SETTINGS.iter().any(|(n, _, _)| *n == name)
+        let known = rgun::config::file::SETTINGS
+            .iter()
+            .any(|(n, _, _)| *n == name)
             || rgun::hooks::WORKER_HOOKS.contains(&name)
-            || ["config", "check_config", "print_config", "TERM", "INT, QUIT", "TTIN, TTOU", "USR1", "USR2", "WINCH"].contains(&name);
-        assert!(known, "{name} is documented as supported but the code does not know it");
+            || [
+                "config",
+                "check_config",
+                "print_config",
+                "TERM",
+                "INT, QUIT",
+                "TTIN, TTOU",
+                "USR1",
+                "USR2",
+                "WINCH",
+            ]
+            .contains(&name);
+        assert!(
+            known,
+            "{name} is documented as supported but the code does not know it"
+        );
     }
     for hook in rgun::hooks::WORKER_HOOKS {
-        assert!(row(hook).is_some_and(|l| l.contains("| same |")), "hook {hook}");
+        assert!(
+            row(hook).is_some_and(|l| l.contains("| same |")),
+            "hook {hook}"
+        );
     }
 }
