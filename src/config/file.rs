@@ -41,6 +41,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("worker_connections", "--worker-connections", "int"),
     ("max_requests", "--max-requests", "int"),
     ("max_requests_jitter", "--max-requests-jitter", "int"),
+    ("max_worker_rss", "--max-worker-rss", "int"),
     ("backlog", "--backlog", "int"),
     ("proxy_protocol", "--proxy-protocol", "proxy"),
     ("proxy_allow_ips", "--proxy-allow-from", "csv"),

@@ -137,6 +137,10 @@ pub struct Config {
     #[arg(long = "max-requests", value_name = "INT", default_value_t = 0)]
     pub max_requests: u64,
 
+    /// Gracefully replace a worker whose resident memory exceeds this many MiB (0 = off).
+    #[arg(long = "max-worker-rss", value_name = "MIB", default_value_t = 0)]
+    pub max_worker_rss: u64,
+
     /// Random extra requests, up to this many, added to --max-requests per worker.
     #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0)]
     pub max_requests_jitter: u64,
@@ -537,6 +541,7 @@ impl Config {
             "worker_connections": self.worker_connections,
             "max_requests": self.max_requests,
             "max_requests_jitter": self.max_requests_jitter,
+            "max_worker_rss": self.max_worker_rss,
             "backlog": self.backlog,
             "proxy_protocol": self.proxy_protocol,
             "proxy_allow_ips": match &self.proxy_allow_from {

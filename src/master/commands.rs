@@ -234,6 +234,11 @@ impl Arbiter {
     }
 }
 
+/// A process's resident memory in bytes, from /proc.
+pub(super) fn rss_bytes(pid: i32) -> u64 {
+    rss_pages(pid) * page_size()
+}
+
 fn rss_pages(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/statm"))
         .ok()

@@ -150,6 +150,7 @@ pub struct Arbiter {
     stop_deadline: Option<Instant>,
     /// Young deaths in a row, for back-off; reset when a worker becomes ready.
     failures: u32,
+    last_rss_check: Instant,
     next_spawn: Instant,
     exit_code: i32,
 }
@@ -295,6 +296,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         started_at: SystemTime::now(),
         stop_deadline: None,
         failures: 0,
+        last_rss_check: Instant::now(),
         next_spawn: Instant::now(),
         exit_code: 0,
     };
@@ -339,6 +341,7 @@ impl Arbiter {
             } else {
                 self.notifier.tick(self.ready_workers());
                 self.kill_stale();
+                self.recycle_bloated();
                 self.check_reload();
                 self.manage_workers();
                 self.answer_scale_waiters();
@@ -506,6 +509,31 @@ impl Arbiter {
             }
         }
         self.totals.timeouts += timed_out.len() as u64;
+    }
+
+    /// `--max-worker-rss`: a worker over the limit is retired gracefully (it finishes
+    /// what it is doing) and `manage_workers` starts its replacement at once.
+    fn recycle_bloated(&mut self) {
+        let limit = self.cfg.max_worker_rss.saturating_mul(1024 * 1024);
+        if limit == 0 || self.last_rss_check.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_rss_check = Instant::now();
+        let bloated: Vec<(usize, Pid, u64)> = self
+            .workers
+            .values()
+            .filter(|w| w.ready && !w.retiring && w.generation == self.generation)
+            .map(|w| (w.slot, w.pid, commands::rss_bytes(w.pid.as_raw())))
+            .filter(|(_, _, rss)| *rss > limit)
+            .collect();
+        for (slot, pid, rss) in bloated {
+            tracing::warn!(
+                "Worker (pid:{pid}) uses {} MiB, over --max-worker-rss {}; replacing it",
+                rss / (1024 * 1024),
+                self.cfg.max_worker_rss
+            );
+            self.retire(slot);
+        }
     }
 
     fn retire(&mut self, slot: usize) {

@@ -9,6 +9,9 @@ if marker and os.path.exists(marker):
     raise RuntimeError("broken deploy: marker file present")
 
 
+BALLAST = []
+
+
 def application(environ, start_response):
     path = environ["PATH_INFO"]
     if path == "/sleep":
@@ -16,6 +19,10 @@ def application(environ, start_response):
         body = b"slept"
     elif path == "/pid":
         body = str(os.getpid()).encode()
+    elif path == "/grow":
+        # Hold on to 40 MiB of touched memory (for --max-worker-rss).
+        BALLAST.append(bytearray(b"x") * (40 * 1024 * 1024))
+        body = b"grown"
     elif path == "/crash":
         os._exit(1)
     else:

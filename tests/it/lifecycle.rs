@@ -400,3 +400,27 @@ fn usr1_reopens_logs_without_losing_lines() {
     s.signal(libc::SIGTTIN);
     s.wait_for_log("Number of workers", Duration::from_secs(5));
 }
+
+#[test]
+fn max_worker_rss_replaces_a_bloated_worker_gracefully() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .args(["--max-worker-rss", "45"])
+        .start();
+    let before = s.worker_pids();
+    assert_eq!(s.get("/grow").text(), "grown");
+    s.wait_for_log(
+        "over --max-worker-rss 45; replacing it",
+        Duration::from_secs(10),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let now = s.worker_pids();
+            now.len() == 1 && now[0] != before[0]
+        }),
+        "not replaced: {before:?} -> {:?}",
+        s.worker_pids()
+    );
+    for _ in 0..20 {
+        assert_eq!(s.request(b"GET / HTTP/1.0\r\n\r\n").text(), "ok");
+    }
+}
