@@ -48,6 +48,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("reuse_port", "--reuse-port", "bool"),
     ("pidfile", "--pid", "str"),
     ("preload_app", "--preload", "bool"),
+    ("reload", "--reload", "bool"),
     ("daemon", "--daemon", "bool"),
     ("user", "--user", "str"),
     ("group", "--group", "str"),

@@ -199,6 +199,11 @@ pub struct Config {
     #[arg(short = 'm', long = "umask", value_name = "INT", default_value = "0", value_parser = parse_mode)]
     pub umask: u32,
 
+    /// Development: restart workers when a Python source file of the application
+    /// changes (checked every second).
+    #[arg(long = "reload")]
+    pub reload: bool,
+
     /// Import the application in the master before forking workers (copy-on-write
     /// memory). A reload then re-executes the master to bring in new code.
     #[arg(long = "preload")]
@@ -558,6 +563,7 @@ impl Config {
             "initgroups": self.initgroups,
             "umask": format!("{:04o}", self.umask),
             "preload_app": self.preload,
+            "reload": self.reload,
         })
     }
 }

@@ -43,6 +43,7 @@ pub struct EventLoop<'a> {
     open: usize,
     accepting: bool,
     stop_by: Option<Instant>,
+    watch: Option<super::watch::SourceWatch>,
     graceful_timeout: Duration,
 }
 
@@ -69,6 +70,7 @@ impl<'a> EventLoop<'a> {
         } else {
             None
         };
+        let shared_reload = shared.settings.reload;
         let locals = listeners
             .iter()
             .map(|l| Arc::new(l.local.clone()))
@@ -85,6 +87,7 @@ impl<'a> EventLoop<'a> {
             open: 0,
             accepting: true,
             stop_by: None,
+            watch: shared_reload.then(super::watch::SourceWatch::default),
             graceful_timeout,
         })
     }
@@ -126,6 +129,7 @@ impl<'a> EventLoop<'a> {
             let now = Instant::now();
             if now >= next_sweep {
                 self.close_expired(now);
+                self.check_sources();
                 next_sweep = now + Duration::from_secs(1);
             }
             if let Some(deadline) = self.stop_by {
@@ -297,6 +301,19 @@ impl<'a> EventLoop<'a> {
                 self.drive(exec, key);
             } else {
                 self.close(key);
+            }
+        }
+    }
+
+    /// `--reload`: a changed source file means this worker's code is stale.
+    fn check_sources(&mut self) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        if let Some(path) = Python::with_gil(|py| watch.changed(py)) {
+            if self.accepting {
+                tracing::info!("Worker reloading: {} modified", path.display());
+                self.begin_stop();
             }
         }
     }

@@ -7,6 +7,7 @@ mod conn;
 mod event_loop;
 mod pool;
 mod respond;
+mod watch;
 
 use std::io::Write;
 use std::os::fd::RawFd;
@@ -45,6 +46,8 @@ pub struct Settings {
     pub forwarded_allow_ips: AllowIps,
     pub proxy_mode: crate::http::proxy::ProxyMode,
     pub proxy_allow_from: AllowIps,
+    /// `--reload`: watch the application's source files.
+    pub reload: bool,
 }
 
 /// What every connection of a worker shares, also across `--threads` pool threads.
@@ -255,6 +258,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         forwarded_allow_ips: cfg.forwarded_allow_ips.clone(),
         proxy_mode: cfg.proxy_mode(),
         proxy_allow_from: cfg.proxy_allow_from.clone(),
+        reload: cfg.reload,
     };
     let shared = Arc::new(Shared {
         app,

@@ -424,3 +424,33 @@ fn max_worker_rss_replaces_a_bloated_worker_gracefully() {
         assert_eq!(s.request(b"GET / HTTP/1.0\r\n\r\n").text(), "ok");
     }
 }
+
+#[test]
+fn reload_flag_restarts_workers_when_the_code_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |version: &str| {
+        let text =
+            format!("def application(e, sr):\n    sr('200 OK', [])\n    return [b'{version}']\n");
+        let tmp = dir.path().join("live_app.py.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.path().join("live_app.py")).unwrap();
+    };
+    write("one");
+    let s = ServerBuilder::new("live_app:application")
+        .args(["--reload", "--chdir", dir.path().to_str().unwrap()])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .start();
+    assert_eq!(s.get("/").text(), "one");
+    // Modification times have a granularity; make sure the new one differs.
+    std::thread::sleep(Duration::from_millis(1100));
+    write("two");
+    assert!(
+        wait_until(Duration::from_secs(15), || s
+            .request(b"GET / HTTP/1.0\r\n\r\n")
+            .text()
+            == "two"),
+        "still the old code:\n{}",
+        s.log()
+    );
+    assert!(s.log().contains("live_app.py modified"), "{}", s.log());
+}
