@@ -4,6 +4,7 @@
 use rgun::config::Config;
 
 fn main() {
+    rgun::process::original_args();
     let cfg = Config::from_args();
     if cfg.print_config {
         let settings = cfg.settings_json(cfg.worker_count().unwrap_or(1) as usize);

@@ -175,3 +175,49 @@ fn anon_user(id: u32) -> User {
         shell: PathBuf::from("/bin/sh"),
     }
 }
+
+/// The command line as it was at start, saved before `set_title` overwrites the
+/// memory it lives in (a re-execution needs it).
+pub fn original_args() -> &'static [std::ffi::OsString] {
+    static ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| std::env::args_os().collect())
+}
+
+/// Sets the process title shown by `ps`/`top` (`rgun: master [app]`): the thread name
+/// (15 bytes) and the argv area, as setproctitle does. Longer titles are truncated to
+/// the space the original command line had.
+pub fn set_title(title: &str) {
+    let _ = original_args();
+    let name =
+        std::ffi::CString::new(title.bytes().take(15).collect::<Vec<u8>>()).unwrap_or_default();
+    // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    let Some((start, end)) = argv_area() else {
+        return;
+    };
+    let len = end.saturating_sub(start);
+    if len < 2 {
+        return;
+    }
+    let bytes = title.as_bytes();
+    let n = bytes.len().min(len - 1);
+    // SAFETY: [start, end) is this process's own argv area (from /proc/self/stat),
+    // mapped and writable for the life of the process; the original arguments were
+    // copied by `original_args` first, and nothing else reads that memory.
+    unsafe {
+        let area = std::slice::from_raw_parts_mut(start as *mut u8, len);
+        area[..n].copy_from_slice(&bytes[..n]);
+        area[n..].fill(0);
+    }
+}
+
+/// `arg_start` and `arg_end` from /proc/self/stat (fields 48 and 49).
+fn argv_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // after_comm starts at field 3.
+    let start = fields.get(48 - 3)?.parse().ok()?;
+    let end = fields.get(49 - 3)?.parse().ok()?;
+    Some((start, end))
+}

@@ -254,6 +254,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         None => None,
     };
 
+    crate::process::set_title(&format!("rgun: master [{}]", cfg.app));
     tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
     for l in &listeners {
         tracing::info!("Listening at: {} ({})", l.display, std::process::id());

@@ -86,7 +86,7 @@ impl Arbiter {
             .collect();
         keep.push(theirs.as_raw_fd());
         let mut cmd = std::process::Command::new(&exe);
-        cmd.args(std::env::args_os().skip(1))
+        cmd.args(crate::process::original_args().iter().skip(1))
             .env(INHERIT_ENV, inherit.join(";"))
             .env(UPGRADE_FROM_ENV, std::process::id().to_string())
             .env(PIPE_ENV, theirs.as_raw_fd().to_string())

@@ -182,6 +182,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         unsafe { libc::close(*fd) };
     }
     let cfg = init.cfg;
+    crate::process::set_title(&format!("rgun: worker [{}]", cfg.app));
     use signal_hook::consts::*;
     let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGUSR1]).map_err(|e| {
         boot_failure(

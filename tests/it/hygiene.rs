@@ -255,3 +255,23 @@ fn systemd_socket_activation_uses_listen_fds() {
         s.log()
     );
 }
+
+#[test]
+fn process_titles_name_master_and_workers() {
+    let s = ServerBuilder::new("lifecycle_app:application").start();
+    let cmdline = |pid: i32| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+            .replace('\0', " ")
+    };
+    assert!(
+        cmdline(s.pid()).starts_with("rgun: master [lifecycle_app:application]"),
+        "{}",
+        cmdline(s.pid())
+    );
+    let worker = s.worker_pids()[0];
+    assert!(
+        cmdline(worker).starts_with("rgun: worker [lifecycle_app:application]"),
+        "{}",
+        cmdline(worker)
+    );
+}
