@@ -105,3 +105,52 @@ class Hooks:
                 fn(self.worker, *args)
         except Exception:
             _logger().exception("Exception in %s hook", name)
+
+
+MASTER_HOOKS = ("on_starting", "on_reload", "when_ready", "pre_fork", "pre_exec", "child_exit", "nworkers_changed", "on_exit")
+
+
+class MasterWorker:
+    """The `worker` argument of master-side hooks: what the master knows of it."""
+
+    def __init__(self, pid, age, settings):
+        self.pid = pid
+        self.age = age
+        self.cfg = Config(settings)
+        self.log = _logger()
+
+    def __repr__(self):
+        return "<Worker %s>" % self.pid
+
+
+def serve_master_hooks(location, settings, fd):
+    """The master's hook host: runs in a child of the master (which stays Python-free),
+    one JSON request per line, one `ok` line back when the hook has returned."""
+    import json
+    import socket
+
+    if location.startswith("python:"):
+        namespace = vars(importlib.import_module(location[len("python:"):]))
+    else:
+        namespace = runpy.run_path(location, run_name="__config__")
+    functions = {name: namespace[name] for name in MASTER_HOOKS if callable(namespace.get(name))}
+    server = Server(settings)
+    conn = socket.socket(fileno=fd)
+    reader = conn.makefile("rb")
+    for line in reader:
+        request = json.loads(line)
+        fn = functions.get(request["hook"])
+        if fn is not None:
+            try:
+                w = request.get("worker")
+                worker = MasterWorker(w["pid"], w["age"], settings) if w else None
+                name = request["hook"]
+                if name in ("pre_fork", "child_exit"):
+                    fn(server, worker)
+                elif name == "nworkers_changed":
+                    fn(server, request["new"], request["old"])
+                else:
+                    fn(server)
+            except Exception:
+                _logger().exception("Exception in %s hook", request["hook"])
+        conn.sendall(b"ok\n")

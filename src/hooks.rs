@@ -7,7 +7,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
-const HOOKS_PY: &str = include_str!("hooks.py");
+pub const HOOKS_PY: &str = include_str!("hooks.py");
 
 /// The hooks rgun calls (in workers); `hooks.py` lists the same names.
 pub const WORKER_HOOKS: &[&str] = &[

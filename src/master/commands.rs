@@ -117,6 +117,7 @@ impl Arbiter {
         }
         self.target = target;
         tracing::info!("Number of workers: {previous} -> {target}");
+        self.call_hook("nworkers_changed", json!({"new": target, "old": previous}));
         self.push_history(HistoryEntry {
             action: "scale".into(),
             trigger,

@@ -7,6 +7,7 @@
 //! The master never serves HTTP and never starts Python, so fork() is always safe.
 
 mod commands;
+mod hooks;
 pub mod listeners;
 mod notify;
 mod reload;
@@ -28,6 +29,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use rgunctl::protocol::HistoryEntry;
+use serde_json::json;
 
 use self::listeners::{bind_all, Listener};
 use self::notify::Notifier;
@@ -101,6 +103,8 @@ struct WorkerProc {
     spawned: Instant,
     /// Told to stop (scale down, old generation, kill): not to be replaced.
     retiring: bool,
+    /// Workers spawned before this one (Gunicorn's `worker.age`).
+    age: u64,
     /// When it was sent SIGABRT for a time-out; SIGKILL follows after a grace.
     aborted: Option<Instant>,
 }
@@ -133,6 +137,8 @@ pub struct Arbiter {
     old_master: Option<UnixStream>,
     /// When we are a new master: control socket path and pidfile, taken over at ready.
     deferred_takeover: bool,
+    /// The master-side hooks' host process, when the config file defines any.
+    hooks: Option<hooks::HookHost>,
     /// `--preload`: the application, imported in this process.
     preloaded: Option<crate::wsgi::App>,
     workers: BTreeMap<usize, WorkerProc>,
@@ -213,6 +219,10 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         std::env::set_current_dir(dir)
             .with_context(|| format!("cannot chdir to {}", dir.display()))?;
     }
+    let mut hook_host = hooks::HookHost::start(&cfg);
+    if let Some(h) = hook_host.as_mut() {
+        h.call("on_starting", json!({}));
+    }
     let listeners = bind_all(&cfg)?;
     let mut old_master = upgrade::pipe_to_old_master();
     let deferred_takeover = std::env::var_os(UPGRADE_FROM_ENV).is_some();
@@ -282,6 +292,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         old_master,
         deferred_takeover,
         preloaded,
+        hooks: hook_host,
         workers: BTreeMap::new(),
         target: target as usize,
         generation: std::env::var(upgrade::GENERATION_ENV)
@@ -301,6 +312,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         next_spawn: Instant::now(),
         exit_code: 0,
     };
+    arbiter.call_hook("when_ready", json!({}));
     arbiter.run();
     Ok(arbiter.exit_code)
 }
@@ -397,7 +409,9 @@ impl Arbiter {
                 // Gunicorn's WINCH: keep the master (and its sockets), stop the workers;
                 // TTIN or `scale` brings them back.
                 tracing::info!("Handling signal: winch; stopping all workers");
+                let old = self.target;
                 self.target = 0;
+                self.call_hook("nworkers_changed", json!({"new": 0, "old": old}));
             }
             Intent::StopWorkers => tracing::info!("SIGWINCH ignored: not daemonized"),
             Intent::ChildExited => {}
@@ -446,6 +460,13 @@ impl Arbiter {
             .values()
             .filter(|w| !w.retiring && w.generation == self.generation)
             .count()
+    }
+
+    /// Runs a master-side hook (in the hook host) and waits for it.
+    fn call_hook(&mut self, hook: &str, args: serde_json::Value) {
+        if let Some(h) = self.hooks.as_mut() {
+            h.call(hook, args);
+        }
     }
 
     /// Spawn or retire workers of the serving generation to match the target.
@@ -558,6 +579,13 @@ impl Arbiter {
         if let Some(c) = &self.control {
             master_fds.extend(c.fds());
         }
+        self.call_hook(
+            "pre_fork",
+            json!({"worker": {"pid": null, "age": self.totals.spawned}}),
+        );
+        if let Some(h) = &self.hooks {
+            master_fds.extend(h.fds());
+        }
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread; the child only runs `worker::run`, which never returns.
         let forked = if self.preloaded.is_some() {
@@ -598,6 +626,7 @@ impl Arbiter {
                         ready: false,
                         spawned: Instant::now(),
                         retiring: false,
+                        age: self.totals.spawned,
                         aborted: None,
                     },
                 );
@@ -691,6 +720,13 @@ impl Arbiter {
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
                 _ => continue,
             };
+            if self.hooks.as_ref().is_some_and(|h| h.pid == pid) {
+                tracing::error!(
+                    "the hook host exited ({code:?}, {signal:?}); master hooks will not run"
+                );
+                self.hooks = None;
+                continue;
+            }
             if self.is_upgrade_child(pid) {
                 self.on_new_master_exited(code);
                 continue;
@@ -716,6 +752,10 @@ impl Arbiter {
                 .load(std::sync::atomic::Ordering::Relaxed);
             self.totals.exited += 1;
             self.scoreboard.release(slot);
+            self.call_hook(
+                "child_exit",
+                json!({"worker": {"pid": pid.as_raw(), "age": w.age}}),
+            );
             let boot_error = (w.inbox.first() == Some(&b'E'))
                 .then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
             if let Some(text) = &boot_error {
@@ -815,6 +855,7 @@ impl Arbiter {
         if let Some(p) = &self.pidfile {
             p.remove();
         }
+        self.call_hook("on_exit", json!({}));
         tracing::info!("Shutting down: Master");
     }
 }

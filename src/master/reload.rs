@@ -49,6 +49,7 @@ impl Arbiter {
             return Err(ErrorBody::new(ErrorCode::Failed, "the server is stopping"));
         }
         let generation = self.generation + 1;
+        self.call_hook("on_reload", json!({}));
         self.notifier.reloading();
         tracing::info!(
             "Reloading: booting generation {generation} ({} workers)",

@@ -72,6 +72,7 @@ impl Arbiter {
         }
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find the rgun binary: {e}"))?;
+        self.call_hook("pre_exec", serde_json::json!({}));
         let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
         let inherit: Vec<String> = self

@@ -145,3 +145,122 @@ def worker_exit(server, worker):
     let text = wait_for_file(&record, "worker_exit");
     assert!(text.contains(&format!("worker_exit {worker}")), "{text}");
 }
+
+#[test]
+fn master_hooks_are_called_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("master-hooks.log");
+    let conf = dir.path().join("master.conf.py");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+import os
+RECORD = {record:?}
+
+def note(text):
+    with open(RECORD, "a") as f:
+        f.write(text + "\n")
+
+def on_starting(server):
+    note("on_starting %d" % server.pid)
+
+def when_ready(server):
+    note("when_ready")
+
+def pre_fork(server, worker):
+    note("pre_fork age=%s" % worker.age)
+
+def child_exit(server, worker):
+    note("child_exit %d" % worker.pid)
+
+def nworkers_changed(server, new_value, old_value):
+    note("nworkers_changed %s %s" % (old_value, new_value))
+
+def on_reload(server):
+    note("on_reload")
+
+def on_exit(server):
+    note("on_exit")
+    raise RuntimeError("a failing hook must not stop the master")
+"#,
+            record = record.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    let master = s.pid();
+    let victim = s.worker_pids()[0];
+    // SAFETY: killing a worker we started.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    wait_for_file(&record, &format!("child_exit {victim}"));
+    s.signal(libc::SIGTTIN);
+    wait_for_file(&record, "nworkers_changed 1 2");
+    s.signal(libc::SIGHUP);
+    wait_for_file(&record, "on_reload");
+    s.wait_for_log("Reloaded: generation 2", Duration::from_secs(20));
+    s.signal(libc::SIGTERM);
+    assert_eq!(s.wait_exit(Duration::from_secs(15)), Some(0));
+    let text = wait_for_file(&record, "on_exit");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("on_starting {master}"), "{text}");
+    assert_eq!(lines[1], "when_ready", "{text}");
+    assert!(lines[2].starts_with("pre_fork age=0"), "{text}");
+    assert!(text.contains(&format!("child_exit {victim}")), "{text}");
+    assert_eq!(lines.last(), Some(&"on_exit"), "{text}");
+    assert!(
+        s.log().contains("a failing hook must not stop the master"),
+        "{}",
+        s.log()
+    );
+}
+
+#[test]
+fn pre_exec_runs_before_a_usr2_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("exec.log");
+    let pidfile = dir.path().join("rgun.pid");
+    let conf = dir.path().join("exec.conf.py");
+    std::fs::write(
+        &conf,
+        format!(
+            "def pre_exec(server):\n    open({:?}, 'a').write('pre_exec %d\\n' % server.pid)\n",
+            record.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "-p",
+            pidfile.to_str().unwrap(),
+        ])
+        .start();
+    let old = s.pid();
+    s.signal(libc::SIGUSR2);
+    let text = wait_for_file(&record, "pre_exec");
+    assert_eq!(text.trim(), format!("pre_exec {old}"));
+    // Clean up both masters.
+    let start = Instant::now();
+    let mut new_pid = None;
+    while start.elapsed() < Duration::from_secs(20) && new_pid.is_none() {
+        new_pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|p| *p != old);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.signal(libc::SIGTERM);
+    s.wait_exit(Duration::from_secs(15));
+    if let Some(pid) = new_pid {
+        // SAFETY: stopping the master this test caused to exist.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    assert!(
+        new_pid.is_some(),
+        "the new master never took over the pidfile"
+    );
+}

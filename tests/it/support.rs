@@ -242,7 +242,14 @@ impl Server {
 
     /// Worker pids, from /proc (children of the master).
     pub fn worker_pids(&self) -> Vec<i32> {
+        // Not the hook host, which is a child of the master too.
         children_of(self.pid())
+            .into_iter()
+            .filter(|p| {
+                let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                !cmdline.starts_with(b"rgun: hooks")
+            })
+            .collect()
     }
 }
 
