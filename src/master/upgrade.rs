@@ -158,7 +158,11 @@ impl Arbiter {
             .registry()
             .deregister(&mut SourceFd(&child.pipe.as_raw_fd()));
         self.upgraded_to = Some(child.pid.as_raw() as u32);
-        self.notifier.send(&format!("MAINPID={}", child.pid));
+        // systemd (NotifyAccess=main) only listens to the main pid: hand it over and
+        // confirm readiness in one message, as the new master's own READY may have
+        // arrived while it was not main yet.
+        self.notifier
+            .send(&format!("MAINPID={}\nREADY=1", child.pid));
         tracing::info!("New master {} is ready", child.pid);
         if child.for_reload {
             self.finish_reload();

@@ -264,3 +264,41 @@ fn pre_exec_runs_before_a_usr2_upgrade() {
         "the new master never took over the pidfile"
     );
 }
+
+#[test]
+fn config_from_a_python_module() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mysettings.py"),
+        "workers = 2\nkeepalive = 11\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        .args([
+            "-c",
+            "python:mysettings",
+            "--print-config",
+            "demo.app:application",
+        ])
+        .env("PYTHONPATH", dir.path())
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("keepalive") && l.ends_with("= 11")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("workers ") && l.ends_with("= 2")),
+        "{text}"
+    );
+}

@@ -275,3 +275,74 @@ fn process_titles_name_master_and_workers() {
         cmdline(worker)
     );
 }
+
+#[test]
+fn umask_applies_to_files_the_server_creates() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .own_bind()
+        .args(["-b", &format!("unix:{}", sock.display()), "-m", "077"])
+        .start();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o077, 0, "socket mode {mode:o} with umask 077");
+    drop(s);
+}
+
+#[test]
+fn reuse_port_lets_two_servers_share_a_port() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let bind = format!("127.0.0.1:{port}");
+    let a = ServerBuilder::new("lifecycle_app:application")
+        .own_bind()
+        .args(["-b", &bind, "--reuse-port", "--backlog", "64"])
+        .start();
+    let b = ServerBuilder::new("lifecycle_app:application")
+        .own_bind()
+        .args(["-b", &bind, "--reuse-port"])
+        .start();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::Write;
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let r = crate::support::read_response(&mut std::io::BufReader::new(c), false).unwrap();
+    assert_eq!(r.text(), "ok");
+    drop((a, b));
+}
+
+#[test]
+fn a_low_port_bound_as_root_is_served_by_dropped_workers() {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let Some(port) = (1000..1024).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+    else {
+        eprintln!("skipped: no free port under 1024");
+        return;
+    };
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .own_bind()
+        .args(["-b", &format!("127.0.0.1:{port}"), "-g", "nogroup"])
+        .start();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::Write;
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let r = crate::support::read_response(&mut std::io::BufReader::new(c), false).unwrap();
+    assert_eq!(r.text(), "ok");
+    let worker = s.worker_pids()[0];
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Gid:") && l.contains(&nogroup.to_string())),
+        "{status}"
+    );
+}

@@ -454,3 +454,39 @@ fn reload_flag_restarts_workers_when_the_code_changes() {
     );
     assert!(s.log().contains("live_app.py modified"), "{}", s.log());
 }
+
+#[test]
+fn usr2_under_systemd_hands_mainpid_to_the_new_master() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let pidfile = dir.path().join("rgun.pid");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .args(["-p", pidfile.to_str().unwrap()])
+        .start();
+    s.signal(libc::SIGUSR2);
+    let mut messages = Vec::new();
+    let mainpid = loop {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("notify messages");
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if let Some(rest) = m.strip_prefix("MAINPID=") {
+            assert!(rest.contains("\nREADY=1"), "{m}");
+            break rest.lines().next().unwrap().trim().parse::<i32>().unwrap();
+        }
+        messages.push(m);
+    };
+    assert_ne!(mainpid, s.pid());
+    assert!(
+        s.log().contains(&format!("New master {mainpid} is ready")),
+        "{messages:?}"
+    );
+    s.signal(libc::SIGTERM);
+    s.wait_exit(Duration::from_secs(15));
+    // SAFETY: stopping the master this test caused to exist.
+    unsafe { libc::kill(mainpid, libc::SIGTERM) };
+    assert!(wait_until(Duration::from_secs(10), || !pidfile.exists()));
+}
