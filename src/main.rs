@@ -6,6 +6,13 @@ use rgun::config::Config;
 fn main() {
     rgun::process::original_args();
     let cfg = Config::from_args();
+    if let Some(what) = &cfg.generate {
+        if let Err(e) = rgun::config::reference::generate(what) {
+            eprintln!("rgun: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     if cfg.print_config {
         let settings = cfg.settings_json(cfg.worker_count().unwrap_or(1) as usize);
         for (name, value) in settings.as_object().into_iter().flatten() {

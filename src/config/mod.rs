@@ -4,6 +4,7 @@
 
 pub mod bind;
 pub mod file;
+pub mod reference;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -216,6 +217,12 @@ pub struct Config {
     /// Print the effective settings and exit.
     #[arg(long = "print-config")]
     pub print_config: bool,
+
+    /// Print generated documentation and exit (for packaging): `man`,
+    /// `config-reference`, or a shell for completions (bash, zsh, fish, elvish,
+    /// powershell).
+    #[arg(long = "generate", value_name = "WHAT", hide = true)]
+    pub generate: Option<String>,
 }
 
 /// Environment variables whose contents are parsed as extra command-line arguments,
@@ -414,7 +421,7 @@ impl Config {
         if cfg.app.is_empty() {
             cfg.app = std::mem::take(&mut cfg.wsgi_app);
         }
-        if cfg.app.is_empty() && !cfg.print_config {
+        if cfg.app.is_empty() && !cfg.print_config && cfg.generate.is_none() {
             return Err(LayerError::Clap(Config::command().error(
                 clap::error::ErrorKind::MissingRequiredArgument,
                 "no application: give MODULE:CALLABLE, or wsgi_app in the configuration file",

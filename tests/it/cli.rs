@@ -258,3 +258,40 @@ fn compat_doc_matches_the_code() {
         );
     }
 }
+
+#[test]
+fn configuration_reference_is_generated_from_the_code() {
+    let committed = std::fs::read_to_string(repo_root().join("docs/configuration.md")).unwrap();
+    assert_eq!(
+        committed,
+        rgun::config::reference::config_reference(),
+        "docs/configuration.md is stale: run `rgun --generate config-reference > docs/configuration.md`"
+    );
+    // Every setting a configuration file accepts is in the reference.
+    for (name, _, _) in rgun::config::file::SETTINGS {
+        assert!(
+            committed.contains(&format!("`{name}`")),
+            "{name} missing from the reference"
+        );
+    }
+}
+
+#[test]
+fn man_page_and_completions_are_generated() {
+    let run = |what: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+            .args(["--generate", what])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{what}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let man = run("man");
+    assert!(
+        man.contains(".TH rgun 1") && man.contains("graceful\\-timeout"),
+        "{man}"
+    );
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(run(shell).contains("--max-requests"), "{shell}");
+    }
+}
