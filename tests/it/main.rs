@@ -11,4 +11,5 @@ mod frameworks;
 mod hostile;
 mod hygiene;
 mod lifecycle;
+mod packaging;
 mod wsgi;
