@@ -16,6 +16,7 @@ pub const WORKER_HOOKS: &[&str] = &[
     "pre_request",
     "post_request",
     "worker_int",
+    "worker_abort",
     "worker_exit",
 ];
 

@@ -153,7 +153,7 @@ impl<'a> EventLoop<'a> {
                     }
                     std::process::exit(0)
                 }
-                SIGUSR1 => self.shared.reopen_access_log(),
+                SIGUSR1 => self.shared.reopen_logs(),
                 SIGTERM if self.stop_by.is_none() => {
                     tracing::info!("Worker exiting (pid: {})", std::process::id());
                     self.begin_stop();

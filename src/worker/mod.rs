@@ -48,6 +48,8 @@ pub struct Settings {
     pub proxy_allow_from: AllowIps,
     /// `--reload`: watch the application's source files.
     pub reload: bool,
+    /// `--error-logfile`, reopened on USR1.
+    pub error_logfile: String,
 }
 
 /// What every connection of a worker shares, also across `--threads` pool threads.
@@ -109,7 +111,15 @@ impl Shared {
         }
     }
 
-    pub fn reopen_access_log(&self) {
+    /// USR1: the error log (fd 2) and the access log, after a rotation.
+    pub fn reopen_logs(&self) {
+        if let Err(e) = crate::log::reopen_error_log(&self.settings.error_logfile) {
+            tracing::error!("{e}");
+        }
+        self.reopen_access_log();
+    }
+
+    fn reopen_access_log(&self) {
         if let Some(log) = self
             .access_log
             .lock()
@@ -260,6 +270,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         proxy_mode: cfg.proxy_mode(),
         proxy_allow_from: cfg.proxy_allow_from.clone(),
         reload: cfg.reload,
+        error_logfile: cfg.error_logfile.clone(),
     };
     let shared = Arc::new(Shared {
         app,

@@ -302,3 +302,24 @@ fn config_from_a_python_module() {
         "{text}"
     );
 }
+
+#[test]
+fn worker_abort_runs_on_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("abort.log");
+    let conf = dir.path().join("abort.conf.py");
+    std::fs::write(
+        &conf,
+        format!("def worker_abort(worker):\n    open({:?}, 'a').write('worker_abort %d\\n' % worker.pid)\n", record.to_str().unwrap()),
+    )
+    .unwrap();
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .args(["-c", conf.to_str().unwrap(), "-t", "1"])
+        .start();
+    let worker = s.worker_pids()[0];
+    let mut c = s.connect();
+    std::io::Write::write_all(&mut c, b"GET /sleep?30 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let text = wait_for_file(&record, "worker_abort");
+    assert_eq!(text.trim(), format!("worker_abort {worker}"));
+    s.wait_for_log("in application", Duration::from_secs(10));
+}

@@ -14,7 +14,11 @@ fn build_deb() -> PathBuf {
         .current_dir(repo_root())
         .output()
         .expect("run scripts/package");
-    assert!(out.status.success(), "scripts/package failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scripts/package failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = repo_root().join("target/debian");
     let mut debs: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -28,7 +32,11 @@ fn build_deb() -> PathBuf {
 #[test]
 fn debian_package_holds_everything() {
     let deb = build_deb();
-    let list = Command::new("dpkg-deb").arg("-c").arg(&deb).output().unwrap();
+    let list = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
     for path in [
         "./usr/bin/rgun",
@@ -45,18 +53,33 @@ fn debian_package_holds_everything() {
         "./usr/share/doc/rgun/docs/control-protocol.md",
         "./usr/share/doc/rgun/docs/configuration.md",
     ] {
-        assert!(list.lines().any(|l| l.contains(path)), "{path} missing from the package:\n{list}");
+        assert!(
+            list.lines().any(|l| l.contains(path)),
+            "{path} missing from the package:\n{list}"
+        );
     }
-    let info = Command::new("dpkg-deb").arg("-I").arg(&deb).output().unwrap();
+    let info = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&deb)
+        .output()
+        .unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("Package: rgun"), "{info}");
     assert!(info.contains("Depends: libc6, libpython3.11"), "{info}");
-    assert!(info.contains("conffiles") || info.contains("/etc/rgun/example.conf.py"), "{info}");
+    assert!(
+        info.contains("conffiles") || info.contains("/etc/rgun/example.conf.py"),
+        "{info}"
+    );
 }
 
 #[test]
 fn unit_files_pass_systemd_analyze() {
-    let Ok(which) = Command::new("sh").args(["-c", "command -v systemd-analyze"]).output() else { return };
+    let Ok(which) = Command::new("sh")
+        .args(["-c", "command -v systemd-analyze"])
+        .output()
+    else {
+        return;
+    };
     if !which.status.success() {
         eprintln!("skipped: no systemd-analyze");
         return;
@@ -67,7 +90,9 @@ fn unit_files_pass_systemd_analyze() {
     let ctl = bin.with_file_name("rgunctl");
     for unit in ["rgun@.service", "rgun@.socket"] {
         let text = std::fs::read_to_string(repo_root().join("packaging").join(unit)).unwrap();
-        let text = text.replace("/usr/bin/rgunctl", ctl.to_str().unwrap()).replace("/usr/bin/rgun", bin.to_str().unwrap());
+        let text = text
+            .replace("/usr/bin/rgunctl", ctl.to_str().unwrap())
+            .replace("/usr/bin/rgun", bin.to_str().unwrap());
         std::fs::write(dir.path().join(unit.replace('@', "@test")), text).unwrap();
     }
     for unit in ["rgun@test.service", "rgun@test.socket"] {
@@ -87,10 +112,24 @@ fn unit_files_pass_systemd_analyze() {
 #[test]
 fn example_config_parses() {
     let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
-        .args(["-c", "packaging/example.conf.py", "--print-config", "demo.app:application"])
+        .args([
+            "-c",
+            "packaging/example.conf.py",
+            "--print-config",
+            "demo.app:application",
+        ])
         .current_dir(repo_root())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("unknown setting"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("unknown setting"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
