@@ -22,7 +22,7 @@ use crate::wsgi::environ::Peer;
 /// Points fd 2 at `--error-logfile` (unless it is `-`) and installs the formatter.
 pub fn init_error_log(path: &str, level: &str) -> std::io::Result<()> {
     reopen_error_log(path)?;
-    let max = match level {
+    let max = match level.to_ascii_lowercase().as_str() {
         "debug" => Level::DEBUG,
         "info" => Level::INFO,
         "warning" => Level::WARN,

@@ -5,6 +5,8 @@ use rgun::config::Config;
 
 fn main() {
     rgun::process::original_args();
+    rgun::process::original_exe();
+    rgun::process::original_cwd();
     let cfg = Config::from_args();
     if let Some(what) = &cfg.generate {
         if let Err(e) = rgun::config::reference::generate(what) {

@@ -176,6 +176,21 @@ fn anon_user(id: u32) -> User {
     }
 }
 
+/// The path of the running binary, taken at start: after a package upgrade replaces
+/// the file, `current_exe()` names the deleted inode, while this path holds the new
+/// binary that USR2 should run.
+pub fn original_exe() -> &'static std::path::Path {
+    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")))
+}
+
+/// The working directory at start (before `--chdir`), where relative configuration
+/// paths are resolved when a reload re-reads them.
+pub fn original_cwd() -> &'static std::path::Path {
+    static CWD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CWD.get_or_init(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")))
+}
+
 /// The command line as it was at start, saved before `set_title` overwrites the
 /// memory it lives in (a re-execution needs it).
 pub fn original_args() -> &'static [std::ffi::OsString] {
@@ -188,6 +203,7 @@ pub fn original_args() -> &'static [std::ffi::OsString] {
 /// the space the original command line had.
 pub fn set_title(title: &str) {
     let _ = original_args();
+    let _ = original_exe();
     let name =
         std::ffi::CString::new(title.bytes().take(15).collect::<Vec<u8>>()).unwrap_or_default();
     // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string.

@@ -19,6 +19,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("wsgi_app", "--wsgi-app", "str"),
     ("bind", "--bind", "list"),
     ("workers", "--workers", "int"),
+    ("worker_class", "--worker-class", "str"),
     ("threads", "--threads", "int"),
     ("timeout", "--timeout", "int"),
     ("graceful_timeout", "--graceful-timeout", "int"),

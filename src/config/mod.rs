@@ -121,9 +121,24 @@ pub struct Config {
     )]
     pub error_logfile: String,
 
-    /// Error log level.
-    #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", value_parser = ["debug", "info", "warning", "error", "critical"])]
+    /// Error log level (case-insensitive, as in Gunicorn).
+    #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", ignore_case = true, value_parser = ["debug", "info", "warning", "error", "critical"])]
     pub loglevel: String,
+
+    /// Gunicorn's worker class: accepted for compatibility and ignored (rgun has one
+    /// worker type; use --threads).
+    #[arg(short = 'k', long = "worker-class", value_name = "STRING")]
+    pub worker_class: Option<String>,
+
+    /// Gunicorn options rgun accepts for compatibility and ignores.
+    #[arg(long = "worker-tmp-dir", value_name = "DIR", hide = true)]
+    pub worker_tmp_dir: Option<String>,
+    #[arg(long = "capture-output", hide = true)]
+    pub capture_output: bool,
+    #[arg(long = "no-sendfile", hide = true)]
+    pub no_sendfile: bool,
+    #[arg(short = 'n', long = "name", value_name = "STRING", hide = true)]
+    pub proc_name_setting: Option<String>,
 
     /// Peers trusted to set the URL scheme with X-Forwarded-* headers: comma-separated
     /// IP addresses, or `*`.
@@ -302,6 +317,24 @@ pub enum AllowIps {
     List(Vec<IpAddr>),
 }
 
+impl std::fmt::Display for LayerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerError::Env(m) | LayerError::File(m) => f.write_str(m),
+            LayerError::Clap(e) => {
+                let rendered = e.render().to_string();
+                f.write_str(
+                    rendered
+                        .lines()
+                        .next()
+                        .unwrap_or("invalid command line")
+                        .trim_start_matches("error: "),
+                )
+            }
+        }
+    }
+}
+
 impl AllowIps {
     pub fn allows(&self, ip: IpAddr) -> bool {
         match self {
@@ -417,6 +450,7 @@ impl Config {
         argv.extend(upper.iter().skip(1).cloned());
         let mut cfg = Config::try_parse_from(&argv).map_err(LayerError::Clap)?;
         cfg.hooks = file.hooks;
+        cfg.loglevel.make_ascii_lowercase();
         cfg.config = location;
         if cfg.app.is_empty() {
             cfg.app = std::mem::take(&mut cfg.wsgi_app);
@@ -535,6 +569,7 @@ impl Config {
             "config": self.config,
             "bind": self.binds().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "workers": workers,
+            "worker_class": self.worker_class,
             "threads": self.threads,
             "timeout": self.timeout,
             "graceful_timeout": self.graceful_timeout,

@@ -69,7 +69,7 @@ impl Arbiter {
                 } else {
                     self.set_target(new as usize, trigger);
                     if wait {
-                        self.scale_waiters.push((conn, id.clone()));
+                        self.scale_waiters.push((conn, id.clone(), previous));
                         Ok(None)
                     } else {
                         Ok(Some(json!({"previous": previous, "target": new})))
@@ -142,10 +142,10 @@ impl Arbiter {
                 .values()
                 .all(|w| !w.retiring || w.generation != self.generation);
         if converged {
-            let result =
-                json!({"previous": Value::Null, "target": self.target, "ready": self.target});
-            for (conn, id) in std::mem::take(&mut self.scale_waiters) {
-                self.reply_ok(conn, &id, result.clone());
+            for (conn, id, previous) in std::mem::take(&mut self.scale_waiters) {
+                let result =
+                    json!({"previous": previous, "target": self.target, "ready": self.target});
+                self.reply_ok(conn, &id, result);
             }
         }
     }

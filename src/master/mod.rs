@@ -147,7 +147,7 @@ pub struct Arbiter {
     generation: u32,
     reload: Option<Reload>,
     /// `scale --wait` clients: (connection, request id, started).
-    scale_waiters: Vec<(usize, serde_json::Value)>,
+    scale_waiters: Vec<(usize, serde_json::Value, usize)>,
     history: VecDeque<HistoryEntry>,
     totals: Totals,
     phase: Phase,
@@ -277,6 +277,15 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         std::env::remove_var(UPGRADE_FROM_ENV);
     }
     tracing::info!("Using worker: rgun (threads: {})", cfg.threads);
+    if let Some(class) = cfg
+        .worker_class
+        .as_deref()
+        .filter(|c| !matches!(*c, "sync" | "gthread"))
+    {
+        tracing::warn!(
+            "worker_class {class:?} is ignored: rgun has one worker type (use --threads)"
+        );
+    }
     let mut arbiter = Arbiter {
         cfg,
         listeners,
@@ -386,8 +395,14 @@ impl Arbiter {
 
     fn handle_intent(&mut self, intent: Intent) {
         match intent {
-            Intent::GracefulStop => self.begin_stop(true),
-            Intent::QuickStop => self.begin_stop(false),
+            Intent::GracefulStop => {
+                tracing::info!("Handling signal: term");
+                self.begin_stop(true)
+            }
+            Intent::QuickStop => {
+                tracing::info!("Handling signal: int");
+                self.begin_stop(false)
+            }
             Intent::Reload => {
                 tracing::info!("Handling signal: hup");
                 if let Err(e) = self.begin_reload("signal HUP".into()) {
@@ -435,7 +450,7 @@ impl Arbiter {
             }
             return;
         }
-        tracing::info!("Handling signal: {}", if graceful { "term" } else { "int" });
+        tracing::info!("Stopping ({})", if graceful { "graceful" } else { "quick" });
         self.fail_reload("the server is stopping");
         self.notifier.stopping();
         self.set_phase(Phase::Stopping { graceful });

@@ -48,6 +48,11 @@ impl Arbiter {
         if matches!(self.phase, Phase::Stopping { .. }) {
             return Err(ErrorBody::new(ErrorCode::Failed, "the server is stopping"));
         }
+        if !self.cfg.preload {
+            // As Gunicorn's HUP: the new generation gets the configuration as it is now
+            // (with --preload the new master reads it itself).
+            self.reread_config()?;
+        }
         let generation = self.generation + 1;
         self.call_hook("on_reload", json!({}));
         self.notifier.reloading();
@@ -91,6 +96,30 @@ impl Arbiter {
             }
         }
         Ok(generation)
+    }
+
+    /// Re-reads the configuration file, environment and command line for the next
+    /// generation. Listening sockets cannot change on a reload; the worker target set
+    /// by `scale`/TTIN/TTOU is kept.
+    fn reread_config(&mut self) -> Result<(), ErrorBody> {
+        let here = std::env::current_dir().ok();
+        let _ = std::env::set_current_dir(crate::process::original_cwd());
+        let parsed = crate::config::Config::parse_layers(crate::process::original_args());
+        if let Some(dir) = here {
+            let _ = std::env::set_current_dir(dir);
+        }
+        let mut fresh = parsed.map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Failed,
+                format!("the configuration cannot be read: {e}"),
+            )
+        })?;
+        if fresh.binds() != self.cfg.binds() {
+            tracing::warn!("bind changes need a restart (or USR2); keeping the current sockets");
+        }
+        fresh.bind = self.cfg.bind.clone();
+        self.cfg = fresh;
+        Ok(())
     }
 
     /// Swaps generations once the new one is ready; fails the reload on boot time-out.

@@ -70,8 +70,7 @@ impl Arbiter {
         if self.upgraded_to.is_some() || self.upgrade_child.is_some() {
             return Err("a new master is already running".into());
         }
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find the rgun binary: {e}"))?;
+        let exe = crate::process::original_exe().to_path_buf();
         self.call_hook("pre_exec", serde_json::json!({}));
         let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;

@@ -323,3 +323,36 @@ fn worker_abort_runs_on_a_timeout() {
     assert_eq!(text.trim(), format!("worker_abort {worker}"));
     s.wait_for_log("in application", Duration::from_secs(10));
 }
+
+#[test]
+fn a_reload_rereads_the_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("env_app.py"),
+        "import os\ndef application(e, sr):\n    sr('200 OK', [])\n    return [os.environ.get('GREETING', '-').encode()]\n",
+    )
+    .unwrap();
+    let conf = dir.path().join("reload.conf.py");
+    std::fs::write(&conf, "raw_env = ['GREETING=one']\n").unwrap();
+    let s = ServerBuilder::new("env_app:application")
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "--chdir",
+            dir.path().to_str().unwrap(),
+        ])
+        .start();
+    assert_eq!(s.get("/").text(), "one");
+    std::fs::write(&conf, "raw_env = ['GREETING=two']\n").unwrap();
+    s.signal(libc::SIGHUP);
+    s.wait_for_log("Reloaded: generation 2", Duration::from_secs(20));
+    assert_eq!(s.get("/").text(), "two");
+    // A configuration that no longer parses fails the reload; the workers stay.
+    std::fs::write(&conf, "workers = 'many'\n").unwrap();
+    s.signal(libc::SIGHUP);
+    s.wait_for_log(
+        "setting 'workers' must be an integer",
+        Duration::from_secs(20),
+    );
+    assert_eq!(s.get("/").text(), "two");
+}
