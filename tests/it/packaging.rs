@@ -65,7 +65,14 @@ fn debian_package_holds_everything() {
         .unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("Package: rgun"), "{info}");
-    assert!(info.contains("Depends: libc6, libpython3.11"), "{info}");
+    assert!(
+        info.contains("Depends: adduser, libc6, libpython3.11"),
+        "{info}"
+    );
+    assert!(
+        info.contains("postinst"),
+        "the package creates its system user: {info}"
+    );
     assert!(
         info.contains("conffiles") || info.contains("/etc/rgun/example.conf.py"),
         "{info}"
