@@ -39,6 +39,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("errorlog", "--error-logfile", "str"),
     ("loglevel", "--log-level", "str"),
     ("forwarded_allow_ips", "--forwarded-allow-ips", "csv"),
+    ("secure_scheme_headers", "--secure-scheme-header", "dict"),
     ("worker_connections", "--worker-connections", "int"),
     ("max_requests", "--max-requests", "int"),
     ("max_requests_jitter", "--max-requests-jitter", "int"),

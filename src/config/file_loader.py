@@ -86,6 +86,13 @@ def convert(name, flag, kind, value):
         if not isinstance(value, str):
             bad("True, False or one of off, v1, v2, auto")
         return [flag, value]
+    if kind == "dict":
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            bad("a dict of header names to values")
+        out = []
+        for k, v in value.items():
+            out.extend([flag, "%s=%s" % (k, v)])
+        return out
     if kind == "csv":
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)

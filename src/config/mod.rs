@@ -169,6 +169,12 @@ pub struct Config {
     #[arg(long = "reuse-port")]
     pub reuse_port: bool,
 
+    /// A header that marks a request from a --forwarded-allow-ips peer as HTTPS:
+    /// NAME=VALUE, repeatable; replaces Gunicorn's default set (X-Forwarded-Protocol=ssl,
+    /// X-Forwarded-Proto=https, X-Forwarded-Ssl=on).
+    #[arg(long = "secure-scheme-header", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub secure_scheme_header: Vec<(String, String)>,
+
     /// Accept a PROXY protocol header (v1, v2, or auto: either or none) from
     /// --proxy-allow-from peers; the bare flag means auto.
     #[arg(long = "proxy-protocol", value_name = "MODE", num_args = 0..=1, default_value = "off", default_missing_value = "auto", value_parser = ["off", "v1", "v2", "auto"])]
@@ -501,6 +507,18 @@ impl Config {
         }
     }
 
+    /// `--secure-scheme-header`s, or Gunicorn's defaults.
+    pub fn secure_scheme_headers(&self) -> Vec<(String, String)> {
+        if self.secure_scheme_header.is_empty() {
+            crate::wsgi::environ::DEFAULT_SECURE_SCHEME_HEADERS
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        } else {
+            self.secure_scheme_header.clone()
+        }
+    }
+
     pub fn proxy_mode(&self) -> crate::http::proxy::ProxyMode {
         use crate::http::proxy::ProxyMode;
         match self.proxy_protocol.as_str() {
@@ -585,6 +603,7 @@ impl Config {
             "errorlog": self.error_logfile,
             "loglevel": self.loglevel,
             "forwarded_allow_ips": allow,
+            "secure_scheme_headers": self.secure_scheme_headers().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "worker_connections": self.worker_connections,
             "max_requests": self.max_requests,
             "max_requests_jitter": self.max_requests_jitter,

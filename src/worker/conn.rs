@@ -325,7 +325,12 @@ impl Conn {
     }
 
     fn run_app(&mut self, py: Python<'_>, ctx: &Shared, body: Body) -> Step {
-        let https = match is_https(&self.head_bytes, &self.head, self.peer.trusted) {
+        let https = match is_https(
+            &self.head_bytes,
+            &self.head,
+            self.peer.trusted,
+            &ctx.settings.secure_scheme_headers,
+        ) {
             Ok(h) => h,
             Err(e) => return self.fail(&e),
         };

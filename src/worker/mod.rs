@@ -50,6 +50,8 @@ pub struct Settings {
     pub reload: bool,
     /// `--error-logfile`, reopened on USR1.
     pub error_logfile: String,
+    /// Header/value pairs that mark a request from a trusted proxy as HTTPS.
+    pub secure_scheme_headers: Vec<(String, String)>,
 }
 
 /// What every connection of a worker shares, also across `--threads` pool threads.
@@ -271,6 +273,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         proxy_allow_from: cfg.proxy_allow_from.clone(),
         reload: cfg.reload,
         error_logfile: cfg.error_logfile.clone(),
+        secure_scheme_headers: cfg.secure_scheme_headers(),
     };
     let shared = Arc::new(Shared {
         app,

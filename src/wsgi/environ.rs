@@ -344,28 +344,35 @@ fn split_host(h: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// Gunicorn's default `secure_scheme_headers`.
+pub const DEFAULT_SECURE_SCHEME_HEADERS: [(&str, &str); 3] = [
+    ("X-FORWARDED-PROTOCOL", "ssl"),
+    ("X-FORWARDED-PROTO", "https"),
+    ("X-FORWARDED-SSL", "on"),
+];
+
 /// Gunicorn's `secure_scheme_headers`: from a trusted peer, these headers say whether
 /// the original request was HTTPS. Disagreeing headers are a 400, as in Gunicorn.
-pub fn is_https(head_bytes: &[u8], head: &RequestHead, trusted: bool) -> Result<bool, HttpError> {
+pub fn is_https(
+    head_bytes: &[u8],
+    head: &RequestHead,
+    trusted: bool,
+    secure: &[(String, String)],
+) -> Result<bool, HttpError> {
     if !trusted {
         return Ok(false);
     }
-    const SECURE: [(&[u8], &[u8]); 3] = [
-        (b"x-forwarded-protocol", b"ssl"),
-        (b"x-forwarded-proto", b"https"),
-        (b"x-forwarded-ssl", b"on"),
-    ];
     let mut verdict = None;
     for (name, value) in &head.headers {
         let name = &head_bytes[name.clone()];
         let value = &head_bytes[value.clone()];
-        for (secure_name, secure_value) in SECURE {
-            if name.eq_ignore_ascii_case(secure_name) {
-                let secure = value.eq_ignore_ascii_case(secure_value);
-                if verdict.is_some_and(|v| v != secure) {
+        for (secure_name, secure_value) in secure {
+            if name.eq_ignore_ascii_case(secure_name.as_bytes()) {
+                let is_secure = value.eq_ignore_ascii_case(secure_value.as_bytes());
+                if verdict.is_some_and(|v| v != is_secure) {
                     return Err(HttpError::Malformed("contradictory scheme headers"));
                 }
-                verdict = Some(secure);
+                verdict = Some(is_secure);
             }
         }
     }

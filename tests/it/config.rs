@@ -356,3 +356,24 @@ fn a_reload_rereads_the_configuration_file() {
     );
     assert_eq!(s.get("/").text(), "two");
 }
+
+#[test]
+fn secure_scheme_headers_from_the_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("scheme.conf.py");
+    std::fs::write(&conf, "secure_scheme_headers = {'X-Scheme': 'https'}\n").unwrap();
+    let s = ServerBuilder::new("pep3333:application")
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    let scheme = |extra: &str| {
+        s.request(
+            format!("GET /environ HTTP/1.1\r\nHost: a\r\n{extra}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .json()["wsgi.url_scheme"]
+            .clone()
+    };
+    assert_eq!(scheme("X-Scheme: https\r\n"), "https");
+    // Gunicorn's defaults are replaced, not added to.
+    assert_eq!(scheme("X-Forwarded-Proto: https\r\n"), "http");
+}

@@ -346,3 +346,27 @@ fn a_low_port_bound_as_root_is_served_by_dropped_workers() {
         "{status}"
     );
 }
+
+#[test]
+fn initgroups_sets_the_supplementary_groups_of_the_user() {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // As root (the only user that can import this machine's Python), with a group:
+    // initgroups gives the worker that group plus root's own memberships.
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .args(["-u", "root", "-g", "nogroup", "--initgroups"])
+        .start();
+    let worker = s.worker_pids()[0];
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw()
+        .to_string();
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
+    assert!(groups.split_whitespace().any(|g| g == nogroup), "{groups}");
+    assert_eq!(s.get("/").text(), "ok");
+}
