@@ -12,7 +12,7 @@
 //! Old and new master talk over a socketpair: the new one writes `R` when its workers
 //! are ready, or `E<text>` before it exits on a boot failure.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -136,13 +136,7 @@ impl Arbiter {
         let Some(child) = self.upgrade_child.as_mut() else {
             return;
         };
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = (&child.pipe).read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            child.inbox.extend_from_slice(&buf[..n]);
-        }
+        super::workers::drain(&child.pipe, &mut child.inbox);
         if child.inbox.first() == Some(&b'R') {
             self.on_new_master_ready();
         }
@@ -174,13 +168,7 @@ impl Arbiter {
         let Some(mut child) = self.upgrade_child.take() else {
             return;
         };
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = (&child.pipe).read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            child.inbox.extend_from_slice(&buf[..n]);
-        }
+        super::workers::drain(&child.pipe, &mut child.inbox);
         let _ = self
             .poll
             .registry()

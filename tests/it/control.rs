@@ -23,22 +23,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{apps_dir, children_of, read_response, repo_root, Server, ServerBuilder};
+use crate::support::{
+    apps_dir, children_of, read_response, repo_root, wait_until, Server, ServerBuilder,
+};
 
 // ---------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
-}
 
 /// The `rgunctl` binary, built once beside `rgun` (same target directory and profile).
 fn rgunctl_bin() -> &'static Path {

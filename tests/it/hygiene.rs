@@ -2,20 +2,9 @@
 //! GUNICORN_CMD_ARGS precedence, --check-config and --print-config.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{repo_root, ServerBuilder};
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
+use crate::support::{repo_root, wait_until, ServerBuilder};
 
 #[test]
 fn pidfile_is_written_refused_when_live_and_removed() {

@@ -4,18 +4,7 @@
 use std::io::{BufReader, Write};
 use std::time::{Duration, Instant};
 
-use crate::support::{read_response, ServerBuilder};
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
+use crate::support::{read_response, wait_until, ServerBuilder};
 
 #[test]
 fn term_finishes_requests_in_flight_then_exits_0() {

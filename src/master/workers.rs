@@ -1,0 +1,313 @@
+//! The worker table's verbs: spawn (fork), read what workers say, reap and judge their
+//! exits, back off on crash loops, kill the stale (time-outs) and recycle the bloated
+//! (`--max-worker-rss`).
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use serde_json::json;
+
+use super::{
+    commands, describe_exit, Arbiter, Phase, WorkerProc, ABORT_GRACE, MAX_BACKOFF, YOUNG_DEATH,
+};
+use crate::worker::{self, exit, WorkerInit};
+
+impl Arbiter {
+    /// `--timeout`: a worker whose request (or event loop) has been stuck longer gets
+    /// SIGABRT, which makes it write every thread's Python stack to the error log
+    /// (faulthandler) and die; SIGKILL follows if it lingers.
+    pub(super) fn kill_stale(&mut self) {
+        if self.cfg.timeout == 0 {
+            return;
+        }
+        let limit_ms = self.cfg.timeout.saturating_mul(1000);
+        let now = crate::scoreboard::monotonic_ms();
+        let mut timed_out = Vec::new();
+        for w in self.workers.values_mut() {
+            if let Some(at) = w.aborted {
+                if at.elapsed() >= ABORT_GRACE {
+                    let _ = kill(w.pid, Signal::SIGKILL);
+                }
+                continue;
+            }
+            if !w.ready {
+                continue;
+            }
+            let slot = self.scoreboard.slot(w.slot);
+            let started = slot
+                .request_started_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let heartbeat = slot.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let stuck_request = started != 0 && now.saturating_sub(started) > limit_ms;
+            let silent = now.saturating_sub(heartbeat) > limit_ms;
+            if stuck_request || silent {
+                tracing::error!("WORKER TIMEOUT (pid:{})", w.pid);
+                let _ = kill(w.pid, Signal::SIGABRT);
+                w.aborted = Some(Instant::now());
+                timed_out.push(w.pid);
+            }
+        }
+        self.totals.timeouts += timed_out.len() as u64;
+    }
+
+    /// `--max-worker-rss`: a worker over the limit is retired gracefully (it finishes
+    /// what it is doing) and `manage_workers` starts its replacement at once.
+    pub(super) fn recycle_bloated(&mut self) {
+        let limit = self.cfg.max_worker_rss.saturating_mul(1024 * 1024);
+        if limit == 0 || self.last_rss_check.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.last_rss_check = Instant::now();
+        let bloated: Vec<(usize, Pid, u64)> = self
+            .workers
+            .values()
+            .filter(|w| w.ready && !w.retiring && w.generation == self.generation)
+            .map(|w| (w.slot, w.pid, commands::rss_bytes(w.pid.as_raw())))
+            .filter(|(_, _, rss)| *rss > limit)
+            .collect();
+        for (slot, pid, rss) in bloated {
+            tracing::warn!(
+                "Worker (pid:{pid}) uses {} MiB, over --max-worker-rss {}; replacing it",
+                rss / (1024 * 1024),
+                self.cfg.max_worker_rss
+            );
+            self.retire(slot);
+        }
+    }
+
+    pub(super) fn retire(&mut self, slot: usize) {
+        if let Some(w) = self.workers.get_mut(&slot) {
+            w.retiring = true;
+            let _ = kill(w.pid, Signal::SIGTERM);
+        }
+    }
+
+    pub(super) fn spawn_worker(&mut self, generation: u32) -> anyhow::Result<()> {
+        let slot = self
+            .scoreboard
+            .claim(|i| self.workers.contains_key(&i))
+            .context("no free scoreboard slot")?;
+        let (master_end, worker_end) = UnixStream::pair()?;
+        master_end.set_nonblocking(true)?;
+        let mut master_fds: Vec<i32> = self.workers.values().map(|w| w.pipe.as_raw_fd()).collect();
+        master_fds.push(master_end.as_raw_fd());
+        master_fds.extend(self.signals.fds());
+        master_fds.push(self.poll.as_raw_fd());
+        if let Some(c) = &self.control {
+            master_fds.extend(c.fds());
+        }
+        self.call_hook(
+            "pre_fork",
+            json!({"worker": {"pid": null, "age": self.totals.spawned}}),
+        );
+        if let Some(h) = &self.hooks {
+            master_fds.extend(h.fds());
+        }
+        // SAFETY: the master is single-threaded, so the child inherits no lock held by
+        // another thread; the child only runs `worker::run`, which never returns.
+        let forked = if self.preloaded.is_some() {
+            // SAFETY: as above; the interpreter's own fork hooks run around it.
+            unsafe { crate::python::fork_interpreter() }
+        } else {
+            // SAFETY: as above.
+            unsafe { fork() }
+        };
+        match forked.context("fork failed")? {
+            ForkResult::Child => worker::run(WorkerInit {
+                cfg: &self.cfg,
+                listeners: &self.listeners,
+                slot: self.scoreboard.slot(slot),
+                to_master: worker_end,
+                master_fds,
+                master_signals: self.signals.ids(),
+                identity: &self.identity,
+                age: self.totals.spawned,
+                preloaded: self.preloaded.as_ref(),
+            }),
+            ForkResult::Parent { child } => {
+                drop(worker_end);
+                self.scoreboard.assign(slot, child.as_raw());
+                self.poll.registry().register(
+                    &mut SourceFd(&master_end.as_raw_fd()),
+                    Token(slot),
+                    Interest::READABLE,
+                )?;
+                self.workers.insert(
+                    slot,
+                    WorkerProc {
+                        pid: child,
+                        slot,
+                        generation,
+                        pipe: master_end,
+                        inbox: Vec::new(),
+                        ready: false,
+                        spawned: Instant::now(),
+                        retiring: false,
+                        age: self.totals.spawned,
+                        aborted: None,
+                    },
+                );
+                self.totals.spawned += 1;
+                tracing::debug!("spawned worker {child} (generation {generation}) in slot {slot}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads what a worker says: `R\n` when ready, `E<text>` before it exits on a boot
+    /// failure.
+    pub(super) fn read_worker(&mut self, slot: usize) {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        drain(&w.pipe, &mut w.inbox);
+        if !w.ready && w.inbox.starts_with(b"R\n") {
+            w.ready = true;
+            w.inbox.drain(..2);
+            self.failures = 0;
+            if self.phase == Phase::Starting && self.ready_workers() >= self.target {
+                tracing::info!("All {} workers ready", self.target);
+                self.set_phase(Phase::Running);
+                self.take_over_from_old_master();
+                self.notifier.ready(&self.status_line());
+            }
+        }
+    }
+
+    /// Collects exited workers and decides what their exit means.
+    pub(super) fn reap_workers(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(s) => s,
+            };
+            let (pid, code, signal) = match status {
+                WaitStatus::Exited(pid, code) => (pid, Some(code), None),
+                WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
+                _ => continue,
+            };
+            if self.hooks.as_ref().is_some_and(|h| h.pid == pid) {
+                tracing::error!(
+                    "the hook host exited ({code:?}, {signal:?}); master hooks will not run"
+                );
+                self.hooks = None;
+                continue;
+            }
+            if self.is_upgrade_child(pid) {
+                self.on_new_master_exited(code);
+                continue;
+            }
+            let Some(slot) = self
+                .workers
+                .iter()
+                .find(|(_, w)| w.pid == pid)
+                .map(|(s, _)| *s)
+            else {
+                continue;
+            };
+            let mut w = self.workers.remove(&slot).expect("present");
+            self.read_remaining(&mut w);
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
+            self.totals.requests_of_exited += self
+                .scoreboard
+                .slot(slot)
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.totals.exited += 1;
+            self.scoreboard.release(slot);
+            self.call_hook(
+                "child_exit",
+                json!({"worker": {"pid": pid.as_raw(), "age": w.age}}),
+            );
+            let boot_error = (w.inbox.first() == Some(&b'E'))
+                .then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
+            if let Some(text) = &boot_error {
+                tracing::error!("{text}");
+            }
+            let stopping = matches!(self.phase, Phase::Stopping { .. });
+            match (code, signal) {
+                (Some(0), _) if stopping || w.retiring => tracing::debug!("worker {pid} exited"),
+                (Some(0), _) => tracing::info!("Worker exiting (pid: {pid})"),
+                (Some(c), _) => tracing::error!("Worker (pid:{pid}) exited with code {c}"),
+                (_, Some(sig)) if (stopping || w.retiring) && sig == Signal::SIGKILL => {
+                    tracing::warn!("Worker (pid:{pid}) was killed")
+                }
+                (_, Some(sig)) => tracing::error!("Worker (pid:{pid}) was sent {sig}!"),
+                _ => {}
+            }
+            if stopping {
+                continue;
+            }
+            if self
+                .reload
+                .as_ref()
+                .is_some_and(|r| r.generation == w.generation)
+                && !w.ready
+                && !w.retiring
+            {
+                let why = boot_error.unwrap_or_else(|| describe_exit(code, signal));
+                self.fail_reload(&why);
+                continue;
+            }
+            let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
+            if failed_boot && self.phase == Phase::Starting {
+                let reason = if code == Some(exit::APP_LOAD_ERROR) {
+                    "App failed to load."
+                } else {
+                    "Worker failed to boot."
+                };
+                tracing::error!("Shutting down: {reason}");
+                self.exit_code = code.unwrap_or(1);
+                self.begin_stop(false);
+                continue;
+            }
+            // A clean exit (max-requests, a retired worker) is not a crash.
+            let crashed = code != Some(0) && !w.retiring;
+            if failed_boot || (crashed && w.spawned.elapsed() < YOUNG_DEATH) {
+                self.note_failure();
+                tracing::warn!(
+                    "Worker failed early; next spawn in {:.1}s",
+                    self.next_spawn
+                        .saturating_duration_since(Instant::now())
+                        .as_secs_f64()
+                );
+            }
+        }
+    }
+
+    pub(super) fn note_failure(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let backoff = Duration::from_millis(100 * 2u64.saturating_pow(self.failures.min(16)))
+            .min(MAX_BACKOFF);
+        self.next_spawn = Instant::now() + backoff;
+    }
+
+    pub(super) fn read_remaining(&self, w: &mut WorkerProc) {
+        drain(&w.pipe, &mut w.inbox);
+        if w.inbox.starts_with(b"R\n") {
+            w.inbox.drain(..2);
+        }
+    }
+}
+
+/// Reads what a non-blocking pipe holds into `inbox`, until it would block or ends.
+pub(super) fn drain(pipe: &UnixStream, inbox: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = (&*pipe).read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        inbox.extend_from_slice(&buf[..n]);
+    }
+}
