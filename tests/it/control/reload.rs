@@ -1,0 +1,289 @@
+//! Reloads: under load with changing code, broken deploys rolled back, SIGHUP, busy,
+//! `--preload` re-execution, and the scale target surviving a reload.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------
+// 4. Reloads under load while the code changes
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn five_reloads_under_load_switch_the_code_without_failures() {
+    let (code, server) = deploy_server(2, "v0");
+    assert_eq!(version_of(&server), "v0");
+    let load = Load::start(server.port);
+    for n in 1..=5 {
+        let version = format!("v{n}");
+        write_deploy(code.path(), &version, "");
+        let run = ctl(&server, &["reload"]);
+        run.assert_ok("reload");
+        assert!(
+            run.stdout
+                .contains(&format!("generation {} -> {}", n, n + 1)),
+            "{}",
+            run.stdout
+        );
+        wait_for_version(&server, &version, Duration::from_secs(10));
+        let st = status(&server.ctl_path);
+        assert_eq!(st["master"]["generation"], json!(n + 1));
+        assert_eq!(st["master"]["state"], json!("running"));
+    }
+    let stats = load.finish();
+    eprintln!(
+        "reloads under load: {} ok, {} reconnects",
+        stats.ok, stats.reconnects
+    );
+    assert_no_failures(&stats, &server);
+    // The old generations are all gone.
+    assert!(
+        wait_until(Duration::from_secs(30), || server.worker_pids().len() == 2),
+        "old workers remain: {:?}",
+        server.worker_pids()
+    );
+    let st = status(&server.ctl_path);
+    assert!(
+        st["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["generation"] == json!(6)),
+        "{st}"
+    );
+    assert_eq!(st["totals"]["reloads"], json!(5));
+    assert_no_zombie_children(&server);
+}
+
+// ---------------------------------------------------------------------------------
+// 5. A deploy that cannot be imported
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn failed_deploy_keeps_the_old_code_and_is_reported() {
+    let (code, server) = deploy_server(2, "good-1");
+    let old_pids = {
+        let mut p = server.worker_pids();
+        p.sort();
+        p
+    };
+    write_deploy(
+        code.path(),
+        "bad",
+        "raise RuntimeError(\"deploy exploded: marker-7731\")",
+    );
+    let run = ctl(&server, &["reload"]);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "reload of a broken deploy: stdout {} stderr {}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("RuntimeError") && run.stderr.contains("deploy exploded: marker-7731"),
+        "stderr lacks the Python error: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Traceback") || run.stderr.contains("deployed.py"),
+        "stderr lacks the traceback: {}",
+        run.stderr
+    );
+    // The old generation keeps serving, untouched.
+    assert_eq!(version_of(&server), "good-1");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let mut p = server.worker_pids();
+            p.sort();
+            p == old_pids
+        }),
+        "the serving workers changed: {:?} -> {:?}",
+        old_pids,
+        server.worker_pids()
+    );
+    let st = status(&server.ctl_path);
+    assert_eq!(st["master"]["generation"], json!(1), "{st}");
+    assert_eq!(st["master"]["state"], json!("running"), "{st}");
+    for _ in 0..10 {
+        assert_eq!(version_of(&server), "good-1");
+    }
+
+    write_deploy(code.path(), "good-2", "");
+    ctl(&server, &["reload"]).assert_ok("reload of the fixed deploy");
+    wait_for_version(&server, "good-2", Duration::from_secs(10));
+
+    let h = ctl(&server, &["--json", "history"]);
+    h.assert_ok("history --json");
+    let entries = h.json()["entries"].as_array().cloned().expect("entries");
+    let reloads: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == json!("reload"))
+        .collect();
+    assert_eq!(reloads.len(), 2, "{entries:?}");
+    assert_eq!(reloads[0]["outcome"], json!("failed"));
+    assert!(
+        reloads[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("marker-7731")),
+        "{:?}",
+        reloads[0]
+    );
+    assert!(reloads[0]["duration_ms"].as_u64().is_some());
+    assert_eq!(reloads[1]["outcome"], json!("ok"));
+    assert!(reloads[1]["error"].is_null());
+    let human = ctl(&server, &["history"]);
+    human.assert_ok("history");
+    assert!(
+        human.stdout.contains("failed") && human.stdout.contains("ok"),
+        "{}",
+        human.stdout
+    );
+    assert_no_zombie_children(&server);
+}
+
+#[test]
+fn ping_and_status_answer_during_a_slow_reload_and_a_second_reload_is_busy() {
+    let (code, server) = deploy_server(1, "slow-1");
+    write_deploy(code.path(), "slow-2", "time.sleep(2)");
+    let mut c = Raw::connect(&server.ctl_path);
+    // Both in one write: the second arrives while the first is surely running.
+    c.send(b"{\"id\":1,\"cmd\":\"reload\",\"wait\":false}\n{\"id\":2,\"cmd\":\"reload\"}\n");
+    let r = ok(&c.recv(), &json!(1));
+    assert_eq!(r["generation"], json!(2), "{r}");
+    assert_eq!(err_code(&c.recv(), &json!(2)), "busy");
+    let t = Instant::now();
+    ok(&c.call(json!({"id": 3, "cmd": "ping"})), &json!(3));
+    let st = ok(&c.call(json!({"id": 4, "cmd": "status"})), &json!(4));
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "ping/status waited for the reload"
+    );
+    assert_eq!(st["master"]["state"], json!("reloading"), "{st}");
+    assert!(
+        st["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["generation"] == json!(2) && w["state"] == json!("booting")),
+        "{st}"
+    );
+    assert_eq!(version_of(&server), "slow-1");
+    wait_for_version(&server, "slow-2", Duration::from_secs(30));
+    let st = ok(&c.call(json!({"id": 5, "cmd": "status"})), &json!(5));
+    assert_eq!(st["master"]["generation"], json!(2), "{st}");
+    assert_eq!(st["master"]["state"], json!("running"), "{st}");
+}
+
+// ---------------------------------------------------------------------------------
+// 6. SIGHUP
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn sighup_reloads_the_changed_code() {
+    let (code, server) = deploy_server(2, "hup-1");
+    assert_eq!(version_of(&server), "hup-1");
+    write_deploy(code.path(), "hup-2", "");
+    server.signal(libc::SIGHUP);
+    wait_for_version(&server, "hup-2", Duration::from_secs(30));
+    let h = ok(
+        &Raw::connect(&server.ctl_path).call(json!({"id": 1, "cmd": "history"})),
+        &json!(1),
+    );
+    let last = h["entries"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(last["action"], json!("reload"));
+    assert_eq!(last["trigger"], json!("signal HUP"));
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&server.ctl_path)
+            ["master"]["state"]
+            == json!("running")),
+        "reload never finished"
+    );
+    assert_eq!(status(&server.ctl_path)["master"]["generation"], json!(2));
+}
+
+// ---------------------------------------------------------------------------------
+// --preload: the app lives in the master, so a reload re-executes the master
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn preload_reload_brings_new_code_without_failures() {
+    let code = tempfile::tempdir().expect("tempdir");
+    let imports = code.path().join("imports.log");
+    let hook = format!(
+        "open({:?}, 'a').write('%d\\n' % os.getpid())",
+        imports.to_str().unwrap()
+    );
+    write_deploy(code.path(), "p0", &hook);
+    let server = ServerBuilder::new("deployed:application")
+        .workers(2)
+        .args(["--preload", "--chdir", code.path().to_str().unwrap()])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .start();
+    assert_eq!(version_of(&server), "p0");
+    // Imported once, in the master, not in each worker.
+    let imported = std::fs::read_to_string(&imports).unwrap();
+    assert_eq!(
+        imported.lines().collect::<Vec<_>>(),
+        vec![server.pid().to_string()],
+        "{imported}"
+    );
+    let load = Load::start(server.port);
+    let mut master = server.pid();
+    for n in 1..=2 {
+        let version = format!("p{n}");
+        write_deploy(code.path(), &version, &hook);
+        ctl(&server, &["reload"]).assert_ok("reload");
+        wait_for_version(&server, &version, Duration::from_secs(20));
+        let st = status(&server.ctl_path);
+        let new_master = st["master"]["pid"].as_i64().unwrap() as i32;
+        assert_ne!(new_master, master, "a new master serves the new code");
+        assert_eq!(st["master"]["generation"], json!(n + 1));
+        master = new_master;
+    }
+    // A broken deploy: the reload fails with the traceback and the current master stays.
+    write_deploy(
+        code.path(),
+        "broken",
+        "raise RuntimeError('preload exploded: marker-5150')",
+    );
+    let run = ctl(&server, &["reload"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("marker-5150"), "{}", run.stderr);
+    assert_eq!(version_of(&server), "p2");
+    assert_eq!(
+        status(&server.ctl_path)["master"]["pid"].as_i64().unwrap() as i32,
+        master
+    );
+    let stats = load.finish();
+    assert_no_failures(&stats, &server);
+    // Stop the master this test caused to exist (the first one already left).
+    ctl(&server, &["stop"]).assert_ok("stop");
+    assert!(
+        wait_until(Duration::from_secs(15), || unsafe { libc::kill(master, 0) }
+            != 0),
+        "the last master did not stop"
+    );
+}
+
+#[test]
+fn the_scale_target_survives_a_reload() {
+    let (code, server) = deploy_server(1, "t0");
+    ctl(&server, &["scale", "3", "--wait"]).assert_ok("scale");
+    write_deploy(code.path(), "t1", "");
+    ctl(&server, &["reload"]).assert_ok("reload");
+    wait_for_version(&server, "t1", Duration::from_secs(20));
+    assert!(
+        wait_until(Duration::from_secs(20), || server.worker_pids().len() == 3),
+        "{:?}",
+        server.worker_pids()
+    );
+    let st = status(&server.ctl_path);
+    assert_eq!(st["master"]["workers_target"], json!(3));
+    assert!(
+        st["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["generation"] == json!(2)),
+        "{st}"
+    );
+}
