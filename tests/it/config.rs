@@ -253,6 +253,7 @@ fn pre_exec_runs_before_a_usr2_upgrade() {
             .filter(|p| *p != old);
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _cleanup = new_pid.map(crate::support::KillOnDrop);
     s.signal(libc::SIGTERM);
     s.wait_exit(Duration::from_secs(15));
     if let Some(pid) = new_pid {

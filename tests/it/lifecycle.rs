@@ -327,6 +327,7 @@ fn usr2_starts_a_new_master_on_the_same_sockets_without_failed_requests() {
         });
         found.expect("a new master wrote the pidfile")
     };
+    let _cleanup = crate::support::KillOnDrop(new_pid);
     assert!(
         std::fs::read_to_string(format!("{}.oldbin", pidfile.display()))
             .unwrap()
@@ -474,6 +475,7 @@ fn usr2_under_systemd_hands_mainpid_to_the_new_master() {
         }
         messages.push(m);
     };
+    let _cleanup = crate::support::KillOnDrop(mainpid);
     assert_ne!(mainpid, s.pid());
     s.wait_for_log(
         &format!("New master {mainpid} is ready"),

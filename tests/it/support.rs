@@ -401,3 +401,20 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// Kills a process the test caused to exist but did not spawn itself (a new master
+/// after USR2 or a `--preload` reload) and its children, even when the test fails.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let children = children_of(self.0);
+        // SAFETY: signalling processes this test started (directly or through rgun).
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            for c in children {
+                libc::kill(c, libc::SIGKILL);
+            }
+        }
+    }
+}

@@ -228,6 +228,7 @@ fn preload_reload_brings_new_code_without_failures() {
     );
     let load = Load::start(server.port);
     let mut master = server.pid();
+    let mut cleanup = Vec::new();
     for n in 1..=2 {
         let version = format!("p{n}");
         write_deploy(code.path(), &version, &hook);
@@ -238,6 +239,7 @@ fn preload_reload_brings_new_code_without_failures() {
         assert_ne!(new_master, master, "a new master serves the new code");
         assert_eq!(st["master"]["generation"], json!(n + 1));
         master = new_master;
+        cleanup.push(crate::support::KillOnDrop(new_master));
     }
     // A broken deploy: the reload fails with the traceback and the current master stays.
     write_deploy(
