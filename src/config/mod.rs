@@ -529,15 +529,13 @@ impl Config {
         }
     }
 
+    /// The head limits; 0 means Gunicorn's maximum, as in Gunicorn.
     pub fn head_limits(&self) -> HeadLimits {
+        let or = |v: u32, max: usize| if v == 0 { max } else { v as usize };
         HeadLimits {
-            request_line_bytes: self.limit_request_line as usize,
-            fields: self.limit_request_fields as usize,
-            field_bytes: if self.limit_request_field_size == 0 {
-                8190
-            } else {
-                self.limit_request_field_size as usize
-            },
+            request_line_bytes: or(self.limit_request_line, 8190),
+            fields: or(self.limit_request_fields, 32768),
+            field_bytes: or(self.limit_request_field_size, 8190),
         }
     }
 

@@ -564,7 +564,7 @@ impl Arbiter {
 
     fn cleanup(&mut self) {
         // After USR2 the socket files belong to the new master.
-        if self.upgraded_to.is_none() {
+        if self.upgraded_to.is_none() && self.upgrade_child.is_none() {
             for l in &self.listeners {
                 if let Some(path) = &l.unix_path {
                     let _ = std::fs::remove_file(path);

@@ -113,6 +113,7 @@ impl Arbiter {
         }
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread; the child only runs `worker::run`, which never returns.
+        let master_pid = nix::unistd::getpid();
         let forked = if self.preloaded.is_some() {
             // SAFETY: as above; the interpreter's own fork hooks run around it.
             unsafe { crate::python::fork_interpreter() }
@@ -131,6 +132,7 @@ impl Arbiter {
                 identity: &self.identity,
                 age: self.totals.spawned,
                 preloaded: self.preloaded.as_ref(),
+                master_pid,
             }),
             ForkResult::Parent { child } => {
                 drop(worker_end);
@@ -199,6 +201,11 @@ impl Arbiter {
                     "the hook host exited ({code:?}, {signal:?}); master hooks will not run"
                 );
                 self.hooks = None;
+                continue;
+            }
+            if self.upgraded_to == Some(pid.as_raw() as u32) {
+                tracing::warn!("the new master {pid} has exited; this master may upgrade again");
+                self.upgraded_to = None;
                 continue;
             }
             if self.is_upgrade_child(pid) {

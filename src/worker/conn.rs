@@ -22,6 +22,8 @@ use crate::log::AccessRecord;
 use crate::wsgi::environ::{is_https, Local, Peer, RequestInfo};
 use crate::wsgi::input::Body;
 
+/// Blank-line bytes tolerated before a request.
+const MAX_BLANK_BYTES: usize = 1024;
 /// How much we try to read per recv(2).
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// After an error response, how long we read and discard before closing, so the client
@@ -83,6 +85,8 @@ pub struct Conn {
     /// Registered for writability too (only while a write is blocked: otherwise every
     /// ACK would wake the loop for nothing).
     pub writable_registered: bool,
+    /// Blank-line bytes skipped before the current request.
+    blank_bytes: usize,
     /// REMOTE_ADDR/REMOTE_PORT as Python strings, made at the first request.
     remote_py: Option<(Py<pyo3::types::PyString>, Py<pyo3::types::PyString>)>,
     /// A PROXY protocol header may still come first (`--proxy-protocol`).
@@ -116,6 +120,7 @@ impl Conn {
             hook_request: None,
             proxy_pending,
             remote_py: None,
+            blank_bytes: 0,
             writable_registered: false,
         }
     }
@@ -209,9 +214,26 @@ impl Conn {
                 return step;
             }
         } else if self.read_start < self.read_buf.len() {
+            // Blank lines before a request are allowed (RFC 9112 2.2) but consumed
+            // here, and only so many, or a client could grow the buffer forever.
+            let blank = self.read_buf[self.read_start..]
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            if blank > 0 {
+                self.read_start += blank;
+                self.blank_bytes += blank;
+                if self.blank_bytes > MAX_BLANK_BYTES {
+                    return self.fail(&HttpError::Malformed(
+                        "too many blank lines before a request",
+                    ));
+                }
+                return Step::Continue;
+            }
             let buf = &self.read_buf[self.read_start..];
             match parse_head(buf, &ctx.settings.limits, &mut self.head) {
                 Ok(Some(n)) => {
+                    self.blank_bytes = 0;
                     self.head_bytes.clear();
                     self.head_bytes.extend_from_slice(&buf[..n]);
                     self.read_start += n;
@@ -274,7 +296,10 @@ impl Conn {
         match BodyReader::new(self.head.framing) {
             None => self.request_ready(exec, ctx, Body::Empty),
             Some(reader) => {
-                if self.head.expects_continue && self.read_start == self.read_buf.len() {
+                if self.head.expects_continue
+                    && self.head.minor_version >= 1
+                    && self.read_start == self.read_buf.len()
+                {
                     // Best effort: a full socket buffer here means the client is not
                     // waiting for it anyway.
                     let _ = write_fd(self.fd(), b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -338,7 +363,10 @@ impl Conn {
         let facts = RequestFacts {
             minor_version: self.head.minor_version,
             is_head: self.head.is_head_method(&self.head_bytes),
-            close: self.head.wants_close || ctx.stopping() || ctx.last_request(),
+            close: self.head.wants_close
+                || ctx.stopping()
+                || ctx.last_request()
+                || ctx.settings.keepalive.is_zero(),
             known_length: None,
         };
         let remote = self.remote_py.get_or_insert_with(|| {
@@ -370,6 +398,7 @@ impl Conn {
             Ok(r) => r,
             Err(e) => {
                 self.log_app_error(&crate::python::format_exception(py, &e));
+                self.end_request(ctx, 500, 0);
                 return self.fail_status(500, "Internal Server Error");
             }
         };
@@ -387,6 +416,7 @@ impl Conn {
             Err((e, result)) => {
                 close_result(py, result);
                 self.log_app_error(&e.to_string());
+                self.end_request(ctx, 500, 0);
                 self.fail_status(500, "Internal Server Error")
             }
         }
@@ -404,6 +434,9 @@ impl Conn {
         };
         match r.pump(py, fd) {
             Ok(Pump::Blocked) => {
+                // Waiting for the client, not stuck in the application: the master's
+                // --timeout must not count this (the connection deadline does).
+                ctx.slot.request_begin();
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
                 Step::WaitWrite
             }

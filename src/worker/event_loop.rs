@@ -43,6 +43,8 @@ pub struct EventLoop<'a> {
     open: usize,
     accepting: bool,
     stop_by: Option<Instant>,
+    /// The master's pid, to notice being orphaned.
+    parent: i32,
     watch: Option<super::watch::SourceWatch>,
     graceful_timeout: Duration,
 }
@@ -87,6 +89,8 @@ impl<'a> EventLoop<'a> {
             open: 0,
             accepting: true,
             stop_by: None,
+            // SAFETY: getppid has no preconditions.
+            parent: unsafe { libc::getppid() },
             watch: shared_reload.then(super::watch::SourceWatch::default),
             graceful_timeout,
         })
@@ -129,6 +133,7 @@ impl<'a> EventLoop<'a> {
             let now = Instant::now();
             if now >= next_sweep {
                 self.close_expired(now);
+                self.check_parent();
                 self.check_sources();
                 next_sweep = now + Duration::from_secs(1);
             }
@@ -302,6 +307,16 @@ impl<'a> EventLoop<'a> {
             } else {
                 self.close(key);
             }
+        }
+    }
+
+    /// A worker whose master died (re-parented) stops, as Gunicorn's do; the death
+    /// signal set at boot usually gets there first.
+    fn check_parent(&mut self) {
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != self.parent && self.accepting {
+            tracing::info!("Parent changed, shutting down: {}", std::process::id());
+            self.begin_stop();
         }
     }
 

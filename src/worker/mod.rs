@@ -85,6 +85,9 @@ impl Shared {
             });
         } else {
             self.slot.requests.fetch_add(1, Ordering::Relaxed);
+            // Other requests are still in flight (--threads): a request finishing is
+            // progress, so the master's --timeout clock starts again.
+            self.slot.request_begin();
         }
     }
 
@@ -148,6 +151,8 @@ pub struct WorkerInit<'a> {
     pub identity: &'a crate::process::Identity,
     /// How many workers the master had spawned before this one (Gunicorn's `age`).
     pub age: u64,
+    /// The master's pid (this process's parent).
+    pub master_pid: nix::unistd::Pid,
     /// The application the master imported (`--preload`).
     pub preloaded: Option<&'a App>,
 }
@@ -192,6 +197,13 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     for fd in &init.master_fds {
         // SAFETY: these descriptors are the master's and unused in the worker.
         unsafe { libc::close(*fd) };
+    }
+    // Die with the master (SIGTERM: finish what is in flight); if it is already gone,
+    // stop now rather than serve as an orphan.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    if nix::unistd::getppid() != init.master_pid {
+        return Err(exit::BOOT_ERROR);
     }
     let cfg = init.cfg;
     crate::process::set_title(&format!("rgun: worker [{}]", cfg.app));

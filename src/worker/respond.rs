@@ -157,11 +157,6 @@ impl Responding {
                 + written.len() as u64
                 + first.iter().map(|b| b.as_bytes().len() as u64).sum::<u64>()
         });
-        let known_length = if self.file.is_some() {
-            known_length.map(|l| l - written.len() as u64)
-        } else {
-            known_length
-        };
         self.write_head(
             py,
             RequestFacts {

@@ -488,3 +488,81 @@ fn usr2_under_systemd_hands_mainpid_to_the_new_master() {
     unsafe { libc::kill(mainpid, libc::SIGTERM) };
     assert!(wait_until(Duration::from_secs(10), || !pidfile.exists()));
 }
+
+#[test]
+fn regression_an_app_error_does_not_leave_the_worker_looking_stuck() {
+    let s = ServerBuilder::new("pep3333:application")
+        .args(["-t", "2"])
+        .start();
+    let before = s.worker_pids();
+    assert_eq!(s.get("/error").status, 500);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(!s.log().contains("WORKER TIMEOUT"), "{}", s.log());
+    assert_eq!(s.worker_pids(), before);
+}
+
+#[test]
+fn regression_steady_threaded_traffic_is_not_a_timeout() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .args(["--threads", "4", "-t", "2"])
+        .start();
+    let port = s.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut failures = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = std::net::TcpStream::connect(("127.0.0.1", port))
+                        .ok()
+                        .and_then(|mut c| {
+                            c.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+                            c.write_all(b"GET /sleep?0.3 HTTP/1.0\r\n\r\n").ok()?;
+                            read_response(&mut BufReader::new(c), false)
+                        });
+                    if ok.map(|r| r.status) != Some(200) {
+                        failures += 1;
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    let failures: i32 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(failures, 0, "{}", s.log());
+    assert!(!s.log().contains("WORKER TIMEOUT"), "{}", s.log());
+}
+
+#[test]
+fn regression_a_flood_of_blank_lines_is_refused() {
+    let s = ServerBuilder::new("lifecycle_app:application").start();
+    let mut c = s.connect();
+    let blank = vec![b'\n'; 8192];
+    let _ = c.write_all(&blank);
+    let r = read_response(&mut BufReader::new(c), false).expect("an error response");
+    assert_eq!(r.status, 400);
+    // A couple of blank lines before a request are fine (RFC 9112 2.2).
+    assert_eq!(s.request(b"\r\n\r\nGET / HTTP/1.0\r\n\r\n").text(), "ok");
+}
+
+#[test]
+fn regression_workers_do_not_outlive_a_killed_master() {
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .start();
+    let workers = s.worker_pids();
+    s.signal(libc::SIGKILL);
+    s.wait_exit(Duration::from_secs(5));
+    let gone = |p: &i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |st| st.contains(") Z"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || workers.iter().all(gone)),
+        "orphaned workers: {workers:?}"
+    );
+}

@@ -354,3 +354,29 @@ fn proxy_protocol_sets_the_client_address_from_allowed_peers() {
     let r = s.request(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 443\r\nGET /environ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn regression_write_then_file_wrapper_sends_the_whole_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.txt");
+    std::fs::write(&path, b"0123456789").unwrap();
+    std::fs::write(
+        dir.path().join("wf_app.py"),
+        "import os\ndef application(environ, start_response):\n    w = start_response('200 OK', [])\n    w(b'hdr:')\n    return environ['wsgi.file_wrapper'](open(os.environ['F'], 'rb'))\n",
+    )
+    .unwrap();
+    let s = ServerBuilder::new("wf_app:application")
+        .args(["--chdir", dir.path().to_str().unwrap()])
+        .env("F", path.to_str().unwrap())
+        .start();
+    assert_eq!(s.get("/").text(), "hdr:0123456789");
+}
+
+#[test]
+fn regression_keep_alive_0_says_connection_close() {
+    let s = ServerBuilder::new("pep3333:application")
+        .args(["--keep-alive", "0"])
+        .start();
+    let r = s.request(b"GET /write HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.header("connection"), Some("close"));
+}
