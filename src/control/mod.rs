@@ -21,6 +21,8 @@ use serde_json::Value;
 /// Tokens at and above this belong to the control server.
 pub const TOKEN_BASE: usize = 1 << 40;
 const LISTENER_TOKEN: Token = Token(TOKEN_BASE);
+/// Unsent answers a client may leave queued before it is dropped.
+const MAX_PENDING_REPLY_BYTES: usize = 4 * 1024 * 1024;
 /// Most simultaneous control connections; more are refused at accept.
 const MAX_CONNECTIONS: usize = 512;
 
@@ -223,27 +225,8 @@ impl Conn {
         true
     }
 
-    /// Reads what arrived and turns complete lines into requests (errors are answered
-    /// here). False when the client is gone.
-    fn read_requests(&mut self, id: ConnId, out: &mut Vec<Request>) -> bool {
-        let mut buf = [0u8; 8192];
-        let mut eof = false;
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-            if self.inbuf.len() > 4 * MAX_LINE_BYTES {
-                break; // process what we have before reading more
-            }
-        }
-        let queued = out.len();
+    /// Turns the complete lines in `inbuf` into requests (errors are answered here).
+    fn take_lines(&mut self, id: ConnId, out: &mut Vec<Request>) {
         let mut start = 0;
         while let Some(nl) = memchr::memchr(b'\n', &self.inbuf[start..]) {
             let line = &self.inbuf[start..start + nl];
@@ -294,6 +277,35 @@ impl Conn {
             self.skipping = true;
         } else if self.skipping {
             self.inbuf.clear();
+        }
+    }
+
+    /// Reads what arrived and turns complete lines into requests (errors are answered
+    /// here). False when the client is gone.
+    fn read_requests(&mut self, id: ConnId, out: &mut Vec<Request>) -> bool {
+        let mut buf = [0u8; 8192];
+        let mut eof = false;
+        let queued = out.len();
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+            // Edge-triggered: read until the socket is empty, handling complete lines
+            // as they come so the buffer stays small.
+            if self.inbuf.len() > 4 * MAX_LINE_BYTES {
+                self.take_lines(id, out);
+            }
+        }
+        self.take_lines(id, out);
+        if self.outbuf.len() > MAX_PENDING_REPLY_BYTES {
+            return false; // a client that sends but never reads its answers
         }
         // A client that half-closed still gets its answers (even deferred ones); one
         // that closed with nothing left to answer is dropped.

@@ -83,10 +83,10 @@ impl HookHost {
         let ok = self.writer.write_all(line.as_bytes()).is_ok()
             && self.reader.read_line(&mut reply).is_ok_and(|n| n > 0);
         if !ok {
-            tracing::error!(
-                "the {hook} hook did not complete (hook host {} not answering)",
-                self.pid
-            );
+            // A late reply would answer the next call: stop the host instead (the
+            // master logs its exit and runs no more master hooks).
+            tracing::error!("the {hook} hook did not complete within {HOOK_TIMEOUT:?}; stopping the hook host {}", self.pid);
+            let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -862,3 +862,31 @@ fn rgunctl_generates_a_man_page_and_completions() {
         );
     }
 }
+
+#[test]
+fn regression_many_pipelined_requests_are_all_answered() {
+    let server = ServerBuilder::new("lifecycle_app:application").start();
+    let stream = UnixStream::connect(&server.ctl_path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let n = 20_000;
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let lines: String = (0..n)
+            .map(|i| format!("{{\"id\":{i},\"cmd\":\"ping\"}}\n"))
+            .collect();
+        assert!(lines.len() > 4 * 64 * 1024);
+        writer.write_all(lines.as_bytes()).unwrap();
+    });
+    let mut reader = BufReader::new(stream);
+    for i in 0..n {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("answer {i}: {e}"));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], json!(i));
+    }
+    sender.join().unwrap();
+}
