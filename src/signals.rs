@@ -51,6 +51,15 @@ impl SignalPipe {
         self.read.as_raw_fd()
     }
 
+    /// Registers the pipe's read end with a poll loop.
+    pub fn register(&self, registry: &mio::Registry, token: mio::Token) -> std::io::Result<()> {
+        registry.register(
+            &mut mio::unix::SourceFd(&self.fd()),
+            token,
+            mio::Interest::READABLE,
+        )
+    }
+
     /// Both pipe ends, for a forked child to close.
     pub fn fds(&self) -> [RawFd; 2] {
         [self.read.as_raw_fd(), self._write.as_raw_fd()]

@@ -22,8 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -249,11 +248,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     ])?;
     let notifier = Notifier::from_env();
     let poll = Poll::new()?;
-    poll.registry().register(
-        &mut SourceFd(&signals.fd()),
-        SIGNAL_TOKEN,
-        Interest::READABLE,
-    )?;
+    signals.register(poll.registry(), SIGNAL_TOKEN)?;
     let control = match cfg.control_socket_path().filter(|_| !deferred_takeover) {
         Some(path) => Some(ControlServer::bind(
             &path,

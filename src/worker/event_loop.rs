@@ -58,11 +58,7 @@ impl<'a> EventLoop<'a> {
         graceful_timeout: Duration,
     ) -> std::io::Result<EventLoop<'a>> {
         let poll = Poll::new()?;
-        poll.registry().register(
-            &mut SourceFd(&signals.fd()),
-            SIGNAL_TOKEN,
-            Interest::READABLE,
-        )?;
+        signals.register(poll.registry(), SIGNAL_TOKEN)?;
         for (i, l) in listeners.iter().enumerate() {
             register_exclusive(&poll, l.socket.as_raw_fd(), LISTENER_BASE + i)?;
         }

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{repo_root, ServerBuilder};
+use crate::support::{has_setting, repo_root, ServerBuilder};
 
 fn wait_for_file(path: &std::path::Path, needle: &str) -> String {
     let start = Instant::now();
@@ -39,14 +39,9 @@ fn config_file_settings_sit_below_env_and_command_line() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(has_setting(&text, "keepalive", "9"), "{text}");
     assert!(
-        text.lines()
-            .any(|l| l.starts_with("keepalive") && l.ends_with("= 9")),
-        "{text}"
-    );
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("timeout ") && l.ends_with("= 50")),
+        has_setting(&text, "timeout", "50"),
         "env beats file: {text}"
     );
 }
@@ -292,16 +287,8 @@ fn config_from_a_python_module() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("keepalive") && l.ends_with("= 11")),
-        "{text}"
-    );
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("workers ") && l.ends_with("= 2")),
-        "{text}"
-    );
+    assert!(has_setting(&text, "keepalive", "11"), "{text}");
+    assert!(has_setting(&text, "workers", "2"), "{text}");
 }
 
 #[test]

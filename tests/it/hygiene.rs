@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{repo_root, wait_until, ServerBuilder};
+use crate::support::{proc_ids, repo_root, wait_until, ServerBuilder};
 
 #[test]
 fn pidfile_is_written_refused_when_live_and_removed() {
@@ -99,42 +99,28 @@ fn workers_drop_privileges_when_root() {
         let s = ServerBuilder::new("lifecycle_app:application")
             .args(["-g", "nogroup"])
             .start();
-        let worker = s.worker_pids()[0];
-        let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
-        let gid_line = status.lines().find(|l| l.starts_with("Gid:")).unwrap();
         let nogroup = nix::unistd::Group::from_name("nogroup")
             .unwrap()
             .unwrap()
             .gid
-            .as_raw();
-        assert!(
-            gid_line
-                .split_whitespace()
-                .skip(1)
-                .all(|g| g == nogroup.to_string()),
-            "{gid_line}"
-        );
+            .as_raw()
+            .to_string();
+        let gids = proc_ids(s.worker_pids()[0], "Gid:");
+        assert!(gids.iter().all(|g| *g == nogroup), "{gids:?}");
         assert_eq!(s.get("/").text(), "ok");
         return;
     }
     let s = ServerBuilder::new("lifecycle_app:application")
         .args(["-u", "nobody", "-g", "nogroup"])
         .start();
-    let worker = s.worker_pids()[0];
-    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
-    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     let nobody = nix::unistd::User::from_name("nobody")
         .unwrap()
         .unwrap()
         .uid
-        .as_raw();
-    assert!(
-        uid_line
-            .split_whitespace()
-            .skip(1)
-            .all(|u| u == nobody.to_string()),
-        "{uid_line}"
-    );
+        .as_raw()
+        .to_string();
+    let uids = proc_ids(s.worker_pids()[0], "Uid:");
+    assert!(uids.iter().all(|u| *u == nobody), "{uids:?}");
     assert_eq!(s.get("/").text(), "ok");
     // The master keeps its identity (it may need to bind and signal).
     let master = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();

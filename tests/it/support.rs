@@ -135,18 +135,7 @@ impl ServerBuilder {
             if !self.systemd {
                 cmd.arg("-b").arg("fd://3");
             }
-            let fd = listener.as_raw_fd();
-            // SAFETY: dup2 is async-signal-safe; the new fd 3 has no CLOEXEC flag, so
-            // the server inherits the listening socket.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // dup2 onto itself would keep CLOEXEC, so clear it explicitly.
-                    if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            pass_as_fd3(&mut cmd, &listener);
         }
         let child = cmd.spawn().expect("spawn rgun");
         drop(listener);
@@ -417,4 +406,36 @@ impl Drop for KillOnDrop {
             }
         }
     }
+}
+
+/// Makes `listener` the child's fd 3 (for `-b fd://3`).
+pub fn pass_as_fd3(cmd: &mut Command, listener: &TcpListener) {
+    let fd = listener.as_raw_fd();
+    // SAFETY: dup2 and fcntl are async-signal-safe. dup2 onto itself would keep
+    // CLOEXEC, so it is cleared explicitly; the child then inherits the socket.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The ids on a `/proc/<pid>/status` line such as `Uid:` or `Gid:`.
+pub fn proc_ids(pid: i32, field: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .map(|l| l.split_whitespace().skip(1).map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// The `--print-config` line for `name` ends with `= value`.
+pub fn has_setting(printed: &str, name: &str, value: &str) -> bool {
+    printed
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name) && l.ends_with(&format!("= {value}")))
 }

@@ -488,17 +488,7 @@ impl Daemon {
         } else {
             cmd.env_remove("VIRTUAL_ENV");
         }
-        use std::os::fd::AsRawFd;
-        let fd = listener.as_raw_fd();
-        // SAFETY: dup2/fcntl are async-signal-safe; fd 3 becomes the inherited listener.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::support::pass_as_fd3(&mut cmd, &listener);
         let child = cmd.spawn().expect("spawn rgun");
         Daemon { child }
     }
