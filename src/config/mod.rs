@@ -4,15 +4,17 @@
 
 pub mod bind;
 pub mod file;
+mod layers;
 pub mod reference;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
 pub use self::bind::BindAddress;
+pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
 use crate::http::head::HeadLimits;
 
 /// Gunicorn's default access-log format.
@@ -246,61 +248,6 @@ pub struct Config {
     pub generate: Option<String>,
 }
 
-/// Environment variables whose contents are parsed as extra command-line arguments,
-/// after the configuration file and before the real command line.
-pub const ARGS_ENV_VARS: [&str; 2] = ["GUNICORN_CMD_ARGS", "RGUN_CMD_ARGS"];
-
-/// Splits a string the way a POSIX shell splits words (quotes and backslashes).
-pub fn split_args(s: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(ch) => word.push(ch),
-                        None => return Err("unterminated single quote".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => word.push(chars.next().ok_or("unterminated double quote")?),
-                        Some(ch) => word.push(ch),
-                        None => return Err("unterminated double quote".into()),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                word.push(chars.next().ok_or("trailing backslash")?);
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    Ok(words)
-}
-
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()
@@ -308,37 +255,11 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0600"))
 }
 
-/// Why the layered command line could not be parsed.
-#[derive(Debug)]
-pub enum LayerError {
-    Env(String),
-    File(String),
-    Clap(clap::Error),
-}
-
 /// `--forwarded-allow-ips`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowIps {
     Any,
     List(Vec<IpAddr>),
-}
-
-impl std::fmt::Display for LayerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LayerError::Env(m) | LayerError::File(m) => f.write_str(m),
-            LayerError::Clap(e) => {
-                let rendered = e.render().to_string();
-                f.write_str(
-                    rendered
-                        .lines()
-                        .next()
-                        .unwrap_or("invalid command line")
-                        .trim_start_matches("error: "),
-                )
-            }
-        }
-    }
 }
 
 impl AllowIps {
@@ -375,113 +296,6 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 impl Config {
-    /// Parses the process's command line; prints one line and exits 2 on a bad one.
-    pub fn from_args() -> Config {
-        let cli: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        match Config::parse_layers(&cli) {
-            Ok(cfg) => cfg,
-            Err(LayerError::Env(msg)) => {
-                eprintln!("rgun: {msg}");
-                std::process::exit(2);
-            }
-            Err(LayerError::File(msg)) => {
-                eprintln!("rgun: {msg}");
-                std::process::exit(1);
-            }
-            Err(LayerError::Clap(e)) => match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                    e.exit()
-                }
-                _ => {
-                    // clap explains over several lines; the first paragraph names the
-                    // problem, and we print it as one line.
-                    let rendered = e.render().to_string();
-                    let summary: Vec<&str> = rendered
-                        .lines()
-                        .take_while(|l| !l.trim().is_empty())
-                        .map(str::trim)
-                        .collect();
-                    eprintln!("rgun: {}", summary.join(" ").trim_start_matches("error: "));
-                    std::process::exit(2);
-                }
-            },
-        }
-    }
-
-    /// Parses `GUNICORN_CMD_ARGS`/`RGUN_CMD_ARGS` then the command line, with
-    /// Gunicorn's precedence: the command line wins, also for repeatable options (a
-    /// `-b` on the command line replaces the environment's binds).
-    pub fn parse_layers(cli: &[std::ffi::OsString]) -> Result<Config, LayerError> {
-        use clap::CommandFactory;
-        let (prog, rest) = match cli.split_first() {
-            Some((p, r)) => (p.clone(), r),
-            None => (std::ffi::OsString::from("rgun"), &[][..]),
-        };
-        // The environment's arguments, then the command line's.
-        let mut upper = vec![prog.clone()];
-        for var in ARGS_ENV_VARS {
-            if let Ok(text) = std::env::var(var) {
-                let words =
-                    split_args(&text).map_err(|e| LayerError::Env(format!("{var}: {e}")))?;
-                upper.extend(words.into_iter().map(Into::into));
-            }
-        }
-        upper.extend(rest.iter().cloned());
-        // Which configuration file? (-c from either, else ./gunicorn.conf.py if present.)
-        let lenient = |args: &[std::ffi::OsString]| {
-            Config::command()
-                .ignore_errors(true)
-                .try_get_matches_from(args)
-                .ok()
-        };
-        let location = lenient(&upper)
-            .and_then(|m| m.get_one::<String>("config").cloned())
-            .or_else(|| {
-                Path::new("gunicorn.conf.py")
-                    .exists()
-                    .then(|| "gunicorn.conf.py".to_owned())
-            });
-        let file = match &location {
-            Some(loc) => file::load(loc).map_err(|e| LayerError::File(format!("{loc}: {e}")))?,
-            None => file::FileSettings::default(),
-        };
-        if let (Some(loc), false) = (&location, file.unknown.is_empty()) {
-            eprintln!(
-                "rgun: warning: {loc}: unknown setting(s) ignored: {}",
-                file.unknown.join(", ")
-            );
-        }
-        let mut argv = vec![prog.clone()];
-        argv.extend(file.args.iter().map(Into::into));
-        argv.extend(upper.iter().skip(1).cloned());
-        let mut cfg = Config::try_parse_from(&argv).map_err(LayerError::Clap)?;
-        cfg.hooks = file.hooks;
-        cfg.loglevel.make_ascii_lowercase();
-        cfg.config = location;
-        if cfg.app.is_empty() {
-            cfg.app = std::mem::take(&mut cfg.wsgi_app);
-        }
-        if cfg.app.is_empty() && !cfg.print_config && cfg.generate.is_none() {
-            return Err(LayerError::Clap(Config::command().error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "no application: give MODULE:CALLABLE, or wsgi_app in the configuration file",
-            )));
-        }
-        // Repeatable options are replaced, not extended, by a higher layer: the file's
-        // give way to the environment's, which give way to the command line's.
-        let mut cli_argv = vec![prog];
-        cli_argv.extend(rest.iter().cloned());
-        for higher in [lenient(&upper), lenient(&cli_argv)].into_iter().flatten() {
-            if let Some(binds) = higher.get_many::<BindAddress>("bind") {
-                cfg.bind = binds.cloned().collect();
-            }
-            if let Some(env) = higher.get_many::<(String, String)>("env") {
-                cfg.env = env.cloned().collect();
-            }
-        }
-        Ok(cfg)
-    }
-
     /// Binds in effect (Gunicorn's default when none given).
     pub fn binds(&self) -> Vec<BindAddress> {
         if self.bind.is_empty() {
