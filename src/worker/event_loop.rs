@@ -7,6 +7,7 @@
 //! `pool` and come back when their response is sent, so a slow request never stalls
 //! the loop or the other threads.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,9 @@ pub struct EventLoop<'a> {
     /// Connection slots; `None` is free or, for keys in the pool, away.
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
+    /// Connections that yielded with input possibly waiting, served in turn after
+    /// each batch of events (see `Conn::after_response`).
+    runnable: VecDeque<usize>,
     /// Connections open, including those away in the pool.
     open: usize,
     accepting: bool,
@@ -82,6 +86,7 @@ impl<'a> EventLoop<'a> {
             pool,
             conns: Vec::new(),
             free: Vec::new(),
+            runnable: VecDeque::new(),
             open: 0,
             accepting: true,
             stop_by: None,
@@ -105,7 +110,11 @@ impl<'a> EventLoop<'a> {
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now() + Duration::from_secs(1);
         loop {
-            let timeout = next_sweep.saturating_duration_since(Instant::now());
+            let timeout = if self.runnable.is_empty() {
+                next_sweep.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
             let poll = &mut self.poll;
             let result = match exec {
                 Exec::Inline(py) => py.allow_threads(|| poll.poll(&mut events, Some(timeout))),
@@ -123,7 +132,19 @@ impl<'a> EventLoop<'a> {
                     SIGNAL_TOKEN => self.handle_signals(),
                     WAKER_TOKEN => self.collect_finished(exec),
                     Token(t) if t >= LISTENER_BASE => self.accept(exec, t - LISTENER_BASE),
-                    Token(t) => self.drive(exec, t),
+                    Token(t) => {
+                        if let Some(conn) = self.conns.get_mut(t).and_then(Option::as_mut) {
+                            conn.note_event();
+                        }
+                        self.drive(exec, t);
+                    }
+                }
+            }
+            // One more turn each for those that yielded; a key closed and reused since
+            // is merely driven once more, which is harmless.
+            for _ in 0..self.runnable.len() {
+                if let Some(key) = self.runnable.pop_front() {
+                    self.drive(exec, key);
                 }
             }
             let now = Instant::now();
@@ -263,7 +284,10 @@ impl<'a> EventLoop<'a> {
             return;
         };
         match conn.drive(exec, &self.shared) {
-            wait @ (Drive::WaitRead | Drive::WaitWrite) => {
+            wait @ (Drive::WaitRead | Drive::WaitWrite | Drive::Yield) => {
+                if wait == Drive::Yield {
+                    self.runnable.push_back(key);
+                }
                 let want_write = wait == Drive::WaitWrite;
                 if want_write != conn.writable_registered {
                     let interest = if want_write {
@@ -299,6 +323,9 @@ impl<'a> EventLoop<'a> {
         for (key, conn, keep) in finished {
             self.conns[key] = Some(conn);
             if keep {
+                if let Some(conn) = self.conns[key].as_mut() {
+                    conn.note_event();
+                }
                 self.drive(exec, key);
             } else {
                 self.close(key);

@@ -6,12 +6,15 @@ Endpoints:
   /stream?n=N     a streamed response of N 64 KiB chunks (no Content-Length) whose
                   iterable records its close() call and how many chunks were produced.
   /closed         JSON list of the records left by the /stream iterables so far.
+  /work?ms=N      sleeps N milliseconds, then a tiny 200 "done" (a request that costs
+                  the worker time, for the pipelining-fairness test).
 
 Runs with one worker, so module-level state is shared by all requests of a test.
 """
 
 import hashlib
 import json
+import time
 
 # One record per /stream response: {"tag": ..., "produced": n, "closed": bool}.
 STREAMS = []
@@ -71,6 +74,11 @@ def application(environ, start_response):
         q = _query(environ)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return Stream(q.get("tag", ""), int(q.get("n", "16")))
+    if path == "/work":
+        time.sleep(int(_query(environ).get("ms", "1")) / 1000)
+        body = b"done"
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
     if path == "/closed":
         body = json.dumps(STREAMS).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])

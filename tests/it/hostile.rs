@@ -9,6 +9,8 @@
 //! - 3,000 idle connections (more than `--worker-connections`' default of 1000);
 //! - a 200 MiB streamed upload, hashed by the app in `read(65536)` pieces, with the
 //!   master's and worker's RSS sampled every 50 ms (growth must stay < 64 MiB);
+//! - a client that pipelines 300 slow requests at once: the worker serves one request
+//!   per connection per turn, so an honest request is answered before the pipeline ends;
 //! - clients that vanish in the middle of a large streamed response: the iterable's
 //!   `close()` must be called and the worker must keep serving.
 //!
@@ -660,4 +662,65 @@ fn client_gone_mid_stream_closes_iterable_and_server_keeps_serving() {
     let rec = wait_closed(&server, "complete");
     assert_eq!(rec["produced"], 4);
     println!("after abandoned streams: honest GET in {took:?}");
+}
+
+/// A client that pipelines many requests (or, alike, one that sends its next request
+/// the moment it has the previous answer) gets one request per turn of the worker's
+/// loop, not the loop: an honest request sent after the whole pipeline is answered
+/// while most of the pipeline is still pending.
+#[test]
+fn pipelining_client_does_not_hold_the_worker() {
+    const PIPELINED: usize = 300;
+    let server = start();
+    let mut greedy = server.connect();
+    greedy
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let pipeline = "GET /work?ms=2 HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(PIPELINED);
+    greedy
+        .write_all(pipeline.as_bytes())
+        .expect("send the pipeline");
+    // The worker is now busy with the pipeline (300 × 2 ms).
+    thread::sleep(Duration::from_millis(50));
+    let took = honest_ping(&server);
+
+    // Whatever the greedy client has received so far is all answers that came first.
+    greedy.set_nonblocking(true).unwrap();
+    let mut early = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match greedy.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => early.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("reading the pipelined answers: {e}"),
+        }
+    }
+    let answered_first = count(&early, b"HTTP/1.1 200");
+    println!(
+        "pipelining: honest GET answered in {took:?} with {answered_first} of {PIPELINED} pipelined requests done"
+    );
+    assert!(
+        answered_first < PIPELINED / 2,
+        "the honest request waited for {answered_first} of {PIPELINED} pipelined requests"
+    );
+
+    // The rest of the pipeline is still served, in order, completely.
+    greedy.set_nonblocking(false).unwrap();
+    greedy
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(std::io::Cursor::new(early).chain(greedy));
+    for i in 0..PIPELINED {
+        let resp = read_response(&mut reader, false)
+            .unwrap_or_else(|| panic!("pipelined request {i} got no answer"));
+        assert_eq!((resp.status, resp.body.as_slice()), (200, &b"done"[..]));
+    }
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
