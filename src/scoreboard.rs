@@ -1,6 +1,7 @@
 //! The shared-memory scoreboard: one cache-line slot per worker, mapped by the master
 //! before any fork, written by the worker with relaxed atomics (no syscall per
-//! request), read by the master for timeouts and status.
+//! request), read by the master for timeouts and status, and by the workers to share
+//! new connections out evenly (`Peers`).
 
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
@@ -29,6 +30,8 @@ pub struct Slot {
     pub request_started_ms: AtomicU64,
     /// Monotonic milliseconds of the worker loop's last turn.
     pub heartbeat_ms: AtomicU64,
+    /// Client connections the worker holds open.
+    pub connections: AtomicU32,
 }
 
 impl Slot {
@@ -60,20 +63,46 @@ impl Slot {
         self.requests.store(0, Ordering::Relaxed);
         self.request_started_ms.store(0, Ordering::Relaxed);
         self.heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
+        self.connections.store(0, Ordering::Relaxed);
+    }
+
+    /// Accepting new connections (booted and not stopping).
+    fn accepting(&self) -> bool {
+        let state = self.state.load(Ordering::Relaxed);
+        self.pid.load(Ordering::Relaxed) > 0
+            && (state == WorkerState::Idle as u32 || state == WorkerState::Busy as u32)
     }
 }
 
-/// The mapping. Created once in the master; children inherit it across fork.
+/// Ahead of the slots: how many slots have ever been claimed, so that readers scan
+/// only those.
+#[repr(C, align(64))]
+struct Header {
+    claimed_bound: AtomicU32,
+}
+
+/// The mapping. Created once in the master; children inherit it across fork. A copy
+/// is another handle on the same mapping.
+#[derive(Clone, Copy)]
 pub struct Scoreboard {
+    header: NonNull<Header>,
     base: NonNull<Slot>,
 }
 
+// SAFETY: the mapping is never unmapped and is only accessed through atomics.
+unsafe impl Send for Scoreboard {}
+// SAFETY: as above.
+unsafe impl Sync for Scoreboard {}
+
 impl Scoreboard {
     pub fn new() -> nix::Result<Scoreboard> {
-        let len = NonZeroUsize::new(MAX_SLOTS * std::mem::size_of::<Slot>()).expect("non-zero");
-        // SAFETY: a fresh anonymous shared mapping; zeroed memory is a valid `Slot`
-        // (all fields are atomics of integers). It is never unmapped, so references
-        // handed out live as long as the process.
+        let len = NonZeroUsize::new(
+            std::mem::size_of::<Header>() + MAX_SLOTS * std::mem::size_of::<Slot>(),
+        )
+        .expect("non-zero");
+        // SAFETY: a fresh anonymous shared mapping; zeroed memory is a valid `Header`
+        // and `Slot` (all fields are atomics of integers). It is never unmapped, so
+        // references handed out live as long as the process.
         let ptr = unsafe {
             nix::sys::mman::mmap_anonymous(
                 None,
@@ -82,7 +111,10 @@ impl Scoreboard {
                 nix::sys::mman::MapFlags::MAP_SHARED,
             )?
         };
-        Ok(Scoreboard { base: ptr.cast() })
+        let header = ptr.cast::<Header>();
+        // SAFETY: the slots follow the header inside the mapping; both are 64-aligned.
+        let base = unsafe { NonNull::new_unchecked(header.as_ptr().add(1).cast::<Slot>()) };
+        Ok(Scoreboard { header, base })
     }
 
     pub fn slot(&self, i: usize) -> &'static Slot {
@@ -95,6 +127,9 @@ impl Scoreboard {
     pub fn claim(&self, used: impl Fn(usize) -> bool) -> Option<usize> {
         let i = (0..MAX_SLOTS).find(|&i| !used(i))?;
         self.slot(i).reset(-1);
+        self.header()
+            .claimed_bound
+            .fetch_max(i as u32 + 1, Ordering::Relaxed);
         Some(i)
     }
 
@@ -104,6 +139,38 @@ impl Scoreboard {
 
     pub fn release(&self, i: usize) {
         self.slot(i).reset(0);
+    }
+
+    fn header(&self) -> &'static Header {
+        // SAFETY: the header is at the start of the mapping, which is never unmapped.
+        unsafe { self.header.as_ref() }
+    }
+}
+
+/// A worker's view of the other workers of its master, to share new connections out:
+/// with EPOLLEXCLUSIVE the kernel wakes whichever worker is asleep, and one that
+/// accepted a whole burst would serve its clients more slowly than its peers serve
+/// theirs for as long as those connections live.
+#[derive(Clone, Copy)]
+pub struct Peers {
+    board: Scoreboard,
+    own: usize,
+}
+
+impl Peers {
+    pub fn new(board: Scoreboard, own: usize) -> Peers {
+        Peers { board, own }
+    }
+
+    /// The fewest connections held by another accepting worker; None when alone.
+    pub fn fewest_connections(&self) -> Option<u32> {
+        let bound = self.board.header().claimed_bound.load(Ordering::Relaxed) as usize;
+        (0..bound.min(MAX_SLOTS))
+            .filter(|&i| i != self.own)
+            .map(|i| self.board.slot(i))
+            .filter(|s| s.accepting())
+            .map(|s| s.connections.load(Ordering::Relaxed))
+            .min()
     }
 }
 

@@ -231,6 +231,10 @@ pub struct WorkerStatus {
     pub state: String,
     pub age_s: f64,
     pub requests: u64,
+    /// Client connections the worker holds open (added after v1's first release:
+    /// absent from older masters, read as 0).
+    #[serde(default)]
+    pub connections: u32,
     pub current_request_s: Option<f64>,
     pub last_heartbeat_s: f64,
     pub rss_bytes: u64,

@@ -194,6 +194,7 @@ impl Arbiter {
                     state: state.into(),
                     age_s: w.spawned.elapsed().as_secs_f64(),
                     requests: slot.requests.load(Ordering::Relaxed),
+                    connections: slot.connections.load(Ordering::Relaxed),
                     current_request_s: (started != 0)
                         .then(|| now_ms.saturating_sub(started) as f64 / 1000.0),
                     last_heartbeat_s: now_ms

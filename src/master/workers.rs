@@ -126,6 +126,7 @@ impl Arbiter {
                 cfg: &self.cfg,
                 listeners: &self.listeners,
                 slot: self.scoreboard.slot(slot),
+                peers: crate::scoreboard::Peers::new(self.scoreboard, slot),
                 to_master: worker_end,
                 master_fds,
                 master_signals: self.signals.ids(),

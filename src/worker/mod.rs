@@ -23,7 +23,7 @@ use crate::config::{AllowIps, Config};
 use crate::http::head::HeadLimits;
 use crate::log::{AccessLog, AccessRecord};
 use crate::master::listeners::Listener;
-use crate::scoreboard::{Slot, WorkerState};
+use crate::scoreboard::{Peers, Slot, WorkerState};
 use crate::signals::SignalPipe;
 use crate::wsgi::App;
 
@@ -60,6 +60,7 @@ pub struct Shared {
     pub hooks: Option<crate::hooks::Hooks>,
     pub settings: Settings,
     pub slot: &'static Slot,
+    pub peers: Peers,
     access_log: Mutex<Option<AccessLog>>,
     served: AtomicU64,
     in_flight: AtomicUsize,
@@ -143,6 +144,7 @@ pub struct WorkerInit<'a> {
     pub cfg: &'a Config,
     pub listeners: &'a [Listener],
     pub slot: &'static Slot,
+    pub peers: Peers,
     pub to_master: UnixStream,
     /// Descriptors that belong to the master (other workers' pipes, its signal pipe).
     pub master_fds: Vec<RawFd>,
@@ -292,6 +294,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         hooks,
         settings,
         slot: init.slot,
+        peers: init.peers,
         access_log: Mutex::new(access_log),
         served: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),

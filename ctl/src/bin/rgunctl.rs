@@ -277,17 +277,18 @@ fn print_status(s: &Status) {
     );
     println!("binds  {}", m.binds.join(" "));
     println!(
-        "{:<8} {:>4} {:<9} {:>8} {:>9} {:>8} {:>9} {:>10}",
-        "PID", "GEN", "STATE", "AGE", "REQUESTS", "CURRENT", "HEARTBEAT", "RSS"
+        "{:<8} {:>4} {:<9} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
+        "PID", "GEN", "STATE", "AGE", "REQUESTS", "CONNS", "CURRENT", "HEARTBEAT", "RSS"
     );
     for w in &s.workers {
         println!(
-            "{:<8} {:>4} {:<9} {:>8} {:>9} {:>8} {:>9} {:>10}",
+            "{:<8} {:>4} {:<9} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
             w.pid,
             w.generation,
             w.state,
             format_age(w.age_s),
             w.requests,
+            w.connections,
             w.current_request_s
                 .map_or("-".into(), |c| format!("{c:.1}s")),
             format!("{:.1}s", w.last_heartbeat_s),

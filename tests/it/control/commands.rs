@@ -55,6 +55,7 @@ fn every_command_over_one_raw_connection() {
         assert_eq!(w["state"], json!("idle"), "{w}");
         assert!(w["age_s"].as_f64().is_some_and(|a| a >= 0.0), "{w}");
         assert!(w["requests"].as_u64().is_some(), "{w}");
+        assert!(w["connections"].as_u64().is_some(), "{w}");
         assert!(w["current_request_s"].is_null(), "idle worker: {w}");
         assert!(
             w["last_heartbeat_s"]
@@ -889,4 +890,48 @@ fn regression_many_pipelined_requests_are_all_answered() {
         assert_eq!(v["id"], json!(i));
     }
     sender.join().unwrap();
+}
+
+/// Clients arriving one at a time while every worker sleeps are shared out, not all
+/// given to the worker the kernel happens to wake first; `status` shows each worker's
+/// open connections.
+#[test]
+fn new_connections_are_shared_out_between_workers() {
+    const CLIENTS: usize = 20;
+    let server = ServerBuilder::new("echo:application").workers(2).start();
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let s = server.connect();
+        (&s).write_all(b"GET /kept HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("send");
+        let resp = crate::support::read_response(&mut std::io::BufReader::new(&s), false)
+            .unwrap_or_else(|| panic!("client {i}: no response"));
+        assert_eq!(resp.status, 200);
+        clients.push(s);
+    }
+    let mut counts = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            counts = status(&server.ctl_path)["workers"]
+                .as_array()
+                .expect("workers")
+                .iter()
+                .map(|w| w["connections"].as_u64().expect("connections"))
+                .collect();
+            counts.iter().sum::<u64>() == CLIENTS as u64
+        }),
+        "connections per worker {counts:?}, want {CLIENTS} in all"
+    );
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    println!("per worker {counts:?}");
+    assert!(max - min <= 4, "connections per worker {counts:?}");
+    drop(clients);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            status(&server.ctl_path)["workers"]
+                .as_array()
+                .is_some_and(|ws| ws.iter().all(|w| w["connections"] == json!(0)))
+        }),
+        "closed connections still counted"
+    );
 }
