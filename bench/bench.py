@@ -329,8 +329,16 @@ def reload_time(logdir):
                 if time.time() > deadline or proc.poll() is not None:
                     raise RuntimeError("rgun did not start for the reload measurement")
                 time.sleep(0.1)
+        # A reload is refused (busy) until every worker of the first generation is up.
+        while control(ctl, {"id": 0, "cmd": "status"})["result"]["master"]["state"] != "running":
+            if time.time() > deadline:
+                raise RuntimeError("rgun did not reach the running state for the reload measurement")
+            time.sleep(0.1)
         for _ in range(5):
-            durations.append(control(ctl, {"id": 1, "cmd": "reload", "wait": True})["result"]["duration_ms"])
+            answer = control(ctl, {"id": 1, "cmd": "reload", "wait": True})
+            if not answer.get("ok"):
+                raise RuntimeError(f"reload failed: {answer}")
+            durations.append(answer["result"]["duration_ms"])
     finally:
         stop(proc)
     best = min(durations)

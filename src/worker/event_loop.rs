@@ -8,7 +8,6 @@
 //! the loop or the other threads.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use pyo3::prelude::*;
 
 use super::conn::{Conn, Drive, Exec};
+use super::listening::{Listening, LISTENER_BASE};
 use super::pool::Pool;
 use super::Shared;
 use crate::master::listeners::Listener;
@@ -26,13 +26,12 @@ use crate::wsgi::environ::{Local, Peer};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const WAKER_TOKEN: Token = Token(usize::MAX - 2);
-const LISTENER_BASE: usize = usize::MAX - 1024;
 /// Most connections accepted per listener wake-up.
 const ACCEPT_BATCH: usize = 64;
 
 pub struct EventLoop<'a> {
     poll: Poll,
-    listeners: &'a [Listener],
+    listening: Listening<'a>,
     locals: Vec<Arc<Local>>,
     signals: SignalPipe,
     shared: Arc<Shared>,
@@ -63,9 +62,7 @@ impl<'a> EventLoop<'a> {
     ) -> std::io::Result<EventLoop<'a>> {
         let poll = Poll::new()?;
         signals.register(poll.registry(), SIGNAL_TOKEN)?;
-        for (i, l) in listeners.iter().enumerate() {
-            register_exclusive(&poll, l.socket.as_raw_fd(), LISTENER_BASE + i)?;
-        }
+        let listening = Listening::new(&poll, listeners, shared.peers)?;
         let pool = if threads > 1 {
             let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
             Some(Pool::start(threads, Arc::clone(&shared), waker)?)
@@ -79,7 +76,7 @@ impl<'a> EventLoop<'a> {
             .collect();
         Ok(EventLoop {
             poll,
-            listeners,
+            listening,
             locals,
             signals,
             shared,
@@ -110,8 +107,12 @@ impl<'a> EventLoop<'a> {
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now() + Duration::from_secs(1);
         loop {
+            let wake_by = match self.listening.pause_ends() {
+                Some(t) => t.min(next_sweep),
+                None => next_sweep,
+            };
             let timeout = if self.runnable.is_empty() {
-                next_sweep.saturating_duration_since(Instant::now())
+                wake_by.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
@@ -151,6 +152,7 @@ impl<'a> EventLoop<'a> {
                 yield_cpu();
             }
             let now = Instant::now();
+            self.listening.resume_if_due(&self.poll, self.open, now);
             if now >= next_sweep {
                 self.close_expired(now);
                 self.check_parent();
@@ -199,37 +201,21 @@ impl<'a> EventLoop<'a> {
             .stopping
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shared.slot.set_state(WorkerState::Stopping);
-        for l in self.listeners {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&l.socket.as_raw_fd()));
-        }
+        self.listening.stop(&self.poll);
     }
 
     fn accept(&mut self, exec: Exec<'_>, index: usize) {
+        if !self.listening.accepting() {
+            return;
+        }
         self.accept_batch(exec, index);
-        // Over our share: go to the back of the listener's queue of sleepers, so the
-        // next client wakes a worker with fewer connections. (The kernel wakes the
-        // first exclusive waiter, so otherwise one idle worker takes every arrival.)
-        if self.accepting && self.over_share() {
-            let fd = self.listeners[index].socket.as_raw_fd();
-            if let Err(e) = requeue_exclusive(&self.poll, fd, LISTENER_BASE + index) {
-                tracing::error!("cannot re-register listener: {e}");
-            }
+        if self.accepting {
+            self.listening.after_accepting(&self.poll, self.open);
         }
     }
 
-    /// More connections than some other accepting worker.
-    fn over_share(&self) -> bool {
-        self.shared
-            .peers
-            .fewest_connections()
-            .is_some_and(|fewest| self.open as u32 > fewest)
-    }
-
     fn accept_batch(&mut self, exec: Exec<'_>, index: usize) {
-        let listener = &self.listeners[index];
+        let listener = &self.listening.listeners()[index];
         // Bounded, so one busy listener cannot starve the rest of the loop; the
         // listener is level-triggered and wakes us again for what is left. Beyond the
         // first connection, only while no other worker holds fewer: a burst of new
@@ -238,7 +224,7 @@ impl<'a> EventLoop<'a> {
             if !self.accepting {
                 return;
             }
-            if taken > 0 && self.over_share() {
+            if taken > 0 && self.listening.lead(self.open) > 0 {
                 return;
             }
             if self.open >= self.shared.settings.max_connections && !self.evict_idle() {
@@ -451,24 +437,6 @@ impl<'a> EventLoop<'a> {
     }
 }
 
-/// Removes and re-adds an exclusive listener registration: the same interest, now last
-/// in the listener's wait queue. (EPOLL_CTL_MOD is not allowed with EPOLLEXCLUSIVE.)
-fn requeue_exclusive(poll: &Poll, fd: RawFd, token: usize) -> std::io::Result<()> {
-    // SAFETY: both descriptors are open; DEL ignores its event argument.
-    let rc = unsafe {
-        libc::epoll_ctl(
-            poll.as_raw_fd(),
-            libc::EPOLL_CTL_DEL,
-            fd,
-            std::ptr::null_mut(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    register_exclusive(poll, fd, token)
-}
-
 /// After a batch of work, let whatever else is runnable on this core go first.
 ///
 /// Under load a worker never runs out of ready connections, so it never sleeps; the
@@ -481,19 +449,4 @@ fn requeue_exclusive(poll: &Poll, fd: RawFd, token: usize) -> std::io::Result<()
 fn yield_cpu() {
     // SAFETY: sched_yield has no preconditions and cannot fail on Linux.
     unsafe { libc::sched_yield() };
-}
-
-/// Registers a listener with EPOLLEXCLUSIVE so that one incoming connection wakes one
-/// worker, not all of them (mio has no flag for it; the token layout is mio's).
-fn register_exclusive(poll: &Poll, fd: RawFd, token: usize) -> std::io::Result<()> {
-    let mut event = libc::epoll_event {
-        events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
-        u64: token as u64,
-    };
-    // SAFETY: both descriptors are open; `event` is a valid epoll_event.
-    let rc = unsafe { libc::epoll_ctl(poll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

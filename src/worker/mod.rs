@@ -5,6 +5,7 @@
 mod body;
 mod conn;
 mod event_loop;
+mod listening;
 mod pool;
 mod respond;
 mod watch;

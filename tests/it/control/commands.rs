@@ -912,12 +912,7 @@ fn new_connections_are_shared_out_between_workers() {
     let mut counts = Vec::new();
     assert!(
         wait_until(Duration::from_secs(5), || {
-            counts = status(&server.ctl_path)["workers"]
-                .as_array()
-                .expect("workers")
-                .iter()
-                .map(|w| w["connections"].as_u64().expect("connections"))
-                .collect();
+            counts = connections_per_worker(&server.ctl_path);
             counts.iter().sum::<u64>() == CLIENTS as u64
         }),
         "connections per worker {counts:?}, want {CLIENTS} in all"
@@ -934,4 +929,27 @@ fn new_connections_are_shared_out_between_workers() {
         }),
         "closed connections still counted"
     );
+
+    // A burst: 40 clients connect at once.
+    let burst: Vec<TcpStream> = (0..2 * CLIENTS).map(|_| server.connect()).collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            counts = connections_per_worker(&server.ctl_path);
+            counts.iter().sum::<u64>() == burst.len() as u64
+        }),
+        "burst: connections per worker {counts:?}, want {} in all",
+        burst.len()
+    );
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    println!("burst: per worker {counts:?}");
+    assert!(max - min <= 4, "burst: connections per worker {counts:?}");
+}
+
+fn connections_per_worker(ctl: &Path) -> Vec<u64> {
+    status(ctl)["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| w["connections"].as_u64().expect("connections"))
+        .collect()
 }
