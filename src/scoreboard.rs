@@ -32,6 +32,8 @@ pub struct Slot {
     pub heartbeat_ms: AtomicU64,
     /// Client connections the worker holds open.
     pub connections: AtomicU32,
+    /// Connections the worker has accepted since it started.
+    pub accepted: AtomicU64,
 }
 
 impl Slot {
@@ -64,6 +66,7 @@ impl Slot {
         self.request_started_ms.store(0, Ordering::Relaxed);
         self.heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
         self.connections.store(0, Ordering::Relaxed);
+        self.accepted.store(0, Ordering::Relaxed);
     }
 
     /// Accepting new connections (booted and not stopping).
@@ -164,13 +167,24 @@ impl Peers {
 
     /// The fewest connections held by another accepting worker; None when alone.
     pub fn fewest_connections(&self) -> Option<u32> {
+        self.others()
+            .map(|s| s.connections.load(Ordering::Relaxed))
+            .min()
+    }
+
+    /// Connections the other accepting workers have accepted in all.
+    pub fn accepted(&self) -> u64 {
+        self.others()
+            .map(|s| s.accepted.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn others(&self) -> impl Iterator<Item = &'static Slot> + '_ {
         let bound = self.board.header().claimed_bound.load(Ordering::Relaxed) as usize;
         (0..bound.min(MAX_SLOTS))
             .filter(|&i| i != self.own)
             .map(|i| self.board.slot(i))
             .filter(|s| s.accepting())
-            .map(|s| s.connections.load(Ordering::Relaxed))
-            .min()
     }
 }
 

@@ -291,6 +291,10 @@ impl<'a> EventLoop<'a> {
             self.conns[key] = Some(conn);
             self.open += 1;
             self.publish_open();
+            self.shared
+                .slot
+                .accepted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.drive(exec, key);
         }
     }

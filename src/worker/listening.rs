@@ -14,7 +14,9 @@
 //! - two or more ahead, leaves the wait queue for [`PAUSE`], so arrivals wake the
 //!   others. It comes back when the pause ends or as soon as it is no longer ahead:
 //!   connections already in the backlog that no peer was woken for wait at most that
-//!   long, whatever the peers do.
+//!   long, whatever the peers do. If no peer accepted anything meanwhile (with
+//!   `--threads 1`, a peer inside a long request cannot), it does not pause again for
+//!   [`COOLDOWN`]: a stuck peer must not cap this worker at one accept per pause.
 //!
 //! Per-worker `SO_REUSEPORT` sockets would balance by hash instead, but every
 //! generation and a USR2 master inherit one set of listeners (DESIGN.md).
@@ -29,6 +31,8 @@ use crate::scoreboard::Peers;
 
 /// How long a worker well ahead of its peers stays off the listeners.
 pub const PAUSE: Duration = Duration::from_millis(2);
+/// After a pause in which no peer accepted, how long before pausing again.
+pub const COOLDOWN: Duration = Duration::from_millis(100);
 
 /// The first token of the listeners; listener `i` has `LISTENER_BASE + i`.
 pub const LISTENER_BASE: usize = usize::MAX - 1024;
@@ -36,8 +40,8 @@ pub const LISTENER_BASE: usize = usize::MAX - 1024;
 enum Place {
     /// In every listener's wait queue.
     Queued,
-    /// Off the wait queues until then.
-    Paused(Instant),
+    /// Off the wait queues until `until`; the peers had accepted `peers_accepted`.
+    Paused { until: Instant, peers_accepted: u64 },
     /// Off for good: the worker is draining.
     Stopped,
 }
@@ -46,6 +50,8 @@ pub struct Listening<'a> {
     listeners: &'a [Listener],
     peers: Peers,
     place: Place,
+    /// No pausing before then (a pause did not help).
+    cooldown_until: Option<Instant>,
 }
 
 impl<'a> Listening<'a> {
@@ -54,6 +60,7 @@ impl<'a> Listening<'a> {
             listeners,
             peers,
             place: Place::Queued,
+            cooldown_until: None,
         };
         listening.add_all(poll)?;
         Ok(listening)
@@ -82,10 +89,15 @@ impl<'a> Listening<'a> {
             return;
         }
         let lead = self.lead(open);
-        let result = if lead >= 2 {
-            self.place = Place::Paused(Instant::now() + PAUSE);
+        let now = Instant::now();
+        let cooling = self.cooldown_until.is_some_and(|t| now < t);
+        let result = if lead >= 2 && !cooling {
+            self.place = Place::Paused {
+                until: now + PAUSE,
+                peers_accepted: self.peers.accepted(),
+            };
             self.remove_all(poll)
-        } else if lead == 1 {
+        } else if lead >= 1 {
             self.remove_all(poll).and_then(|()| self.add_all(poll))
         } else {
             Ok(())
@@ -98,17 +110,24 @@ impl<'a> Listening<'a> {
     /// When a pause ends (for the loop's epoll time-out).
     pub fn pause_ends(&self) -> Option<Instant> {
         match self.place {
-            Place::Paused(until) => Some(until),
+            Place::Paused { until, .. } => Some(until),
             _ => None,
         }
     }
 
     /// Back in the queue once the pause is over or we are no longer ahead.
     pub fn resume_if_due(&mut self, poll: &Poll, open: usize, now: Instant) {
-        let Place::Paused(until) = self.place else {
+        let Place::Paused {
+            until,
+            peers_accepted,
+        } = self.place
+        else {
             return;
         };
         if now >= until || self.lead(open) <= 0 {
+            if self.peers.accepted() == peers_accepted {
+                self.cooldown_until = Some(now + COOLDOWN);
+            }
             self.place = Place::Queued;
             if let Err(e) = self.add_all(poll) {
                 tracing::error!("cannot register the listeners again: {e}");
@@ -164,4 +183,68 @@ fn register_exclusive(poll: &Poll, fd: RawFd, token: usize) -> std::io::Result<(
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::scoreboard::{Scoreboard, WorkerState};
+
+    /// A scoreboard with this worker in slot 0 and one accepting peer in slot 1.
+    fn board_with_peer() -> (Scoreboard, &'static crate::scoreboard::Slot) {
+        let board = Scoreboard::new().expect("map the scoreboard");
+        for (i, pid) in [(0, 100), (1, 101)] {
+            assert_eq!(board.claim(|j| j < i), Some(i));
+            board.assign(i, pid);
+            board.slot(i).set_state(WorkerState::Idle);
+        }
+        (board, board.slot(1))
+    }
+
+    #[test]
+    fn a_worker_alone_never_steps_back() {
+        let board = Scoreboard::new().expect("map the scoreboard");
+        let poll = Poll::new().unwrap();
+        let mut l = Listening::new(&poll, &[], Peers::new(board, 0)).unwrap();
+        l.after_accepting(&poll, 50);
+        assert_eq!(l.lead(50), 0);
+        assert!(l.pause_ends().is_none());
+    }
+
+    #[test]
+    fn two_ahead_pauses_until_the_peer_catches_up() {
+        let (board, peer) = board_with_peer();
+        let poll = Poll::new().unwrap();
+        let mut l = Listening::new(&poll, &[], Peers::new(board, 0)).unwrap();
+        l.after_accepting(&poll, 1);
+        assert!(l.pause_ends().is_none(), "one ahead only re-queues");
+        l.after_accepting(&poll, 2);
+        assert!(l.pause_ends().is_some(), "two ahead pauses");
+        // The peer takes the next clients: back at once, and free to pause again.
+        peer.connections.store(2, Ordering::Relaxed);
+        peer.accepted.fetch_add(2, Ordering::Relaxed);
+        l.resume_if_due(&poll, 2, Instant::now());
+        assert!(l.pause_ends().is_none());
+        l.after_accepting(&poll, 4);
+        assert!(l.pause_ends().is_some());
+    }
+
+    #[test]
+    fn a_pause_no_peer_used_is_not_repeated_at_once() {
+        let (board, _peer) = board_with_peer();
+        let poll = Poll::new().unwrap();
+        let mut l = Listening::new(&poll, &[], Peers::new(board, 0)).unwrap();
+        l.after_accepting(&poll, 3);
+        let until = l.pause_ends().expect("paused");
+        // The pause ends and the peer accepted nothing (it is stuck in a request).
+        l.resume_if_due(&poll, 3, until);
+        assert!(l.pause_ends().is_none());
+        l.after_accepting(&poll, 4);
+        assert!(
+            l.pause_ends().is_none(),
+            "paused again within the cool-down"
+        );
+    }
 }
