@@ -29,6 +29,16 @@ const WAKER_TOKEN: Token = Token(usize::MAX - 2);
 /// Most connections accepted per listener wake-up.
 const ACCEPT_BATCH: usize = 64;
 
+/// Why a connection is driven.
+#[derive(PartialEq, Eq)]
+enum Input {
+    /// An epoll event, a new connection or a return from the pool: new bytes may
+    /// have arrived.
+    Event,
+    /// Its turn in the run queue.
+    Queued,
+}
+
 pub struct EventLoop<'a> {
     poll: Poll,
     listening: Listening<'a>,
@@ -133,19 +143,14 @@ impl<'a> EventLoop<'a> {
                     SIGNAL_TOKEN => self.handle_signals(),
                     WAKER_TOKEN => self.collect_finished(exec),
                     Token(t) if t >= LISTENER_BASE => self.accept(exec, t - LISTENER_BASE),
-                    Token(t) => {
-                        if let Some(conn) = self.conns.get_mut(t).and_then(Option::as_mut) {
-                            conn.note_event();
-                        }
-                        self.drive(exec, t);
-                    }
+                    Token(t) => self.drive(exec, t, Input::Event),
                 }
             }
             // One more turn each for those that yielded; a key closed and reused since
             // is merely driven once more, which is harmless.
             for _ in 0..self.runnable.len() {
                 if let Some(key) = self.runnable.pop_front() {
-                    self.drive(exec, key);
+                    self.drive(exec, key, Input::Queued);
                 }
             }
             if !events.is_empty() {
@@ -295,14 +300,17 @@ impl<'a> EventLoop<'a> {
                 .slot
                 .accepted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.drive(exec, key);
+            self.drive(exec, key, Input::Event);
         }
     }
 
-    fn drive(&mut self, exec: Exec<'_>, key: usize) {
+    fn drive(&mut self, exec: Exec<'_>, key: usize, input: Input) {
         let Some(conn) = self.conns.get_mut(key).and_then(Option::as_mut) else {
             return;
         };
+        if input == Input::Event {
+            conn.note_event();
+        }
         match conn.drive(exec, &self.shared) {
             wait @ (Drive::WaitRead | Drive::WaitWrite | Drive::Yield) => {
                 if wait == Drive::Yield {
@@ -343,10 +351,8 @@ impl<'a> EventLoop<'a> {
         for (key, conn, keep) in finished {
             self.conns[key] = Some(conn);
             if keep {
-                if let Some(conn) = self.conns[key].as_mut() {
-                    conn.note_event();
-                }
-                self.drive(exec, key);
+                // Events that came while it was away were dropped: read as after one.
+                self.drive(exec, key, Input::Event);
             } else {
                 self.close(key);
             }
