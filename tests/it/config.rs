@@ -1,12 +1,27 @@
 //! Gunicorn configuration files: settings with their precedence, warnings and errors,
 //! and the worker-side server hooks, against real rgun processes.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{has_setting, repo_root, ServerBuilder};
 
-fn wait_for_file(path: &std::path::Path, needle: &str) -> String {
+/// Writes a config file `NAME.conf.py` in `dir` whose hooks append lines to
+/// `NAME.log` through `note(text)`; `hooks` is the Python that defines them.
+/// Returns (record, config).
+fn hook_config(dir: &Path, name: &str, hooks: &str) -> (PathBuf, PathBuf) {
+    let record = dir.join(format!("{name}.log"));
+    let conf = dir.join(format!("{name}.conf.py"));
+    let preamble = format!(
+        "RECORD = {:?}\n\ndef note(text):\n    with open(RECORD, \"a\") as f:\n        f.write(text + \"\\n\")\n",
+        record.to_str().unwrap()
+    );
+    std::fs::write(&conf, preamble + hooks).unwrap();
+    (record, conf)
+}
+
+fn wait_for_file(path: &Path, needle: &str) -> String {
     let start = Instant::now();
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -81,18 +96,10 @@ fn config_file_mistakes_are_named() {
 #[test]
 fn worker_hooks_are_called_where_gunicorn_calls_them() {
     let dir = tempfile::tempdir().unwrap();
-    let record = dir.path().join("hooks.log");
-    let conf = dir.path().join("hooks.conf.py");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"
-RECORD = {record:?}
-
-def note(text):
-    with open(RECORD, "a") as f:
-        f.write(text + "\n")
-
+    let (record, conf) = hook_config(
+        dir.path(),
+        "hooks",
+        r#"
 def post_fork(server, worker):
     note("post_fork pid=%d age=%s server=%d" % (worker.pid, worker.age, server.pid))
 
@@ -110,10 +117,7 @@ def post_request(worker, req, environ, resp):
 def worker_exit(server, worker):
     note("worker_exit %d" % worker.pid)
 "#,
-            record = record.to_str().unwrap()
-        ),
-    )
-    .unwrap();
+    );
     let mut s = ServerBuilder::new("lifecycle_app:application")
         .args(["-c", conf.to_str().unwrap()])
         .start();
@@ -144,19 +148,11 @@ def worker_exit(server, worker):
 #[test]
 fn master_hooks_are_called_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let record = dir.path().join("master-hooks.log");
-    let conf = dir.path().join("master.conf.py");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"
+    let (record, conf) = hook_config(
+        dir.path(),
+        "master",
+        r#"
 import os
-RECORD = {record:?}
-
-def note(text):
-    with open(RECORD, "a") as f:
-        f.write(text + "\n")
-
 def on_starting(server):
     note("on_starting %d" % server.pid)
 
@@ -179,10 +175,7 @@ def on_exit(server):
     note("on_exit")
     raise RuntimeError("a failing hook must not stop the master")
 "#,
-            record = record.to_str().unwrap()
-        ),
-    )
-    .unwrap();
+    );
     let mut s = ServerBuilder::new("lifecycle_app:application")
         .args(["-c", conf.to_str().unwrap()])
         .start();
@@ -215,17 +208,12 @@ def on_exit(server):
 #[test]
 fn pre_exec_runs_before_a_usr2_upgrade() {
     let dir = tempfile::tempdir().unwrap();
-    let record = dir.path().join("exec.log");
     let pidfile = dir.path().join("rgun.pid");
-    let conf = dir.path().join("exec.conf.py");
-    std::fs::write(
-        &conf,
-        format!(
-            "def pre_exec(server):\n    open({:?}, 'a').write('pre_exec %d\\n' % server.pid)\n",
-            record.to_str().unwrap()
-        ),
-    )
-    .unwrap();
+    let (record, conf) = hook_config(
+        dir.path(),
+        "exec",
+        "def pre_exec(server):\n    note('pre_exec %d' % server.pid)\n",
+    );
     let mut s = ServerBuilder::new("lifecycle_app:application")
         .args([
             "-c",
@@ -294,13 +282,11 @@ fn config_from_a_python_module() {
 #[test]
 fn worker_abort_runs_on_a_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let record = dir.path().join("abort.log");
-    let conf = dir.path().join("abort.conf.py");
-    std::fs::write(
-        &conf,
-        format!("def worker_abort(worker):\n    open({:?}, 'a').write('worker_abort %d\\n' % worker.pid)\n", record.to_str().unwrap()),
-    )
-    .unwrap();
+    let (record, conf) = hook_config(
+        dir.path(),
+        "abort",
+        "def worker_abort(worker):\n    note('worker_abort %d' % worker.pid)\n",
+    );
     let s = ServerBuilder::new("lifecycle_app:application")
         .args(["-c", conf.to_str().unwrap(), "-t", "1"])
         .start();
