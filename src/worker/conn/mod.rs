@@ -5,6 +5,8 @@
 //! A request reaches Python only when its head and body are complete, so a slow client
 //! never holds the interpreter. Every state has a deadline the event loop enforces.
 
+mod closing;
+
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
@@ -14,9 +16,9 @@ use pyo3::prelude::*;
 use super::body::{BodyError, BodyReader};
 use super::respond::{close_result, write_fd, Pump, RespondError, Responding};
 use super::Shared;
-use crate::http::head::{parse_head, BodyFraming, RequestHead};
+use crate::http::head::{parse_head, RequestHead};
 use crate::http::proxy::{self, ProxyMode};
-use crate::http::response::{write_error, RequestFacts};
+use crate::http::response::RequestFacts;
 use crate::http::HttpError;
 use crate::log::AccessRecord;
 use crate::wsgi::environ::{is_https, Local, Peer, RequestInfo};
@@ -26,9 +28,6 @@ use crate::wsgi::input::Body;
 const MAX_BLANK_BYTES: usize = 1024;
 /// How much we try to read per recv(2).
 const READ_CHUNK_BYTES: usize = 16 * 1024;
-/// After an error response, how long we read and discard before closing, so the client
-/// sees our answer rather than a reset.
-const DRAIN_SECS: u64 = 1;
 
 enum State {
     /// Waiting for (the rest of) a request head.
@@ -521,58 +520,6 @@ impl Conn {
         });
     }
 
-    /// Answers a request the parser refused, then closes.
-    fn fail(&mut self, e: &HttpError) -> Step {
-        tracing::debug!("refusing request from {}: {e}", self.peer.addr);
-        let (code, reason) = e.status();
-        self.fail_status(code, reason)
-    }
-
-    fn fail_status(&mut self, code: u16, reason: &str) -> Step {
-        let mut out = Vec::new();
-        write_error(&mut out, code, reason);
-        self.state = State::Closing { out, pos: 0 };
-        self.in_request = false;
-        Step::Continue
-    }
-
-    fn step_closing(&mut self) -> Step {
-        let fd = self.fd();
-        let State::Closing { out, pos } = &mut self.state else {
-            unreachable!()
-        };
-        while *pos < out.len() {
-            match write_fd(fd, &out[*pos..]) {
-                Ok(n) => *pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WaitWrite,
-                Err(_) => return Step::Close,
-            }
-        }
-        self.shutdown_and_drain()
-    }
-
-    fn shutdown_and_drain(&mut self) -> Step {
-        let _ = self.sock.shutdown(std::net::Shutdown::Write);
-        self.state = State::Draining;
-        self.deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
-        self.read_buf.clear();
-        self.read_start = 0;
-        Step::Continue
-    }
-
-    fn step_draining(&mut self) -> Step {
-        loop {
-            self.read_buf.clear();
-            self.read_start = 0;
-            match self.fill() {
-                Ok(0) => return Step::Close,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Wait,
-                Err(_) => return Step::Close,
-            }
-        }
-    }
-
     /// Drops consumed bytes from the front of the read buffer.
     fn compact(&mut self) {
         if self.read_start == self.read_buf.len() {
@@ -616,12 +563,6 @@ impl Conn {
         // SAFETY: the kernel initialised `n` bytes past the old length.
         unsafe { self.read_buf.set_len(self.read_buf.len() + n) };
         Ok(n)
-    }
-}
-
-impl BodyFraming {
-    pub fn has_body(&self) -> bool {
-        !matches!(self, BodyFraming::None)
     }
 }
 
