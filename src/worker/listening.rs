@@ -11,12 +11,16 @@
 //! - takes more than one connection per wake-up only while no peer holds fewer;
 //! - one ahead of some peer, re-registers (delete and add), which puts it last in the
 //!   wait queue, so the next arrival wakes a peer;
-//! - two or more ahead, leaves the wait queue for [`PAUSE`], so arrivals wake the
-//!   others. It comes back when the pause ends or as soon as it is no longer ahead:
-//!   connections already in the backlog that no peer was woken for wait at most that
-//!   long, whatever the peers do. If no peer accepted anything meanwhile (with
-//!   `--threads 1`, a peer inside a long request cannot), it does not pause again for
-//!   [`COOLDOWN`]: a stuck peer must not cap this worker at one accept per pause.
+//! - two or more ahead, leaves the wait queue, so arrivals wake the others. It comes
+//!   back as soon as it is no longer ahead, and looks every [`PAUSE`] whether a client
+//!   is waiting in the backlog that no peer took: then it comes back too, so such a
+//!   client waits at most that long whatever the peers do. With nobody waiting it
+//!   stays off for up to [`MAX_PAUSE`]: on a busy machine clients arrive further apart
+//!   than one `PAUSE`, and a peer that was woken may not run for a while, and the
+//!   worker that happens to be on a CPU must not take them all. If clients were left
+//!   waiting and no peer accepted anything (with `--threads 1`, a peer inside a long
+//!   request cannot), it does not pause again for [`COOLDOWN`]: a stuck peer must not
+//!   cap this worker at one accept per pause.
 //!
 //! Per-worker `SO_REUSEPORT` sockets would balance by hash instead, but every
 //! generation and a USR2 master inherit one set of listeners (DESIGN.md).
@@ -29,8 +33,10 @@ use mio::Poll;
 use crate::master::listeners::Listener;
 use crate::scoreboard::Peers;
 
-/// How long a worker well ahead of its peers stays off the listeners.
+/// How often a worker off the listeners looks for clients no peer took.
 pub const PAUSE: Duration = Duration::from_millis(2);
+/// The longest a worker stays off the listeners in one go.
+pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// After a pause in which no peer accepted, how long before pausing again.
 pub const COOLDOWN: Duration = Duration::from_millis(100);
 
@@ -40,8 +46,13 @@ pub const LISTENER_BASE: usize = usize::MAX - 1024;
 enum Place {
     /// In every listener's wait queue.
     Queued,
-    /// Off the wait queues until `until`; the peers had accepted `peers_accepted`.
-    Paused { until: Instant, peers_accepted: u64 },
+    /// Off the wait queues: looks at the backlog at `check`, comes back by `until`;
+    /// the peers had accepted `peers_accepted` when it left.
+    Paused {
+        check: Instant,
+        until: Instant,
+        peers_accepted: u64,
+    },
     /// Off for good: the worker is draining.
     Stopped,
 }
@@ -93,7 +104,8 @@ impl<'a> Listening<'a> {
         let cooling = self.cooldown_until.is_some_and(|t| now < t);
         let result = if lead >= 2 && !cooling {
             self.place = Place::Paused {
-                until: now + PAUSE,
+                check: now + PAUSE,
+                until: now + MAX_PAUSE,
                 peers_accepted: self.peers.accepted(),
             };
             self.remove_all(poll)
@@ -107,32 +119,63 @@ impl<'a> Listening<'a> {
         }
     }
 
-    /// When a pause ends (for the loop's epoll time-out).
+    /// When a paused worker next looks at the backlog (for the loop's epoll time-out).
     pub fn pause_ends(&self) -> Option<Instant> {
         match self.place {
-            Place::Paused { until, .. } => Some(until),
+            Place::Paused { check, .. } => Some(check),
             _ => None,
         }
     }
 
-    /// Back in the queue once the pause is over or we are no longer ahead.
+    /// Back in the queue once we are no longer ahead, a client waits that no peer took,
+    /// or the pause is at its longest; otherwise look again in a `PAUSE`.
     pub fn resume_if_due(&mut self, poll: &Poll, open: usize, now: Instant) {
         let Place::Paused {
+            check,
             until,
             peers_accepted,
         } = self.place
         else {
             return;
         };
-        if now >= until || self.lead(open) <= 0 {
-            if self.peers.accepted() == peers_accepted {
+        if self.lead(open) > 0 {
+            if now < check {
+                return;
+            }
+            let waiting = self.clients_waiting();
+            if !waiting && now < until {
+                self.place = Place::Paused {
+                    check: now + PAUSE,
+                    until,
+                    peers_accepted,
+                };
+                return;
+            }
+            if waiting && self.peers.accepted() == peers_accepted {
                 self.cooldown_until = Some(now + COOLDOWN);
             }
-            self.place = Place::Queued;
-            if let Err(e) = self.add_all(poll) {
-                tracing::error!("cannot register the listeners again: {e}");
-            }
         }
+        self.place = Place::Queued;
+        if let Err(e) = self.add_all(poll) {
+            tracing::error!("cannot register the listeners again: {e}");
+        }
+    }
+
+    /// Whether some listener has a connection in its backlog, not yet accepted.
+    fn clients_waiting(&self) -> bool {
+        let mut fds: Vec<libc::pollfd> = self
+            .listeners
+            .iter()
+            .map(|l| libc::pollfd {
+                fd: l.socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd; a zero time-out never
+        // blocks.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        n > 0
     }
 
     /// Off the listeners for good (draining).
@@ -231,20 +274,66 @@ mod tests {
         assert!(l.pause_ends().is_some());
     }
 
+    /// A listener on loopback, and a client waiting in its backlog.
+    fn listener_with_a_client() -> (Vec<Listener>, std::net::TcpStream) {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let listener = Listener {
+            socket: socket2::Socket::from(std::os::fd::OwnedFd::from(tcp)),
+            local: crate::wsgi::environ::Local {
+                name: "127.0.0.1".into(),
+                port: "0".into(),
+            },
+            display: "test".into(),
+            unix_path: None,
+        };
+        (vec![listener], client)
+    }
+
     #[test]
-    fn a_pause_no_peer_used_is_not_repeated_at_once() {
+    fn with_nobody_waiting_the_pause_goes_on() {
         let (board, _peer) = board_with_peer();
         let poll = Poll::new().unwrap();
         let mut l = Listening::new(&poll, &[], Peers::new(board, 0)).unwrap();
         l.after_accepting(&poll, 3);
-        let until = l.pause_ends().expect("paused");
-        // The pause ends and the peer accepted nothing (it is stuck in a request).
-        l.resume_if_due(&poll, 3, until);
+        let check = l.pause_ends().expect("paused");
+        l.resume_if_due(&poll, 3, check);
+        let next = l.pause_ends().expect("still paused: no client waits");
+        assert!(next > check);
+        l.resume_if_due(&poll, 3, check + MAX_PAUSE);
+        assert!(l.pause_ends().is_none(), "back at the longest pause");
+        l.after_accepting(&poll, 4);
+        assert!(
+            l.pause_ends().is_some(),
+            "no cool-down: nobody was kept waiting"
+        );
+    }
+
+    #[test]
+    fn a_pause_that_kept_a_client_waiting_is_not_repeated_at_once() {
+        let (board, _peer) = board_with_peer();
+        let poll = Poll::new().unwrap();
+        let (listeners, _client) = listener_with_a_client();
+        let mut l = Listening::new(&poll, &listeners, Peers::new(board, 0)).unwrap();
+        l.after_accepting(&poll, 3);
+        let check = l.pause_ends().expect("paused");
+        // A client waits and the peer accepted nothing (it is stuck in a request).
+        assert!(wait_for(|| l.clients_waiting()), "the client never arrived");
+        l.resume_if_due(&poll, 3, check);
         assert!(l.pause_ends().is_none());
         l.after_accepting(&poll, 4);
         assert!(
             l.pause_ends().is_none(),
             "paused again within the cool-down"
         );
+    }
+
+    fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+        (0..200).any(|_| {
+            f() || {
+                std::thread::sleep(Duration::from_millis(5));
+                false
+            }
+        })
     }
 }
