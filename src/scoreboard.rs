@@ -172,6 +172,17 @@ impl Peers {
             .min()
     }
 
+    /// Whether every other accepting worker holding the fewest connections is inside
+    /// a request: with `--threads 1` such a worker accepts nothing until it is done.
+    pub fn emptiest_are_busy(&self) -> bool {
+        let Some(fewest) = self.fewest_connections() else {
+            return false;
+        };
+        self.others()
+            .filter(|s| s.connections.load(Ordering::Relaxed) == fewest)
+            .all(|s| s.state.load(Ordering::Relaxed) == WorkerState::Busy as u32)
+    }
+
     /// Connections the other accepting workers have accepted in all.
     pub fn accepted(&self) -> u64 {
         self.others()

@@ -12,15 +12,15 @@
 //! - one ahead of some peer, re-registers (delete and add), which puts it last in the
 //!   wait queue, so the next arrival wakes a peer;
 //! - two or more ahead, leaves the wait queue, so arrivals wake the others. It comes
-//!   back as soon as it is no longer ahead, and looks every [`PAUSE`] whether a client
-//!   is waiting in the backlog that no peer took: then it comes back too, so such a
-//!   client waits at most that long whatever the peers do. With nobody waiting it
-//!   stays off for up to [`MAX_PAUSE`]: on a busy machine clients arrive further apart
-//!   than one `PAUSE`, and a peer that was woken may not run for a while, and the
-//!   worker that happens to be on a CPU must not take them all. If clients were left
-//!   waiting and no peer accepted anything (with `--threads 1`, a peer inside a long
-//!   request cannot), it does not pause again for [`COOLDOWN`]: a stuck peer must not
-//!   cap this worker at one accept per pause.
+//!   back as soon as it is no longer ahead, or at the latest after [`MAX_PAUSE`]: on
+//!   a loaded machine clients arrive further apart than a millisecond or two, and a
+//!   woken peer may wait a while for a CPU, and the worker that happens to be on one
+//!   must not take them all meanwhile. Every [`PAUSE`] it looks at the backlog: if a
+//!   client waits there and no peer accepted anything while the emptiest peers are
+//!   inside a request (with `--threads 1` they accept nothing until it ends), it
+//!   comes back and does not pause again for [`COOLDOWN`]: a stuck peer must not cap
+//!   this worker at one accept per pause. A backlog the peers are working through
+//!   brings it back too, to help with the burst.
 //!
 //! Per-worker `SO_REUSEPORT` sockets would balance by hash instead, but every
 //! generation and a USR2 master inherit one set of listeners (DESIGN.md).
@@ -127,8 +127,9 @@ impl<'a> Listening<'a> {
         }
     }
 
-    /// Back in the queue once we are no longer ahead, a client waits that no peer took,
-    /// or the pause is at its longest; otherwise look again in a `PAUSE`.
+    /// Back in the queue once we are no longer ahead, clients wait that a stuck peer
+    /// cannot take or that the peers are working through, or the pause is at its
+    /// longest; otherwise look again in a `PAUSE`.
     pub fn resume_if_due(&mut self, poll: &Poll, open: usize, now: Instant) {
         let Place::Paused {
             check,
@@ -143,7 +144,14 @@ impl<'a> Listening<'a> {
                 return;
             }
             let waiting = self.clients_waiting();
-            if !waiting && now < until {
+            let peers_took_some = self.peers.accepted() != peers_accepted;
+            // Clients wait and no peer took any: the emptiest peer is inside a request
+            // (stuck until it is done) or, idle, has not been given a CPU yet (give it
+            // until the longest pause).
+            let stuck =
+                waiting && !peers_took_some && (self.peers.emptiest_are_busy() || now >= until);
+            let helping = waiting && peers_took_some;
+            if !stuck && !helping && now < until {
                 self.place = Place::Paused {
                     check: now + PAUSE,
                     until,
@@ -151,7 +159,7 @@ impl<'a> Listening<'a> {
                 };
                 return;
             }
-            if waiting && self.peers.accepted() == peers_accepted {
+            if stuck {
                 self.cooldown_until = Some(now + COOLDOWN);
             }
         }
@@ -310,16 +318,38 @@ mod tests {
     }
 
     #[test]
-    fn a_pause_that_kept_a_client_waiting_is_not_repeated_at_once() {
+    fn a_client_waiting_for_a_busy_peer_ends_the_pause_and_starts_a_cool_down() {
+        let (board, peer) = board_with_peer();
+        let poll = Poll::new().unwrap();
+        let (listeners, _client) = listener_with_a_client();
+        let mut l = Listening::new(&poll, &listeners, Peers::new(board, 0)).unwrap();
+        l.after_accepting(&poll, 3);
+        let check = l.pause_ends().expect("paused");
+        assert!(wait_for(|| l.clients_waiting()), "the client never arrived");
+        // An idle peer that accepted nothing has not run yet: the pause goes on.
+        l.resume_if_due(&poll, 3, check);
+        let check = l.pause_ends().expect("still paused: the peer is idle");
+        // A peer inside a request accepts nothing until it is done.
+        peer.set_state(WorkerState::Busy);
+        l.resume_if_due(&poll, 3, check);
+        assert!(l.pause_ends().is_none());
+        l.after_accepting(&poll, 4);
+        assert!(
+            l.pause_ends().is_none(),
+            "paused again within the cool-down"
+        );
+    }
+
+    #[test]
+    fn a_client_waiting_at_the_longest_pause_starts_a_cool_down() {
         let (board, _peer) = board_with_peer();
         let poll = Poll::new().unwrap();
         let (listeners, _client) = listener_with_a_client();
         let mut l = Listening::new(&poll, &listeners, Peers::new(board, 0)).unwrap();
         l.after_accepting(&poll, 3);
         let check = l.pause_ends().expect("paused");
-        // A client waits and the peer accepted nothing (it is stuck in a request).
         assert!(wait_for(|| l.clients_waiting()), "the client never arrived");
-        l.resume_if_due(&poll, 3, check);
+        l.resume_if_due(&poll, 3, check + MAX_PAUSE);
         assert!(l.pause_ends().is_none());
         l.after_accepting(&poll, 4);
         assert!(
