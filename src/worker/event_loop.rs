@@ -72,7 +72,7 @@ impl<'a> EventLoop<'a> {
     ) -> std::io::Result<EventLoop<'a>> {
         let poll = Poll::new()?;
         signals.register(poll.registry(), SIGNAL_TOKEN)?;
-        let listening = Listening::new(&poll, listeners, shared.peers)?;
+        let listening = Listening::new(&poll, listeners, shared.peers, threads <= 1)?;
         let pool = if threads > 1 {
             let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
             Some(Pool::start(threads, Arc::clone(&shared), waker)?)

@@ -60,16 +60,25 @@ enum Place {
 pub struct Listening<'a> {
     listeners: &'a [Listener],
     peers: Peers,
+    /// The workers call the app on their loop's thread (`--threads 1`), so a peer
+    /// inside a request accepts nothing until it is done.
+    peers_block_in_requests: bool,
     place: Place,
     /// No pausing before then (a pause did not help).
     cooldown_until: Option<Instant>,
 }
 
 impl<'a> Listening<'a> {
-    pub fn new(poll: &Poll, listeners: &'a [Listener], peers: Peers) -> std::io::Result<Self> {
+    pub fn new(
+        poll: &Poll,
+        listeners: &'a [Listener],
+        peers: Peers,
+        peers_block_in_requests: bool,
+    ) -> std::io::Result<Self> {
         let listening = Listening {
             listeners,
             peers,
+            peers_block_in_requests,
             place: Place::Queued,
             cooldown_until: None,
         };
@@ -146,10 +155,10 @@ impl<'a> Listening<'a> {
             let waiting = self.clients_waiting();
             let peers_took_some = self.peers.accepted() != peers_accepted;
             // Clients wait and no peer took any: the emptiest peer is inside a request
-            // (stuck until it is done) or, idle, has not been given a CPU yet (give it
-            // until the longest pause).
-            let stuck =
-                waiting && !peers_took_some && (self.peers.emptiest_are_busy() || now >= until);
+            // (stuck until it is done, with `--threads 1`) or has not been given a CPU
+            // yet (give it until the longest pause).
+            let peer_stuck = self.peers_block_in_requests && self.peers.emptiest_are_busy();
+            let stuck = waiting && !peers_took_some && (peer_stuck || now >= until);
             let helping = waiting && peers_took_some;
             if !stuck && !helping && now < until {
                 self.place = Place::Paused {
@@ -258,7 +267,7 @@ mod tests {
     fn a_worker_alone_never_steps_back() {
         let board = Scoreboard::new().expect("map the scoreboard");
         let poll = Poll::new().unwrap();
-        let mut l = Listening::new(&poll, &[], Peers::new(board, 0)).unwrap();
+        let mut l = Listening::new(&poll, &[], Peers::new(board, 0), true).unwrap();
         l.after_accepting(&poll, 50);
         assert_eq!(l.lead(50), 0);
         assert!(l.pause_ends().is_none());
@@ -268,7 +277,7 @@ mod tests {
     fn two_ahead_pauses_until_the_peer_catches_up() {
         let (board, peer) = board_with_peer();
         let poll = Poll::new().unwrap();
-        let mut l = Listening::new(&poll, &[], Peers::new(board, 0)).unwrap();
+        let mut l = Listening::new(&poll, &[], Peers::new(board, 0), true).unwrap();
         l.after_accepting(&poll, 1);
         assert!(l.pause_ends().is_none(), "one ahead only re-queues");
         l.after_accepting(&poll, 2);
@@ -302,7 +311,7 @@ mod tests {
     fn with_nobody_waiting_the_pause_goes_on() {
         let (board, _peer) = board_with_peer();
         let poll = Poll::new().unwrap();
-        let mut l = Listening::new(&poll, &[], Peers::new(board, 0)).unwrap();
+        let mut l = Listening::new(&poll, &[], Peers::new(board, 0), true).unwrap();
         l.after_accepting(&poll, 3);
         let check = l.pause_ends().expect("paused");
         l.resume_if_due(&poll, 3, check);
@@ -322,7 +331,7 @@ mod tests {
         let (board, peer) = board_with_peer();
         let poll = Poll::new().unwrap();
         let (listeners, _client) = listener_with_a_client();
-        let mut l = Listening::new(&poll, &listeners, Peers::new(board, 0)).unwrap();
+        let mut l = Listening::new(&poll, &listeners, Peers::new(board, 0), true).unwrap();
         l.after_accepting(&poll, 3);
         let check = l.pause_ends().expect("paused");
         assert!(wait_for(|| l.clients_waiting()), "the client never arrived");
@@ -345,7 +354,7 @@ mod tests {
         let (board, _peer) = board_with_peer();
         let poll = Poll::new().unwrap();
         let (listeners, _client) = listener_with_a_client();
-        let mut l = Listening::new(&poll, &listeners, Peers::new(board, 0)).unwrap();
+        let mut l = Listening::new(&poll, &listeners, Peers::new(board, 0), true).unwrap();
         l.after_accepting(&poll, 3);
         let check = l.pause_ends().expect("paused");
         assert!(wait_for(|| l.clients_waiting()), "the client never arrived");
