@@ -525,5 +525,7 @@ impl Drop for Daemon {
     }
 }
 
+mod bad_input;
 mod commands;
 mod reload;
+mod socket_and_cli;
