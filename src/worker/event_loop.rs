@@ -115,7 +115,8 @@ impl<'a> EventLoop<'a> {
 
     fn run_with(&mut self, exec: Exec<'_>) {
         let mut events = Events::with_capacity(256);
-        let mut next_sweep = Instant::now() + Duration::from_secs(1);
+        let sweep_every = self.shared.settings.sweep_every;
+        let mut next_sweep = Instant::now() + sweep_every;
         loop {
             let wake_by = match self.listening.pause_ends() {
                 Some(t) => t.min(next_sweep),
@@ -162,7 +163,7 @@ impl<'a> EventLoop<'a> {
                 self.close_expired(now);
                 self.check_parent();
                 self.check_sources();
-                next_sweep = now + Duration::from_secs(1);
+                next_sweep = now + sweep_every;
             }
             if let Some(deadline) = self.stop_by {
                 if self.open == 0 || Instant::now() >= deadline {
@@ -234,14 +235,23 @@ impl<'a> EventLoop<'a> {
             }
             if self.open >= self.shared.settings.max_connections && !self.evict_idle() {
                 // Leave the rest in the kernel's backlog until a connection frees up.
+                self.listening.back_off(&self.poll);
                 return;
             }
             let (sock, addr) = match listener.socket.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // The client gave up while in the backlog: the next one may be fine.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
                 Err(e) => {
-                    tracing::debug!("accept failed: {e}");
+                    match e.raw_os_error() {
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                            tracing::error!("accept failed, pausing accepts: {e}");
+                            self.listening.back_off(&self.poll);
+                        }
+                        _ => tracing::debug!("accept failed: {e}"),
+                    }
                     return;
                 }
             };
@@ -308,12 +318,20 @@ impl<'a> EventLoop<'a> {
         let Some(conn) = self.conns.get_mut(key).and_then(Option::as_mut) else {
             return;
         };
-        if input == Input::Event {
-            conn.note_event();
+        match input {
+            // Already waiting for its turn: serving it now would give a client that
+            // keeps sending a turn per packet instead of one per round.
+            Input::Event if conn.queued => {
+                conn.note_event();
+                return;
+            }
+            Input::Event => conn.note_event(),
+            Input::Queued => conn.queued = false,
         }
         match conn.drive(exec, &self.shared) {
             wait @ (Drive::WaitRead | Drive::WaitWrite | Drive::Yield) => {
-                if wait == Drive::Yield {
+                if wait == Drive::Yield && !conn.queued {
+                    conn.queued = true;
                     self.runnable.push_back(key);
                 }
                 let want_write = wait == Drive::WaitWrite;
@@ -400,6 +418,9 @@ impl<'a> EventLoop<'a> {
             self.free.push(key);
             self.open -= 1;
             self.publish_open();
+            if self.open < self.shared.settings.max_connections {
+                self.listening.room(&self.poll);
+            }
         }
     }
 

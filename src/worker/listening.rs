@@ -22,6 +22,14 @@
 //!   this worker at one accept per pause. A backlog the peers are working through
 //!   brings it back too, to help with the burst.
 //!
+//! A worker that cannot take a connection at all (at `--worker-connections` with
+//! nothing idle to evict, or out of descriptors) leaves the wait queues too, so that a
+//! level-triggered listener with clients in its backlog does not wake it in a loop. It
+//! comes back when one of its connections closes, or after [`RETRY`] (by then one may
+//! have gone idle and can be evicted). A registration that fails (`ENOMEM`,
+//! `max_user_watches`) is retried the same way rather than leaving the worker off the
+//! listeners for good.
+//!
 //! Per-worker `SO_REUSEPORT` sockets would balance by hash instead, but every
 //! generation and a USR2 master inherit one set of listeners (DESIGN.md).
 
@@ -39,6 +47,8 @@ pub const PAUSE: Duration = Duration::from_millis(2);
 pub const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// After a pause in which no peer accepted, how long before pausing again.
 pub const COOLDOWN: Duration = Duration::from_millis(100);
+/// How long a worker that could not accept or register stays off before trying again.
+pub const RETRY: Duration = Duration::from_millis(100);
 
 /// The first token of the listeners; listener `i` has `LISTENER_BASE + i`.
 pub const LISTENER_BASE: usize = usize::MAX - 1024;
@@ -53,6 +63,9 @@ enum Place {
         until: Instant,
         peers_accepted: u64,
     },
+    /// Off the wait queues because it could not take or register a connection; back
+    /// at `at`, or sooner when one of its connections closes.
+    Retry { at: Instant },
     /// Off for good: the worker is draining.
     Stopped,
 }
@@ -111,27 +124,43 @@ impl<'a> Listening<'a> {
         let lead = self.lead(open);
         let now = Instant::now();
         let cooling = self.cooldown_until.is_some_and(|t| now < t);
-        let result = if lead >= 2 && !cooling {
-            self.place = Place::Paused {
-                check: now + PAUSE,
-                until: now + MAX_PAUSE,
-                peers_accepted: self.peers.accepted(),
-            };
-            self.remove_all(poll)
+        if lead >= 2 && !cooling {
+            self.leave(
+                poll,
+                Place::Paused {
+                    check: now + PAUSE,
+                    until: now + MAX_PAUSE,
+                    peers_accepted: self.peers.accepted(),
+                },
+            );
         } else if lead >= 1 {
-            self.remove_all(poll).and_then(|()| self.add_all(poll))
-        } else {
-            Ok(())
-        };
-        if let Err(e) = result {
-            tracing::error!("cannot re-register the listeners: {e}");
+            self.remove_all(poll);
+            self.rejoin(poll, now);
         }
     }
 
-    /// When a paused worker next looks at the backlog (for the loop's epoll time-out).
+    /// This worker cannot take a connection now (at the connection limit with nothing
+    /// to evict, out of descriptors or memory): off the wait queues for [`RETRY`] or
+    /// until [`Listening::room`], so a backlog it cannot take does not spin its loop.
+    pub fn back_off(&mut self, poll: &Poll) {
+        if matches!(self.place, Place::Queued) {
+            let at = Instant::now() + RETRY;
+            self.leave(poll, Place::Retry { at });
+        }
+    }
+
+    /// A connection closed: a worker that backed off takes clients again.
+    pub fn room(&mut self, poll: &Poll) {
+        if matches!(self.place, Place::Retry { .. }) {
+            self.rejoin(poll, Instant::now());
+        }
+    }
+
+    /// When a worker off the listeners next looks again (for the loop's epoll time-out).
     pub fn pause_ends(&self) -> Option<Instant> {
         match self.place {
             Place::Paused { check, .. } => Some(check),
+            Place::Retry { at } => Some(at),
             _ => None,
         }
     }
@@ -140,13 +169,14 @@ impl<'a> Listening<'a> {
     /// cannot take or that the peers are working through, or the pause is at its
     /// longest; otherwise look again in a `PAUSE`.
     pub fn resume_if_due(&mut self, poll: &Poll, open: usize, now: Instant) {
-        let Place::Paused {
-            check,
-            until,
-            peers_accepted,
-        } = self.place
-        else {
-            return;
+        let (check, until, peers_accepted) = match self.place {
+            Place::Paused {
+                check,
+                until,
+                peers_accepted,
+            } => (check, until, peers_accepted),
+            Place::Retry { at } if now >= at => return self.rejoin(poll, now),
+            _ => return,
         };
         if self.lead(open) > 0 {
             if now < check {
@@ -172,10 +202,25 @@ impl<'a> Listening<'a> {
                 self.cooldown_until = Some(now + COOLDOWN);
             }
         }
-        self.place = Place::Queued;
-        if let Err(e) = self.add_all(poll) {
-            tracing::error!("cannot register the listeners again: {e}");
-        }
+        self.rejoin(poll, now);
+    }
+
+    /// Off the wait queues, into `place`.
+    fn leave(&mut self, poll: &Poll, place: Place) {
+        self.remove_all(poll);
+        self.place = place;
+    }
+
+    /// Back into every listener's wait queue; if the kernel refuses, try again after
+    /// [`RETRY`].
+    fn rejoin(&mut self, poll: &Poll, now: Instant) {
+        self.place = match self.add_all(poll) {
+            Ok(()) => Place::Queued,
+            Err(e) => {
+                tracing::error!("cannot register the listeners, retrying: {e}");
+                Place::Retry { at: now + RETRY }
+            }
+        };
     }
 
     /// Whether some listener has a connection in its backlog, not yet accepted.
@@ -197,20 +242,26 @@ impl<'a> Listening<'a> {
 
     /// Off the listeners for good (draining).
     pub fn stop(&mut self, poll: &Poll) {
-        if matches!(self.place, Place::Queued) {
-            let _ = self.remove_all(poll);
-        }
-        self.place = Place::Stopped;
+        self.leave(poll, Place::Stopped);
     }
 
+    /// Registers every listener (one already registered counts as done), so that a
+    /// failure part-way leaves the others in place for the retry.
     fn add_all(&self, poll: &Poll) -> std::io::Result<()> {
+        let mut first_error = Ok(());
         for (i, l) in self.listeners.iter().enumerate() {
-            register_exclusive(poll, l.socket.as_raw_fd(), LISTENER_BASE + i)?;
+            match register_exclusive(poll, l.socket.as_raw_fd(), LISTENER_BASE + i) {
+                Err(e) if e.raw_os_error() != Some(libc::EEXIST) && first_error.is_ok() => {
+                    first_error = Err(e)
+                }
+                _ => {}
+            }
         }
-        Ok(())
+        first_error
     }
 
-    fn remove_all(&self, poll: &Poll) -> std::io::Result<()> {
+    /// Deregisters every listener; one not registered (a failed `add_all`) is skipped.
+    fn remove_all(&self, poll: &Poll) {
         for l in self.listeners {
             // SAFETY: both descriptors are open; DEL ignores its event argument.
             let rc = unsafe {
@@ -222,10 +273,12 @@ impl<'a> Listening<'a> {
                 )
             };
             if rc < 0 {
-                return Err(std::io::Error::last_os_error());
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::error!("cannot deregister a listener: {e}");
+                }
             }
         }
-        Ok(())
     }
 }
 
@@ -365,6 +418,49 @@ mod tests {
             l.pause_ends().is_none(),
             "paused again within the cool-down"
         );
+    }
+
+    /// Whether the listeners raise an event for `poll` now (a client waits).
+    fn listener_ready(poll: &mut Poll) -> bool {
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        !events.is_empty()
+    }
+
+    #[test]
+    fn a_worker_that_cannot_take_a_client_leaves_until_room_or_the_retry() {
+        let (board, _peer) = board_with_peer();
+        let mut poll = Poll::new().unwrap();
+        let (listeners, _client) = listener_with_a_client();
+        let mut l = Listening::new(&poll, &listeners, Peers::new(board, 0), true).unwrap();
+        assert!(
+            wait_for(|| listener_ready(&mut poll)),
+            "the client never arrived"
+        );
+        l.back_off(&poll);
+        let retry = l.pause_ends().expect("off the listeners");
+        assert!(!listener_ready(&mut poll), "still woken by the backlog");
+        l.room(&poll);
+        assert!(l.pause_ends().is_none());
+        assert!(
+            listener_ready(&mut poll),
+            "back on the listeners after room"
+        );
+        l.back_off(&poll);
+        l.resume_if_due(&poll, 0, retry - RETRY / 2);
+        assert!(l.pause_ends().is_some(), "back before the retry is due");
+        let retry = l.pause_ends().unwrap();
+        l.resume_if_due(&poll, 0, retry);
+        assert!(l.pause_ends().is_none());
+        assert!(
+            listener_ready(&mut poll),
+            "back on the listeners after the retry"
+        );
+        // Stopping deregisters whatever is registered, and stays stopped.
+        l.stop(&poll);
+        assert!(!listener_ready(&mut poll));
+        l.room(&poll);
+        assert!(!l.accepting() && !listener_ready(&mut poll));
     }
 
     fn wait_for(mut f: impl FnMut() -> bool) -> bool {

@@ -42,6 +42,10 @@ pub struct Settings {
     pub keepalive: Duration,
     /// Deadline for a request's head and body to arrive, and for a stalled write.
     pub request_timeout: Duration,
+    /// How often an idle loop wakes up: to heartbeat (the master takes a worker
+    /// silent for `--timeout` for hung, so well within it) and close expired
+    /// connections.
+    pub sweep_every: Duration,
     pub max_connections: usize,
     pub max_requests: u64,
     pub forwarded_allow_ips: AllowIps,
@@ -72,7 +76,11 @@ impl Shared {
     pub fn scoreboard_begin(&self) {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             self.slot.request_begin();
-            self.slot.set_state(WorkerState::Busy);
+            // A draining worker stays `Stopping`: its peers must not count it as one
+            // that accepts (`Peers`), and `status` shows it leaving.
+            if !self.stopping() {
+                self.slot.set_state(WorkerState::Busy);
+            }
         }
     }
 
@@ -281,6 +289,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         limits: cfg.head_limits(),
         keepalive: cfg.keepalive(),
         request_timeout: Duration::from_secs(if cfg.timeout == 0 { 30 } else { cfg.timeout }),
+        sweep_every: sweep_interval(cfg.timeout),
         max_connections: cfg.worker_connections as usize,
         max_requests: jittered(cfg.max_requests, cfg.max_requests_jitter),
         forwarded_allow_ips: cfg.forwarded_allow_ips.clone(),
@@ -354,5 +363,13 @@ fn raise_fd_limit() {
     {
         let _ =
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// A quarter of `--timeout`, between 100 ms and 1 s (1 s when time-outs are off).
+fn sweep_interval(timeout_secs: u64) -> Duration {
+    match timeout_secs {
+        0 => Duration::from_secs(1),
+        t => (Duration::from_secs(t) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)),
     }
 }

@@ -11,5 +11,6 @@ mod frameworks;
 mod hostile;
 mod hygiene;
 mod lifecycle;
+mod limits;
 mod packaging;
 mod wsgi;

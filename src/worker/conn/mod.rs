@@ -92,6 +92,8 @@ pub struct Conn {
     /// short recv. Without it, after a response we can wait for the next edge instead
     /// of reading again.
     unread: bool,
+    /// In the event loop's run queue, waiting for its next turn.
+    pub queued: bool,
     /// Blank-line bytes skipped before the current request.
     blank_bytes: usize,
     /// REMOTE_ADDR/REMOTE_PORT as Python strings, made at the first request.
@@ -130,6 +132,7 @@ impl Conn {
             blank_bytes: 0,
             writable_registered: false,
             unread: true,
+            queued: false,
         }
     }
 
