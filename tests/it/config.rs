@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{has_setting, repo_root, ServerBuilder};
+use crate::support::{has_setting, repo_root, wait_until, ServerBuilder};
 
 /// Writes a config file `NAME.conf.py` in `dir` whose hooks append lines to
 /// `NAME.log` through `note(text)`; `hooks` is the Python that defines them.
@@ -320,7 +320,16 @@ fn a_reload_rereads_the_configuration_file() {
     std::fs::write(&conf, "raw_env = ['GREETING=two']\n").unwrap();
     s.signal(libc::SIGHUP);
     s.wait_for_log("Reloaded: generation 2", Duration::from_secs(20));
-    assert_eq!(s.get("/").text(), "two");
+    // The old worker is told to stop when the reload is logged; until it has read its
+    // TERM it may still take a connection.
+    let mut got = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            got = s.get("/").text();
+            got == "two"
+        }),
+        "the reloaded workers answer {got:?}"
+    );
     // A configuration that no longer parses fails the reload; the workers stay.
     std::fs::write(&conf, "workers = 'many'\n").unwrap();
     s.signal(libc::SIGHUP);

@@ -3,7 +3,8 @@
 //!
 //! Every test runs `tests/apps/hostile_app.py` under `-w 1 --threads 1`, so a single
 //! connection that managed to hold the worker would show up as an honest request that
-//! waits (we assert < 1 s and print the latency). Covered:
+//! waits (we assert < 3 s, a bound that tolerates a loaded CI machine yet is far below
+//! how long the hostile clients keep going, and print the latency). Covered:
 //! - slowloris: 60 connections dribbling a request head byte by byte;
 //! - a 100 KB POST body dribbled a few KB at a time, which must still arrive intact;
 //! - 3,000 idle connections (more than `--worker-connections`' default of 1000);
@@ -28,7 +29,7 @@ use sha2::{Digest, Sha256};
 use crate::support::{read_response, rss_bytes, Server, ServerBuilder};
 
 /// The bound an honest request must be answered within, whatever the other clients do.
-const HONEST_LIMIT: Duration = Duration::from_secs(1);
+const HONEST_LIMIT: Duration = Duration::from_secs(3);
 
 fn start() -> Server {
     ServerBuilder::new("hostile_app:application")
@@ -164,7 +165,10 @@ fn slowloris_heads_do_not_block_honest_requests() {
     };
 
     // Let the dribbling get going, then measure honest requests while it goes on.
-    thread::sleep(Duration::from_millis(700));
+    let started = Instant::now();
+    while dribbled.load(Ordering::SeqCst) < 3 && started.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(20));
+    }
     let rounds_before = dribbled.load(Ordering::SeqCst);
     let worst = honest_pings(&server, "slowloris", 5, Duration::from_millis(200));
     let rounds_after = dribbled.load(Ordering::SeqCst);
@@ -216,13 +220,25 @@ fn slow_post_body_does_not_block_honest_requests() {
     s.write_all(format!("POST /digest HTTP/1.1\r\nHost: localhost\r\nContent-Length: {BODY}\r\nConnection: close\r\n\r\n").as_bytes())
         .expect("send head");
     let done = Arc::new(AtomicBool::new(false));
+    let pinged = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicUsize::new(0));
     let uploader = {
-        let (done, sent) = (Arc::clone(&done), Arc::clone(&sent));
+        let (done, pinged, sent) = (Arc::clone(&done), Arc::clone(&pinged), Arc::clone(&sent));
         let mut w = s.try_clone().unwrap();
         thread::spawn(move || {
-            // 25 pieces, 100 ms apart: about 2.5 s in all.
-            for piece in body.chunks(PIECE) {
+            // 25 pieces, 100 ms apart; the last one only once the honest requests are
+            // done (bounded), so they are measured while the body is still arriving
+            // however slowly this machine runs them.
+            let pieces = body.chunks(PIECE).count();
+            for (i, piece) in body.chunks(PIECE).enumerate() {
+                if i + 1 == pieces {
+                    let waited = Instant::now();
+                    while !pinged.load(Ordering::SeqCst)
+                        && waited.elapsed() < Duration::from_secs(30)
+                    {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                }
                 w.write_all(piece).expect("dribble a body piece");
                 sent.fetch_add(piece.len(), Ordering::SeqCst);
                 thread::sleep(Duration::from_millis(100));
@@ -234,6 +250,7 @@ fn slow_post_body_does_not_block_honest_requests() {
     thread::sleep(Duration::from_millis(400));
     let worst = honest_pings(&server, "slow body", 5, Duration::from_millis(150));
     let sent_at_end = sent.load(Ordering::SeqCst);
+    pinged.store(true, Ordering::SeqCst);
     assert!(
         !done.load(Ordering::SeqCst) && sent_at_end > 0 && sent_at_end < BODY,
         "the honest requests were not measured while the body was still arriving ({sent_at_end} of {BODY} bytes sent)"
@@ -278,7 +295,7 @@ fn raise_nofile() -> u64 {
 }
 
 /// 3,000 connections that connect and send nothing (three times the default
-/// `--worker-connections`): an honest request is still answered in under a second.
+/// `--worker-connections`): an honest request is still answered within `HONEST_LIMIT`.
 #[test]
 fn three_thousand_idle_connections_do_not_block_honest_requests() {
     const IDLE: usize = 3000;
@@ -296,10 +313,8 @@ fn three_thousand_idle_connections_do_not_block_honest_requests() {
             started.elapsed() < Duration::from_secs(20),
             "only {i} idle connections opened in 20 s"
         );
-        // Paced: `support` hands rgun a listener made by std's `TcpListener::bind`,
-        // whose accept queue holds only 128, and rgun does not re-`listen` an fd://
-        // socket with its own --backlog. An unpaced loop outruns the worker's accept
-        // loop, overflows that queue and waits for SYN retransmits (1 s each).
+        // Paced, so the test's connects do not outrun the worker's accept loop by the
+        // whole backlog (an overflow costs a 1 s SYN retransmit per connection).
         if i % 50 == 49 {
             thread::sleep(Duration::from_millis(10));
         }
@@ -371,7 +386,7 @@ fn huge_upload_is_streamed_with_bounded_memory() {
         thread::spawn(move || {
             let (mut peak, mut samples) = (0u64, 0u32);
             let started = Instant::now();
-            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(150) {
                 peak = peak.max(rss_sum(&pids));
                 samples += 1;
                 thread::sleep(Duration::from_millis(50));
@@ -382,8 +397,10 @@ fn huge_upload_is_streamed_with_bounded_memory() {
 
     let started = Instant::now();
     let mut s = server.connect();
-    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(25))).unwrap();
+    // Generous: memory and integrity are what is checked here, not speed (a debug
+    // build on a loaded machine).
+    s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     s.write_all(format!("POST /digest HTTP/1.1\r\nHost: localhost\r\nContent-Length: {TOTAL}\r\nConnection: close\r\n\r\n").as_bytes())
         .expect("send head");
     let mut gen = ByteGen(0xdead_beef);
@@ -402,7 +419,7 @@ fn huge_upload_is_streamed_with_bounded_memory() {
         });
         left -= n as u64;
         assert!(
-            started.elapsed() < Duration::from_secs(25),
+            started.elapsed() < Duration::from_secs(120),
             "upload too slow: {left} bytes left after {:?}",
             started.elapsed()
         );
@@ -549,11 +566,13 @@ fn pipelining_client_does_not_hold_the_worker() {
     greedy
         .set_write_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let pipeline = "GET /work?ms=2 HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(PIPELINED);
+    let pipeline = "GET /work?ms=10 HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(PIPELINED);
     greedy
         .write_all(pipeline.as_bytes())
         .expect("send the pipeline");
-    // The worker is now busy with the pipeline (300 × 2 ms).
+    // The worker is now busy with the pipeline (300 × 10 ms): even a test thread that
+    // stalls for a second cannot see half of it done first unless it was all served
+    // before the honest request.
     thread::sleep(Duration::from_millis(50));
     let took = honest_ping(&server);
 
@@ -581,7 +600,7 @@ fn pipelining_client_does_not_hold_the_worker() {
     // The rest of the pipeline is still served, in order, completely.
     greedy.set_nonblocking(false).unwrap();
     greedy
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut reader = BufReader::new(std::io::Cursor::new(early).chain(greedy));
     for i in 0..PIPELINED {

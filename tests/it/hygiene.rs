@@ -266,9 +266,14 @@ fn umask_applies_to_files_the_server_creates() {
 
 #[test]
 fn reuse_port_lets_two_servers_share_a_port() {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
+    // Hold a port with SO_REUSEPORT, bound but not listening (so it takes no
+    // connections), until both servers have it: no other socket can take it meanwhile.
+    let probe = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    probe.set_reuse_port(true).unwrap();
+    probe
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = probe.local_addr().unwrap().as_socket().unwrap().port();
     let bind = format!("127.0.0.1:{port}");
     let a = ServerBuilder::new("lifecycle_app:application")
         .own_bind()
@@ -283,7 +288,7 @@ fn reuse_port_lets_two_servers_share_a_port() {
     c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     let r = crate::support::read_response(&mut std::io::BufReader::new(c), false).unwrap();
     assert_eq!(r.text(), "ok");
-    drop((a, b));
+    drop((a, b, probe));
 }
 
 #[test]

@@ -229,6 +229,32 @@ impl Server {
         read_response(&mut r, false).expect("a response")
     }
 
+    /// Waits (bounded) until some worker is inside a request, as the control socket's
+    /// `status` reports it: a request sent just before is then past the backlog.
+    pub fn wait_for_request_in_flight(&self, limit: Duration) {
+        let in_flight = || {
+            let Ok(mut c) = std::os::unix::net::UnixStream::connect(&self.ctl_path) else {
+                return false;
+            };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            if c.write_all(b"{\"id\":0,\"cmd\":\"status\"}\n").is_err() {
+                return false;
+            }
+            let mut line = String::new();
+            let _ = BufReader::new(c).read_line(&mut line);
+            serde_json::from_str::<serde_json::Value>(&line).is_ok_and(|v| {
+                v["result"]["workers"]
+                    .as_array()
+                    .is_some_and(|ws| ws.iter().any(|w| !w["current_request_s"].is_null()))
+            })
+        };
+        assert!(
+            wait_until(limit, in_flight),
+            "no request in flight after {limit:?}; log:\n{}",
+            self.log()
+        );
+    }
+
     /// Worker pids, from /proc (children of the master).
     pub fn worker_pids(&self) -> Vec<i32> {
         // Not the hook host, which is a child of the master too.

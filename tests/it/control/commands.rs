@@ -378,54 +378,70 @@ fn regression_many_pipelined_requests_are_all_answered() {
 /// Clients arriving one at a time while every worker sleeps are shared out, not all
 /// given to the worker the kernel happens to wake first; `status` shows each worker's
 /// open connections.
+///
+/// Sharing yields on purpose to a peer that does not get a CPU for 50 ms (a loaded
+/// machine), so each check gets up to three rounds: without sharing the kernel gives
+/// nearly every connection to the same worker in every round.
 #[test]
 fn new_connections_are_shared_out_between_workers() {
     const CLIENTS: usize = 20;
+    const ROUNDS: usize = 3;
     let server = ServerBuilder::new("echo:application").workers(2).start();
-    let mut clients = Vec::new();
-    for i in 0..CLIENTS {
-        let s = server.connect();
-        (&s).write_all(b"GET /kept HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("send");
-        let resp = crate::support::read_response(&mut std::io::BufReader::new(&s), false)
-            .unwrap_or_else(|| panic!("client {i}: no response"));
-        assert_eq!(resp.status, 200);
-        clients.push(s);
+    let one_at_a_time = || {
+        let mut clients = Vec::new();
+        for i in 0..CLIENTS {
+            let s = server.connect();
+            (&s).write_all(b"GET /kept HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("send");
+            let resp = crate::support::read_response(&mut std::io::BufReader::new(&s), false)
+                .unwrap_or_else(|| panic!("client {i}: no response"));
+            assert_eq!(resp.status, 200);
+            clients.push(s);
+        }
+        clients
+    };
+    let burst = || (0..2 * CLIENTS).map(|_| server.connect()).collect();
+    for (what, connect) in [
+        (
+            "one at a time",
+            &one_at_a_time as &dyn Fn() -> Vec<TcpStream>,
+        ),
+        ("burst", &burst),
+    ] {
+        let mut rounds = Vec::new();
+        let shared_out = (0..ROUNDS).any(|_| {
+            let clients = connect();
+            let counts = settled_counts(&server.ctl_path, clients.len());
+            drop(clients);
+            assert!(
+                wait_until(Duration::from_secs(5), || {
+                    connections_per_worker(&server.ctl_path)
+                        .iter()
+                        .all(|&n| n == 0)
+                }),
+                "{what}: closed connections still counted"
+            );
+            let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            let even = max - min <= 4;
+            rounds.push(counts);
+            even
+        });
+        println!("{what}: per worker {rounds:?}");
+        assert!(shared_out, "{what}: connections per worker {rounds:?}");
     }
+}
+
+/// Connections per worker once `status` counts all `want` of them.
+fn settled_counts(ctl: &Path, want: usize) -> Vec<u64> {
     let mut counts = Vec::new();
     assert!(
         wait_until(Duration::from_secs(5), || {
-            counts = connections_per_worker(&server.ctl_path);
-            counts.iter().sum::<u64>() == CLIENTS as u64
+            counts = connections_per_worker(ctl);
+            counts.iter().sum::<u64>() == want as u64
         }),
-        "connections per worker {counts:?}, want {CLIENTS} in all"
+        "connections per worker {counts:?}, want {want} in all"
     );
-    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-    println!("per worker {counts:?}");
-    assert!(max - min <= 4, "connections per worker {counts:?}");
-    drop(clients);
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            status(&server.ctl_path)["workers"]
-                .as_array()
-                .is_some_and(|ws| ws.iter().all(|w| w["connections"] == json!(0)))
-        }),
-        "closed connections still counted"
-    );
-
-    // A burst: 40 clients connect at once.
-    let burst: Vec<TcpStream> = (0..2 * CLIENTS).map(|_| server.connect()).collect();
-    assert!(
-        wait_until(Duration::from_secs(5), || {
-            counts = connections_per_worker(&server.ctl_path);
-            counts.iter().sum::<u64>() == burst.len() as u64
-        }),
-        "burst: connections per worker {counts:?}, want {} in all",
-        burst.len()
-    );
-    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-    println!("burst: per worker {counts:?}");
-    assert!(max - min <= 4, "burst: connections per worker {counts:?}");
+    counts
 }
 
 fn connections_per_worker(ctl: &Path) -> Vec<u64> {
