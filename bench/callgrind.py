@@ -1,0 +1,135 @@
+"""User-space instructions per request in one rgun worker, counted by callgrind.
+
+Runs `rgun -w 1` under `valgrind --tool=callgrind --trace-children=yes` twice, once
+serving SHORT and once LONG sequential keep-alive requests, and prints
+(worker instructions at LONG - at SHORT) / (LONG - SHORT): start-up, import and
+shutdown cancel out. Instruction counts do not depend on the machine's load, so two
+builds (or two apps) compare to the instruction. Kernel time is not counted.
+
+    bench/.venv/bin/python bench/callgrind.py                 # hello world
+    bench/.venv/bin/python bench/callgrind.py --app apps:k64  # any app in bench/
+"""
+
+import argparse
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RGUN = os.path.join(ROOT, "target", "release", "rgun")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, limit=120):
+    """Until a request gets an answer: under valgrind a worker boots in seconds."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if proc.poll() is not None:
+            sys.exit(f"rgun exited with {proc.returncode} before serving")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                if s.recv(16).startswith(b"HTTP/1.1"):
+                    return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit(f"rgun did not answer within {limit} s")
+
+
+def read_response(sock, buf):
+    """Reads one Content-Length response off `sock`; returns the bytes left over."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            sys.exit("the server closed the connection")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if not head.startswith(b"HTTP/1.1 200"):
+        sys.exit(f"unexpected response: {head[:80]!r}")
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            sys.exit("the server closed the connection mid-body")
+        rest += chunk
+    return rest[length:]
+
+
+def worker_instructions(app, requests, path):
+    """Instructions the worker process executed while serving `requests` GETs."""
+    with tempfile.TemporaryDirectory(prefix="rgun-callgrind-") as out:
+        port = free_port()
+        # No %p in --callgrind-out-file: rgun rewrites its process title over argv,
+        # which valgrind re-reads in forked children. Each process writes
+        # callgrind.out.<pid> in the working directory instead.
+        cmd = [
+            "valgrind", "--tool=callgrind", "--trace-children=yes", "--quiet",
+            RGUN, "-w", "1", "-b", f"127.0.0.1:{port}", "--no-control-socket",
+            "--pythonpath", os.path.join(ROOT, "bench"), app,
+        ]
+        # A fixed hash seed: with random ones, dict probing differs from run to run.
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        proc = subprocess.Popen(
+            cmd, cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_listening(port, proc)
+            request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\n\r\n".encode()
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+                buf = b""
+                for _ in range(requests):
+                    s.sendall(request)
+                    buf = read_response(s, buf)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        totals = []
+        for f in glob.glob(os.path.join(out, "callgrind.out.*")):
+            with open(f) as fh:
+                text = fh.read()
+            cmdline = next((l for l in text.splitlines() if l.startswith("cmd:")), "")
+            total = next((l for l in text.splitlines() if l.startswith("totals:")), None)
+            if total is not None:
+                totals.append((int(total.split()[1]), cmdline))
+        if not totals:
+            sys.exit("callgrind wrote no profile")
+        # The worker is the process that ran the most: it imported the app and served.
+        return max(totals)[0]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--app", default="apps:hello", help="MODULE:CALLABLE in bench/ (default apps:hello)")
+    ap.add_argument("--path", default="/", help="request path")
+    ap.add_argument("--short", type=int, default=2000, help="requests in the short run")
+    ap.add_argument("--long", type=int, default=12000, help="requests in the long run")
+    args = ap.parse_args()
+    if not os.path.exists(RGUN):
+        sys.exit(f"{RGUN} is missing: cargo build --release")
+    short = worker_instructions(args.app, args.short, args.path)
+    long = worker_instructions(args.app, args.long, args.path)
+    per_request = (long - short) / (args.long - args.short)
+    print(f"{args.app}: {per_request:,.0f} instructions per request "
+          f"(worker: {short:,} at {args.short} requests, {long:,} at {args.long})")
+
+
+if __name__ == "__main__":
+    main()
