@@ -28,6 +28,9 @@ use crate::wsgi::input::Body;
 const MAX_BLANK_BYTES: usize = 1024;
 /// How much we try to read per recv(2).
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// The largest response buffer kept for the connection's next response (a bigger one
+/// came from an unusually large body chunk and is given back).
+const KEPT_OUT_BYTES: usize = 128 * 1024;
 
 enum State {
     /// Waiting for (the rest of) a request head.
@@ -75,6 +78,9 @@ pub struct Conn {
     read_start: usize,
     head: RequestHead,
     head_bytes: Vec<u8>,
+    /// The last response's output buffer, emptied, for the next response: no
+    /// allocation and regrowth per request.
+    spare_out: Vec<u8>,
     state: State,
     /// When the current state gives up (idle keep-alive, slow head, stalled I/O).
     pub deadline: Instant,
@@ -120,6 +126,7 @@ impl Conn {
             read_start: 0,
             head: RequestHead::default(),
             head_bytes: Vec::new(),
+            spare_out: Vec::new(),
             state: State::Head,
             deadline: Instant::now() + first_byte_timeout,
             in_request: false,
@@ -440,7 +447,8 @@ impl Conn {
                 self.hook_request = Some((req.unbind(), response.environ.clone_ref(py).into_any()));
             }
         }
-        match Responding::start(py, &ctx.app, response, facts, Vec::new()) {
+        let out = std::mem::take(&mut self.spare_out);
+        match Responding::start(py, &ctx.app, response, facts, out) {
             Ok(r) => {
                 self.state = State::Responding(Box::new(r));
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
@@ -486,6 +494,10 @@ impl Conn {
                     }
                 }
                 let (status, bytes, close) = (r.status, r.body_bytes, r.close_after);
+                if r.out.capacity() <= KEPT_OUT_BYTES {
+                    r.out.clear();
+                    self.spare_out = std::mem::take(&mut r.out);
+                }
                 self.end_request(ctx, status, bytes);
                 if close {
                     return self.shutdown_and_drain();
