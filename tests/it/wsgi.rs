@@ -36,6 +36,27 @@ fn environ_is_complete_and_typed() {
     assert_eq!(e["types_ok"], true);
 }
 
+/// The environ template holds the usual values (GET, HTTP/1.1, http, no query): a
+/// request that differs gets its own, and the next one gets the usual ones back.
+#[test]
+fn environ_values_that_differ_from_the_usual_ones() {
+    let s = server();
+    let mut c = s.connect();
+    c.write_all(b"DELETE /environ?q HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\nGET /environ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(c);
+    let first = read_response(&mut r, false).unwrap().json();
+    assert_eq!(first["REQUEST_METHOD"], "DELETE");
+    assert_eq!(first["SERVER_PROTOCOL"], "HTTP/1.0");
+    assert_eq!(first["QUERY_STRING"], "q");
+    let second = read_response(&mut r, false).unwrap().json();
+    assert_eq!(second["REQUEST_METHOD"], "GET");
+    assert_eq!(second["SERVER_PROTOCOL"], "HTTP/1.1");
+    assert_eq!(second["QUERY_STRING"], "");
+    assert_eq!(second["SCRIPT_NAME"], "");
+    assert_eq!(second["wsgi.url_scheme"], "http");
+}
+
 #[test]
 fn multiprocess_and_multithread_flags_follow_the_settings() {
     let s = ServerBuilder::new("pep3333:application")
