@@ -181,11 +181,7 @@ impl Responding {
                 "the application did not call start_response".into(),
             ));
         };
-        let headers = head
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_slice(), v.as_slice()));
-        let written = write_head(&mut self.out, &head.status, headers, facts)?;
+        let written = write_head(&mut self.out, head.status(), head.headers(), facts)?;
         self.framing = written.framing;
         self.status = written.status;
         self.close_after |= written.close;
@@ -322,15 +318,9 @@ impl Responding {
         let sr = self.start_response.borrow(py);
         match &sr.head {
             Some(h) => (
-                h.status.clone(),
-                h.headers
-                    .iter()
-                    .map(|(n, v)| {
-                        (
-                            String::from_utf8_lossy(n).into_owned(),
-                            String::from_utf8_lossy(v).into_owned(),
-                        )
-                    })
+                h.status().to_owned(),
+                h.headers()
+                    .map(|(n, v)| (latin1_text(n), latin1_text(v)))
                     .collect(),
             ),
             None => (String::new(), Vec::new()),
@@ -402,4 +392,9 @@ pub fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// Latin-1 bytes as text (each byte is the code point of the same value).
+fn latin1_text(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| char::from(b)).collect()
 }

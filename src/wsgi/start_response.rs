@@ -5,15 +5,34 @@
 //! replacing the response is allowed until the head is on the wire, after which the
 //! exception is re-raised into the application.
 
+use std::ops::Range;
+
 use pyo3::exceptions::{PyAssertionError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
-/// The response head the application chose, in wire bytes.
+/// The response head the application chose, in wire bytes: the status and every
+/// header name and value back to back in one buffer (one allocation, not two per
+/// header).
 #[derive(Debug, Default)]
 pub struct AppHead {
-    pub status: String,
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    bytes: Vec<u8>,
+    status_len: usize,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl AppHead {
+    /// The status line's text (`200 OK`); empty if it is not ASCII, which the
+    /// response writer then refuses as a bad status.
+    pub fn status(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.status_len]).unwrap_or("")
+    }
+
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
+        self.headers
+            .iter()
+            .map(|(n, v)| (&self.bytes[n.clone()], &self.bytes[v.clone()]))
+    }
 }
 
 #[pyclass(module = "rgun")]
@@ -91,8 +110,14 @@ fn convert_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResu
     let status = status
         .downcast::<PyString>()
         .map_err(|_| PyTypeError::new_err("status must be a str"))?;
-    let status = String::from_utf8(latin1_bytes(status)?).unwrap_or_default();
-    let mut converted = Vec::new();
+    // Room for a typical head, so that it is one allocation each.
+    let mut head = AppHead {
+        bytes: Vec::with_capacity(256),
+        status_len: 0,
+        headers: Vec::with_capacity(8),
+    };
+    push_latin1(&mut head.bytes, status)?;
+    head.status_len = head.bytes.len();
     for item in headers.try_iter()? {
         let item = item?;
         let pair = item
@@ -107,22 +132,35 @@ fn convert_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResu
         else {
             return Err(PyTypeError::new_err("header names and values must be str"));
         };
-        converted.push((latin1_bytes(name)?, latin1_bytes(value)?));
+        let name = push_latin1(&mut head.bytes, name)?;
+        let value = push_latin1(&mut head.bytes, value)?;
+        head.headers.push((name, value));
     }
-    Ok(AppHead {
-        status,
-        headers: converted,
-    })
+    Ok(head)
 }
 
-/// A `str` as latin-1 bytes, as PEP 3333 requires of status and headers.
-pub fn latin1_bytes(s: &Bound<'_, PyString>) -> PyResult<Vec<u8>> {
-    let text = s.to_cow()?;
-    if text.is_ascii() {
-        return Ok(text.as_bytes().to_vec());
+/// Appends a `str` as latin-1 bytes, as PEP 3333 requires of status and headers, and
+/// returns where they are in `out`.
+fn push_latin1(out: &mut Vec<u8>, s: &Bound<'_, PyString>) -> PyResult<Range<usize>> {
+    let start = out.len();
+    let ptr = s.as_ptr();
+    // SAFETY: `ptr` is a live str (the GIL is held through `s`). Once ready, a str
+    // whose kind is 1 byte per character stores exactly its characters, all below
+    // 256, which are their latin-1 bytes; GET_LENGTH counts them.
+    unsafe {
+        if pyo3::ffi::PyUnicode_READY(ptr) != 0 {
+            return Err(PyErr::fetch(s.py()));
+        }
+        if pyo3::ffi::PyUnicode_KIND(ptr) == pyo3::ffi::PyUnicode_1BYTE_KIND {
+            let len = pyo3::ffi::PyUnicode_GET_LENGTH(ptr) as usize;
+            let data = pyo3::ffi::PyUnicode_1BYTE_DATA(ptr);
+            out.extend_from_slice(std::slice::from_raw_parts(data, len));
+            return Ok(start..out.len());
+        }
     }
-    text.chars()
-        .map(|c| u8::try_from(u32::from(c)))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| PyTypeError::new_err(format!("{text:?} is not latin-1 encodable")))
+    // Wider kinds hold a character above U+00FF.
+    Err(PyTypeError::new_err(format!(
+        "{:?} is not latin-1 encodable",
+        s.to_cow()?
+    )))
 }

@@ -96,6 +96,12 @@ def application(environ, start_response):
     if path == "/bad_header":
         start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: pwned=1")])
         return [b"should not be sent"]
+    if path == "/latin1_header":
+        start_response("200 OK", [("X-Name", "caf\u00e9"), ("Content-Length", "0")])
+        return []
+    if path == "/wide_header":
+        start_response("200 OK", [("X-Name", "\u20ac")])
+        return [b"should not be sent"]
     if path == "/stream":
         def gen():
             for i in range(5):

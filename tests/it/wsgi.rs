@@ -191,6 +191,26 @@ fn header_injection_becomes_500() {
     );
 }
 
+/// PEP 3333: header values are latin-1 `str`; one that is not gives a 500.
+#[test]
+fn header_values_go_out_as_latin1() {
+    let s = server();
+    let mut c = s.connect();
+    c.write_all(b"GET /latin1_header HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{raw:?}");
+    assert!(
+        raw.windows(12).any(|w| w == b"X-Name: caf\xe9"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    let r = s.get("/wide_header");
+    assert_eq!(r.status, 500);
+    s.wait_for_log("is not latin-1 encodable", Duration::from_secs(5));
+}
+
 #[test]
 fn streaming_is_chunked_on_http11_and_close_delimited_on_http10() {
     let s = server();
