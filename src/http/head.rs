@@ -7,6 +7,9 @@
 //! no CL together with TE, no control bytes in values, sane request targets).
 
 use std::ops::Range;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 use super::HttpError;
 
@@ -252,14 +255,15 @@ fn shift(out: &mut RequestHead, by: usize) {
 
 /// Position just past the blank line that ends the head (`\r\n\r\n`).
 fn find_head_end(buf: &[u8]) -> Option<usize> {
-    memchr::memmem::find(buf, b"\r\n\r\n")
-        .map(|i| i + 4)
-        .or_else(|| {
-            // A head with no fields may end at the request line's `\n\r\n` only via the above;
-            // bare-LF heads are rejected by `reject_bare_lf` once complete, but we must still
-            // notice them ending, or a `\n\n` client would wait for a timeout.
-            memchr::memmem::find(buf, b"\n\n").map(|i| i + 2)
-        })
+    // Searchers built once: building one per call cost more than the search.
+    static CRLF_CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+    static LF_LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+    CRLF_CRLF.find(buf).map(|i| i + 4).or_else(|| {
+        // A head with no fields may end at the request line's `\n\r\n` only via the above;
+        // bare-LF heads are rejected by `reject_bare_lf` once complete, but we must still
+        // notice them ending, or a `\n\n` client would wait for a timeout.
+        LF_LF.find(buf).map(|i| i + 2)
+    })
 }
 
 /// While the head is incomplete, a single header line over the limit is already an error.
