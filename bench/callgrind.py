@@ -6,7 +6,8 @@ serving SHORT and once LONG sequential keep-alive requests, and prints
 shutdown cancel out. Instruction counts do not depend on the machine's load, so two
 builds (or two apps) compare to the instruction. Kernel time is not counted.
 
-    bench/.venv/bin/python bench/callgrind.py                 # hello world
+    bench/.venv/bin/python bench/callgrind.py                 # hello world, wrk's request
+    bench/.venv/bin/python bench/callgrind.py --request browser
     bench/.venv/bin/python bench/callgrind.py --app apps:k64  # any app in bench/
 """
 
@@ -21,6 +22,21 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The request heads sent: what wrk sends (the benchmark's load), and what a browser
+# behind a proxy sends (more headers, so a bigger environ).
+REQUESTS = {
+    "wrk": "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+    "browser": (
+        "GET {path} HTTP/1.1\r\nHost: example.com\r\n"
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+        "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+        "Accept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\n"
+        "Cookie: sessionid=0123456789abcdef; csrftoken=fedcba9876543210\r\n"
+        "Upgrade-Insecure-Requests: 1\r\nSec-Fetch-Dest: document\r\n"
+        "Sec-Fetch-Mode: navigate\r\nX-Forwarded-For: 203.0.113.7\r\n"
+        "X-Forwarded-Proto: https\r\nX-Real-IP: 203.0.113.7\r\n\r\n"
+    ),
+}
 RGUN = os.path.join(ROOT, "target", "release", "rgun")
 
 
@@ -69,7 +85,7 @@ def read_response(sock, buf):
     return rest[length:]
 
 
-def worker_instructions(app, requests, path):
+def worker_instructions(app, requests, path, kind="wrk"):
     """Instructions the worker process executed while serving `requests` GETs."""
     with tempfile.TemporaryDirectory(prefix="rgun-callgrind-") as out:
         port = free_port()
@@ -88,7 +104,7 @@ def worker_instructions(app, requests, path):
         )
         try:
             wait_listening(port, proc)
-            request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind\r\n\r\n".encode()
+            request = REQUESTS[kind].format(path=path, port=port).encode()
             with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
                 buf = b""
                 for _ in range(requests):
@@ -119,15 +135,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--app", default="apps:hello", help="MODULE:CALLABLE in bench/ (default apps:hello)")
     ap.add_argument("--path", default="/", help="request path")
+    ap.add_argument("--request", choices=sorted(REQUESTS), default="wrk", help="request head to send")
     ap.add_argument("--short", type=int, default=2000, help="requests in the short run")
     ap.add_argument("--long", type=int, default=12000, help="requests in the long run")
     args = ap.parse_args()
     if not os.path.exists(RGUN):
         sys.exit(f"{RGUN} is missing: cargo build --release")
-    short = worker_instructions(args.app, args.short, args.path)
-    long = worker_instructions(args.app, args.long, args.path)
+    short = worker_instructions(args.app, args.short, args.path, args.request)
+    long = worker_instructions(args.app, args.long, args.path, args.request)
     per_request = (long - short) / (args.long - args.short)
-    print(f"{args.app}: {per_request:,.0f} instructions per request "
+    print(f"{args.app}, {args.request} request: {per_request:,.0f} instructions per request "
           f"(worker: {short:,} at {args.short} requests, {long:,} at {args.long})")
 
 

@@ -46,8 +46,13 @@ pub struct RequestInfo<'a> {
 
 /// Settings and interned strings shared by every request of a worker.
 pub struct EnvironBuilder {
+    /// The template, in a table just big enough for itself and a few headers.
     base: Py<PyDict>,
+    /// The same, in a table with room for a browser's or a proxy's headers.
+    base_roomy: Py<PyDict>,
     script_name: Vec<u8>,
+    /// Entries in the template.
+    base_len: usize,
     k: Keys,
     /// `HTTP_*` keys of common request headers, by lower-case header name, made once.
     header_keys: HashMap<&'static [u8], Py<PyString>>,
@@ -143,7 +148,7 @@ impl EnvironBuilder {
         multiprocess: bool,
         file_wrapper: &Bound<'_, PyAny>,
     ) -> PyResult<EnvironBuilder> {
-        let base = presized_dict(py, TEMPLATE_ROOM)?;
+        let base = PyDict::new(py);
         base.set_item("wsgi.version", (1, 0))?;
         base.set_item("wsgi.multithread", multithread)?;
         base.set_item("wsgi.multiprocess", multiprocess)?;
@@ -175,6 +180,11 @@ impl EnvironBuilder {
         base.set_item(&keys.query_string, &keys.empty)?;
         base.set_item(&keys.server_protocol, &keys.http11)?;
         base.set_item(&keys.url_scheme, &keys.http)?;
+        // Entry by entry: `update` into an empty dict would clone the small table.
+        let base_roomy = presized_dict(py, ROOMY_ENTRIES)?;
+        for (key, value) in base.iter() {
+            base_roomy.set_item(key, value)?;
+        }
         let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
         let script_name = script_name.trim_end_matches('/').as_bytes().to_vec();
         let header_keys = COMMON_HEADERS
@@ -187,7 +197,9 @@ impl EnvironBuilder {
             })
             .collect();
         Ok(EnvironBuilder {
+            base_len: base.len(),
             base: base.unbind(),
+            base_roomy: base_roomy.unbind(),
             script_name,
             k: keys,
             header_keys,
@@ -197,6 +209,8 @@ impl EnvironBuilder {
     pub fn clone_ref(&self, py: Python<'_>) -> EnvironBuilder {
         EnvironBuilder {
             base: self.base.clone_ref(py),
+            base_len: self.base_len,
+            base_roomy: self.base_roomy.clone_ref(py),
             script_name: self.script_name.clone(),
             k: self.k.clone_ref(py),
             header_keys: self
@@ -215,7 +229,15 @@ impl EnvironBuilder {
         input: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let k = &self.k;
-        let env = self.base.bind(py).copy()?;
+        // A copy keeps its template's table size: the small one when the request's
+        // headers fit beside the template without a resize (a resize, or copying the
+        // roomy table, costs more than either copy).
+        let template = if self.base_len + req.head.headers.len() <= SMALL_TABLE_ENTRIES {
+            &self.base
+        } else {
+            &self.base_roomy
+        };
+        let env = template.bind(py).copy()?;
         let head = req.head;
         let bytes = req.head_bytes;
         let method = &bytes[head.method.clone()];
@@ -277,16 +299,11 @@ impl EnvironBuilder {
                 None => PyString::new(py, &http_key(name)),
             };
             // Repeated fields are joined with a comma (RFC 9110 5.3).
-            match env.get_item(&key)? {
-                Some(prev) => {
-                    let joined = format!(
-                        "{},{}",
-                        prev.extract::<String>()?,
-                        latin1(py, value).to_cow()?
-                    );
-                    env.set_item(key, joined)?;
-                }
-                None => env.set_item(key, latin1(py, value))?,
+            let value = latin1(py, value);
+            let stored = set_default(&env, &key, &value)?;
+            if !stored.is(&value) {
+                let joined = format!("{},{}", stored.extract::<String>()?, value.to_cow()?);
+                env.set_item(key, joined)?;
             }
         }
         let (server_name, server_port) = match host {
@@ -306,10 +323,12 @@ impl EnvironBuilder {
     }
 }
 
-/// Entries the environ template's table holds before it must grow: the template's own
-/// 20 plus a browser's worth of headers, so the per-request copy (which keeps the
-/// table's size) takes them without a resize.
-const TEMPLATE_ROOM: isize = 40;
+/// Entries the roomy template's table holds before it must grow: the template's own
+/// 20 plus a browser's or a proxy's worth of headers.
+const ROOMY_ENTRIES: isize = 40;
+/// Entries a CPython dict table of 32 slots takes (two thirds), the size the small
+/// template's table has.
+const SMALL_TABLE_ENTRIES: usize = 21;
 
 /// An empty dict whose table takes `entries` entries without growing.
 fn presized_dict(py: Python<'_>, entries: isize) -> PyResult<Bound<'_, PyDict>> {
@@ -320,6 +339,30 @@ fn presized_dict(py: Python<'_>, entries: isize) -> PyResult<Bound<'_, PyDict>> 
             Bound::from_owned_ptr_or_err(py, pyo3::ffi::_PyDict_NewPresized(entries))?
                 .downcast_into_unchecked(),
         )
+    }
+}
+
+extern "C" {
+    // Part of CPython's C API since 2.7; pyo3's bindings do not declare it.
+    fn PyDict_SetDefault(
+        dict: *mut pyo3::ffi::PyObject,
+        key: *mut pyo3::ffi::PyObject,
+        default: *mut pyo3::ffi::PyObject,
+    ) -> *mut pyo3::ffi::PyObject;
+}
+
+/// `dict.setdefault(key, value)`: the value now under `key`, which is `value` unless
+/// the key was there already. One lookup, where `get` then `set` takes two.
+fn set_default<'py>(
+    dict: &Bound<'py, PyDict>,
+    key: &Bound<'py, PyString>,
+    value: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: all three are live objects (the GIL is held through them);
+    // PyDict_SetDefault returns a borrowed reference, or NULL with an exception set.
+    unsafe {
+        let stored = PyDict_SetDefault(dict.as_ptr(), key.as_ptr(), value.as_ptr());
+        Bound::from_borrowed_ptr_or_err(dict.py(), stored)
     }
 }
 
