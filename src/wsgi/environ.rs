@@ -8,10 +8,10 @@
 //! sets only when it differs: each dict store costs ~250 instructions.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
+use rustc_hash::FxHashMap;
 
 use crate::http::head::RequestHead;
 use crate::http::HttpError;
@@ -55,7 +55,9 @@ pub struct EnvironBuilder {
     base_len: usize,
     k: Keys,
     /// `HTTP_*` keys of common request headers, by lower-case header name, made once.
-    header_keys: HashMap<&'static [u8], Py<PyString>>,
+    /// (Fx rather than SipHash: looked up for every header of every request, with
+    /// fixed keys, so flooding is not a concern.)
+    header_keys: FxHashMap<&'static [u8], Py<PyString>>,
 }
 
 /// Request headers whose environ keys are built once per worker rather than per request.
