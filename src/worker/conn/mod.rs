@@ -27,9 +27,11 @@ use crate::wsgi::input::Body;
 const MAX_BLANK_BYTES: usize = 1024;
 /// How much we try to read per recv(2).
 const READ_CHUNK_BYTES: usize = 16 * 1024;
-/// The largest response buffer kept for the connection's next response (a bigger one
-/// came from an unusually large body chunk and is given back).
-const KEPT_OUT_BYTES: usize = 128 * 1024;
+/// The largest response buffer kept for the connection's next response. Small
+/// responses (most of them) then cost no allocation; a bigger buffer is given back,
+/// so an idle keep-alive connection holds at most this much besides its read buffer
+/// (a thousand of them after 64 KiB responses would otherwise hold 64 MiB).
+const KEPT_OUT_BYTES: usize = 16 * 1024;
 
 enum State {
     /// Waiting for (the rest of) a request head.
