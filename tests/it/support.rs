@@ -222,6 +222,17 @@ impl Server {
     }
 
     /// Sends raw bytes on a fresh connection and reads one response.
+    /// Sends `raw` on a fresh connection and returns every byte the server sends back
+    /// until it closes.
+    pub fn exchange(&self, raw: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut s = self.connect();
+        s.write_all(raw).expect("write request");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).expect("read until close");
+        out
+    }
+
     pub fn request(&self, raw: &[u8]) -> Response {
         let mut s = self.connect();
         s.write_all(raw).expect("write request");

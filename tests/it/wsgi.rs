@@ -158,11 +158,7 @@ fn app_exception_gives_500_and_the_worker_keeps_serving() {
 #[test]
 fn exception_after_headers_closes_the_connection() {
     let s = server();
-    let mut c = s.connect();
-    c.write_all(b"GET /error_midstream HTTP/1.1\r\nHost: a\r\n\r\n")
-        .unwrap();
-    let mut raw = Vec::new();
-    c.read_to_end(&mut raw).unwrap();
+    let raw = s.exchange(b"GET /error_midstream HTTP/1.1\r\nHost: a\r\n\r\n");
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("partial"));
@@ -177,11 +173,7 @@ fn exception_after_headers_closes_the_connection() {
 #[test]
 fn header_injection_becomes_500() {
     let s = server();
-    let mut c = s.connect();
-    c.write_all(b"GET /bad_header HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut raw = Vec::new();
-    c.read_to_end(&mut raw).unwrap();
+    let raw = s.exchange(b"GET /bad_header HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 500"), "{text}");
     assert!(!text.contains("pwned"), "{text}");
@@ -195,11 +187,7 @@ fn header_injection_becomes_500() {
 #[test]
 fn header_values_go_out_as_latin1() {
     let s = server();
-    let mut c = s.connect();
-    c.write_all(b"GET /latin1_header HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut raw = Vec::new();
-    c.read_to_end(&mut raw).unwrap();
+    let raw = s.exchange(b"GET /latin1_header HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert!(raw.starts_with(b"HTTP/1.1 200"), "{raw:?}");
     assert!(
         raw.windows(12).any(|w| w == b"X-Name: caf\xe9"),
