@@ -26,14 +26,16 @@ fn cpu_ticks(pid: i32) -> u64 {
 #[test]
 fn a_full_worker_waits_for_room_without_spinning() {
     let s = ServerBuilder::new("lifecycle_app:application")
-        .args(["--worker-connections", "1", "--threads", "1"])
+        .args(["--worker-connections", "1", "--threads", "2"])
         .start();
     let worker = s.worker_pids()[0];
-    // The one connection a worker may hold, inside a request whose head is still
-    // arriving: it cannot be evicted to make room.
+    // The one connection the worker may hold, away on a pool thread inside a request:
+    // it cannot be evicted to make room, and the event loop stays free to run.
     let mut first = s.connect();
-    first.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    first
+        .write_all(b"GET /sleep?4 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    s.wait_for_request_in_flight(Duration::from_secs(10));
     // The second waits in the backlog; a worker that kept trying to accept it would
     // burn a CPU meanwhile.
     let mut second = s.connect();
@@ -52,10 +54,10 @@ fn a_full_worker_waits_for_room_without_spinning() {
     );
     // The first request completes and its connection closes: room for the second.
     first
-        .write_all(b"st: a\r\nConnection: close\r\n\r\n")
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let r = read_response(&mut BufReader::new(first), false).expect("first answered");
-    assert_eq!(r.text(), "ok");
+    assert_eq!(r.text(), "slept");
     let started = Instant::now();
     second
         .set_read_timeout(Some(Duration::from_secs(10)))
