@@ -1,9 +1,11 @@
 //! Sending the application's response: the head once the first body bytes exist, then
 //! the body pulled from the iterable only as fast as the socket drains, so a slow
-//! reader costs at most `HIGH_WATER_BYTES` of buffer. `wsgi.file_wrapper` files go out
-//! with sendfile(2). The iterable's `close()` is always called, also when the client
-//! has gone away.
+//! reader costs at most `HIGH_WATER_BYTES` of buffer. A list response's large `bytes`
+//! go out from the objects themselves, in one `sendmsg` with the head, rather than
+//! copied. `wsgi.file_wrapper` files go out with sendfile(2). The iterable's `close()`
+//! is always called, also when the client has gone away.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -18,6 +20,10 @@ use crate::wsgi::{App, AppResponse};
 pub const HIGH_WATER_BYTES: usize = 64 * 1024;
 /// Largest single sendfile(2) call.
 const SENDFILE_CHUNK_BYTES: usize = 1024 * 1024;
+/// A list response's chunk this big is sent from its `bytes` object, not copied.
+const SHARE_MIN_BYTES: usize = 8 * 1024;
+/// Most pieces in one `sendmsg`.
+const MAX_IOV: usize = 16;
 
 /// Why a response could not be completed.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +60,9 @@ pub struct Responding {
     /// Output waiting for the socket, and how much of it is already written.
     pub out: Vec<u8>,
     pub out_pos: usize,
+    /// Body bytes that follow `out` on the wire, sent straight from the application's
+    /// `bytes` objects: (object, next byte, end).
+    shared: VecDeque<(Py<PyBytes>, usize, usize)>,
     terminated: bool,
 }
 
@@ -83,6 +92,7 @@ impl Responding {
             close_after: facts.close,
             out,
             out_pos: 0,
+            shared: VecDeque::new(),
             terminated: false,
         };
         match r.begin(py, app, facts) {
@@ -165,8 +175,25 @@ impl Responding {
             },
         )?;
         self.push_body(&written);
-        for chunk in &first {
-            self.push_body(chunk.as_bytes());
+        // The whole body is known (no iterator will add to `out` later): large chunks,
+        // and every chunk after one, are sent from their objects.
+        let whole = self.iter.is_none() && self.file.is_none();
+        for chunk in first {
+            match self.framing {
+                ResponseFraming::Length(n)
+                    if whole
+                        && (!self.shared.is_empty()
+                            || chunk.as_bytes().len() >= SHARE_MIN_BYTES) =>
+                {
+                    let room = n.saturating_sub(self.body_bytes) as usize;
+                    let take = room.min(chunk.as_bytes().len());
+                    if take > 0 {
+                        self.shared.push_back((chunk.unbind(), 0, take));
+                        self.body_bytes += take as u64;
+                    }
+                }
+                _ => self.push_body(chunk.as_bytes()),
+            }
         }
         if self.iter.is_none() && self.file.is_none() {
             self.finish_body();
@@ -235,9 +262,9 @@ impl Responding {
     /// drains. With the GIL held (`py`).
     pub fn pump(&mut self, py: Python<'_>, fd: RawFd) -> Result<Pump, RespondError> {
         loop {
-            while self.out_pos < self.out.len() {
-                match write_fd(fd, &self.out[self.out_pos..]) {
-                    Ok(n) => self.out_pos += n,
+            while self.out_pos < self.out.len() || !self.shared.is_empty() {
+                match self.send_some(py, fd) {
+                    Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Pump::Blocked),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e.into()),
@@ -285,6 +312,64 @@ impl Responding {
                 }
             }
         }
+    }
+
+    /// One send of what waits: `out`, then the shared pieces, in one `sendmsg`.
+    fn send_some(&mut self, py: Python<'_>, fd: RawFd) -> io::Result<()> {
+        if self.shared.is_empty() {
+            self.out_pos += write_fd(fd, &self.out[self.out_pos..])?;
+            return Ok(());
+        }
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOV];
+        let mut count = 0;
+        let unsent = &self.out[self.out_pos..];
+        if !unsent.is_empty() {
+            iov[0] = libc::iovec {
+                iov_base: unsent.as_ptr() as *mut libc::c_void,
+                iov_len: unsent.len(),
+            };
+            count = 1;
+        }
+        for (bytes, start, end) in self.shared.iter().take(MAX_IOV - count) {
+            let piece = &bytes.bind(py).as_bytes()[*start..*end];
+            iov[count] = libc::iovec {
+                iov_base: piece.as_ptr() as *mut libc::c_void,
+                iov_len: piece.len(),
+            };
+            count += 1;
+        }
+        // SAFETY: a zeroed msghdr is valid (no name, no control data); its iovecs
+        // point into `out` and into `bytes` objects that `shared` keeps alive and that
+        // are immutable, for the duration of the call.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = count as _;
+            libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut sent = sent as usize;
+        let from_out = sent.min(self.out.len() - self.out_pos);
+        self.out_pos += from_out;
+        sent -= from_out;
+        while sent > 0 {
+            let Some(front) = self.shared.front_mut() else {
+                break;
+            };
+            let left = front.2 - front.1;
+            if sent < left {
+                front.1 += sent;
+                break;
+            }
+            sent -= left;
+            self.shared.pop_front();
+        }
+        Ok(())
     }
 
     /// One sendfile(2) call. `Ok(true)` while there is more to send.

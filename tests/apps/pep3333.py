@@ -96,6 +96,15 @@ def application(environ, start_response):
     if path == "/bad_header":
         start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: pwned=1")])
         return [b"should not be sent"]
+    if path == "/pieces":
+        # Small and large chunks, more than one sendmsg takes; ?short declares a
+        # Content-Length below the body's, which must be cut there.
+        chunks = [bytes([65 + i % 26]) * (400_000 if i % 3 == 0 else 100 + i) for i in range(40)]
+        length = sum(map(len, chunks))
+        if environ["QUERY_STRING"] == "short":
+            length -= 50_000
+        start_response("200 OK", [("Content-Length", str(length))])
+        return chunks
     if path == "/latin1_header":
         start_response("200 OK", [("X-Name", "caf\u00e9"), ("Content-Length", "0")])
         return []

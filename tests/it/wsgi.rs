@@ -241,6 +241,67 @@ fn file_wrapper_is_sent_whole() {
     assert!(r.body == data, "file body differs");
 }
 
+/// The body the app's `/pieces` returns, in the same chunks.
+fn pieces_body() -> Vec<u8> {
+    (0..40u32)
+        .flat_map(|i| {
+            let n = if i % 3 == 0 {
+                400_000
+            } else {
+                100 + i as usize
+            };
+            std::iter::repeat_n(b'A' + (i % 26) as u8, n)
+        })
+        .collect()
+}
+
+/// A list response's large chunks leave from the `bytes` objects themselves (with the
+/// head, in one sendmsg): read slowly, so most sends are partial, the body arrives
+/// whole and in order; a shorter declared length cuts it there.
+#[test]
+fn large_list_responses_arrive_whole_to_a_slow_reader() {
+    let s = server();
+    let want = pieces_body();
+    // A small receive buffer, set before connecting (it sets the window), keeps the
+    // server's sends partial.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], s.port)).into())
+        .unwrap();
+    let mut c = std::net::TcpStream::from(sock);
+    c.write_all(b"GET /pieces HTTP/1.1\r\nHost: a\r\n\r\nGET /pieces?short HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("reading: {e}"),
+        }
+        if raw.len() < 100_000 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let mut r = BufReader::new(&raw[..]);
+    let full = read_response(&mut r, false).expect("first response");
+    assert_eq!(
+        full.header("content-length"),
+        Some(&*want.len().to_string())
+    );
+    assert!(
+        full.body == want,
+        "body differs ({} bytes)",
+        full.body.len()
+    );
+    let short = read_response(&mut r, false).expect("second response");
+    assert!(
+        short.body[..] == want[..want.len() - 50_000],
+        "short body differs"
+    );
+}
+
 #[test]
 fn close_is_called_when_the_client_goes_away() {
     let s = server();
