@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::http::response::{write_head, RequestFacts, ResponseError, ResponseFraming};
+use crate::wsgi::environ::latin1_text;
 use crate::wsgi::start_response::StartResponse;
 use crate::wsgi::{App, AppResponse};
 
@@ -477,9 +478,4 @@ pub fn write_fd(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
-}
-
-/// Latin-1 bytes as text (each byte is the code point of the same value).
-fn latin1_text(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| char::from(b)).collect()
 }

@@ -442,8 +442,7 @@ pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
         let obj = pyo3::ffi::PyUnicode_New(bytes.len() as pyo3::ffi::Py_ssize_t, maxchar);
         if obj.is_null() {
             // Out of memory: fall back to the checked path, which reports it properly.
-            let text: String = bytes.iter().map(|&b| char::from(b)).collect();
-            return PyString::new(py, &text);
+            return PyString::new(py, &latin1_text(bytes));
         }
         std::ptr::copy_nonoverlapping(
             bytes.as_ptr(),
@@ -452,6 +451,11 @@ pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
         );
         Bound::from_owned_ptr(py, obj).downcast_into_unchecked()
     }
+}
+
+/// Latin-1 bytes as Rust text (each byte is the code point of the same value).
+pub fn latin1_text(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| char::from(b)).collect()
 }
 
 /// `%XX` → byte; malformed escapes stay as they are.
