@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyIterator, PyList, PyTuple};
 
 use crate::http::response::{write_head, RequestFacts, ResponseError, ResponseFraming};
 use crate::wsgi::environ::latin1_text;
@@ -51,7 +51,7 @@ pub enum Pump {
 pub struct Responding {
     result: Option<Py<PyAny>>,
     start_response: Py<StartResponse>,
-    iter: Option<Py<PyAny>>,
+    iter: Option<Py<PyIterator>>,
     file: Option<(RawFd, i64)>,
     pub framing: ResponseFraming,
     pub status: u16,
@@ -154,7 +154,7 @@ impl Responding {
                             let empty = chunk.as_bytes().is_empty();
                             first.push(chunk);
                             if !empty || !self.start_response.borrow(py).written.is_empty() {
-                                self.iter = Some(iter.into_any().unbind());
+                                self.iter = Some(iter.unbind());
                                 break;
                             }
                         }
@@ -285,7 +285,7 @@ impl Responding {
                 }
                 continue;
             }
-            let Some(iter) = self.iter.as_ref().map(|i| i.bind(py).clone()) else {
+            let Some(mut iter) = self.iter.as_ref().map(|i| i.bind(py).clone()) else {
                 self.finish_body();
                 if self.out.is_empty() {
                     return Ok(Pump::Finished);
@@ -297,19 +297,20 @@ impl Responding {
                 continue;
             }
             while self.out.len() < HIGH_WATER_BYTES {
-                let next = iter.call_method0(pyo3::intern!(py, "__next__"));
+                // PyIter_Next: the end is None, not a StopIteration to fetch and match.
+                let next = iter.next();
                 let written = std::mem::take(&mut self.start_response.borrow_mut(py).written);
                 self.push_body(&written);
                 match next {
-                    Ok(item) => {
+                    Some(Ok(item)) => {
                         let chunk = as_bytes(item)?;
                         self.push_body(chunk.as_bytes());
                     }
-                    Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => {
+                    None => {
                         self.iter = None;
                         break;
                     }
-                    Err(e) => return Err(app_error(py, e)),
+                    Some(Err(e)) => return Err(app_error(py, e)),
                 }
             }
         }
