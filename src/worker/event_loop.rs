@@ -233,10 +233,18 @@ impl<'a> EventLoop<'a> {
             if taken > 0 && self.listening.lead(self.open) > 0 {
                 return;
             }
-            if self.open >= self.shared.settings.max_connections && !self.evict_idle() {
-                // Leave the rest in the kernel's backlog until a connection frees up.
-                self.listening.back_off(&self.poll);
-                return;
+            if self.open >= self.shared.settings.max_connections {
+                // At the limit, make room only for a client that is there: after the
+                // last one of a burst, evicting would close an idle connection (or
+                // back off) for nobody.
+                if !self.listening.clients_waiting() {
+                    return;
+                }
+                if !self.evict_idle() {
+                    // Leave the rest in the kernel's backlog until a connection frees up.
+                    self.listening.back_off(&self.poll);
+                    return;
+                }
             }
             let (sock, addr) = match listener.socket.accept() {
                 Ok(pair) => pair,

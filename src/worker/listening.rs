@@ -224,7 +224,7 @@ impl<'a> Listening<'a> {
     }
 
     /// Whether some listener has a connection in its backlog, not yet accepted.
-    fn clients_waiting(&self) -> bool {
+    pub fn clients_waiting(&self) -> bool {
         let mut fds: Vec<libc::pollfd> = self
             .listeners
             .iter()

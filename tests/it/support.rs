@@ -243,7 +243,8 @@ impl Server {
     /// Waits (bounded) until some worker is inside a request, as the control socket's
     /// `status` reports it: a request sent just before is then past the backlog.
     pub fn wait_for_request_in_flight(&self, limit: Duration) {
-        let in_flight = || {
+        let mut last = String::new();
+        let mut in_flight = || {
             let Ok(mut c) = std::os::unix::net::UnixStream::connect(&self.ctl_path) else {
                 return false;
             };
@@ -251,17 +252,18 @@ impl Server {
             if c.write_all(b"{\"id\":0,\"cmd\":\"status\"}\n").is_err() {
                 return false;
             }
-            let mut line = String::new();
-            let _ = BufReader::new(c).read_line(&mut line);
-            serde_json::from_str::<serde_json::Value>(&line).is_ok_and(|v| {
+            last.clear();
+            let _ = BufReader::new(c).read_line(&mut last);
+            serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| {
                 v["result"]["workers"]
                     .as_array()
                     .is_some_and(|ws| ws.iter().any(|w| !w["current_request_s"].is_null()))
             })
         };
+        let ok = wait_until(limit, &mut in_flight);
         assert!(
-            wait_until(limit, in_flight),
-            "no request in flight after {limit:?}; log:\n{}",
+            ok,
+            "no request in flight after {limit:?}; last status: {last}\nlog:\n{}",
             self.log()
         );
     }
