@@ -11,6 +11,7 @@ use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use serde_json::json;
@@ -114,6 +115,15 @@ impl Arbiter {
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread; the child only runs `worker::run`, which never returns.
         let master_pid = nix::unistd::getpid();
+        // Every signal stays pending across fork until the child has replaced the
+        // master's handlers with its own (`worker::boot_and_serve`); the master's mask
+        // comes back right after fork.
+        let mut signal_mask = SigSet::empty();
+        let _ = sigprocmask(
+            SigmaskHow::SIG_BLOCK,
+            Some(&SigSet::all()),
+            Some(&mut signal_mask),
+        );
         let forked = if self.preloaded.is_some() {
             // SAFETY: as above; the interpreter's own fork hooks run around it.
             unsafe { crate::python::fork_interpreter() }
@@ -121,6 +131,9 @@ impl Arbiter {
             // SAFETY: as above.
             unsafe { fork() }
         };
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&signal_mask), None);
+        }
         match forked.context("fork failed")? {
             ForkResult::Child => worker::run(WorkerInit {
                 cfg: &self.cfg,
@@ -130,6 +143,7 @@ impl Arbiter {
                 to_master: worker_end,
                 master_fds,
                 master_signals: self.signals.ids(),
+                signal_mask,
                 identity: &self.identity,
                 age: self.totals.spawned,
                 preloaded: self.preloaded.as_ref(),

@@ -158,6 +158,9 @@ pub struct WorkerInit<'a> {
     /// Descriptors that belong to the master (other workers' pipes, its signal pipe).
     pub master_fds: Vec<RawFd>,
     pub master_signals: Vec<signal_hook::SigId>,
+    /// The master's signal mask before it blocked every signal around fork; restored
+    /// once the worker's own handlers are in place.
+    pub signal_mask: nix::sys::signal::SigSet,
     /// Who to become before importing the application.
     pub identity: &'a crate::process::Identity,
     /// How many workers the master had spawned before this one (Gunicorn's `age`).
@@ -231,6 +234,14 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         // SAFETY: setting a standard disposition.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
+    // Signals were blocked since before fork: a TERM sent to a worker that was just
+    // forked (`scale +1` then `scale -1`) is delivered now, to the worker's handler,
+    // instead of to the master's inherited one, which would have lost it.
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&init.signal_mask),
+        None,
+    );
     for (k, v) in &cfg.env {
         std::env::set_var(k, v);
     }
