@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod http;
 pub mod log;
 pub mod master;
+pub mod net;
 pub mod process;
 pub mod python;
 pub mod scoreboard;

@@ -17,7 +17,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::http::head::RequestHead;
-use crate::wsgi::environ::Peer;
+use crate::net::Peer;
 
 /// Points fd 2 at `--error-logfile` (unless it is `-`) and installs the formatter.
 pub fn init_error_log(path: &str, level: &str) -> std::io::Result<()> {

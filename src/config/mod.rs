@@ -295,6 +295,13 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Gunicorn's default `secure_scheme_headers`.
+pub const DEFAULT_SECURE_SCHEME_HEADERS: [(&str, &str); 3] = [
+    ("X-FORWARDED-PROTOCOL", "ssl"),
+    ("X-FORWARDED-PROTO", "https"),
+    ("X-FORWARDED-SSL", "on"),
+];
+
 impl Config {
     /// Binds in effect (Gunicorn's default when none given).
     pub fn binds(&self) -> Vec<BindAddress> {
@@ -324,7 +331,7 @@ impl Config {
     /// `--secure-scheme-header`s, or Gunicorn's defaults.
     pub fn secure_scheme_headers(&self) -> Vec<(String, String)> {
         if self.secure_scheme_header.is_empty() {
-            crate::wsgi::environ::DEFAULT_SECURE_SCHEME_HEADERS
+            DEFAULT_SECURE_SCHEME_HEADERS
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect()

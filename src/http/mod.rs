@@ -2,6 +2,7 @@
 //! response-head assembly. Sockets live in `worker::conn`; nothing here knows Python.
 
 pub mod chunked;
+pub mod framer;
 pub mod head;
 pub mod proxy;
 pub mod response;

@@ -3,23 +3,12 @@
 
 use std::net::ToSocketAddrs;
 use std::os::fd::FromRawFd;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::config::{BindAddress, Config};
-use crate::wsgi::environ::Local;
-
-pub struct Listener {
-    pub socket: Socket,
-    /// What SERVER_NAME/SERVER_PORT say when a request has no Host header.
-    pub local: Local,
-    /// Shown in logs: `http://127.0.0.1:8000`, `unix:/run/app.sock`.
-    pub display: String,
-    /// A Unix socket file we created and remove on exit.
-    pub unix_path: Option<PathBuf>,
-}
+use crate::net::{Listener, Local};
 
 pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
     if let Ok(inherited) = std::env::var(super::upgrade::INHERIT_ENV) {

@@ -29,11 +29,12 @@ use nix::unistd::{fork, ForkResult, Pid};
 use rgunctl::protocol::HistoryEntry;
 use serde_json::json;
 
-use self::listeners::{bind_all, Listener};
+use self::listeners::bind_all;
 use self::notify::Notifier;
 use self::reload::Reload;
 use crate::config::Config;
 use crate::control::{ControlServer, TOKEN_BASE as CONTROL_TOKENS};
+use crate::net::Listener;
 use crate::scoreboard::{Scoreboard, MAX_SLOTS};
 use crate::signals::SignalPipe;
 use crate::worker::{self, exit};

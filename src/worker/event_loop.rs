@@ -19,10 +19,10 @@ use super::conn::{Conn, Drive, Exec};
 use super::listening::{Listening, LISTENER_BASE};
 use super::pool::Pool;
 use super::Shared;
-use crate::master::listeners::Listener;
+use crate::net::Listener;
+use crate::net::{Local, Peer};
 use crate::scoreboard::WorkerState;
 use crate::signals::SignalPipe;
-use crate::wsgi::environ::{Local, Peer};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const WAKER_TOKEN: Token = Token(usize::MAX - 2);
@@ -418,10 +418,16 @@ impl<'a> EventLoop<'a> {
     }
 
     fn close(&mut self, key: usize) {
-        if let Some(conn) = self.conns[key].take() {
+        if let Some(mut conn) = self.conns[key].take() {
             let _ = self.poll.registry().deregister(&mut SourceFd(&conn.fd()));
             if conn.in_request {
                 conn.abandon(&self.shared);
+            }
+            // Without the GIL here, a pool thread calls the abandoned iterable's close().
+            if let Some(pool) = &self.pool {
+                if let Some(response) = conn.take_unfinished() {
+                    pool.dispose(response);
+                }
             }
             self.free.push(key);
             self.open -= 1;

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use mio::Poll;
 
-use crate::master::listeners::Listener;
+use crate::net::Listener;
 use crate::scoreboard::Peers;
 
 /// How often a worker off the listeners looks for clients no peer took.
@@ -350,7 +350,7 @@ mod tests {
         let client = std::net::TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
         let listener = Listener {
             socket: socket2::Socket::from(std::os::fd::OwnedFd::from(tcp)),
-            local: crate::wsgi::environ::Local {
+            local: crate::net::Local {
                 name: "127.0.0.1".into(),
                 port: "0".into(),
             },

@@ -7,7 +7,6 @@ mod conn;
 mod event_loop;
 mod listening;
 mod pool;
-mod respond;
 mod watch;
 
 use std::io::Write;
@@ -23,7 +22,7 @@ use self::event_loop::EventLoop;
 use crate::config::{AllowIps, Config};
 use crate::http::head::HeadLimits;
 use crate::log::{AccessLog, AccessRecord};
-use crate::master::listeners::Listener;
+use crate::net::Listener;
 use crate::scoreboard::{Peers, Slot, WorkerState};
 use crate::signals::SignalPipe;
 use crate::wsgi::App;

@@ -1,6 +1,8 @@
-//! `--threads N`: N Python threads that each take a connection with a complete request
-//! from the event loop, run the application, send the response (waiting on the socket
-//! with the GIL released) and hand the connection back through a waker.
+//! `--threads N`: N Python threads that take work from the event loop — a connection
+//! with a complete request to run, or one whose response needs more produced — and
+//! hand the connection back through a waker. They never touch a client socket: the
+//! loop sends, so a client that stops reading never holds a thread. They also dispose
+//! of abandoned responses, whose `close()` needs the GIL the loop does not hold.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -8,10 +10,19 @@ use std::sync::{Arc, Mutex};
 use mio::Waker;
 use pyo3::prelude::*;
 
-use super::conn::Conn;
+use super::conn::{Conn, Responding};
 use super::Shared;
 
-type Job = (usize, Conn);
+// A connection moves by value, as before the pool had two kinds of work: boxing it
+// would cost an allocation per hand-off, and few jobs wait at a time.
+#[allow(clippy::large_enum_variant)]
+enum Job {
+    /// Run the request or produce more of the response (slot key, connection).
+    Serve(usize, Conn),
+    /// Call `close()` on a response whose connection is gone.
+    Dispose(Box<Responding>),
+}
+
 /// A connection coming back: its slot key, itself, and whether to keep it open.
 type Finished = (usize, Conn, bool);
 
@@ -34,12 +45,17 @@ impl Pool {
                 .name(format!("rgun-py-{i}"))
                 .spawn(move || loop {
                     let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok((key, mut conn)) = job else { return };
-                    let keep = Python::with_gil(|py| conn.serve_dispatched(py, &shared));
-                    if done_tx.send((key, conn, keep)).is_err() {
-                        return;
+                    match job {
+                        Err(_) => return,
+                        Ok(Job::Dispose(r)) => Python::with_gil(|py| r.dispose(py)),
+                        Ok(Job::Serve(key, mut conn)) => {
+                            let keep = Python::with_gil(|py| conn.serve_dispatched(py, &shared));
+                            if done_tx.send((key, conn, keep)).is_err() {
+                                return;
+                            }
+                            let _ = waker.wake();
+                        }
                     }
-                    let _ = waker.wake();
                 })?;
         }
         Ok(Pool { jobs, finished })
@@ -47,7 +63,11 @@ impl Pool {
 
     pub fn submit(&self, key: usize, conn: Conn) {
         // The receivers live as long as the process; a send cannot fail.
-        let _ = self.jobs.send((key, conn));
+        let _ = self.jobs.send(Job::Serve(key, conn));
+    }
+
+    pub fn dispose(&self, response: Box<Responding>) {
+        let _ = self.jobs.send(Job::Dispose(response));
     }
 
     pub fn finished(&self) -> impl Iterator<Item = Finished> + '_ {

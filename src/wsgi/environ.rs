@@ -15,23 +15,7 @@ use rustc_hash::FxHashMap;
 
 use crate::http::head::RequestHead;
 use crate::http::HttpError;
-
-/// Who is on the other end of a connection, formatted once per connection.
-#[derive(Debug, Clone, Default)]
-pub struct Peer {
-    /// IP address text, or empty for a Unix-socket peer.
-    pub addr: String,
-    pub port: String,
-    /// Trusted by `--forwarded-allow-ips` to set the URL scheme.
-    pub trusted: bool,
-}
-
-/// Where the connection arrived, for SERVER_NAME/SERVER_PORT when there is no Host.
-#[derive(Debug, Clone, Default)]
-pub struct Local {
-    pub name: String,
-    pub port: String,
-}
+use crate::net::{Local, Peer};
 
 /// Everything the environ needs about one request.
 pub struct RequestInfo<'a> {
@@ -394,13 +378,6 @@ fn split_host(h: &[u8]) -> (&[u8], &[u8]) {
         None => (h, &h[h.len()..]),
     }
 }
-
-/// Gunicorn's default `secure_scheme_headers`.
-pub const DEFAULT_SECURE_SCHEME_HEADERS: [(&str, &str); 3] = [
-    ("X-FORWARDED-PROTOCOL", "ssl"),
-    ("X-FORWARDED-PROTO", "https"),
-    ("X-FORWARDED-SSL", "on"),
-];
 
 /// Gunicorn's `secure_scheme_headers`: from a trusted peer, these headers say whether
 /// the original request was HTTPS. Disagreeing headers are a 400, as in Gunicorn.

@@ -7,6 +7,7 @@
 
 pub mod environ;
 pub mod input;
+pub mod response;
 pub mod start_response;
 
 use pyo3::prelude::*;

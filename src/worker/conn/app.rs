@@ -1,46 +1,71 @@
-//! Calling the application with a complete request and sending its response: the
-//! environ and `wsgi.input` in, `Responding` pumped as the socket drains, the access
-//! log and the scoreboard when the response is done. On a `--threads` pool thread the
-//! same steps run with the GIL released while the socket is full.
+//! The application side of a connection: calling the application with a complete
+//! request, producing its response (`WsgiSource` into an `Http1Response`) and, when
+//! the socket has taken it all, the access log and the scoreboard.
+//!
+//! Production needs the GIL; sending does not. With `--threads 1` both run on the
+//! loop's thread, back to back. With `--threads N` a pool thread runs the application
+//! and produces up to `HIGH_WATER_BYTES`, then hands the connection back; the loop
+//! sends as the socket drains and hands it out again only to produce more. A pool
+//! thread never touches the socket, so a client that stops reading holds a buffer,
+//! never a Python thread.
 
-use std::os::fd::RawFd;
+use std::io;
 use std::time::Instant;
 
 use pyo3::prelude::*;
 
-use super::{Conn, State, Step, KEPT_OUT_BYTES};
+use super::{Conn, Exec, State, Step, KEPT_OUT_BYTES};
+use crate::http::framer::Http1Response;
 use crate::http::response::RequestFacts;
 use crate::log::AccessRecord;
-use crate::worker::respond::{close_result, Pump, RespondError, Responding};
+use crate::net::outbox::Outbox;
 use crate::worker::Shared;
 use crate::wsgi::environ::{is_https, RequestInfo};
 use crate::wsgi::input::Body;
+use crate::wsgi::response::WsgiSource;
+
+/// Stop producing once this much is waiting for the socket.
+pub const HIGH_WATER_BYTES: usize = 64 * 1024;
+
+/// A response on its way: where its body comes from and how it goes on the wire.
+pub struct Responding {
+    source: WsgiSource,
+    http: Http1Response,
+    /// The application raised mid-body: what it produced goes out, then the
+    /// connection closes, since the body cannot end properly.
+    failed: bool,
+}
+
+impl Responding {
+    /// Abandons the response: `close()` on the application's iterable. With the GIL.
+    pub fn dispose(mut self, py: Python<'_>) {
+        self.source.close(py);
+    }
+}
 
 impl Conn {
-    /// On a pool thread: runs the dispatched request and sends its response, waiting
-    /// for the socket with the GIL released. Returns false to close the connection.
+    /// On a pool thread, with the GIL: runs the dispatched request, or produces more of
+    /// the response under way. Never touches the socket. False: close the connection.
     pub fn serve_dispatched(&mut self, py: Python<'_>, ctx: &Shared) -> bool {
-        let body = self.pending_body.take().unwrap_or_default();
-        if let Step::Close = self.run_app(py, ctx, body) {
-            return false;
-        }
-        loop {
-            if !matches!(self.state, State::Responding(_)) {
-                return true;
-            }
-            match self.step_respond(py, ctx) {
-                // Finished (the state is Head again) or more to send.
-                Step::Continue | Step::Wait | Step::Yield => {}
-                Step::Close => return false,
-                Step::WaitWrite | Step::Dispatch => {
-                    let fd = self.fd();
-                    let timeout_ms = ctx.settings.request_timeout.as_millis() as i32;
-                    if !py.allow_threads(|| wait_writable(fd, timeout_ms)) {
-                        tracing::debug!("client {} stopped reading; closing", self.peer.addr);
-                        return false;
-                    }
+        let step = match self.pending_body.take() {
+            Some(body) => self.run_app(py, ctx, body),
+            None if matches!(self.state, State::Responding(_)) => self.produce(py, ctx),
+            None => Step::Continue,
+        };
+        !matches!(step, Step::Close)
+    }
+
+    /// A response whose `close()` is still owed, taken out of a connection that is
+    /// being closed, so that it can be disposed of where the GIL is.
+    pub fn take_unfinished(&mut self) -> Option<Box<Responding>> {
+        match &self.state {
+            State::Responding(r) if r.source.needs_close() => {
+                match std::mem::replace(&mut self.state, State::Draining) {
+                    State::Responding(r) => Some(r),
+                    _ => unreachable!(),
                 }
             }
+            _ => None,
         }
     }
 
@@ -102,20 +127,57 @@ impl Conn {
                 self.hook_request = Some((req.unbind(), response.environ.clone_ref(py).into_any()));
             }
         }
-        let out = std::mem::take(&mut self.spare_out);
-        match Responding::start(py, &ctx.app, response, facts, out) {
-            Ok(r) => {
-                self.state = State::Responding(Box::new(r));
+        let mut http = Http1Response::new(
+            Outbox::with_buffer(std::mem::take(&mut self.spare_out)),
+            &facts,
+        );
+        match WsgiSource::start(py, &ctx.app, response, facts, &mut http) {
+            Ok(source) => {
+                self.state = State::Responding(Box::new(Responding {
+                    source,
+                    http,
+                    failed: false,
+                }));
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
-                Step::Continue
+                self.produce(py, ctx)
             }
-            Err((e, result)) => {
-                close_result(py, result);
+            Err(e) => {
                 self.log_app_error(&e.to_string());
+                self.hook_request = None;
                 self.end_request(ctx, 500, 0);
                 self.fail_status(500, "Internal Server Error")
             }
         }
+    }
+
+    /// Pulls the body up to the high-water mark; once it is all produced, `close()`
+    /// and the `post_request` hook run (the rest is sending, which needs no Python).
+    fn produce(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
+        let State::Responding(r) = &mut self.state else {
+            unreachable!()
+        };
+        if let Err(e) = r.source.produce(py, &mut r.http, HIGH_WATER_BYTES) {
+            r.source.close(py);
+            r.failed = true;
+            self.hook_request = None;
+            self.log_app_error(&e.to_string());
+            return Step::Continue;
+        }
+        if !r.source.is_done() || !r.source.needs_close() {
+            return Step::Continue;
+        }
+        r.source.close(py);
+        if let (Some(h), Some((req, environ))) = (&ctx.hooks, self.hook_request.take()) {
+            let (status, headers) = r.source.head_text(py);
+            if let Ok(resp) = h.response(py, &status, headers, r.http.body_bytes()) {
+                h.call(
+                    py,
+                    "post_request",
+                    vec![req.into_bound(py), environ.into_bound(py), resp],
+                );
+            }
+        }
+        Step::Continue
     }
 
     fn log_app_error(&self, detail: &str) {
@@ -123,57 +185,56 @@ impl Conn {
         tracing::error!("Error handling request {path}\n{detail}");
     }
 
-    pub(super) fn step_respond(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
-        let fd = self.fd();
+    /// Sends what the response has produced; asks for more (here with the GIL, or
+    /// from a pool thread) once the socket has taken it all.
+    pub(super) fn step_respond(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
         let State::Responding(r) = &mut self.state else {
             unreachable!()
         };
-        match r.pump(py, fd) {
-            Ok(Pump::Blocked) => {
+        match r.http.outbox.flush(&self.transport) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Waiting for the client, not stuck in the application: the master's
                 // --timeout must not count this (the connection deadline does).
                 ctx.slot.request_begin();
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
-                Step::WaitWrite
-            }
-            Ok(Pump::Finished) => {
-                r.close(py);
-                if let (Some(h), Some((req, environ))) = (&ctx.hooks, self.hook_request.take()) {
-                    let (status, headers) = r.head_text(py);
-                    if let Ok(resp) = h.response(py, &status, headers, r.body_bytes) {
-                        h.call(
-                            py,
-                            "post_request",
-                            vec![req.into_bound(py), environ.into_bound(py), resp],
-                        );
-                    }
-                }
-                let (status, bytes, close) = (r.status, r.body_bytes, r.close_after);
-                if r.out.capacity() <= KEPT_OUT_BYTES {
-                    r.out.clear();
-                    self.spare_out = std::mem::take(&mut r.out);
-                }
-                self.end_request(ctx, status, bytes);
-                if close {
-                    return self.shutdown_and_drain();
-                }
-                self.state = State::Head;
-                self.deadline = Instant::now() + ctx.settings.keepalive;
-                self.compact();
-                self.after_response(ctx)
+                return Step::WaitWrite;
             }
             Err(e) => {
-                r.close(py);
-                let status = r.status;
-                match e {
-                    RespondError::Io(_) => tracing::debug!("client went away mid-response: {e}"),
-                    other => self.log_app_error(&other.to_string()),
-                }
-                // The head may be on the wire: closing is the only honest signal left.
+                tracing::debug!("client went away mid-response: {e}");
+                let status = r.http.status;
                 self.end_request(ctx, status, 0);
-                Step::Close
+                return Step::Close;
             }
         }
+        if !r.source.is_done() {
+            return match exec {
+                Exec::Inline(py) => self.produce(py, ctx),
+                Exec::Pool => Step::Dispatch,
+            };
+        }
+        if r.failed {
+            // The head is on the wire: closing is the only honest signal left.
+            let status = r.http.status;
+            self.end_request(ctx, status, 0);
+            return Step::Close;
+        }
+        let State::Responding(r) = std::mem::replace(&mut self.state, State::Head) else {
+            unreachable!()
+        };
+        let Responding { http, .. } = *r;
+        let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
+        let out = http.outbox.into_buffer();
+        if out.capacity() <= KEPT_OUT_BYTES {
+            self.spare_out = out;
+        }
+        self.end_request(ctx, status, bytes);
+        if close {
+            return self.shutdown_and_drain();
+        }
+        self.deadline = Instant::now() + ctx.settings.keepalive;
+        self.compact();
+        self.after_response(ctx)
     }
 
     fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) {
@@ -189,16 +250,4 @@ impl Conn {
             elapsed: self.request_started.elapsed(),
         });
     }
-}
-
-/// poll(2) for writability; false on time-out or error.
-fn wait_writable(fd: RawFd, timeout_ms: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0
 }

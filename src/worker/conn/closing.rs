@@ -5,7 +5,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use super::{write_fd, Conn, State, Step};
+use super::{Conn, State, Step};
 use crate::http::response::write_error;
 use crate::http::HttpError;
 
@@ -30,12 +30,11 @@ impl Conn {
     }
 
     pub(super) fn step_closing(&mut self) -> Step {
-        let fd = self.fd();
         let State::Closing { out, pos } = &mut self.state else {
             unreachable!()
         };
         while *pos < out.len() {
-            match write_fd(fd, &out[*pos..]) {
+            match self.transport.write(&out[*pos..]) {
                 Ok(n) => *pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WaitWrite,
                 Err(_) => return Step::Close,
@@ -45,7 +44,7 @@ impl Conn {
     }
 
     pub(super) fn shutdown_and_drain(&mut self) -> Step {
-        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+        self.transport.shutdown_write();
         self.state = State::Draining;
         self.deadline = Instant::now() + Duration::from_secs(DRAIN_SECS);
         self.read_buf.clear();

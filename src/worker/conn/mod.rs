@@ -9,18 +9,19 @@ mod app;
 mod closing;
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
+pub use self::app::Responding;
 use super::body::{BodyError, BodyReader};
-use super::respond::{write_fd, Responding};
 use super::Shared;
 use crate::http::head::{parse_head, RequestHead};
 use crate::http::proxy::{self, ProxyMode};
 use crate::http::HttpError;
-use crate::wsgi::environ::{Local, Peer};
+use crate::net::transport::Transport;
+use crate::net::{Local, Peer};
 use crate::wsgi::input::Body;
 
 /// Blank-line bytes tolerated before a request.
@@ -72,7 +73,7 @@ pub enum Exec<'py> {
 }
 
 pub struct Conn {
-    pub sock: socket2::Socket,
+    transport: Transport,
     peer: Peer,
     local: std::sync::Arc<Local>,
     read_buf: Vec<u8>,
@@ -120,7 +121,7 @@ impl Conn {
         first_byte_timeout: Duration,
     ) -> Conn {
         Conn {
-            sock,
+            transport: Transport::new(sock),
             peer,
             local,
             read_buf: Vec::new(),
@@ -145,7 +146,7 @@ impl Conn {
     }
 
     pub fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+        self.transport.fd()
     }
 
     /// Between requests with nothing buffered. A keep-alive connection in this state
@@ -172,9 +173,7 @@ impl Conn {
             let step = match (&mut self.state, exec) {
                 (State::Head, _) => self.step_head(exec, ctx),
                 (State::Body(_), _) => self.step_body(exec, ctx),
-                (State::Responding(_), Exec::Inline(py)) => self.step_respond(py, ctx),
-                // Only a pool thread sends a response in pool mode.
-                (State::Responding(_), Exec::Pool) => Step::Wait,
+                (State::Responding(_), _) => self.step_respond(exec, ctx),
                 (State::Closing { .. }, _) => self.step_closing(),
                 (State::Draining, _) => self.step_draining(),
             };
@@ -316,7 +315,7 @@ impl Conn {
                 {
                     // Best effort: a full socket buffer here means the client is not
                     // waiting for it anyway.
-                    let _ = write_fd(self.fd(), b"HTTP/1.1 100 Continue\r\n\r\n");
+                    let _ = self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
                 self.state = State::Body(reader);
@@ -374,38 +373,25 @@ impl Conn {
         }
     }
 
-    /// One recv(2) into the read buffer's spare capacity.
+    /// One read into the read buffer's spare capacity.
     fn fill(&mut self) -> io::Result<usize> {
         if self.read_start == self.read_buf.len() {
             self.read_buf.clear();
             self.read_start = 0;
         }
-        self.read_buf.reserve(READ_CHUNK_BYTES);
-        let spare = self.read_buf.spare_capacity_mut();
-        let want = spare.len();
-        // SAFETY: recv writes at most `spare.len()` bytes into the vector's spare
-        // capacity; we only extend the length by what the kernel reports written.
-        let n = unsafe {
-            libc::recv(
-                self.sock.as_raw_fd(),
-                spare.as_mut_ptr().cast(),
-                spare.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                self.unread = false;
+        match self.transport.read(&mut self.read_buf, READ_CHUNK_BYTES) {
+            Ok(n) => {
+                // A short read emptied the socket: later bytes raise a new edge.
+                self.unread = self.read_buf.len() == self.read_buf.capacity();
+                Ok(n)
             }
-            return Err(e);
+            Err(e) => {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.unread = false;
+                }
+                Err(e)
+            }
         }
-        let n = n as usize;
-        // A short read emptied the socket: later bytes raise a new edge.
-        self.unread = n == want;
-        // SAFETY: the kernel initialised `n` bytes past the old length.
-        unsafe { self.read_buf.set_len(self.read_buf.len() + n) };
-        Ok(n)
     }
 }
 

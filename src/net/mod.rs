@@ -1,0 +1,40 @@
+//! Networking types that both the master and the worker use: a listening socket with
+//! what it is known as, the two ends of a client connection, the `Transport` every
+//! byte of a client connection goes through, and the `Outbox` of bytes waiting for it.
+//!
+//! The lowest layer of the tree: no HTTP, no Python, no process management.
+
+pub mod outbox;
+pub mod transport;
+
+use std::path::PathBuf;
+
+use socket2::Socket;
+
+/// A listening socket, opened once by the master and inherited by every worker.
+pub struct Listener {
+    pub socket: Socket,
+    /// What SERVER_NAME/SERVER_PORT say when a request has no Host header.
+    pub local: Local,
+    /// Shown in logs: `http://127.0.0.1:8000`, `unix:/run/app.sock`.
+    pub display: String,
+    /// A Unix socket file we created and remove on exit.
+    pub unix_path: Option<PathBuf>,
+}
+
+/// Who is on the other end of a connection, formatted once per connection.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// IP address text, or empty for a Unix-socket peer.
+    pub addr: String,
+    pub port: String,
+    /// Trusted by `--forwarded-allow-ips` to set the URL scheme.
+    pub trusted: bool,
+}
+
+/// Where the connection arrived, for SERVER_NAME/SERVER_PORT when there is no Host.
+#[derive(Debug, Clone, Default)]
+pub struct Local {
+    pub name: String,
+    pub port: String,
+}
