@@ -5,6 +5,8 @@ Endpoints:
   /digest         reads wsgi.input in 64 KiB pieces; answers "<length> <sha256 hex>".
   /stream?n=N     a streamed response of N 64 KiB chunks (no Content-Length) whose
                   iterable records its close() call and how many chunks were produced.
+  /big            a 32 MiB body held in memory (one module-level bytes object), as a
+                  one-item list.
   /closed         JSON list of the records left by the /stream iterables so far.
   /work?ms=N      sleeps N milliseconds, then a tiny 200 "done" (a request that costs
                   the worker time, for the pipelining-fairness test).
@@ -20,6 +22,8 @@ import time
 STREAMS = []
 
 CHUNK = b"x" * 65536
+# The in-memory body of /big: made once, so every response shares it.
+BIG = b"y" * (32 << 20)
 
 
 class Stream:
@@ -74,6 +78,9 @@ def application(environ, start_response):
         q = _query(environ)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return Stream(q.get("tag", ""), int(q.get("n", "16")))
+    if path == "/big":
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(BIG)))])
+        return [BIG]
     if path == "/work":
         time.sleep(int(_query(environ).get("ms", "1")) / 1000)
         body = b"done"

@@ -20,12 +20,11 @@ fn rss_sum(pids: &[i32]) -> u64 {
 
 /// A 200 MiB upload streamed from a generator arrives intact (length and SHA-256 from
 /// the app's `read(65536)` loop) while master + worker RSS grows by less than 64 MiB.
-#[test]
-fn huge_upload_is_streamed_with_bounded_memory() {
+fn huge_upload_is_streamed_with_bounded_memory(threads: u32) {
     const TOTAL: u64 = 200 * 1024 * 1024;
     const CHUNK: usize = 256 * 1024;
     const MAX_GROWTH: u64 = 64 * 1024 * 1024;
-    let server = start();
+    let server = start(threads);
     let workers = server.worker_pids();
     assert_eq!(workers.len(), 1, "expected one worker, got {workers:?}");
     let mut pids = vec![server.pid()];
@@ -139,7 +138,7 @@ fn stream_record(server: &Server, tag: &str) -> Option<serde_json::Value> {
 }
 
 /// Waits (bounded) until the `/stream` response tagged `tag` has had `close()` called.
-fn wait_closed(server: &Server, tag: &str) -> serde_json::Value {
+pub(super) fn wait_closed(server: &Server, tag: &str) -> serde_json::Value {
     let started = Instant::now();
     loop {
         let rec = stream_record(server, tag);
@@ -164,10 +163,9 @@ fn wait_closed(server: &Server, tag: &str) -> serde_json::Value {
 /// Clients that send a request and vanish before reading a large streamed response
 /// (256 MiB, far more than socket buffers hold): the worker notices, calls the
 /// iterable's `close()` without producing the whole body, and keeps serving.
-#[test]
-fn client_gone_mid_stream_closes_iterable_and_server_keeps_serving() {
+fn client_gone_mid_stream_closes_iterable_and_server_keeps_serving(threads: u32) {
     const CHUNKS: u64 = 4096; // 64 KiB each: 256 MiB
-    let server = start();
+    let server = start(threads);
 
     // 1. Reads the head and a little of the body, then closes (unread data: RST).
     let mut s = server.connect();
@@ -225,10 +223,9 @@ fn client_gone_mid_stream_closes_iterable_and_server_keeps_serving() {
 /// the moment it has the previous answer) gets one request per turn of the worker's
 /// loop, not the loop: an honest request sent after the whole pipeline is answered
 /// while most of the pipeline is still pending.
-#[test]
-fn pipelining_client_does_not_hold_the_worker() {
+fn pipelining_client_does_not_hold_the_worker(threads: u32) {
     const PIPELINED: usize = 300;
-    let server = start();
+    let server = start(threads);
     let mut greedy = server.connect();
     greedy
         .set_write_timeout(Some(Duration::from_secs(5)))
@@ -283,3 +280,9 @@ fn count(haystack: &[u8], needle: &[u8]) -> usize {
         .filter(|w| *w == needle)
         .count()
 }
+
+both_thread_modes!(
+    huge_upload_is_streamed_with_bounded_memory,
+    client_gone_mid_stream_closes_iterable_and_server_keeps_serving,
+    pipelining_client_does_not_hold_the_worker
+);

@@ -1,7 +1,8 @@
 //! Slow-client immunity: hostile or merely slow clients must not stop one worker with one
 //! thread from answering an honest client promptly, and must not cost unbounded memory.
 //!
-//! Every test runs `tests/apps/hostile_app.py` under `-w 1 --threads 1`, so a single
+//! Every test runs `tests/apps/hostile_app.py` with one worker, under `--threads 1` and
+//! again under `--threads 4`, so a single
 //! connection that managed to hold the worker would show up as an honest request that
 //! waits (we assert < 3 s, a bound that tolerates a loaded CI machine yet is far below
 //! how long the hostile clients keep going, and print the latency). Covered:
@@ -30,22 +31,40 @@ use sha2::{Digest, Sha256};
 
 use crate::support::{read_response, Server, ServerBuilder};
 
-mod heavy;
-
 /// The bound an honest request must be answered within, whatever the other clients do.
 const HONEST_LIMIT: Duration = Duration::from_secs(3);
 
-fn start() -> Server {
+fn start(threads: u32) -> Server {
     ServerBuilder::new("hostile_app:application")
         .workers(1)
         .arg("--threads")
-        .arg("1")
+        .arg(threads.to_string())
         .start()
 }
 
+/// Each scenario runs twice: with `--threads 1` (the application on the event loop's
+/// thread) and with `--threads 4` (a pool of Python threads beside the loop).
+macro_rules! both_thread_modes {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn threads_1() {
+                super::$scenario(1)
+            }
+            #[test]
+            fn threads_4() {
+                super::$scenario(4)
+            }
+        }
+    )*};
+}
+
+mod heavy;
+mod readers;
+
 /// One honest `GET /ping` on a fresh connection; returns how long it took end to end
 /// (connect, send, full response).
-fn honest_ping(server: &Server) -> Duration {
+pub(super) fn honest_ping(server: &Server) -> Duration {
     let started = Instant::now();
     let mut s = server.connect();
     s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -131,10 +150,9 @@ fn parse_digest(text: &str) -> (u64, String, u64) {
 /// connection every ~150 ms; the honest client is still answered in under a second, and
 /// afterwards every slowloris connection, once it completes its head, is served too
 /// (which proves the server really held them open the whole time).
-#[test]
-fn slowloris_heads_do_not_block_honest_requests() {
+fn slowloris_heads_do_not_block_honest_requests(threads: u32) {
     const SLOW: usize = 60;
-    let server = start();
+    let server = start(threads);
     let mut slow: Vec<TcpStream> = (0..SLOW)
         .map(|_| {
             let mut s = server.connect();
@@ -210,11 +228,10 @@ fn slowloris_heads_do_not_block_honest_requests() {
 
 /// A 100 KB POST body dribbled 4 KB at a time: honest requests are answered meanwhile,
 /// and the slow upload then arrives intact (length and SHA-256 checked by the app).
-#[test]
-fn slow_post_body_does_not_block_honest_requests() {
+fn slow_post_body_does_not_block_honest_requests(threads: u32) {
     const BODY: usize = 100 * 1024;
     const PIECE: usize = 4 * 1024;
-    let server = start();
+    let server = start(threads);
     let mut body = vec![0u8; BODY];
     ByteGen(0x5eed_0001).fill(&mut body);
     let want = sha256_hex(&body);
@@ -300,15 +317,14 @@ fn raise_nofile() -> u64 {
 
 /// 3,000 connections that connect and send nothing (three times the default
 /// `--worker-connections`): an honest request is still answered within `HONEST_LIMIT`.
-#[test]
-fn three_thousand_idle_connections_do_not_block_honest_requests() {
+fn three_thousand_idle_connections_do_not_block_honest_requests(threads: u32) {
     const IDLE: usize = 3000;
     let limit = raise_nofile();
     assert!(
         limit >= IDLE as u64 + 200,
         "RLIMIT_NOFILE hard limit is {limit}: too low to hold {IDLE} client sockets (raise it with ulimit -Hn)"
     );
-    let server = start();
+    let server = start(threads);
     let started = Instant::now();
     let mut idle = Vec::with_capacity(IDLE);
     let mut slowest = Duration::ZERO;
@@ -349,3 +365,9 @@ fn three_thousand_idle_connections_do_not_block_honest_requests() {
     let took = honest_ping(&server);
     assert!(took < HONEST_LIMIT, "after the idle crowd left: {took:?}");
 }
+
+both_thread_modes!(
+    slowloris_heads_do_not_block_honest_requests,
+    slow_post_body_does_not_block_honest_requests,
+    three_thousand_idle_connections_do_not_block_honest_requests
+);
