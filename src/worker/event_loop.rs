@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 use super::conn::{Conn, Drive, Exec};
 use super::listening::{Listening, LISTENER_BASE};
 use super::pool::Pool;
-use super::Shared;
+use super::{Service, Shared};
 use crate::net::Listener;
 use crate::net::{Local, Peer};
 use crate::scoreboard::WorkerState;
@@ -45,6 +45,7 @@ pub struct EventLoop<'a> {
     locals: Vec<Arc<Local>>,
     signals: SignalPipe,
     shared: Arc<Shared>,
+    service: Arc<Service>,
     pool: Option<Pool>,
     /// Connection slots; `None` is free or, for keys in the pool, away.
     conns: Vec<Option<Conn>>,
@@ -60,6 +61,8 @@ pub struct EventLoop<'a> {
     parent: i32,
     watch: Option<super::watch::SourceWatch>,
     graceful_timeout: Duration,
+    /// When the periodic work (deadlines, parent, sources) is next due.
+    next_sweep: Instant,
 }
 
 impl<'a> EventLoop<'a> {
@@ -67,6 +70,7 @@ impl<'a> EventLoop<'a> {
         listeners: &'a [Listener],
         signals: SignalPipe,
         shared: Arc<Shared>,
+        service: Arc<Service>,
         threads: usize,
         graceful_timeout: Duration,
     ) -> std::io::Result<EventLoop<'a>> {
@@ -75,11 +79,17 @@ impl<'a> EventLoop<'a> {
         let listening = Listening::new(&poll, listeners, shared.peers, threads <= 1)?;
         let pool = if threads > 1 {
             let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
-            Some(Pool::start(threads, Arc::clone(&shared), waker)?)
+            Some(Pool::start(
+                threads,
+                Arc::clone(&shared),
+                Arc::clone(&service),
+                waker,
+            )?)
         } else {
             None
         };
         let shared_reload = shared.settings.reload;
+        let sweep_every = shared.settings.sweep_every;
         let locals = listeners
             .iter()
             .map(|l| Arc::new(l.local.clone()))
@@ -90,6 +100,7 @@ impl<'a> EventLoop<'a> {
             locals,
             signals,
             shared,
+            service,
             pool,
             conns: Vec::new(),
             free: Vec::new(),
@@ -101,6 +112,7 @@ impl<'a> EventLoop<'a> {
             parent: unsafe { libc::getppid() },
             watch: shared_reload.then(super::watch::SourceWatch::default),
             graceful_timeout,
+            next_sweep: Instant::now() + sweep_every,
         })
     }
 
@@ -109,27 +121,19 @@ impl<'a> EventLoop<'a> {
         if self.pool.is_some() {
             self.run_with(Exec::Pool);
         } else {
-            Python::with_gil(|py| self.run_with(Exec::Inline(py)));
+            let service = Arc::clone(&self.service);
+            Python::with_gil(|py| self.run_with(Exec::Inline(py, &service)));
         }
     }
 
+    /// Today's driver: block in epoll until readiness or the next deadline, then step.
     fn run_with(&mut self, exec: Exec<'_>) {
         let mut events = Events::with_capacity(256);
-        let sweep_every = self.shared.settings.sweep_every;
-        let mut next_sweep = Instant::now() + sweep_every;
+        let mut timeout = Duration::ZERO;
         loop {
-            let wake_by = match self.listening.pause_ends() {
-                Some(t) => t.min(next_sweep),
-                None => next_sweep,
-            };
-            let timeout = if self.runnable.is_empty() {
-                wake_by.saturating_duration_since(Instant::now())
-            } else {
-                Duration::ZERO
-            };
             let poll = &mut self.poll;
             let result = match exec {
-                Exec::Inline(py) => py.allow_threads(|| poll.poll(&mut events, Some(timeout))),
+                Exec::Inline(py, _) => py.allow_threads(|| poll.poll(&mut events, Some(timeout))),
                 Exec::Pool => poll.poll(&mut events, Some(timeout)),
             };
             if let Err(e) = result {
@@ -137,40 +141,61 @@ impl<'a> EventLoop<'a> {
                     tracing::error!("epoll failed: {e}");
                     return;
                 }
+                events.clear();
             }
-            self.shared.slot.heartbeat();
-            for event in events.iter() {
-                match event.token() {
-                    SIGNAL_TOKEN => self.handle_signals(),
-                    WAKER_TOKEN => self.collect_finished(exec),
-                    Token(t) if t >= LISTENER_BASE => self.accept(exec, t - LISTENER_BASE),
-                    Token(t) => self.drive(exec, t, Input::Event),
-                }
-            }
-            // One more turn each for those that yielded; a key closed and reused since
-            // is merely driven once more, which is harmless.
-            for _ in 0..self.runnable.len() {
-                if let Some(key) = self.runnable.pop_front() {
-                    self.drive(exec, key, Input::Queued);
-                }
-            }
-            if !events.is_empty() {
-                yield_cpu();
-            }
-            let now = Instant::now();
-            self.listening.resume_if_due(&self.poll, self.open, now);
-            if now >= next_sweep {
-                self.close_expired(now);
-                self.check_parent();
-                self.check_sources();
-                next_sweep = now + sweep_every;
-            }
-            if let Some(deadline) = self.stop_by {
-                if self.open == 0 || Instant::now() >= deadline {
-                    return;
-                }
+            match self.step(exec, &events) {
+                Some(next) => timeout = next.saturating_duration_since(Instant::now()),
+                None => return,
             }
         }
+    }
+
+    /// One turn of the loop, given the readiness events that woke it: handle them,
+    /// give each connection in the run queue its turn, then the periodic work (expired
+    /// deadlines, an orphaned worker, `--reload`). Returns when the loop next has work
+    /// without an event (now, while connections wait for a turn), or `None` once a
+    /// stopping worker has drained. Any driver can call it: today's blocking epoll
+    /// loop, or an asyncio loop that watches the epoll descriptor.
+    pub fn step(&mut self, exec: Exec<'_>, events: &Events) -> Option<Instant> {
+        self.shared.slot.heartbeat();
+        for event in events.iter() {
+            match event.token() {
+                SIGNAL_TOKEN => self.handle_signals(),
+                WAKER_TOKEN => self.collect_finished(exec),
+                Token(t) if t >= LISTENER_BASE => self.accept(exec, t - LISTENER_BASE),
+                Token(t) => self.drive(exec, t, Input::Event),
+            }
+        }
+        // One more turn each for those that yielded; a key closed and reused since
+        // is merely driven once more, which is harmless.
+        for _ in 0..self.runnable.len() {
+            if let Some(key) = self.runnable.pop_front() {
+                self.drive(exec, key, Input::Queued);
+            }
+        }
+        if !events.is_empty() {
+            yield_cpu();
+        }
+        let now = Instant::now();
+        self.listening.resume_if_due(&self.poll, self.open, now);
+        if now >= self.next_sweep {
+            self.close_expired(now);
+            self.check_parent();
+            self.check_sources();
+            self.next_sweep = now + self.shared.settings.sweep_every;
+        }
+        if let Some(deadline) = self.stop_by {
+            if self.open == 0 || Instant::now() >= deadline {
+                return None;
+            }
+        }
+        if !self.runnable.is_empty() {
+            return Some(now);
+        }
+        Some(match self.listening.pause_ends() {
+            Some(t) => t.min(self.next_sweep),
+            None => self.next_sweep,
+        })
     }
 
     fn handle_signals(&mut self) {
@@ -178,7 +203,7 @@ impl<'a> EventLoop<'a> {
         for sig in self.signals.take() {
             match sig {
                 SIGINT | SIGQUIT => {
-                    if let Some(h) = &self.shared.hooks {
+                    if let Some(h) = &self.service.hooks {
                         Python::with_gil(|py| {
                             h.call(py, "worker_int", Vec::new());
                             h.call(py, "worker_exit", Vec::new());

@@ -58,10 +58,15 @@ pub struct Settings {
     pub secure_scheme_headers: Vec<(String, String)>,
 }
 
-/// What every connection of a worker shares, also across `--threads` pool threads.
-pub struct Shared {
+/// The application side, called with the GIL: the WSGI application and the server
+/// hooks around each request. The connection core reaches it only through `Exec`.
+pub struct Service {
     pub app: App,
     pub hooks: Option<crate::hooks::Hooks>,
+}
+
+/// What every connection of a worker shares, also across `--threads` pool threads.
+pub struct Shared {
     pub settings: Settings,
     pub slot: &'static Slot,
     pub peers: Peers,
@@ -309,9 +314,8 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         error_logfile: cfg.error_logfile.clone(),
         secure_scheme_headers: cfg.secure_scheme_headers(),
     };
+    let service = Arc::new(Service { app, hooks });
     let shared = Arc::new(Shared {
-        app,
-        hooks,
         settings,
         slot: init.slot,
         peers: init.peers,
@@ -324,6 +328,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         init.listeners,
         signals,
         Arc::clone(&shared),
+        Arc::clone(&service),
         cfg.threads as usize,
         cfg.graceful_timeout(),
     )
@@ -341,7 +346,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         return Err(exit::BOOT_ERROR);
     }
     worker.run();
-    if let Some(h) = &shared.hooks {
+    if let Some(h) = &service.hooks {
         Python::with_gil(|py| h.call(py, "worker_exit", Vec::new()));
     }
     Ok(())

@@ -11,7 +11,7 @@ use mio::Waker;
 use pyo3::prelude::*;
 
 use super::conn::{Conn, Responding};
-use super::Shared;
+use super::{Service, Shared};
 
 // A connection moves by value, as before the pool had two kinds of work: boxing it
 // would cost an allocation per hand-off, and few jobs wait at a time.
@@ -32,7 +32,12 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn start(threads: usize, shared: Arc<Shared>, waker: Arc<Waker>) -> std::io::Result<Pool> {
+    pub fn start(
+        threads: usize,
+        shared: Arc<Shared>,
+        service: Arc<Service>,
+        waker: Arc<Waker>,
+    ) -> std::io::Result<Pool> {
         let (jobs, job_rx) = channel::<Job>();
         let (done_tx, finished) = channel::<Finished>();
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -40,6 +45,7 @@ impl Pool {
             let job_rx = Arc::clone(&job_rx);
             let done_tx = done_tx.clone();
             let shared = Arc::clone(&shared);
+            let service = Arc::clone(&service);
             let waker = Arc::clone(&waker);
             std::thread::Builder::new()
                 .name(format!("rgun-py-{i}"))
@@ -49,7 +55,8 @@ impl Pool {
                         Err(_) => return,
                         Ok(Job::Dispose(r)) => Python::with_gil(|py| r.dispose(py)),
                         Ok(Job::Serve(key, mut conn)) => {
-                            let keep = Python::with_gil(|py| conn.serve_dispatched(py, &shared));
+                            let keep =
+                                Python::with_gil(|py| conn.serve_dispatched(py, &service, &shared));
                             if done_tx.send((key, conn, keep)).is_err() {
                                 return;
                             }

@@ -19,7 +19,7 @@ use crate::http::framer::Http1Response;
 use crate::http::response::RequestFacts;
 use crate::log::AccessRecord;
 use crate::net::outbox::Outbox;
-use crate::worker::Shared;
+use crate::worker::{Service, Shared};
 use crate::wsgi::environ::{is_https, RequestInfo};
 use crate::wsgi::input::Body;
 use crate::wsgi::response::WsgiSource;
@@ -46,10 +46,10 @@ impl Responding {
 impl Conn {
     /// On a pool thread, with the GIL: runs the dispatched request, or produces more of
     /// the response under way. Never touches the socket. False: close the connection.
-    pub fn serve_dispatched(&mut self, py: Python<'_>, ctx: &Shared) -> bool {
+    pub fn serve_dispatched(&mut self, py: Python<'_>, service: &Service, ctx: &Shared) -> bool {
         let step = match self.pending_body.take() {
-            Some(body) => self.run_app(py, ctx, body),
-            None if matches!(self.state, State::Responding(_)) => self.produce(py, ctx),
+            Some(body) => self.run_app(py, service, ctx, body),
+            None if matches!(self.state, State::Responding(_)) => self.produce(py, service),
             None => Step::Continue,
         };
         !matches!(step, Step::Close)
@@ -69,7 +69,13 @@ impl Conn {
         }
     }
 
-    pub(super) fn run_app(&mut self, py: Python<'_>, ctx: &Shared, body: Body) -> Step {
+    pub(super) fn run_app(
+        &mut self,
+        py: Python<'_>,
+        service: &Service,
+        ctx: &Shared,
+        body: Body,
+    ) -> Step {
         let https = match is_https(
             &self.head_bytes,
             &self.head,
@@ -103,18 +109,18 @@ impl Conn {
             local: &self.local,
             https,
         };
-        let hook_req = match &ctx.hooks {
+        let hook_req = match &service.hooks {
             Some(h) if h.pre_request || h.post_request => h
                 .request(py, &self.head_bytes, &self.head, &self.peer.addr)
                 .ok(),
             _ => None,
         };
-        if let (Some(h), Some(req)) = (&ctx.hooks, &hook_req) {
+        if let (Some(h), Some(req)) = (&service.hooks, &hook_req) {
             if h.pre_request {
                 h.call(py, "pre_request", vec![req.clone()]);
             }
         }
-        let response = match ctx.app.call(py, &info, body) {
+        let response = match service.app.call(py, &info, body) {
             Ok(r) => r,
             Err(e) => {
                 self.log_app_error(&crate::python::format_exception(py, &e));
@@ -122,7 +128,7 @@ impl Conn {
                 return self.fail_status(500, "Internal Server Error");
             }
         };
-        if let (Some(h), Some(req)) = (&ctx.hooks, hook_req) {
+        if let (Some(h), Some(req)) = (&service.hooks, hook_req) {
             if h.post_request {
                 self.hook_request = Some((req.unbind(), response.environ.clone_ref(py).into_any()));
             }
@@ -131,7 +137,7 @@ impl Conn {
             Outbox::with_buffer(std::mem::take(&mut self.spare_out)),
             &facts,
         );
-        match WsgiSource::start(py, &ctx.app, response, facts, &mut http) {
+        match WsgiSource::start(py, &service.app, response, facts, &mut http) {
             Ok(source) => {
                 self.state = State::Responding(Box::new(Responding {
                     source,
@@ -139,7 +145,7 @@ impl Conn {
                     failed: false,
                 }));
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
-                self.produce(py, ctx)
+                self.produce(py, service)
             }
             Err(e) => {
                 self.log_app_error(&e.to_string());
@@ -152,7 +158,7 @@ impl Conn {
 
     /// Pulls the body up to the high-water mark; once it is all produced, `close()`
     /// and the `post_request` hook run (the rest is sending, which needs no Python).
-    fn produce(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
+    fn produce(&mut self, py: Python<'_>, service: &Service) -> Step {
         let State::Responding(r) = &mut self.state else {
             unreachable!()
         };
@@ -167,7 +173,7 @@ impl Conn {
             return Step::Continue;
         }
         r.source.close(py);
-        if let (Some(h), Some((req, environ))) = (&ctx.hooks, self.hook_request.take()) {
+        if let (Some(h), Some((req, environ))) = (&service.hooks, self.hook_request.take()) {
             let (status, headers) = r.source.head_text(py);
             if let Ok(resp) = h.response(py, &status, headers, r.http.body_bytes()) {
                 h.call(
@@ -209,7 +215,7 @@ impl Conn {
         }
         if !r.source.is_done() {
             return match exec {
-                Exec::Inline(py) => self.produce(py, ctx),
+                Exec::Inline(py, service) => self.produce(py, service),
                 Exec::Pool => Step::Dispatch,
             };
         }

@@ -7,6 +7,8 @@
 
 mod app;
 mod closing;
+#[cfg(test)]
+mod tests;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -16,7 +18,7 @@ use pyo3::prelude::*;
 
 pub use self::app::Responding;
 use super::body::{BodyError, BodyReader};
-use super::Shared;
+use super::{Service, Shared};
 use crate::http::head::{parse_head, RequestHead};
 use crate::http::proxy::{self, ProxyMode};
 use crate::http::HttpError;
@@ -67,7 +69,7 @@ pub enum Drive {
 #[derive(Clone, Copy)]
 pub enum Exec<'py> {
     /// On the event loop's thread, which holds the GIL.
-    Inline(Python<'py>),
+    Inline(Python<'py>, &'py Service),
     /// On a `--threads` pool thread: `drive` stops at a complete request.
     Pool,
 }
@@ -198,7 +200,7 @@ impl Conn {
     /// A complete request: run it here, or hand it to a pool thread.
     fn request_ready(&mut self, exec: Exec<'_>, ctx: &Shared, body: Body) -> Step {
         match exec {
-            Exec::Inline(py) => self.run_app(py, ctx, body),
+            Exec::Inline(py, service) => self.run_app(py, service, ctx, body),
             Exec::Pool => {
                 self.pending_body = Some(body);
                 Step::Dispatch
