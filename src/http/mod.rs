@@ -6,6 +6,7 @@ pub mod framer;
 pub mod head;
 pub mod proxy;
 pub mod response;
+pub mod scan;
 
 /// Why a request was refused before it reached the application.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

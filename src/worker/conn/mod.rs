@@ -19,8 +19,9 @@ use pyo3::prelude::*;
 pub use self::app::Responding;
 use super::body::{BodyError, BodyReader};
 use super::{Service, Shared};
-use crate::http::head::{parse_head, RequestHead};
+use crate::http::head::RequestHead;
 use crate::http::proxy::{self, ProxyMode};
+use crate::http::scan::HeadScan;
 use crate::http::HttpError;
 use crate::net::transport::Transport;
 use crate::net::{Local, Peer};
@@ -81,6 +82,8 @@ pub struct Conn {
     read_buf: Vec<u8>,
     read_start: usize,
     head: RequestHead,
+    /// How far the incoming head has been scanned (from `read_start`).
+    scan: HeadScan,
     head_bytes: Vec<u8>,
     /// The last response's output buffer, emptied, for the next response: no
     /// allocation and regrowth per request.
@@ -129,6 +132,7 @@ impl Conn {
             read_buf: Vec::new(),
             read_start: 0,
             head: RequestHead::default(),
+            scan: HeadScan::default(),
             head_bytes: Vec::new(),
             spare_out: Vec::new(),
             state: State::Head,
@@ -222,6 +226,7 @@ impl Conn {
                 .count();
             if blank > 0 {
                 self.read_start += blank;
+                self.scan = HeadScan::default();
                 self.blank_bytes += blank;
                 if self.blank_bytes > MAX_BLANK_BYTES {
                     return self.fail(&HttpError::Malformed(
@@ -231,8 +236,9 @@ impl Conn {
                 return Step::Continue;
             }
             let buf = &self.read_buf[self.read_start..];
-            match parse_head(buf, &ctx.settings.limits, &mut self.head) {
+            match self.scan.parse(buf, &ctx.settings.limits, &mut self.head) {
                 Ok(Some(n)) => {
+                    self.scan = HeadScan::default();
                     self.blank_bytes = 0;
                     self.head_bytes.clear();
                     self.head_bytes.extend_from_slice(&buf[..n]);
@@ -293,6 +299,7 @@ impl Conn {
             Ok(Some((header, n))) => {
                 self.proxy_pending = None;
                 self.read_start += n;
+                self.scan = HeadScan::default();
                 if let Some(client) = header.and_then(|h| h.client) {
                     self.peer.addr = client.ip().to_canonical().to_string();
                     self.peer.port = client.port().to_string();
@@ -366,6 +373,7 @@ impl Conn {
 
     /// Drops consumed bytes from the front of the read buffer.
     fn compact(&mut self) {
+        self.scan = HeadScan::default();
         if self.read_start == self.read_buf.len() {
             self.read_buf.clear();
             self.read_start = 0;
