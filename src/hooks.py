@@ -88,25 +88,7 @@ class Hooks:
         self.functions = {name: namespace[name] for name in WORKER_HOOKS if callable(namespace.get(name))}
         self.server = Server(settings)
         self.worker = Worker(settings, age)
-        if "worker_abort" in self.functions:
-            self._install_abort_handler()
-
-    def _install_abort_handler(self):
-        """The master's time-out sends SIGABRT: faulthandler writes every thread's stack,
-        then this handler runs worker_abort (when the main thread next runs Python, as
-        in Gunicorn) and the worker exits."""
-        import faulthandler
-        import signal
-
-        def on_abort(signum, frame):
-            self.call("worker_abort")
-            os._exit(1)
-
-        # faulthandler restores what it found when enabled; install our handler while
-        # it is off, so that its dump runs first and then hands over to on_abort.
-        faulthandler.disable()
-        signal.signal(signal.SIGABRT, on_abort)
-        faulthandler.enable(sys.stderr, all_threads=True)
+        # worker_abort runs from the worker's time-out watcher (worker/abort.rs).
 
     def names(self):
         return sorted(self.functions)

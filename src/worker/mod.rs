@@ -2,6 +2,7 @@
 //! shares (`Shared`), and the exit codes the master understands. The event loop lives
 //! in `event_loop`, the `--threads N` pool in `pool`.
 
+mod abort;
 mod body;
 mod conn;
 mod event_loop;
@@ -68,6 +69,8 @@ pub struct Service {
 /// What every connection of a worker shares, also across `--threads` pool threads.
 pub struct Shared {
     pub settings: Settings,
+    /// The requests inside the application, for a time-out's answer and log.
+    pub lanes: abort::Lanes,
     pub slot: &'static Slot,
     pub peers: Peers,
     access_log: Mutex<Option<AccessLog>>,
@@ -317,6 +320,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     let service = Arc::new(Service { app, hooks });
     let shared = Arc::new(Shared {
         settings,
+        lanes: abort::Lanes::new(cfg.threads as usize),
         slot: init.slot,
         peers: init.peers,
         access_log: Mutex::new(access_log),
@@ -324,6 +328,16 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
     });
+    Python::with_gil(|py| abort::watch(py, Arc::clone(&shared), Arc::clone(&service))).map_err(
+        |e| {
+            let text = Python::with_gil(|py| crate::python::format_exception(py, &e));
+            boot_failure(
+                &mut init.to_master,
+                &format!("cannot watch for time-outs: {text}"),
+                exit::BOOT_ERROR,
+            )
+        },
+    )?;
     let mut worker = EventLoop::new(
         init.listeners,
         signals,

@@ -55,8 +55,9 @@ impl Pool {
                         Err(_) => return,
                         Ok(Job::Dispose(r)) => Python::with_gil(|py| r.dispose(py)),
                         Ok(Job::Serve(key, mut conn)) => {
-                            let keep =
-                                Python::with_gil(|py| conn.serve_dispatched(py, &service, &shared));
+                            let keep = Python::with_gil(|py| {
+                                conn.serve_dispatched(py, &service, &shared, i)
+                            });
                             if done_tx.send((key, conn, keep)).is_err() {
                                 return;
                             }

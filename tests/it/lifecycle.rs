@@ -211,9 +211,21 @@ fn threads_serve_requests_concurrently() {
 
 #[test]
 fn hung_request_is_aborted_with_its_stack_logged_and_replaced() {
+    hung_request_is_aborted(1);
+}
+
+#[test]
+fn hung_request_on_a_pool_thread_is_aborted_the_same_way() {
+    hung_request_is_aborted(4);
+}
+
+/// A request stuck past `--timeout`: its client gets a 500 with `Connection: close`
+/// (Gunicorn's answer; not an empty reply), the log names the request and shows the
+/// stuck source line, and the master replaces the worker.
+fn hung_request_is_aborted(threads: u32) {
     let s = ServerBuilder::new("lifecycle_app:application")
         .workers(2)
-        .args(["-t", "2"])
+        .args(["-t", "2", "--threads", &threads.to_string()])
         .start();
     let before = s.worker_pids();
     let mut hung = s.connect();
@@ -226,11 +238,27 @@ fn hung_request_is_aborted_with_its_stack_logged_and_replaced() {
         std::thread::sleep(Duration::from_millis(100));
     }
     s.wait_for_log("WORKER TIMEOUT", Duration::from_secs(10));
-    // faulthandler's dump of the stuck thread names the endpoint's frame.
+    hung.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut hung, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 500 ") && answer.contains("Connection: close"),
+        "the hung client's answer: {answer:?}"
+    );
+    // The worker's entry names the request; its stack shows the stuck source line.
+    s.wait_for_log(
+        "serving GET /sleep?60 for 127.0.0.1",
+        Duration::from_secs(10),
+    );
     s.wait_for_log("in application", Duration::from_secs(10));
-    assert!(s.log().contains("lifecycle_app.py"), "{}", s.log());
-    let mut rest = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut hung, &mut rest);
+    let log = s.log();
+    assert!(log.contains("lifecycle_app.py"), "{log}");
+    assert!(
+        log.contains("time.sleep(float(environ[\"QUERY_STRING\"]"),
+        "no source line in the stack: {log}"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || {
             let now = s.worker_pids();

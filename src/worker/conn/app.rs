@@ -46,10 +46,19 @@ impl Responding {
 impl Conn {
     /// On a pool thread, with the GIL: runs the dispatched request, or produces more of
     /// the response under way. Never touches the socket. False: close the connection.
-    pub fn serve_dispatched(&mut self, py: Python<'_>, service: &Service, ctx: &Shared) -> bool {
+    /// `lane` is the pool thread's number (for the time-out records, `abort::Lanes`).
+    pub fn serve_dispatched(
+        &mut self,
+        py: Python<'_>,
+        service: &Service,
+        ctx: &Shared,
+        lane: usize,
+    ) -> bool {
         let step = match self.pending_body.take() {
-            Some(body) => self.run_app(py, service, ctx, body),
-            None if matches!(self.state, State::Responding(_)) => self.produce(py, service),
+            Some(body) => self.run_app(py, service, ctx, body, lane),
+            None if matches!(self.state, State::Responding(_)) => {
+                self.produce_more(py, service, ctx, lane)
+            }
             None => Step::Continue,
         };
         !matches!(step, Step::Close)
@@ -75,7 +84,22 @@ impl Conn {
         service: &Service,
         ctx: &Shared,
         body: Body,
+        lane: usize,
     ) -> Step {
+        let what = self.head.method.start..self.head.target.end;
+        ctx.lanes.enter(
+            lane,
+            self.fd(),
+            false,
+            &self.head_bytes[what],
+            &self.peer.addr,
+        );
+        let step = self.call_app(py, service, ctx, body);
+        ctx.lanes.leave(lane);
+        step
+    }
+
+    fn call_app(&mut self, py: Python<'_>, service: &Service, ctx: &Shared, body: Body) -> Step {
         let https = match is_https(
             &self.head_bytes,
             &self.head,
@@ -156,6 +180,27 @@ impl Conn {
         }
     }
 
+    /// More of a response whose start is on the wire: the application runs again.
+    fn produce_more(
+        &mut self,
+        py: Python<'_>,
+        service: &Service,
+        ctx: &Shared,
+        lane: usize,
+    ) -> Step {
+        let what = self.head.method.start..self.head.target.end;
+        ctx.lanes.enter(
+            lane,
+            self.fd(),
+            true,
+            &self.head_bytes[what],
+            &self.peer.addr,
+        );
+        let step = self.produce(py, service);
+        ctx.lanes.leave(lane);
+        step
+    }
+
     /// Pulls the body up to the high-water mark; once it is all produced, `close()`
     /// and the `post_request` hook run (the rest is sending, which needs no Python).
     fn produce(&mut self, py: Python<'_>, service: &Service) -> Step {
@@ -215,7 +260,7 @@ impl Conn {
         }
         if !r.source.is_done() {
             return match exec {
-                Exec::Inline(py, service) => self.produce(py, service),
+                Exec::Inline(py, service) => self.produce_more(py, service, ctx, 0),
                 Exec::Pool => Step::Dispatch,
             };
         }

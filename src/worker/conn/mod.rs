@@ -204,7 +204,7 @@ impl Conn {
     /// A complete request: run it here, or hand it to a pool thread.
     fn request_ready(&mut self, exec: Exec<'_>, ctx: &Shared, body: Body) -> Step {
         match exec {
-            Exec::Inline(py, service) => self.run_app(py, service, ctx, body),
+            Exec::Inline(py, service) => self.run_app(py, service, ctx, body, 0),
             Exec::Pool => {
                 self.pending_body = Some(body);
                 Step::Dispatch

@@ -37,6 +37,7 @@ fn shared() -> Shared {
             error_logfile: "-".into(),
             secure_scheme_headers: Vec::new(),
         },
+        lanes: crate::worker::abort::Lanes::new(1),
         slot: board.slot(0),
         peers: Peers::new(board, 0),
         access_log: Mutex::new(None),
