@@ -5,6 +5,12 @@
 mod abort;
 mod body;
 mod conn;
+
+/// The connection state machine without a worker around it, for the fuzz targets.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::conn::harness::{drive_stream, Outcome};
+}
 mod event_loop;
 mod listening;
 mod pool;

@@ -7,6 +7,7 @@
 
 mod app;
 mod closing;
+pub mod harness;
 #[cfg(test)]
 mod tests;
 

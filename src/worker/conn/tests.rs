@@ -5,64 +5,18 @@
 //! and a reader that stalls an error response.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::harness::{answered, conn as pair, drive_stream, shared};
 use super::{Conn, Drive, Exec, State};
-use crate::config::AllowIps;
-use crate::http::head::HeadLimits;
-use crate::http::proxy::ProxyMode;
-use crate::net::{Local, Peer};
-use crate::scoreboard::{Peers, Scoreboard};
-use crate::worker::{Settings, Shared};
 use crate::wsgi::input::Body;
 
-fn shared() -> Shared {
-    let board = Scoreboard::new().expect("map the scoreboard");
-    Shared {
-        settings: Settings {
-            limits: HeadLimits::default(),
-            keepalive: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(30),
-            sweep_every: Duration::from_secs(1),
-            max_connections: 1000,
-            max_requests: 0,
-            forwarded_allow_ips: AllowIps::List(Vec::new()),
-            proxy_mode: ProxyMode::Off,
-            proxy_allow_from: AllowIps::List(Vec::new()),
-            reload: false,
-            error_logfile: "-".into(),
-            secure_scheme_headers: Vec::new(),
-        },
-        lanes: crate::worker::abort::Lanes::new(1),
-        slot: board.slot(0),
-        peers: Peers::new(board, 0),
-        access_log: Mutex::new(None),
-        served: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
-        stopping: AtomicBool::new(false),
-    }
-}
-
-/// A connection and the client's end of its socket.
-fn conn() -> (Conn, UnixStream) {
-    let (server, client) = UnixStream::pair().unwrap();
-    server.set_nonblocking(true).unwrap();
+fn conn() -> (Conn, std::os::unix::net::UnixStream) {
+    let (c, client) = pair();
     client
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let sock = socket2::Socket::from(OwnedFd::from(server));
-    let conn = Conn::new(
-        sock,
-        Peer::default(),
-        None,
-        Arc::new(Local::default()),
-        Duration::from_secs(30),
-    );
-    (conn, client)
+    (c, client)
 }
 
 fn target(c: &Conn) -> String {
@@ -75,15 +29,6 @@ fn body(c: &mut Conn) -> Vec<u8> {
         Some(Body::Memory(b)) => b.to_vec(),
         Some(other) => panic!("unexpected body {other:?}"),
     }
-}
-
-/// Stands in for the application: the request is answered with nothing and the
-/// connection goes back to reading, as after a finished response.
-fn answered(c: &mut Conn) {
-    c.pending_body = None;
-    c.in_request = false;
-    c.served += 1;
-    c.state = State::Head;
 }
 
 #[test]
@@ -206,4 +151,15 @@ fn a_request_split_across_reads_at_every_point_parses_the_same() {
         assert_eq!(c.drive(Exec::Pool, &ctx), Drive::Dispatch, "cut at {cut}");
         assert_eq!(body(&mut c), b"wikipedia", "cut at {cut}");
     }
+}
+
+#[test]
+fn the_fuzz_harness_counts_requests_and_sees_errors_answered() {
+    let two = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+    let out = drive_stream(two, &[3, 20, 40]);
+    assert_eq!(out.dispatched, 2);
+    assert!(out.closed);
+    let out = drive_stream(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", &[1]);
+    assert_eq!(out.dispatched, 0);
+    assert!(String::from_utf8_lossy(&out.answered).starts_with("HTTP/1.1 400 "));
 }

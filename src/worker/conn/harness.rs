@@ -1,0 +1,156 @@
+//! Driving a `Conn` without a worker around it: a socketpair, a `Shared` with default
+//! settings and no Python, and `Exec::Pool`, which stops at each complete request
+//! (where the application would take over). Used by the unit tests and by the
+//! connection fuzz target (`fuzz/fuzz_targets/connection.rs`).
+
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Conn, Drive, Exec, State};
+use crate::config::AllowIps;
+use crate::http::head::HeadLimits;
+use crate::http::proxy::ProxyMode;
+use crate::net::{Local, Peer};
+use crate::scoreboard::{Peers, Scoreboard};
+use crate::worker::abort::Lanes;
+use crate::worker::{Settings, Shared};
+
+/// Worker state with the default limits, a scoreboard of its own and no Python.
+pub fn shared() -> Shared {
+    let board = Scoreboard::new().expect("map the scoreboard");
+    Shared {
+        settings: Settings {
+            limits: HeadLimits::default(),
+            keepalive: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            sweep_every: Duration::from_secs(1),
+            max_connections: 1000,
+            max_requests: 0,
+            forwarded_allow_ips: AllowIps::List(Vec::new()),
+            proxy_mode: ProxyMode::Off,
+            proxy_allow_from: AllowIps::List(Vec::new()),
+            reload: false,
+            error_logfile: "-".into(),
+            secure_scheme_headers: Vec::new(),
+        },
+        lanes: Lanes::new(1),
+        slot: board.slot(0),
+        peers: Peers::new(board, 0),
+        access_log: Mutex::new(None),
+        served: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+    }
+}
+
+/// A connection and the client's end of its socket.
+pub fn conn() -> (Conn, UnixStream) {
+    let (server, client) = UnixStream::pair().expect("socketpair");
+    server.set_nonblocking(true).expect("non-blocking");
+    let sock = socket2::Socket::from(OwnedFd::from(server));
+    let conn = Conn::new(
+        sock,
+        Peer::default(),
+        None,
+        Arc::new(Local::default()),
+        Duration::from_secs(30),
+    );
+    (conn, client)
+}
+
+/// Stands in for the application: the request is answered with nothing and the
+/// connection goes back to reading, as after a finished response.
+pub fn answered(c: &mut Conn) {
+    c.pending_body = None;
+    c.in_request = false;
+    c.served += 1;
+    c.state = State::Head;
+}
+
+/// What a stream of client bytes made of the connection.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Complete requests handed to the application.
+    pub dispatched: usize,
+    /// The connection was closed (by the client's end of stream or an error).
+    pub closed: bool,
+    /// Bytes the server sent back (error answers, `100 Continue`).
+    pub answered: Vec<u8>,
+}
+
+/// Sends `stream` to a connection in pieces cut at `cuts` (offsets, any order), driving
+/// it after each piece, then closes the client's side. Checks what must hold whatever
+/// the bytes: every dispatched head's ranges lie inside its head, the read buffer stays
+/// bounded, and nothing panics.
+pub fn drive_stream(stream: &[u8], cuts: &[usize]) -> Outcome {
+    let ctx = shared();
+    let (mut c, mut client) = conn();
+    client.set_nonblocking(true).expect("non-blocking");
+    let mut points: Vec<usize> = cuts.iter().map(|&p| p.min(stream.len())).collect();
+    points.push(stream.len());
+    points.sort_unstable();
+    let mut out = Outcome::default();
+    let mut sent = 0;
+    let bound = ctx.settings.limits.max_head_bytes() + 4 * super::READ_CHUNK_BYTES;
+    for end in points {
+        while sent < end && !out.closed {
+            match client.write(&stream[sent..end]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => out.closed = true,
+            }
+            step(&mut c, &ctx, &mut client, &mut out);
+            assert!(
+                c.read_buf.capacity() <= 2 * bound,
+                "the read buffer grew without bound"
+            );
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    for _ in 0..64 {
+        if out.closed {
+            break;
+        }
+        step(&mut c, &ctx, &mut client, &mut out);
+    }
+    out
+}
+
+fn step(c: &mut Conn, ctx: &Shared, client: &mut UnixStream, out: &mut Outcome) {
+    // Bounded: each round either dispatches, or waits, or closes.
+    for _ in 0..64 {
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = client.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.answered.extend_from_slice(&buf[..n]);
+        }
+        match c.drive(Exec::Pool, ctx) {
+            Drive::Dispatch => {
+                let head_len = c.head_bytes.len();
+                for r in [&c.head.method, &c.head.target, &c.head.path, &c.head.query] {
+                    assert!(
+                        r.start <= r.end && r.end <= head_len,
+                        "a range outside the head"
+                    );
+                }
+                for (name, value) in &c.head.headers {
+                    assert!(name.end <= head_len && value.end <= head_len);
+                }
+                out.dispatched += 1;
+                answered(c);
+            }
+            Drive::Close => {
+                out.closed = true;
+                return;
+            }
+            Drive::Yield => {}
+            Drive::WaitRead | Drive::WaitWrite => return,
+        }
+    }
+}
