@@ -30,6 +30,13 @@ impl HeadScan {
         out: &mut RequestHead,
     ) -> Result<Option<usize>, HttpError> {
         debug_assert!(buf.len() >= self.scanned, "the head shrank");
+        if self.scanned == 0 {
+            // The usual case, a whole head in the first read: one parse, as for any
+            // head. Only an incomplete one is scanned (once more) to remember where.
+            if let Some(n) = parse_head(buf, limits, out)? {
+                return Ok(Some(n));
+            }
+        }
         let from = self.scanned;
         self.scanned = buf.len();
         for i in memchr::memchr_iter(b'\n', &buf[from..]).map(|i| i + from) {

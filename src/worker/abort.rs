@@ -66,13 +66,21 @@ impl Lanes {
     }
 
     /// Thread `lane` calls the application for the request `what` of `client` on
-    /// `fd`; `on_wire` when part of the response has been sent already.
-    pub fn enter(&self, lane: usize, fd: RawFd, on_wire: bool, what: &[u8], client: &str) {
+    /// `fd`, begun at `since`; `on_wire` when part of the response is already sent.
+    pub fn enter(
+        &self,
+        lane: usize,
+        fd: RawFd,
+        on_wire: bool,
+        since: Instant,
+        what: &[u8],
+        client: &str,
+    ) {
         if let Some(slot) = self.0.get(lane) {
             let mut l = slot.lock().unwrap_or_else(|e| e.into_inner());
             l.fd = fd;
             l.on_wire = on_wire;
-            l.since = Instant::now();
+            l.since = since;
             l.what.clear();
             l.what.extend_from_slice(what);
             l.client.clear();
@@ -157,7 +165,7 @@ fn on_timeout(shared: &Shared, service: &Arc<Service>, dump_signal: i32) -> ! {
             }
         }
         tracing::error!(
-            "WORKER TIMEOUT (pid:{pid}) serving {} for {} ({:.1} s in the application{})",
+            "WORKER TIMEOUT (pid:{pid}) serving {} for {} ({:.1} s since the request began{})",
             String::from_utf8_lossy(&l.what),
             if l.client.is_empty() {
                 "a local client"

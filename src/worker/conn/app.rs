@@ -86,15 +86,29 @@ impl Conn {
         body: Body,
         lane: usize,
     ) -> Step {
+        self.in_app(ctx, lane, false, |c| c.call_app(py, service, ctx, body))
+    }
+
+    /// Runs `f`, which calls into the application, with this request on record in
+    /// `lane` for a time-out (`abort::Lanes`).
+    fn in_app(
+        &mut self,
+        ctx: &Shared,
+        lane: usize,
+        on_wire: bool,
+        f: impl FnOnce(&mut Self) -> Step,
+    ) -> Step {
         let what = self.head.method.start..self.head.target.end;
+        let (fd, since) = (self.fd(), self.request_started);
         ctx.lanes.enter(
             lane,
-            self.fd(),
-            false,
+            fd,
+            on_wire,
+            since,
             &self.head_bytes[what],
             &self.peer.addr,
         );
-        let step = self.call_app(py, service, ctx, body);
+        let step = f(self);
         ctx.lanes.leave(lane);
         step
     }
@@ -188,17 +202,7 @@ impl Conn {
         ctx: &Shared,
         lane: usize,
     ) -> Step {
-        let what = self.head.method.start..self.head.target.end;
-        ctx.lanes.enter(
-            lane,
-            self.fd(),
-            true,
-            &self.head_bytes[what],
-            &self.peer.addr,
-        );
-        let step = self.produce(py, service);
-        ctx.lanes.leave(lane);
-        step
+        self.in_app(ctx, lane, true, |c| c.produce(py, service))
     }
 
     /// Pulls the body up to the high-water mark; once it is all produced, `close()`
