@@ -26,7 +26,8 @@ pub struct Slot {
     pub pid: AtomicI32,
     pub state: AtomicU32,
     pub requests: AtomicU64,
-    /// Monotonic milliseconds when the request in flight started; 0 when idle.
+    /// Monotonic milliseconds since the application has been running a request
+    /// without a pause (see `worker::abort::Lanes`); 0 when no request is inside it.
     pub request_started_ms: AtomicU64,
     /// Monotonic milliseconds of the worker loop's last turn.
     pub heartbeat_ms: AtomicU64,
@@ -51,8 +52,13 @@ impl Slot {
     }
 
     pub fn request_end(&self) {
-        self.request_started_ms.store(0, Ordering::Relaxed);
+        self.clock_stop();
         self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// No request is inside the application (a response may still be on its way).
+    pub fn clock_stop(&self) {
+        self.request_started_ms.store(0, Ordering::Relaxed);
     }
 
     fn reset(&self, pid: i32) {

@@ -16,13 +16,14 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
 use super::{Service, Shared};
+use crate::scoreboard::Slot;
 
 /// How long the watcher waits for the GIL to format Python stacks.
 const GIL_WAIT: Duration = Duration::from_millis(800);
@@ -45,28 +46,40 @@ struct Lane {
     client: String,
 }
 
-/// One record per thread that runs the application.
-pub struct Lanes(Vec<Mutex<Lane>>);
+/// One record per thread that runs the application, how many are inside it, and the
+/// worker's scoreboard slot, whose clock the master's `--timeout` reads.
+pub struct Lanes {
+    lanes: Vec<Mutex<Lane>>,
+    inside: AtomicUsize,
+    board: &'static Slot,
+}
 
 impl Lanes {
-    pub fn new(threads: usize) -> Lanes {
-        Lanes(
-            (0..threads.max(1))
-                .map(|_| {
-                    Mutex::new(Lane {
-                        fd: -1,
-                        on_wire: false,
-                        since: Instant::now(),
-                        what: Vec::new(),
-                        client: String::new(),
-                    })
+    pub fn new(threads: usize, board: &'static Slot) -> Lanes {
+        let lanes = (0..threads.max(1))
+            .map(|_| {
+                Mutex::new(Lane {
+                    fd: -1,
+                    on_wire: false,
+                    since: Instant::now(),
+                    what: Vec::new(),
+                    client: String::new(),
                 })
-                .collect(),
-        )
+            })
+            .collect();
+        Lanes {
+            lanes,
+            inside: AtomicUsize::new(0),
+            board,
+        }
     }
 
     /// Thread `lane` calls the application for the request `what` of `client` on
     /// `fd`, begun at `since`; `on_wire` when part of the response is already sent.
+    ///
+    /// The scoreboard's clock runs while some thread is inside the application, and
+    /// starts again when one comes out (progress). A response waiting for a slow
+    /// client is not the application's time: its connection's deadline bounds it.
     pub fn enter(
         &self,
         lane: usize,
@@ -76,7 +89,10 @@ impl Lanes {
         what: &[u8],
         client: &str,
     ) {
-        if let Some(slot) = self.0.get(lane) {
+        if self.inside.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.board.request_begin();
+        }
+        if let Some(slot) = self.lanes.get(lane) {
             let mut l = slot.lock().unwrap_or_else(|e| e.into_inner());
             l.fd = fd;
             l.on_wire = on_wire;
@@ -89,8 +105,13 @@ impl Lanes {
     }
 
     pub fn leave(&self, lane: usize) {
-        if let Some(slot) = self.0.get(lane) {
+        if let Some(slot) = self.lanes.get(lane) {
             slot.lock().unwrap_or_else(|e| e.into_inner()).fd = -1;
+        }
+        if self.inside.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.board.clock_stop();
+        } else {
+            self.board.request_begin();
         }
     }
 }
@@ -145,7 +166,7 @@ extern "C" fn on_abort(_: libc::c_int) {
 fn on_timeout(shared: &Shared, service: &Arc<Service>, dump_signal: i32) -> ! {
     let pid = std::process::id();
     let mut any = false;
-    for slot in &shared.lanes.0 {
+    for slot in &shared.lanes.lanes {
         let l = slot.lock().unwrap_or_else(|e| e.into_inner());
         if l.fd < 0 {
             continue;

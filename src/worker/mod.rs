@@ -88,7 +88,6 @@ pub struct Shared {
 impl Shared {
     pub fn scoreboard_begin(&self) {
         if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.slot.request_begin();
             // A draining worker stays `Stopping`: its peers must not count it as one
             // that accepts (`Peers`), and `status` shows it leaving.
             if !self.stopping() {
@@ -108,9 +107,6 @@ impl Shared {
             });
         } else {
             self.slot.requests.fetch_add(1, Ordering::Relaxed);
-            // Other requests are still in flight (--threads): a request finishing is
-            // progress, so the master's --timeout clock starts again.
-            self.slot.request_begin();
         }
     }
 
@@ -326,7 +322,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     let service = Arc::new(Service { app, hooks });
     let shared = Arc::new(Shared {
         settings,
-        lanes: abort::Lanes::new(cfg.threads as usize),
+        lanes: abort::Lanes::new(cfg.threads as usize, init.slot),
         slot: init.slot,
         peers: init.peers,
         access_log: Mutex::new(access_log),

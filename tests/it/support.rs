@@ -240,25 +240,29 @@ impl Server {
         read_response(&mut r, false).expect("a response")
     }
 
+    /// The control socket's `status` answer (`Null` when it cannot be had).
+    pub fn status(&self) -> serde_json::Value {
+        let Ok(mut c) = std::os::unix::net::UnixStream::connect(&self.ctl_path) else {
+            return serde_json::Value::Null;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        if c.write_all(b"{\"id\":0,\"cmd\":\"status\"}\n").is_err() {
+            return serde_json::Value::Null;
+        }
+        let mut line = String::new();
+        let _ = BufReader::new(c).read_line(&mut line);
+        serde_json::from_str(&line).unwrap_or(serde_json::Value::Null)
+    }
+
     /// Waits (bounded) until some worker is inside a request, as the control socket's
     /// `status` reports it: a request sent just before is then past the backlog.
     pub fn wait_for_request_in_flight(&self, limit: Duration) {
-        let mut last = String::new();
+        let mut last = serde_json::Value::Null;
         let mut in_flight = || {
-            let Ok(mut c) = std::os::unix::net::UnixStream::connect(&self.ctl_path) else {
-                return false;
-            };
-            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-            if c.write_all(b"{\"id\":0,\"cmd\":\"status\"}\n").is_err() {
-                return false;
-            }
-            last.clear();
-            let _ = BufReader::new(c).read_line(&mut last);
-            serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| {
-                v["result"]["workers"]
-                    .as_array()
-                    .is_some_and(|ws| ws.iter().any(|w| !w["current_request_s"].is_null()))
-            })
+            last = self.status();
+            last["result"]["workers"]
+                .as_array()
+                .is_some_and(|ws| ws.iter().any(|w| !w["current_request_s"].is_null()))
         };
         let ok = wait_until(limit, &mut in_flight);
         assert!(

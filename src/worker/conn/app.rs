@@ -249,9 +249,8 @@ impl Conn {
         match r.http.outbox.flush(&self.transport) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Waiting for the client, not stuck in the application: the master's
-                // --timeout must not count this (the connection deadline does).
-                ctx.slot.request_begin();
+                // Waiting for the client, not in the application: the connection's
+                // deadline bounds this, not the master's --timeout.
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
                 return Step::WaitWrite;
             }

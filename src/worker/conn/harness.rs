@@ -37,7 +37,7 @@ pub fn shared() -> Shared {
             error_logfile: "-".into(),
             secure_scheme_headers: Vec::new(),
         },
-        lanes: Lanes::new(1),
+        lanes: Lanes::new(1, board.slot(0)),
         slot: board.slot(0),
         peers: Peers::new(board, 0),
         access_log: Mutex::new(None),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::heavy::wait_closed;
 use super::{honest_ping, start};
-use crate::support::{read_response, rss_bytes};
+use crate::support::{read_response, rss_bytes, ServerBuilder};
 
 /// How long an honest request may take while the readers stall.
 const STALLED_LIMIT: Duration = Duration::from_secs(1);
@@ -100,4 +100,64 @@ fn slow_readers_hold_no_python_thread(threads: u32) {
     }
 }
 
-both_thread_modes!(slow_readers_hold_no_python_thread);
+/// A client that stops reading is the connection's business (its deadline closes it),
+/// not the application's: the master's `--timeout` clock, shown by `status` as the
+/// request's `current_request_s`, does not run for it, and the worker is not aborted.
+fn a_stalled_reader_is_not_a_worker_timeout(threads: u32) {
+    let server = ServerBuilder::new("hostile_app:application")
+        .workers(1)
+        .args(["--threads", &threads.to_string(), "-t", "2"])
+        .start();
+    let worker = server.worker_pids();
+    let mut stalled = server.connect();
+    stalled
+        .write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut seen_clock = Vec::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        let status = server.status();
+        let w = &status["result"]["workers"][0];
+        if !w["current_request_s"].is_null() {
+            seen_clock.push(w["current_request_s"].clone());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let log = server.log();
+    assert!(
+        !log.contains("WORKER TIMEOUT"),
+        "a slow reader timed the worker out:\n{log}"
+    );
+    assert_eq!(
+        server.worker_pids(),
+        worker,
+        "the worker was replaced:\n{log}"
+    );
+    // The response had long been produced: only its first moments are the app's.
+    assert!(
+        seen_clock.len() <= 2,
+        "the time-out clock ran while the client stalled: {seen_clock:?}"
+    );
+    // Its deadline closed the stalled connection.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        match stalled.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    assert!(
+        total < 32 << 20,
+        "the whole body arrived after the deadline"
+    );
+    assert!(honest_ping(&server) < STALLED_LIMIT);
+}
+
+both_thread_modes!(
+    slow_readers_hold_no_python_thread,
+    a_stalled_reader_is_not_a_worker_timeout
+);
