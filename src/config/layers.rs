@@ -89,6 +89,28 @@ impl std::fmt::Display for LayerError {
     }
 }
 
+/// A configuration file's bad value, as one line naming the Gunicorn setting:
+/// `setting 'timeout': invalid value '...' for '--timeout <INT>': ...`.
+fn file_setting_error(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid value")
+        .trim_start_matches("error: ")
+        .to_owned();
+    let flag = match e.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(arg)) => {
+            arg.split_whitespace().next().unwrap_or("").to_owned()
+        }
+        _ => String::new(),
+    };
+    match file::SETTINGS.iter().find(|(_, f, _)| *f == flag) {
+        Some((name, _, _)) => format!("setting '{name}': {first}"),
+        None => first,
+    }
+}
+
 impl Config {
     /// Parses the process's command line; prints one line and exits 2 on a bad one.
     pub fn from_args() -> Config {
@@ -165,6 +187,15 @@ impl Config {
                 "rgun: warning: {loc}: unknown setting(s) ignored: {}",
                 file.unknown.join(", ")
             );
+        }
+        if let Some(loc) = &location {
+            // The file's values on their own first, so that a bad one is the file's
+            // error (exit 1) and names the setting, not only the flag it became.
+            let mut file_argv = vec![prog.clone()];
+            file_argv.extend(file.args.iter().map(Into::into));
+            if let Err(e) = Config::try_parse_from(&file_argv) {
+                return Err(LayerError::File(format!("{loc}: {}", file_setting_error(&e))));
+            }
         }
         let mut argv = vec![prog.clone()];
         argv.extend(file.args.iter().map(Into::into));

@@ -17,6 +17,18 @@ pub use self::bind::BindAddress;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
 use crate::http::head::HeadLimits;
 
+/// The longest `--timeout`, `--graceful-timeout` and `--keep-alive`, in seconds (about
+/// 24.8 days): workers hand time-outs to poll(2) as `i32` milliseconds, and a deadline
+/// this far out already means "never".
+pub const MAX_DURATION_SECS: u64 = i32::MAX as u64 / 1000;
+
+/// The largest `--max-requests` and `--max-requests-jitter` (10^12 requests, years of
+/// traffic): their sum is computed per worker and must not overflow.
+pub const MAX_REQUESTS_LIMIT: u64 = 1_000_000_000_000;
+
+/// The largest `--max-worker-rss` in MiB: the limit is compared in bytes.
+pub const MAX_WORKER_RSS_MIB: u64 = u64::MAX >> 20;
+
 /// Gunicorn's default access-log format.
 pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
     r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
@@ -65,16 +77,17 @@ pub struct Config {
         short = 't',
         long = "timeout",
         value_name = "INT",
-        default_value_t = 30
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS)
     )]
     pub timeout: u64,
 
     /// Seconds workers get to finish requests in flight on a graceful stop.
-    #[arg(long = "graceful-timeout", value_name = "INT", default_value_t = 30)]
+    #[arg(long = "graceful-timeout", value_name = "INT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS))]
     pub graceful_timeout: u64,
 
     /// Seconds to wait for the next request on a keep-alive connection.
-    #[arg(long = "keep-alive", value_name = "INT", default_value_t = 2)]
+    #[arg(long = "keep-alive", value_name = "INT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS))]
     pub keepalive: u64,
 
     /// Largest request line in bytes (0 = unlimited).
@@ -127,9 +140,9 @@ pub struct Config {
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", ignore_case = true, value_parser = ["debug", "info", "warning", "error", "critical"])]
     pub loglevel: String,
 
-    /// Gunicorn's worker class: accepted for compatibility and ignored (rgun has one
-    /// worker type; use --threads).
-    #[arg(short = 'k', long = "worker-class", value_name = "STRING")]
+    /// Gunicorn's worker class: `sync` or `gthread` (or their `gunicorn.workers...`
+    /// paths), both served by rgun's worker (use --threads); any other class is refused.
+    #[arg(short = 'k', long = "worker-class", value_name = "STRING", value_parser = parse_worker_class)]
     pub worker_class: Option<String>,
 
     /// Gunicorn options rgun accepts for compatibility and ignores.
@@ -152,19 +165,19 @@ pub struct Config {
     pub worker_connections: u32,
 
     /// Restart a worker after this many requests (0 = never).
-    #[arg(long = "max-requests", value_name = "INT", default_value_t = 0)]
+    #[arg(long = "max-requests", value_name = "INT", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_REQUESTS_LIMIT))]
     pub max_requests: u64,
 
     /// Gracefully replace a worker whose resident memory exceeds this many MiB (0 = off).
-    #[arg(long = "max-worker-rss", value_name = "MIB", default_value_t = 0)]
+    #[arg(long = "max-worker-rss", value_name = "MIB", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_WORKER_RSS_MIB))]
     pub max_worker_rss: u64,
 
     /// Random extra requests, up to this many, added to --max-requests per worker.
-    #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0)]
+    #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_REQUESTS_LIMIT))]
     pub max_requests_jitter: u64,
 
     /// Listen queue size.
-    #[arg(long = "backlog", value_name = "INT", default_value_t = 2048)]
+    #[arg(long = "backlog", value_name = "INT", default_value_t = 2048, value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: i32,
 
     /// Set SO_REUSEPORT on listening sockets.
@@ -246,6 +259,36 @@ pub struct Config {
     /// powershell).
     #[arg(long = "generate", value_name = "WHAT", hide = true)]
     pub generate: Option<String>,
+}
+
+/// The kinds of worker rgun runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// rgun's WSGI worker (Gunicorn's `sync` and `gthread` alike; `--threads` decides).
+    Wsgi,
+}
+
+/// Which rgun worker serves a Gunicorn `worker_class`, or None for a class rgun does not
+/// implement. The one place that list lives.
+pub fn worker_kind(class: &str) -> Option<WorkerKind> {
+    match class {
+        "sync"
+        | "gthread"
+        | "egg:gunicorn#sync"
+        | "egg:gunicorn#gthread"
+        | "gunicorn.workers.sync.SyncWorker"
+        | "gunicorn.workers.gthread.ThreadWorker" => Some(WorkerKind::Wsgi),
+        _ => None,
+    }
+}
+
+fn parse_worker_class(s: &str) -> Result<String, String> {
+    match worker_kind(s) {
+        Some(_) => Ok(s.to_owned()),
+        None => Err(format!(
+            "rgun cannot run worker class {s:?}: it serves WSGI with its own worker (sync or gthread; use --threads)"
+        )),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

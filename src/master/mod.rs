@@ -271,15 +271,6 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         std::env::remove_var(UPGRADE_FROM_ENV);
     }
     tracing::info!("Using worker: rgun (threads: {})", cfg.threads);
-    if let Some(class) = cfg
-        .worker_class
-        .as_deref()
-        .filter(|c| !matches!(*c, "sync" | "gthread"))
-    {
-        tracing::warn!(
-            "worker_class {class:?} is ignored: rgun has one worker type (use --threads)"
-        );
-    }
     let mut arbiter = Arbiter {
         cfg,
         listeners,
