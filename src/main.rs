@@ -1,6 +1,8 @@
 //! The `rgun` binary: command line → configuration → the master loop. Only this file
 //! turns errors into exit statuses.
 
+use std::io::Write;
+
 use rgun::config::Config;
 
 fn main() {
@@ -16,11 +18,16 @@ fn main() {
         return;
     }
     if cfg.print_config {
-        let settings = cfg.settings_json(cfg.worker_count().unwrap_or(1) as usize);
-        for (name, value) in settings.as_object().into_iter().flatten() {
-            println!("{name:<26} = {value}");
+        let text = cfg.print_config_text(cfg.worker_count().unwrap_or(1) as usize);
+        let mut stdout = std::io::stdout().lock();
+        match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+            // A reader that went away (`rgun --print-config | head`) is no error.
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("rgun: cannot write the settings: {e}");
+                std::process::exit(1);
+            }
+            _ => return,
         }
-        return;
     }
     if cfg.daemon {
         if let Err(e) = rgun::process::daemonize(cfg.error_logfile == "-") {

@@ -60,6 +60,27 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("control_socket_mode", "--control-socket-mode", "octal"),
 ];
 
+/// Gunicorn's server hooks, each with the `__qualname__` of Gunicorn's default, which
+/// `--print-config` shows (as Gunicorn does) when the file does not define it.
+pub const HOOKS: &[(&str, &str)] = &[
+    ("on_starting", "OnStarting.on_starting"),
+    ("on_reload", "OnReload.on_reload"),
+    ("when_ready", "WhenReady.when_ready"),
+    ("pre_fork", "Prefork.pre_fork"),
+    ("post_fork", "Postfork.post_fork"),
+    ("post_worker_init", "PostWorkerInit.post_worker_init"),
+    ("worker_int", "WorkerInt.worker_int"),
+    ("worker_abort", "WorkerAbort.worker_abort"),
+    ("pre_exec", "PreExec.pre_exec"),
+    ("pre_request", "PreRequest.pre_request"),
+    ("post_request", "PostRequest.post_request"),
+    ("child_exit", "ChildExit.child_exit"),
+    ("worker_exit", "WorkerExit.worker_exit"),
+    ("nworkers_changed", "NumWorkersChanged.nworkers_changed"),
+    ("on_exit", "OnExit.on_exit"),
+    ("ssl_context", "NewSSLContext.ssl_context"),
+];
+
 /// What a configuration file amounts to.
 #[derive(Debug, Default)]
 pub struct FileSettings {
@@ -119,9 +140,14 @@ fn evaluate(location: &str) -> String {
                 .iter()
                 .map(|(n, f, k)| ((*n).to_owned(), serde_json::json!([f, k])))
                 .collect();
+            let hooks: Vec<&str> = HOOKS.iter().map(|(name, _)| *name).collect();
             module
                 .getattr("to_args")?
-                .call1((location, serde_json::Value::Object(table).to_string()))?
+                .call1((
+                    location,
+                    serde_json::Value::Object(table).to_string(),
+                    serde_json::json!(hooks).to_string(),
+                ))?
                 .extract()
         };
         match run() {

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{proc_ids, repo_root, wait_until, ServerBuilder};
+use crate::support::{has_setting, proc_ids, repo_root, wait_until, ServerBuilder};
 
 #[test]
 fn pidfile_is_written_refused_when_live_and_removed() {
@@ -193,6 +193,68 @@ fn print_config_shows_effective_settings() {
         text.contains("= 3") && text.contains("= 5") && text.contains("= 2"),
         "{text}"
     );
+}
+
+#[test]
+fn print_config_lists_every_setting_and_hook_as_gunicorn_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &conf,
+        "workers = 2\nraw_env = ['A=1']\ndef post_fork(server, worker):\n    pass\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        .args(["-c", conf.to_str().unwrap(), "--print-config", "demo.app:application"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l.split(" = ").next().unwrap().trim_end())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(names, sorted, "sorted, each once:\n{text}");
+    for (name, _, _) in rgun::config::file::SETTINGS {
+        assert!(names.contains(name), "{name} missing:\n{text}");
+    }
+    for (hook, _) in rgun::config::file::HOOKS {
+        assert!(names.contains(hook), "hook {hook} missing:\n{text}");
+    }
+    // Gunicorn's spelling: a defined hook by its name, the others by Gunicorn's default;
+    // Python values (None, True, lists).
+    for (name, value) in [
+        ("post_fork", "<post_fork()>"),
+        ("pre_fork", "<Prefork.pre_fork()>"),
+        ("workers", "2"),
+        ("raw_env", "['A=1']"),
+        ("pidfile", "None"),
+        ("reuse_port", "False"),
+        ("wsgi_app", "demo.app:application"),
+    ] {
+        assert!(has_setting(&text, name, value), "{name} = {value}:\n{text}");
+    }
+    // Aligned like Gunicorn's: every " = " in the same column.
+    let column = text.lines().map(|l| l.find(" = ").unwrap()).collect::<Vec<_>>();
+    assert!(column.windows(2).all(|w| w[0] == w[1]), "{text}");
+}
+
+#[test]
+fn print_config_into_a_closed_pipe_exits_quietly() {
+    // Regression: `rgun --print-config | head -1` panicked (exit 101, a backtrace).
+    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        .args(["--print-config", "demo.app:application"])
+        .current_dir(repo_root())
+        .stdout(crate::support::closed_pipe())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
 }
 
 fn python_stdlib() -> std::path::PathBuf {

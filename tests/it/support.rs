@@ -478,3 +478,10 @@ pub fn has_setting(printed: &str, name: &str, value: &str) -> bool {
         .lines()
         .any(|l| l.split_whitespace().next() == Some(name) && l.ends_with(&format!("= {value}")))
 }
+
+/// A stdout whose reader has already gone (`cmd | true`): every write fails with EPIPE.
+pub fn closed_pipe() -> Stdio {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    Stdio::from(write)
+}

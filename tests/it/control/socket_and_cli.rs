@@ -278,6 +278,24 @@ fn another_uid_is_forbidden() {
 }
 
 #[test]
+fn rgunctl_into_a_closed_pipe_exits_quietly() {
+    // Regression: `rgunctl status | true` panicked (exit 101 and a backtrace).
+    let server = ServerBuilder::new("echo:application").start();
+    for args in [&["status"][..], &["--json", "status"], &["generate", "man"], &["generate", "bash"]] {
+        let mut cmd = rgunctl_cmd(Some(&server.ctl_path), args);
+        let out = cmd
+            .stdin(Stdio::null())
+            .stdout(crate::support::closed_pipe())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn rgunctl_generates_a_man_page_and_completions() {
     let man = run_bounded(
         rgunctl_cmd(None, &["generate", "man"]),
