@@ -20,7 +20,10 @@ fn main() {
     if cfg.print_config {
         let text = cfg.print_config_text(cfg.worker_count().unwrap_or(1) as usize);
         let mut stdout = std::io::stdout().lock();
-        match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
             // A reader that went away (`rgun --print-config | head`) is no error.
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                 eprintln!("rgun: cannot write the settings: {e}");

@@ -149,6 +149,15 @@ impl Config {
     /// Gunicorn's precedence: the command line wins, also for repeatable options (a
     /// `-b` on the command line replaces the environment's binds).
     pub fn parse_layers(cli: &[std::ffi::OsString]) -> Result<Config, LayerError> {
+        Config::parse_layers_waiting(cli, &mut file::poll_readable)
+    }
+
+    /// [`Config::parse_layers`], calling `wait` while the configuration file evaluates
+    /// (the master answers its control socket meanwhile).
+    pub fn parse_layers_waiting(
+        cli: &[std::ffi::OsString],
+        wait: file::WaitReadable<'_>,
+    ) -> Result<Config, LayerError> {
         use clap::CommandFactory;
         let (prog, rest) = match cli.split_first() {
             Some((p, r)) => (p.clone(), r),
@@ -179,7 +188,9 @@ impl Config {
                     .then(|| "gunicorn.conf.py".to_owned())
             });
         let file = match &location {
-            Some(loc) => file::load(loc).map_err(|e| LayerError::File(format!("{loc}: {e}")))?,
+            Some(loc) => {
+                file::load(loc, wait).map_err(|e| LayerError::File(format!("{loc}: {e}")))?
+            }
             None => file::FileSettings::default(),
         };
         if let (Some(loc), false) = (&location, file.unknown.is_empty()) {
@@ -194,7 +205,10 @@ impl Config {
             let mut file_argv = vec![prog.clone()];
             file_argv.extend(file.args.iter().map(Into::into));
             if let Err(e) = Config::try_parse_from(&file_argv) {
-                return Err(LayerError::File(format!("{loc}: {}", file_setting_error(&e))));
+                return Err(LayerError::File(format!(
+                    "{loc}: {}",
+                    file_setting_error(&e)
+                )));
             }
         }
         let mut argv = vec![prog.clone()];

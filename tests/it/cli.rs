@@ -366,7 +366,12 @@ fn absurd_numbers_are_refused_naming_the_setting() {
 fn worker_classes_rgun_cannot_run_are_refused() {
     // Regression: `-k uvicorn.workers.UvicornWorker` was ignored, and an ASGI app then
     // answered every request with a 500.
-    for class in ["uvicorn.workers.UvicornWorker", "gevent", "eventlet", "tornado"] {
+    for class in [
+        "uvicorn.workers.UvicornWorker",
+        "gevent",
+        "eventlet",
+        "tornado",
+    ] {
         let (code, _, err) = rgun(&["-k", class, "--check-config", "demo.app:application"]);
         assert_eq!(code, 2, "{class}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{class}: {err}");

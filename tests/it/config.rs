@@ -193,9 +193,11 @@ def on_exit(server):
     assert_eq!(s.wait_exit(Duration::from_secs(15)), Some(0));
     let text = wait_for_file(&record, "on_exit");
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], format!("on_starting {master}"), "{text}");
-    assert_eq!(lines[1], "when_ready", "{text}");
-    assert!(lines[2].starts_with("pre_fork age=0"), "{text}");
+    // As in Gunicorn, the worker count is set (from None) before on_starting.
+    assert_eq!(lines[0], "nworkers_changed None 1", "{text}");
+    assert_eq!(lines[1], format!("on_starting {master}"), "{text}");
+    assert_eq!(lines[2], "when_ready", "{text}");
+    assert!(lines[3].starts_with("pre_fork age=0"), "{text}");
     assert!(text.contains(&format!("child_exit {victim}")), "{text}");
     assert_eq!(lines.last(), Some(&"on_exit"), "{text}");
     assert!(

@@ -205,7 +205,12 @@ fn print_config_lists_every_setting_and_hook_as_gunicorn_does() {
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
-        .args(["-c", conf.to_str().unwrap(), "--print-config", "demo.app:application"])
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "--print-config",
+            "demo.app:application",
+        ])
         .current_dir(repo_root())
         .output()
         .unwrap();
@@ -239,7 +244,10 @@ fn print_config_lists_every_setting_and_hook_as_gunicorn_does() {
         assert!(has_setting(&text, name, value), "{name} = {value}:\n{text}");
     }
     // Aligned like Gunicorn's: every " = " in the same column.
-    let column = text.lines().map(|l| l.find(" = ").unwrap()).collect::<Vec<_>>();
+    let column = text
+        .lines()
+        .map(|l| l.find(" = ").unwrap())
+        .collect::<Vec<_>>();
     assert!(column.windows(2).all(|w| w[0] == w[1]), "{text}");
 }
 

@@ -54,7 +54,11 @@ fn package_honours_cargo_target_dir() {
     std::os::unix::fs::symlink(target_dir().join("debug"), other.path().join("debug")).unwrap();
     let deb = build_deb_in(other.path());
     assert!(deb.starts_with(other.path()), "{}", deb.display());
-    let list = Command::new("dpkg-deb").arg("-c").arg(&deb).output().unwrap();
+    let list = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(list.contains("./usr/bin/rgun"), "{list}");
 }

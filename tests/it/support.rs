@@ -39,6 +39,8 @@ pub struct ServerBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     workers: u32,
+    /// Pass `-w workers` (else the count comes from the configuration file).
+    workers_flag: bool,
     wait_ready: bool,
     bind_fd: bool,
     systemd: bool,
@@ -50,6 +52,7 @@ impl ServerBuilder {
             args: vec![app.to_owned()],
             env: Vec::new(),
             workers: 1,
+            workers_flag: true,
             wait_ready: true,
             bind_fd: true,
             systemd: false,
@@ -72,6 +75,12 @@ impl ServerBuilder {
         self
     }
     /// Do not wait for "workers ready" (for start-up failure tests).
+    /// The configuration file sets `workers = n`: no `-w`, wait for `n` workers.
+    pub fn workers_from_config(mut self, n: u32) -> Self {
+        self.workers = n;
+        self.workers_flag = false;
+        self
+    }
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
         self
@@ -108,10 +117,11 @@ impl ServerBuilder {
         } else {
             Command::new(env!("CARGO_BIN_EXE_rgun"))
         };
-        cmd.args(&self.args)
-            .arg("-w")
-            .arg(self.workers.to_string())
-            .arg("--error-logfile")
+        cmd.args(&self.args);
+        if self.workers_flag {
+            cmd.arg("-w").arg(self.workers.to_string());
+        }
+        cmd.arg("--error-logfile")
             .arg(&log_path)
             .arg("--access-logfile")
             .arg(&access_path)

@@ -79,9 +79,9 @@ impl Conn {
             https,
         };
         let hook_req = match &ctx.hooks {
-            Some(h) if h.pre_request || h.post_request => h
-                .request(py, &self.head_bytes, &self.head, &self.peer.addr)
-                .ok(),
+            Some(h) if h.pre_request || h.post_request => {
+                h.request_or_log(py, &self.head_bytes, &self.head, &self.peer.addr)
+            }
             _ => None,
         };
         if let (Some(h), Some(req)) = (&ctx.hooks, &hook_req) {
@@ -140,7 +140,7 @@ impl Conn {
                 r.close(py);
                 if let (Some(h), Some((req, environ))) = (&ctx.hooks, self.hook_request.take()) {
                     let (status, headers) = r.head_text(py);
-                    if let Ok(resp) = h.response(py, &status, headers, r.body_bytes) {
+                    if let Some(resp) = h.response_or_log(py, &status, headers, r.body_bytes) {
                         h.call(
                             py,
                             "post_request",

@@ -281,7 +281,12 @@ fn another_uid_is_forbidden() {
 fn rgunctl_into_a_closed_pipe_exits_quietly() {
     // Regression: `rgunctl status | true` panicked (exit 101 and a backtrace).
     let server = ServerBuilder::new("echo:application").start();
-    for args in [&["status"][..], &["--json", "status"], &["generate", "man"], &["generate", "bash"]] {
+    for args in [
+        &["status"][..],
+        &["--json", "status"],
+        &["generate", "man"],
+        &["generate", "bash"],
+    ] {
         let mut cmd = rgunctl_cmd(Some(&server.ctl_path), args);
         let out = cmd
             .stdin(Stdio::null())
