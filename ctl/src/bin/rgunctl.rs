@@ -220,9 +220,14 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
         ) {
             Ok(entries) if entries.is_empty() => w!(out, "no reloads or scale changes yet"),
             Ok(entries) => {
-                w!(out, 
+                w!(
+                    out,
                     "{:<20} {:<7} {:<16} {:>9} {:<8} DETAIL",
-                    "STARTED", "ACTION", "TRIGGER", "DURATION", "OUTCOME"
+                    "STARTED",
+                    "ACTION",
+                    "TRIGGER",
+                    "DURATION",
+                    "OUTCOME"
                 );
                 for e in entries {
                     let dur = e.duration_ms.map_or("-".into(), |d| format!("{d}ms"));
@@ -231,7 +236,8 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
                         .clone()
                         .map(|s| s.lines().last().unwrap_or("").to_owned())
                         .unwrap_or_else(|| e.detail.to_string());
-                    w!(out, 
+                    w!(
+                        out,
                         "{:<20} {:<7} {:<16} {:>9} {:<8} {}",
                         format_time(e.started_at),
                         e.action,
@@ -244,20 +250,30 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
             }
             Err(_) => w!(out, "{result}"),
         },
-        Cmd::Scale { .. } => w!(out, "workers: {} -> {}", result["previous"], result["target"]),
-        Cmd::Reload { no_wait: false } => w!(out, 
+        Cmd::Scale { .. } => w!(
+            out,
+            "workers: {} -> {}",
+            result["previous"],
+            result["target"]
+        ),
+        Cmd::Reload { no_wait: false } => w!(
+            out,
             "reloaded: generation {} -> {} in {} ms",
-            result["previous_generation"], result["generation"], result["duration_ms"]
+            result["previous_generation"],
+            result["generation"],
+            result["duration_ms"]
         ),
         Cmd::Reload { no_wait: true } => {
             w!(out, "reload started (generation {})", result["generation"])
         }
-        Cmd::Ping => w!(out, 
+        Cmd::Ping => w!(
+            out,
             "pong: rgun {} (pid {})",
             result["version"].as_str().unwrap_or("?"),
             result["pid"]
         ),
-        Cmd::Config => w!(out, 
+        Cmd::Config => w!(
+            out,
             "{}",
             serde_json::to_string_pretty(result).unwrap_or_default()
         ),
@@ -275,7 +291,8 @@ fn print_status(out: &mut String, s: &Status) {
         .iter()
         .filter(|w| w.generation == m.generation && (w.state == "idle" || w.state == "busy"))
         .count();
-    w!(out, 
+    w!(
+        out,
         "master {}  rgun {}  {}  state {}  generation {}  workers {}/{}  up {}",
         m.pid,
         m.version,
@@ -287,12 +304,22 @@ fn print_status(out: &mut String, s: &Status) {
         format_age(m.uptime_s)
     );
     w!(out, "binds  {}", m.binds.join(" "));
-    w!(out, 
+    w!(
+        out,
         "{:<8} {:>4} {:<9} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
-        "PID", "GEN", "STATE", "AGE", "REQUESTS", "CONNS", "CURRENT", "HEARTBEAT", "RSS"
+        "PID",
+        "GEN",
+        "STATE",
+        "AGE",
+        "REQUESTS",
+        "CONNS",
+        "CURRENT",
+        "HEARTBEAT",
+        "RSS"
     );
     for w in &s.workers {
-        w!(out, 
+        w!(
+            out,
             "{:<8} {:>4} {:<9} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
             w.pid,
             w.generation,
@@ -307,9 +334,14 @@ fn print_status(out: &mut String, s: &Status) {
         );
     }
     let t = &s.totals;
-    w!(out, 
+    w!(
+        out,
         "totals requests {}  spawned {}  exited {}  timeouts {}  reloads {}",
-        t.requests, t.workers_spawned, t.workers_exited, t.timeouts, t.reloads
+        t.requests,
+        t.workers_spawned,
+        t.workers_exited,
+        t.timeouts,
+        t.reloads
     );
 }
 
