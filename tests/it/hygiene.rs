@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{has_setting, proc_ids, repo_root, wait_until, ServerBuilder};
+use crate::support::{
+    has_setting, proc_ids, repo_root, running_as_root, wait_until, ServerBuilder,
+};
 
 #[test]
 fn pidfile_is_written_refused_when_live_and_removed() {
@@ -89,7 +91,7 @@ fn daemon_mode_detaches_and_serves() {
 
 #[test]
 fn workers_drop_privileges_when_root() {
-    if !running_as_root() {
+    if !running_as_root("workers_drop_privileges_when_root") {
         return;
     }
     if !world_can_reach(&python_stdlib()) || !world_can_reach(&repo_root().join("tests/apps")) {
@@ -363,12 +365,15 @@ fn reuse_port_lets_two_servers_share_a_port() {
 
 #[test]
 fn a_low_port_bound_as_root_is_served_by_dropped_workers() {
-    if !running_as_root() {
+    if !running_as_root("a_low_port_bound_as_root_is_served_by_dropped_workers") {
         return;
     }
     let Some(port) = (1000..1024).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
     else {
-        eprintln!("skipped: no free port under 1024");
+        crate::support::skip(
+            "a_low_port_bound_as_root_is_served_by_dropped_workers",
+            "no port under 1024 is free",
+        );
         return;
     };
     let s = ServerBuilder::new("lifecycle_app:application")
@@ -397,7 +402,7 @@ fn a_low_port_bound_as_root_is_served_by_dropped_workers() {
 
 #[test]
 fn initgroups_sets_the_supplementary_groups_of_the_user() {
-    if !running_as_root() {
+    if !running_as_root("initgroups_sets_the_supplementary_groups_of_the_user") {
         return;
     }
     // As root (the only user that can import this machine's Python), with a group:
@@ -416,13 +421,4 @@ fn initgroups_sets_the_supplementary_groups_of_the_user() {
     let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
     assert!(groups.split_whitespace().any(|g| g == nogroup), "{groups}");
     assert_eq!(s.get("/").text(), "ok");
-}
-
-/// Tests that change users need root; elsewhere they say so and pass.
-fn running_as_root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
 }

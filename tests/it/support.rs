@@ -495,3 +495,24 @@ pub fn closed_pipe() -> Stdio {
     drop(read);
     Stdio::from(write)
 }
+
+/// Says that `test` skips the rest of its body because `reason`, where the test run's
+/// output shows it (libtest hides what a passing test prints with `eprintln!`; this
+/// writes to the real stderr). Under CI (`CI` or `RGUN_NO_SKIP` set, as `.ci/run`
+/// does) a skip is a failure instead: CI runs as root with what the tests need
+/// installed by `scripts/test`.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var_os("CI").is_some() || std::env::var_os("RGUN_NO_SKIP").is_some() {
+        panic!("{test} must run in CI, but {reason}");
+    }
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
+/// True when running as root; otherwise says `test` is skipped (see [`skip`]).
+pub fn running_as_root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        skip(test, "it needs root");
+    }
+    root
+}
