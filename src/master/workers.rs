@@ -98,6 +98,11 @@ impl Arbiter {
             .context("no free scoreboard slot")?;
         let (master_end, worker_end) = UnixStream::pair()?;
         master_end.set_nonblocking(true)?;
+        self.call_hook(
+            "pre_fork",
+            json!({"worker": {"pid": null, "age": self.totals.spawned}}),
+        );
+        // After the hook: while it ran, the control socket may have accepted clients.
         let mut master_fds: Vec<i32> = self.workers.values().map(|w| w.pipe.as_raw_fd()).collect();
         master_fds.push(master_end.as_raw_fd());
         master_fds.extend(self.signals.fds());
@@ -105,10 +110,6 @@ impl Arbiter {
         if let Some(c) = &self.control {
             master_fds.extend(c.fds());
         }
-        self.call_hook(
-            "pre_fork",
-            json!({"worker": {"pid": null, "age": self.totals.spawned}}),
-        );
         if let Some(h) = &self.hooks {
             master_fds.extend(h.fds());
         }
