@@ -488,7 +488,8 @@ impl Config {
             "print_config": self.print_config,
             "worker_tmp_dir": self.worker_tmp_dir,
             "capture_output": self.capture_output,
-            "sendfile": (!self.no_sendfile).then_some(true),
+            // Gunicorn's default is None (use it); --no-sendfile is False.
+            "sendfile": self.no_sendfile.then_some(false),
             "proc_name": self.proc_name_setting,
         });
         if let (serde_json::Value::Object(all), serde_json::Value::Object(more)) =

@@ -403,7 +403,9 @@ impl Arbiter {
     fn wait_readable(&mut self, fd: RawFd, deadline: Instant, busy_with: &str) -> bool {
         let registry = self.poll.registry();
         if let Err(e) = registry.register(&mut SourceFd(&fd), WAIT_TOKEN, Interest::READABLE) {
-            tracing::warn!("cannot watch the control socket while {busy_with}: {e}");
+            tracing::warn!(
+                "cannot wait in the master's loop while {busy_with} ({e}); the control socket waits too"
+            );
             return crate::config::file::poll_readable(fd, deadline);
         }
         let mut events = Events::with_capacity(64);
@@ -424,6 +426,8 @@ impl Arbiter {
             for event in events.iter() {
                 match event.token() {
                     WAIT_TOKEN => ready = true,
+                    // Above CONTROL_TOKENS too: they must not reach the control server.
+                    token @ (SIGNAL_TOKEN | UPGRADE_TOKEN) => self.deferred.push_back(token),
                     Token(t) if t >= CONTROL_TOKENS => {
                         self.handle_control_event_while_busy(Token(t))
                     }

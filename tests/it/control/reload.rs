@@ -534,3 +534,39 @@ fn a_slow_master_hook_is_abandoned_and_status_answers_meanwhile() {
         host[0]
     );
 }
+
+#[test]
+fn a_signal_during_a_master_hook_is_handled_after_it() {
+    // Regression: while the master waited for a hook, a signal's wake-up was taken for
+    // a control-socket event (its token is above the control server's) and dropped: a
+    // TERM sent during a pre_fork hook was never handled (unless another signal, say a
+    // SIGCHLD, came later).
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("inside");
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &conf,
+        format!(
+            "import time\nwsgi_app = 'lifecycle_app:application'\n\ndef pre_fork(server, worker):\n    if worker.age >= 1:\n        open({:?}, 'w').close()\n        time.sleep(2)\n",
+            inside.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut server = ServerBuilder::new("")
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    server.signal(libc::SIGTTIN);
+    assert!(wait_until(Duration::from_secs(10), || inside.exists()));
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("Handling signal: term"),
+        "{}",
+        server.log()
+    );
+}
