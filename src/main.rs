@@ -1,8 +1,6 @@
 //! The `rgun` binary: command line → configuration → the master loop. Only this file
 //! turns errors into exit statuses.
 
-use std::io::Write;
-
 use rgun::config::Config;
 
 fn main() {
@@ -19,18 +17,12 @@ fn main() {
     }
     if cfg.print_config {
         let text = cfg.print_config_text(cfg.worker_count().unwrap_or(1) as usize);
-        let mut stdout = std::io::stdout().lock();
-        match stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
-            // A reader that went away (`rgun --print-config | head`) is no error.
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                eprintln!("rgun: cannot write the settings: {e}");
-                std::process::exit(1);
-            }
-            _ => return,
+        // A reader that went away (`rgun --print-config | head`) is no error.
+        if let Err(e) = rgun::config::reference::write_stdout(text.as_bytes()) {
+            eprintln!("rgun: cannot write the settings: {e}");
+            std::process::exit(1);
         }
+        return;
     }
     if cfg.daemon {
         if let Err(e) = rgun::process::daemonize(cfg.error_logfile == "-") {

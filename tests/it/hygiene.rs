@@ -255,16 +255,24 @@ fn print_config_lists_every_setting_and_hook_as_gunicorn_does() {
 
 #[test]
 fn print_config_into_a_closed_pipe_exits_quietly() {
-    // Regression: `rgun --print-config | head -1` panicked (exit 101, a backtrace).
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
-        .args(["--print-config", "demo.app:application"])
-        .current_dir(repo_root())
-        .stdout(crate::support::closed_pipe())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.is_empty(), "{err}");
+    // Regression: `rgun --print-config | head -1` panicked (exit 101, a backtrace), as
+    // did `rgun --generate ...`.
+    for args in [
+        &["--print-config", "demo.app:application"][..],
+        &["--generate", "man"],
+        &["--generate", "bash"],
+        &["--generate", "config-reference"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+            .args(args)
+            .current_dir(repo_root())
+            .stdout(crate::support::closed_pipe())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
 }
 
 fn python_stdlib() -> std::path::PathBuf {
