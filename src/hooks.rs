@@ -79,6 +79,44 @@ impl Hooks {
         }
     }
 
+    /// [`Hooks::request`], or None when it cannot be built: the error is logged and
+    /// the request is served without its pre_request/post_request hooks.
+    pub fn request_or_log<'py>(
+        &self,
+        py: Python<'py>,
+        head_bytes: &[u8],
+        head: &crate::http::head::RequestHead,
+        remote: &str,
+    ) -> Option<Bound<'py, PyAny>> {
+        self.request(py, head_bytes, head, remote)
+            .map_err(|e| {
+                tracing::error!(
+                    "cannot build the req object, so the pre_request/post_request hooks skip this request\n{}",
+                    crate::python::format_exception(py, &e)
+                )
+            })
+            .ok()
+    }
+
+    /// [`Hooks::response`], or None (logged) when it cannot be built: post_request is
+    /// then not called for this request.
+    pub fn response_or_log<'py>(
+        &self,
+        py: Python<'py>,
+        status: &str,
+        headers: Vec<(String, String)>,
+        sent: u64,
+    ) -> Option<Bound<'py, PyAny>> {
+        self.response(py, status, headers, sent)
+            .map_err(|e| {
+                tracing::error!(
+                    "cannot build the resp object, so the post_request hook skips this request\n{}",
+                    crate::python::format_exception(py, &e)
+                )
+            })
+            .ok()
+    }
+
     /// A `req` object for pre_request/post_request.
     pub fn request<'py>(
         &self,

@@ -16,9 +16,11 @@ fn main() {
         return;
     }
     if cfg.print_config {
-        let settings = cfg.settings_json(cfg.worker_count().unwrap_or(1) as usize);
-        for (name, value) in settings.as_object().into_iter().flatten() {
-            println!("{name:<26} = {value}");
+        let text = cfg.print_config_text(cfg.worker_count().unwrap_or(1) as usize);
+        // A reader that went away (`rgun --print-config | head`) is no error.
+        if let Err(e) = rgun::config::reference::write_stdout(text.as_bytes()) {
+            eprintln!("rgun: cannot write the settings: {e}");
+            std::process::exit(1);
         }
         return;
     }

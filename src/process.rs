@@ -237,3 +237,16 @@ fn argv_area() -> Option<(usize, usize)> {
     let end = fields.get(49 - 3)?.parse().ok()?;
     Some((start, end))
 }
+
+/// How many threads this process has (from /proc; 1 if it cannot tell).
+pub fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(1)
+}

@@ -7,7 +7,9 @@
 //! caller layers below the environment and the real command line.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
@@ -60,6 +62,27 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("control_socket_mode", "--control-socket-mode", "octal"),
 ];
 
+/// Gunicorn's server hooks, each with the `__qualname__` of Gunicorn's default, which
+/// `--print-config` shows (as Gunicorn does) when the file does not define it.
+pub const HOOKS: &[(&str, &str)] = &[
+    ("on_starting", "OnStarting.on_starting"),
+    ("on_reload", "OnReload.on_reload"),
+    ("when_ready", "WhenReady.when_ready"),
+    ("pre_fork", "Prefork.pre_fork"),
+    ("post_fork", "Postfork.post_fork"),
+    ("post_worker_init", "PostWorkerInit.post_worker_init"),
+    ("worker_int", "WorkerInt.worker_int"),
+    ("worker_abort", "WorkerAbort.worker_abort"),
+    ("pre_exec", "PreExec.pre_exec"),
+    ("pre_request", "PreRequest.pre_request"),
+    ("post_request", "PostRequest.post_request"),
+    ("child_exit", "ChildExit.child_exit"),
+    ("worker_exit", "WorkerExit.worker_exit"),
+    ("nworkers_changed", "NumWorkersChanged.nworkers_changed"),
+    ("on_exit", "OnExit.on_exit"),
+    ("ssl_context", "NewSSLContext.ssl_context"),
+];
+
 /// What a configuration file amounts to.
 #[derive(Debug, Default)]
 pub struct FileSettings {
@@ -69,13 +92,23 @@ pub struct FileSettings {
     pub hooks: Vec<String>,
 }
 
+/// Longest a configuration file may take to evaluate; then its child is killed and
+/// the file counts as failed (at start-up: exit 1; on a reload: the reload fails).
+pub const EVALUATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until a descriptor is readable or a deadline passes (false: the deadline).
+/// The master passes one that keeps answering its control socket meanwhile.
+pub type WaitReadable<'a> = &'a mut dyn FnMut(RawFd, Instant) -> bool;
+
 /// Runs the file in a forked child with its own interpreter and returns its settings;
-/// `Err` is a one-line reason (a Python error, a wrong type) naming the problem.
-pub fn load(location: &str) -> Result<FileSettings, String> {
+/// `Err` is a one-line reason (a Python error, a wrong type, a time-out) naming the
+/// problem. `wait` is called while the child evaluates.
+pub fn load(location: &str, wait: WaitReadable<'_>) -> Result<FileSettings, String> {
     if !location.starts_with("python:") && !Path::new(location).exists() {
         return Err(format!("config file {location} does not exist"));
     }
-    let (mut read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let (read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    read.set_nonblocking(true).map_err(|e| e.to_string())?;
     // SAFETY: called before any thread or interpreter exists in this process; the
     // child only evaluates the file, writes to the pipe and exits.
     match unsafe { nix::unistd::fork() }.map_err(|e| e.to_string())? {
@@ -90,10 +123,67 @@ pub fn load(location: &str) -> Result<FileSettings, String> {
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(write);
-            let mut text = String::new();
-            let _ = read.read_to_string(&mut text);
+            let text = read_reply(&read, wait);
+            if text.is_err() {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = nix::sys::wait::waitpid(child, None);
-            parse_reply(&text)
+            parse_reply(&text?)
+        }
+    }
+}
+
+/// Everything the evaluating child writes, until it closes its end, within
+/// [`EVALUATION_TIMEOUT`].
+fn read_reply(
+    read: &std::os::unix::net::UnixStream,
+    wait: WaitReadable<'_>,
+) -> Result<String, String> {
+    let deadline = Instant::now() + EVALUATION_TIMEOUT;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match (&*read).read(&mut buf) {
+            Ok(0) => return Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !wait(read.as_raw_fd(), deadline) {
+                    return Err(format!(
+                        "the configuration file did not finish within {} s (is it waiting for something?); its evaluation was stopped",
+                        EVALUATION_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the configuration file's settings: {e}"
+                ))
+            }
+        }
+    }
+}
+
+/// [`WaitReadable`] with nothing else to do: poll(2) on the descriptor alone.
+pub fn poll_readable(fd: RawFd, deadline: Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let ms = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            return true;
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return true; // let the read report the error
         }
     }
 }
@@ -119,9 +209,14 @@ fn evaluate(location: &str) -> String {
                 .iter()
                 .map(|(n, f, k)| ((*n).to_owned(), serde_json::json!([f, k])))
                 .collect();
+            let hooks: Vec<&str> = HOOKS.iter().map(|(name, _)| *name).collect();
             module
                 .getattr("to_args")?
-                .call1((location, serde_json::Value::Object(table).to_string()))?
+                .call1((
+                    location,
+                    serde_json::Value::Object(table).to_string(),
+                    serde_json::json!(hooks).to_string(),
+                ))?
                 .extract()
         };
         match run() {

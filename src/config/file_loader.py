@@ -1,6 +1,6 @@
 """Reads a Gunicorn configuration file for rgun (in a short-lived child process).
 
-Input: the path (or "python:module") and rgun's table of settings. Output: the
+Input: the path (or "python:module"), rgun's table of settings and the hook names. Output: the
 command-line arguments the file's settings amount to, warnings about names rgun does
 not know, and the hooks it defines. Type errors name the setting.
 """
@@ -10,27 +10,21 @@ import json
 import runpy
 import types
 
-HOOKS = {
-    "on_starting", "on_reload", "when_ready", "pre_fork", "post_fork", "post_worker_init",
-    "worker_int", "worker_abort", "pre_exec", "pre_request", "post_request", "child_exit",
-    "worker_exit", "nworkers_changed", "on_exit", "ssl_context",
-}
-
-
 def read_namespace(location):
     if location.startswith("python:"):
         return vars(importlib.import_module(location[len("python:"):]))
     return runpy.run_path(location, run_name="__config__")
 
 
-def to_args(location, table_json):
+def to_args(location, table_json, hooks_json):
     table = json.loads(table_json)
+    known_hooks = set(json.loads(hooks_json))
     namespace = read_namespace(location)
     args, unknown, hooks = [], [], []
     for name, value in namespace.items():
         if name.startswith("_") or isinstance(value, (types.ModuleType, type)):
             continue
-        if name in HOOKS:
+        if name in known_hooks:
             if not callable(value):
                 raise TypeError("hook %r must be callable" % name)
             hooks.append(name)

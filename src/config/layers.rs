@@ -89,6 +89,28 @@ impl std::fmt::Display for LayerError {
     }
 }
 
+/// A configuration file's bad value, as one line naming the Gunicorn setting:
+/// `setting 'timeout': invalid value '...' for '--timeout <INT>': ...`.
+fn file_setting_error(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid value")
+        .trim_start_matches("error: ")
+        .to_owned();
+    let flag = match e.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(arg)) => {
+            arg.split_whitespace().next().unwrap_or("").to_owned()
+        }
+        _ => String::new(),
+    };
+    match file::SETTINGS.iter().find(|(_, f, _)| *f == flag) {
+        Some((name, _, _)) => format!("setting '{name}': {first}"),
+        None => first,
+    }
+}
+
 impl Config {
     /// Parses the process's command line; prints one line and exits 2 on a bad one.
     pub fn from_args() -> Config {
@@ -127,6 +149,15 @@ impl Config {
     /// Gunicorn's precedence: the command line wins, also for repeatable options (a
     /// `-b` on the command line replaces the environment's binds).
     pub fn parse_layers(cli: &[std::ffi::OsString]) -> Result<Config, LayerError> {
+        Config::parse_layers_waiting(cli, &mut file::poll_readable)
+    }
+
+    /// [`Config::parse_layers`], calling `wait` while the configuration file evaluates
+    /// (the master answers its control socket meanwhile).
+    pub fn parse_layers_waiting(
+        cli: &[std::ffi::OsString],
+        wait: file::WaitReadable<'_>,
+    ) -> Result<Config, LayerError> {
         use clap::CommandFactory;
         let (prog, rest) = match cli.split_first() {
             Some((p, r)) => (p.clone(), r),
@@ -157,7 +188,9 @@ impl Config {
                     .then(|| "gunicorn.conf.py".to_owned())
             });
         let file = match &location {
-            Some(loc) => file::load(loc).map_err(|e| LayerError::File(format!("{loc}: {e}")))?,
+            Some(loc) => {
+                file::load(loc, wait).map_err(|e| LayerError::File(format!("{loc}: {e}")))?
+            }
             None => file::FileSettings::default(),
         };
         if let (Some(loc), false) = (&location, file.unknown.is_empty()) {
@@ -165,6 +198,18 @@ impl Config {
                 "rgun: warning: {loc}: unknown setting(s) ignored: {}",
                 file.unknown.join(", ")
             );
+        }
+        if let Some(loc) = &location {
+            // The file's values on their own first, so that a bad one is the file's
+            // error (exit 1) and names the setting, not only the flag it became.
+            let mut file_argv = vec![prog.clone()];
+            file_argv.extend(file.args.iter().map(Into::into));
+            if let Err(e) = Config::try_parse_from(&file_argv) {
+                return Err(LayerError::File(format!(
+                    "{loc}: {}",
+                    file_setting_error(&e)
+                )));
+            }
         }
         let mut argv = vec![prog.clone()];
         argv.extend(file.args.iter().map(Into::into));

@@ -7,6 +7,7 @@ pub mod file;
 mod layers;
 pub mod reference;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +17,18 @@ use clap::Parser;
 pub use self::bind::BindAddress;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
 use crate::http::head::HeadLimits;
+
+/// The longest `--timeout`, `--graceful-timeout` and `--keep-alive`, in seconds (about
+/// 24.8 days): workers hand time-outs to poll(2) as `i32` milliseconds, and a deadline
+/// this far out already means "never".
+pub const MAX_DURATION_SECS: u64 = i32::MAX as u64 / 1000;
+
+/// The largest `--max-requests` and `--max-requests-jitter` (10^12 requests, years of
+/// traffic): their sum is computed per worker and must not overflow.
+pub const MAX_REQUESTS_LIMIT: u64 = 1_000_000_000_000;
+
+/// The largest `--max-worker-rss` in MiB: the limit is compared in bytes.
+pub const MAX_WORKER_RSS_MIB: u64 = u64::MAX >> 20;
 
 /// Gunicorn's default access-log format.
 pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
@@ -65,16 +78,17 @@ pub struct Config {
         short = 't',
         long = "timeout",
         value_name = "INT",
-        default_value_t = 30
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS)
     )]
     pub timeout: u64,
 
     /// Seconds workers get to finish requests in flight on a graceful stop.
-    #[arg(long = "graceful-timeout", value_name = "INT", default_value_t = 30)]
+    #[arg(long = "graceful-timeout", value_name = "INT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS))]
     pub graceful_timeout: u64,
 
     /// Seconds to wait for the next request on a keep-alive connection.
-    #[arg(long = "keep-alive", value_name = "INT", default_value_t = 2)]
+    #[arg(long = "keep-alive", value_name = "INT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS))]
     pub keepalive: u64,
 
     /// Largest request line in bytes (0 = unlimited).
@@ -127,9 +141,9 @@ pub struct Config {
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", ignore_case = true, value_parser = ["debug", "info", "warning", "error", "critical"])]
     pub loglevel: String,
 
-    /// Gunicorn's worker class: accepted for compatibility and ignored (rgun has one
-    /// worker type; use --threads).
-    #[arg(short = 'k', long = "worker-class", value_name = "STRING")]
+    /// Gunicorn's worker class: `sync` or `gthread` (or their `gunicorn.workers...`
+    /// paths), both served by rgun's worker (use --threads); any other class is refused.
+    #[arg(short = 'k', long = "worker-class", value_name = "STRING", value_parser = parse_worker_class)]
     pub worker_class: Option<String>,
 
     /// Gunicorn options rgun accepts for compatibility and ignores.
@@ -152,19 +166,19 @@ pub struct Config {
     pub worker_connections: u32,
 
     /// Restart a worker after this many requests (0 = never).
-    #[arg(long = "max-requests", value_name = "INT", default_value_t = 0)]
+    #[arg(long = "max-requests", value_name = "INT", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_REQUESTS_LIMIT))]
     pub max_requests: u64,
 
     /// Gracefully replace a worker whose resident memory exceeds this many MiB (0 = off).
-    #[arg(long = "max-worker-rss", value_name = "MIB", default_value_t = 0)]
+    #[arg(long = "max-worker-rss", value_name = "MIB", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_WORKER_RSS_MIB))]
     pub max_worker_rss: u64,
 
     /// Random extra requests, up to this many, added to --max-requests per worker.
-    #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0)]
+    #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_REQUESTS_LIMIT))]
     pub max_requests_jitter: u64,
 
     /// Listen queue size.
-    #[arg(long = "backlog", value_name = "INT", default_value_t = 2048)]
+    #[arg(long = "backlog", value_name = "INT", default_value_t = 2048, value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: i32,
 
     /// Set SO_REUSEPORT on listening sockets.
@@ -246,6 +260,36 @@ pub struct Config {
     /// powershell).
     #[arg(long = "generate", value_name = "WHAT", hide = true)]
     pub generate: Option<String>,
+}
+
+/// The kinds of worker rgun runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// rgun's WSGI worker (Gunicorn's `sync` and `gthread` alike; `--threads` decides).
+    Wsgi,
+}
+
+/// Which rgun worker serves a Gunicorn `worker_class`, or None for a class rgun does not
+/// implement. The one place that list lives.
+pub fn worker_kind(class: &str) -> Option<WorkerKind> {
+    match class {
+        "sync"
+        | "gthread"
+        | "egg:gunicorn#sync"
+        | "egg:gunicorn#gthread"
+        | "gunicorn.workers.sync.SyncWorker"
+        | "gunicorn.workers.gthread.ThreadWorker" => Some(WorkerKind::Wsgi),
+        _ => None,
+    }
+}
+
+fn parse_worker_class(s: &str) -> Result<String, String> {
+    match worker_kind(s) {
+        Some(_) => Ok(s.to_owned()),
+        None => Err(format!(
+            "rgun cannot run worker class {s:?}: it serves WSGI with its own worker (sync or gthread; use --threads)"
+        )),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -401,7 +445,7 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(","),
         };
-        serde_json::json!({
+        let mut settings = serde_json::json!({
             "wsgi_app": self.app,
             "config": self.config,
             "bind": self.binds().iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -444,6 +488,103 @@ impl Config {
             "umask": format!("{:04o}", self.umask),
             "preload_app": self.preload,
             "reload": self.reload,
-        })
+        });
+        // Accepted for compatibility (one json! would pass its recursion limit).
+        let more = serde_json::json!({
+            "check_config": self.check_config,
+            "print_config": self.print_config,
+            "worker_tmp_dir": self.worker_tmp_dir,
+            "capture_output": self.capture_output,
+            // Gunicorn's default is None (use it); --no-sendfile is False.
+            "sendfile": self.no_sendfile.then_some(false),
+            "proc_name": self.proc_name_setting,
+        });
+        if let (serde_json::Value::Object(all), serde_json::Value::Object(more)) =
+            (&mut settings, more)
+        {
+            all.extend(more);
+        }
+        settings
+    }
+
+    /// `--print-config`: every setting rgun knows, hooks included, sorted, one
+    /// `name = value` line each with Python's spelling of the value, as Gunicorn prints
+    /// its configuration (a hook shows as `<qualified_name()>`).
+    pub fn print_config_text(&self, workers: usize) -> String {
+        let mut lines: BTreeMap<String, String> = BTreeMap::new();
+        if let serde_json::Value::Object(settings) = self.settings_json(workers) {
+            for (name, value) in settings {
+                lines.insert(name, python_str(&value));
+            }
+        }
+        for (hook, default) in file::HOOKS {
+            let shown = if self.hooks.iter().any(|h| h == hook) {
+                format!("<{hook}()>")
+            } else {
+                format!("<{default}()>")
+            };
+            lines.insert((*hook).to_owned(), shown);
+        }
+        let width = lines.keys().map(String::len).max().unwrap_or(0);
+        let mut text = String::new();
+        for (name, value) in lines {
+            text.push_str(&format!("{name:<width$} = {value}\n"));
+        }
+        text
+    }
+}
+
+/// Python's `str()` of a setting's value: strings bare, `None`, `True`/`False`, and
+/// lists and dicts with their items in `repr()` form.
+fn python_str(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => python_repr(other),
+    }
+}
+
+fn python_repr(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            let quote = if s.contains('\'') && !s.contains('"') {
+                '"'
+            } else {
+                '\''
+            };
+            let mut out = String::from(quote);
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    c if c == quote => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push(quote);
+            out
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(python_repr).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!(
+                    "{}: {}",
+                    python_repr(&Value::String(k.clone())),
+                    python_repr(v)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }

@@ -8,24 +8,35 @@ use clap::CommandFactory;
 
 use super::{file, Config};
 
-/// Writes what `--generate WHAT` asks for to stdout; `Err` names an unknown WHAT.
+/// Writes what `--generate WHAT` asks for to stdout; `Err` names an unknown WHAT or
+/// a failed write.
 pub fn generate(what: &str) -> Result<(), String> {
     let mut cmd = Config::command();
+    let mut out = Vec::new();
     match what {
         "man" => clap_mangen::Man::new(cmd)
-            .render(&mut std::io::stdout())
-            .map_err(|e| e.to_string()),
-        "config-reference" => {
-            print!("{}", config_reference());
-            Ok(())
-        }
+            .render(&mut out)
+            .map_err(|e| e.to_string())?,
+        "config-reference" => out = config_reference().into_bytes(),
         shell => {
             let shell: clap_complete::Shell = shell.parse().map_err(|_| {
                 format!("--generate: expected man, config-reference or a shell, got {shell:?}")
             })?;
-            clap_complete::generate(shell, &mut cmd, "rgun", &mut std::io::stdout());
-            Ok(())
+            clap_complete::generate(shell, &mut cmd, "rgun", &mut out);
         }
+    }
+    write_stdout(&out).map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+/// Writes to stdout; a reader that has gone (`| head`) is not an error: the output
+/// simply ends there, as for other Unix filters.
+pub fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match std::io::Write::write_all(&mut stdout, bytes)
+        .and_then(|()| std::io::Write::flush(&mut stdout))
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
 }
 

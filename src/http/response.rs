@@ -77,6 +77,10 @@ fn write_head_inner<'h>(
     facts: RequestFacts,
 ) -> Result<ResponseHead, ResponseError> {
     let code = parse_status(status)?;
+    // RFC 9110 §8.6: no Content-Length in a 1xx or 204; in a 304 it would have to be
+    // the length of the 200 the client does not get, which the application's header
+    // (usually `0`) is not, so it goes too.
+    let length_forbidden = code < 200 || code == 204 || code == 304;
     let mut close = facts.close;
     let mut declared_length = None;
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -98,6 +102,9 @@ fn write_head_inner<'h>(
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
+            if length_forbidden {
+                continue;
+            }
             let text = std::str::from_utf8(value).ok().map(str::trim);
             let n = text
                 .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
@@ -237,6 +244,22 @@ mod tests {
         let err = write_head(&mut out, "200 OK", h.iter().copied(), facts()).unwrap_err();
         assert_eq!(err, ResponseError::BadHeaderValue("X-A".into()));
         assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn content_length_dropped_from_204_1xx_and_304() {
+        for status in ["204 No Content", "103 Early Hints", "304 Not Modified"] {
+            let mut out = Vec::new();
+            let h = [
+                (&b"Content-Length"[..], &b"0"[..]),
+                (&b"X-A"[..], &b"b"[..]),
+            ];
+            let head = write_head(&mut out, status, h.iter().copied(), facts()).unwrap();
+            assert_eq!(head.framing, ResponseFraming::NoBody, "{status}");
+            let text = String::from_utf8(out).unwrap().to_ascii_lowercase();
+            assert!(!text.contains("content-length"), "{status}: {text}");
+            assert!(text.contains("x-a: b\r\n"), "{status}: {text}");
+        }
     }
 
     #[test]

@@ -28,6 +28,30 @@ impl Arbiter {
         }
     }
 
+    /// A control event while the master waits for a hook or a configuration file:
+    /// read-only commands are answered now, the others once the wait is over.
+    pub(super) fn handle_control_event_while_busy(&mut self, token: Token) {
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
+        let requests = control.handle_event(token, self.poll.registry());
+        for request in requests {
+            match request.command {
+                Command::Ping | Command::Status | Command::Config | Command::History => {
+                    self.handle_request(request)
+                }
+                _ => self.deferred_requests.push_back(request),
+            }
+        }
+    }
+
+    /// Requests that arrived while the master was waiting, in order.
+    pub(super) fn handle_deferred_requests(&mut self) {
+        while let Some(request) = self.deferred_requests.pop_front() {
+            self.handle_request(request);
+        }
+    }
+
     fn handle_request(&mut self, req: Request) {
         let Request {
             conn,
@@ -40,9 +64,9 @@ impl Arbiter {
             Command::Ping => Ok(Some(
                 json!({"version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}),
             )),
-            Command::Status => Ok(Some(
-                serde_json::to_value(self.status()).unwrap_or_default(),
-            )),
+            Command::Status => {
+                result_value(serde_json::to_value(self.status()), "status").map(Some)
+            }
             Command::Config => Ok(Some(self.cfg.settings_json(self.target))),
             Command::History => Ok(Some(json!({"entries": self.history}))),
             Command::ReopenLogs => {
@@ -236,6 +260,18 @@ impl Arbiter {
     }
 }
 
+/// A result as JSON; a value that cannot be serialised is a `failed` answer naming
+/// the command (and a log line), never a `null` result.
+fn result_value(value: serde_json::Result<Value>, command: &str) -> Result<Value, ErrorBody> {
+    value.map_err(|e| {
+        tracing::error!("cannot serialise the {command} answer: {e}");
+        ErrorBody::new(
+            ErrorCode::Failed,
+            format!("cannot serialise the {command} answer: {e}"),
+        )
+    })
+}
+
 /// A process's resident memory in bytes, from /proc.
 pub(super) fn rss_bytes(pid: i32) -> u64 {
     rss_pages(pid) * page_size()
@@ -255,5 +291,22 @@ fn page_size() -> u64 {
         n as u64
     } else {
         4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unserialisable_answer_is_an_error_not_null() {
+        let broken = serde_json::from_str::<Value>("{\"truncated\"").map(|_| Value::Null);
+        let err = result_value(broken, "status").unwrap_err();
+        assert_eq!(err.code, ErrorCode::Failed);
+        assert!(err.message.contains("status answer"), "{}", err.message);
+        assert_eq!(
+            result_value(Ok(json!({"a": 1})), "status").unwrap(),
+            json!({"a": 1})
+        );
     }
 }

@@ -18,11 +18,13 @@ pub use self::upgrade::UPGRADE_FROM_ENV;
 use self::upgrade::{UpgradeChild, UPGRADE_TOKEN};
 
 use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
-use mio::{Events, Poll, Token};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -40,6 +42,8 @@ use crate::signals::SignalPipe;
 use crate::worker::{self, exit};
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+/// The descriptor `wait_readable` waits for (a hook's answer, a configuration file).
+const WAIT_TOKEN: Token = Token(usize::MAX - 2);
 /// Quick stop: how long workers get before SIGKILL.
 const QUICK_STOP_GRACE: Duration = Duration::from_secs(1);
 /// The longest pause between respawns of a worker that keeps dying young.
@@ -141,6 +145,10 @@ pub struct Arbiter {
     /// `--preload`: the application, imported in this process.
     preloaded: Option<crate::wsgi::App>,
     workers: BTreeMap<usize, WorkerProc>,
+    /// Events seen during `wait_readable`, for the loop to handle next.
+    deferred: VecDeque<Token>,
+    /// Control requests that arrived during `wait_readable`, other than read-only ones.
+    deferred_requests: VecDeque<crate::control::Request>,
     target: usize,
     /// The generation serving traffic.
     generation: u32,
@@ -157,6 +165,8 @@ pub struct Arbiter {
     failures: u32,
     last_rss_check: Instant,
     next_spawn: Instant,
+    /// The master's thread count last warned about (`--preload`).
+    threads_warned: usize,
     exit_code: i32,
 }
 
@@ -218,9 +228,25 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         std::env::set_current_dir(dir)
             .with_context(|| format!("cannot chdir to {}", dir.display()))?;
     }
-    let mut hook_host = hooks::HookHost::start(&cfg);
+    let mut hook_host = match hooks::HookHost::start(&cfg) {
+        Ok(host) => host,
+        Err(e) => {
+            tracing::error!(
+                "cannot start the hook host: {e:#}; the master hooks of {} will not run",
+                cfg.config.as_deref().unwrap_or("the configuration file")
+            );
+            None
+        }
+    };
     if let Some(h) = hook_host.as_mut() {
-        h.call("on_starting", json!({}));
+        // As Gunicorn: the worker count is set (from nothing) before on_starting.
+        let wait = &mut crate::config::file::poll_readable;
+        h.call(
+            "nworkers_changed",
+            json!({"new": target, "old": null}),
+            wait,
+        );
+        h.call("on_starting", json!({}), wait);
     }
     let listeners = bind_all(&cfg)?;
     let mut old_master = upgrade::pipe_to_old_master();
@@ -272,15 +298,6 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         std::env::remove_var(UPGRADE_FROM_ENV);
     }
     tracing::info!("Using worker: rgun (threads: {})", cfg.threads);
-    if let Some(class) = cfg
-        .worker_class
-        .as_deref()
-        .filter(|c| !matches!(*c, "sync" | "gthread"))
-    {
-        tracing::warn!(
-            "worker_class {class:?} is ignored: rgun has one worker type (use --threads)"
-        );
-    }
     let mut arbiter = Arbiter {
         cfg,
         listeners,
@@ -298,6 +315,8 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         preloaded,
         hooks: hook_host,
         workers: BTreeMap::new(),
+        deferred: VecDeque::new(),
+        deferred_requests: VecDeque::new(),
         target: target as usize,
         generation: std::env::var(upgrade::GENERATION_ENV)
             .ok()
@@ -314,6 +333,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         failures: 0,
         last_rss_check: Instant::now(),
         next_spawn: Instant::now(),
+        threads_warned: 1,
         exit_code: 0,
     };
     arbiter.call_hook("when_ready", json!({}));
@@ -326,6 +346,12 @@ impl Arbiter {
     fn run(&mut self) {
         let mut events = Events::with_capacity(64);
         loop {
+            // Events that arrived while the master waited for a hook or a configuration
+            // file (`wait_readable`) come first.
+            while let Some(token) = self.deferred.pop_front() {
+                self.handle_token(token);
+            }
+            self.handle_deferred_requests();
             let timeout = self.next_wakeup();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -333,18 +359,7 @@ impl Arbiter {
                 }
             }
             for event in events.iter() {
-                match event.token() {
-                    SIGNAL_TOKEN => {
-                        for sig in self.signals.take() {
-                            if let Some(i) = intent(sig) {
-                                self.handle_intent(i);
-                            }
-                        }
-                    }
-                    UPGRADE_TOKEN => self.read_upgrade_pipe(),
-                    Token(t) if t >= CONTROL_TOKENS => self.handle_control_event(Token(t)),
-                    Token(slot) => self.read_worker(slot),
-                }
+                self.handle_token(event.token());
             }
             self.reap_workers();
             if let Phase::Stopping { .. } = self.phase {
@@ -364,6 +379,65 @@ impl Arbiter {
                 self.answer_scale_waiters();
             }
         }
+    }
+
+    fn handle_token(&mut self, token: Token) {
+        match token {
+            SIGNAL_TOKEN => {
+                for sig in self.signals.take() {
+                    if let Some(i) = intent(sig) {
+                        self.handle_intent(i);
+                    }
+                }
+            }
+            UPGRADE_TOKEN => self.read_upgrade_pipe(),
+            WAIT_TOKEN => {} // a wait that has ended
+            Token(t) if t >= CONTROL_TOKENS => self.handle_control_event(Token(t)),
+            Token(slot) => self.read_worker(slot),
+        }
+    }
+
+    /// Waits until `fd` is readable or `deadline` passes (false), for a hook or a
+    /// configuration file the master cannot do without. Meanwhile the control socket
+    /// keeps answering `ping`, `status`, `config` and `history` (other commands wait
+    /// for the loop, as does every other event).
+    fn wait_readable(&mut self, fd: RawFd, deadline: Instant, busy_with: &str) -> bool {
+        let registry = self.poll.registry();
+        if let Err(e) = registry.register(&mut SourceFd(&fd), WAIT_TOKEN, Interest::READABLE) {
+            tracing::warn!(
+                "cannot wait in the master's loop while {busy_with} ({e}); the control socket waits too"
+            );
+            return crate::config::file::poll_readable(fd, deadline);
+        }
+        let mut events = Events::with_capacity(64);
+        let mut ready = false;
+        while !ready {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(left)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("master poll failed: {e}");
+                    ready = crate::config::file::poll_readable(fd, deadline);
+                    break;
+                }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAIT_TOKEN => ready = true,
+                    // Above CONTROL_TOKENS too: they must not reach the control server.
+                    token @ (SIGNAL_TOKEN | UPGRADE_TOKEN) => self.deferred.push_back(token),
+                    Token(t) if t >= CONTROL_TOKENS => {
+                        self.handle_control_event_while_busy(Token(t))
+                    }
+                    other => self.deferred.push_back(other),
+                }
+            }
+        }
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        ready
     }
 
     fn next_wakeup(&self) -> Duration {
@@ -470,13 +544,6 @@ impl Arbiter {
             .values()
             .filter(|w| !w.retiring && w.generation == self.generation)
             .count()
-    }
-
-    /// Runs a master-side hook (in the hook host) and waits for it.
-    fn call_hook(&mut self, hook: &str, args: serde_json::Value) {
-        if let Some(h) = self.hooks.as_mut() {
-            h.call(hook, args);
-        }
     }
 
     /// Spawn or retire workers of the serving generation to match the target.

@@ -3,6 +3,10 @@
 //! gracefully. If a new worker fails to boot (import error, crash, boot timeout), the
 //! new generation is torn down and the old one keeps serving. HUP and `rgunctl reload`
 //! both come here.
+//!
+//! The re-read configuration belongs to the new generation alone until it serves:
+//! the master adopts it (and a changed `workers`) only then, so after a failed reload
+//! everything — replacement workers, `status`, `config` — is the serving configuration.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +15,7 @@ use rgunctl::protocol::{ErrorBody, ErrorCode, HistoryEntry};
 use serde_json::{json, Value};
 
 use super::{unix_now, Arbiter, Phase};
+use crate::config::Config;
 
 /// A reload in progress.
 pub struct Reload {
@@ -23,6 +28,12 @@ pub struct Reload {
     via_new_master: bool,
     /// Its `history` entry, to fill in at the end.
     history_started_at: f64,
+    /// The configuration the new generation runs (None when a new master reads it).
+    pub cfg: Option<Box<Config>>,
+    /// How many workers the new generation boots.
+    target: usize,
+    /// The configured `workers` changed: the new count replaces a `scale` target.
+    workers_changed: bool,
 }
 
 /// Longest a new generation may take to become ready (at least 30 s, or `--timeout`).
@@ -48,18 +59,32 @@ impl Arbiter {
         if matches!(self.phase, Phase::Stopping { .. }) {
             return Err(ErrorBody::new(ErrorCode::Failed, "the server is stopping"));
         }
-        if !self.cfg.preload {
-            // As Gunicorn's HUP: the new generation gets the configuration as it is now
-            // (with --preload the new master reads it itself).
-            self.reread_config()?;
-        }
+        // As Gunicorn's HUP: the new generation gets the configuration as it is now
+        // (with --preload the new master reads it itself).
+        let (cfg, target, workers_changed) = if self.cfg.preload {
+            (None, self.target, false)
+        } else {
+            let fresh = self.reread_config()?;
+            let workers = fresh.worker_count().map_err(|e| {
+                ErrorBody::new(
+                    ErrorCode::Failed,
+                    format!("the configuration cannot be read: {e}"),
+                )
+            })?;
+            // A count set at run time (scale, TTIN/TTOU) stands until the configured
+            // one changes.
+            let changed = self.cfg.worker_count().ok() != Some(workers);
+            let target = if changed {
+                workers as usize
+            } else {
+                self.target
+            };
+            (Some(Box::new(fresh)), target, changed)
+        };
         let generation = self.generation + 1;
         self.call_hook("on_reload", json!({}));
         self.notifier.reloading();
-        tracing::info!(
-            "Reloading: booting generation {generation} ({} workers)",
-            self.target
-        );
+        tracing::info!("Reloading: booting generation {generation} ({target} workers)");
         let started_at = unix_now();
         self.push_history(HistoryEntry {
             action: "reload".into(),
@@ -77,6 +102,9 @@ impl Arbiter {
             waiters: Vec::new(),
             via_new_master: self.cfg.preload,
             history_started_at: started_at,
+            cfg,
+            target,
+            workers_changed,
         });
         if self.cfg.preload {
             // The application lives in this master: new code needs a new master.
@@ -86,7 +114,7 @@ impl Arbiter {
             }
             return Ok(generation);
         }
-        for _ in 0..self.target.max(1) {
+        for _ in 0..target.max(1) {
             if let Err(e) = self.spawn_worker(generation) {
                 self.fail_reload(&format!("cannot spawn a worker: {e:#}"));
                 return Err(ErrorBody::new(
@@ -99,12 +127,15 @@ impl Arbiter {
     }
 
     /// Re-reads the configuration file, environment and command line for the next
-    /// generation. Listening sockets cannot change on a reload; the worker target set
-    /// by `scale`/TTIN/TTOU is kept.
-    fn reread_config(&mut self) -> Result<(), ErrorBody> {
+    /// generation (answering `status` while the file evaluates). Listening sockets
+    /// cannot change on a reload.
+    fn reread_config(&mut self) -> Result<Config, ErrorBody> {
         let here = std::env::current_dir().ok();
         let _ = std::env::set_current_dir(crate::process::original_cwd());
-        let parsed = crate::config::Config::parse_layers(crate::process::original_args());
+        let parsed =
+            Config::parse_layers_waiting(crate::process::original_args(), &mut |fd, deadline| {
+                self.wait_readable(fd, deadline, "reading the configuration file")
+            });
         if let Some(dir) = here {
             let _ = std::env::set_current_dir(dir);
         }
@@ -118,8 +149,20 @@ impl Arbiter {
             tracing::warn!("bind changes need a restart (or USR2); keeping the current sockets");
         }
         fresh.bind = self.cfg.bind.clone();
-        self.cfg = fresh;
-        Ok(())
+        Ok(fresh)
+    }
+
+    /// The configuration a worker of `generation` runs: the reload's for the booting
+    /// generation, else the serving one.
+    pub(super) fn config_for(&self, generation: u32) -> &Config {
+        match &self.reload {
+            Some(Reload {
+                generation: g,
+                cfg: Some(cfg),
+                ..
+            }) if *g == generation => cfg,
+            _ => &self.cfg,
+        }
     }
 
     /// Swaps generations once the new one is ready; fails the reload on boot time-out.
@@ -162,6 +205,12 @@ impl Arbiter {
             self.retire(slot);
         }
         self.generation = reload.generation;
+        if let Some(cfg) = reload.cfg {
+            self.cfg = *cfg;
+        }
+        if reload.workers_changed {
+            self.set_target(reload.target, "reload (configured workers)".into());
+        }
         self.totals.reloads += 1;
         self.notifier.ready(&self.status_line());
         let duration_ms = reload.started.elapsed().as_millis() as u64;
@@ -177,7 +226,8 @@ impl Arbiter {
         }
     }
 
-    /// Tears down the new generation; the serving one is untouched.
+    /// Tears down the new generation; the serving one, and the configuration it runs,
+    /// are untouched.
     pub(super) fn fail_reload(&mut self, why: &str) {
         let Some(reload) = self.reload.take() else {
             return;

@@ -98,6 +98,11 @@ impl Arbiter {
             .context("no free scoreboard slot")?;
         let (master_end, worker_end) = UnixStream::pair()?;
         master_end.set_nonblocking(true)?;
+        self.call_hook(
+            "pre_fork",
+            json!({"worker": {"pid": null, "age": self.totals.spawned}}),
+        );
+        // After the hook: while it ran, the control socket may have accepted clients.
         let mut master_fds: Vec<i32> = self.workers.values().map(|w| w.pipe.as_raw_fd()).collect();
         master_fds.push(master_end.as_raw_fd());
         master_fds.extend(self.signals.fds());
@@ -105,10 +110,6 @@ impl Arbiter {
         if let Some(c) = &self.control {
             master_fds.extend(c.fds());
         }
-        self.call_hook(
-            "pre_fork",
-            json!({"worker": {"pid": null, "age": self.totals.spawned}}),
-        );
         if let Some(h) = &self.hooks {
             master_fds.extend(h.fds());
         }
@@ -124,6 +125,9 @@ impl Arbiter {
             Some(&SigSet::all()),
             Some(&mut signal_mask),
         );
+        if self.preloaded.is_some() {
+            self.warn_of_threads();
+        }
         let forked = if self.preloaded.is_some() {
             // SAFETY: as above; the interpreter's own fork hooks run around it.
             unsafe { crate::python::fork_interpreter() }
@@ -136,7 +140,7 @@ impl Arbiter {
         }
         match forked.context("fork failed")? {
             ForkResult::Child => worker::run(WorkerInit {
-                cfg: &self.cfg,
+                cfg: self.config_for(generation),
                 listeners: &self.listeners,
                 slot: self.scoreboard.slot(slot),
                 peers: crate::scoreboard::Peers::new(self.scoreboard, slot),
@@ -152,11 +156,13 @@ impl Arbiter {
             ForkResult::Parent { child } => {
                 drop(worker_end);
                 self.scoreboard.assign(slot, child.as_raw());
-                self.poll.registry().register(
+                // Into the table first: whatever happens next, the master tracks (and
+                // reaps) every worker it forked.
+                let registered = self.poll.registry().register(
                     &mut SourceFd(&master_end.as_raw_fd()),
                     Token(slot),
                     Interest::READABLE,
-                )?;
+                );
                 self.workers.insert(
                     slot,
                     WorkerProc {
@@ -173,9 +179,33 @@ impl Arbiter {
                     },
                 );
                 self.totals.spawned += 1;
+                if let Err(e) = registered {
+                    // Its ready message could never be read: stop it (it is reaped
+                    // like any other) rather than leave it half-known.
+                    tracing::error!("cannot watch worker {child}'s pipe: {e}; stopping it");
+                    if let Some(w) = self.workers.get_mut(&slot) {
+                        w.retiring = true;
+                    }
+                    let _ = kill(child, Signal::SIGKILL);
+                    return Err(anyhow::Error::new(e).context("cannot watch a new worker"));
+                }
                 tracing::debug!("spawned worker {child} (generation {generation}) in slot {slot}");
                 Ok(())
             }
+        }
+    }
+
+    /// `--preload`: importing the application may have started threads (APM agents,
+    /// connection pools). A fork copies only the forking thread, so a lock another one
+    /// held stays locked forever in the worker. Said once per thread count.
+    fn warn_of_threads(&mut self) {
+        let threads = crate::process::thread_count();
+        if threads > 1 && threads != self.threads_warned {
+            self.threads_warned = threads;
+            tracing::warn!(
+                "the master has {threads} threads (the application started {} while it was preloaded); forking workers with threads running can deadlock them: start threads in post_fork or post_worker_init, or drop --preload",
+                threads - 1
+            );
         }
     }
 

@@ -383,8 +383,10 @@ fn jittered(max_requests: u64, jitter: u64) -> u64 {
     if max_requests == 0 || jitter == 0 {
         return max_requests;
     }
-    let seed = std::process::id() as u64 ^ crate::scoreboard::monotonic_ms();
-    max_requests + seed % (jitter + 1)
+    let seed = u64::from(std::process::id()) ^ crate::scoreboard::monotonic_ms();
+    // Both are at most MAX_REQUESTS_LIMIT (the command line checks), so neither the
+    // `+ 1` nor the sum can overflow; saturate anyway rather than trust that here.
+    max_requests.saturating_add(seed % jitter.saturating_add(1))
 }
 
 /// Lets a worker hold `--worker-connections` sockets.

@@ -295,3 +295,101 @@ fn man_page_and_completions_are_generated() {
         assert!(run(shell).contains("--max-requests"), "{shell}");
     }
 }
+
+/// A configuration file (in a fresh directory) with `text`, checked with
+/// `--check-config`: (exit status, stderr).
+fn check_with_config_file(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(&conf, text).unwrap();
+    let (code, _, err) = rgun(&[
+        "-c",
+        conf.to_str().unwrap(),
+        "--check-config",
+        "demo.app:application",
+    ]);
+    (code, err)
+}
+
+#[test]
+fn absurd_numbers_are_refused_naming_the_setting() {
+    // Regression: these panicked ("overflow when adding duration to instant", a modulo
+    // of zero for the jitter) once the server ran; now they are refused up front.
+    const HUGE: &str = "18446744073709551615";
+    for (args, flag) in [
+        (&["--timeout", HUGE][..], "--timeout"),
+        (&["--keep-alive", HUGE], "--keep-alive"),
+        (&["--graceful-timeout", HUGE], "--graceful-timeout"),
+        (&["--timeout", "2147484"], "--timeout"),
+        (
+            &["--max-requests", "10", "--max-requests-jitter", HUGE],
+            "--max-requests-jitter",
+        ),
+        (&["--max-requests", HUGE], "--max-requests"),
+        (&["--max-worker-rss", HUGE], "--max-worker-rss"),
+        (&["--backlog=-5"], "--backlog"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--check-config", "demo.app:application"]);
+        let (code, _, err) = rgun(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    // The largest accepted values run.
+    let (code, _, err) = rgun(&[
+        "--timeout",
+        "2147483",
+        "--max-requests",
+        "1000000000000",
+        "--max-requests-jitter",
+        "1000000000000",
+        "--check-config",
+        "demo.app:application",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // From a configuration file: exit 1, and the line names the file's setting.
+    for (text, name) in [
+        ("timeout = 2**64 - 1\n", "'timeout'"),
+        ("keepalive = 10**30\n", "'keepalive'"),
+        ("max_requests_jitter = 2**64 - 1\n", "'max_requests_jitter'"),
+        ("workers = 0\n", "'workers'"),
+    ] {
+        let (code, err) = check_with_config_file(text);
+        assert_eq!(code, 1, "{text}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{text}: {err}");
+        assert!(err.contains(&format!("setting {name}")), "{text}: {err}");
+    }
+}
+
+#[test]
+fn worker_classes_rgun_cannot_run_are_refused() {
+    // Regression: `-k uvicorn.workers.UvicornWorker` was ignored, and an ASGI app then
+    // answered every request with a 500.
+    for class in [
+        "uvicorn.workers.UvicornWorker",
+        "gevent",
+        "eventlet",
+        "tornado",
+    ] {
+        let (code, _, err) = rgun(&["-k", class, "--check-config", "demo.app:application"]);
+        assert_eq!(code, 2, "{class}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{class}: {err}");
+        assert!(err.contains(class), "{class}: {err}");
+        let (code, err) = check_with_config_file(&format!("worker_class = {class:?}\n"));
+        assert_eq!(code, 1, "{class}: {err}");
+        assert!(
+            err.contains("'worker_class'") && err.contains(class),
+            "{class}: {err}"
+        );
+    }
+    for class in [
+        "sync",
+        "gthread",
+        "gunicorn.workers.sync.SyncWorker",
+        "gunicorn.workers.gthread.ThreadWorker",
+    ] {
+        let (code, _, err) = rgun(&["-k", class, "--check-config", "demo.app:application"]);
+        assert_eq!(code, 0, "{class}: {err}");
+    }
+}

@@ -193,9 +193,11 @@ def on_exit(server):
     assert_eq!(s.wait_exit(Duration::from_secs(15)), Some(0));
     let text = wait_for_file(&record, "on_exit");
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], format!("on_starting {master}"), "{text}");
-    assert_eq!(lines[1], "when_ready", "{text}");
-    assert!(lines[2].starts_with("pre_fork age=0"), "{text}");
+    // As in Gunicorn, the worker count is set (from None) before on_starting.
+    assert_eq!(lines[0], "nworkers_changed None 1", "{text}");
+    assert_eq!(lines[1], format!("on_starting {master}"), "{text}");
+    assert_eq!(lines[2], "when_ready", "{text}");
+    assert!(lines[3].starts_with("pre_fork age=0"), "{text}");
     assert!(text.contains(&format!("child_exit {victim}")), "{text}");
     assert_eq!(lines.last(), Some(&"on_exit"), "{text}");
     assert!(
@@ -359,4 +361,73 @@ fn secure_scheme_headers_from_the_configuration_file() {
     assert_eq!(scheme("X-Scheme: https\r\n"), "https");
     // Gunicorn's defaults are replaced, not added to.
     assert_eq!(scheme("X-Forwarded-Proto: https\r\n"), "http");
+}
+
+#[test]
+fn a_hook_host_that_fails_to_start_says_so() {
+    // The configuration file raises only in the hook host (its process title says
+    // which process it is in); the master must say its hooks will not run, not report a
+    // time-out.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, conf) = hook_config(
+        dir.path(),
+        "host",
+        r#"
+if open("/proc/self/cmdline", "rb").read().startswith(b"rgun: hooks"):
+    raise RuntimeError("hook host marker-4410")
+
+def when_ready(server):
+    note("when_ready")
+"#,
+    );
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    s.wait_for_log("marker-4410", Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let log = s.log();
+            log.contains("has exited, so the") || log.contains("cannot send the")
+        }),
+        "{}",
+        s.log()
+    );
+    assert!(!s.log().contains("did not complete"), "{}", s.log());
+    assert_eq!(s.get("/").text(), "ok");
+}
+
+#[test]
+fn a_request_hook_that_cannot_be_set_up_is_logged() {
+    // Regression: when the `req` object for pre_request/post_request could not be
+    // built, the hooks were skipped without a word.
+    let dir = tempfile::tempdir().unwrap();
+    let (record, conf) = hook_config(
+        dir.path(),
+        "req",
+        r#"
+import sys
+
+class BrokenRequest:
+    def __init__(self, *args):
+        raise RuntimeError("req object marker-5521")
+
+if "rgun_hooks" in sys.modules:
+    sys.modules["rgun_hooks"].Request = BrokenRequest
+
+def pre_request(worker, req):
+    note("pre_request")
+"#,
+    );
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    assert_eq!(s.get("/").text(), "ok", "the request is still served");
+    s.wait_for_log("marker-5521", Duration::from_secs(10));
+    assert!(
+        s.log()
+            .contains("pre_request/post_request hooks skip this request"),
+        "{}",
+        s.log()
+    );
+    assert!(!record.exists(), "pre_request ran with no req");
 }

@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{proc_ids, repo_root, wait_until, ServerBuilder};
+use crate::support::{
+    has_setting, proc_ids, repo_root, running_as_root, wait_until, ServerBuilder,
+};
 
 #[test]
 fn pidfile_is_written_refused_when_live_and_removed() {
@@ -89,7 +91,7 @@ fn daemon_mode_detaches_and_serves() {
 
 #[test]
 fn workers_drop_privileges_when_root() {
-    if !running_as_root() {
+    if !running_as_root("workers_drop_privileges_when_root") {
         return;
     }
     if !world_can_reach(&python_stdlib()) || !world_can_reach(&repo_root().join("tests/apps")) {
@@ -195,6 +197,84 @@ fn print_config_shows_effective_settings() {
     );
 }
 
+#[test]
+fn print_config_lists_every_setting_and_hook_as_gunicorn_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &conf,
+        "workers = 2\nraw_env = ['A=1']\ndef post_fork(server, worker):\n    pass\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "--print-config",
+            "demo.app:application",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<&str> = text
+        .lines()
+        .map(|l| l.split(" = ").next().unwrap().trim_end())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(names, sorted, "sorted, each once:\n{text}");
+    for (name, _, _) in rgun::config::file::SETTINGS {
+        assert!(names.contains(name), "{name} missing:\n{text}");
+    }
+    for (hook, _) in rgun::config::file::HOOKS {
+        assert!(names.contains(hook), "hook {hook} missing:\n{text}");
+    }
+    // Gunicorn's spelling: a defined hook by its name, the others by Gunicorn's default;
+    // Python values (None, True, lists).
+    for (name, value) in [
+        ("post_fork", "<post_fork()>"),
+        ("pre_fork", "<Prefork.pre_fork()>"),
+        ("workers", "2"),
+        ("raw_env", "['A=1']"),
+        ("pidfile", "None"),
+        ("reuse_port", "False"),
+        ("wsgi_app", "demo.app:application"),
+    ] {
+        assert!(has_setting(&text, name, value), "{name} = {value}:\n{text}");
+    }
+    // Aligned like Gunicorn's: every " = " in the same column.
+    let column = text
+        .lines()
+        .map(|l| l.find(" = ").unwrap())
+        .collect::<Vec<_>>();
+    assert!(column.windows(2).all(|w| w[0] == w[1]), "{text}");
+}
+
+#[test]
+fn print_config_into_a_closed_pipe_exits_quietly() {
+    // Regression: `rgun --print-config | head -1` panicked (exit 101, a backtrace), as
+    // did `rgun --generate ...`.
+    for args in [
+        &["--print-config", "demo.app:application"][..],
+        &["--generate", "man"],
+        &["--generate", "bash"],
+        &["--generate", "config-reference"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+            .args(args)
+            .current_dir(repo_root())
+            .stdout(crate::support::closed_pipe())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
 fn python_stdlib() -> std::path::PathBuf {
     let out = Command::new("python3")
         .args([
@@ -293,12 +373,15 @@ fn reuse_port_lets_two_servers_share_a_port() {
 
 #[test]
 fn a_low_port_bound_as_root_is_served_by_dropped_workers() {
-    if !running_as_root() {
+    if !running_as_root("a_low_port_bound_as_root_is_served_by_dropped_workers") {
         return;
     }
     let Some(port) = (1000..1024).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
     else {
-        eprintln!("skipped: no free port under 1024");
+        crate::support::skip(
+            "a_low_port_bound_as_root_is_served_by_dropped_workers",
+            "no port under 1024 is free",
+        );
         return;
     };
     let s = ServerBuilder::new("lifecycle_app:application")
@@ -327,7 +410,7 @@ fn a_low_port_bound_as_root_is_served_by_dropped_workers() {
 
 #[test]
 fn initgroups_sets_the_supplementary_groups_of_the_user() {
-    if !running_as_root() {
+    if !running_as_root("initgroups_sets_the_supplementary_groups_of_the_user") {
         return;
     }
     // As root (the only user that can import this machine's Python), with a group:
@@ -346,13 +429,4 @@ fn initgroups_sets_the_supplementary_groups_of_the_user() {
     let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
     assert!(groups.split_whitespace().any(|g| g == nogroup), "{groups}");
     assert_eq!(s.get("/").text(), "ok");
-}
-
-/// Tests that change users need root; elsewhere they say so and pass.
-fn running_as_root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
 }

@@ -604,3 +604,30 @@ fn regression_workers_do_not_outlive_a_killed_master() {
         "orphaned workers: {workers:?}"
     );
 }
+
+#[test]
+fn preload_warns_when_the_application_started_threads() {
+    // Forking a process with other threads running can deadlock the child on a lock
+    // one of them held; Gunicorn-style servers warn, naming the count.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("threaded.py"),
+        "import threading, time\n\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n\n\ndef application(environ, start_response):\n    start_response('200 OK', [])\n    return [b'ok']\n",
+    )
+    .unwrap();
+    let s = ServerBuilder::new("threaded:application")
+        .args(["--preload", "--chdir", dir.path().to_str().unwrap()])
+        .start();
+    assert_eq!(s.get("/").text(), "ok");
+    let log = s.log();
+    assert!(log.contains("the master has 2 threads"), "{log}");
+    // Without threads, no warning.
+    let quiet = ServerBuilder::new("lifecycle_app:application")
+        .arg("--preload")
+        .start();
+    assert!(
+        !quiet.log().contains("threads (the application"),
+        "{}",
+        quiet.log()
+    );
+}

@@ -8,9 +8,25 @@ use std::process::Command;
 
 use crate::support::repo_root;
 
+/// Cargo's target directory for this build (where `rgun` was built).
+fn target_dir() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_rgun"));
+    bin.parent().and_then(|p| p.parent()).unwrap().to_owned()
+}
+
 fn build_deb() -> PathBuf {
+    build_deb_in(&target_dir())
+}
+
+/// Runs `scripts/package` with `CARGO_TARGET_DIR=target` and returns the newest .deb
+/// in `target/debian`.
+fn build_deb_in(target: &std::path::Path) -> PathBuf {
+    // One build at a time: they share ./target/generated.
+    static PACKAGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = PACKAGING.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(repo_root().join("scripts/package"))
         .env("RGUN_PROFILE", "dev")
+        .env("CARGO_TARGET_DIR", target)
         .current_dir(repo_root())
         .output()
         .expect("run scripts/package");
@@ -19,14 +35,32 @@ fn build_deb() -> PathBuf {
         "scripts/package failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = repo_root().join("target/debian");
+    let dir = target.join("debian");
     let mut debs: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "deb"))
         .collect();
     debs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    debs.pop().expect("a .deb in target/debian")
+    debs.pop().expect("a .deb in <target>/debian")
+}
+
+#[test]
+fn package_honours_cargo_target_dir() {
+    // Regression: scripts/package assumed ./target, so with CARGO_TARGET_DIR elsewhere
+    // it ran stale (or missing) binaries from ./target and left the .deb there. A
+    // target directory whose `debug` is this build's keeps this cheap.
+    let other = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(target_dir().join("debug"), other.path().join("debug")).unwrap();
+    let deb = build_deb_in(other.path());
+    assert!(deb.starts_with(other.path()), "{}", deb.display());
+    let list = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("./usr/bin/rgun"), "{list}");
 }
 
 #[test]
@@ -81,14 +115,16 @@ fn debian_package_holds_everything() {
 
 #[test]
 fn unit_files_pass_systemd_analyze() {
-    let Ok(which) = Command::new("sh")
+    let found = Command::new("sh")
         .args(["-c", "command -v systemd-analyze"])
         .output()
-    else {
-        return;
-    };
-    if !which.status.success() {
-        eprintln!("skipped: no systemd-analyze");
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        // scripts/test installs it when run as root (CI).
+        crate::support::skip(
+            "unit_files_pass_systemd_analyze",
+            "systemd-analyze is not installed",
+        );
         return;
     }
     // The units name /usr/bin/rgun; verify a copy that points at the built binaries.

@@ -39,6 +39,8 @@ pub struct ServerBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     workers: u32,
+    /// Pass `-w workers` (else the count comes from the configuration file).
+    workers_flag: bool,
     wait_ready: bool,
     bind_fd: bool,
     systemd: bool,
@@ -50,6 +52,7 @@ impl ServerBuilder {
             args: vec![app.to_owned()],
             env: Vec::new(),
             workers: 1,
+            workers_flag: true,
             wait_ready: true,
             bind_fd: true,
             systemd: false,
@@ -72,6 +75,12 @@ impl ServerBuilder {
         self
     }
     /// Do not wait for "workers ready" (for start-up failure tests).
+    /// The configuration file sets `workers = n`: no `-w`, wait for `n` workers.
+    pub fn workers_from_config(mut self, n: u32) -> Self {
+        self.workers = n;
+        self.workers_flag = false;
+        self
+    }
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
         self
@@ -108,10 +117,11 @@ impl ServerBuilder {
         } else {
             Command::new(env!("CARGO_BIN_EXE_rgun"))
         };
-        cmd.args(&self.args)
-            .arg("-w")
-            .arg(self.workers.to_string())
-            .arg("--error-logfile")
+        cmd.args(&self.args);
+        if self.workers_flag {
+            cmd.arg("-w").arg(self.workers.to_string());
+        }
+        cmd.arg("--error-logfile")
             .arg(&log_path)
             .arg("--access-logfile")
             .arg(&access_path)
@@ -481,4 +491,32 @@ pub fn has_setting(printed: &str, name: &str, value: &str) -> bool {
     printed
         .lines()
         .any(|l| l.split_whitespace().next() == Some(name) && l.ends_with(&format!("= {value}")))
+}
+
+/// A stdout whose reader has already gone (`cmd | true`): every write fails with EPIPE.
+pub fn closed_pipe() -> Stdio {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    Stdio::from(write)
+}
+
+/// Says that `test` skips the rest of its body because `reason`, where the test run's
+/// output shows it (libtest hides what a passing test prints with `eprintln!`; this
+/// writes to the real stderr). Under CI (`CI` or `RGUN_NO_SKIP` set, as `.ci/run`
+/// does) a skip is a failure instead: CI runs as root with what the tests need
+/// installed by `scripts/test`.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var_os("CI").is_some() || std::env::var_os("RGUN_NO_SKIP").is_some() {
+        panic!("{test} must run in CI, but {reason}");
+    }
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {reason}");
+}
+
+/// True when running as root; otherwise says `test` is skipped (see [`skip`]).
+pub fn running_as_root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        skip(test, "it needs root");
+    }
+    root
 }

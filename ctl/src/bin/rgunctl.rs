@@ -2,6 +2,7 @@
 //!
 //! Exit status: 0 ok, 1 the daemon answered with an error, 2 usage, 3 cannot connect.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,6 +11,14 @@ use clap::{CommandFactory, Parser, Subcommand};
 use rgunctl::protocol::{HistoryEntry, Status};
 use rgunctl::{default_socket_path, Client, ClientError};
 use serde_json::{json, Map, Value};
+
+/// `writeln!` into the output being assembled (a `String`, which cannot fail).
+macro_rules! w {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -113,15 +122,17 @@ fn main() -> ExitCode {
     };
     match client.call(cmd, args) {
         Ok(Ok(result)) => {
+            let mut out = String::new();
             if cli.json {
-                println!(
+                w!(
+                    out,
                     "{}",
                     serde_json::to_string_pretty(&result).unwrap_or_default()
                 );
             } else {
-                print_human(&cli.command, &result);
+                print_human(&mut out, &cli.command, &result);
             }
-            ExitCode::SUCCESS
+            emit(out.as_bytes())
         }
         Ok(Err(error)) => {
             eprintln!(
@@ -198,20 +209,25 @@ fn parse_scale(count: &str) -> Result<(&'static str, i64), String> {
     }
 }
 
-fn print_human(cmd: &Cmd, result: &Value) {
+fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
     match cmd {
         Cmd::Status => match serde_json::from_value::<Status>(result.clone()) {
-            Ok(status) => print_status(&status),
-            Err(_) => println!("{result}"),
+            Ok(status) => print_status(out, &status),
+            Err(_) => w!(out, "{result}"),
         },
         Cmd::History => match serde_json::from_value::<Vec<HistoryEntry>>(
             result.get("entries").cloned().unwrap_or_default(),
         ) {
-            Ok(entries) if entries.is_empty() => println!("no reloads or scale changes yet"),
+            Ok(entries) if entries.is_empty() => w!(out, "no reloads or scale changes yet"),
             Ok(entries) => {
-                println!(
+                w!(
+                    out,
                     "{:<20} {:<7} {:<16} {:>9} {:<8} DETAIL",
-                    "STARTED", "ACTION", "TRIGGER", "DURATION", "OUTCOME"
+                    "STARTED",
+                    "ACTION",
+                    "TRIGGER",
+                    "DURATION",
+                    "OUTCOME"
                 );
                 for e in entries {
                     let dur = e.duration_ms.map_or("-".into(), |d| format!("{d}ms"));
@@ -220,7 +236,8 @@ fn print_human(cmd: &Cmd, result: &Value) {
                         .clone()
                         .map(|s| s.lines().last().unwrap_or("").to_owned())
                         .unwrap_or_else(|| e.detail.to_string());
-                    println!(
+                    w!(
+                        out,
                         "{:<20} {:<7} {:<16} {:>9} {:<8} {}",
                         format_time(e.started_at),
                         e.action,
@@ -231,40 +248,51 @@ fn print_human(cmd: &Cmd, result: &Value) {
                     );
                 }
             }
-            Err(_) => println!("{result}"),
+            Err(_) => w!(out, "{result}"),
         },
-        Cmd::Scale { .. } => println!("workers: {} -> {}", result["previous"], result["target"]),
-        Cmd::Reload { no_wait: false } => println!(
+        Cmd::Scale { .. } => w!(
+            out,
+            "workers: {} -> {}",
+            result["previous"],
+            result["target"]
+        ),
+        Cmd::Reload { no_wait: false } => w!(
+            out,
             "reloaded: generation {} -> {} in {} ms",
-            result["previous_generation"], result["generation"], result["duration_ms"]
+            result["previous_generation"],
+            result["generation"],
+            result["duration_ms"]
         ),
         Cmd::Reload { no_wait: true } => {
-            println!("reload started (generation {})", result["generation"])
+            w!(out, "reload started (generation {})", result["generation"])
         }
-        Cmd::Ping => println!(
+        Cmd::Ping => w!(
+            out,
             "pong: rgun {} (pid {})",
             result["version"].as_str().unwrap_or("?"),
             result["pid"]
         ),
-        Cmd::Config => println!(
+        Cmd::Config => w!(
+            out,
             "{}",
             serde_json::to_string_pretty(result).unwrap_or_default()
         ),
-        Cmd::Stop { .. } => println!("stopping"),
-        Cmd::ReopenLogs => println!("logs reopened"),
-        Cmd::Kill { pid } => println!("worker {pid} is stopping"),
+        Cmd::Stop { .. } => w!(out, "stopping"),
+        Cmd::ReopenLogs => w!(out, "logs reopened"),
+        Cmd::Kill { pid } => w!(out, "worker {pid} is stopping"),
         Cmd::Generate { .. } => {}
     }
 }
 
-fn print_status(s: &Status) {
+fn print_status(out: &mut String, s: &Status) {
     let m = &s.master;
     let ready = s
         .workers
         .iter()
         .filter(|w| w.generation == m.generation && (w.state == "idle" || w.state == "busy"))
         .count();
-    println!(
+    w!(
+        out,
         "master {}  rgun {}  {}  state {}  generation {}  workers {}/{}  up {}",
         m.pid,
         m.version,
@@ -275,13 +303,23 @@ fn print_status(s: &Status) {
         m.workers_target,
         format_age(m.uptime_s)
     );
-    println!("binds  {}", m.binds.join(" "));
-    println!(
+    w!(out, "binds  {}", m.binds.join(" "));
+    w!(
+        out,
         "{:<8} {:>4} {:<9} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
-        "PID", "GEN", "STATE", "AGE", "REQUESTS", "CONNS", "CURRENT", "HEARTBEAT", "RSS"
+        "PID",
+        "GEN",
+        "STATE",
+        "AGE",
+        "REQUESTS",
+        "CONNS",
+        "CURRENT",
+        "HEARTBEAT",
+        "RSS"
     );
     for w in &s.workers {
-        println!(
+        w!(
+            out,
             "{:<8} {:>4} {:<9} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
             w.pid,
             w.generation,
@@ -296,9 +334,14 @@ fn print_status(s: &Status) {
         );
     }
     let t = &s.totals;
-    println!(
+    w!(
+        out,
         "totals requests {}  spawned {}  exited {}  timeouts {}  reloads {}",
-        t.requests, t.workers_spawned, t.workers_exited, t.timeouts, t.reloads
+        t.requests,
+        t.workers_spawned,
+        t.workers_exited,
+        t.timeouts,
+        t.reloads
     );
 }
 
@@ -339,8 +382,9 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 fn generate(what: &str) -> ExitCode {
     let mut cmd = Cli::command();
     if what == "man" {
-        return match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
-            Ok(()) => ExitCode::SUCCESS,
+        let mut page = Vec::new();
+        return match clap_mangen::Man::new(cmd).render(&mut page) {
+            Ok(()) => emit(&page),
             Err(e) => {
                 eprintln!("rgunctl: {e}");
                 ExitCode::from(1)
@@ -349,12 +393,27 @@ fn generate(what: &str) -> ExitCode {
     }
     match what.parse::<clap_complete::Shell>() {
         Ok(shell) => {
-            clap_complete::generate(shell, &mut cmd, "rgunctl", &mut std::io::stdout());
-            ExitCode::SUCCESS
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "rgunctl", &mut script);
+            emit(&script)
         }
         Err(_) => {
             eprintln!("rgunctl: generate: expected man or a shell name, got {what:?}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes the output; a reader that went away (`rgunctl status | head -1`) is not an
+/// error, so that ends quietly with success, as for other Unix filters.
+fn emit(bytes: &[u8]) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rgunctl: cannot write the output: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -148,9 +148,9 @@ impl Conn {
             https,
         };
         let hook_req = match &service.hooks {
-            Some(h) if h.pre_request || h.post_request => h
-                .request(py, &self.head_bytes, &self.head, &self.peer.addr)
-                .ok(),
+            Some(h) if h.pre_request || h.post_request => {
+                h.request_or_log(py, &self.head_bytes, &self.head, &self.peer.addr)
+            }
             _ => None,
         };
         if let (Some(h), Some(req)) = (&service.hooks, &hook_req) {
@@ -224,7 +224,7 @@ impl Conn {
         r.source.close(py);
         if let (Some(h), Some((req, environ))) = (&service.hooks, self.hook_request.take()) {
             let (status, headers) = r.source.head_text(py);
-            if let Ok(resp) = h.response(py, &status, headers, r.http.body_bytes()) {
+            if let Some(resp) = h.response_or_log(py, &status, headers, r.http.body_bytes()) {
                 h.call(
                     py,
                     "post_request",
