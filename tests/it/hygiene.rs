@@ -18,7 +18,7 @@ fn pidfile_is_written_refused_when_live_and_removed() {
         s.pid().to_string()
     );
     // A second server with the same pidfile refuses to start.
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args([
             "-b",
             "127.0.0.1:0",
@@ -146,10 +146,9 @@ fn gunicorn_cmd_args_sit_below_the_command_line() {
 #[test]
 fn check_config_imports_the_app() {
     let run = |app: &str| {
-        Command::new(env!("CARGO_BIN_EXE_rgun"))
+        crate::support::rgun()
             .args(["--check-config", "--pythonpath", "tests/apps", app])
             .current_dir(repo_root())
-            .env_remove("VIRTUAL_ENV")
             .output()
             .unwrap()
     };
@@ -168,7 +167,7 @@ fn check_config_imports_the_app() {
 
 #[test]
 fn print_config_shows_effective_settings() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args([
             "--print-config",
             "-w",

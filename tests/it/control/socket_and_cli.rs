@@ -245,7 +245,7 @@ fn another_uid_is_forbidden() {
     }
     const NOBODY: u32 = 65534;
     let as_nobody = |path: &Path, args: &[&str]| {
-        let mut cmd = rgunctl_cmd(Some(path), args);
+        let mut cmd = native_rgunctl_cmd(Some(path), args);
         cmd.uid(NOBODY).gid(NOBODY);
         run_bounded(cmd, Duration::from_secs(30))
     };
