@@ -30,7 +30,9 @@ fn serve(py: Python<'_>, executable: PathBuf, argv: Vec<OsString>) -> PyResult<i
     crate::process::original_cwd();
     crate::process::record_start(crate::process::StartCommand::new(executable, argv));
     crate::python::take_over_signals(py)?;
-    Ok(py.allow_threads(run))
+    let code = py.allow_threads(run);
+    flush_stdout();
+    Ok(code)
 }
 
 /// `rgunctl`: the control client (crate `rgunctl`, no Python in it); `argv` is
@@ -40,10 +42,17 @@ fn serve(py: Python<'_>, executable: PathBuf, argv: Vec<OsString>) -> PyResult<i
 fn control(py: Python<'_>, argv: Vec<OsString>) -> PyResult<u8> {
     crate::python::take_over_signals(py)?;
     let code = py.allow_threads(|| ::rgunctl::cli::run(argv));
+    flush_stdout();
     // `ExitCode` keeps its value private; rgunctl's are 0 to 3.
     Ok((0..=u8::MAX)
         .find(|n| std::process::ExitCode::from(*n) == code)
         .unwrap_or(1))
+}
+
+/// Rust's stdout buffers up to a newline and nothing flushes it when the interpreter
+/// exits (`--generate` output, tables).
+fn flush_stdout() {
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 }
 
 fn run() -> i32 {
