@@ -67,9 +67,10 @@ pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
         .to_owned()
 }
 
-/// fork(2), the only one rgun calls: CPython's before/after-fork hooks run around it
-/// (its locks, the threading module, `os.register_at_fork` callbacks), so the child's
-/// interpreter is consistent whether or not the master imported the application.
+/// fork(2), the only one after which rgun runs code in the child (the child of a
+/// re-execution's `Command::spawn` only execs). CPython's before/after-fork hooks run
+/// around it (its locks, the threading module, `os.register_at_fork` callbacks), so the
+/// child's interpreter is consistent whether or not the master imported the app.
 ///
 /// # Safety
 /// The caller must be single-threaded (the master, or `main` before the master loop),
