@@ -1,17 +1,15 @@
-//! Links the embedded CPython so that a fresh build runs without LD_LIBRARY_PATH or
-//! PYTHONHOME: an rpath to libpython's directory, and the build interpreter's
-//! executable and version baked in for `python::initialize`.
+//! Without the `extension-module` feature (`cargo test`, the fuzz target) the library
+//! links libpython, and the test binaries need to find it at run time: an rpath to the
+//! build interpreter's library directory. The extension module in the wheel links no
+//! libpython and gets no rpath; the interpreter that loads it provides CPython.
 
 fn main() {
+    println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
+    if std::env::var_os("CARGO_FEATURE_EXTENSION_MODULE").is_some() {
+        return;
+    }
     let config = pyo3_build_config::get();
-    if let Some(dir) = &config.lib_dir {
+    if let (Some(dir), true) = (&config.lib_dir, config.shared) {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
-    let executable = config.executable.clone().unwrap_or_default();
-    println!("cargo:rustc-env=RGUN_PYTHON_EXECUTABLE={executable}");
-    println!(
-        "cargo:rustc-env=RGUN_PYTHON_VERSION={}.{}",
-        config.version.major, config.version.minor
-    );
-    println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
 }

@@ -35,7 +35,7 @@ import http.client
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 VENV = os.path.join(BENCH, ".venv")
-RGUN = os.path.join(ROOT, "target", "release", "rgun")
+RGUN = os.path.join(VENV, "bin", "rgun")  # pip-installed by bench/run
 WORKERS = 2
 SERVERS = ["rgun", "Granian", "Gunicorn"]
 CLK = os.sysconf("SC_CLK_TCK")

@@ -37,7 +37,7 @@ REQUESTS = {
         "X-Forwarded-Proto: https\r\nX-Real-IP: 203.0.113.7\r\n\r\n"
     ),
 }
-RGUN = os.path.join(ROOT, "target", "release", "rgun")
+RGUN = os.path.join(ROOT, "bench", ".venv", "bin", "rgun")  # pip-installed by bench/run
 
 
 def free_port():
@@ -140,7 +140,7 @@ def main():
     ap.add_argument("--long", type=int, default=12000, help="requests in the long run")
     args = ap.parse_args()
     if not os.path.exists(RGUN):
-        sys.exit(f"{RGUN} is missing: cargo build --release")
+        sys.exit(f"{RGUN} is missing: bench/run installs rgun into bench/.venv")
     short = worker_instructions(args.app, args.short, args.path, args.request)
     long = worker_instructions(args.app, args.long, args.path, args.request)
     per_request = (long - short) / (args.long - args.short)

@@ -15,9 +15,9 @@ import multiprocessing  # modules are not settings; importing is fine
 wsgi_app = "example.wsgi:application"
 # Where the code lives: rgun changes to this directory and puts it on sys.path.
 chdir = "/srv/example"
-# For a virtualenv, set VIRTUAL_ENV in the service's environment
-# (`systemctl edit rgun@example`: Environment=VIRTUAL_ENV=/srv/example/.venv);
-# it must be a virtualenv of the Python rgun was built with.
+# For a virtualenv, install rgun into it (`/srv/example/.venv/bin/pip install rgun`)
+# and run its rgun (`systemctl edit rgun@example`: ExecStart= then
+# ExecStart=/srv/example/.venv/bin/rgun -c /etc/rgun/example.conf.py).
 
 # A unix socket for nginx on the same host (proxy_pass http://unix:/run/rgun/example.sock).
 # Repeatable: a list binds several addresses, e.g. ["unix:/run/rgun/example.sock",

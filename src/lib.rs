@@ -1,10 +1,13 @@
-//! rgun: a pre-fork HTTP server for Python WSGI applications.
+//! rgun: a pre-fork HTTP server for Python WSGI applications, built as the Python
+//! extension module `rgun._rgun`.
 //!
-//! `main.rs` parses the command line into a [`config::Config`] and hands it to
-//! [`master::run`]; see ARCHITECTURE.md for the map.
+//! `entry` (the module's functions, called by the `rgun` console script) parses the
+//! command line into a [`config::Config`] and hands it to [`master::run`]; see
+//! ARCHITECTURE.md for the map.
 
 pub mod config;
 pub mod control;
+mod entry;
 pub mod hooks;
 pub mod http;
 pub mod log;

@@ -9,14 +9,15 @@ use nix::unistd::{Gid, Group, Uid, User};
 /// Forks into the background (`-D`): the parent exits 0, the grandchild continues in a
 /// new session with stdin/stdout (and stderr, unless it is a log file) on /dev/null.
 pub fn daemonize(error_log_is_stderr: bool) -> anyhow::Result<()> {
-    use nix::unistd::{fork, setsid, ForkResult};
-    // SAFETY: called from main before any thread exists.
-    if let ForkResult::Parent { .. } = unsafe { fork() }.context("fork failed")? {
+    use crate::python::fork_interpreter;
+    use nix::unistd::{setsid, ForkResult};
+    // SAFETY: called from the entry point before any thread exists.
+    if let ForkResult::Parent { .. } = unsafe { fork_interpreter() }.context("fork failed")? {
         std::process::exit(0);
     }
     setsid().context("setsid failed")?;
     // SAFETY: still single-threaded.
-    if let ForkResult::Parent { .. } = unsafe { fork() }.context("fork failed")? {
+    if let ForkResult::Parent { .. } = unsafe { fork_interpreter() }.context("fork failed")? {
         std::process::exit(0);
     }
     let null = std::fs::OpenOptions::new()
@@ -176,14 +177,6 @@ fn anon_user(id: u32) -> User {
     }
 }
 
-/// The path of the running binary, taken at start: after a package upgrade replaces
-/// the file, `current_exe()` names the deleted inode, while this path holds the new
-/// binary that USR2 should run.
-pub fn original_exe() -> &'static std::path::Path {
-    static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    EXE.get_or_init(|| std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")))
-}
-
 /// The working directory at start (before `--chdir`), where relative configuration
 /// paths are resolved when a reload re-reads them.
 pub fn original_cwd() -> &'static std::path::Path {
@@ -191,19 +184,72 @@ pub fn original_cwd() -> &'static std::path::Path {
     CWD.get_or_init(|| std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")))
 }
 
-/// The command line as it was at start, saved before `set_title` overwrites the
-/// memory it lives in (a re-execution needs it).
+/// How this server was started, which is what a re-execution (USR2, a `--preload`
+/// reload) runs again: the interpreter (`sys.executable`, the venv's `bin/python`), the
+/// script that selects the entry point, and the program's arguments (`sys.argv`).
+#[derive(Debug, Clone)]
+pub struct StartCommand {
+    pub interpreter: PathBuf,
+    /// `[/venv/bin/rgun]` (the console script, as Gunicorn re-executes `sys.argv[0]`
+    /// with `sys.executable`), or `[-m, rgun]` when `sys.argv[0]` names no file.
+    pub entry: Vec<std::ffi::OsString>,
+    /// `sys.argv`: the program name, then the command line.
+    pub args: Vec<std::ffi::OsString>,
+}
+
+impl StartCommand {
+    /// From `sys.executable` and `sys.argv`; a relative script path is resolved
+    /// against the working directory now, before `--chdir` changes it.
+    pub fn new(interpreter: PathBuf, args: Vec<std::ffi::OsString>) -> StartCommand {
+        let script = args
+            .first()
+            .map(|a| original_cwd().join(a))
+            .filter(|p| p.is_file());
+        let entry = match script {
+            Some(path) => vec![path.into_os_string()],
+            None => vec!["-m".into(), "rgun".into()],
+        };
+        StartCommand {
+            interpreter,
+            entry,
+            args,
+        }
+    }
+
+    /// The command that starts this server again with the same arguments.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.interpreter);
+        cmd.args(&self.entry).args(self.args.iter().skip(1));
+        cmd
+    }
+}
+
+static START: std::sync::OnceLock<StartCommand> = std::sync::OnceLock::new();
+
+/// Records how the server was started; the entry point calls it first, once.
+pub fn record_start(start: StartCommand) {
+    let _ = START.set(start);
+}
+
+/// How the server was started (`record_start`; else this process's own arguments).
+pub fn start_command() -> &'static StartCommand {
+    START.get_or_init(|| {
+        let interpreter =
+            std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+        StartCommand::new(interpreter, std::env::args_os().collect())
+    })
+}
+
+/// The program's arguments at start (`sys.argv`), which a reload parses again.
 pub fn original_args() -> &'static [std::ffi::OsString] {
-    static ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
-    ARGS.get_or_init(|| std::env::args_os().collect())
+    &start_command().args
 }
 
 /// Sets the process title shown by `ps`/`top` (`rgun: master [app]`): the thread name
 /// (15 bytes) and the argv area, as setproctitle does. Longer titles are truncated to
 /// the space the original command line had.
 pub fn set_title(title: &str) {
-    let _ = original_args();
-    let _ = original_exe();
+    let _ = start_command();
     let name =
         std::ffi::CString::new(title.bytes().take(15).collect::<Vec<u8>>()).unwrap_or_default();
     // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string.
@@ -218,8 +264,8 @@ pub fn set_title(title: &str) {
     let bytes = title.as_bytes();
     let n = bytes.len().min(len - 1);
     // SAFETY: [start, end) is this process's own argv area (from /proc/self/stat),
-    // mapped and writable for the life of the process; the original arguments were
-    // copied by `original_args` first, and nothing else reads that memory.
+    // mapped and writable for the life of the process; the interpreter copied the
+    // arguments into `sys.argv` at start-up, and nothing else reads that memory.
     unsafe {
         let area = std::slice::from_raw_parts_mut(start as *mut u8, len);
         area[..n].copy_from_slice(&bytes[..n]);

@@ -2,6 +2,7 @@
 //! client. Types, framing and a blocking client; no Python and no daemon code, so the
 //! client builds anywhere.
 
+pub mod cli;
 pub mod client;
 pub mod protocol;
 

@@ -1,8 +1,9 @@
 //! Gunicorn configuration files (`-c gunicorn.conf.py`, `-c python:module`, or
 //! `./gunicorn.conf.py` when present).
 //!
-//! The file is Python, so the embedded interpreter runs it — in a short-lived child
-//! process, so the master itself stays Python-free and safe to fork. The child turns
+//! The file is Python, so the interpreter runs it — in a short-lived forked child, so
+//! the master never runs the file's code (its imports could start threads, which would
+//! make the master's later forks unsafe, and would stay in every worker). The child turns
 //! the file's settings into command-line arguments (`file_loader.py`), which the
 //! caller layers below the environment and the real command line.
 
@@ -109,16 +110,16 @@ pub fn load(location: &str, wait: WaitReadable<'_>) -> Result<FileSettings, Stri
     }
     let (read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
     read.set_nonblocking(true).map_err(|e| e.to_string())?;
-    // SAFETY: called before any thread or interpreter exists in this process; the
-    // child only evaluates the file, writes to the pipe and exits.
-    match unsafe { nix::unistd::fork() }.map_err(|e| e.to_string())? {
+    // SAFETY: called before any thread exists in this process; the child only
+    // evaluates the file, writes to the pipe and exits.
+    match unsafe { crate::python::fork_interpreter() }.map_err(|e| e.to_string())? {
         nix::unistd::ForkResult::Child => {
             drop(read);
             let reply = evaluate(location);
             let mut write = write;
             let _ = std::io::Write::write_all(&mut write, reply.as_bytes());
             // SAFETY: _exit skips atexit handlers and destructors that belong to the
-            // parent's state (the interpreter is the child's alone).
+            // parent's state (the interpreter's included).
             unsafe { libc::_exit(0) };
         }
         nix::unistd::ForkResult::Parent { child } => {
@@ -190,9 +191,6 @@ pub fn poll_readable(fd: RawFd, deadline: Instant) -> bool {
 
 /// In the child: `OK<json>` or `ER<message>`.
 fn evaluate(location: &str) -> String {
-    if let Err(e) = crate::python::initialize() {
-        return format!("ER{e}");
-    }
     Python::with_gil(|py| {
         let run = || -> PyResult<String> {
             let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());

@@ -114,8 +114,7 @@ fn file_setting_error(e: &clap::Error) -> String {
 impl Config {
     /// Parses the process's command line; prints one line and exits 2 on a bad one.
     pub fn from_args() -> Config {
-        let cli: Vec<std::ffi::OsString> = std::env::args_os().collect();
-        match Config::parse_layers(&cli) {
+        match Config::parse_layers(crate::process::original_args()) {
             Ok(cfg) => cfg,
             Err(LayerError::Env(msg)) => {
                 eprintln!("rgun: {msg}");

@@ -1,10 +1,10 @@
 //! Master-side server hooks (`on_starting`, `when_ready`, `pre_fork`, `child_exit`,
 //! `nworkers_changed`, `on_reload`, `pre_exec`, `on_exit`).
 //!
-//! The master stays Python-free, so these run in a hook host: a child forked at
-//! start-up that starts its own interpreter, executes the configuration file and calls
-//! hooks on request over a socketpair, answering each in order. Each call waits for the
-//! hook to return (as in Gunicorn, `pre_fork` finishes before the fork), at most
+//! The master runs no code from the configuration file, so these run in a hook host: a
+//! child forked at start-up (through CPython's fork hooks) that executes the file and
+//! calls hooks on request over a socketpair, answering each in order. Each call waits
+//! for the hook to return (as in Gunicorn, `pre_fork` finishes before the fork), at most
 //! [`HOOK_TIMEOUT`], while the master keeps answering `status` on its control socket;
 //! a hook that takes longer is logged and abandoned (the host finishes it, and its late
 //! answer is discarded). Hooks share state with each other (one process), not with the
@@ -74,7 +74,7 @@ impl HookHost {
         let master = nix::unistd::getpid();
         // SAFETY: called from the single-threaded master before any worker exists; the
         // child only runs the hook host and exits.
-        match unsafe { nix::unistd::fork() }.context("fork")? {
+        match unsafe { crate::python::fork_interpreter() }.context("fork")? {
             ForkResult::Child => {
                 drop(ours);
                 // A hook that never returns must not outlive the master.
@@ -199,15 +199,11 @@ impl super::Arbiter {
     }
 }
 
-/// The hook host's main: an interpreter, the configuration file, a request loop.
+/// The hook host's main: the configuration file, then a request loop.
 fn serve(cfg: &Config, location: &str, fd: i32) -> i32 {
     use pyo3::prelude::*;
     use pyo3::types::PyModule;
     crate::process::set_title(&format!("rgun: hooks [{}]", cfg.app));
-    if let Err(e) = crate::python::initialize() {
-        tracing::error!("hook host: {e}");
-        return 1;
-    }
     let settings = cfg
         .settings_json(cfg.worker_count().unwrap_or(1) as usize)
         .to_string();

@@ -4,7 +4,9 @@
 //! young), swaps generations on reload, and turns signals and control requests into
 //! actions.
 //!
-//! The master never serves HTTP and never starts Python, so fork() is always safe.
+//! The master never serves HTTP and runs no application code unless `--preload` asks
+//! it to import the app; it holds the interpreter rgun was started in, and forks
+//! through `python::fork_interpreter` only.
 
 mod commands;
 mod hooks;
@@ -27,7 +29,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{ForkResult, Pid};
 use rgunctl::protocol::HistoryEntry;
 use serde_json::json;
 
@@ -171,7 +173,7 @@ pub struct Arbiter {
 }
 
 /// `--check-config`: the settings parsed; now import the application in a child
-/// process (the master stays Python-free) and report. Returns the exit status.
+/// process (the master never imports it) and report. Returns the exit status.
 pub fn check_config(cfg: &Config) -> i32 {
     if let Err(e) = cfg.worker_count() {
         eprintln!("rgun: {e}");
@@ -184,7 +186,7 @@ pub fn check_config(cfg: &Config) -> i32 {
         }
     }
     // SAFETY: single-threaded; the child only imports the app and exits.
-    match unsafe { fork() } {
+    match unsafe { crate::python::fork_interpreter() } {
         Ok(ForkResult::Child) => std::process::exit(worker::check_app(cfg)),
         Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, 0)) => {
@@ -203,7 +205,6 @@ pub fn check_config(cfg: &Config) -> i32 {
 /// `--preload`: imports the application in this process; `Err` is the traceback.
 fn preload(cfg: &Config) -> Result<crate::wsgi::App, String> {
     use pyo3::Python;
-    crate::python::initialize().map_err(|e| e.to_string())?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let workers = cfg.worker_count().unwrap_or(1);
     Python::with_gil(|py| {
@@ -216,7 +217,6 @@ fn preload(cfg: &Config) -> Result<crate::wsgi::App, String> {
 /// Runs the server until it stops; returns the process exit status.
 pub fn run(cfg: Config) -> anyhow::Result<i32> {
     let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
-    crate::python::interpreter_executable()?;
     // SAFETY: umask only sets this process's creation mask.
     unsafe { libc::umask(cfg.umask as libc::mode_t) };
     let identity = crate::process::Identity::resolve(

@@ -1,6 +1,7 @@
 //! Re-executing the master on the inherited listening sockets.
 //!
-//! - `USR2`: a new binary starts beside the old master; once its workers are ready it
+//! - `USR2`: a new master (`sys.executable` and the same entry point, so an upgraded
+//!   package is what runs) starts beside the old one; once its workers are ready it
 //!   takes over the control socket and the pidfile, and the old master keeps serving
 //!   until it is told to stop (`TERM`), as in Gunicorn. Under systemd the old master
 //!   hands `MAINPID` over.
@@ -70,7 +71,7 @@ impl Arbiter {
         if self.upgraded_to.is_some() || self.upgrade_child.is_some() {
             return Err("a new master is already running".into());
         }
-        let exe = crate::process::original_exe().to_path_buf();
+        let start = crate::process::start_command();
         self.call_hook("pre_exec", serde_json::json!({}));
         let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
         ours.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -85,9 +86,10 @@ impl Arbiter {
             .map(|l| l.socket.as_raw_fd())
             .collect();
         keep.push(theirs.as_raw_fd());
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args(crate::process::original_args().iter().skip(1))
-            .env(INHERIT_ENV, inherit.join(";"))
+        // The same interpreter and entry point as this master (`sys.executable` and
+        // the console script), so an upgraded package is what starts.
+        let mut cmd = start.command();
+        cmd.env(INHERIT_ENV, inherit.join(";"))
             .env(UPGRADE_FROM_ENV, std::process::id().to_string())
             .env(PIPE_ENV, theirs.as_raw_fd().to_string())
             .env(GENERATION_ENV, (self.generation + 1).to_string());
@@ -121,7 +123,14 @@ impl Arbiter {
         if let Some(p) = &mut self.pidfile {
             p.rename_to_oldbin();
         }
-        tracing::info!("Starting a new master {pid} from {}", exe.display());
+        tracing::info!(
+            "Starting a new master {pid}: {}",
+            std::iter::once(start.interpreter.as_os_str())
+                .chain(start.entry.iter().map(|a| a.as_os_str()))
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         self.upgrade_child = Some(UpgradeChild {
             pid,
             pipe: ours,

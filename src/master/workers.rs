@@ -13,7 +13,7 @@ use mio::{Interest, Token};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, ForkResult, Pid};
+use nix::unistd::{ForkResult, Pid};
 use serde_json::json;
 
 use super::{
@@ -128,13 +128,8 @@ impl Arbiter {
         if self.preloaded.is_some() {
             self.warn_of_threads();
         }
-        let forked = if self.preloaded.is_some() {
-            // SAFETY: as above; the interpreter's own fork hooks run around it.
-            unsafe { crate::python::fork_interpreter() }
-        } else {
-            // SAFETY: as above.
-            unsafe { fork() }
-        };
+        // SAFETY: as above; the interpreter's own fork hooks run around it.
+        let forked = unsafe { crate::python::fork_interpreter() };
         if !matches!(forked, Ok(ForkResult::Child)) {
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&signal_mask), None);
         }

@@ -182,10 +182,6 @@ pub struct WorkerInit<'a> {
 
 /// `--check-config` in a child: start Python, import the app, report. Exit status.
 pub fn check_app(cfg: &Config) -> i32 {
-    if let Err(e) = crate::python::initialize() {
-        eprintln!("rgun: {e}");
-        return exit::BOOT_ERROR;
-    }
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     Python::with_gil(|py| {
         let loaded = crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())
@@ -251,13 +247,15 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         Some(&init.signal_mask),
         None,
     );
-    for (k, v) in &cfg.env {
-        std::env::set_var(k, v);
-    }
+    Python::with_gil(|py| crate::python::set_environ(py, &cfg.env)).map_err(|e| {
+        boot_failure(
+            &mut init.to_master,
+            &format!("cannot set the environment: {e}"),
+            exit::BOOT_ERROR,
+        )
+    })?;
     raise_fd_limit();
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
-    crate::python::initialize()
-        .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?;
     if let Err(e) = init.identity.drop_privileges() {
         return Err(boot_failure(
             &mut init.to_master,

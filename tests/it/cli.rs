@@ -1,13 +1,13 @@
 //! The command line: Gunicorn's spellings, one-line errors with exit status 2, and
 //! start-up failures that explain themselves and exit instead of looping.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::support::{repo_root, ServerBuilder};
 
 fn rgun(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args(args)
         .current_dir(repo_root())
         .env_remove("WEB_CONCURRENCY")
@@ -68,7 +68,7 @@ fn version_and_help() {
 
 #[test]
 fn bad_web_concurrency_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args(["-b", "127.0.0.1:0", "demo.app:application"])
         .env("WEB_CONCURRENCY", "lots")
         .current_dir(repo_root())
@@ -170,33 +170,6 @@ fn chdir_puts_the_directory_on_sys_path() {
 }
 
 #[test]
-fn virtualenv_of_another_python_is_refused() {
-    let venv = tempfile::tempdir().unwrap();
-    std::fs::write(
-        venv.path().join("pyvenv.cfg"),
-        "home = /usr/bin\nversion = 3.99.1\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
-        .args([
-            "-b",
-            "127.0.0.1:0",
-            "--no-control-socket",
-            "demo.app:application",
-        ])
-        .env("VIRTUAL_ENV", venv.path())
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("is Python 3.99") && err.contains("rgun embeds Python 3."),
-        "{err}"
-    );
-}
-
-#[test]
 fn compat_doc_matches_the_code() {
     let doc = std::fs::read_to_string(repo_root().join("docs/gunicorn-compat.md")).unwrap();
     let row = |name: &str| {
@@ -279,7 +252,7 @@ fn configuration_reference_is_generated_from_the_code() {
 #[test]
 fn man_page_and_completions_are_generated() {
     let run = |what: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        let out = crate::support::rgun()
             .args(["--generate", what])
             .output()
             .unwrap();

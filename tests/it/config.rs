@@ -2,7 +2,6 @@
 //! and the worker-side server hooks, against real rgun processes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{has_setting, repo_root, wait_until, ServerBuilder};
@@ -47,7 +46,7 @@ fn config_file_settings_sit_below_env_and_command_line() {
         "-w on the command line beats the file"
     );
     assert_eq!(s.get("/").text(), "ok", "wsgi_app from the file");
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args(["-c", conf.to_str().unwrap(), "--print-config"])
         .env("GUNICORN_CMD_ARGS", "--timeout 50")
         .current_dir(repo_root())
@@ -67,7 +66,7 @@ fn config_file_mistakes_are_named() {
     let conf = dir.path().join("bad.conf.py");
     let run = |text: &str| {
         std::fs::write(&conf, text).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_rgun"))
+        crate::support::rgun()
             .args([
                 "-c",
                 conf.to_str().unwrap(),
@@ -259,7 +258,7 @@ fn config_from_a_python_module() {
         "workers = 2\nkeepalive = 11\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args([
             "-c",
             "python:mysettings",

@@ -20,7 +20,7 @@ fn pidfile_is_written_refused_when_live_and_removed() {
         s.pid().to_string()
     );
     // A second server with the same pidfile refuses to start.
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args([
             "-b",
             "127.0.0.1:0",
@@ -148,10 +148,9 @@ fn gunicorn_cmd_args_sit_below_the_command_line() {
 #[test]
 fn check_config_imports_the_app() {
     let run = |app: &str| {
-        Command::new(env!("CARGO_BIN_EXE_rgun"))
+        crate::support::rgun()
             .args(["--check-config", "--pythonpath", "tests/apps", app])
             .current_dir(repo_root())
-            .env_remove("VIRTUAL_ENV")
             .output()
             .unwrap()
     };
@@ -170,7 +169,7 @@ fn check_config_imports_the_app() {
 
 #[test]
 fn print_config_shows_effective_settings() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args([
             "--print-config",
             "-w",
@@ -206,7 +205,7 @@ fn print_config_lists_every_setting_and_hook_as_gunicorn_does() {
         "workers = 2\nraw_env = ['A=1']\ndef post_fork(server, worker):\n    pass\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args([
             "-c",
             conf.to_str().unwrap(),
@@ -263,7 +262,7 @@ fn print_config_into_a_closed_pipe_exits_quietly() {
         &["--generate", "bash"],
         &["--generate", "config-reference"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+        let out = crate::support::rgun()
             .args(args)
             .current_dir(repo_root())
             .stdout(crate::support::closed_pipe())

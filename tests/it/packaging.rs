@@ -1,17 +1,22 @@
-//! Packaging: the Debian package built by `scripts/package` (from the debug build, to
-//! keep the suite fast) holds the binaries, units, logrotate snippet, example config,
-//! man pages, completions and docs; the unit files pass `systemd-analyze verify`; the
-//! example configuration parses.
+//! Packaging: the Debian package built by `scripts/package` (a dev-profile wheel for
+//! Debian's python3.11, to keep the suite fast) holds the package for that Python, the
+//! console scripts, units, logrotate snippet, example config, man pages, completions and
+//! docs, and its `rgun` runs; the unit files pass `systemd-analyze verify`; the example
+//! configuration parses; the pip-installed rgun runs in its venv's own interpreter.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use crate::support::repo_root;
 
-/// Cargo's target directory for this build (where `rgun` was built).
+/// Cargo's target directory for this build: this test binary is
+/// `<target>/<profile>/deps/it-*`.
 fn target_dir() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_rgun"));
-    bin.parent().and_then(|p| p.parent()).unwrap().to_owned()
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(3)
+        .expect("<target>/<profile>/deps")
+        .to_owned()
 }
 
 fn build_deb() -> PathBuf {
@@ -75,6 +80,8 @@ fn debian_package_holds_everything() {
     for path in [
         "./usr/bin/rgun",
         "./usr/bin/rgunctl",
+        "./usr/lib/python3/dist-packages/rgun/__main__.py",
+        "./usr/lib/python3/dist-packages/rgun/_rgun.cpython-311-x86_64-linux-gnu.so",
         "./lib/systemd/system/rgun@.service",
         "./lib/systemd/system/rgun@.socket",
         "./etc/logrotate.d/rgun",
@@ -100,7 +107,7 @@ fn debian_package_holds_everything() {
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("Package: rgun"), "{info}");
     assert!(
-        info.contains("Depends: adduser, libc6, libpython3.11"),
+        info.contains("Depends: adduser, libc6, python3.11"),
         "{info}"
     );
     assert!(
@@ -110,6 +117,28 @@ fn debian_package_holds_everything() {
     assert!(
         info.contains("conffiles") || info.contains("/etc/rgun/example.conf.py"),
         "{info}"
+    );
+    // Unpacked, its rgun runs on Debian's python3.11 (with the package's files on the
+    // path, as /usr/lib/python3/dist-packages is once installed).
+    let root = tempfile::tempdir().unwrap();
+    let x = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(root.path())
+        .status()
+        .unwrap();
+    assert!(x.success());
+    let out = Command::new(root.path().join("usr/bin/rgun"))
+        .arg("--version")
+        .env(
+            "PYTHONPATH",
+            root.path().join("usr/lib/python3/dist-packages"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{out:?}"
     );
 }
 
@@ -129,8 +158,8 @@ fn unit_files_pass_systemd_analyze() {
     }
     // The units name /usr/bin/rgun; verify a copy that points at the built binaries.
     let dir = tempfile::tempdir().unwrap();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_rgun"));
-    let ctl = bin.with_file_name("rgunctl");
+    let bin = crate::support::rgun_bin();
+    let ctl = crate::support::rgunctl_bin();
     for unit in ["rgun@.service", "rgun@.socket"] {
         let text = std::fs::read_to_string(repo_root().join("packaging").join(unit)).unwrap();
         let text = text
@@ -154,7 +183,7 @@ fn unit_files_pass_systemd_analyze() {
 
 #[test]
 fn example_config_parses() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rgun"))
+    let out = crate::support::rgun()
         .args([
             "-c",
             "packaging/example.conf.py",
@@ -174,5 +203,50 @@ fn example_config_parses() {
         !String::from_utf8_lossy(&out.stderr).contains("unknown setting"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What users run: the venv's console script starts the venv's own interpreter (no
+/// `VIRTUAL_ENV` set), the master is that interpreter, and workers import the rgun
+/// package pip installed there.
+#[test]
+fn installed_rgun_runs_the_venvs_own_interpreter() {
+    let s = crate::support::ServerBuilder::new("interpreter_app:application").start();
+    let r = s.get("/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    let field = |k: &str| PathBuf::from(v[k].as_str().unwrap_or_else(|| panic!("{k}: {v}")));
+    let venv = crate::support::venv().canonicalize().unwrap();
+    assert_eq!(field("prefix").canonicalize().unwrap(), venv, "{v}");
+    assert!(v["virtual_env"].is_null(), "{v}");
+    assert_eq!(
+        field("executable")
+            .parent()
+            .unwrap()
+            .canonicalize()
+            .unwrap(),
+        venv.join("bin"),
+        "{v}"
+    );
+    assert!(field("rgun").starts_with(&venv), "{v}");
+    let master_exe = std::fs::read_link(format!("/proc/{}/exe", s.child.id())).unwrap();
+    assert_eq!(
+        master_exe,
+        venv.join("bin/python").canonicalize().unwrap(),
+        "the master is the venv's interpreter"
+    );
+}
+
+/// `python -m rgun` is the same entry point as the console script.
+#[test]
+fn python_dash_m_rgun_runs_the_server_entry_point() {
+    let out = Command::new(crate::support::venv().join("bin/python"))
+        .args(["-m", "rgun", "--version"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")),
+        "{out:?}"
     );
 }

@@ -1,6 +1,10 @@
 //! Shared test helpers: start a real `rgun` on an ephemeral loopback port (handed over
 //! as `fd://3`, so there is no port race), wait for its workers through its log, talk
 //! HTTP over real sockets, and stop what we started by pid.
+//!
+//! The `rgun` and `rgunctl` under test are what users run: the console scripts of
+//! `./.venv`, where `scripts/test` installed this checkout with pip (beside the pinned
+//! Flask and Django). A missing or out-of-date install fails the test that needs it.
 
 #![allow(dead_code)]
 
@@ -16,10 +20,76 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The project venv made by `scripts/test` (Flask, Django, ...), if present.
-pub fn venv() -> Option<PathBuf> {
-    let v = repo_root().join(".venv");
-    v.join("pyvenv.cfg").exists().then_some(v)
+/// The project venv made by `scripts/test`: rgun installed from this checkout, Flask,
+/// Django. Panics when it is missing or its rgun is older than the sources.
+pub fn venv() -> PathBuf {
+    static CHECKED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let v = repo_root().join(".venv");
+            let stamp = v.join(".rgun-installed");
+            let installed = std::fs::metadata(&stamp)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} is missing: run ./scripts/test, which installs rgun into ./.venv",
+                        stamp.display()
+                    )
+                });
+            let newest = newest_source(&repo_root());
+            if let Some((path, _)) = newest.filter(|(_, m)| *m > installed) {
+                panic!(
+                    "./.venv's rgun is older than {}: run ./scripts/test, which reinstalls it",
+                    path.display()
+                );
+            }
+            v
+        })
+        .clone()
+}
+
+/// The newest file among the sources that go into the installed package.
+fn newest_source(root: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
+    let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
+    let mut dirs: Vec<PathBuf> = ["src", "ctl/src", "python"]
+        .iter()
+        .map(|d| root.join(d))
+        .collect();
+    let mut files = vec![root.join("Cargo.toml"), root.join("pyproject.toml")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    for path in files {
+        let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(_, m)| modified > *m) {
+            newest = Some((path, modified));
+        }
+    }
+    newest
+}
+
+/// The installed `rgun` console script.
+pub fn rgun_bin() -> PathBuf {
+    venv().join("bin").join("rgun")
+}
+
+/// The installed `rgunctl` console script.
+pub fn rgunctl_bin() -> PathBuf {
+    venv().join("bin").join("rgunctl")
+}
+
+/// A command that runs the installed `rgun`.
+pub fn rgun() -> Command {
+    Command::new(rgun_bin())
 }
 
 pub fn apps_dir() -> PathBuf {
@@ -108,14 +178,11 @@ impl ServerBuilder {
         let mut cmd = if self.systemd {
             // LISTEN_PID must be rgun's own pid: a shell sets it and execs in place.
             let mut c = Command::new("/bin/sh");
-            c.args([
-                "-c",
-                "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"",
-                env!("CARGO_BIN_EXE_rgun"),
-            ]);
+            c.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""]);
+            c.arg(rgun_bin());
             c
         } else {
-            Command::new(env!("CARGO_BIN_EXE_rgun"))
+            rgun()
         };
         cmd.args(&self.args);
         if self.workers_flag {
@@ -133,11 +200,8 @@ impl ServerBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(v) = venv() {
-            cmd.env("VIRTUAL_ENV", v);
-        } else {
-            cmd.env_remove("VIRTUAL_ENV");
-        }
+        // The installed rgun needs no activated venv: its interpreter is the venv's.
+        cmd.env_remove("VIRTUAL_ENV");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

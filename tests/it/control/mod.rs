@@ -14,45 +14,22 @@ use std::net::TcpStream;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::support::{
-    apps_dir, children_of, read_response, repo_root, wait_until, Server, ServerBuilder,
+    apps_dir, children_of, read_response, repo_root, rgunctl_bin, wait_until, Server, ServerBuilder,
 };
 
 // ---------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------
-
-/// The `rgunctl` binary, built once beside `rgun` (same target directory and profile).
-fn rgunctl_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "rgunctl", "--bin", "rgunctl"])
-            .current_dir(repo_root())
-            .output()
-            .expect("run cargo build -p rgunctl");
-        assert!(
-            out.status.success(),
-            "cargo build -p rgunctl failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = Path::new(env!("CARGO_BIN_EXE_rgun"))
-            .parent()
-            .expect("rgun's directory")
-            .join("rgunctl");
-        assert!(bin.exists(), "rgunctl not found at {}", bin.display());
-        bin
-    })
-}
 
 /// What a finished `rgunctl` run said.
 struct CtlRun {
@@ -108,7 +85,38 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> CtlRun {
 }
 
 fn rgunctl_cmd(socket: Option<&Path>, args: &[&str]) -> Command {
-    let mut cmd = Command::new(rgunctl_bin());
+    with_rgunctl_args(Command::new(rgunctl_bin()), socket, args)
+}
+
+/// The native `rgunctl` binary (crate `ctl`, built by cargo beside this test binary),
+/// for a client that runs as another uid: the console script's interpreter may live
+/// where that uid cannot read it (pyenv under /root).
+fn native_rgunctl() -> &'static Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "rgunctl", "--bin", "rgunctl"])
+            .current_dir(repo_root())
+            .output()
+            .expect("run cargo build -p rgunctl");
+        assert!(
+            out.status.success(),
+            "cargo build -p rgunctl failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // This test binary is target/<profile>/deps/it-*; rgunctl is in target/<profile>.
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .join("rgunctl");
+        assert!(bin.exists(), "rgunctl not found at {}", bin.display());
+        bin
+    })
+}
+
+fn with_rgunctl_args(mut cmd: Command, socket: Option<&Path>, args: &[&str]) -> Command {
     cmd.env_remove("RGUN_CONTROL_SOCKET");
     if let Some(s) = socket {
         cmd.arg("-s").arg(s);
@@ -463,7 +471,7 @@ struct Daemon {
 impl Daemon {
     fn spawn(ctl_path: &Path, extra: &[&str], log: Option<&Path>) -> Daemon {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rgun"));
+        let mut cmd = crate::support::rgun();
         cmd.args([
             "echo:application",
             "-w",
@@ -482,11 +490,6 @@ impl Daemon {
         .stderr(Stdio::piped());
         if let Some(l) = log {
             cmd.arg("--error-logfile").arg(l);
-        }
-        if let Some(v) = crate::support::venv() {
-            cmd.env("VIRTUAL_ENV", v);
-        } else {
-            cmd.env_remove("VIRTUAL_ENV");
         }
         crate::support::pass_as_fd3(&mut cmd, &listener);
         let child = cmd.spawn().expect("spawn rgun");

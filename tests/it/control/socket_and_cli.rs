@@ -247,14 +247,10 @@ fn another_uid_is_forbidden() {
     let bin_dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = bin_dir.path().join("rgunctl");
-    std::fs::copy(rgunctl_bin(), &bin).unwrap();
+    std::fs::copy(native_rgunctl(), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_nobody = |path: &Path, args: &[&str]| {
-        let mut cmd = Command::new(&bin);
-        cmd.env_remove("RGUN_CONTROL_SOCKET")
-            .arg("-s")
-            .arg(path)
-            .args(args);
+        let mut cmd = with_rgunctl_args(Command::new(&bin), Some(path), args);
         cmd.uid(NOBODY).gid(NOBODY);
         run_bounded(cmd, Duration::from_secs(30))
     };

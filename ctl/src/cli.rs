@@ -1,4 +1,6 @@
-//! `rgunctl`: operate a running rgun through its control socket.
+//! The `rgunctl` command line: operate a running rgun through its control socket. The
+//! `rgunctl` binary (`main.rs`) and the Python package's `rgunctl` console script both
+//! call [`run`] with their arguments.
 //!
 //! Exit status: 0 ok, 1 the daemon answered with an error, 2 usage, 3 cannot connect.
 
@@ -7,9 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::protocol::{HistoryEntry, Status};
+use crate::{default_socket_path, Client, ClientError};
 use clap::{CommandFactory, Parser, Subcommand};
-use rgunctl::protocol::{HistoryEntry, Status};
-use rgunctl::{default_socket_path, Client, ClientError};
 use serde_json::{json, Map, Value};
 
 /// `writeln!` into the output being assembled (a `String`, which cannot fail).
@@ -86,8 +88,13 @@ enum Cmd {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+/// Runs `rgunctl` with these arguments (the first is the program name).
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
