@@ -9,17 +9,18 @@ use nix::unistd::{Gid, Group, Uid, User};
 /// Forks into the background (`-D`): the parent exits 0, the grandchild continues in a
 /// new session with stdin/stdout (and stderr, unless it is a log file) on /dev/null.
 pub fn daemonize(error_log_is_stderr: bool) -> anyhow::Result<()> {
-    use crate::python::fork_interpreter;
-    use nix::unistd::{setsid, ForkResult};
-    // SAFETY: called from the entry point before any thread exists.
-    if let ForkResult::Parent { .. } = unsafe { fork_interpreter() }.context("fork failed")? {
-        std::process::exit(0);
+    /// The parent exits; the child goes on.
+    fn fork_away() -> anyhow::Result<()> {
+        // SAFETY: called from the entry point before any thread exists.
+        match unsafe { crate::python::fork_interpreter() }.context("fork failed")? {
+            crate::python::Forked::Parent(_) => std::process::exit(0),
+            crate::python::Forked::Child(signals) => signals.release(),
+        }
+        Ok(())
     }
-    setsid().context("setsid failed")?;
-    // SAFETY: still single-threaded.
-    if let ForkResult::Parent { .. } = unsafe { fork_interpreter() }.context("fork failed")? {
-        std::process::exit(0);
-    }
+    fork_away()?;
+    nix::unistd::setsid().context("setsid failed")?;
+    fork_away()?;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

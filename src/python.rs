@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use pyo3::ffi;
 use pyo3::prelude::*;
 
@@ -67,16 +68,43 @@ pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
         .to_owned()
 }
 
-/// fork(2), the only one after which rgun runs code in the child (the child of a
-/// re-execution's `Command::spawn` only execs). CPython's before/after-fork hooks run
-/// around it (its locks, the threading module, `os.register_at_fork` callbacks), so the
-/// child's interpreter is consistent whether or not the master imported the app.
+/// What `fork_interpreter` returns.
+pub enum Forked {
+    Parent(nix::unistd::Pid),
+    /// In the child every signal is blocked until `BlockedSignals::release`.
+    Child(BlockedSignals),
+}
+
+/// Signals held pending in a newly forked child: one sent in its first moments (a
+/// `scale +1` then `scale -1`) waits for the child's own handlers instead of running
+/// the parent's inherited ones, which would lose it.
+#[must_use = "a child keeps every signal blocked until it releases them"]
+pub struct BlockedSignals(SigSet);
+
+impl BlockedSignals {
+    /// Restores the signal mask the parent had before the fork.
+    pub fn release(self) {
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
+    }
+}
+
+/// fork(2): rgun's only way to fork (the child of a re-execution's `Command::spawn`
+/// only execs). Every signal is blocked across it (see `BlockedSignals`), and
+/// CPython's before/after-fork hooks run around it (its locks, the threading module,
+/// `os.register_at_fork` callbacks), so the child's interpreter is consistent whether
+/// or not the master imported the app.
 ///
 /// # Safety
 /// The caller must be single-threaded (the master, or `main` before the master loop),
 /// as for any fork.
-pub unsafe fn fork_interpreter() -> nix::Result<nix::unistd::ForkResult> {
-    Python::with_gil(|_py| {
+pub unsafe fn fork_interpreter() -> nix::Result<Forked> {
+    let mut saved = SigSet::empty();
+    let _ = sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&SigSet::all()),
+        Some(&mut saved),
+    );
+    let result = Python::with_gil(|_py| {
         // SAFETY: the GIL is held, as these hooks require; the caller guarantees a
         // single-threaded process.
         unsafe {
@@ -88,5 +116,15 @@ pub unsafe fn fork_interpreter() -> nix::Result<nix::unistd::ForkResult> {
             }
             result
         }
-    })
+    });
+    match result {
+        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child(BlockedSignals(saved))),
+        other => {
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+            other.map(|r| match r {
+                nix::unistd::ForkResult::Parent { child } => Forked::Parent(child),
+                nix::unistd::ForkResult::Child => unreachable!(),
+            })
+        }
+    }
 }

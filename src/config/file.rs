@@ -113,7 +113,8 @@ pub fn load(location: &str, wait: WaitReadable<'_>) -> Result<FileSettings, Stri
     // SAFETY: called before any thread exists in this process; the child only
     // evaluates the file, writes to the pipe and exits.
     match unsafe { crate::python::fork_interpreter() }.map_err(|e| e.to_string())? {
-        nix::unistd::ForkResult::Child => {
+        crate::python::Forked::Child(signals) => {
+            signals.release();
             drop(read);
             let reply = evaluate(location);
             let mut write = write;
@@ -122,7 +123,7 @@ pub fn load(location: &str, wait: WaitReadable<'_>) -> Result<FileSettings, Stri
             // parent's state (the interpreter's included).
             unsafe { libc::_exit(0) };
         }
-        nix::unistd::ForkResult::Parent { child } => {
+        crate::python::Forked::Parent(child) => {
             drop(write);
             let text = read_reply(&read, wait);
             if text.is_err() {

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::sys::socket::{recv, MsgFlags};
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
+
+use crate::python::Forked;
 use serde_json::{json, Value};
 
 use crate::config::file::WaitReadable;
@@ -75,7 +77,8 @@ impl HookHost {
         // SAFETY: called from the single-threaded master before any worker exists; the
         // child only runs the hook host and exits.
         match unsafe { crate::python::fork_interpreter() }.context("fork")? {
-            ForkResult::Child => {
+            Forked::Child(signals) => {
+                signals.release();
                 drop(ours);
                 // A hook that never returns must not outlive the master.
                 // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's
@@ -87,7 +90,7 @@ impl HookHost {
                 let code = serve(cfg, location, theirs.as_raw_fd());
                 std::process::exit(code);
             }
-            ForkResult::Parent { child } => {
+            Forked::Parent(child) => {
                 drop(theirs);
                 Ok(Some(HookHost {
                     pid: child,

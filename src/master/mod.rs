@@ -29,7 +29,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
+
+use crate::python::Forked;
 use rgunctl::protocol::HistoryEntry;
 use serde_json::json;
 
@@ -187,8 +189,11 @@ pub fn check_config(cfg: &Config) -> i32 {
     }
     // SAFETY: single-threaded; the child only imports the app and exits.
     match unsafe { crate::python::fork_interpreter() } {
-        Ok(ForkResult::Child) => std::process::exit(worker::check_app(cfg)),
-        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+        Ok(Forked::Child(signals)) => {
+            signals.release();
+            std::process::exit(worker::check_app(cfg))
+        }
+        Ok(Forked::Parent(child)) => match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, 0)) => {
                 println!("rgun: configuration OK; {} imports", cfg.app);
                 0

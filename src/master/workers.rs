@@ -11,9 +11,10 @@ use anyhow::Context;
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::sys::signal::{kill, Signal};
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
+
+use crate::python::Forked;
 use serde_json::json;
 
 use super::{
@@ -116,25 +117,14 @@ impl Arbiter {
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread; the child only runs `worker::run`, which never returns.
         let master_pid = nix::unistd::getpid();
-        // Every signal stays pending across fork until the child has replaced the
-        // master's handlers with its own (`worker::boot_and_serve`); the master's mask
-        // comes back right after fork.
-        let mut signal_mask = SigSet::empty();
-        let _ = sigprocmask(
-            SigmaskHow::SIG_BLOCK,
-            Some(&SigSet::all()),
-            Some(&mut signal_mask),
-        );
         if self.preloaded.is_some() {
             self.warn_of_threads();
         }
-        // SAFETY: as above; the interpreter's own fork hooks run around it.
-        let forked = unsafe { crate::python::fork_interpreter() };
-        if !matches!(forked, Ok(ForkResult::Child)) {
-            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&signal_mask), None);
-        }
-        match forked.context("fork failed")? {
-            ForkResult::Child => worker::run(WorkerInit {
+        // SAFETY: as above; the interpreter's own fork hooks run around it. Every
+        // signal stays pending in the child until it has replaced the master's
+        // handlers with its own (`worker::boot_and_serve`).
+        match unsafe { crate::python::fork_interpreter() }.context("fork failed")? {
+            Forked::Child(signals) => worker::run(WorkerInit {
                 cfg: self.config_for(generation),
                 listeners: &self.listeners,
                 slot: self.scoreboard.slot(slot),
@@ -142,13 +132,13 @@ impl Arbiter {
                 to_master: worker_end,
                 master_fds,
                 master_signals: self.signals.ids(),
-                signal_mask,
+                signals,
                 identity: &self.identity,
                 age: self.totals.spawned,
                 preloaded: self.preloaded.as_ref(),
                 master_pid,
             }),
-            ForkResult::Parent { child } => {
+            Forked::Parent(child) => {
                 drop(worker_end);
                 self.scoreboard.assign(slot, child.as_raw());
                 // Into the table first: whatever happens next, the master tracks (and

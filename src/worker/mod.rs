@@ -169,7 +169,7 @@ pub struct WorkerInit<'a> {
     pub master_signals: Vec<signal_hook::SigId>,
     /// The master's signal mask before it blocked every signal around fork; restored
     /// once the worker's own handlers are in place.
-    pub signal_mask: nix::sys::signal::SigSet,
+    pub signals: crate::python::BlockedSignals,
     /// Who to become before importing the application.
     pub identity: &'a crate::process::Identity,
     /// How many workers the master had spawned before this one (Gunicorn's `age`).
@@ -242,11 +242,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     // Signals were blocked since before fork: a TERM sent to a worker that was just
     // forked (`scale +1` then `scale -1`) is delivered now, to the worker's handler,
     // instead of to the master's inherited one, which would have lost it.
-    let _ = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&init.signal_mask),
-        None,
-    );
+    init.signals.release();
     Python::with_gil(|py| crate::python::set_environ(py, &cfg.env)).map_err(|e| {
         boot_failure(
             &mut init.to_master,
