@@ -1,8 +1,9 @@
-//! rgun: a pre-fork HTTP server for Python WSGI applications.
+//! rgun: a pre-fork HTTP server for Python WSGI and ASGI applications.
 //!
 //! `main.rs` parses the command line into a [`config::Config`] and hands it to
 //! [`master::run`]; see ARCHITECTURE.md for the map.
 
+pub mod asgi;
 pub mod config;
 pub mod control;
 pub mod hooks;

@@ -21,6 +21,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("workers", "--workers", "int"),
     ("worker_class", "--worker-class", "str"),
     ("threads", "--threads", "int"),
+    ("root_path", "--root-path", "str"),
+    ("asgi_lifespan", "--asgi-lifespan", "str"),
     ("timeout", "--timeout", "int"),
     ("graceful_timeout", "--graceful-timeout", "int"),
     ("keepalive", "--keep-alive", "int"),

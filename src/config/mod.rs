@@ -127,10 +127,20 @@ pub struct Config {
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", ignore_case = true, value_parser = ["debug", "info", "warning", "error", "critical"])]
     pub loglevel: String,
 
-    /// Gunicorn's worker class: accepted for compatibility and ignored (rgun has one
-    /// worker type; use --threads).
+    /// Gunicorn's worker class: `sync`/`gthread` (the WSGI worker; use --threads) or
+    /// `asgi` (also `uvicorn.workers.UvicornWorker`, `uvicorn_worker.UvicornWorker`,
+    /// `uvicorn.workers.UvicornH11Worker`): the ASGI 3 worker.
     #[arg(short = 'k', long = "worker-class", value_name = "STRING")]
     pub worker_class: Option<String>,
+
+    /// ASGI: the `root_path` of every request scope (the prefix the app is mounted at).
+    #[arg(long = "root-path", value_name = "PATH", default_value = "")]
+    pub root_path: String,
+
+    /// ASGI: the lifespan protocol. `auto` runs it when the app supports it, `on`
+    /// requires it, `off` never runs it.
+    #[arg(long = "asgi-lifespan", value_name = "MODE", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub asgi_lifespan: String,
 
     /// Gunicorn options rgun accepts for compatibility and ignores.
     #[arg(long = "worker-tmp-dir", value_name = "DIR", hide = true)]
@@ -302,7 +312,42 @@ pub const DEFAULT_SECURE_SCHEME_HEADERS: [(&str, &str); 3] = [
     ("X-FORWARDED-SSL", "on"),
 ];
 
+/// Which worker a `-k` value selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// PEP 3333 (`sync`, `gthread`, Gunicorn's module paths for them, or no `-k`).
+    Wsgi,
+    /// ASGI 3 on an asyncio loop.
+    Asgi,
+}
+
+/// The accepted `-k` values and the worker each selects; `None` for any other.
+pub fn worker_kind(class: Option<&str>) -> Option<WorkerKind> {
+    match class {
+        None
+        | Some(
+            "sync"
+            | "gthread"
+            | "gunicorn.workers.sync.SyncWorker"
+            | "gunicorn.workers.gthread.ThreadWorker",
+        ) => Some(WorkerKind::Wsgi),
+        Some(
+            "asgi"
+            | "uvicorn.workers.UvicornWorker"
+            | "uvicorn_worker.UvicornWorker"
+            | "uvicorn.workers.UvicornH11Worker",
+        ) => Some(WorkerKind::Asgi),
+        Some(_) => None,
+    }
+}
+
 impl Config {
+    /// The worker `-k` selects (an unknown value is warned about by the master and
+    /// runs the WSGI worker).
+    pub fn worker_kind(&self) -> WorkerKind {
+        worker_kind(self.worker_class.as_deref()).unwrap_or(WorkerKind::Wsgi)
+    }
+
     /// Binds in effect (Gunicorn's default when none given).
     pub fn binds(&self) -> Vec<BindAddress> {
         if self.bind.is_empty() {
@@ -408,6 +453,8 @@ impl Config {
             "workers": workers,
             "worker_class": self.worker_class,
             "threads": self.threads,
+            "root_path": self.root_path,
+            "asgi_lifespan": self.asgi_lifespan,
             "timeout": self.timeout,
             "graceful_timeout": self.graceful_timeout,
             "keepalive": self.keepalive,
@@ -445,5 +492,32 @@ impl Config {
             "preload_app": self.preload,
             "reload": self.reload,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{worker_kind, WorkerKind};
+
+    #[test]
+    fn worker_class_names() {
+        for name in [
+            "asgi",
+            "uvicorn.workers.UvicornWorker",
+            "uvicorn_worker.UvicornWorker",
+            "uvicorn.workers.UvicornH11Worker",
+        ] {
+            assert_eq!(worker_kind(Some(name)), Some(WorkerKind::Asgi), "{name}");
+        }
+        for name in ["sync", "gthread", "gunicorn.workers.sync.SyncWorker"] {
+            assert_eq!(worker_kind(Some(name)), Some(WorkerKind::Wsgi), "{name}");
+        }
+        assert_eq!(worker_kind(None), Some(WorkerKind::Wsgi));
+        assert_eq!(worker_kind(Some("eventlet")), None);
+        assert_eq!(
+            worker_kind(Some("ASGI")),
+            None,
+            "Gunicorn's names are exact"
+        );
     }
 }

@@ -229,7 +229,11 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         Some(path) if !deferred_takeover => Some(crate::process::PidFile::create(path)?),
         _ => None,
     };
-    let preloaded = if cfg.preload {
+    let asgi = cfg.worker_kind() == crate::config::WorkerKind::Asgi;
+    if asgi && cfg.preload {
+        tracing::warn!("--preload is not supported by -k asgi yet: each worker imports the app");
+    }
+    let preloaded = if cfg.preload && !asgi {
         match preload(&cfg) {
             Ok(app) => Some(app),
             Err(text) => {
@@ -271,14 +275,18 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");
         std::env::remove_var(UPGRADE_FROM_ENV);
     }
-    tracing::info!("Using worker: rgun (threads: {})", cfg.threads);
-    if let Some(class) = cfg
-        .worker_class
-        .as_deref()
-        .filter(|c| !matches!(*c, "sync" | "gthread"))
-    {
+    match cfg.worker_kind() {
+        crate::config::WorkerKind::Wsgi => {
+            tracing::info!("Using worker: rgun (threads: {})", cfg.threads)
+        }
+        crate::config::WorkerKind::Asgi => tracing::info!("Using worker: rgun asgi"),
+    }
+    if let (Some(class), None) = (
+        cfg.worker_class.as_deref(),
+        crate::config::worker_kind(cfg.worker_class.as_deref()),
+    ) {
         tracing::warn!(
-            "worker_class {class:?} is ignored: rgun has one worker type (use --threads)"
+            "worker_class {class:?} is ignored: rgun has one WSGI worker type (use --threads) and -k asgi"
         );
     }
     let mut arbiter = Arbiter {

@@ -19,10 +19,11 @@ use crate::http::framer::Http1Response;
 use crate::http::response::RequestFacts;
 use crate::log::AccessRecord;
 use crate::net::outbox::Outbox;
-use crate::worker::{Service, Shared};
+use crate::worker::{Application, Service, Shared};
 use crate::wsgi::environ::{is_https, RequestInfo};
 use crate::wsgi::input::Body;
 use crate::wsgi::response::WsgiSource;
+use crate::wsgi::App;
 
 /// Stop producing once this much is waiting for the socket.
 pub const HIGH_WATER_BYTES: usize = 64 * 1024;
@@ -48,7 +49,10 @@ impl Conn {
     /// the response under way. Never touches the socket. False: close the connection.
     pub fn serve_dispatched(&mut self, py: Python<'_>, service: &Service, ctx: &Shared) -> bool {
         let step = match self.pending_body.take() {
-            Some(body) => self.run_app(py, service, ctx, body),
+            Some(body) => match &service.app {
+                Application::Wsgi(app) => self.run_app(py, app, service, ctx, body),
+                Application::Asgi(_) => Step::Close,
+            },
             None if matches!(self.state, State::Responding(_)) => self.produce(py, service),
             None => Step::Continue,
         };
@@ -72,6 +76,7 @@ impl Conn {
     pub(super) fn run_app(
         &mut self,
         py: Python<'_>,
+        app: &App,
         service: &Service,
         ctx: &Shared,
         body: Body,
@@ -120,7 +125,7 @@ impl Conn {
                 h.call(py, "pre_request", vec![req.clone()]);
             }
         }
-        let response = match service.app.call(py, &info, body) {
+        let response = match app.call(py, &info, body) {
             Ok(r) => r,
             Err(e) => {
                 self.log_app_error(&crate::python::format_exception(py, &e));
@@ -137,7 +142,7 @@ impl Conn {
             Outbox::with_buffer(std::mem::take(&mut self.spare_out)),
             &facts,
         );
-        match WsgiSource::start(py, &service.app, response, facts, &mut http) {
+        match WsgiSource::start(py, app, response, facts, &mut http) {
             Ok(source) => {
                 self.state = State::Responding(Box::new(Responding {
                     source,
@@ -243,7 +248,7 @@ impl Conn {
         self.after_response(ctx)
     }
 
-    fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) {
+    pub(super) fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) {
         self.served += 1;
         self.in_request = false;
         ctx.scoreboard_end();

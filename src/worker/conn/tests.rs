@@ -43,6 +43,7 @@ fn shared() -> Shared {
         served: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
+        request_clock: true,
     }
 }
 

@@ -1,0 +1,246 @@
+//! The ASGI 3 bridge: the application, its lifespan, and calling it for one HTTP
+//! request (`AsgiApp::call`), which builds the scope (`scope`) and the request's
+//! `receive`/`send` (`cycle::Cycle`).
+//!
+//! A request's coroutine takes its first step right here, on the event loop's
+//! thread, inside a fresh `contextvars` context: an application that answers without
+//! waiting for anything (the common case) is done before `call` returns, with no
+//! asyncio Task and no loop iteration. Only one that really waits becomes a Task
+//! (`bridge.py`'s `resume` continues it in the same context). Nothing here does
+//! socket I/O or knows the event loop's connections beyond a key to wake.
+
+pub mod cycle;
+pub mod scope;
+pub mod wake;
+
+use std::sync::Arc;
+
+use pyo3::exceptions::PyStopIteration;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyModule};
+
+use self::cycle::{Cycle, Done, RequestBody};
+use self::scope::{ScopeBuilder, ScopeInfo};
+use self::wake::Wakeups;
+use crate::http::response::RequestFacts;
+use crate::net::outbox::Outbox;
+
+const BRIDGE: &str = include_str!("bridge.py");
+
+/// `--asgi-lifespan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifespanMode {
+    Auto,
+    On,
+    Off,
+}
+
+impl LifespanMode {
+    pub fn parse(text: &str) -> LifespanMode {
+        match text {
+            "on" => LifespanMode::On,
+            "off" => LifespanMode::Off,
+            _ => LifespanMode::Auto,
+        }
+    }
+}
+
+/// How the lifespan startup went.
+pub enum Startup {
+    /// Complete (or not run): serve.
+    Ready,
+    /// The application does not speak lifespan (`auto`): serve without it.
+    Unsupported,
+    /// `lifespan.startup.failed`, or an error with `--asgi-lifespan on`: its message.
+    Failed(String),
+}
+
+/// A loaded ASGI application, its asyncio loop, and what every request shares.
+pub struct AsgiApp {
+    callable: Py<PyAny>,
+    scope: ScopeBuilder,
+    /// The lifespan state, copied into every request scope.
+    state: Py<PyDict>,
+    lifespan: Option<Py<PyAny>>,
+    bridge: Py<PyModule>,
+    event_loop: Py<PyAny>,
+    create_future: Py<PyAny>,
+    copy_context: Py<PyAny>,
+    resume: Py<PyAny>,
+    done: Py<Done>,
+    pub wakeups: Arc<Wakeups>,
+}
+
+impl AsgiApp {
+    /// Wraps the imported `callable` and makes this worker's asyncio loop (`loop_choice`:
+    /// `auto`, `asyncio` or `uvloop`).
+    pub fn new(
+        py: Python<'_>,
+        callable: Bound<'_, PyAny>,
+        root_path: &str,
+        loop_choice: &str,
+    ) -> PyResult<AsgiApp> {
+        let bridge = PyModule::from_code(
+            py,
+            &std::ffi::CString::new(BRIDGE).expect("no NUL in bridge"),
+            c"rgun_asgi.py",
+            c"rgun_asgi",
+        )?;
+        let event_loop = bridge.getattr("new_event_loop")?.call1((loop_choice,))?;
+        py.import("asyncio")?
+            .call_method1("set_event_loop", (&event_loop,))?;
+        Ok(AsgiApp {
+            callable: callable.unbind(),
+            scope: ScopeBuilder::new(py, root_path)?,
+            state: PyDict::new(py).unbind(),
+            lifespan: None,
+            create_future: event_loop.getattr("create_future")?.unbind(),
+            copy_context: py.import("contextvars")?.getattr("copy_context")?.unbind(),
+            resume: bridge.getattr("resume")?.unbind(),
+            event_loop: event_loop.unbind(),
+            bridge: bridge.unbind(),
+            done: Py::new(py, Done)?,
+            wakeups: Arc::new(Wakeups::default()),
+        })
+    }
+
+    pub fn event_loop<'py>(&self, py: Python<'py>) -> &Bound<'py, PyAny> {
+        self.event_loop.bind(py)
+    }
+
+    /// Runs the lifespan startup to its answer (before the worker reports ready).
+    pub fn startup(&mut self, py: Python<'_>, mode: LifespanMode) -> PyResult<Startup> {
+        if mode == LifespanMode::Off {
+            return Ok(Startup::Ready);
+        }
+        let mode_text = if mode == LifespanMode::On {
+            "on"
+        } else {
+            "auto"
+        };
+        let lifespan = self
+            .bridge
+            .bind(py)
+            .getattr("Lifespan")?
+            .call1((self.callable.bind(py), mode_text))?;
+        let loop_ = self.event_loop.bind(py);
+        loop_.call_method1("run_until_complete", (lifespan.call_method0("startup")?,))?;
+        if lifespan.getattr("failed")?.is_truthy()? {
+            let message: String = lifespan.getattr("message")?.extract()?;
+            return Ok(Startup::Failed(message));
+        }
+        if lifespan.getattr("unsupported")?.is_truthy()? {
+            return Ok(Startup::Unsupported);
+        }
+        self.state = lifespan
+            .getattr("state")?
+            .downcast_into::<PyDict>()?
+            .unbind();
+        self.lifespan = Some(lifespan.unbind());
+        Ok(Startup::Ready)
+    }
+
+    /// Runs the lifespan shutdown for at most `limit`; the failure's message, if any.
+    pub fn shutdown(&self, py: Python<'_>, limit: std::time::Duration) -> PyResult<Option<String>> {
+        let Some(lifespan) = &self.lifespan else {
+            return Ok(None);
+        };
+        let wait_for = py.import("asyncio")?.getattr("wait_for")?;
+        let shutdown = wait_for.call1((
+            lifespan.bind(py).call_method0("shutdown")?,
+            limit.as_secs_f64(),
+        ))?;
+        match self
+            .event_loop
+            .bind(py)
+            .call_method1("run_until_complete", (shutdown,))
+        {
+            Ok(message) => message.extract(),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py) => Ok(Some(
+                format!("lifespan shutdown did not finish within {limit:?}"),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Calls the application for one request and runs its first step. The returned
+    /// cycle holds the response (complete already, if the application did not wait).
+    #[allow(clippy::too_many_arguments)]
+    pub fn call(
+        &self,
+        py: Python<'_>,
+        req: &ScopeInfo<'_>,
+        body: RequestBody,
+        outbox: Outbox,
+        facts: RequestFacts,
+        key: usize,
+    ) -> PyResult<Py<Cycle>> {
+        let scope = self.scope.build(py, req, self.state.bind(py))?;
+        let cycle = Py::new(
+            py,
+            Cycle::new(
+                py,
+                outbox,
+                facts,
+                body,
+                (Arc::clone(&self.wakeups), key),
+                &self.create_future,
+                &self.done,
+            ),
+        )?;
+        let bound = cycle.bind(py);
+        let receive = bound.getattr(intern!(py, "receive"))?;
+        let send = bound.getattr(intern!(py, "send"))?;
+        let error = match self.callable.bind(py).call1((scope, receive, send)) {
+            Ok(coro) => self.first_step(py, &cycle, coro).err(),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = error {
+            cycle.borrow_mut(py).app_returned(py, Some(e));
+        }
+        Ok(cycle)
+    }
+
+    /// Runs the coroutine until it first waits; then a Task takes it over.
+    fn first_step(
+        &self,
+        py: Python<'_>,
+        cycle: &Py<Cycle>,
+        coro: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let context = self.copy_context.bind(py).call0()?;
+        let send = coro.getattr(intern!(py, "send")).map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "the ASGI application returned {}, not a coroutine",
+                coro.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+        match context.call_method1(intern!(py, "run"), (send, py.None())) {
+            Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
+                cycle.borrow_mut(py).app_returned(py, None);
+                Ok(())
+            }
+            Err(e) => Err(e),
+            Ok(yielded) => {
+                let rest = self.resume.bind(py).call1((coro, yielded))?;
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(intern!(py, "context"), context)?;
+                let task = self.event_loop.bind(py).call_method(
+                    intern!(py, "create_task"),
+                    (rest,),
+                    Some(&kwargs),
+                )?;
+                task.call_method1(
+                    intern!(py, "add_done_callback"),
+                    (cycle.bind(py).getattr(intern!(py, "task_done"))?,),
+                )?;
+                cycle.borrow_mut(py).set_task(task.unbind());
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The ASGI side of a connection: calling the application with a complete request
+//! (`run_asgi`), sending what its `send()` calls framed, and watching the client while
+//! the application runs (`step_asgi`), so that `http.disconnect` reaches it when the
+//! client leaves.
+//!
+//! The response lives in the request's `asgi::cycle::Cycle`, filled by the
+//! application's task between the loop's turns; this file is where it meets the
+//! socket. While the application runs, the connection has no deadline of its own
+//! beyond `APP_WAIT` (long-polls are legitimate; a blocked event loop is the
+//! master's business, through the heartbeat); a stalled write still closes after
+//! `--timeout`.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use super::{Conn, State, Step, KEPT_OUT_BYTES};
+use crate::asgi::cycle::{Cycle, Progress, RequestBody};
+use crate::asgi::scope::ScopeInfo;
+use crate::asgi::AsgiApp;
+use crate::http::response::RequestFacts;
+use crate::net::outbox::Outbox;
+use crate::worker::Shared;
+use crate::wsgi::environ::is_https;
+use crate::wsgi::input::Body;
+
+/// How long a connection waits for an application that neither sends nor ends.
+const APP_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Pipelined input buffered while the application runs, at most.
+const WATCH_LIMIT_BYTES: usize = 64 * 1024;
+
+impl Conn {
+    pub(super) fn run_asgi(
+        &mut self,
+        py: Python<'_>,
+        app: &AsgiApp,
+        ctx: &Shared,
+        body: Body,
+    ) -> Step {
+        let https = match is_https(
+            &self.head_bytes,
+            &self.head,
+            self.peer.trusted,
+            &ctx.settings.secure_scheme_headers,
+        ) {
+            Ok(h) => h,
+            Err(e) => return self.fail(&e),
+        };
+        ctx.scoreboard_begin();
+        let facts = RequestFacts {
+            minor_version: self.head.minor_version,
+            is_head: self.head.is_head_method(&self.head_bytes),
+            close: self.head.wants_close
+                || ctx.stopping()
+                || ctx.last_request()
+                || ctx.settings.keepalive.is_zero(),
+            known_length: None,
+        };
+        let info = ScopeInfo {
+            head_bytes: &self.head_bytes,
+            head: &self.head,
+            peer: &self.peer,
+            local: &self.local,
+            https,
+        };
+        let body = match body {
+            Body::Empty => RequestBody::Empty,
+            Body::Memory(data) => RequestBody::Memory(data),
+            Body::File(file) => RequestBody::File(file),
+        };
+        let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
+        match app.call(py, &info, body, outbox, facts, self.key) {
+            Ok(cycle) => {
+                self.state = State::Asgi(cycle);
+                Step::Continue
+            }
+            Err(e) => {
+                let path = String::from_utf8_lossy(&self.head_bytes[self.head.target.clone()]);
+                tracing::error!(
+                    "Error handling request {path}\n{}",
+                    crate::python::format_exception(py, &e)
+                );
+                self.end_request(ctx, 500, 0);
+                self.fail_status(500, "Internal Server Error")
+            }
+        }
+    }
+
+    /// Sends what the application framed; once the response is complete, finishes the
+    /// request like any other; until then, watches for the client leaving.
+    pub(super) fn step_asgi(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
+        let State::Asgi(cycle) = &self.state else {
+            unreachable!()
+        };
+        let cycle = cycle.clone_ref(py);
+        let mut c = cycle.borrow_mut(py);
+        match c.http().outbox.flush(&self.transport) {
+            Ok(()) => c.drained(py),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.deadline = Instant::now() + ctx.settings.request_timeout;
+                return Step::WaitWrite;
+            }
+            Err(e) => {
+                tracing::debug!("client went away mid-response: {e}");
+                c.client_gone(py);
+                let status = c.http().status;
+                drop(c);
+                self.end_request(ctx, status, 0);
+                return Step::Close;
+            }
+        }
+        let progress = c.progress();
+        if progress == Progress::Running {
+            c.arm();
+            drop(c);
+            self.deadline = Instant::now() + APP_WAIT;
+            return self.watch_client(py, &cycle, ctx);
+        }
+        let http = c.finish(py);
+        drop(c);
+        self.state = State::Head;
+        let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
+        let out = http.outbox.into_buffer();
+        if out.capacity() <= KEPT_OUT_BYTES {
+            self.spare_out = out;
+        }
+        self.end_request(ctx, status, bytes);
+        if close || progress == Progress::Broken {
+            return self.shutdown_and_drain();
+        }
+        self.deadline = Instant::now() + ctx.settings.keepalive;
+        self.compact();
+        self.after_response(ctx)
+    }
+
+    /// While the application runs: read what the client sends (pipelined requests,
+    /// up to a bound) so that its leaving is noticed and `http.disconnect` delivered.
+    fn watch_client(&mut self, py: Python<'_>, cycle: &Py<Cycle>, ctx: &Shared) -> Step {
+        if !self.unread || self.read_buf.len() - self.read_start >= WATCH_LIMIT_BYTES {
+            return Step::Wait;
+        }
+        match self.fill() {
+            Ok(n) if n > 0 => Step::Continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait,
+            _ => {
+                let mut c = cycle.borrow_mut(py);
+                c.client_gone(py);
+                let status = c.http().status;
+                drop(c);
+                self.end_request(ctx, status, 0);
+                Step::Close
+            }
+        }
+    }
+
+    /// The connection closes with the application still running: it learns the
+    /// client left.
+    pub(super) fn abandon_asgi(&self, cycle: &Py<Cycle>) {
+        Python::with_gil(|py| cycle.borrow_mut(py).client_gone(py));
+    }
+}
