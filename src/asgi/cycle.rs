@@ -303,7 +303,12 @@ impl Cycle {
 
     /// Frames the stored head, with the body's length when it is already known.
     fn write_head(&mut self, known_length: Option<u64>) -> PyResult<()> {
-        let (status, headers) = self.start.take().expect("started");
+        // Taken even if the head is refused below: a refused head stays refused.
+        let Some((status, headers)) = self.start.take() else {
+            return Err(PyRuntimeError::new_err(
+                "the response head was refused; only an exception (a 500) can follow",
+            ));
+        };
         let line = format!("{status} {}", reason_phrase(status));
         let facts = RequestFacts {
             known_length,

@@ -45,6 +45,7 @@ pub fn serve(
         call_later: aio.getattr("call_later")?.unbind(),
         aio: aio.clone().unbind(),
         turn: None,
+        timer_turn: None,
         finished: false,
     };
     let erased: *mut (dyn Turning + '_) = &mut driver;
@@ -57,9 +58,18 @@ pub fn serve(
         py,
         Turn {
             driver: std::cell::Cell::new(Some(erased)),
+            timer: false,
+        },
+    )?;
+    let timer_turn = Py::new(
+        py,
+        Turn {
+            driver: std::cell::Cell::new(Some(erased)),
+            timer: true,
         },
     )?;
     driver.turn = Some(turn.clone_ref(py).into_any());
+    driver.timer_turn = Some(timer_turn.clone_ref(py).into_any());
     app.wakeups.set_schedule(
         driver.call_soon.clone_ref(py),
         turn.clone_ref(py).into_any(),
@@ -70,6 +80,7 @@ pub fn serve(
     aio.call_method1("call_soon", (turn.bind(py),))?;
     let result = aio.call_method0("run_forever").map(drop);
     turn.borrow(py).driver.set(None);
+    timer_turn.borrow(py).driver.set(None);
     let _ = aio.call_method1("remove_reader", (fd,));
     if let Some((_, handle)) = driver.timer.take() {
         let _ = handle.bind(py).call_method0("cancel");
@@ -78,13 +89,16 @@ pub fn serve(
 }
 
 trait Turning {
-    fn turn(&mut self, py: Python<'_>) -> PyResult<()>;
+    /// `from_timer`: the `call_later` the driver set is what fired.
+    fn turn(&mut self, py: Python<'_>, from_timer: bool) -> PyResult<()>;
 }
 
-/// The callable asyncio runs for each turn of the connection core.
+/// The callable asyncio runs for each turn of the connection core (one for the
+/// reader and `call_soon`, one for the driver's timer, so it knows its timer fired).
 #[pyclass(unsendable, module = "rgun")]
 struct Turn {
     driver: std::cell::Cell<Option<*mut dyn Turning>>,
+    timer: bool,
 }
 
 #[pymethods]
@@ -96,7 +110,7 @@ impl Turn {
         // SAFETY: see `serve`: the pointer is set only while the driver lives. It is
         // taken out for the call, so a re-entrant call (there is none: asyncio runs
         // one callback at a time) would find it empty instead of aliasing it.
-        let result = unsafe { (*driver).turn(py) };
+        let result = unsafe { (*driver).turn(py, self.timer) };
         // Put back unless `serve` cleared it meanwhile (it cannot: we are inside
         // run_forever, which it waits on).
         self.driver.set(Some(driver));
@@ -116,17 +130,17 @@ struct Driver<'a, 'b> {
     call_later: Py<PyAny>,
     aio: Py<PyAny>,
     turn: Option<Py<PyAny>>,
+    timer_turn: Option<Py<PyAny>>,
     finished: bool,
 }
 
 impl Turning for Driver<'_, '_> {
-    fn turn(&mut self, py: Python<'_>) -> PyResult<()> {
+    fn turn(&mut self, py: Python<'_>, from_timer: bool) -> PyResult<()> {
+        if from_timer {
+            self.timer = None;
+        }
         if self.finished {
             return Ok(());
-        }
-        let now = Instant::now();
-        if self.timer.as_ref().is_some_and(|(at, _)| *at <= now) {
-            self.timer = None;
         }
         let exec = Exec::Inline(py, self.service);
         self.wakeups.begin_turn();
@@ -156,12 +170,13 @@ impl Turning for Driver<'_, '_> {
 impl Driver<'_, '_> {
     /// The core wants a turn at `at` even without events.
     fn schedule(&mut self, py: Python<'_>, at: Instant) -> PyResult<()> {
-        let turn = self.turn.as_ref().expect("set before the first turn");
         let now = Instant::now();
         if at <= now {
+            let turn = self.turn.as_ref().expect("set before the first turn");
             self.call_soon.call1(py, (turn,))?;
             return Ok(());
         }
+        let turn = self.timer_turn.as_ref().expect("set before the first turn");
         if let Some((set, handle)) = &self.timer {
             if *set <= at + TIMER_SLACK {
                 return Ok(());

@@ -163,6 +163,16 @@ async def bad_header(scope, receive, send):
     await send({"type": "http.response.body", "body": b"never"})
 
 
+async def bad_header_retried(scope, receive, send):
+    """Catches the refusal of its head and tries to send a body anyway."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"\n")]})
+    try:
+        await send({"type": "http.response.body", "body": b"never"})
+    except RuntimeError:
+        pass
+    await send({"type": "http.response.body", "body": b"still never"})
+
+
 async def pathsend(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.pathsend", "path": os.path.abspath(__file__)})
@@ -181,6 +191,7 @@ ROUTES = {
     "/raise-after": raise_after,
     "/no-response": no_response,
     "/bad-header": bad_header,
+    "/bad-header-retried": bad_header_retried,
     "/pathsend": pathsend,
 }
 

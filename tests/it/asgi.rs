@@ -273,6 +273,11 @@ fn application_errors_are_a_500_before_the_response_and_a_cut_after() {
     let text = String::from_utf8_lossy(&injected);
     assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
     assert!(!text.contains("Injected"), "{text}");
+    let retried = s.exchange(b"GET /bad-header-retried HTTP/1.1\r\nHost: a\r\n\r\n");
+    let text = String::from_utf8_lossy(&retried);
+    assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
+    assert!(!text.contains("never"), "{text}");
+    s.wait_for_log("the response head was refused", Duration::from_secs(5));
     // The worker is fine afterwards.
     assert_eq!(s.get("/").text(), "Hello, ASGI!");
 }
@@ -427,4 +432,55 @@ fn worker_class_root_path_and_lifespan_from_a_config_file() {
     let e = s.get("/scope").json();
     assert_eq!(e["root_path"], "/mounted");
     assert_eq!(e["state"], serde_json::json!({}));
+}
+
+/// The core's periodic work runs from an asyncio timer: an idle keep-alive connection
+/// closes at --keep-alive with no event to wake the loop.
+#[test]
+fn idle_keepalive_connections_close_on_the_loop_timer() {
+    let s = asgi("asgi_app:app").args(["--keep-alive", "1"]).start();
+    let mut c = s.connect();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut r = BufReader::new(c);
+    assert_eq!(read_response(&mut r, false).unwrap().text(), "Hello, ASGI!");
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+}
+
+/// Slow clients cost a socket, never the event loop: honest requests stay fast while
+/// dozens of connections dribble heads and bodies.
+#[test]
+fn slow_clients_do_not_delay_honest_requests() {
+    let s = server();
+    let mut slow = Vec::new();
+    for i in 0..40 {
+        let mut c = s.connect();
+        if i % 2 == 0 {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+                .unwrap();
+        } else {
+            c.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nabc")
+                .unwrap();
+        }
+        slow.push(c);
+    }
+    for _ in 0..20 {
+        let started = Instant::now();
+        assert_eq!(s.get("/").text(), "Hello, ASGI!");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        for c in &mut slow {
+            let _ = c.write_all(b"x");
+        }
+    }
 }
