@@ -1,48 +1,16 @@
 """Python-side helpers of rgun's ASGI bridge, loaded into each ASGI worker.
 
-Only what asyncio makes simpler in Python lives here: continuing a request's
-coroutine as a Task after Rust ran its first step, and the lifespan protocol (run
-once per worker). Scopes, receive() and send() are Rust (`asgi::cycle`).
+Only what asyncio makes simpler in Python lives here: the loop's choice, the
+exception a send() to a departed client raises, and the lifespan protocol (run once
+per worker). Scopes, receive() and send() are Rust (`asgi::cycle`).
 """
 
 import asyncio
 import traceback
 
 
-class _Rest:
-    """The rest of a coroutine whose first step already ran and yielded `first`:
-    awaiting it continues exactly as `await coro` would have (PEP 380 delegation),
-    so a Task can take it over."""
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro, first):
-        self.coro = coro
-        self.first = first
-
-    def __await__(self):
-        coro, value = self.coro, self.first
-        self.coro = self.first = None
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-async def resume(coro, first):
-    return await _Rest(coro, first)
+class ClientDisconnected(OSError):
+    """Raised by send() once the client has left (ASGI spec 2.4)."""
 
 
 def new_event_loop(choice):

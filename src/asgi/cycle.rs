@@ -34,6 +34,26 @@ const ERROR_BODY: &[u8] = b"Internal Server Error";
 /// Response header (name, value) pairs as the application gave them.
 type Headers = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// What every cycle of a worker shares.
+pub struct Kit {
+    /// The loop's `create_future`.
+    pub create_future: Py<PyAny>,
+    /// The awaitable every `send()` that need not wait returns.
+    pub done: Py<Done>,
+    /// `bridge.ClientDisconnected`, the `OSError` a `send()` to a client that left raises.
+    pub disconnected_error: Py<PyAny>,
+}
+
+impl Kit {
+    fn clone_ref(&self, py: Python<'_>) -> Kit {
+        Kit {
+            create_future: self.create_future.clone_ref(py),
+            done: self.done.clone_ref(py),
+            disconnected_error: self.disconnected_error.clone_ref(py),
+        }
+    }
+}
+
 /// A complete request body, as the connection read it.
 pub enum RequestBody {
     Empty,
@@ -84,8 +104,7 @@ pub struct Cycle {
     wake: Option<(Arc<Wakeups>, usize)>,
     /// The connection waits for news (set by `arm`, cleared by the wake).
     armed: bool,
-    create_future: Py<PyAny>,
-    done: Py<Done>,
+    kit: Kit,
     /// The application's Task once it waits (asyncio itself keeps only a weak
     /// reference); dropped when it ends.
     task: Option<Py<PyAny>>,
@@ -98,8 +117,7 @@ impl Cycle {
         facts: RequestFacts,
         body: RequestBody,
         wake: (Arc<Wakeups>, usize),
-        create_future: &Py<PyAny>,
-        done: &Py<Done>,
+        kit: &Kit,
     ) -> Cycle {
         Cycle {
             http: Http1Response::new(outbox, &facts),
@@ -113,8 +131,7 @@ impl Cycle {
             sender: None,
             wake: Some(wake),
             armed: false,
-            create_future: create_future.clone_ref(py),
-            done: done.clone_ref(py),
+            kit: kit.clone_ref(py),
             task: None,
         }
     }
@@ -187,6 +204,11 @@ impl Cycle {
     /// The application's coroutine ended (`error`: what it raised). Uvicorn's rules:
     /// before the response started, a 500; after, a connection that closes.
     pub fn app_returned(&mut self, py: Python<'_>, error: Option<PyErr>) {
+        let error = error.filter(|e| {
+            // A client that left is no application error (nobody is there to see
+            // the 500 either).
+            !(self.disconnected && e.is_instance(py, self.kit.disconnected_error.bind(py)))
+        });
         if let Some(e) = &error {
             // Before 3.12 a fetched exception's traceback is not yet on its value.
             if let Some(tb) = e.traceback(py) {
@@ -376,7 +398,7 @@ impl Cycle {
         if self.disconnected || self.wake.is_none() || self.phase == Phase::Complete {
             return Ok(Py::new(py, Ready::new(disconnect_message(py)))?.into_any());
         }
-        let future = self.create_future.call0(py)?;
+        let future = self.kit.create_future.call0(py)?;
         self.receivers.push(future.clone_ref(py));
         Ok(future)
     }
@@ -384,8 +406,13 @@ impl Cycle {
     /// ASGI `send(message)`.
     fn send(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<PyObject> {
         if self.disconnected {
-            // Uvicorn's behaviour: a response to a client that left goes nowhere.
-            return Ok(self.done.clone_ref(py).into_any());
+            // ASGI 2.4: an OSError subclass (Starlette then stops streaming).
+            return Err(PyErr::from_value(
+                self.kit
+                    .disconnected_error
+                    .bind(py)
+                    .call1(("the client disconnected",))?,
+            ));
         }
         let message = message
             .downcast::<PyDict>()
@@ -420,7 +447,7 @@ impl Cycle {
             }
         }
         if self.phase == Phase::Started {
-            return Ok(self.done.clone_ref(py).into_any());
+            return Ok(self.kit.done.clone_ref(py).into_any());
         }
         if self.phase == Phase::Complete {
             for f in std::mem::take(&mut self.receivers) {
@@ -429,15 +456,15 @@ impl Cycle {
         }
         self.notify(py);
         if self.phase != Phase::Complete && self.http.buffered() >= SEND_HIGH_WATER_BYTES {
-            let future = self.create_future.call0(py)?;
+            let future = self.kit.create_future.call0(py)?;
             self.sender = Some(future.clone_ref(py));
             return Ok(future);
         }
-        Ok(self.done.clone_ref(py).into_any())
+        Ok(self.kit.done.clone_ref(py).into_any())
     }
 
     /// The done callback of the application's task.
-    fn task_done(&mut self, py: Python<'_>, task: &Bound<'_, PyAny>) {
+    pub fn task_done(&mut self, py: Python<'_>, task: &Bound<'_, PyAny>) {
         self.task = None;
         let error = match task.call_method0(intern!(py, "exception")) {
             Ok(e) if e.is_none() => None,

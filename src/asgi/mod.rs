@@ -2,12 +2,11 @@
 //! request (`AsgiApp::call`), which builds the scope (`scope`) and the request's
 //! `receive`/`send` (`cycle::Cycle`).
 //!
-//! A request's coroutine takes its first step right here, on the event loop's
-//! thread, inside a fresh `contextvars` context: an application that answers without
-//! waiting for anything (the common case) is done before `call` returns, with no
-//! asyncio Task and no loop iteration. Only one that really waits becomes a Task
-//! (`bridge.py`'s `resume` continues it in the same context). Nothing here does
-//! socket I/O or knows the event loop's connections beyond a key to wake.
+//! A request's coroutine becomes an asyncio Task right here, on the event loop's
+//! thread, in the turn that read the request: no thread hand-off. With Python 3.12+
+//! the Task starts eagerly, so an application that answers without waiting (the
+//! common case) is done before `call` returns. Nothing here does socket I/O or knows
+//! the event loop's connections beyond a key to wake.
 
 pub mod cycle;
 pub mod scope;
@@ -15,12 +14,11 @@ pub mod wake;
 
 use std::sync::Arc;
 
-use pyo3::exceptions::PyStopIteration;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
-use self::cycle::{Cycle, Done, RequestBody};
+use self::cycle::{Cycle, Done, Kit, RequestBody};
 use self::scope::{ScopeBuilder, ScopeInfo};
 use self::wake::Wakeups;
 use crate::http::response::RequestFacts;
@@ -65,10 +63,10 @@ pub struct AsgiApp {
     lifespan: Option<Py<PyAny>>,
     bridge: Py<PyModule>,
     event_loop: Py<PyAny>,
-    create_future: Py<PyAny>,
-    copy_context: Py<PyAny>,
-    resume: Py<PyAny>,
-    done: Py<Done>,
+    kit: Kit,
+    /// `asyncio.Task` when it can start eagerly (Python 3.12+), and its arguments.
+    eager_task: Option<Py<PyAny>>,
+    eager_kwargs: Py<PyDict>,
     pub wakeups: Arc<Wakeups>,
 }
 
@@ -95,12 +93,22 @@ impl AsgiApp {
             scope: ScopeBuilder::new(py, root_path)?,
             state: PyDict::new(py).unbind(),
             lifespan: None,
-            create_future: event_loop.getattr("create_future")?.unbind(),
-            copy_context: py.import("contextvars")?.getattr("copy_context")?.unbind(),
-            resume: bridge.getattr("resume")?.unbind(),
+            kit: Kit {
+                create_future: event_loop.getattr("create_future")?.unbind(),
+                done: Py::new(py, Done)?,
+                disconnected_error: bridge.getattr("ClientDisconnected")?.unbind(),
+            },
+            eager_task: (py.version_info() >= (3, 12))
+                .then(|| py.import("asyncio")?.getattr("Task").map(Bound::unbind))
+                .transpose()?,
+            eager_kwargs: {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item("loop", &event_loop)?;
+                kwargs.set_item("eager_start", true)?;
+                kwargs.unbind()
+            },
             event_loop: event_loop.unbind(),
             bridge: bridge.unbind(),
-            done: Py::new(py, Done)?,
             wakeups: Arc::new(Wakeups::default()),
         })
     }
@@ -185,15 +193,14 @@ impl AsgiApp {
                 facts,
                 body,
                 (Arc::clone(&self.wakeups), key),
-                &self.create_future,
-                &self.done,
+                &self.kit,
             ),
         )?;
         let bound = cycle.bind(py);
         let receive = bound.getattr(intern!(py, "receive"))?;
         let send = bound.getattr(intern!(py, "send"))?;
         let error = match self.callable.bind(py).call1((scope, receive, send)) {
-            Ok(coro) => self.first_step(py, &cycle, coro).err(),
+            Ok(coro) => self.start_task(py, &cycle, coro).err(),
             Err(e) => Some(e),
         };
         if let Some(e) = error {
@@ -202,45 +209,37 @@ impl AsgiApp {
         Ok(cycle)
     }
 
-    /// Runs the coroutine until it first waits; then a Task takes it over.
-    fn first_step(
+    /// Makes the request's coroutine a Task. With Python 3.12+ the Task starts
+    /// eagerly: its first step runs right here, so an application that does not wait
+    /// is done before this returns. The Task is needed either way: applications (anyio,
+    /// `asyncio.timeout`, task groups) expect `asyncio.current_task()` from their
+    /// first line.
+    fn start_task(
         &self,
         py: Python<'_>,
         cycle: &Py<Cycle>,
         coro: Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let context = self.copy_context.bind(py).call0()?;
-        let send = coro.getattr(intern!(py, "send")).map_err(|_| {
-            pyo3::exceptions::PyTypeError::new_err(format!(
-                "the ASGI application returned {}, not a coroutine",
-                coro.get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
-            ))
-        })?;
-        match context.call_method1(intern!(py, "run"), (send, py.None())) {
-            Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
-                cycle.borrow_mut(py).app_returned(py, None);
-                Ok(())
-            }
-            Err(e) => Err(e),
-            Ok(yielded) => {
-                let rest = self.resume.bind(py).call1((coro, yielded))?;
-                let kwargs = PyDict::new(py);
-                kwargs.set_item(intern!(py, "context"), context)?;
-                let task = self.event_loop.bind(py).call_method(
-                    intern!(py, "create_task"),
-                    (rest,),
-                    Some(&kwargs),
-                )?;
-                task.call_method1(
-                    intern!(py, "add_done_callback"),
-                    (cycle.bind(py).getattr(intern!(py, "task_done"))?,),
-                )?;
-                cycle.borrow_mut(py).set_task(task.unbind());
-                Ok(())
-            }
+        let task = match &self.eager_task {
+            Some(task_type) => task_type
+                .bind(py)
+                .call((coro,), Some(self.eager_kwargs.bind(py)))?,
+            None => self
+                .event_loop
+                .bind(py)
+                .call_method1(intern!(py, "create_task"), (coro,))?,
+        };
+        if task.call_method0(intern!(py, "done"))?.is_truthy()? {
+            // Finished in its eager first step: no done callback (it would cost a
+            // loop iteration).
+            cycle.borrow_mut(py).task_done(py, &task);
+            return Ok(());
         }
+        task.call_method1(
+            intern!(py, "add_done_callback"),
+            (cycle.bind(py).getattr(intern!(py, "task_done"))?,),
+        )?;
+        cycle.borrow_mut(py).set_task(task.unbind());
+        Ok(())
     }
 }

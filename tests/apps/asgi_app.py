@@ -113,6 +113,17 @@ async def stream(scope, receive, send):
     await send({"type": "http.response.body", "body": b""})
 
 
+async def endless(scope, receive, send):
+    """Streams until send() raises the OSError that says the client left."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    try:
+        while True:
+            await send({"type": "http.response.body", "body": b"y" * 65536, "more_body": True})
+    except OSError as e:
+        counters["send_oserror"] = type(e).__name__
+        raise
+
+
 async def counters_route(scope, receive, send):
     await reply(send, json.dumps(counters))
 
@@ -184,6 +195,7 @@ ROUTES = {
     "/echo": echo,
     "/stream": stream,
     "/counters": counters_route,
+    "/endless": endless,
     "/wait-disconnect": wait_disconnect,
     "/sleep": sleepy,
     "/block": block,
