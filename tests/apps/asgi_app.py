@@ -232,3 +232,20 @@ class AsgiClass:
 
 
 instance = AsgiClass()
+
+
+async def flaky_startup(scope, receive, send):
+    """Its lifespan startup fails while the file $ASGI_FAIL_FLAG exists (a deploy
+    whose start-up breaks)."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if os.path.exists(os.environ["ASGI_FAIL_FLAG"]):
+                    await send({"type": "lifespan.startup.failed", "message": "cache warm-up failed: marker-5521"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await app(scope, receive, send)
