@@ -23,6 +23,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("threads", "--threads", "int"),
     ("root_path", "--root-path", "str"),
     ("asgi_lifespan", "--asgi-lifespan", "str"),
+    ("asgi_loop", "--asgi-loop", "str"),
     ("timeout", "--timeout", "int"),
     ("graceful_timeout", "--graceful-timeout", "int"),
     ("keepalive", "--keep-alive", "int"),

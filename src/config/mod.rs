@@ -142,6 +142,10 @@ pub struct Config {
     #[arg(long = "asgi-lifespan", value_name = "MODE", default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub asgi_lifespan: String,
 
+    /// ASGI: the event loop. `auto` is uvloop when installed, else asyncio.
+    #[arg(long = "asgi-loop", value_name = "LOOP", default_value = "auto", value_parser = ["auto", "asyncio", "uvloop"])]
+    pub asgi_loop: String,
+
     /// Gunicorn options rgun accepts for compatibility and ignores.
     #[arg(long = "worker-tmp-dir", value_name = "DIR", hide = true)]
     pub worker_tmp_dir: Option<String>,
@@ -446,15 +450,13 @@ impl Config {
                 .collect::<Vec<_>>()
                 .join(","),
         };
-        serde_json::json!({
+        let mut settings = serde_json::json!({
             "wsgi_app": self.app,
             "config": self.config,
             "bind": self.binds().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "workers": workers,
             "worker_class": self.worker_class,
             "threads": self.threads,
-            "root_path": self.root_path,
-            "asgi_lifespan": self.asgi_lifespan,
             "timeout": self.timeout,
             "graceful_timeout": self.graceful_timeout,
             "keepalive": self.keepalive,
@@ -491,7 +493,12 @@ impl Config {
             "umask": format!("{:04o}", self.umask),
             "preload_app": self.preload,
             "reload": self.reload,
-        })
+        });
+        // Beside the literal: one macro with every key passes its recursion limit.
+        settings["root_path"] = self.root_path.clone().into();
+        settings["asgi_lifespan"] = self.asgi_lifespan.clone().into();
+        settings["asgi_loop"] = self.asgi_loop.clone().into();
+        settings
     }
 }
 

@@ -299,7 +299,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
                 py,
                 App::import_callable(py, &cfg.app)?,
                 &cfg.root_path,
-                "auto",
+                &cfg.asgi_loop,
             )?),
         };
         if let Some(h) = &hooks {

@@ -69,6 +69,7 @@ async def hello(scope, receive, send):
 async def scope_route(scope, receive, send):
     shown = {k: v for k, v in scope.items() if k != "state"}
     shown["state"] = dict(scope.get("state", {}))
+    shown["loop"] = type(asyncio.get_running_loop()).__module__
     shown["types"] = {
         "raw_path": type(scope["raw_path"]).__name__,
         "query_string": type(scope["query_string"]).__name__,

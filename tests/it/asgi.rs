@@ -578,3 +578,24 @@ fn fastapi_lifespan_state_streaming_background_and_sync_endpoints() {
         s.log()
     );
 }
+
+#[test]
+fn asgi_loop_chooses_the_event_loop() {
+    // The test venv has no uvloop: auto falls back to asyncio, uvloop is refused.
+    let auto = server();
+    assert_eq!(auto.get("/scope").json()["loop"], "asyncio.unix_events");
+    let asyncio = asgi("asgi_app:app")
+        .args(["--asgi-loop", "asyncio"])
+        .start();
+    assert_eq!(asyncio.get("/scope").json()["loop"], "asyncio.unix_events");
+    let mut uvloop = asgi("asgi_app:app")
+        .args(["--asgi-loop", "uvloop"])
+        .no_wait()
+        .start();
+    assert_eq!(uvloop.wait_exit(Duration::from_secs(20)), Some(4));
+    assert!(
+        uvloop.log().contains("No module named 'uvloop'"),
+        "{}",
+        uvloop.log()
+    );
+}
