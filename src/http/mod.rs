@@ -7,6 +7,7 @@ pub mod head;
 pub mod proxy;
 pub mod response;
 pub mod scan;
+pub mod websocket;
 
 /// Why a request was refused before it reached the application.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
