@@ -45,7 +45,7 @@ pub struct Kit {
 }
 
 impl Kit {
-    fn clone_ref(&self, py: Python<'_>) -> Kit {
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Kit {
         Kit {
             create_future: self.create_future.clone_ref(py),
             done: self.done.clone_ref(py),
@@ -483,7 +483,7 @@ pub struct Ready {
 }
 
 impl Ready {
-    fn new(value: PyObject) -> Ready {
+    pub(crate) fn new(value: PyObject) -> Ready {
         Ready { value: Some(value) }
     }
 }
@@ -550,7 +550,7 @@ fn disconnect_message(py: Python<'_>) -> PyObject {
 }
 
 /// `future.set_result(value)` unless it is already done (cancelled).
-fn resolve(py: Python<'_>, future: &Py<PyAny>, value: PyObject) {
+pub(crate) fn resolve(py: Python<'_>, future: &Py<PyAny>, value: PyObject) {
     let future = future.bind(py);
     let pending = future
         .call_method0(intern!(py, "done"))

@@ -11,6 +11,7 @@
 pub mod cycle;
 pub mod scope;
 pub mod wake;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use pyo3::types::{PyDict, PyModule};
 use self::cycle::{Cycle, Done, Kit, RequestBody};
 use self::scope::{ScopeBuilder, ScopeInfo};
 use self::wake::Wakeups;
+use self::websocket::WsCycle;
 use crate::http::response::RequestFacts;
 use crate::net::outbox::Outbox;
 
@@ -68,6 +70,8 @@ pub struct AsgiApp {
     eager_task: Option<Py<PyAny>>,
     eager_kwargs: Py<PyDict>,
     pub wakeups: Arc<Wakeups>,
+    /// `--websocket-max-message-size`.
+    pub ws_max_message_bytes: usize,
 }
 
 impl AsgiApp {
@@ -78,6 +82,7 @@ impl AsgiApp {
         callable: Bound<'_, PyAny>,
         root_path: &str,
         loop_choice: &str,
+        ws_max_message_bytes: u64,
     ) -> PyResult<AsgiApp> {
         let bridge = PyModule::from_code(
             py,
@@ -110,6 +115,7 @@ impl AsgiApp {
             event_loop: event_loop.unbind(),
             bridge: bridge.unbind(),
             wakeups: Arc::new(Wakeups::default()),
+            ws_max_message_bytes: ws_max_message_bytes as usize,
         })
     }
 
@@ -209,6 +215,70 @@ impl AsgiApp {
         Ok(cycle)
     }
 
+    /// Calls the application for a WebSocket upgrade request.
+    pub fn call_websocket(
+        &self,
+        py: Python<'_>,
+        req: &ScopeInfo<'_>,
+        upgrade: crate::http::websocket::UpgradeRequest,
+        outbox: Outbox,
+        facts: RequestFacts,
+        key: usize,
+    ) -> PyResult<Py<WsCycle>> {
+        let scope =
+            self.scope
+                .build_websocket(py, req, self.state.bind(py), &upgrade.subprotocols)?;
+        let cycle = Py::new(
+            py,
+            WsCycle::new(
+                py,
+                outbox,
+                facts,
+                upgrade.key,
+                (Arc::clone(&self.wakeups), key),
+                &self.kit,
+            ),
+        )?;
+        let bound = cycle.bind(py);
+        let receive = bound.getattr(intern!(py, "receive"))?;
+        let send = bound.getattr(intern!(py, "send"))?;
+        let started = self
+            .callable
+            .bind(py)
+            .call1((scope, receive, send))
+            .and_then(|coro| self.new_task(py, coro));
+        match started {
+            Ok(task) if task.call_method0(intern!(py, "done"))?.is_truthy()? => {
+                cycle.borrow_mut(py).task_done(py, &task)
+            }
+            Ok(task) => {
+                task.call_method1(
+                    intern!(py, "add_done_callback"),
+                    (bound.getattr(intern!(py, "task_done"))?,),
+                )?;
+                cycle.borrow_mut(py).set_task(task.unbind());
+            }
+            Err(e) => cycle.borrow_mut(py).app_returned(py, Some(e)),
+        }
+        Ok(cycle)
+    }
+
+    fn new_task<'py>(
+        &self,
+        py: Python<'py>,
+        coro: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match &self.eager_task {
+            Some(task_type) => task_type
+                .bind(py)
+                .call((coro,), Some(self.eager_kwargs.bind(py))),
+            None => self
+                .event_loop
+                .bind(py)
+                .call_method1(intern!(py, "create_task"), (coro,)),
+        }
+    }
+
     /// Makes the request's coroutine a Task. With Python 3.12+ the Task starts
     /// eagerly: its first step runs right here, so an application that does not wait
     /// is done before this returns. The Task is needed either way: applications (anyio,
@@ -220,15 +290,7 @@ impl AsgiApp {
         cycle: &Py<Cycle>,
         coro: Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let task = match &self.eager_task {
-            Some(task_type) => task_type
-                .bind(py)
-                .call((coro,), Some(self.eager_kwargs.bind(py)))?,
-            None => self
-                .event_loop
-                .bind(py)
-                .call_method1(intern!(py, "create_task"), (coro,))?,
-        };
+        let task = self.new_task(py, coro)?;
         if task.call_method0(intern!(py, "done"))?.is_truthy()? {
             // Finished in its eager first step: no done callback (it would cost a
             // loop iteration).

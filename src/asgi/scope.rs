@@ -83,6 +83,24 @@ impl ScopeBuilder {
         })
     }
 
+    /// A `websocket` scope for an upgrade request: the HTTP scope's fields without
+    /// `method`, with `ws`/`wss` and the offered subprotocols.
+    pub fn build_websocket<'py>(
+        &self,
+        py: Python<'py>,
+        req: &ScopeInfo<'_>,
+        state: &Bound<'py, PyDict>,
+        subprotocols: &[String],
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let scope = self.build(py, req, state)?;
+        scope.set_item(&self.k.type_, "websocket")?;
+        scope.del_item(&self.k.method)?;
+        scope.set_item(&self.k.scheme, if req.https { "wss" } else { "ws" })?;
+        scope.set_item("subprotocols", PyList::new(py, subprotocols)?)?;
+        scope.set_item(&self.k.extensions, PyDict::new(py))?;
+        Ok(scope)
+    }
+
     /// A fresh scope for one request; `state` is the lifespan state, copied shallowly.
     pub fn build<'py>(
         &self,

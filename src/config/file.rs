@@ -24,6 +24,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("root_path", "--root-path", "str"),
     ("asgi_lifespan", "--asgi-lifespan", "str"),
     ("asgi_loop", "--asgi-loop", "str"),
+    (
+        "websocket_max_message_size",
+        "--websocket-max-message-size",
+        "int",
+    ),
     ("timeout", "--timeout", "int"),
     ("graceful_timeout", "--graceful-timeout", "int"),
     ("keepalive", "--keep-alive", "int"),

@@ -146,6 +146,11 @@ pub struct Config {
     #[arg(long = "asgi-loop", value_name = "LOOP", default_value = "auto", value_parser = ["auto", "asyncio", "uvloop"])]
     pub asgi_loop: String,
 
+    /// ASGI: the largest WebSocket message accepted, in bytes (a larger one closes
+    /// the connection with 1009).
+    #[arg(long = "websocket-max-message-size", value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub websocket_max_message_size: u64,
+
     /// Gunicorn options rgun accepts for compatibility and ignores.
     #[arg(long = "worker-tmp-dir", value_name = "DIR", hide = true)]
     pub worker_tmp_dir: Option<String>,
@@ -498,6 +503,7 @@ impl Config {
         settings["root_path"] = self.root_path.clone().into();
         settings["asgi_lifespan"] = self.asgi_lifespan.clone().into();
         settings["asgi_loop"] = self.asgi_loop.clone().into();
+        settings["websocket_max_message_size"] = self.websocket_max_message_size.into();
         settings
     }
 }

@@ -1,8 +1,64 @@
-//! WebSocket framing (RFC 6455), sans I/O: `Decoder` turns a client's bytes into
+//! WebSocket (RFC 6455), sans I/O: recognising an upgrade request and answering its
+//! handshake (`upgrade_request`, `accept_key`); `Decoder` turns a client's bytes into
 //! messages (fragments reassembled, control frames as they come) or the error that
 //! must close the connection, with the RFC's close code; `encode_frame` and
 //! `encode_close` write the server's frames. No sockets, no Python, no extensions
 //! (a reserved bit set is a protocol error until permessage-deflate is negotiated).
+
+use super::head::RequestHead;
+
+/// What an upgrade request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    /// `Sec-WebSocket-Key`, as sent.
+    pub key: Vec<u8>,
+    /// `Sec-WebSocket-Protocol` values, in order.
+    pub subprotocols: Vec<String>,
+}
+
+/// A WebSocket opening handshake (RFC 6455 4.2.1): `GET`, HTTP/1.1, `Upgrade:
+/// websocket`, `Connection: upgrade` among its tokens, version 13 and a key. `None`
+/// for any other request (served as plain HTTP).
+pub fn upgrade_request(head: &RequestHead, bytes: &[u8]) -> Option<UpgradeRequest> {
+    if &bytes[head.method.clone()] != b"GET" || head.minor_version < 1 {
+        return None;
+    }
+    let (mut upgrade, mut connection, mut version) = (false, false, false);
+    let mut key = None;
+    let mut subprotocols = Vec::new();
+    for (name, value) in &head.headers {
+        let name = &bytes[name.clone()];
+        let value = &bytes[value.clone()];
+        let tokens = || {
+            value
+                .split(|&b| b == b',')
+                .map(|t| t.trim_ascii())
+                .filter(|t| !t.is_empty())
+        };
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade |= tokens().any(|t| t.eq_ignore_ascii_case(b"websocket"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            connection |= tokens().any(|t| t.eq_ignore_ascii_case(b"upgrade"));
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-version") {
+            version = value.trim_ascii() == b"13";
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
+            key = Some(value.trim_ascii().to_vec());
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
+            subprotocols.extend(tokens().map(|t| String::from_utf8_lossy(t).into_owned()));
+        }
+    }
+    let key = key.filter(|k| !k.is_empty())?;
+    (upgrade && connection && version).then_some(UpgradeRequest { key, subprotocols })
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
 
 /// The longest payload a control frame (close, ping, pong) may carry.
 pub const MAX_CONTROL_PAYLOAD_BYTES: usize = 125;
@@ -316,6 +372,15 @@ mod tests {
                 None => return Ok(out),
             }
         }
+    }
+
+    #[test]
+    fn handshake_accept_key_is_the_rfc_example() {
+        // RFC 6455 1.3.
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

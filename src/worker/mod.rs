@@ -300,6 +300,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
                 App::import_callable(py, &cfg.app)?,
                 &cfg.root_path,
                 &cfg.asgi_loop,
+                cfg.websocket_max_message_size,
             )?),
         };
         if let Some(h) = &hooks {

@@ -40,6 +40,8 @@ def jsonable(value):
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         return await lifespan(scope, receive, send)
+    if scope["type"] == "websocket":
+        return await WS_ROUTES[scope["path"]](scope, receive, send)
     path = scope["path"]
     route = ROUTES.get(path.removeprefix(scope["root_path"]))
     if route is None:
@@ -207,6 +209,46 @@ ROUTES = {
     "/bad-header-retried": bad_header_retried,
     "/pathsend": pathsend,
 }
+
+
+async def ws_echo(scope, receive, send):
+    """Echoes every message; records how the client left."""
+    assert (await receive())["type"] == "websocket.connect"
+    offered = scope["subprotocols"]
+    await send({"type": "websocket.accept", "subprotocol": offered[0] if offered else None,
+                "headers": [(b"x-ws", b"echo")]})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            counters["ws_close"] = message["code"]
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+async def ws_reject(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.close"})
+
+
+async def ws_close(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.send", "text": "bye"})
+    await send({"type": "websocket.close", "code": 4000, "reason": "done"})
+
+
+async def ws_scope(scope, receive, send):
+    await receive()
+    await send({"type": "websocket.accept"})
+    shown = {k: v for k, v in scope.items() if k != "state"}
+    await send({"type": "websocket.send", "text": json.dumps(jsonable(shown))})
+    await send({"type": "websocket.close"})
+
+
+WS_ROUTES = {"/ws/echo": ws_echo, "/ws/reject": ws_reject, "/ws/close": ws_close, "/ws/scope": ws_scope}
 
 
 async def failing_startup(scope, receive, send):

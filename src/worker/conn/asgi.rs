@@ -18,12 +18,27 @@ use pyo3::prelude::*;
 use super::{Conn, State, Step, KEPT_OUT_BYTES};
 use crate::asgi::cycle::{Cycle, Progress, RequestBody};
 use crate::asgi::scope::ScopeInfo;
+use crate::asgi::websocket::WsCycle;
 use crate::asgi::AsgiApp;
 use crate::http::response::RequestFacts;
+use crate::http::websocket;
 use crate::net::outbox::Outbox;
 use crate::worker::Shared;
 use crate::wsgi::environ::is_https;
 use crate::wsgi::input::Body;
+
+/// A WebSocket connection's protocol state beside its application cycle.
+pub struct WsConn {
+    cycle: Py<WsCycle>,
+    decoder: websocket::Decoder,
+}
+
+impl WsConn {
+    /// The connection closes under it: the application hears a disconnect.
+    pub(super) fn abandon(&self) {
+        Python::with_gil(|py| self.cycle.borrow_mut(py).detach(py));
+    }
+}
 
 /// How long a connection waits for an application that neither sends nor ends.
 const APP_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -70,6 +85,30 @@ impl Conn {
             Body::File(file) => RequestBody::File(file),
         };
         let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
+        if let Some(upgrade) = websocket::upgrade_request(&self.head, &self.head_bytes) {
+            let facts = RequestFacts {
+                close: true,
+                ..facts
+            };
+            return match app.call_websocket(py, &info, upgrade, outbox, facts, self.key) {
+                Ok(cycle) => {
+                    self.state = State::WebSocket(Box::new(WsConn {
+                        cycle,
+                        decoder: websocket::Decoder::new(app.ws_max_message_bytes),
+                    }));
+                    Step::Continue
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "Error handling WebSocket {}\n{}",
+                        String::from_utf8_lossy(&self.head_bytes[self.head.target.clone()]),
+                        crate::python::format_exception(py, &e)
+                    );
+                    self.end_request(ctx, 500, 0);
+                    self.fail_status(500, "Internal Server Error")
+                }
+            };
+        }
         match app.call(py, &info, body, outbox, facts, self.key) {
             Ok(cycle) => {
                 self.state = State::Asgi(cycle);
@@ -152,6 +191,95 @@ impl Conn {
                 Step::Close
             }
         }
+    }
+
+    /// A WebSocket: sends the frames the application (and the connection's own answers
+    /// to pings and closes) queued, reads and decodes the client's frames, and closes
+    /// once a close frame (or the handshake's refusal) is out.
+    pub(super) fn step_ws(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
+        let State::WebSocket(ws) = &self.state else {
+            unreachable!()
+        };
+        let cycle = ws.cycle.clone_ref(py);
+        let mut c = cycle.borrow_mut(py);
+        match c.outbox().flush(&self.transport) {
+            Ok(()) => c.drained(py),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.deadline = Instant::now() + ctx.settings.request_timeout;
+                return Step::WaitWrite;
+            }
+            Err(_) => {
+                c.detach(py);
+                let status = c.status;
+                drop(c);
+                self.end_request(ctx, status, 0);
+                return Step::Close;
+            }
+        }
+        if c.is_closed() {
+            c.detach(py);
+            let status = c.status;
+            drop(c);
+            self.end_request(ctx, status, 0);
+            return self.shutdown_and_drain();
+        }
+        self.deadline = Instant::now() + APP_WAIT;
+        let pending = self.read_buf.len() - self.read_start;
+        let room = if c.is_open() {
+            c.wants_input()
+        } else {
+            pending < WATCH_LIMIT_BYTES
+        };
+        if !room || !self.unread {
+            c.arm();
+            return Step::Wait;
+        }
+        drop(c);
+        match self.fill() {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                cycle.borrow_mut(py).arm();
+                return Step::Wait;
+            }
+            _ => {
+                let mut c = cycle.borrow_mut(py);
+                c.detach(py);
+                let status = c.status;
+                drop(c);
+                self.end_request(ctx, status, 0);
+                return Step::Close;
+            }
+        }
+        let mut c = cycle.borrow_mut(py);
+        if !c.is_open() {
+            // The client must wait for the handshake's answer: keep what it sent.
+            return Step::Continue;
+        }
+        let State::WebSocket(ws) = &mut self.state else {
+            unreachable!()
+        };
+        loop {
+            match ws.decoder.decode(&self.read_buf[self.read_start..]) {
+                Ok((message, n)) => {
+                    self.read_start += n;
+                    let Some(message) = message else { break };
+                    if let Err(e) = c.from_client(py, message) {
+                        tracing::error!("WebSocket message lost: {e}");
+                    }
+                    if c.is_closed() || !c.wants_input() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("closing a WebSocket: {e}");
+                    c.fail(py, e.close_code(), "");
+                    break;
+                }
+            }
+        }
+        drop(c);
+        self.compact();
+        Step::Continue
     }
 
     /// The connection closes with the application still running: it learns the

@@ -47,6 +47,8 @@ enum State {
     Responding(Box<Responding>),
     /// An ASGI application runs; its response is in the cycle (`conn::asgi`).
     Asgi(Py<crate::asgi::cycle::Cycle>),
+    /// An ASGI WebSocket, from its handshake to its close (`conn::asgi`).
+    WebSocket(Box<asgi::WsConn>),
     /// Sending a server-generated error response, then closing.
     Closing { out: Vec<u8>, pos: usize },
     /// Our side is shut down; discarding input until the client closes.
@@ -187,7 +189,10 @@ impl Conn {
                 (State::Body(_), _) => self.step_body(exec, ctx),
                 (State::Responding(_), _) => self.step_respond(exec, ctx),
                 (State::Asgi(_), Exec::Inline(py, _)) => self.step_asgi(py, ctx),
-                (State::Asgi(_), Exec::Pool) => unreachable!("an ASGI worker has no pool"),
+                (State::WebSocket(_), Exec::Inline(py, _)) => self.step_ws(py, ctx),
+                (State::Asgi(_) | State::WebSocket(_), Exec::Pool) => {
+                    unreachable!("an ASGI worker has no pool")
+                }
                 (State::Closing { .. }, _) => self.step_closing(),
                 (State::Draining, _) => self.step_draining(),
             };
@@ -209,6 +214,10 @@ impl Conn {
             State::Asgi(cycle) => {
                 ctx.scoreboard_end();
                 self.abandon_asgi(cycle);
+            }
+            State::WebSocket(ws) => {
+                ctx.scoreboard_end();
+                ws.abandon();
             }
             _ => {}
         }
