@@ -384,9 +384,11 @@ impl WsCycle {
             (Phase::Connecting, "websocket.close") => self.refuse(403),
             (Phase::Open, "websocket.send") => self.send_message(message)?,
             (Phase::Open, "websocket.close") => self.close(message)?,
-            (Phase::Connecting, _) => return Err(PyRuntimeError::new_err(format!(
+            (Phase::Connecting, _) => {
+                return Err(PyRuntimeError::new_err(format!(
                 "Expected ASGI message 'websocket.accept' or 'websocket.close', but got '{kind}'."
-            ))),
+            )))
+            }
             _ => {
                 return Err(PyRuntimeError::new_err(format!(
                     "Expected ASGI message 'websocket.send' or 'websocket.close', but got '{kind}'."

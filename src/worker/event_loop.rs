@@ -263,6 +263,17 @@ impl<'a> EventLoop<'a> {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shared.slot.set_state(WorkerState::Stopping);
         self.listening.stop(&self.poll);
+        // Open WebSockets have no natural end to wait for: they get a turn now, to
+        // close with 1001 (going away).
+        let sockets: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| c.as_ref().filter(|c| c.is_websocket()).map(|_| k))
+            .collect();
+        for key in sockets {
+            self.wake(key);
+        }
     }
 
     fn accept(&mut self, exec: Exec<'_>, index: usize) {

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from contextlib import asynccontextmanager
 
-from fastapi import BackgroundTasks, FastAPI, Request
+from fastapi import BackgroundTasks, FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
 events = []
@@ -61,3 +61,14 @@ async def get_events():
 @app.get("/sync")
 def sync_endpoint():
     return {"main_thread": threading.current_thread() is threading.main_thread()}
+
+
+@app.websocket("/ws")
+async def ws(websocket: WebSocket):
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await websocket.send_text(text.upper())
+    except WebSocketDisconnect as e:
+        events.append("ws closed %d" % e.code)

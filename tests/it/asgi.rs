@@ -790,3 +790,43 @@ fn two_hundred_concurrent_websockets_in_one_worker() {
     assert_eq!(s.get("/").text(), "Hello, ASGI!");
     assert!(started.elapsed() < Duration::from_secs(1));
 }
+
+#[test]
+fn fastapi_websocket_echo() {
+    let s = fastapi();
+    let (mut c, head) = ws_open(&s, "/ws", "");
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    for word in ["one", "two"] {
+        c.write_all(&ws_frame(true, 0x1, word.as_bytes())).unwrap();
+        assert_eq!(ws_read(&mut c), (0x1, word.to_uppercase().into_bytes()));
+    }
+    c.write_all(&ws_frame(true, 0x8, &[0x0f, 0xa0])).unwrap();
+    assert_eq!(close_code(&ws_read(&mut c).1), 4000);
+    assert!(wait_until(Duration::from_secs(5), || s
+        .get("/events")
+        .json()
+        .as_array()
+        .is_some_and(
+            |e| e.contains(&serde_json::json!("ws closed 4000"))
+        )));
+}
+
+/// A graceful stop does not wait out open WebSockets: they close with 1001 at once.
+#[test]
+fn a_graceful_stop_closes_open_websockets_with_1001() {
+    let mut s = server();
+    let (mut c, _) = ws_open(&s, "/ws/echo", "");
+    c.write_all(&ws_frame(true, 0x1, b"hi")).unwrap();
+    assert_eq!(ws_read(&mut c).1, b"hi");
+    let started = Instant::now();
+    s.signal(libc::SIGTERM);
+    let (op, payload) = ws_read(&mut c);
+    assert_eq!((op, close_code(&payload)), (0x8, 1001));
+    assert_eq!(&payload[2..], b"server shutting down");
+    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -223,6 +223,10 @@ impl Conn {
             self.end_request(ctx, status, 0);
             return self.shutdown_and_drain();
         }
+        if ctx.stopping() && c.is_open() {
+            c.fail(py, 1001, "server shutting down");
+            return Step::Continue;
+        }
         self.deadline = Instant::now() + APP_WAIT;
         let pending = self.read_buf.len() - self.read_start;
         let room = if c.is_open() {
@@ -280,6 +284,11 @@ impl Conn {
         drop(c);
         self.compact();
         Step::Continue
+    }
+
+    /// An open WebSocket (a graceful stop closes it with 1001).
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.state, State::WebSocket(_))
     }
 
     /// The connection closes with the application still running: it learns the
