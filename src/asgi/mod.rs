@@ -235,6 +235,7 @@ impl AsgiApp {
                 outbox,
                 facts,
                 upgrade.key,
+                upgrade.extensions,
                 (Arc::clone(&self.wakeups), key),
                 &self.kit,
             ),

@@ -18,12 +18,18 @@ use super::cycle::{Kit, Ready, SEND_HIGH_WATER_BYTES};
 use super::wake::Wakeups;
 use crate::http::framer::{Http1Response, ResponseSink};
 use crate::http::response::RequestFacts;
-use crate::http::websocket::{accept_key, encode_close, encode_frame, Message, Opcode};
+use crate::http::websocket::{
+    accept_key, encode_close, encode_compressed, encode_frame, Message, Opcode,
+};
+use crate::http::ws_deflate::negotiate;
 use crate::net::outbox::Outbox;
 
 /// Client messages held for an application that is not receiving, at most; the
 /// connection stops reading beyond it.
 pub const MAX_QUEUED_MESSAGES: usize = 64;
+/// Smaller messages go out uncompressed even with permessage-deflate (the deflate
+/// block's overhead would make them larger).
+const COMPRESS_MIN_BYTES: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -39,6 +45,10 @@ pub struct WsCycle {
     outbox: Outbox,
     phase: Phase,
     key: Vec<u8>,
+    /// The client's `Sec-WebSocket-Extensions` offers.
+    extensions: Vec<Vec<u8>>,
+    /// permessage-deflate was agreed in the handshake.
+    deflate: bool,
     facts: RequestFacts,
     /// `websocket.connect` was handed out.
     connected: bool,
@@ -61,6 +71,7 @@ impl WsCycle {
         outbox: Outbox,
         facts: RequestFacts,
         key: Vec<u8>,
+        extensions: Vec<Vec<u8>>,
         wake: (Arc<Wakeups>, usize),
         kit: &Kit,
     ) -> WsCycle {
@@ -68,6 +79,8 @@ impl WsCycle {
             outbox,
             phase: Phase::Connecting,
             key,
+            extensions,
+            deflate: false,
             facts,
             connected: false,
             incoming: VecDeque::new(),
@@ -93,6 +106,11 @@ impl WsCycle {
     /// The handshake was accepted: the connection now speaks frames.
     pub fn is_open(&self) -> bool {
         self.phase == Phase::Open
+    }
+
+    /// permessage-deflate was agreed: the client's RSV1 frames are compressed.
+    pub fn deflate(&self) -> bool {
+        self.deflate
     }
 
     /// Nothing more will be sent: close once the outbox is empty.
@@ -264,6 +282,12 @@ impl WsCycle {
                 head.extend_from_slice(b"\r\n");
             }
         }
+        if let Some(answer) = negotiate(self.extensions.iter().map(Vec::as_slice)) {
+            head.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+            head.extend_from_slice(answer.as_bytes());
+            head.extend_from_slice(b"\r\n");
+            self.deflate = true;
+        }
         if let Some(headers) = message.get_item(intern!(py, "headers"))? {
             for pair in headers.try_iter()? {
                 let pair = pair?;
@@ -305,7 +329,7 @@ impl WsCycle {
             let b = b
                 .downcast::<PyBytes>()
                 .map_err(|_| PyTypeError::new_err("websocket.send 'bytes' must be bytes"))?;
-            encode_frame(&mut self.outbox.buf, Opcode::Binary, b.as_bytes());
+            self.frame(Opcode::Binary, b.as_bytes());
         } else if let Some(t) = message
             .get_item(intern!(py, "text"))?
             .filter(|t| !t.is_none())
@@ -313,13 +337,22 @@ impl WsCycle {
             let t = t
                 .downcast::<PyString>()
                 .map_err(|_| PyTypeError::new_err("websocket.send 'text' must be str"))?;
-            encode_frame(&mut self.outbox.buf, Opcode::Text, t.to_str()?.as_bytes());
+            self.frame(Opcode::Text, t.to_str()?.as_bytes());
         } else {
             return Err(PyValueError::new_err(
                 "websocket.send needs 'bytes' or 'text'",
             ));
         }
         Ok(())
+    }
+
+    /// A data message, compressed when agreed and worth it.
+    fn frame(&mut self, opcode: Opcode, payload: &[u8]) {
+        if self.deflate && payload.len() >= COMPRESS_MIN_BYTES {
+            encode_compressed(&mut self.outbox.buf, opcode, payload);
+        } else {
+            encode_frame(&mut self.outbox.buf, opcode, payload);
+        }
     }
 
     fn close(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {

@@ -8,6 +8,7 @@ pub mod proxy;
 pub mod response;
 pub mod scan;
 pub mod websocket;
+pub mod ws_deflate;
 
 /// Why a request was refused before it reached the application.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,6 +14,8 @@ pub struct UpgradeRequest {
     pub key: Vec<u8>,
     /// `Sec-WebSocket-Protocol` values, in order.
     pub subprotocols: Vec<String>,
+    /// `Sec-WebSocket-Extensions` header values, in order (`ws_deflate::negotiate`).
+    pub extensions: Vec<Vec<u8>>,
 }
 
 /// A WebSocket opening handshake (RFC 6455 4.2.1): `GET`, HTTP/1.1, `Upgrade:
@@ -26,6 +28,7 @@ pub fn upgrade_request(head: &RequestHead, bytes: &[u8]) -> Option<UpgradeReques
     let (mut upgrade, mut connection, mut version) = (false, false, false);
     let mut key = None;
     let mut subprotocols = Vec::new();
+    let mut extensions = Vec::new();
     for (name, value) in &head.headers {
         let name = &bytes[name.clone()];
         let value = &bytes[value.clone()];
@@ -43,12 +46,18 @@ pub fn upgrade_request(head: &RequestHead, bytes: &[u8]) -> Option<UpgradeReques
             version = value.trim_ascii() == b"13";
         } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
             key = Some(value.trim_ascii().to_vec());
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-extensions") {
+            extensions.push(value.to_vec());
         } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
             subprotocols.extend(tokens().map(|t| String::from_utf8_lossy(t).into_owned()));
         }
     }
     let key = key.filter(|k| !k.is_empty())?;
-    (upgrade && connection && version).then_some(UpgradeRequest { key, subprotocols })
+    (upgrade && connection && version).then_some(UpgradeRequest {
+        key,
+        subprotocols,
+        extensions,
+    })
 }
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
@@ -138,8 +147,11 @@ impl WsError {
 /// Reassembles a client's frames into messages, within a message-size limit.
 pub struct Decoder {
     max_message_bytes: usize,
-    /// A fragmented data message under way: its opcode and the payload so far.
-    partial: Option<(Opcode, Vec<u8>)>,
+    /// A fragmented data message under way: its opcode, the payload so far, and
+    /// whether it is compressed (RSV1 on its first frame).
+    partial: Option<(Opcode, Vec<u8>, bool)>,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    deflate: bool,
 }
 
 impl Decoder {
@@ -147,7 +159,13 @@ impl Decoder {
         Decoder {
             max_message_bytes,
             partial: None,
+            deflate: false,
         }
+    }
+
+    /// permessage-deflate was negotiated (`http::ws_deflate`).
+    pub fn set_deflate(&mut self, on: bool) {
+        self.deflate = on;
     }
 
     /// Decodes from the front of `buf`: the next message or control frame (if
@@ -163,7 +181,7 @@ impl Decoder {
             let start = consumed - frame.payload_len;
             let mut payload = buf[start..consumed].to_vec();
             unmask(&mut payload, frame.mask);
-            if let Some(message) = self.take(frame.fin, frame.opcode, payload)? {
+            if let Some(message) = self.take(&frame, payload)? {
                 return Ok((Some(message), consumed));
             }
         }
@@ -176,10 +194,13 @@ impl Decoder {
             return Ok(None);
         }
         let (b0, b1) = (buf[0], buf[1]);
-        if b0 & 0x70 != 0 {
+        let opcode = Opcode::from_bits(b0 & 0x0F).ok_or(WsError::Protocol("reserved opcode"))?;
+        // RSV1 marks a compressed message, on its first frame only, once negotiated.
+        let compressed = b0 & 0x40 != 0;
+        let first_data = matches!(opcode, Opcode::Text | Opcode::Binary);
+        if b0 & 0x30 != 0 || (compressed && !(self.deflate && first_data)) {
             return Err(WsError::Protocol("reserved bits set"));
         }
-        let opcode = Opcode::from_bits(b0 & 0x0F).ok_or(WsError::Protocol("reserved opcode"))?;
         let fin = b0 & 0x80 != 0;
         if b1 & 0x80 == 0 {
             return Err(WsError::Protocol("unmasked client frame"));
@@ -220,7 +241,7 @@ impl Decoder {
                 }
                 _ => {}
             }
-            let so_far = self.partial.as_ref().map_or(0, |(_, p)| p.len() as u64);
+            let so_far = self.partial.as_ref().map_or(0, |(_, p, _)| p.len() as u64);
             if so_far.saturating_add(len) > self.max_message_bytes as u64 {
                 return Err(WsError::TooBig);
             }
@@ -238,6 +259,7 @@ impl Decoder {
         Ok(Some(Frame {
             fin,
             opcode,
+            compressed,
             mask,
             header_len,
             payload_len,
@@ -245,27 +267,32 @@ impl Decoder {
     }
 
     /// Folds one unmasked frame in; a message when it completes one.
-    fn take(
-        &mut self,
-        fin: bool,
-        opcode: Opcode,
-        payload: Vec<u8>,
-    ) -> Result<Option<Message>, WsError> {
-        let (kind, data) = match opcode {
+    fn take(&mut self, frame: &Frame, payload: Vec<u8>) -> Result<Option<Message>, WsError> {
+        let (kind, data, compressed) = match frame.opcode {
             Opcode::Ping => return Ok(Some(Message::Ping(payload))),
             Opcode::Pong => return Ok(Some(Message::Pong(payload))),
             Opcode::Close => return close_payload(&payload).map(|c| Some(Message::Close(c))),
             Opcode::Continuation => {
-                let (kind, mut data) = self.partial.take().expect("checked in frame()");
+                let (kind, mut data, compressed) = self.partial.take().expect("checked in frame()");
                 data.extend_from_slice(&payload);
-                (kind, data)
+                (kind, data, compressed)
             }
-            Opcode::Text | Opcode::Binary => (opcode, payload),
+            Opcode::Text | Opcode::Binary => (frame.opcode, payload, frame.compressed),
         };
-        if !fin {
-            self.partial = Some((kind, data));
+        if !frame.fin {
+            self.partial = Some((kind, data, compressed));
             return Ok(None);
         }
+        let data = if compressed {
+            super::ws_deflate::inflate(&data, self.max_message_bytes).map_err(|e| match e {
+                super::ws_deflate::InflateError::TooBig => WsError::TooBig,
+                super::ws_deflate::InflateError::Corrupt => {
+                    WsError::Protocol("invalid compressed data")
+                }
+            })?
+        } else {
+            data
+        };
         Ok(Some(match kind {
             Opcode::Text => {
                 Message::Text(String::from_utf8(data).map_err(|_| WsError::InvalidUtf8)?)
@@ -278,6 +305,7 @@ impl Decoder {
 struct Frame {
     fin: bool,
     opcode: Opcode,
+    compressed: bool,
     mask: [u8; 4],
     header_len: usize,
     payload_len: usize,
@@ -309,7 +337,20 @@ fn close_payload(payload: &[u8]) -> Result<Option<(u16, String)>, WsError> {
 
 /// Appends one unmasked, final server frame.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8]) {
-    out.push(0x80 | opcode.bits());
+    encode(out, 0x80 | opcode.bits(), payload);
+}
+
+/// Appends a data message compressed with permessage-deflate (RSV1 set).
+pub fn encode_compressed(out: &mut Vec<u8>, opcode: Opcode, payload: &[u8]) {
+    encode(
+        out,
+        0x80 | 0x40 | opcode.bits(),
+        &super::ws_deflate::deflate(payload),
+    );
+}
+
+fn encode(out: &mut Vec<u8>, first: u8, payload: &[u8]) {
+    out.push(first);
     match payload.len() {
         n if n < 126 => out.push(n as u8),
         n if n <= usize::from(u16::MAX) => {
@@ -476,6 +517,47 @@ mod tests {
             decode_all(&mut Decoder::new(1024), &bytes).unwrap_err(),
             WsError::TooBig
         );
+    }
+
+    #[test]
+    fn compressed_messages_once_negotiated() {
+        let packed = crate::http::ws_deflate::deflate("héllo héllo héllo".as_bytes());
+        let (a, b) = packed.split_at(packed.len() / 2);
+        let mut bytes = client_frame(false, 0x1 | 0x40, a);
+        bytes.extend(client_frame(true, 0x9, b"p"));
+        bytes.extend(client_frame(true, 0x0, b));
+        let mut off = Decoder::new(1 << 20);
+        assert_eq!(
+            decode_all(&mut off, &bytes).unwrap_err().close_code(),
+            1002,
+            "RSV1 without the extension"
+        );
+        let mut on = Decoder::new(1 << 20);
+        on.set_deflate(true);
+        assert_eq!(
+            decode_all(&mut on, &bytes).unwrap(),
+            vec![
+                Message::Ping(b"p".to_vec()),
+                Message::Text("héllo héllo héllo".into())
+            ]
+        );
+        // RSV1 on a continuation, a bomb past the limit, garbage.
+        let mut cont = client_frame(false, 0x2, b"a");
+        cont.extend(client_frame(true, 0x40, b"b"));
+        let bomb = client_frame(
+            true,
+            0x2 | 0x40,
+            &crate::http::ws_deflate::deflate(&[0; 5000]),
+        );
+        let garbage = client_frame(true, 0x2 | 0x40, &[0xff, 0xff, 0xff]);
+        for (bytes, code) in [(cont, 1002), (bomb, 1009), (garbage, 1002)] {
+            let mut d = Decoder::new(1000);
+            d.set_deflate(true);
+            assert_eq!(decode_all(&mut d, &bytes).unwrap_err().close_code(), code);
+        }
+        let mut out = Vec::new();
+        encode_compressed(&mut out, Opcode::Text, b"Hello");
+        assert_eq!(out, [0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
     }
 
     #[test]

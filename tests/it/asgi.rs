@@ -643,8 +643,16 @@ fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads one server frame: (opcode, payload). Server frames are final and unmasked.
+/// Reads one server frame: (opcode, payload). Server frames are final, unmasked and
+/// (here) uncompressed.
 fn ws_read(c: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+    let (first, payload) = ws_read_raw(c);
+    assert_eq!(first & 0x70, 0, "no reserved bits");
+    (first & 0x0F, payload)
+}
+
+/// Reads one server frame: (its first byte, payload).
+fn ws_read_raw(c: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
     let mut h = [0u8; 2];
     c.read_exact(&mut h).unwrap();
     assert_eq!(h[0] & 0x80, 0x80, "server frames are final");
@@ -664,7 +672,7 @@ fn ws_read(c: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
     };
     let mut payload = vec![0u8; len];
     c.read_exact(&mut payload).unwrap();
-    (h[0] & 0x0F, payload)
+    (h[0], payload)
 }
 
 fn close_code(payload: &[u8]) -> u16 {
@@ -829,4 +837,40 @@ fn a_graceful_stop_closes_open_websockets_with_1001() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// permessage-deflate (RFC 7692), which Uvicorn has and Granian does not: agreed
+/// without context takeover, compressed messages both ways.
+#[test]
+fn websocket_permessage_deflate() {
+    use rgun::http::ws_deflate::{deflate, inflate, ACCEPTED};
+    let s = server();
+    let (mut c, head) = ws_open(
+        &s,
+        "/ws/echo",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    );
+    assert!(
+        head.contains(&format!("Sec-WebSocket-Extensions: {ACCEPTED}\r\n")),
+        "{head}"
+    );
+    let text = "compress me, ".repeat(200);
+    for _ in 0..2 {
+        c.write_all(&ws_frame(true, 0x1 | 0x40, &deflate(text.as_bytes())))
+            .unwrap();
+        let (first, payload) = ws_read_raw(&mut c);
+        assert_eq!(first, 0x80 | 0x40 | 0x1, "a compressed text frame");
+        assert!(payload.len() < text.len() / 10, "{} bytes", payload.len());
+        assert_eq!(inflate(&payload, 1 << 20).unwrap(), text.as_bytes());
+    }
+    // Uncompressed messages are fine too, and short answers go out as they are.
+    c.write_all(&ws_frame(true, 0x1, b"short")).unwrap();
+    assert_eq!(ws_read(&mut c), (0x1, b"short".to_vec()));
+    // Without an offer, RSV1 is a protocol error.
+    let (mut plain, head) = ws_open(&s, "/ws/echo", "");
+    assert!(!head.contains("Sec-WebSocket-Extensions"), "{head}");
+    plain
+        .write_all(&ws_frame(true, 0x1 | 0x40, &deflate(b"x")))
+        .unwrap();
+    assert_eq!(close_code(&ws_read(&mut plain).1), 1002);
 }

@@ -262,6 +262,7 @@ impl Conn {
         let State::WebSocket(ws) = &mut self.state else {
             unreachable!()
         };
+        ws.decoder.set_deflate(c.deflate());
         loop {
             match ws.decoder.decode(&self.read_buf[self.read_start..]) {
                 Ok((message, n)) => {
