@@ -248,7 +248,19 @@ async def ws_scope(scope, receive, send):
     await send({"type": "websocket.close"})
 
 
-WS_ROUTES = {"/ws/echo": ws_echo, "/ws/reject": ws_reject, "/ws/close": ws_close, "/ws/scope": ws_scope}
+async def ws_flood(scope, receive, send):
+    """Sends ?n 64 KiB messages, each send() awaited: a reader that stalls stalls us."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    counters["ws_sent"] = 0
+    chunk = b"w" * 65536
+    for _ in range(int(scope["query_string"])):
+        await send({"type": "websocket.send", "bytes": chunk})
+        counters["ws_sent"] += 1
+    await send({"type": "websocket.close"})
+
+
+WS_ROUTES = {"/ws/flood": ws_flood, "/ws/echo": ws_echo, "/ws/reject": ws_reject, "/ws/close": ws_close, "/ws/scope": ws_scope}
 
 
 async def failing_startup(scope, receive, send):

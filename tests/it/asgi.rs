@@ -784,9 +784,12 @@ fn bad_websocket_frames_close_with_the_rfc_codes_and_never_reach_the_app() {
 }
 
 #[test]
-fn two_hundred_concurrent_websockets_in_one_worker() {
-    let s = server();
-    let mut sockets: Vec<_> = (0..200).map(|_| ws_open(&s, "/ws/echo", "").0).collect();
+fn a_thousand_concurrent_websockets_in_one_worker() {
+    // Each open WebSocket is a connection in flight: room for them and for others.
+    let s = asgi("asgi_app:app")
+        .args(["--worker-connections", "2000"])
+        .start();
+    let mut sockets: Vec<_> = (0..1000).map(|_| ws_open(&s, "/ws/echo", "").0).collect();
     for (i, c) in sockets.iter_mut().enumerate() {
         c.write_all(&ws_frame(true, 0x1, format!("n{i}").as_bytes()))
             .unwrap();
@@ -873,4 +876,23 @@ fn websocket_permessage_deflate() {
         .write_all(&ws_frame(true, 0x1 | 0x40, &deflate(b"x")))
         .unwrap();
     assert_eq!(close_code(&ws_read(&mut plain).1), 1002);
+}
+
+/// A WebSocket client that stops reading suspends the application's `send()`.
+#[test]
+fn a_stalled_websocket_reader_suspends_send() {
+    const MESSAGES: usize = 512; // 32 MiB
+    let s = server();
+    let (mut c, _) = ws_open(&s, "/ws/flood?512", "");
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = counters(&s)["ws_sent"].as_u64().unwrap() as usize;
+    assert!(
+        sent < 200,
+        "{sent} of {MESSAGES} messages sent to a reader that stalled"
+    );
+    for _ in 0..MESSAGES {
+        assert_eq!(ws_read(&mut c).1.len(), 65536);
+    }
+    assert_eq!(ws_read(&mut c).0, 0x8);
+    assert_eq!(counters(&s)["ws_sent"].as_u64().unwrap() as usize, MESSAGES);
 }
