@@ -97,7 +97,9 @@ impl ScopeBuilder {
         scope.del_item(&self.k.method)?;
         scope.set_item(&self.k.scheme, if req.https { "wss" } else { "ws" })?;
         scope.set_item("subprotocols", PyList::new(py, subprotocols)?)?;
-        scope.set_item(&self.k.extensions, PyDict::new(py))?;
+        let extensions = PyDict::new(py);
+        extensions.set_item("websocket.http.response", PyDict::new(py))?;
+        scope.set_item(&self.k.extensions, extensions)?;
         Ok(scope)
     }
 

@@ -63,6 +63,17 @@ pub struct WsCycle {
     armed: bool,
     kit: Kit,
     task: Option<Py<PyAny>>,
+    /// A denial response under way (`websocket.http.response.start` came; the head
+    /// waits for the first body message).
+    denial: Option<Denial>,
+}
+
+/// A denial response: its status and headers, then its framing once the first body
+/// message came.
+struct Denial {
+    status: u16,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    http: Option<Http1Response>,
 }
 
 impl WsCycle {
@@ -92,6 +103,7 @@ impl WsCycle {
             armed: false,
             kit: kit.clone_ref(py),
             task: None,
+            denial: None,
         }
     }
 
@@ -320,6 +332,97 @@ impl WsCycle {
         Ok(())
     }
 
+    /// `websocket.http.response.start` (the denial response extension).
+    fn denial_start(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {
+        let py = message.py();
+        let status: u16 = message
+            .get_item(intern!(py, "status"))?
+            .ok_or_else(|| PyTypeError::new_err("the message has no 'status'"))?
+            .extract()?;
+        if !(100..=999).contains(&status) {
+            return Err(PyValueError::new_err(format!(
+                "invalid HTTP status code {status}"
+            )));
+        }
+        let mut headers = Vec::new();
+        if let Some(list) = message.get_item(intern!(py, "headers"))? {
+            for pair in list.try_iter()? {
+                let pair = pair?;
+                let bytes = |i: usize| -> PyResult<Vec<u8>> {
+                    Ok(pair
+                        .get_item(i)?
+                        .downcast::<PyBytes>()
+                        .map_err(|_| PyTypeError::new_err("header names and values must be bytes"))?
+                        .as_bytes()
+                        .to_vec())
+                };
+                headers.push((bytes(0)?, bytes(1)?));
+            }
+        }
+        self.denial = Some(Denial {
+            status,
+            headers,
+            http: None,
+        });
+        Ok(())
+    }
+
+    /// `websocket.http.response.body`: framed as an HTTP response; the connection
+    /// closes after it.
+    fn denial_body(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {
+        let py = message.py();
+        let Some(Denial {
+            status,
+            headers,
+            http,
+        }) = self.denial.as_mut()
+        else {
+            return Err(PyRuntimeError::new_err(
+                "websocket.http.response.body before websocket.http.response.start",
+            ));
+        };
+        let more = match message.get_item(intern!(py, "more_body"))? {
+            Some(m) => m.is_truthy()?,
+            None => false,
+        };
+        let body = message.get_item(intern!(py, "body"))?;
+        let body = match &body {
+            Some(b) => b
+                .downcast::<PyBytes>()
+                .map_err(|_| PyTypeError::new_err("'body' must be bytes"))?
+                .as_bytes(),
+            None => b"",
+        };
+        let http = match http {
+            Some(http) => http,
+            None => {
+                let facts = RequestFacts {
+                    known_length: (!more).then_some(body.len() as u64),
+                    ..self.facts
+                };
+                let mut response = Http1Response::new(std::mem::take(&mut self.outbox), &facts);
+                let line = format!("{status} {}", crate::http::response::reason_phrase(*status));
+                response
+                    .head(
+                        &line,
+                        headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+                        facts,
+                    )
+                    .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+                self.status = *status;
+                http.insert(response)
+            }
+        };
+        http.data(body);
+        if !more {
+            http.end();
+            let denial = self.denial.take().expect("present");
+            self.outbox = denial.http.expect("framed").outbox;
+            self.phase = Phase::Closed;
+        }
+        Ok(())
+    }
+
     fn send_message(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {
         let py = message.py();
         if let Some(b) = message
@@ -414,7 +517,11 @@ impl WsCycle {
         }
         match (self.phase, kind) {
             (Phase::Connecting, "websocket.accept") => self.accept(message)?,
-            (Phase::Connecting, "websocket.close") => self.refuse(403),
+            (Phase::Connecting, "websocket.close") if self.denial.is_none() => self.refuse(403),
+            (Phase::Connecting, "websocket.http.response.start") if self.denial.is_none() => {
+                self.denial_start(message)?
+            }
+            (Phase::Connecting, "websocket.http.response.body") => self.denial_body(message)?,
             (Phase::Open, "websocket.send") => self.send_message(message)?,
             (Phase::Open, "websocket.close") => self.close(message)?,
             (Phase::Connecting, _) => {

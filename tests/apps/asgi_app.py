@@ -233,6 +233,16 @@ async def ws_reject(scope, receive, send):
     await send({"type": "websocket.close"})
 
 
+async def ws_deny(scope, receive, send):
+    """The denial response extension: an HTTP answer instead of the handshake."""
+    await receive()
+    assert "websocket.http.response" in scope["extensions"]
+    await send({"type": "websocket.http.response.start", "status": 401,
+                "headers": [(b"www-authenticate", b"Bearer")]})
+    await send({"type": "websocket.http.response.body", "body": b"no ", "more_body": True})
+    await send({"type": "websocket.http.response.body", "body": b"token"})
+
+
 async def ws_close(scope, receive, send):
     await receive()
     await send({"type": "websocket.accept"})
@@ -260,7 +270,7 @@ async def ws_flood(scope, receive, send):
     await send({"type": "websocket.close"})
 
 
-WS_ROUTES = {"/ws/flood": ws_flood, "/ws/echo": ws_echo, "/ws/reject": ws_reject, "/ws/close": ws_close, "/ws/scope": ws_scope}
+WS_ROUTES = {"/ws/deny": ws_deny, "/ws/flood": ws_flood, "/ws/echo": ws_echo, "/ws/reject": ws_reject, "/ws/close": ws_close, "/ws/scope": ws_scope}
 
 
 async def failing_startup(scope, receive, send):

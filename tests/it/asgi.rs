@@ -744,6 +744,13 @@ fn websocket_scope_rejection_and_server_close() {
 
     let (_, head) = ws_open(&s, "/ws/reject", "");
     assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+    let (mut denied, head) = ws_open(&s, "/ws/deny", "");
+    assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+    assert!(head.contains("www-authenticate: Bearer\r\n"), "{head}");
+    assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+    let mut body = Vec::new();
+    denied.read_to_end(&mut body).unwrap();
+    assert_eq!(body, b"3\r\nno \r\n5\r\ntoken\r\n0\r\n\r\n");
 
     let (mut c, _) = ws_open(&s, "/ws/close", "");
     assert_eq!(ws_read(&mut c), (0x1, b"bye".to_vec()));
