@@ -353,14 +353,13 @@ impl<'a> EventLoop<'a> {
                     trusted: true,
                 },
             };
-            let conn = Conn::new(
+            let mut conn = Conn::new(
                 sock,
                 peer,
                 proxy,
                 Arc::clone(&self.locals[index]),
                 self.shared.settings.request_timeout,
             );
-            let mut conn = conn;
             let key = match self.free.pop() {
                 Some(k) => k,
                 None => {
