@@ -308,3 +308,28 @@ fn a_stalled_websocket_reader_suspends_send() {
     assert_eq!(ws_read(&mut c).0, 0x8);
     assert_eq!(counters(&s)["ws_sent"].as_u64().unwrap() as usize, MESSAGES);
 }
+
+/// WebSockets that dribble partial frames, or sit idle, cost a socket each, never the
+/// loop: honest requests stay fast beside them.
+#[test]
+fn dribbling_and_idle_websockets_do_not_delay_honest_requests() {
+    let s = server();
+    let frame = ws_frame(true, 0x1, &[b'd'; 1000]);
+    let mut dribblers: Vec<_> = (0..30).map(|_| ws_open(&s, "/ws/echo", "").0).collect();
+    let _idle: Vec<_> = (0..300).map(|_| ws_open(&s, "/ws/echo", "").0).collect();
+    for piece in frame.chunks(50) {
+        for c in &mut dribblers {
+            c.write_all(piece).unwrap();
+        }
+        let started = Instant::now();
+        assert_eq!(s.get("/").text(), "Hello, ASGI!");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    for c in &mut dribblers {
+        assert_eq!(ws_read(c).1.len(), 1000);
+    }
+}
