@@ -233,6 +233,9 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     if asgi && cfg.preload {
         tracing::warn!("--preload is not supported by -k asgi yet: each worker imports the app");
     }
+    if asgi && cfg.threads > 1 {
+        tracing::warn!("--threads is ignored by -k asgi: its concurrency is the event loop");
+    }
     let preloaded = if cfg.preload && !asgi {
         match preload(&cfg) {
             Ok(app) => Some(app),

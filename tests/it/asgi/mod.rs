@@ -602,3 +602,17 @@ fn asgi_loop_chooses_the_event_loop() {
         uvloop.log()
     );
 }
+
+/// `--threads` means nothing to an event loop: said once, and requests still run
+/// concurrently on the loop.
+#[test]
+fn threads_are_ignored_with_a_warning() {
+    let s = asgi("asgi_app:app").args(["--threads", "4"]).start();
+    assert!(
+        s.log()
+            .contains("--threads is ignored by -k asgi: its concurrency is the event loop"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(s.get("/sleep").text(), "slept");
+}
