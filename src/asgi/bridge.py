@@ -13,6 +13,17 @@ class ClientDisconnected(OSError):
     """Raised by send() once the client has left (ASGI spec 2.4)."""
 
 
+def canceller(loop, grace):
+    """What a request's task gets once its client left: `grace` seconds to finish
+    (--asgi-disconnect-grace-period), then a cancellation."""
+
+    def cancel_after_grace(task):
+        if not task.done():
+            loop.call_later(grace, task.cancel)
+
+    return cancel_after_grace
+
+
 def new_event_loop(choice):
     """`auto`: uvloop when installed, else asyncio's default loop."""
     if choice in ("auto", "uvloop"):

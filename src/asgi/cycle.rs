@@ -42,6 +42,8 @@ pub struct Kit {
     pub done: Py<Done>,
     /// `bridge.ClientDisconnected`, the `OSError` a `send()` to a client that left raises.
     pub disconnected_error: Py<PyAny>,
+    /// `bridge.canceller`'s function: cancels a task after the disconnect grace period.
+    pub cancel_after_grace: Py<PyAny>,
 }
 
 impl Kit {
@@ -50,6 +52,7 @@ impl Kit {
             create_future: self.create_future.clone_ref(py),
             done: self.done.clone_ref(py),
             disconnected_error: self.disconnected_error.clone_ref(py),
+            cancel_after_grace: self.cancel_after_grace.clone_ref(py),
         }
     }
 }
@@ -166,6 +169,11 @@ impl Cycle {
 
     /// The client is gone: `receive()` answers `http.disconnect`, `send()` is ignored.
     pub fn client_gone(&mut self, py: Python<'_>) {
+        if !self.disconnected {
+            if let Some(task) = &self.task {
+                let _ = self.kit.cancel_after_grace.call1(py, (task.bind(py),));
+            }
+        }
         self.disconnected = true;
         self.detach(py);
         self.drained(py);
@@ -207,7 +215,9 @@ impl Cycle {
         let error = error.filter(|e| {
             // A client that left is no application error (nobody is there to see
             // the 500 either).
-            !(self.disconnected && e.is_instance(py, self.kit.disconnected_error.bind(py)))
+            !(self.disconnected
+                && (e.is_instance(py, self.kit.disconnected_error.bind(py))
+                    || e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py)))
         });
         if let Some(e) = &error {
             // Before 3.12 a fetched exception's traceback is not yet on its value.

@@ -83,6 +83,7 @@ impl AsgiApp {
         root_path: &str,
         loop_choice: &str,
         ws_max_message_bytes: u64,
+        disconnect_grace: std::time::Duration,
     ) -> PyResult<AsgiApp> {
         let bridge = PyModule::from_code(
             py,
@@ -102,6 +103,10 @@ impl AsgiApp {
                 create_future: event_loop.getattr("create_future")?.unbind(),
                 done: Py::new(py, Done)?,
                 disconnected_error: bridge.getattr("ClientDisconnected")?.unbind(),
+                cancel_after_grace: bridge
+                    .getattr("canceller")?
+                    .call1((&event_loop, disconnect_grace.as_secs_f64()))?
+                    .unbind(),
             },
             eager_task: (py.version_info() >= (3, 12))
                 .then(|| py.import("asyncio")?.getattr("Task").map(Bound::unbind))

@@ -205,6 +205,9 @@ impl WsCycle {
             return;
         }
         self.gone = Some(code);
+        if let Some(task) = &self.task {
+            let _ = self.kit.cancel_after_grace.call1(py, (task.bind(py),));
+        }
         while let Some(f) = self.receivers.pop_front() {
             resolve(py, &f, disconnect_event(py, code));
         }
@@ -228,7 +231,9 @@ impl WsCycle {
     /// The application's coroutine ended (`error`: what it raised).
     pub fn app_returned(&mut self, py: Python<'_>, error: Option<PyErr>) {
         let error = error.filter(|e| {
-            !(self.gone.is_some() && e.is_instance(py, self.kit.disconnected_error.bind(py)))
+            !(self.gone.is_some()
+                && (e.is_instance(py, self.kit.disconnected_error.bind(py))
+                    || e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py)))
         });
         if let Some(e) = &error {
             if let Some(tb) = e.traceback(py) {

@@ -25,6 +25,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("asgi_lifespan", "--asgi-lifespan", "str"),
     ("asgi_loop", "--asgi-loop", "str"),
     (
+        "asgi_disconnect_grace_period",
+        "--asgi-disconnect-grace-period",
+        "int",
+    ),
+    (
         "websocket_max_message_size",
         "--websocket-max-message-size",
         "int",

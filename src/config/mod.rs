@@ -151,6 +151,15 @@ pub struct Config {
     #[arg(long = "websocket-max-message-size", value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
     pub websocket_max_message_size: u64,
 
+    /// ASGI: seconds an application may run on after its client disconnected before
+    /// its task is cancelled.
+    #[arg(
+        long = "asgi-disconnect-grace-period",
+        value_name = "SECONDS",
+        default_value_t = 3
+    )]
+    pub asgi_disconnect_grace_period: u64,
+
     /// Gunicorn options rgun accepts for compatibility and ignores.
     #[arg(long = "worker-tmp-dir", value_name = "DIR", hide = true)]
     pub worker_tmp_dir: Option<String>,
@@ -504,6 +513,7 @@ impl Config {
         settings["asgi_lifespan"] = self.asgi_lifespan.clone().into();
         settings["asgi_loop"] = self.asgi_loop.clone().into();
         settings["websocket_max_message_size"] = self.websocket_max_message_size.into();
+        settings["asgi_disconnect_grace_period"] = self.asgi_disconnect_grace_period.into();
         settings
     }
 }

@@ -301,6 +301,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
                 &cfg.root_path,
                 &cfg.asgi_loop,
                 cfg.websocket_max_message_size,
+                Duration::from_secs(cfg.asgi_disconnect_grace_period),
             )?),
         };
         if let Some(h) = &hooks {

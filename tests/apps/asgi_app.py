@@ -141,6 +141,16 @@ async def wait_disconnect(scope, receive, send):
             return
 
 
+async def ignores_disconnect(scope, receive, send):
+    """Never looks at receive(): only a cancellation ends it."""
+    counters["ignoring"] = counters.get("ignoring", 0) + 1
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        counters["cancelled"] = counters.get("cancelled", 0) + 1
+        raise
+
+
 async def sleepy(scope, receive, send):
     await asyncio.sleep(0.05)
     await reply(send, "slept")
@@ -201,6 +211,7 @@ ROUTES = {
     "/endless": endless,
     "/wait-disconnect": wait_disconnect,
     "/sleep": sleepy,
+    "/ignores-disconnect": ignores_disconnect,
     "/block": block,
     "/raise-before": raise_before,
     "/raise-after": raise_after,

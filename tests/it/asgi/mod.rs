@@ -616,3 +616,33 @@ fn threads_are_ignored_with_a_warning() {
     );
     assert_eq!(s.get("/sleep").text(), "slept");
 }
+
+/// After its client leaves, an application that does not notice is cancelled once
+/// the grace period is over (and that is not logged as an error).
+#[test]
+fn a_task_outliving_its_client_is_cancelled_after_the_grace_period() {
+    let s = asgi("asgi_app:app")
+        .args(["--asgi-disconnect-grace-period", "1"])
+        .start();
+    let mut c = s.connect();
+    c.write_all(b"GET /ignores-disconnect HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || counters(&s)
+        ["ignoring"]
+        == 1));
+    let left = Instant::now();
+    drop(c);
+    assert!(wait_until(Duration::from_secs(10), || counters(&s)
+        ["cancelled"]
+        == 1));
+    let waited = left.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "cancelled after {waited:?}"
+    );
+    assert!(
+        !s.log().contains("Exception in ASGI application"),
+        "{}",
+        s.log()
+    );
+}
