@@ -16,7 +16,7 @@ import bench  # noqa: E402
 
 SERVERS = ["rgun", "Granian", "Uvicorn"]
 WORKLOADS = {"hello": ("asgi_apps:hello", 64), "sleep10ms": ("asgi_apps:sleep10ms", 512),
-             "ws_echo": ("asgi_apps:ws_echo", 64)}
+             "fastapi_json": ("fastapi_apps:fastapi_json", 64), "ws_echo": ("asgi_apps:ws_echo", 64)}
 
 
 def measure_ws(proc, port, conns, duration):
