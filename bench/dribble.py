@@ -6,7 +6,7 @@ TCP segment, and reports the worker's user+system CPU (from /proc) between the f
 byte and the answer. A head re-scanned from its start on every read costs quadratic
 CPU; scanned once, it costs about what reading it costs.
 
-    python3 bench/dribble.py --piece 1
+    bench/.venv/bin/python bench/dribble.py --piece 1
     python3 bench/dribble.py --piece 100 --rgun /path/to/other/rgun
 """
 
@@ -49,7 +49,8 @@ def maximal_head(fields=100, field_bytes=8190):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--piece", type=int, default=1, help="bytes per write")
-    ap.add_argument("--rgun", default=os.path.join(ROOT, "target", "release", "rgun"))
+    ap.add_argument("--rgun", default=os.path.join(ROOT, "bench", ".venv", "bin", "rgun"),
+                    help="the rgun to run (default: the one bench/run installs)")
     ap.add_argument("--gap-us", type=int, default=100,
                     help="pause between writes, so that each arrives on its own (µs)")
     ap.add_argument("--seconds", type=float, default=20, help="stop dribbling after this long")

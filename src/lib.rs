@@ -1,10 +1,11 @@
-//! rgun: a pre-fork HTTP server for Python WSGI applications, built as the Python
-//! extension module `rgun._rgun`.
+//! rgun: a pre-fork HTTP server for Python WSGI and ASGI applications, built as the
+//! Python extension module `rgun._rgun`.
 //!
 //! `entry` (the module's functions, called by the `rgun` console script) parses the
 //! command line into a [`config::Config`] and hands it to [`master::run`]; see
 //! ARCHITECTURE.md for the map.
 
+pub mod asgi;
 pub mod config;
 pub mod control;
 mod entry;

@@ -141,10 +141,38 @@ pub struct Config {
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", ignore_case = true, value_parser = ["debug", "info", "warning", "error", "critical"])]
     pub loglevel: String,
 
-    /// Gunicorn's worker class: `sync` or `gthread` (or their `gunicorn.workers...`
-    /// paths), both served by rgun's worker (use --threads); any other class is refused.
+    /// Gunicorn's worker class: `sync`/`gthread` (the WSGI worker; use --threads) or
+    /// `asgi` (also `uvicorn.workers.UvicornWorker`, `uvicorn_worker.UvicornWorker`,
+    /// `uvicorn.workers.UvicornH11Worker`): the ASGI 3 worker. Any other is refused.
     #[arg(short = 'k', long = "worker-class", value_name = "STRING", value_parser = parse_worker_class)]
     pub worker_class: Option<String>,
+
+    /// ASGI: the `root_path` of every request scope (the prefix the app is mounted at).
+    #[arg(long = "root-path", value_name = "PATH", default_value = "")]
+    pub root_path: String,
+
+    /// ASGI: the lifespan protocol. `auto` runs it when the app supports it, `on`
+    /// requires it, `off` never runs it.
+    #[arg(long = "asgi-lifespan", value_name = "MODE", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub asgi_lifespan: String,
+
+    /// ASGI: the event loop. `auto` is uvloop when installed, else asyncio.
+    #[arg(long = "asgi-loop", value_name = "LOOP", default_value = "auto", value_parser = ["auto", "asyncio", "uvloop"])]
+    pub asgi_loop: String,
+
+    /// ASGI: the largest WebSocket message accepted, in bytes (a larger one closes
+    /// the connection with 1009).
+    #[arg(long = "websocket-max-message-size", value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub websocket_max_message_size: u64,
+
+    /// ASGI: seconds an application may run on after its client disconnected before
+    /// its task is cancelled.
+    #[arg(
+        long = "asgi-disconnect-grace-period",
+        value_name = "SECONDS",
+        default_value_t = 3
+    )]
+    pub asgi_disconnect_grace_period: u64,
 
     /// Gunicorn options rgun accepts for compatibility and ignores.
     #[arg(long = "worker-tmp-dir", value_name = "DIR", hide = true)]
@@ -262,32 +290,11 @@ pub struct Config {
     pub generate: Option<String>,
 }
 
-/// The kinds of worker rgun runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerKind {
-    /// rgun's WSGI worker (Gunicorn's `sync` and `gthread` alike; `--threads` decides).
-    Wsgi,
-}
-
-/// Which rgun worker serves a Gunicorn `worker_class`, or None for a class rgun does not
-/// implement. The one place that list lives.
-pub fn worker_kind(class: &str) -> Option<WorkerKind> {
-    match class {
-        "sync"
-        | "gthread"
-        | "egg:gunicorn#sync"
-        | "egg:gunicorn#gthread"
-        | "gunicorn.workers.sync.SyncWorker"
-        | "gunicorn.workers.gthread.ThreadWorker" => Some(WorkerKind::Wsgi),
-        _ => None,
-    }
-}
-
 fn parse_worker_class(s: &str) -> Result<String, String> {
-    match worker_kind(s) {
+    match worker_kind(Some(s)) {
         Some(_) => Ok(s.to_owned()),
         None => Err(format!(
-            "rgun cannot run worker class {s:?}: it serves WSGI with its own worker (sync or gthread; use --threads)"
+            "rgun cannot run worker class {s:?}: it has a WSGI worker (sync or gthread; use --threads) and an ASGI one (asgi, or uvicorn.workers.UvicornWorker)"
         )),
     }
 }
@@ -346,7 +353,45 @@ pub const DEFAULT_SECURE_SCHEME_HEADERS: [(&str, &str); 3] = [
     ("X-FORWARDED-SSL", "on"),
 ];
 
+/// Which worker a `-k` value selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    /// PEP 3333 (`sync`, `gthread`, Gunicorn's module paths for them, or no `-k`).
+    Wsgi,
+    /// ASGI 3 on an asyncio loop.
+    Asgi,
+}
+
+/// The accepted `-k` values and the worker each selects; `None` for any other. The one
+/// place that list lives.
+pub fn worker_kind(class: Option<&str>) -> Option<WorkerKind> {
+    match class {
+        None
+        | Some(
+            "sync"
+            | "gthread"
+            | "egg:gunicorn#sync"
+            | "egg:gunicorn#gthread"
+            | "gunicorn.workers.sync.SyncWorker"
+            | "gunicorn.workers.gthread.ThreadWorker",
+        ) => Some(WorkerKind::Wsgi),
+        Some(
+            "asgi"
+            | "uvicorn.workers.UvicornWorker"
+            | "uvicorn_worker.UvicornWorker"
+            | "uvicorn.workers.UvicornH11Worker",
+        ) => Some(WorkerKind::Asgi),
+        Some(_) => None,
+    }
+}
+
 impl Config {
+    /// The worker `-k` selects (an unknown value never gets this far: the flag's
+    /// parser refuses it).
+    pub fn worker_kind(&self) -> WorkerKind {
+        worker_kind(self.worker_class.as_deref()).unwrap_or(WorkerKind::Wsgi)
+    }
+
     /// Binds in effect (Gunicorn's default when none given).
     pub fn binds(&self) -> Vec<BindAddress> {
         if self.bind.is_empty() {
@@ -489,6 +534,12 @@ impl Config {
             "preload_app": self.preload,
             "reload": self.reload,
         });
+        // Beside the literal: one macro with every key passes its recursion limit.
+        settings["root_path"] = self.root_path.clone().into();
+        settings["asgi_lifespan"] = self.asgi_lifespan.clone().into();
+        settings["asgi_loop"] = self.asgi_loop.clone().into();
+        settings["websocket_max_message_size"] = self.websocket_max_message_size.into();
+        settings["asgi_disconnect_grace_period"] = self.asgi_disconnect_grace_period.into();
         // Accepted for compatibility (one json! would pass its recursion limit).
         let more = serde_json::json!({
             "check_config": self.check_config,
@@ -586,5 +637,32 @@ fn python_repr(value: &serde_json::Value) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{worker_kind, WorkerKind};
+
+    #[test]
+    fn worker_class_names() {
+        for name in [
+            "asgi",
+            "uvicorn.workers.UvicornWorker",
+            "uvicorn_worker.UvicornWorker",
+            "uvicorn.workers.UvicornH11Worker",
+        ] {
+            assert_eq!(worker_kind(Some(name)), Some(WorkerKind::Asgi), "{name}");
+        }
+        for name in ["sync", "gthread", "gunicorn.workers.sync.SyncWorker"] {
+            assert_eq!(worker_kind(Some(name)), Some(WorkerKind::Wsgi), "{name}");
+        }
+        assert_eq!(worker_kind(None), Some(WorkerKind::Wsgi));
+        assert_eq!(worker_kind(Some("eventlet")), None);
+        assert_eq!(
+            worker_kind(Some("ASGI")),
+            None,
+            "Gunicorn's names are exact"
+        );
     }
 }

@@ -7,6 +7,8 @@ pub mod head;
 pub mod proxy;
 pub mod response;
 pub mod scan;
+pub mod websocket;
+pub mod ws_deflate;
 
 /// Why a request was refused before it reached the application.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,4 +36,26 @@ impl HttpError {
             HttpError::Malformed(_) => (400, "Bad Request"),
         }
     }
+}
+
+/// `%XX` → byte; malformed escapes stay as they are.
+pub fn percent_decode(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !input.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' && i + 2 < input.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(hi), Some(lo)) = (hex(input[i + 1]), hex(input[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
 }

@@ -260,7 +260,14 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         Some(path) if !deferred_takeover => Some(crate::process::PidFile::create(path)?),
         _ => None,
     };
-    let preloaded = if cfg.preload {
+    let asgi = cfg.worker_kind() == crate::config::WorkerKind::Asgi;
+    if asgi && cfg.preload {
+        tracing::warn!("--preload is not supported by -k asgi yet: each worker imports the app");
+    }
+    if asgi && cfg.threads > 1 {
+        tracing::warn!("--threads is ignored by -k asgi: its concurrency is the event loop");
+    }
+    let preloaded = if cfg.preload && !asgi {
         match preload(&cfg) {
             Ok(app) => Some(app),
             Err(text) => {
@@ -302,7 +309,12 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");
         std::env::remove_var(UPGRADE_FROM_ENV);
     }
-    tracing::info!("Using worker: rgun (threads: {})", cfg.threads);
+    match cfg.worker_kind() {
+        crate::config::WorkerKind::Wsgi => {
+            tracing::info!("Using worker: rgun (threads: {})", cfg.threads)
+        }
+        crate::config::WorkerKind::Asgi => tracing::info!("Using worker: rgun asgi"),
+    }
     let mut arbiter = Arbiter {
         cfg,
         listeners,

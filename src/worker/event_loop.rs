@@ -150,6 +150,36 @@ impl<'a> EventLoop<'a> {
         }
     }
 
+    /// The readiness events already waiting, without blocking (a driver that waits
+    /// elsewhere, such as asyncio watching `poll_fd`, then calls `step` with them).
+    pub fn poll_ready(&mut self, events: &mut Events) {
+        if self.poll.poll(events, Some(Duration::ZERO)).is_err() {
+            events.clear();
+        }
+    }
+
+    /// The epoll descriptor: readable when `poll_ready` has events.
+    pub fn poll_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.poll.as_raw_fd()
+    }
+
+    /// Connection `key` has news from its application (an ASGI `send()`): it gets a
+    /// turn in the next `step`.
+    pub fn wake(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key).and_then(Option::as_mut) {
+            if !conn.queued {
+                conn.queued = true;
+                self.runnable.push_back(key);
+            }
+        }
+    }
+
+    /// When a graceful stop must be over, once one began.
+    pub fn stop_deadline(&self) -> Option<Instant> {
+        self.stop_by
+    }
+
     /// One turn of the loop, given the readiness events that woke it: handle them,
     /// give each connection in the run queue its turn, then the periodic work (expired
     /// deadlines, an orphaned worker, `--reload`). Returns when the loop next has work
@@ -233,6 +263,17 @@ impl<'a> EventLoop<'a> {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shared.slot.set_state(WorkerState::Stopping);
         self.listening.stop(&self.poll);
+        // Open WebSockets have no natural end to wait for: they get a turn now, to
+        // close with 1001 (going away).
+        let sockets: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| c.as_ref().filter(|c| c.is_websocket()).map(|_| k))
+            .collect();
+        for key in sockets {
+            self.wake(key);
+        }
     }
 
     fn accept(&mut self, exec: Exec<'_>, index: usize) {
@@ -312,7 +353,7 @@ impl<'a> EventLoop<'a> {
                     trusted: true,
                 },
             };
-            let conn = Conn::new(
+            let mut conn = Conn::new(
                 sock,
                 peer,
                 proxy,
@@ -326,6 +367,7 @@ impl<'a> EventLoop<'a> {
                     self.conns.len() - 1
                 }
             };
+            conn.key = key;
             let interest = Interest::READABLE;
             if self
                 .poll

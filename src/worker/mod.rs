@@ -3,6 +3,7 @@
 //! in `event_loop`, the `--threads N` pool in `pool`.
 
 mod abort;
+mod asyncio_driver;
 mod body;
 mod conn;
 
@@ -26,6 +27,8 @@ use std::time::Duration;
 use pyo3::prelude::*;
 
 use self::event_loop::EventLoop;
+use crate::asgi::{AsgiApp, LifespanMode, Startup};
+use crate::config::WorkerKind;
 use crate::config::{AllowIps, Config};
 use crate::http::head::HeadLimits;
 use crate::log::{AccessLog, AccessRecord};
@@ -65,11 +68,17 @@ pub struct Settings {
     pub secure_scheme_headers: Vec<(String, String)>,
 }
 
-/// The application side, called with the GIL: the WSGI application and the server
-/// hooks around each request. The connection core reaches it only through `Exec`.
+/// The application side, called with the GIL: the application and the server hooks
+/// around each request. The connection core reaches it only through `Exec`.
 pub struct Service {
-    pub app: App,
+    pub app: Application,
     pub hooks: Option<crate::hooks::Hooks>,
+}
+
+/// What kind of application a worker serves (`-k`).
+pub enum Application {
+    Wsgi(App),
+    Asgi(AsgiApp),
 }
 
 /// What every connection of a worker shares, also across `--threads` pool threads.
@@ -184,8 +193,13 @@ pub struct WorkerInit<'a> {
 pub fn check_app(cfg: &Config) -> i32 {
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     Python::with_gil(|py| {
-        let loaded = crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())
-            .and_then(|()| App::load(py, &cfg.app, cfg.threads > 1, true));
+        let loaded =
+            crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs()).and_then(|()| match cfg
+                .worker_kind()
+            {
+                WorkerKind::Wsgi => App::load(py, &cfg.app, cfg.threads > 1, true).map(drop),
+                WorkerKind::Asgi => App::import_callable(py, &cfg.app).map(drop),
+            });
         match loaded {
             Ok(_) => 0,
             Err(e) => {
@@ -267,9 +281,19 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         if let Some(h) = &hooks {
             h.call(py, "post_fork", Vec::new());
         }
-        let app = match init.preloaded {
-            Some(app) => app.clone_ref(py),
-            None => App::load(py, &cfg.app, cfg.threads > 1, workers > 1)?,
+        let app = match (cfg.worker_kind(), init.preloaded) {
+            (WorkerKind::Wsgi, Some(app)) => Application::Wsgi(app.clone_ref(py)),
+            (WorkerKind::Wsgi, None) => {
+                Application::Wsgi(App::load(py, &cfg.app, cfg.threads > 1, workers > 1)?)
+            }
+            (WorkerKind::Asgi, _) => Application::Asgi(AsgiApp::new(
+                py,
+                App::import_callable(py, &cfg.app)?,
+                &cfg.root_path,
+                &cfg.asgi_loop,
+                cfg.websocket_max_message_size,
+                Duration::from_secs(cfg.asgi_disconnect_grace_period),
+            )?),
         };
         if let Some(h) = &hooks {
             h.call(py, "post_worker_init", Vec::new());
@@ -280,7 +304,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         py.import("gc")?.call_method0("freeze")?;
         Ok::<_, PyErr>((app, hooks))
     });
-    let (app, hooks) = match loaded {
+    let (mut app, hooks) = match loaded {
         Ok(pair) => pair,
         Err(e) => {
             let text = Python::with_gil(|py| crate::python::format_exception(py, &e));
@@ -291,6 +315,10 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             ));
         }
     };
+    if let Application::Asgi(asgi) = &mut app {
+        lifespan_startup(asgi, LifespanMode::parse(&cfg.asgi_lifespan))
+            .map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
+    }
 
     let access_log = match &cfg.access_logfile {
         Some(path) => Some(
@@ -313,6 +341,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         error_logfile: cfg.error_logfile.clone(),
         secure_scheme_headers: cfg.secure_scheme_headers(),
     };
+    let app_kind = cfg.worker_kind();
     let service = Arc::new(Service { app, hooks });
     let shared = Arc::new(Shared {
         settings,
@@ -339,7 +368,11 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         signals,
         Arc::clone(&shared),
         Arc::clone(&service),
-        cfg.threads as usize,
+        // The ASGI worker's concurrency is its event loop: no pool.
+        match app_kind {
+            WorkerKind::Wsgi => cfg.threads as usize,
+            WorkerKind::Asgi => 1,
+        },
         cfg.graceful_timeout(),
     )
     .map_err(|e| {
@@ -355,11 +388,60 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     if init.to_master.write_all(b"R\n").is_err() {
         return Err(exit::BOOT_ERROR);
     }
-    worker.run();
+    match &service.app {
+        Application::Wsgi(_) => worker.run(),
+        Application::Asgi(asgi) => {
+            Python::with_gil(|py| {
+                if let Err(e) = asyncio_driver::serve(py, &mut worker, &service, asgi) {
+                    tracing::error!(
+                        "the event loop failed\n{}",
+                        crate::python::format_exception(py, &e)
+                    );
+                }
+                let limit = worker
+                    .stop_deadline()
+                    .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+                    .unwrap_or(cfg.graceful_timeout());
+                match asgi.shutdown(py, limit) {
+                    Ok(None) => {}
+                    Ok(Some(message)) => tracing::error!("Application shutdown failed. {message}"),
+                    Err(e) => tracing::error!(
+                        "Application shutdown failed.\n{}",
+                        crate::python::format_exception(py, &e)
+                    ),
+                }
+            });
+        }
+    }
     if let Some(h) = &service.hooks {
         Python::with_gil(|py| h.call(py, "worker_exit", Vec::new()));
     }
     Ok(())
+}
+
+/// Runs the ASGI lifespan startup; `Err` is the text the master logs before it stops.
+fn lifespan_startup(asgi: &mut AsgiApp, mode: LifespanMode) -> Result<(), String> {
+    if mode == LifespanMode::Off {
+        return Ok(());
+    }
+    tracing::info!("Waiting for application startup.");
+    Python::with_gil(|py| match asgi.startup(py, mode) {
+        Ok(Startup::Ready) => {
+            tracing::info!("Application startup complete.");
+            Ok(())
+        }
+        Ok(Startup::Unsupported) => {
+            tracing::info!("ASGI 'lifespan' protocol appears unsupported.");
+            Ok(())
+        }
+        Ok(Startup::Failed(message)) => {
+            Err(format!("Application startup failed. Exiting.\n{message}"))
+        }
+        Err(e) => Err(format!(
+            "Application startup failed. Exiting.\n{}",
+            crate::python::format_exception(py, &e)
+        )),
+    })
 }
 
 /// Tells the master why boot failed (the text is its to log) and picks the exit code.

@@ -7,6 +7,7 @@ path itself is Rust.
 
 import ast
 import importlib
+import inspect
 import sys
 
 
@@ -52,6 +53,33 @@ def import_app(spec):
     if not callable(app):
         raise ImportError("application object %r in %r must be callable" % (expression, module_name))
     return app
+
+
+def import_wsgi_app(spec):
+    """import_app, refusing an ASGI application: called as WSGI, every request
+    would fail."""
+    app = import_app(spec)
+    if is_asgi(app):
+        raise ImportError(
+            "%s is an ASGI application: run it with -k asgi "
+            "(worker_class = \"asgi\" in a configuration file)" % spec
+        )
+    return app
+
+
+def is_asgi(app):
+    """A coroutine function, or an object whose __call__ is one (Starlette, FastAPI,
+    Django's ASGIHandler): how Uvicorn tells ASGI 3 applications apart."""
+    if inspect.isclass(app):
+        return False
+    return _is_coroutine_function(app) or _is_coroutine_function(
+        getattr(type(app), "__call__", None)
+    )
+
+
+def _is_coroutine_function(f):
+    # asgiref's markcoroutinefunction sets this marker on sync-looking wrappers.
+    return inspect.iscoroutinefunction(f) or getattr(f, "_is_coroutine", None) is not None
 
 
 class FileWrapper:

@@ -7,8 +7,6 @@
 //! `HTTP/1.1`, `http`, empty `SCRIPT_NAME` and `QUERY_STRING`), which a request then
 //! sets only when it differs: each dict store costs ~250 instructions.
 
-use std::borrow::Cow;
-
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use rustc_hash::FxHashMap;
@@ -435,27 +433,7 @@ pub fn latin1_text(bytes: &[u8]) -> String {
     bytes.iter().map(|&b| char::from(b)).collect()
 }
 
-/// `%XX` → byte; malformed escapes stay as they are.
-pub fn percent_decode(input: &[u8]) -> Cow<'_, [u8]> {
-    if !input.contains(&b'%') {
-        return Cow::Borrowed(input);
-    }
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' && i + 2 < input.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(hi), Some(lo)) = (hex(input[i + 1]), hex(input[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(input[i]);
-        i += 1;
-    }
-    Cow::Owned(out)
-}
+pub use crate::http::percent_decode;
 
 #[cfg(test)]
 mod tests {

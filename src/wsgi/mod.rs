@@ -49,7 +49,7 @@ impl App {
             c"rgun_bootstrap.py",
             c"rgun_bootstrap",
         )?;
-        let callable = bootstrap.getattr("import_app")?.call1((spec,))?;
+        let callable = bootstrap.getattr("import_wsgi_app")?.call1((spec,))?;
         let file_wrapper = bootstrap.getattr("FileWrapper")?;
         let environ = EnvironBuilder::new(py, multithread, multiprocess, &file_wrapper)?;
         Ok(App {
@@ -58,6 +58,18 @@ impl App {
             file_wrapper: file_wrapper.unbind(),
             sendfile_fd: bootstrap.getattr("sendfile_fd")?.unbind(),
         })
+    }
+
+    /// Imports `spec` with Gunicorn's rules, whatever kind of application it is (the
+    /// ASGI worker's loader).
+    pub fn import_callable<'py>(py: Python<'py>, spec: &str) -> PyResult<Bound<'py, PyAny>> {
+        let bootstrap = PyModule::from_code(
+            py,
+            &std::ffi::CString::new(BOOTSTRAP).expect("no NUL in bootstrap"),
+            c"rgun_bootstrap.py",
+            c"rgun_bootstrap",
+        )?;
+        bootstrap.getattr("import_app")?.call1((spec,))
     }
 
     /// Another handle on the same application (a preloaded app in a forked worker).

@@ -1,7 +1,8 @@
 //! Real frameworks on rgun: a Flask app (`tests/apps/flask_app.py`) and a Django project
-//! (`tests/apps/djapp`), both from the pinned `.venv` that rgun is installed in (`./scripts/venv`). The two apps
-//! serve the same URLs with the same JSON shapes, so each check below runs once per
-//! framework: urlencoded forms, a 5 MiB multipart upload (size and CRC-32 reported by
+//! (`tests/apps/djapp`, also through its ASGI handler under `-k asgi`), both from the
+//! pinned `.venv` that rgun is installed in (`./scripts/venv`). The apps serve the same
+//! URLs with the same JSON shapes, so each check below runs once per framework:
+//! urlencoded forms, a 5 MiB multipart upload (size and CRC-32 reported by
 //! the app), a session cookie carried across a 302, streamed (chunked) responses, a 500
 //! from a view exception (traceback in the error log, next request fine), HEAD, and
 //! percent-encoded UTF-8 paths.
@@ -12,6 +13,7 @@ use crate::support::{read_response, Response, Server, ServerBuilder};
 
 const FLASK: &str = "flask_app:app";
 const DJANGO: &str = "djapp.wsgi:application";
+const DJANGO_ASGI: &str = "djapp.asgi:application";
 
 fn start(builder: ServerBuilder) -> Server {
     builder.start()
@@ -23,6 +25,11 @@ fn flask() -> Server {
 
 fn django() -> Server {
     start(ServerBuilder::new(DJANGO))
+}
+
+/// The same Django project through its ASGI handler under `-k asgi`.
+fn django_asgi() -> Server {
+    start(ServerBuilder::new(DJANGO_ASGI).args(["-k", "asgi"]))
 }
 
 /// POSTs a body with the given content type on a fresh connection.
@@ -414,4 +421,28 @@ fn flask_utf8_path() {
 #[test]
 fn django_utf8_path() {
     check_utf8_paths(&django());
+}
+
+#[test]
+fn django_asgi_form_upload_session_head_and_utf8_paths() {
+    let s = django_asgi();
+    check_form(&s);
+    check_upload(&s);
+    check_session(&s);
+    check_head(&s, "hello from django\n");
+    check_utf8_paths(&s);
+}
+
+#[test]
+fn django_asgi_streaming() {
+    check_streaming(&django_asgi());
+}
+
+#[test]
+fn django_asgi_500_from_view() {
+    check_500(
+        &django_asgi(),
+        "Server Error (500)",
+        "Internal Server Error: /boom",
+    );
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod asgi;
 mod cli;
 mod config;
 mod conformance;

@@ -19,10 +19,11 @@ use crate::http::framer::Http1Response;
 use crate::http::response::RequestFacts;
 use crate::log::AccessRecord;
 use crate::net::outbox::Outbox;
-use crate::worker::{Service, Shared};
+use crate::worker::{Application, Service, Shared};
 use crate::wsgi::environ::{is_https, RequestInfo};
 use crate::wsgi::input::Body;
 use crate::wsgi::response::WsgiSource;
+use crate::wsgi::App;
 
 /// Stop producing once this much is waiting for the socket.
 pub const HIGH_WATER_BYTES: usize = 64 * 1024;
@@ -55,7 +56,10 @@ impl Conn {
         lane: usize,
     ) -> bool {
         let step = match self.pending_body.take() {
-            Some(body) => self.run_app(py, service, ctx, body, lane),
+            Some(body) => match &service.app {
+                Application::Wsgi(app) => self.run_app(py, app, service, ctx, body, lane),
+                Application::Asgi(_) => Step::Close,
+            },
             None if matches!(self.state, State::Responding(_)) => {
                 self.produce_more(py, service, ctx, lane)
             }
@@ -81,12 +85,15 @@ impl Conn {
     pub(super) fn run_app(
         &mut self,
         py: Python<'_>,
+        app: &App,
         service: &Service,
         ctx: &Shared,
         body: Body,
         lane: usize,
     ) -> Step {
-        self.in_app(ctx, lane, false, |c| c.call_app(py, service, ctx, body))
+        self.in_app(ctx, lane, false, |c| {
+            c.call_app(py, app, service, ctx, body)
+        })
     }
 
     /// Runs `f`, which calls into the application, with this request on record in
@@ -113,7 +120,14 @@ impl Conn {
         step
     }
 
-    fn call_app(&mut self, py: Python<'_>, service: &Service, ctx: &Shared, body: Body) -> Step {
+    fn call_app(
+        &mut self,
+        py: Python<'_>,
+        app: &App,
+        service: &Service,
+        ctx: &Shared,
+        body: Body,
+    ) -> Step {
         let https = match is_https(
             &self.head_bytes,
             &self.head,
@@ -158,7 +172,7 @@ impl Conn {
                 h.call(py, "pre_request", vec![req.clone()]);
             }
         }
-        let response = match service.app.call(py, &info, body) {
+        let response = match app.call(py, &info, body) {
             Ok(r) => r,
             Err(e) => {
                 self.log_app_error(&crate::python::format_exception(py, &e));
@@ -175,7 +189,7 @@ impl Conn {
             Outbox::with_buffer(std::mem::take(&mut self.spare_out)),
             &facts,
         );
-        match WsgiSource::start(py, &service.app, response, facts, &mut http) {
+        match WsgiSource::start(py, app, response, facts, &mut http) {
             Ok(source) => {
                 self.state = State::Responding(Box::new(Responding {
                     source,
@@ -291,7 +305,7 @@ impl Conn {
         self.after_response(ctx)
     }
 
-    fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) {
+    pub(super) fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) {
         self.served += 1;
         self.in_request = false;
         ctx.scoreboard_end();

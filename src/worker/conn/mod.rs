@@ -6,6 +6,7 @@
 //! never holds the interpreter. Every state has a deadline the event loop enforces.
 
 mod app;
+mod asgi;
 mod closing;
 pub mod harness;
 #[cfg(test)]
@@ -19,7 +20,7 @@ use pyo3::prelude::*;
 
 pub use self::app::Responding;
 use super::body::{BodyError, BodyReader};
-use super::{Service, Shared};
+use super::{Application, Service, Shared};
 use crate::http::head::RequestHead;
 use crate::http::proxy::{self, ProxyMode};
 use crate::http::scan::HeadScan;
@@ -45,6 +46,10 @@ enum State {
     Body(BodyReader),
     /// Sending the application's response.
     Responding(Box<Responding>),
+    /// An ASGI application runs; its response is in the cycle (`conn::asgi`).
+    Asgi(Py<crate::asgi::cycle::Cycle>),
+    /// An ASGI WebSocket, from its handshake to its close (`conn::asgi`).
+    WebSocket(Box<asgi::WsConn>),
     /// Sending a server-generated error response, then closing.
     Closing { out: Vec<u8>, pos: usize },
     /// Our side is shut down; discarding input until the client closes.
@@ -77,6 +82,8 @@ pub enum Exec<'py> {
 }
 
 pub struct Conn {
+    /// The event loop's key for this connection (an ASGI cycle wakes it by key).
+    pub key: usize,
     transport: Transport,
     peer: Peer,
     local: std::sync::Arc<Local>,
@@ -127,6 +134,7 @@ impl Conn {
         first_byte_timeout: Duration,
     ) -> Conn {
         Conn {
+            key: 0,
             transport: Transport::new(sock),
             peer,
             local,
@@ -181,6 +189,11 @@ impl Conn {
                 (State::Head, _) => self.step_head(exec, ctx),
                 (State::Body(_), _) => self.step_body(exec, ctx),
                 (State::Responding(_), _) => self.step_respond(exec, ctx),
+                (State::Asgi(_), Exec::Inline(py, _)) => self.step_asgi(py, ctx),
+                (State::WebSocket(_), Exec::Inline(py, _)) => self.step_ws(py, ctx),
+                (State::Asgi(_) | State::WebSocket(_), Exec::Pool) => {
+                    unreachable!("an ASGI worker has no pool")
+                }
                 (State::Closing { .. }, _) => self.step_closing(),
                 (State::Draining, _) => self.step_draining(),
             };
@@ -197,15 +210,27 @@ impl Conn {
 
     /// The connection is closed with a request unfinished: the scoreboard forgets it.
     pub fn abandon(&self, ctx: &Shared) {
-        if matches!(self.state, State::Responding(_)) {
-            ctx.scoreboard_end();
+        match &self.state {
+            State::Responding(_) => ctx.scoreboard_end(),
+            State::Asgi(cycle) => {
+                ctx.scoreboard_end();
+                self.abandon_asgi(cycle);
+            }
+            State::WebSocket(ws) => {
+                ctx.scoreboard_end();
+                ws.abandon();
+            }
+            _ => {}
         }
     }
 
     /// A complete request: run it here, or hand it to a pool thread.
     fn request_ready(&mut self, exec: Exec<'_>, ctx: &Shared, body: Body) -> Step {
         match exec {
-            Exec::Inline(py, service) => self.run_app(py, service, ctx, body, 0),
+            Exec::Inline(py, service) => match &service.app {
+                Application::Wsgi(app) => self.run_app(py, app, service, ctx, body, 0),
+                Application::Asgi(app) => self.run_asgi(py, app, ctx, body),
+            },
             Exec::Pool => {
                 self.pending_body = Some(body);
                 Step::Dispatch

@@ -570,3 +570,45 @@ fn a_signal_during_a_master_hook_is_handled_after_it() {
         server.log()
     );
 }
+
+/// ASGI: a generation whose lifespan startup fails is rolled back, and the reload's
+/// answer carries the application's message.
+#[test]
+fn asgi_reload_whose_lifespan_startup_fails_rolls_back_with_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("fail");
+    let server = ServerBuilder::new("asgi_app:flaky_startup")
+        .args(["-k", "asgi"])
+        .env("ASGI_FAIL_FLAG", flag.to_str().unwrap())
+        .workers(2)
+        .start();
+    let mut old_pids = server.worker_pids();
+    old_pids.sort();
+    std::fs::write(&flag, "x").unwrap();
+    let run = ctl(&server, &["reload"]);
+    assert_eq!(
+        run.code,
+        Some(1),
+        "stdout {} stderr {}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Application startup failed")
+            && run.stderr.contains("cache warm-up failed: marker-5521"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(server.get("/").text(), "Hello, ASGI!");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let mut p = server.worker_pids();
+            p.sort();
+            p == old_pids
+        }),
+        "the serving workers changed: {old_pids:?} -> {:?}",
+        server.worker_pids()
+    );
+    std::fs::remove_file(&flag).unwrap();
+    ctl(&server, &["reload"]).assert_ok("reload once start-up works again");
+}

@@ -1,0 +1,181 @@
+//! Building an HTTP connection scope (ASGI 3.0, spec 2.4) from a parsed request: the
+//! constant part (`asgi`, `type`, `root_path`, the extensions) made once per worker,
+//! the rest per request. Header names are lower-cased bytes, values bytes as sent;
+//! `path` is percent-decoded UTF-8 with `root_path` in front (as Uvicorn does).
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::http::head::RequestHead;
+use crate::net::{Local, Peer};
+
+/// Everything the scope needs about one request.
+pub struct ScopeInfo<'a> {
+    pub head_bytes: &'a [u8],
+    pub head: &'a RequestHead,
+    pub peer: &'a Peer,
+    pub local: &'a Local,
+    /// The request came over HTTPS (`secure_scheme_headers` from a trusted peer).
+    pub https: bool,
+}
+
+macro_rules! keys {
+    ($($field:ident = $name:literal),* $(,)?) => {
+        struct Keys { $($field: Py<PyString>,)* }
+        impl Keys {
+            fn new(py: Python<'_>) -> Keys {
+                Keys { $($field: PyString::intern(py, $name).unbind(),)* }
+            }
+        }
+    };
+}
+
+keys! {
+    type_ = "type",
+    asgi = "asgi",
+    http_version = "http_version",
+    method = "method",
+    scheme = "scheme",
+    path = "path",
+    raw_path = "raw_path",
+    query_string = "query_string",
+    root_path = "root_path",
+    headers = "headers",
+    client = "client",
+    server = "server",
+    state = "state",
+    extensions = "extensions",
+    http = "http",
+    https = "https",
+    v10 = "1.0",
+    v11 = "1.1",
+    get = "GET",
+    post = "POST",
+}
+
+/// The per-worker part of every scope.
+pub struct ScopeBuilder {
+    k: Keys,
+    /// `{"type": "http", "root_path": ..., "extensions": ...}`, copied per request.
+    template: Py<PyDict>,
+    root_path: String,
+    /// `{"version": "3.0", "spec_version": "2.4"}`.
+    asgi_version: Py<PyDict>,
+}
+
+impl ScopeBuilder {
+    pub fn new(py: Python<'_>, root_path: &str) -> PyResult<ScopeBuilder> {
+        let k = Keys::new(py);
+        let template = PyDict::new(py);
+        template.set_item(&k.type_, &k.http)?;
+        template.set_item(&k.root_path, root_path)?;
+        let extensions = PyDict::new(py);
+        extensions.set_item("http.response.pathsend", PyDict::new(py))?;
+        template.set_item(&k.extensions, extensions)?;
+        let asgi_version = PyDict::new(py);
+        asgi_version.set_item("version", "3.0")?;
+        asgi_version.set_item("spec_version", "2.4")?;
+        Ok(ScopeBuilder {
+            k,
+            template: template.unbind(),
+            root_path: root_path.to_owned(),
+            asgi_version: asgi_version.unbind(),
+        })
+    }
+
+    /// A `websocket` scope for an upgrade request: the HTTP scope's fields without
+    /// `method`, with `ws`/`wss` and the offered subprotocols.
+    pub fn build_websocket<'py>(
+        &self,
+        py: Python<'py>,
+        req: &ScopeInfo<'_>,
+        state: &Bound<'py, PyDict>,
+        subprotocols: &[String],
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let scope = self.build(py, req, state)?;
+        scope.set_item(&self.k.type_, "websocket")?;
+        scope.del_item(&self.k.method)?;
+        scope.set_item(&self.k.scheme, if req.https { "wss" } else { "ws" })?;
+        scope.set_item("subprotocols", PyList::new(py, subprotocols)?)?;
+        let extensions = PyDict::new(py);
+        extensions.set_item("websocket.http.response", PyDict::new(py))?;
+        scope.set_item(&self.k.extensions, extensions)?;
+        Ok(scope)
+    }
+
+    /// A fresh scope for one request; `state` is the lifespan state, copied shallowly.
+    pub fn build<'py>(
+        &self,
+        py: Python<'py>,
+        req: &ScopeInfo<'_>,
+        state: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let k = &self.k;
+        let scope = self.template.bind(py).copy()?;
+        let head = req.head;
+        let bytes = req.head_bytes;
+        scope.set_item(&k.asgi, self.asgi_version.bind(py).copy()?)?;
+        scope.set_item(
+            &k.http_version,
+            if head.minor_version == 0 {
+                &k.v10
+            } else {
+                &k.v11
+            },
+        )?;
+        let method = &bytes[head.method.clone()];
+        match method {
+            b"GET" => scope.set_item(&k.method, &k.get)?,
+            b"POST" => scope.set_item(&k.method, &k.post)?,
+            // A token: ASCII.
+            _ => scope.set_item(
+                &k.method,
+                PyString::new(py, &String::from_utf8_lossy(method)),
+            )?,
+        }
+        scope.set_item(&k.scheme, if req.https { &k.https } else { &k.http })?;
+        let raw_path = &bytes[head.path.clone()];
+        let decoded = crate::http::percent_decode(raw_path);
+        let path = String::from_utf8_lossy(&decoded);
+        if self.root_path.is_empty() {
+            scope.set_item(&k.path, PyString::new(py, &path))?;
+            scope.set_item(&k.raw_path, PyBytes::new(py, raw_path))?;
+        } else {
+            scope.set_item(&k.path, format!("{}{path}", self.root_path))?;
+            let mut full = self.root_path.as_bytes().to_vec();
+            full.extend_from_slice(raw_path);
+            scope.set_item(&k.raw_path, PyBytes::new(py, &full))?;
+        }
+        scope.set_item(
+            &k.query_string,
+            PyBytes::new(py, &bytes[head.query.clone()]),
+        )?;
+        let headers = PyList::empty(py);
+        let mut lower = Vec::with_capacity(32);
+        for (name, value) in &head.headers {
+            lower.clear();
+            lower.extend_from_slice(&bytes[name.clone()]);
+            lower.make_ascii_lowercase();
+            headers.append(PyTuple::new(
+                py,
+                [
+                    PyBytes::new(py, &lower),
+                    PyBytes::new(py, &bytes[value.clone()]),
+                ],
+            )?)?;
+        }
+        scope.set_item(&k.headers, headers)?;
+        if req.peer.addr.is_empty() {
+            scope.set_item(&k.client, py.None())?;
+        } else {
+            let port: u16 = req.peer.port.parse().unwrap_or(0);
+            scope.set_item(&k.client, (req.peer.addr.as_str(), port))?;
+        }
+        match req.local.port.parse::<u16>() {
+            Ok(port) => scope.set_item(&k.server, (req.local.name.as_str(), port))?,
+            Err(_) => scope.set_item(&k.server, (req.local.name.as_str(), py.None()))?,
+        }
+        scope.set_item(&k.state, state.copy()?)?;
+        Ok(scope)
+    }
+}

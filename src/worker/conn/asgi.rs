@@ -1,0 +1,300 @@
+//! The ASGI side of a connection: calling the application with a complete request
+//! (`run_asgi`), sending what its `send()` calls framed, and watching the client while
+//! the application runs (`step_asgi`), so that `http.disconnect` reaches it when the
+//! client leaves.
+//!
+//! The response lives in the request's `asgi::cycle::Cycle`, filled by the
+//! application's task between the loop's turns; this file is where it meets the
+//! socket. While the application runs, the connection has no deadline of its own
+//! beyond `APP_WAIT` (long-polls are legitimate; a blocked event loop is the
+//! master's business, through the heartbeat); a stalled write still closes after
+//! `--timeout`.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use super::{Conn, State, Step, KEPT_OUT_BYTES};
+use crate::asgi::cycle::{Cycle, Progress, RequestBody};
+use crate::asgi::scope::ScopeInfo;
+use crate::asgi::websocket::WsCycle;
+use crate::asgi::AsgiApp;
+use crate::http::response::RequestFacts;
+use crate::http::websocket;
+use crate::net::outbox::Outbox;
+use crate::worker::Shared;
+use crate::wsgi::environ::is_https;
+use crate::wsgi::input::Body;
+
+/// A WebSocket connection's protocol state beside its application cycle.
+pub struct WsConn {
+    cycle: Py<WsCycle>,
+    decoder: websocket::Decoder,
+}
+
+impl WsConn {
+    /// The connection closes under it: the application hears a disconnect.
+    pub(super) fn abandon(&self) {
+        Python::with_gil(|py| self.cycle.borrow_mut(py).detach(py));
+    }
+}
+
+/// How long a connection waits for an application that neither sends nor ends.
+const APP_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Pipelined input buffered while the application runs, at most.
+const WATCH_LIMIT_BYTES: usize = 64 * 1024;
+
+impl Conn {
+    pub(super) fn run_asgi(
+        &mut self,
+        py: Python<'_>,
+        app: &AsgiApp,
+        ctx: &Shared,
+        body: Body,
+    ) -> Step {
+        let https = match is_https(
+            &self.head_bytes,
+            &self.head,
+            self.peer.trusted,
+            &ctx.settings.secure_scheme_headers,
+        ) {
+            Ok(h) => h,
+            Err(e) => return self.fail(&e),
+        };
+        ctx.scoreboard_begin();
+        let facts = RequestFacts {
+            minor_version: self.head.minor_version,
+            is_head: self.head.is_head_method(&self.head_bytes),
+            close: self.head.wants_close
+                || ctx.stopping()
+                || ctx.last_request()
+                || ctx.settings.keepalive.is_zero(),
+            known_length: None,
+        };
+        let info = ScopeInfo {
+            head_bytes: &self.head_bytes,
+            head: &self.head,
+            peer: &self.peer,
+            local: &self.local,
+            https,
+        };
+        let body = match body {
+            Body::Empty => RequestBody::Empty,
+            Body::Memory(data) => RequestBody::Memory(data),
+            Body::File(file) => RequestBody::File(file),
+        };
+        let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
+        if let Some(upgrade) = websocket::upgrade_request(&self.head, &self.head_bytes) {
+            let facts = RequestFacts {
+                close: true,
+                ..facts
+            };
+            return match app.call_websocket(py, &info, upgrade, outbox, facts, self.key) {
+                Ok(cycle) => {
+                    self.state = State::WebSocket(Box::new(WsConn {
+                        cycle,
+                        decoder: websocket::Decoder::new(app.ws_max_message_bytes),
+                    }));
+                    Step::Continue
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "Error handling WebSocket {}\n{}",
+                        String::from_utf8_lossy(&self.head_bytes[self.head.target.clone()]),
+                        crate::python::format_exception(py, &e)
+                    );
+                    self.end_request(ctx, 500, 0);
+                    self.fail_status(500, "Internal Server Error")
+                }
+            };
+        }
+        match app.call(py, &info, body, outbox, facts, self.key) {
+            Ok(cycle) => {
+                self.state = State::Asgi(cycle);
+                Step::Continue
+            }
+            Err(e) => {
+                let path = String::from_utf8_lossy(&self.head_bytes[self.head.target.clone()]);
+                tracing::error!(
+                    "Error handling request {path}\n{}",
+                    crate::python::format_exception(py, &e)
+                );
+                self.end_request(ctx, 500, 0);
+                self.fail_status(500, "Internal Server Error")
+            }
+        }
+    }
+
+    /// Sends what the application framed; once the response is complete, finishes the
+    /// request like any other; until then, watches for the client leaving.
+    pub(super) fn step_asgi(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
+        let State::Asgi(cycle) = &self.state else {
+            unreachable!()
+        };
+        let cycle = cycle.clone_ref(py);
+        let mut c = cycle.borrow_mut(py);
+        match c.http().outbox.flush(&self.transport) {
+            Ok(()) => c.drained(py),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.deadline = Instant::now() + ctx.settings.request_timeout;
+                return Step::WaitWrite;
+            }
+            Err(e) => {
+                tracing::debug!("client went away mid-response: {e}");
+                c.client_gone(py);
+                let status = c.http().status;
+                drop(c);
+                self.end_request(ctx, status, 0);
+                return Step::Close;
+            }
+        }
+        let progress = c.progress();
+        if progress == Progress::Running {
+            c.arm();
+            drop(c);
+            self.deadline = Instant::now() + APP_WAIT;
+            return self.watch_client(py, &cycle, ctx);
+        }
+        let http = c.finish(py);
+        drop(c);
+        self.state = State::Head;
+        let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
+        let out = http.outbox.into_buffer();
+        if out.capacity() <= KEPT_OUT_BYTES {
+            self.spare_out = out;
+        }
+        self.end_request(ctx, status, bytes);
+        if close || progress == Progress::Broken {
+            return self.shutdown_and_drain();
+        }
+        self.deadline = Instant::now() + ctx.settings.keepalive;
+        self.compact();
+        self.after_response(ctx)
+    }
+
+    /// While the application runs: read what the client sends (pipelined requests,
+    /// up to a bound) so that its leaving is noticed and `http.disconnect` delivered.
+    fn watch_client(&mut self, py: Python<'_>, cycle: &Py<Cycle>, ctx: &Shared) -> Step {
+        if !self.unread || self.read_buf.len() - self.read_start >= WATCH_LIMIT_BYTES {
+            return Step::Wait;
+        }
+        match self.fill() {
+            Ok(n) if n > 0 => Step::Continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Wait,
+            _ => {
+                let mut c = cycle.borrow_mut(py);
+                c.client_gone(py);
+                let status = c.http().status;
+                drop(c);
+                self.end_request(ctx, status, 0);
+                Step::Close
+            }
+        }
+    }
+
+    /// A WebSocket: sends the frames the application (and the connection's own answers
+    /// to pings and closes) queued, reads and decodes the client's frames, and closes
+    /// once a close frame (or the handshake's refusal) is out.
+    pub(super) fn step_ws(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
+        let State::WebSocket(ws) = &self.state else {
+            unreachable!()
+        };
+        let cycle = ws.cycle.clone_ref(py);
+        let mut c = cycle.borrow_mut(py);
+        match c.outbox().flush(&self.transport) {
+            Ok(()) => c.drained(py),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.deadline = Instant::now() + ctx.settings.request_timeout;
+                return Step::WaitWrite;
+            }
+            Err(_) => {
+                c.detach(py);
+                let status = c.status;
+                drop(c);
+                self.end_request(ctx, status, 0);
+                return Step::Close;
+            }
+        }
+        if c.is_closed() {
+            c.detach(py);
+            let status = c.status;
+            drop(c);
+            self.end_request(ctx, status, 0);
+            return self.shutdown_and_drain();
+        }
+        if ctx.stopping() && c.is_open() {
+            c.fail(py, 1001, "server shutting down");
+            return Step::Continue;
+        }
+        self.deadline = Instant::now() + APP_WAIT;
+        let pending = self.read_buf.len() - self.read_start;
+        let room = if c.is_open() {
+            c.wants_input()
+        } else {
+            pending < WATCH_LIMIT_BYTES
+        };
+        if !room || !self.unread {
+            c.arm();
+            return Step::Wait;
+        }
+        drop(c);
+        match self.fill() {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                cycle.borrow_mut(py).arm();
+                return Step::Wait;
+            }
+            _ => {
+                let mut c = cycle.borrow_mut(py);
+                c.detach(py);
+                let status = c.status;
+                drop(c);
+                self.end_request(ctx, status, 0);
+                return Step::Close;
+            }
+        }
+        let mut c = cycle.borrow_mut(py);
+        if !c.is_open() {
+            // The client must wait for the handshake's answer: keep what it sent.
+            return Step::Continue;
+        }
+        let State::WebSocket(ws) = &mut self.state else {
+            unreachable!()
+        };
+        ws.decoder.set_deflate(c.deflate());
+        loop {
+            match ws.decoder.decode(&self.read_buf[self.read_start..]) {
+                Ok((message, n)) => {
+                    self.read_start += n;
+                    let Some(message) = message else { break };
+                    if let Err(e) = c.from_client(py, message) {
+                        tracing::error!("WebSocket message lost: {e}");
+                    }
+                    if c.is_closed() || !c.wants_input() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("closing a WebSocket: {e}");
+                    c.fail(py, e.close_code(), "");
+                    break;
+                }
+            }
+        }
+        drop(c);
+        self.compact();
+        Step::Continue
+    }
+
+    /// An open WebSocket (a graceful stop closes it with 1001).
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.state, State::WebSocket(_))
+    }
+
+    /// The connection closes with the application still running: it learns the
+    /// client left.
+    pub(super) fn abandon_asgi(&self, cycle: &Py<Cycle>) {
+        Python::with_gil(|py| cycle.borrow_mut(py).client_gone(py));
+    }
+}
