@@ -337,10 +337,10 @@ fn absurd_numbers_are_refused_naming_the_setting() {
 
 #[test]
 fn worker_classes_rgun_cannot_run_are_refused() {
-    // Regression: `-k uvicorn.workers.UvicornWorker` was ignored, and an ASGI app then
-    // answered every request with a 500.
+    // Regression: a `-k` value rgun cannot honour was ignored (then, before the ASGI
+    // worker, `-k uvicorn.workers.UvicornWorker` served an ASGI app 500s).
     for class in [
-        "uvicorn.workers.UvicornWorker",
+        "gunicorn.workers.ggevent.GeventWorker",
         "gevent",
         "eventlet",
         "tornado",
