@@ -96,6 +96,31 @@ impl Conn {
         })
     }
 
+    /// What either bridge needs before it calls the application: whether the request
+    /// came over HTTPS (a trusted proxy's headers; disagreeing ones are a 400, the
+    /// `Err` step) and the facts that shape the response head. Counts the request in
+    /// flight on the scoreboard.
+    pub(super) fn begin_call(&mut self, ctx: &Shared) -> Result<(bool, RequestFacts), Step> {
+        let https = is_https(
+            &self.head_bytes,
+            &self.head,
+            self.peer.trusted,
+            &ctx.settings.secure_scheme_headers,
+        )
+        .map_err(|e| self.fail(&e))?;
+        ctx.scoreboard_begin();
+        let facts = RequestFacts {
+            minor_version: self.head.minor_version,
+            is_head: self.head.is_head_method(&self.head_bytes),
+            close: self.head.wants_close
+                || ctx.stopping()
+                || ctx.last_request()
+                || ctx.settings.keepalive.is_zero(),
+            known_length: None,
+        };
+        Ok((https, facts))
+    }
+
     /// Runs `f`, which calls into the application, with this request on record in
     /// `lane` for a time-out (`abort::Lanes`).
     fn in_app(
@@ -128,24 +153,9 @@ impl Conn {
         ctx: &Shared,
         body: Body,
     ) -> Step {
-        let https = match is_https(
-            &self.head_bytes,
-            &self.head,
-            self.peer.trusted,
-            &ctx.settings.secure_scheme_headers,
-        ) {
-            Ok(h) => h,
-            Err(e) => return self.fail(&e),
-        };
-        ctx.scoreboard_begin();
-        let facts = RequestFacts {
-            minor_version: self.head.minor_version,
-            is_head: self.head.is_head_method(&self.head_bytes),
-            close: self.head.wants_close
-                || ctx.stopping()
-                || ctx.last_request()
-                || ctx.settings.keepalive.is_zero(),
-            known_length: None,
+        let (https, facts) = match self.begin_call(ctx) {
+            Ok(pair) => pair,
+            Err(refused) => return refused,
         };
         let remote = self.remote_py.get_or_insert_with(|| {
             (

@@ -24,7 +24,6 @@ use crate::http::response::RequestFacts;
 use crate::http::websocket;
 use crate::net::outbox::Outbox;
 use crate::worker::Shared;
-use crate::wsgi::environ::is_https;
 use crate::wsgi::input::Body;
 
 /// A WebSocket connection's protocol state beside its application cycle.
@@ -53,24 +52,9 @@ impl Conn {
         ctx: &Shared,
         body: Body,
     ) -> Step {
-        let https = match is_https(
-            &self.head_bytes,
-            &self.head,
-            self.peer.trusted,
-            &ctx.settings.secure_scheme_headers,
-        ) {
-            Ok(h) => h,
-            Err(e) => return self.fail(&e),
-        };
-        ctx.scoreboard_begin();
-        let facts = RequestFacts {
-            minor_version: self.head.minor_version,
-            is_head: self.head.is_head_method(&self.head_bytes),
-            close: self.head.wants_close
-                || ctx.stopping()
-                || ctx.last_request()
-                || ctx.settings.keepalive.is_zero(),
-            known_length: None,
+        let (https, facts) = match self.begin_call(ctx) {
+            Ok(pair) => pair,
+            Err(refused) => return refused,
         };
         let info = ScopeInfo {
             head_bytes: &self.head_bytes,
