@@ -476,13 +476,17 @@ impl Cycle {
     /// The done callback of the application's task.
     pub fn task_done(&mut self, py: Python<'_>, task: &Bound<'_, PyAny>) {
         self.task = None;
-        let error = match task.call_method0(intern!(py, "exception")) {
-            Ok(e) if e.is_none() => None,
-            Ok(e) => Some(PyErr::from_value(e)),
-            // Cancelled: exception() raises CancelledError.
-            Err(e) => Some(e),
-        };
-        self.app_returned(py, error);
+        self.app_returned(py, task_error(py, task));
+    }
+}
+
+/// What a finished asyncio task of the application raised, if anything (a cancelled
+/// task's `exception()` raises CancelledError, which counts as raised).
+pub(super) fn task_error(py: Python<'_>, task: &Bound<'_, PyAny>) -> Option<PyErr> {
+    match task.call_method0(intern!(py, "exception")) {
+        Ok(e) if e.is_none() => None,
+        Ok(e) => Some(PyErr::from_value(e)),
+        Err(e) => Some(e),
     }
 }
 

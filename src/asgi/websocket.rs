@@ -14,7 +14,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
-use super::cycle::{Kit, Ready, SEND_HIGH_WATER_BYTES};
+use super::cycle::{task_error, Kit, Ready, SEND_HIGH_WATER_BYTES};
 use super::wake::Wakeups;
 use crate::http::framer::{Http1Response, ResponseSink};
 use crate::http::response::RequestFacts;
@@ -552,12 +552,7 @@ impl WsCycle {
     /// The done callback of the application's task.
     pub fn task_done(&mut self, py: Python<'_>, task: &Bound<'_, PyAny>) {
         self.task = None;
-        let error = match task.call_method0(intern!(py, "exception")) {
-            Ok(e) if e.is_none() => None,
-            Ok(e) => Some(PyErr::from_value(e)),
-            Err(e) => Some(e),
-        };
-        self.app_returned(py, error);
+        self.app_returned(py, task_error(py, task));
     }
 }
 
