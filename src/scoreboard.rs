@@ -6,6 +6,8 @@
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 /// Most workers a master can run at once.
 pub const MAX_SLOTS: usize = 1024;
@@ -44,6 +46,11 @@ impl Slot {
 
     pub fn heartbeat(&self) {
         self.heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// The loop's turn at `at` (a time it has read anyway: no second clock read).
+    pub fn heartbeat_at(&self, at: Instant) {
+        self.heartbeat_ms.store(ms_at(at), Ordering::Relaxed);
     }
 
     pub fn request_begin(&self) {
@@ -205,9 +212,43 @@ impl Peers {
     }
 }
 
+/// `monotonic_ms` at the moment `at` without reading the clock: `Instant` is
+/// CLOCK_MONOTONIC too, so one pair of readings taken per process maps one onto the
+/// other (to the millisecond). The request path reads the clock once per event.
+pub fn ms_at(at: Instant) -> u64 {
+    static EPOCH: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (instant, ms) = *EPOCH.get_or_init(|| (Instant::now(), monotonic_ms()));
+    match at.checked_duration_since(instant) {
+        Some(later) => ms + later.as_millis() as u64,
+        None => ms.saturating_sub(instant.duration_since(at).as_millis() as u64),
+    }
+}
+
 /// CLOCK_MONOTONIC in milliseconds: comparable across processes on one machine.
 pub fn monotonic_ms() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
     ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ms_at_is_on_the_monotonic_ms_scale() {
+        let before = monotonic_ms();
+        let now = ms_at(Instant::now());
+        let after = monotonic_ms();
+        assert!(
+            before <= now + 1 && now <= after + 1,
+            "{before} {now} {after}"
+        );
+        let later = Instant::now() + Duration::from_millis(1500);
+        assert_eq!(
+            ms_at(later) - ms_at(later - Duration::from_millis(1500)),
+            1500
+        );
+    }
 }

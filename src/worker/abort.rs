@@ -34,10 +34,17 @@ Content-Type: text/plain\r\nContent-Length: 21\r\n\r\nInternal Server Error";
 /// The write end of the watcher's pipe, for the signal handler.
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 
+/// One thread's record. Leaving the application only clears `fd` (no lock on the
+/// way out); entering writes the record and then `fd` under the lock, so a reader
+/// holding the lock sees a record that belongs to the `fd` it reads.
+struct LaneSlot {
+    /// The client socket, or -1 when the lane's thread is outside the application.
+    fd: AtomicI32,
+    record: Mutex<Lane>,
+}
+
 /// A request inside the application.
 struct Lane {
-    /// The client socket, or -1 when the lane's thread is outside the application.
-    fd: RawFd,
     /// Part of this response is already on the wire.
     on_wire: bool,
     since: Instant,
@@ -49,7 +56,7 @@ struct Lane {
 /// One record per thread that runs the application, how many are inside it, and the
 /// worker's scoreboard slot, whose clock the master's `--timeout` reads.
 pub struct Lanes {
-    lanes: Vec<Mutex<Lane>>,
+    lanes: Vec<LaneSlot>,
     inside: AtomicUsize,
     board: &'static Slot,
 }
@@ -57,14 +64,14 @@ pub struct Lanes {
 impl Lanes {
     pub fn new(threads: usize, board: &'static Slot) -> Lanes {
         let lanes = (0..threads.max(1))
-            .map(|_| {
-                Mutex::new(Lane {
-                    fd: -1,
+            .map(|_| LaneSlot {
+                fd: AtomicI32::new(-1),
+                record: Mutex::new(Lane {
                     on_wire: false,
                     since: Instant::now(),
                     what: Vec::new(),
                     client: String::new(),
-                })
+                }),
             })
             .collect();
         Lanes {
@@ -93,20 +100,20 @@ impl Lanes {
             self.board.request_begin();
         }
         if let Some(slot) = self.lanes.get(lane) {
-            let mut l = slot.lock().unwrap_or_else(|e| e.into_inner());
-            l.fd = fd;
+            let mut l = slot.record.lock().unwrap_or_else(|e| e.into_inner());
             l.on_wire = on_wire;
             l.since = since;
             l.what.clear();
             l.what.extend_from_slice(what);
             l.client.clear();
             l.client.push_str(client);
+            slot.fd.store(fd, Ordering::Release);
         }
     }
 
     pub fn leave(&self, lane: usize) {
         if let Some(slot) = self.lanes.get(lane) {
-            slot.lock().unwrap_or_else(|e| e.into_inner()).fd = -1;
+            slot.fd.store(-1, Ordering::Release);
         }
         if self.inside.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.board.clock_stop();
@@ -167,8 +174,9 @@ fn on_timeout(shared: &Shared, service: &Arc<Service>, dump_signal: i32) -> ! {
     let pid = std::process::id();
     let mut any = false;
     for slot in &shared.lanes.lanes {
-        let l = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if l.fd < 0 {
+        let l = slot.record.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = slot.fd.load(Ordering::Acquire);
+        if fd < 0 {
             continue;
         }
         any = true;
@@ -177,12 +185,12 @@ fn on_timeout(shared: &Shared, service: &Arc<Service>, dump_signal: i32) -> ! {
             // holds; the process ends right after, so nothing else writes to it.
             unsafe {
                 libc::send(
-                    l.fd,
+                    fd,
                     TIMEOUT_ANSWER.as_ptr().cast(),
                     TIMEOUT_ANSWER.len(),
                     libc::MSG_NOSIGNAL,
                 );
-                libc::shutdown(l.fd, libc::SHUT_WR);
+                libc::shutdown(fd, libc::SHUT_WR);
             }
         }
         tracing::error!(

@@ -187,7 +187,6 @@ impl<'a> EventLoop<'a> {
     /// stopping worker has drained. Any driver can call it: today's blocking epoll
     /// loop, or an asyncio loop that watches the epoll descriptor.
     pub fn step(&mut self, exec: Exec<'_>, events: &Events) -> Option<Instant> {
-        self.shared.slot.heartbeat();
         for event in events.iter() {
             match event.token() {
                 SIGNAL_TOKEN => self.handle_signals(),
@@ -207,6 +206,7 @@ impl<'a> EventLoop<'a> {
             yield_cpu();
         }
         let now = Instant::now();
+        self.shared.slot.heartbeat_at(now);
         self.listening.resume_if_due(&self.poll, self.open, now);
         if now >= self.next_sweep {
             self.close_expired(now);

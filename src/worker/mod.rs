@@ -88,7 +88,9 @@ pub struct Shared {
     pub lanes: abort::Lanes,
     pub slot: &'static Slot,
     pub peers: Peers,
-    access_log: Mutex<Option<AccessLog>>,
+    /// `--access-logfile`; whether there is one is fixed at boot, so a worker without
+    /// one takes no lock per request.
+    access_log: Option<Mutex<AccessLog>>,
     served: AtomicU64,
     in_flight: AtomicUsize,
     stopping: AtomicBool,
@@ -134,13 +136,8 @@ impl Shared {
     }
 
     pub fn log_access(&self, record: &AccessRecord<'_>) {
-        if let Some(log) = self
-            .access_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            log.write(record);
+        if let Some(log) = &self.access_log {
+            log.lock().unwrap_or_else(|e| e.into_inner()).write(record);
         }
     }
 
@@ -153,13 +150,8 @@ impl Shared {
     }
 
     fn reopen_access_log(&self) {
-        if let Some(log) = self
-            .access_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            if let Err(e) = log.reopen() {
+        if let Some(log) = &self.access_log {
+            if let Err(e) = log.lock().unwrap_or_else(|e| e.into_inner()).reopen() {
                 tracing::error!("{e}");
             }
         }
@@ -348,7 +340,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         lanes: abort::Lanes::new(cfg.threads as usize, init.slot),
         slot: init.slot,
         peers: init.peers,
-        access_log: Mutex::new(access_log),
+        access_log: access_log.map(Mutex::new),
         served: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),

@@ -206,7 +206,9 @@ impl Conn {
                     http,
                     failed: false,
                 }));
-                self.deadline = Instant::now() + ctx.settings.request_timeout;
+                // No new deadline: the first flush follows at once, on this thread or
+                // when the pool hands the connection back (out of the sweep's reach
+                // meanwhile), and it sets the next one.
                 self.produce(py, service)
             }
             Err(e) => {
@@ -306,16 +308,18 @@ impl Conn {
         if out.capacity() <= KEPT_OUT_BYTES {
             self.spare_out = out;
         }
-        self.end_request(ctx, status, bytes);
+        let ended = self.end_request(ctx, status, bytes);
         if close {
             return self.shutdown_and_drain();
         }
-        self.deadline = Instant::now() + ctx.settings.keepalive;
+        self.deadline = ended + ctx.settings.keepalive;
         self.compact();
         self.after_response(ctx)
     }
 
-    pub(super) fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) {
+    /// Counts and logs the request; returns when it ended.
+    pub(super) fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) -> Instant {
+        let ended = Instant::now();
         self.served += 1;
         self.in_request = false;
         ctx.scoreboard_end();
@@ -325,7 +329,8 @@ impl Conn {
             peer: &self.peer,
             status,
             body_bytes,
-            elapsed: self.request_started.elapsed(),
+            elapsed: ended.saturating_duration_since(self.request_started),
         });
+        ended
     }
 }

@@ -148,11 +148,11 @@ impl Conn {
         if out.capacity() <= KEPT_OUT_BYTES {
             self.spare_out = out;
         }
-        self.end_request(ctx, status, bytes);
+        let ended = self.end_request(ctx, status, bytes);
         if close || progress == Progress::Broken {
             return self.shutdown_and_drain();
         }
-        self.deadline = Instant::now() + ctx.settings.keepalive;
+        self.deadline = ended + ctx.settings.keepalive;
         self.compact();
         self.after_response(ctx)
     }

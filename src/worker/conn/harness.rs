@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Conn, Drive, Exec, State};
@@ -40,7 +40,7 @@ pub fn shared() -> Shared {
         lanes: Lanes::new(1, board.slot(0)),
         slot: board.slot(0),
         peers: Peers::new(board, 0),
-        access_log: Mutex::new(None),
+        access_log: None,
         served: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
