@@ -12,7 +12,9 @@ pub fn daemonize(error_log_is_stderr: bool) -> anyhow::Result<()> {
     /// The parent exits; the child goes on.
     fn fork_away() -> anyhow::Result<()> {
         // SAFETY: called from the entry point before any thread exists.
-        match unsafe { crate::python::fork_interpreter() }.context("fork failed")? {
+        match unsafe { crate::python::fork_interpreter(crate::python::Inherit::AllBut(&[])) }
+            .context("fork failed")?
+        {
             crate::python::Forked::Parent(_) => std::process::exit(0),
             crate::python::Forked::Child(signals) => signals.release(),
         }

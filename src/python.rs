@@ -5,6 +5,7 @@
 //! running one: Rust owns the signals, `sys.path` is set as Gunicorn sets it, and every
 //! fork goes through CPython's fork hooks.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
@@ -88,16 +89,58 @@ impl BlockedSignals {
     }
 }
 
+/// Which of the parent's descriptors a forked child keeps.
+#[derive(Clone, Copy)]
+pub enum Inherit<'a> {
+    /// All but these, the master's own (its signal pipe, poll, control socket, the
+    /// other workers' pipes): a worker keeps the listeners and whatever a preloaded
+    /// application opened.
+    AllBut(&'a [RawFd]),
+    /// The standard streams and these only: a helper that runs user code (the
+    /// configuration file's evaluation, the hook host) has no business with the
+    /// master's sockets, and must not hold a listener open.
+    Only(&'a [RawFd]),
+}
+
+impl Inherit<'_> {
+    /// In the new child, before anything else runs.
+    fn apply(self) {
+        let close = |fd: RawFd| {
+            // SAFETY: closing a descriptor this freshly forked, single-threaded child
+            // must not keep; nothing in it uses the descriptor.
+            unsafe { libc::close(fd) };
+        };
+        match self {
+            Inherit::AllBut(fds) => fds.iter().copied().for_each(close),
+            Inherit::Only(keep) => {
+                // Listed first, closed after: the listing holds a descriptor of its own
+                // (closed when it is dropped, so it is skipped here).
+                let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+                    Ok(dir) => dir
+                        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                        .collect(),
+                    Err(_) => return,
+                };
+                open.into_iter()
+                    .filter(|fd| *fd > 2 && !keep.contains(fd))
+                    .filter(|fd| nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_GETFD).is_ok())
+                    .for_each(close);
+            }
+        }
+    }
+}
+
 /// fork(2): rgun's only way to fork (the child of a re-execution's `Command::spawn`
-/// only execs). Every signal is blocked across it (see `BlockedSignals`), and
-/// CPython's before/after-fork hooks run around it (its locks, the threading module,
+/// only execs). Every signal is blocked across it (see `BlockedSignals`), CPython's
+/// before/after-fork hooks run around it (its locks, the threading module,
 /// `os.register_at_fork` callbacks), so the child's interpreter is consistent whether
-/// or not the master imported the app.
+/// or not the master imported the app, and the child closes the descriptors `inherit`
+/// says it must not keep before it returns.
 ///
 /// # Safety
 /// The caller must be single-threaded (the master, or `main` before the master loop),
 /// as for any fork.
-pub unsafe fn fork_interpreter() -> nix::Result<Forked> {
+pub unsafe fn fork_interpreter(inherit: Inherit<'_>) -> nix::Result<Forked> {
     let mut saved = SigSet::empty();
     let _ = sigprocmask(
         SigmaskHow::SIG_BLOCK,
@@ -118,7 +161,10 @@ pub unsafe fn fork_interpreter() -> nix::Result<Forked> {
         }
     });
     match result {
-        Ok(nix::unistd::ForkResult::Child) => Ok(Forked::Child(BlockedSignals(saved))),
+        Ok(nix::unistd::ForkResult::Child) => {
+            inherit.apply();
+            Ok(Forked::Child(BlockedSignals(saved)))
+        }
         other => {
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
             other.map(|r| match r {

@@ -125,10 +125,14 @@ pub fn load(location: &str, wait: WaitReadable<'_>) -> Result<FileSettings, Stri
     read.set_nonblocking(true).map_err(|e| e.to_string())?;
     // SAFETY: called before any thread exists in this process; the child only
     // evaluates the file, writes to the pipe and exits.
-    match unsafe { crate::python::fork_interpreter() }.map_err(|e| e.to_string())? {
+    // The child keeps only its end of the pipe: at a reload the master's listeners,
+    // control socket and worker pipes are open, and the file is user code.
+    let inherit = crate::python::Inherit::Only(&[write.as_raw_fd()]);
+    match unsafe { crate::python::fork_interpreter(inherit) }.map_err(|e| e.to_string())? {
         crate::python::Forked::Child(signals) => {
             signals.release();
-            drop(read);
+            // Already closed by the fork (`Inherit::Only`).
+            std::mem::forget(read);
             let reply = evaluate(location);
             let mut write = write;
             let _ = std::io::Write::write_all(&mut write, reply.as_bytes());

@@ -76,10 +76,12 @@ impl HookHost {
         let master = nix::unistd::getpid();
         // SAFETY: called from the single-threaded master before any worker exists; the
         // child only runs the hook host and exits.
-        match unsafe { crate::python::fork_interpreter() }.context("fork")? {
+        let inherit = crate::python::Inherit::Only(&[theirs.as_raw_fd()]);
+        match unsafe { crate::python::fork_interpreter(inherit) }.context("fork")? {
             Forked::Child(signals) => {
                 signals.release();
-                drop(ours);
+                // Already closed by the fork (`Inherit::Only`).
+                std::mem::forget(ours);
                 // A hook that never returns must not outlive the master.
                 // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's
                 // parent-death signal.

@@ -188,7 +188,7 @@ pub fn check_config(cfg: &Config) -> i32 {
         }
     }
     // SAFETY: single-threaded; the child only imports the app and exits.
-    match unsafe { crate::python::fork_interpreter() } {
+    match unsafe { crate::python::fork_interpreter(crate::python::Inherit::AllBut(&[])) } {
         Ok(Forked::Child(signals)) => {
             signals.release();
             std::process::exit(worker::check_app(cfg))

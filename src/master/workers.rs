@@ -123,14 +123,14 @@ impl Arbiter {
         // SAFETY: as above; the interpreter's own fork hooks run around it. Every
         // signal stays pending in the child until it has replaced the master's
         // handlers with its own (`worker::boot_and_serve`).
-        match unsafe { crate::python::fork_interpreter() }.context("fork failed")? {
+        let inherit = crate::python::Inherit::AllBut(&master_fds);
+        match unsafe { crate::python::fork_interpreter(inherit) }.context("fork failed")? {
             Forked::Child(signals) => worker::run(WorkerInit {
                 cfg: self.config_for(generation),
                 listeners: &self.listeners,
                 slot: self.scoreboard.slot(slot),
                 peers: crate::scoreboard::Peers::new(self.scoreboard, slot),
                 to_master: worker_end,
-                master_fds,
                 master_signals: self.signals.ids(),
                 signals,
                 identity: &self.identity,

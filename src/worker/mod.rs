@@ -18,7 +18,6 @@ mod pool;
 mod watch;
 
 use std::io::Write;
-use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -165,8 +164,6 @@ pub struct WorkerInit<'a> {
     pub slot: &'static Slot,
     pub peers: Peers,
     pub to_master: UnixStream,
-    /// Descriptors that belong to the master (other workers' pipes, its signal pipe).
-    pub master_fds: Vec<RawFd>,
     pub master_signals: Vec<signal_hook::SigId>,
     /// The master's signal mask before it blocked every signal around fork; restored
     /// once the worker's own handlers are in place.
@@ -218,10 +215,6 @@ pub fn run(init: WorkerInit<'_>) -> ! {
 fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     for id in init.master_signals.drain(..) {
         signal_hook::low_level::unregister(id);
-    }
-    for fd in &init.master_fds {
-        // SAFETY: these descriptors are the master's and unused in the worker.
-        unsafe { libc::close(*fd) };
     }
     // Die with the master (SIGTERM: finish what is in flight); if it is already gone,
     // stop now rather than serve as an orphan.

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{
-    has_setting, proc_ids, repo_root, running_as_root, wait_until, ServerBuilder,
+    has_setting, proc_ids, repo_root, running_as_root, wait_until, write_file, ServerBuilder,
 };
 
 #[test]
@@ -428,4 +428,76 @@ fn initgroups_sets_the_supplementary_groups_of_the_user() {
     let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
     assert!(groups.split_whitespace().any(|g| g == nogroup), "{groups}");
     assert_eq!(s.get("/").text(), "ok");
+}
+
+/// The processes that run user code beside the master — the configuration file's
+/// evaluation (at start and again at each reload, when the master holds everything)
+/// and the hook host — keep none of the master's descriptors: no listener, control
+/// socket, worker pipe, poll instance or signal pipe. Each holds its own socket to the
+/// master and nothing else past the standard streams.
+#[test]
+fn helper_processes_hold_none_of_the_masters_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("fds.log");
+    let conf = write_file(
+        dir.path(),
+        "gunicorn.conf.py",
+        &format!(
+            r#"import os
+
+def _fds(who):
+    held = []
+    for n in os.listdir("/proc/self/fd"):
+        if int(n) > 2:
+            try:
+                held.append(os.readlink("/proc/self/fd/" + n))
+            except OSError:
+                pass  # the listing's own descriptor, closed by now
+    with open({report:?}, "a") as f:
+        title = open("/proc/self/cmdline").read().split("\0")[0]
+        f.write(who + " " + title.replace(" ", "_") + " " + " ".join(sorted(held)) + "\n")
+
+_fds("config")
+wsgi_app = "lifecycle_app:application"
+
+def when_ready(server):
+    _fds("hook")
+"#
+        ),
+    );
+    let s = ServerBuilder::new("")
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    let lines = |kind: &str| -> Vec<String> {
+        std::fs::read_to_string(&report)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(kind))
+            // Workers evaluate the file too (their hooks); they hold the listeners.
+            .filter(|l| !l.contains("rgun:_worker"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert!(wait_until(Duration::from_secs(20), || !lines("hook ").is_empty()));
+    s.signal(libc::SIGHUP);
+    assert!(
+        // The evaluation at the reload runs in a child of the running master, which
+        // carries the master's title.
+        wait_until(Duration::from_secs(20), || lines("config rgun:_master")
+            .len()
+            == 1),
+        "no evaluation at the reload: {}",
+        s.log()
+    );
+    for line in lines("config ").iter().chain(&lines("hook ")) {
+        let held: Vec<&str> = line.split(' ').skip(1).collect();
+        let sockets = held.iter().filter(|h| h.starts_with("socket:")).count();
+        assert!(sockets <= 1, "more than its own socket: {line}");
+        assert!(
+            !held
+                .iter()
+                .any(|h| h.starts_with("anon_inode:") || h.starts_with("pipe:")),
+            "a master descriptor: {line}"
+        );
+    }
 }
