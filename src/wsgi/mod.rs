@@ -25,6 +25,9 @@ pub struct App {
     environ: EnvironBuilder,
     file_wrapper: Py<PyAny>,
     sendfile_fd: Py<PyAny>,
+    /// `wsgi.input` of every request without a body: reading an empty body changes
+    /// nothing, so one object serves them all (no allocation per request).
+    empty_input: Py<Input>,
 }
 
 /// What the application returned for one request.
@@ -57,6 +60,7 @@ impl App {
             environ,
             file_wrapper: file_wrapper.unbind(),
             sendfile_fd: bootstrap.getattr("sendfile_fd")?.unbind(),
+            empty_input: Py::new(py, Input::new(Body::Empty))?,
         })
     }
 
@@ -79,12 +83,16 @@ impl App {
             environ: self.environ.clone_ref(py),
             file_wrapper: self.file_wrapper.clone_ref(py),
             sendfile_fd: self.sendfile_fd.clone_ref(py),
+            empty_input: self.empty_input.clone_ref(py),
         }
     }
 
     /// Calls the application. An `Err` is an exception raised by the call itself.
     pub fn call(&self, py: Python<'_>, req: &RequestInfo<'_>, body: Body) -> PyResult<AppResponse> {
-        let input = Bound::new(py, Input::new(body))?.into_any();
+        let input = match body {
+            Body::Empty => self.empty_input.bind(py).clone().into_any(),
+            body => Bound::new(py, Input::new(body))?.into_any(),
+        };
         let environ = self.environ.build(py, req, input)?;
         let start_response = Py::new(py, StartResponse::default())?;
         let result = self
