@@ -97,7 +97,7 @@ impl Conn {
     }
 
     /// What either bridge needs before it calls the application: whether the request
-    /// came over HTTPS (a trusted proxy's headers; disagreeing ones are a 400, the
+    /// came over HTTPS (our own TLS, or a trusted proxy's headers; disagreeing ones are a 400, the
     /// `Err` step) and the facts that shape the response head. Counts the request in
     /// flight on the scoreboard.
     pub(super) fn begin_call(&mut self, ctx: &Shared) -> Result<(bool, RequestFacts), Step> {
@@ -107,7 +107,8 @@ impl Conn {
             self.peer.trusted,
             &ctx.settings.secure_scheme_headers,
         )
-        .map_err(|e| self.fail(&e))?;
+        .map_err(|e| self.fail(&e))?
+            || self.transport.is_tls();
         ctx.scoreboard_begin();
         let facts = RequestFacts {
             minor_version: self.head.minor_version,
@@ -170,6 +171,7 @@ impl Conn {
             peer: &self.peer,
             local: &self.local,
             https,
+            client_subject: self.transport.peer_subject(),
         };
         let hook_req = match &service.hooks {
             Some(h) if h.pre_request || h.post_request => {
@@ -270,7 +272,7 @@ impl Conn {
         let State::Responding(r) = &mut self.state else {
             unreachable!()
         };
-        match r.http.outbox.flush(&self.transport) {
+        match r.http.outbox.flush(&mut self.transport) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Waiting for the client, not in the application: the connection's
