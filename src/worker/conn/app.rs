@@ -136,7 +136,8 @@ impl Conn {
         ctx.lanes.enter(
             lane,
             fd,
-            on_wire,
+            // The watcher thread cannot speak TLS: for it, a TLS client gets a close.
+            on_wire || self.transport.is_tls(),
             since,
             &self.head_bytes[what],
             &self.peer.addr,

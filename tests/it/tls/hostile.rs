@@ -99,11 +99,11 @@ fn tls11_and_garbage_are_refused() {
     let mut body = vec![0x03, 0x02];
     body.extend_from_slice(&[7u8; 32]);
     body.push(0); // session id
-    // Suites rustls has for TLS 1.2, so only the version is wrong.
+                  // Suites rustls has for TLS 1.2, so only the version is wrong.
     body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x2b, 0xc0, 0x2f]);
     body.extend_from_slice(&[0x01, 0x00]); // null compression
-    // signature_algorithms (ecdsa_secp256r1_sha256): without it the refusal would be
-    // for that, not for the version.
+                                           // signature_algorithms (ecdsa_secp256r1_sha256): without it the refusal would be
+                                           // for that, not for the version.
     body.extend_from_slice(&[0x00, 0x08, 0x00, 0x0d, 0x00, 0x04, 0x00, 0x02, 0x04, 0x03]);
     let mut handshake = vec![0x01, 0x00, 0x00, body.len() as u8];
     handshake.extend_from_slice(&body);
@@ -159,7 +159,11 @@ fn bad_tls_files_and_settings_fail_start_up_with_one_line() {
     let garbage = pki.path("garbage.key");
     std::fs::write(&garbage, "not a key\n").unwrap();
     let other_key = pki.path("other.key");
-    std::fs::write(&other_key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    std::fs::write(
+        &other_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
     let conf = pki.path("ssl_context.conf.py");
     std::fs::write(&conf, "def ssl_context(conf, default_ssl_context_factory):\n    return default_ssl_context_factory()\n").unwrap();
     let (cert, ca) = (
@@ -172,21 +176,47 @@ fn bad_tls_files_and_settings_fail_start_up_with_one_line() {
         conf.display().to_string(),
     );
     for (args, needle) in [
-        (vec!["--certfile", &cert, "--keyfile", &garbage], "garbage.key"),
-        (vec!["--certfile", &cert, "--keyfile", &other_key], "does not fit"),
-        (vec!["--certfile", "/nonexistent/cert.pem"], "/nonexistent/cert.pem"),
+        (
+            vec!["--certfile", &cert, "--keyfile", &garbage],
+            "garbage.key",
+        ),
+        (
+            vec!["--certfile", &cert, "--keyfile", &other_key],
+            "does not fit",
+        ),
+        (
+            vec!["--certfile", "/nonexistent/cert.pem"],
+            "/nonexistent/cert.pem",
+        ),
         // The certificate file holds no key.
         (vec!["--certfile", &cert], "server.pem"),
         (
-            vec!["--certfile", &cert, "--keyfile", &garbage.replace("garbage", "server"), "--cert-reqs", "2"],
+            vec![
+                "--certfile",
+                &cert,
+                "--keyfile",
+                &garbage.replace("garbage", "server"),
+                "--cert-reqs",
+                "2",
+            ],
             "--ca-certs",
         ),
         (
-            vec!["--certfile", &cert, "--keyfile", &garbage.replace("garbage", "server"), "--ciphers", "HIGH:!aNULL"],
+            vec![
+                "--certfile",
+                &cert,
+                "--keyfile",
+                &garbage.replace("garbage", "server"),
+                "--ciphers",
+                "HIGH:!aNULL",
+            ],
             "HIGH",
         ),
         (vec!["--keyfile", &garbage], "--certfile"),
-        (vec!["-c", &conf, "--certfile", &cert, "--ca-certs", &ca], "ssl_context"),
+        (
+            vec!["-c", &conf, "--certfile", &cert, "--ca-certs", &ca],
+            "ssl_context",
+        ),
     ] {
         let (code, err) = refused(&args);
         assert_eq!(code, Some(1), "{args:?}: {err}");
@@ -226,5 +256,8 @@ fn gunicorn_tls_settings_in_a_config_file() {
         tls.conn.negotiated_cipher_suite().map(|s| s.suite()),
         Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)
     );
-    assert_eq!(get(&mut tls, "/").unwrap().json()["client_dn"], "CN=alice,O=rgun tests");
+    assert_eq!(
+        get(&mut tls, "/").unwrap().json()["client_dn"],
+        "CN=alice,O=rgun tests"
+    );
 }

@@ -106,12 +106,11 @@ impl Pki {
     ) -> Arc<ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
-        let builder = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots);
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots);
         let config = if identify {
             builder
                 .with_client_auth_cert(vec![self.client_der.clone()], self.client_key.clone_key())
@@ -242,7 +241,8 @@ fn large_bodies_both_ways() {
     let expected = format!("{} {:x}", upload.len(), Sha256::digest(&upload));
     assert!(r.text().starts_with(&expected), "{}", r.text());
     // 32 MiB from one in-memory bytes object, read slowly at first.
-    tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
     tls.flush().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let r = read_response(&mut BufReader::new(&mut tls), false).unwrap();
@@ -274,7 +274,11 @@ fn a_file_wrapper_response_goes_through_tls_in_chunks() {
 fn client_certificates_required() {
     let pki = Pki::new();
     let ca = pki.path("ca.pem").display().to_string();
-    let server = start(&pki, "echo:application", &["--ca-certs", &ca, "--cert-reqs", "2"]);
+    let server = start(
+        &pki,
+        "echo:application",
+        &["--ca-certs", &ca, "--cert-reqs", "2"],
+    );
     let mut tls = connect(&server, &pki.client(tls13(), true)).unwrap();
     let echo = get(&mut tls, "/").unwrap().json();
     assert_eq!(echo["client_dn"], "CN=alice,O=rgun tests");
@@ -284,7 +288,10 @@ fn client_certificates_required() {
     assert!(refused.is_err(), "served without a client certificate");
     let refused12 = connect(&server, &pki.client(&[&rustls::version::TLS12], false))
         .and_then(|mut t| get(&mut t, "/"));
-    assert!(refused12.is_err(), "served TLS 1.2 without a client certificate");
+    assert!(
+        refused12.is_err(),
+        "served TLS 1.2 without a client certificate"
+    );
     assert!(server.child_alive());
 }
 
@@ -292,11 +299,21 @@ fn client_certificates_required() {
 fn client_certificates_optional() {
     let pki = Pki::new();
     let ca = pki.path("ca.pem").display().to_string();
-    let server = start(&pki, "echo:application", &["--ca-certs", &ca, "--cert-reqs", "1"]);
+    let server = start(
+        &pki,
+        "echo:application",
+        &["--ca-certs", &ca, "--cert-reqs", "1"],
+    );
     let mut with = connect(&server, &pki.client(tls13(), true)).unwrap();
-    assert_eq!(get(&mut with, "/").unwrap().json()["client_dn"], "CN=alice,O=rgun tests");
+    assert_eq!(
+        get(&mut with, "/").unwrap().json()["client_dn"],
+        "CN=alice,O=rgun tests"
+    );
     let mut without = connect(&server, &pki.client(tls13(), false)).unwrap();
-    assert_eq!(get(&mut without, "/").unwrap().json()["client_dn"], serde_json::Value::Null);
+    assert_eq!(
+        get(&mut without, "/").unwrap().json()["client_dn"],
+        serde_json::Value::Null
+    );
 }
 
 #[test]
@@ -325,7 +342,10 @@ fn sessions_resume_across_workers() {
             pids.insert(pid);
             held.push(tls);
         }
-        assert!(pids.len() >= 2, "all connections went to one worker: {pids:?}");
+        assert!(
+            pids.len() >= 2,
+            "all connections went to one worker: {pids:?}"
+        );
     }
 }
 
@@ -343,13 +363,20 @@ fn a_renewed_certificate_is_served_after_rgunctl_reload() {
         .arg("reload")
         .output()
         .unwrap();
-    assert!(out.status.success(), "reload: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut after = connect(&server, &config).unwrap();
     assert_eq!(after.conn.peer_certificates().unwrap()[0], pki.server_der);
     assert_eq!(get(&mut after, "/").unwrap().status, 200);
     // A reload whose key no longer fits fails and keeps the serving generation.
-    std::fs::write(pki.path("server.key"), rcgen::KeyPair::generate().unwrap().serialize_pem())
-        .unwrap();
+    std::fs::write(
+        pki.path("server.key"),
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
     let out = std::process::Command::new(crate::support::rgunctl_bin())
         .arg("-s")
         .arg(&server.ctl_path)
@@ -357,8 +384,8 @@ fn a_renewed_certificate_is_served_after_rgunctl_reload() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("does not fit"), "{text}");
     let mut still = connect(&server, &config).unwrap();
     assert_eq!(get(&mut still, "/").unwrap().status, 200);
@@ -373,7 +400,11 @@ fn python(code: &str, dir: &Path) {
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -400,7 +431,10 @@ for name, key in (("rsa", rsa.generate_private_key(65537, 2048)), ("ec", ec.gene
 "#,
         dir.path(),
     );
-    for (name, marker) in [("rsa", "BEGIN RSA PRIVATE KEY"), ("ec", "BEGIN EC PRIVATE KEY")] {
+    for (name, marker) in [
+        ("rsa", "BEGIN RSA PRIVATE KEY"),
+        ("ec", "BEGIN EC PRIVATE KEY"),
+    ] {
         let key = dir.path().join(format!("{name}.key"));
         assert!(std::fs::read_to_string(&key).unwrap().contains(marker));
         let cert = dir.path().join(format!("{name}.pem"));
@@ -409,7 +443,9 @@ for name, key in (("rsa", rsa.generate_private_key(65537, 2048)), ("ec", ec.gene
             .args(["--keyfile", &key.display().to_string()])
             .start();
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_file(&cert).unwrap()).unwrap();
+        roots
+            .add(CertificateDer::from_pem_file(&cert).unwrap())
+            .unwrap();
         let config = Arc::new(
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -420,4 +456,35 @@ for name, key in (("rsa", rsa.generate_private_key(65537, 2048)), ("ec", ec.gene
         let mut tls = connect(&server, &config).unwrap();
         assert_eq!(get(&mut tls, "/").unwrap().status, 200, "{name}");
     }
+}
+
+#[test]
+fn asgi_over_tls_scope_scheme_and_a_websocket() {
+    let pki = Pki::new();
+    let server = start(&pki, "asgi_app:app", &["-k", "asgi"]);
+    let config = pki.client(tls13(), false);
+    let mut tls = connect(&server, &config).unwrap();
+    let scope = get(&mut tls, "/scope").unwrap().json();
+    assert_eq!(scope["scheme"], "https", "{scope}");
+    // A WebSocket inside TLS: the handshake, one masked text frame, its echo.
+    let mut ws = connect(&server, &config).unwrap();
+    ws.write_all(
+        b"GET /ws/echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    ws.flush().unwrap();
+    let mut r = BufReader::new(&mut ws);
+    let head = read_response(&mut r, true).unwrap();
+    assert_eq!(head.status, 101);
+    drop(r);
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 5];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    ws.write_all(&frame).unwrap();
+    ws.flush().unwrap();
+    let mut echo = [0u8; 7];
+    ws.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"\x81\x05hello");
 }
