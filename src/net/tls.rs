@@ -252,3 +252,145 @@ impl TlsStream {
         let _ = self.send_pending(fd);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::net::outbox::{Outbox, SharedBytes};
+    use crate::net::tls_setup::{server_config, TlsOptions};
+    use crate::net::transport::Transport;
+
+    struct Owned(Vec<u8>);
+    impl SharedBytes for Owned {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    /// A server `Transport` in TLS over a socketpair, and a rustls client on the
+    /// other end (blocking), trusting the self-signed certificate.
+    fn pair() -> (Transport, StreamOwnedClient) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("c.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("k.pem"), key.serialize_pem()).unwrap();
+        let config = server_config(&TlsOptions {
+            certfile: &dir.path().join("c.pem"),
+            keyfile: Some(&dir.path().join("k.pem")),
+            ca_certs: None,
+            cert_reqs: 0,
+            ciphers: None,
+        })
+        .unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let server = Transport::tls(socket2::Socket::from(OwnedFd::from(a)), &config).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(
+            Arc::new(client_config),
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        (server, rustls::StreamOwned::new(conn, b))
+    }
+
+    type StreamOwnedClient = rustls::StreamOwned<rustls::ClientConnection, UnixStream>;
+
+    #[test]
+    fn a_stalled_reader_costs_one_bounded_buffer_then_gets_everything_in_order() {
+        let (mut server, mut client) = pair();
+        let file_data: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&file_data).unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 13) as u8).collect();
+        let client_thread = std::thread::spawn(move || {
+            client.write_all(b"ping").unwrap();
+            client.flush().unwrap();
+            // Stall long enough for the server to fill the socket and its buffer.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            got
+        });
+        // The handshake and the request, through the same reads as plaintext.
+        let mut buf = Vec::new();
+        while buf.len() < 4 {
+            match server.read(&mut buf, 4096) {
+                Ok(0) => panic!("client left"),
+                Ok(_) => {}
+                Err(e) if would_block(&e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(buf, b"ping");
+        // What a reader that takes nothing makes us hold: the kernel's buffers (as a
+        // plain socketpair shows) plus rustls's bounded one, never the whole response.
+        let chunk = vec![b'z'; 16 * 1024];
+        let mut taken = 0usize;
+        loop {
+            match server.write(&chunk) {
+                Ok(n) => taken += n,
+                Err(e) if would_block(&e) => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(taken < 64 << 20, "a stalled reader took 64 MiB");
+        }
+        let (plain, _peer) = UnixStream::pair().unwrap();
+        plain.set_nonblocking(true).unwrap();
+        let mut plain = Transport::new(socket2::Socket::from(OwnedFd::from(plain)));
+        let mut kernel = 0usize;
+        while let Ok(n) = plain.write(&chunk) {
+            kernel += n;
+        }
+        assert!(
+            taken <= kernel + SEND_BUFFER_BYTES + 32 * 1024,
+            "TLS took {taken} bytes; the kernel holds {kernel}"
+        );
+        let mut out = Outbox::default();
+        out.buf.extend_from_slice(b"head");
+        out.push_shared(Box::new(Owned(big.clone())), 0, big.len());
+        out.push_file(OwnedFd::from(file), 0, 1 << 40);
+        let mut blocked = 0;
+        loop {
+            match out.flush(&mut server) {
+                Ok(()) => break,
+                Err(e) if would_block(&e) => {
+                    blocked += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(
+            blocked > 0,
+            "the socket never filled; the test proves nothing"
+        );
+        assert_eq!(out.file_progress(), (file_data.len() as u64, true));
+        server.shutdown_write();
+        let got = client_thread.join().unwrap();
+        let mut expected = vec![b'z'; taken];
+        expected.extend_from_slice(b"head");
+        expected.extend_from_slice(&big);
+        expected.extend_from_slice(&file_data);
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes out of order");
+    }
+}
