@@ -488,3 +488,48 @@ fn asgi_over_tls_scope_scheme_and_a_websocket() {
     ws.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"\x81\x05hello");
 }
+
+#[test]
+fn a_root_only_key_is_read_by_the_master_before_workers_drop_privileges() {
+    use std::os::unix::fs::PermissionsExt;
+    if !crate::support::running_as_root("a_root_only_key_is_read_by_the_master") {
+        return;
+    }
+    let pki = Pki::new();
+    // The key (mode 0400) in the test's 0700 directory: only root can read it.
+    std::fs::set_permissions(
+        pki.path("server.key"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
+    let world_can_reach = |p: &Path| {
+        p.ancestors()
+            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+    };
+    let python = crate::support::venv().join("bin").join("python");
+    let stdlib = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
+        ])
+        .output()
+        .unwrap();
+    let stdlib = PathBuf::from(String::from_utf8_lossy(&stdlib.stdout).trim());
+    // As in hygiene::workers_drop_privileges_when_root: with a Python nobody cannot
+    // read (pyenv under /root), drop the group only.
+    let nobody_works = world_can_reach(&stdlib)
+        && world_can_reach(&crate::support::repo_root().join("tests/apps"))
+        && world_can_reach(&crate::support::venv());
+    let identity: &[&str] = if nobody_works {
+        &["-u", "nobody", "-g", "nogroup"]
+    } else {
+        &["-g", "nogroup"]
+    };
+    let server = start(&pki, "echo:application", identity);
+    if nobody_works {
+        let uids = crate::support::proc_ids(server.worker_pids()[0], "Uid:");
+        assert!(uids.iter().all(|u| *u != "0"), "{uids:?}");
+    }
+    let mut tls = connect(&server, &pki.client(tls13(), false)).unwrap();
+    assert_eq!(get(&mut tls, "/").unwrap().status, 200);
+}
