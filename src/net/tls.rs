@@ -28,7 +28,7 @@ pub struct TlsStream {
     conn: ServerConnection,
     /// The first bytes were looked at: a TLS record, or plain HTTP (answered, closed).
     sniffed: bool,
-    /// The socket was found empty on its last read.
+    /// The socket was found empty (or short) on its last read.
     drained: bool,
     /// The client's certificate subject, once the handshake is done.
     subject: Option<Option<String>>,
@@ -36,12 +36,22 @@ pub struct TlsStream {
     file_buf: Vec<u8>,
 }
 
-/// The socket as rustls's `Read`/`Write` (non-blocking; `MSG_NOSIGNAL`).
+/// The socket as rustls's `Write` (non-blocking; `MSG_NOSIGNAL`).
 struct Sock(RawFd);
 
-impl Read for Sock {
+/// The socket as rustls's `Read`, noting whether a read came back short: a stream
+/// socket that returns less than asked is empty, so no further recv is needed to
+/// find out (the next bytes raise a new edge).
+struct SockRead<'a> {
+    fd: RawFd,
+    short: &'a mut bool,
+}
+
+impl Read for SockRead<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        recv(self.0, buf, 0)
+        let n = recv(self.fd, buf, 0)?;
+        *self.short = n < buf.len();
+        Ok(n)
     }
 }
 
@@ -130,9 +140,13 @@ impl TlsStream {
             if closed {
                 return Ok(0);
             }
-            match self.conn.read_tls(&mut Sock(fd)) {
+            let mut short = false;
+            match self.conn.read_tls(&mut SockRead {
+                fd,
+                short: &mut short,
+            }) {
                 Ok(0) => return Ok(0),
-                Ok(_) => self.drained = false,
+                Ok(_) => self.drained = short,
                 Err(e) => {
                     if would_block(&e) {
                         self.drained = true;
