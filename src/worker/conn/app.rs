@@ -97,9 +97,9 @@ impl Conn {
     }
 
     /// What either bridge needs before it calls the application: whether the request
-    /// came over HTTPS (our own TLS, or a trusted proxy's headers; disagreeing ones are a 400, the
-    /// `Err` step) and the facts that shape the response head. Counts the request in
-    /// flight on the scoreboard.
+    /// came over HTTPS (our own TLS, or a trusted proxy's headers; disagreeing ones
+    /// are a 400, the `Err` step) and the facts that shape the response head. Counts
+    /// the request in flight on the scoreboard.
     pub(super) fn begin_call(&mut self, ctx: &Shared) -> Result<(bool, RequestFacts), Step> {
         let https = is_https(
             &self.head_bytes,
