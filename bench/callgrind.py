@@ -9,6 +9,7 @@ builds (or two apps) compare to the instruction. Kernel time is not counted.
     bench/.venv/bin/python bench/callgrind.py                 # hello world, wrk's request
     bench/.venv/bin/python bench/callgrind.py --request browser
     bench/.venv/bin/python bench/callgrind.py --app apps:k64  # any app in bench/
+    bench/.venv/bin/python bench/callgrind.py --tls           # the same over TLS 1.3
 """
 
 import argparse
@@ -16,6 +17,7 @@ import glob
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+# --tls: (certfile, keyfile) every run serves, and the client side's context.
+TLS = {}
+
+
+def connect(port, timeout):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return TLS["client"].wrap_socket(s, server_hostname="localhost") if TLS else s
+
+
 def wait_listening(port, proc, limit=120):
     """Until a request gets an answer: under valgrind a worker boots in seconds."""
     started = time.monotonic()
@@ -53,7 +64,7 @@ def wait_listening(port, proc, limit=120):
         if proc.poll() is not None:
             sys.exit(f"rgun exited with {proc.returncode} before serving")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            with connect(port, 30) as s:
                 s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
                 if s.recv(16).startswith(b"HTTP/1.1"):
                     return
@@ -96,7 +107,7 @@ def worker_instructions(app, requests, path, kind="wrk"):
             "valgrind", "--tool=callgrind", "--trace-children=yes", "--quiet",
             RGUN, "-w", "1", "-b", f"127.0.0.1:{port}", "--no-control-socket",
             "--pythonpath", os.path.join(ROOT, "bench"), app,
-        ]
+        ] + (["--certfile", TLS["cert"], "--keyfile", TLS["key"]] if TLS else [])
         # A fixed hash seed: with random ones, dict probing differs from run to run.
         env = dict(os.environ, PYTHONHASHSEED="0")
         proc = subprocess.Popen(
@@ -105,7 +116,7 @@ def worker_instructions(app, requests, path, kind="wrk"):
         try:
             wait_listening(port, proc)
             request = REQUESTS[kind].format(path=path, port=port).encode()
-            with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            with connect(port, 60) as s:
                 buf = b""
                 for _ in range(requests):
                     s.sendall(request)
@@ -138,13 +149,21 @@ def main():
     ap.add_argument("--request", choices=sorted(REQUESTS), default="wrk", help="request head to send")
     ap.add_argument("--short", type=int, default=2000, help="requests in the short run")
     ap.add_argument("--long", type=int, default=12000, help="requests in the long run")
+    ap.add_argument("--tls", action="store_true", help="over TLS 1.3 (bench/tls.py's certificate)")
     args = ap.parse_args()
+    if args.tls:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import tls as tls_bench
+
+        TLS["cert"], TLS["key"] = tls_bench.make_certificate(tempfile.mkdtemp(prefix="rgun-callgrind-tls-"))
+        TLS["client"] = ssl._create_unverified_context()
+        TLS["client"].minimum_version = ssl.TLSVersion.TLSv1_3
     if not os.path.exists(RGUN):
         sys.exit(f"{RGUN} is missing: bench/run installs rgun into bench/.venv")
     short = worker_instructions(args.app, args.short, args.path, args.request)
     long = worker_instructions(args.app, args.long, args.path, args.request)
     per_request = (long - short) / (args.long - args.short)
-    print(f"{args.app}, {args.request} request: {per_request:,.0f} instructions per request "
+    print(f"{args.app}, {args.request} request{' over TLS' if args.tls else ''}: {per_request:,.0f} instructions per request "
           f"(worker: {short:,} at {args.short} requests, {long:,} at {args.long})")
 
 

@@ -74,6 +74,18 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("umask", "--umask", "octal"),
     ("control_socket", "--control-socket", "str"),
     ("control_socket_mode", "--control-socket-mode", "octal"),
+    ("certfile", "--certfile", "str"),
+    ("keyfile", "--keyfile", "str"),
+    ("ca_certs", "--ca-certs", "str"),
+    ("cert_reqs", "--cert-reqs", "int"),
+    ("ciphers", "--ciphers", "str"),
+    ("ssl_version", "--ssl-version", "str"),
+    (
+        "do_handshake_on_connect",
+        "--do-handshake-on-connect",
+        "bool",
+    ),
+    ("suppress_ragged_eofs", "--suppress-ragged-eofs", "bool"),
 ];
 
 /// Gunicorn's server hooks, each with the `__qualname__` of Gunicorn's default, which

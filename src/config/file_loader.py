@@ -46,7 +46,8 @@ def convert(name, flag, kind, value):
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             bad("an integer")
-        return [flag, str(value)]
+        # int(): an IntEnum such as ssl.CERT_REQUIRED prints as its name before 3.11.
+        return [flag, str(int(value))]
     if kind == "octal":
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             bad("an integer file mode")
@@ -58,7 +59,7 @@ def convert(name, flag, kind, value):
     if kind == "str":
         if value is None:
             return []
-        if isinstance(value, int) and not isinstance(value, bool) and name in ("user", "group"):
+        if isinstance(value, int) and not isinstance(value, bool) and name in ("user", "group", "ssl_version"):
             return [flag, str(value)]
         if not isinstance(value, str):
             bad("a string")

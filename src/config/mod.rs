@@ -7,6 +7,7 @@ pub mod file;
 mod layers;
 mod print;
 pub mod reference;
+mod tls;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use clap::Parser;
 
 pub use self::bind::BindAddress;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
+pub use self::tls::TlsArgs;
 use crate::http::head::HeadLimits;
 
 /// The longest `--timeout`, `--graceful-timeout` and `--keep-alive`, in seconds (about
@@ -59,6 +61,13 @@ pub struct Config {
     /// Server hooks the configuration file defines (filled in after parsing).
     #[arg(skip)]
     pub hooks: Vec<String>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// The TLS configuration the master built from `tls` (filled in after parsing).
+    #[arg(skip)]
+    pub tls_server: Option<std::sync::Arc<rustls::ServerConfig>>,
 
     /// Address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N. Repeatable.
     #[arg(short = 'b', long = "bind", value_name = "ADDRESS", value_parser = bind::parse)]
@@ -550,6 +559,13 @@ impl Config {
             "sendfile": self.no_sendfile.then_some(false),
             "proc_name": self.proc_name_setting,
         });
+        let more = match (more, self.tls.settings_json()) {
+            (serde_json::Value::Object(mut more), serde_json::Value::Object(tls)) => {
+                more.extend(tls);
+                serde_json::Value::Object(more)
+            }
+            (more, _) => more,
+        };
         if let (serde_json::Value::Object(all), serde_json::Value::Object(more)) =
             (&mut settings, more)
         {

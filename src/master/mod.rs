@@ -13,6 +13,7 @@ mod hooks;
 pub mod listeners;
 mod notify;
 mod reload;
+mod tls;
 mod upgrade;
 mod workers;
 
@@ -187,6 +188,10 @@ pub fn check_config(cfg: &Config) -> i32 {
             return 1;
         }
     }
+    if let Err(e) = tls::load(&mut cfg.clone()) {
+        eprintln!("rgun: {e}");
+        return 1;
+    }
     // SAFETY: single-threaded; the child only imports the app and exits.
     match unsafe { crate::python::fork_interpreter(crate::python::Inherit::AllBut(&[])) } {
         Ok(Forked::Child(signals)) => {
@@ -220,7 +225,7 @@ fn preload(cfg: &Config) -> Result<crate::wsgi::App, String> {
 }
 
 /// Runs the server until it stops; returns the process exit status.
-pub fn run(cfg: Config) -> anyhow::Result<i32> {
+pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
     // SAFETY: umask only sets this process's creation mask.
     unsafe { libc::umask(cfg.umask as libc::mode_t) };
@@ -233,6 +238,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         std::env::set_current_dir(dir)
             .with_context(|| format!("cannot chdir to {}", dir.display()))?;
     }
+    tls::load(&mut cfg).map_err(anyhow::Error::msg)?;
     let mut hook_host = match hooks::HookHost::start(&cfg) {
         Ok(host) => host,
         Err(e) => {

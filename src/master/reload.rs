@@ -149,6 +149,7 @@ impl Arbiter {
             tracing::warn!("bind changes need a restart (or USR2); keeping the current sockets");
         }
         fresh.bind = self.cfg.bind.clone();
+        super::tls::load(&mut fresh).map_err(|e| ErrorBody::new(ErrorCode::Failed, e))?;
         Ok(fresh)
     }
 

@@ -1,11 +1,16 @@
 //! Networking types that both the master and the worker use: a listening socket with
 //! what it is known as, the two ends of a client connection, the `Transport` every
-//! byte of a client connection goes through, and the `Outbox` of bytes waiting for it.
+//! byte of a client connection goes through (in TLS: `tls`, configured by `tls_setup`),
+//! and the `Outbox` of bytes waiting for it.
 //!
 //! The lowest layer of the tree: no HTTP, no Python, no process management.
 
 pub mod outbox;
+pub mod tickets;
+pub mod tls;
+pub mod tls_setup;
 pub mod transport;
+mod x509;
 
 use std::path::PathBuf;
 

@@ -93,7 +93,8 @@ impl Outbox {
     }
 
     /// Sends until everything is gone (`Ok`) or the socket is full (`WouldBlock`).
-    pub fn flush(&mut self, t: &Transport) -> io::Result<()> {
+    /// In TLS, gone means on the wire, not only encrypted.
+    pub fn flush(&mut self, t: &mut Transport) -> io::Result<()> {
         while self.buffered() > 0 || !self.pieces.is_empty() {
             let sent = if self.pieces.is_empty() {
                 t.write(&self.buf[self.pos..])
@@ -127,10 +128,11 @@ impl Outbox {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        // What TLS encrypted but the socket has not taken yet.
+        t.flush_pending()
     }
 
-    fn write_pieces(&self, t: &Transport) -> io::Result<usize> {
+    fn write_pieces(&self, t: &mut Transport) -> io::Result<usize> {
         let mut iov = [IoSlice::new(&[]); MAX_IOV];
         let mut count = 0;
         if self.buffered() > 0 {
@@ -185,7 +187,7 @@ mod tests {
 
     #[test]
     fn buffer_pieces_and_file_go_out_in_order_through_a_full_socket() {
-        let (t, mut peer) = pair();
+        let (mut t, mut peer) = pair();
         let mut file = tempfile::tempfile().unwrap();
         let file_data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         file.write_all(&file_data).unwrap();
@@ -214,7 +216,7 @@ mod tests {
         });
         let mut blocked = 0;
         loop {
-            match out.flush(&t) {
+            match out.flush(&mut t) {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     blocked += 1;

@@ -1,22 +1,36 @@
 //! `Transport`: the one way to a client connection's bytes. Every read, write,
 //! vectored write, file send and half-close of a client socket goes through it, and
 //! only the worker's event loop owns one — so a pool thread can never park on a slow
-//! client, and TLS can later wrap exactly these calls.
+//! client. With `--certfile` the bytes pass through a TLS session inside it
+//! (`net::tls`): the rest of the server sees plaintext through the same calls.
 //!
 //! Non-blocking, no SIGPIPE (`MSG_NOSIGNAL`); errors are `io::Error`s as the kernel
 //! gives them (`WouldBlock` when the socket is full or empty).
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
-/// A connected, non-blocking client socket.
+use super::tls::TlsStream;
+
+/// A connected, non-blocking client socket, in the clear or inside TLS.
 pub struct Transport {
     sock: socket2::Socket,
+    /// The TLS session the bytes pass through (`--certfile`); None in the clear.
+    tls: Option<Box<TlsStream>>,
 }
 
 impl Transport {
     pub fn new(sock: socket2::Socket) -> Transport {
-        Transport { sock }
+        Transport { sock, tls: None }
+    }
+
+    /// A server-side TLS session on `sock`; the handshake happens in the first reads.
+    pub fn tls(sock: socket2::Socket, config: &Arc<rustls::ServerConfig>) -> io::Result<Transport> {
+        Ok(Transport {
+            sock,
+            tls: Some(Box::new(TlsStream::new(config)?)),
+        })
     }
 
     /// For registering with the event loop's poller, never for I/O.
@@ -24,65 +38,67 @@ impl Transport {
         self.sock.as_raw_fd()
     }
 
-    /// One recv(2) into `buf`'s spare capacity (at least `want` bytes of it);
-    /// `Ok(0)` is the client's end of stream. A read that leaves `buf` full (length ==
-    /// capacity) may have left more in the socket.
-    pub fn read(&self, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
-        buf.reserve(want);
-        let spare = buf.spare_capacity_mut();
-        // SAFETY: recv writes at most `spare.len()` bytes into the vector's spare
-        // capacity; we only extend the length by what the kernel reports written.
-        let n = unsafe { libc::recv(self.fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        // SAFETY: the kernel initialised `n` bytes past the old length.
-        unsafe { buf.set_len(buf.len() + n) };
-        Ok(n)
+    /// The bytes are inside TLS (the request's URL scheme is https).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
-    pub fn write(&self, data: &[u8]) -> io::Result<usize> {
-        // SAFETY: `data` is a valid slice for the duration of the call.
-        let n = unsafe {
-            libc::send(
-                self.fd(),
-                data.as_ptr().cast(),
-                data.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
+    /// The client certificate's subject (RFC 4514), when it presented one.
+    pub fn peer_subject(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.peer_subject())
+    }
+
+    /// A read may return bytes without a new readiness event: TLS holds decrypted
+    /// bytes, or its last read of the socket did not find it empty.
+    pub fn may_have_more(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.may_have_more())
+    }
+
+    /// TLS holds bytes for the socket (a handshake answer it had no room for).
+    pub fn wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// One read into `buf`'s spare capacity (at least `want` bytes of it); `Ok(0)` is
+    /// the client's end of stream. A read that leaves `buf` full (length == capacity)
+    /// may have left more in the socket.
+    pub fn read(&mut self, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+        let fd = self.fd();
+        match &mut self.tls {
+            Some(tls) => tls.read(fd, buf, want),
+            None => recv_into(fd, buf, want),
+        }
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let fd = self.fd();
+        match &mut self.tls {
+            Some(tls) => tls.write(fd, data),
+            None => send(fd, data),
         }
     }
 
     /// One sendmsg(2) of several pieces; returns the bytes taken, in order.
-    pub fn write_vectored(&self, pieces: &[IoSlice<'_>]) -> io::Result<usize> {
-        // SAFETY: a zeroed msghdr is valid (no name, no control data); IoSlice is
-        // ABI-compatible with iovec, and the slices outlive the call.
-        let n = unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = pieces.as_ptr() as *mut libc::iovec;
-            msg.msg_iovlen = pieces.len() as _;
-            libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL)
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
+    pub fn write_vectored(&mut self, pieces: &[IoSlice<'_>]) -> io::Result<usize> {
+        let fd = self.fd();
+        match &mut self.tls {
+            Some(tls) => tls.write_vectored(fd, pieces),
+            None => send_vectored(fd, pieces),
         }
     }
 
-    /// One sendfile(2) of up to `count` bytes of `file` from `*offset` (advanced by
-    /// what was sent); `Ok(0)` is the file's end.
-    pub fn send_file(&self, file: RawFd, offset: &mut u64, count: usize) -> io::Result<usize> {
+    /// Up to `count` bytes of `file` from `*offset` (advanced by what was sent):
+    /// sendfile(2) in the clear; in TLS, read and encrypted in bounded chunks. `Ok(0)`
+    /// is the file's end.
+    pub fn send_file(&mut self, file: RawFd, offset: &mut u64, count: usize) -> io::Result<usize> {
+        let fd = self.fd();
+        if let Some(tls) = &mut self.tls {
+            return tls.send_file(fd, file, offset, count);
+        }
         let mut off = *offset as libc::off_t;
         // SAFETY: both descriptors are open for the duration of the call; `off` is a
         // valid local the kernel updates.
-        let n = unsafe { libc::sendfile(self.fd(), file, &mut off, count) };
+        let n = unsafe { libc::sendfile(fd, file, &mut off, count) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -90,10 +106,77 @@ impl Transport {
         Ok(n as usize)
     }
 
-    /// Half-close: no more bytes from us; the client can still send (and we read
-    /// and discard) until it closes.
-    pub fn shutdown_write(&self) {
+    /// Sends what TLS has encrypted but the socket has not taken yet (`WouldBlock`
+    /// while some remains). Nothing to do in the clear: a write that returned was sent.
+    pub fn flush_pending(&mut self) -> io::Result<()> {
+        let fd = self.fd();
+        match &mut self.tls {
+            Some(tls) => tls.send_pending(fd),
+            None => Ok(()),
+        }
+    }
+
+    /// Half-close: no more bytes from us (in TLS, after a close_notify); the client can
+    /// still send (and we read and discard) until it closes.
+    pub fn shutdown_write(&mut self) {
+        let fd = self.fd();
+        if let Some(tls) = &mut self.tls {
+            tls.close_notify(fd);
+        }
         let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// One recv(2) into `buf`'s spare capacity, at least `want` bytes of it.
+pub(super) fn recv_into(fd: RawFd, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    buf.reserve(want);
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: recv writes at most `spare.len()` bytes into the vector's spare
+    // capacity; we only extend the length by what the kernel reports written.
+    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised `n` bytes past the old length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// One recv(2) into `buf`, with `flags` (e.g. `MSG_PEEK`).
+pub(super) fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+pub(super) fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is a valid slice for the duration of the call.
+    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+pub(super) fn send_vectored(fd: RawFd, pieces: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: a zeroed msghdr is valid (no name, no control data); IoSlice is
+    // ABI-compatible with iovec, and the slices outlive the call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = pieces.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = pieces.len() as _;
+        libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -114,7 +197,7 @@ mod tests {
 
     #[test]
     fn reads_what_was_sent_then_would_block_then_eof() {
-        let (t, mut peer) = pair();
+        let (mut t, mut peer) = pair();
         peer.write_all(b"hello").unwrap();
         let mut buf = Vec::new();
         assert_eq!(t.read(&mut buf, 64).unwrap(), 5);
@@ -127,7 +210,7 @@ mod tests {
 
     #[test]
     fn vectored_write_keeps_order_and_half_close_ends_the_stream() {
-        let (t, mut peer) = pair();
+        let (mut t, mut peer) = pair();
         let n = t
             .write_vectored(&[IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cde")])
             .unwrap();
@@ -140,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_full_socket_would_block() {
-        let (t, _peer) = pair();
+        let (mut t, _peer) = pair();
         let chunk = vec![0u8; 64 * 1024];
         let mut total = 0usize;
         let err = loop {

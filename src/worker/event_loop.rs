@@ -19,6 +19,7 @@ use super::conn::{Conn, Drive, Exec};
 use super::listening::{Listening, LISTENER_BASE};
 use super::pool::Pool;
 use super::{Service, Shared};
+use crate::net::transport::Transport;
 use crate::net::Listener;
 use crate::net::{Local, Peer};
 use crate::scoreboard::WorkerState;
@@ -353,8 +354,18 @@ impl<'a> EventLoop<'a> {
                     trusted: true,
                 },
             };
+            let transport = match &self.shared.settings.tls {
+                Some(tls) => match Transport::tls(sock, tls) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!("cannot start a TLS session: {e}");
+                        continue;
+                    }
+                },
+                None => Transport::new(sock),
+            };
             let mut conn = Conn::new(
-                sock,
+                transport,
                 peer,
                 proxy,
                 Arc::clone(&self.locals[index]),

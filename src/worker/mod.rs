@@ -65,6 +65,9 @@ pub struct Settings {
     pub error_logfile: String,
     /// Header/value pairs that mark a request from a trusted proxy as HTTPS.
     pub secure_scheme_headers: Vec<(String, String)>,
+    /// Every connection speaks TLS from this configuration (`--certfile`), loaded by
+    /// the master.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The application side, called with the GIL: the application and the server hooks
@@ -325,6 +328,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         reload: cfg.reload,
         error_logfile: cfg.error_logfile.clone(),
         secure_scheme_headers: cfg.secure_scheme_headers(),
+        tls: cfg.tls_server.clone(),
     };
     let app_kind = cfg.worker_kind();
     let service = Arc::new(Service { app, hooks });

@@ -22,6 +22,8 @@ pub struct RequestInfo<'a> {
     pub peer: &'a Peer,
     pub local: &'a Local,
     pub https: bool,
+    /// The TLS client certificate's subject (RFC 4514), as `SSL_CLIENT_S_DN`.
+    pub client_subject: Option<&'a str>,
     /// REMOTE_ADDR and REMOTE_PORT as Python strings, made once per connection.
     pub remote: &'a (Py<PyString>, Py<PyString>),
 }
@@ -251,6 +253,9 @@ impl EnvironBuilder {
         env.set_item(&k.remote_port, req.remote.1.bind(py))?;
         if req.https {
             env.set_item(&k.url_scheme, &k.https_)?;
+        }
+        if let Some(subject) = req.client_subject {
+            env.set_item("SSL_CLIENT_S_DN", subject)?;
         }
         env.set_item(&k.input, input)?;
 

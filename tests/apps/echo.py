@@ -2,6 +2,7 @@
 with what the client sent."""
 
 import json
+import os
 
 
 def application(environ, start_response):
@@ -21,6 +22,8 @@ def application(environ, start_response):
         "body": body.decode("latin-1"),
         "multithread": environ["wsgi.multithread"],
         "multiprocess": environ["wsgi.multiprocess"],
+        "client_dn": environ.get("SSL_CLIENT_S_DN"),
+        "pid": os.getpid(),
     }
     out = json.dumps(echoed).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])

@@ -14,4 +14,5 @@ mod hygiene;
 mod lifecycle;
 mod limits;
 mod packaging;
+mod tls;
 mod wsgi;

@@ -97,9 +97,9 @@ impl Conn {
     }
 
     /// What either bridge needs before it calls the application: whether the request
-    /// came over HTTPS (a trusted proxy's headers; disagreeing ones are a 400, the
-    /// `Err` step) and the facts that shape the response head. Counts the request in
-    /// flight on the scoreboard.
+    /// came over HTTPS (our own TLS, or a trusted proxy's headers; disagreeing ones
+    /// are a 400, the `Err` step) and the facts that shape the response head. Counts
+    /// the request in flight on the scoreboard.
     pub(super) fn begin_call(&mut self, ctx: &Shared) -> Result<(bool, RequestFacts), Step> {
         let https = is_https(
             &self.head_bytes,
@@ -107,7 +107,8 @@ impl Conn {
             self.peer.trusted,
             &ctx.settings.secure_scheme_headers,
         )
-        .map_err(|e| self.fail(&e))?;
+        .map_err(|e| self.fail(&e))?
+            || self.transport.is_tls();
         ctx.scoreboard_begin();
         let facts = RequestFacts {
             minor_version: self.head.minor_version,
@@ -135,7 +136,8 @@ impl Conn {
         ctx.lanes.enter(
             lane,
             fd,
-            on_wire,
+            // The watcher thread cannot speak TLS: for it, a TLS client gets a close.
+            on_wire || self.transport.is_tls(),
             since,
             &self.head_bytes[what],
             &self.peer.addr,
@@ -170,6 +172,7 @@ impl Conn {
             peer: &self.peer,
             local: &self.local,
             https,
+            client_subject: self.transport.peer_subject(),
         };
         let hook_req = match &service.hooks {
             Some(h) if h.pre_request || h.post_request => {
@@ -272,7 +275,7 @@ impl Conn {
         let State::Responding(r) = &mut self.state else {
             unreachable!()
         };
-        match r.http.outbox.flush(&self.transport) {
+        match r.http.outbox.flush(&mut self.transport) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Waiting for the client, not in the application: the connection's

@@ -118,7 +118,7 @@ impl Conn {
         };
         let cycle = cycle.clone_ref(py);
         let mut c = cycle.borrow_mut(py);
-        match c.http().outbox.flush(&self.transport) {
+        match c.http().outbox.flush(&mut self.transport) {
             Ok(()) => c.drained(py),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
@@ -186,7 +186,7 @@ impl Conn {
         };
         let cycle = ws.cycle.clone_ref(py);
         let mut c = cycle.borrow_mut(py);
-        match c.outbox().flush(&self.transport) {
+        match c.outbox().flush(&mut self.transport) {
             Ok(()) => c.drained(py),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.deadline = Instant::now() + ctx.settings.request_timeout;

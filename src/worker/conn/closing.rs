@@ -40,6 +40,11 @@ impl Conn {
                 Err(_) => return Step::Close,
             }
         }
+        match self.transport.flush_pending() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WaitWrite,
+            Err(_) => return Step::Close,
+        }
         self.shutdown_and_drain()
     }
 

@@ -36,6 +36,7 @@ pub fn shared() -> Shared {
             reload: false,
             error_logfile: "-".into(),
             secure_scheme_headers: Vec::new(),
+            tls: None,
         },
         lanes: Lanes::new(1, board.slot(0)),
         slot: board.slot(0),
@@ -53,7 +54,7 @@ pub fn conn() -> (Conn, UnixStream) {
     server.set_nonblocking(true).expect("non-blocking");
     let sock = socket2::Socket::from(OwnedFd::from(server));
     let conn = Conn::new(
-        sock,
+        crate::net::transport::Transport::new(sock),
         Peer::default(),
         None,
         Arc::new(Local::default()),

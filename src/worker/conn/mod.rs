@@ -127,7 +127,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(
-        sock: socket2::Socket,
+        transport: Transport,
         peer: Peer,
         proxy_pending: Option<ProxyMode>,
         local: std::sync::Arc<Local>,
@@ -135,7 +135,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             key: 0,
-            transport: Transport::new(sock),
+            transport,
             peer,
             local,
             read_buf: Vec::new(),
@@ -199,6 +199,8 @@ impl Conn {
             };
             match step {
                 Step::Continue => {}
+                // A TLS handshake answer the socket had no room for waits for room.
+                Step::Wait if self.transport.wants_write() => return Drive::WaitWrite,
                 Step::Wait => return Drive::WaitRead,
                 Step::WaitWrite => return Drive::WaitWrite,
                 Step::Close => return Drive::Close,
@@ -417,8 +419,10 @@ impl Conn {
         }
         match self.transport.read(&mut self.read_buf, READ_CHUNK_BYTES) {
             Ok(n) => {
-                // A short read emptied the socket: later bytes raise a new edge.
-                self.unread = self.read_buf.len() == self.read_buf.capacity();
+                // A short read emptied the socket: later bytes raise a new edge (unless
+                // TLS holds more, or has not yet seen the socket empty).
+                self.unread = self.read_buf.len() == self.read_buf.capacity()
+                    || self.transport.may_have_more();
                 Ok(n)
             }
             Err(e) => {
