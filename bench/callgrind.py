@@ -90,7 +90,7 @@ def read_response(sock, buf):
     return rest[length:]
 
 
-def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", connections=1):
+def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", connections=1, keep=None):
     """Instructions the worker process executed while serving `requests` GETs over
     `connections` connections in lockstep."""
     with tempfile.TemporaryDirectory(prefix="rgun-callgrind-") as out:
@@ -139,6 +139,10 @@ def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", co
                 totals.append((int(total.split()[1]), cmdline))
         if not totals:
             sys.exit("callgrind wrote no profile")
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            for f in glob.glob(os.path.join(out, "callgrind.out.*")):
+                os.replace(f, os.path.join(keep, f"{os.path.basename(f)}.{requests}"))
         # The worker is the process that ran the most: it imported the app and served.
         return max(totals)[0]
 
@@ -152,10 +156,11 @@ def main():
     ap.add_argument("--long", type=int, default=12000, help="requests in the long run")
     ap.add_argument("-k", "--worker-class", default="sync", help="rgun's -k (sync, asgi)")
     ap.add_argument("--connections", type=int, default=1, help="connections sending in lockstep")
+    ap.add_argument("--keep", help="directory to keep the profiles in (for callgrind_annotate)")
     args = ap.parse_args()
     if not os.path.exists(RGUN):
         sys.exit(f"{RGUN} is missing: bench/run installs rgun into bench/.venv")
-    run = lambda n: worker_instructions(args.app, n, args.path, args.request, args.worker_class, args.connections)
+    run = lambda n: worker_instructions(args.app, n, args.path, args.request, args.worker_class, args.connections, args.keep)
     short, long = run(args.short), run(args.long)
     per_request = (long - short) / (args.long - args.short)
     print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {args.request} request: {per_request:,.0f} instructions per request "

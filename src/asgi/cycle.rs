@@ -95,6 +95,8 @@ pub struct Cycle {
     facts: RequestFacts,
     body: Option<RequestBody>,
     start: Option<(u16, Headers)>,
+    /// The headers of the head framed (for a `post_request` hook's `resp`).
+    sent_headers: Headers,
     phase: Phase,
     /// Close after what is queued.
     broken: bool,
@@ -127,6 +129,7 @@ impl Cycle {
             facts,
             body: Some(body),
             start: None,
+            sent_headers: Vec::new(),
             phase: Phase::Waiting,
             broken: false,
             disconnected: false,
@@ -353,8 +356,18 @@ impl Cycle {
                 facts,
             )
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        self.sent_headers = headers;
         self.phase = Phase::Streaming;
         Ok(())
+    }
+
+    /// The response's headers as framed, as text (a `post_request` hook's `resp`).
+    pub fn response_headers(&self) -> Vec<(String, String)> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        self.sent_headers
+            .iter()
+            .map(|(n, v)| (text(n), text(v)))
+            .collect()
     }
 
     fn response_body(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {

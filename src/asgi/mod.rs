@@ -184,17 +184,18 @@ impl AsgiApp {
     }
 
     /// Calls the application for one request and runs its first step. The returned
-    /// cycle holds the response (complete already, if the application did not wait).
+    /// cycle holds the response (complete already, if the application did not wait);
+    /// the scope is returned too, for a `post_request` hook.
     #[allow(clippy::too_many_arguments)]
-    pub fn call(
+    pub fn call<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         req: &ScopeInfo<'_>,
         body: RequestBody,
         outbox: Outbox,
         facts: RequestFacts,
         key: usize,
-    ) -> PyResult<Py<Cycle>> {
+    ) -> PyResult<(Py<Cycle>, Bound<'py, PyDict>)> {
         let scope = self.scope.build(py, req, self.state.bind(py))?;
         let cycle = Py::new(
             py,
@@ -210,26 +211,27 @@ impl AsgiApp {
         let bound = cycle.bind(py);
         let receive = bound.getattr(intern!(py, "receive"))?;
         let send = bound.getattr(intern!(py, "send"))?;
-        let error = match self.callable.bind(py).call1((scope, receive, send)) {
+        let error = match self.callable.bind(py).call1((&scope, receive, send)) {
             Ok(coro) => self.start_task(py, &cycle, coro).err(),
             Err(e) => Some(e),
         };
         if let Some(e) = error {
             cycle.borrow_mut(py).app_returned(py, Some(e));
         }
-        Ok(cycle)
+        Ok((cycle, scope))
     }
 
-    /// Calls the application for a WebSocket upgrade request.
-    pub fn call_websocket(
+    /// Calls the application for a WebSocket upgrade request (the scope is returned
+    /// too, for a `post_request` hook).
+    pub fn call_websocket<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         req: &ScopeInfo<'_>,
         upgrade: crate::http::websocket::UpgradeRequest,
         outbox: Outbox,
         facts: RequestFacts,
         key: usize,
-    ) -> PyResult<Py<WsCycle>> {
+    ) -> PyResult<(Py<WsCycle>, Bound<'py, PyDict>)> {
         let scope =
             self.scope
                 .build_websocket(py, req, self.state.bind(py), &upgrade.subprotocols)?;
@@ -251,7 +253,7 @@ impl AsgiApp {
         let started = self
             .callable
             .bind(py)
-            .call1((scope, receive, send))
+            .call1((&scope, receive, send))
             .and_then(|coro| self.new_task(py, coro));
         match started {
             Ok(task) if task.call_method0(intern!(py, "done"))?.is_truthy()? => {
@@ -266,7 +268,7 @@ impl AsgiApp {
             }
             Err(e) => cycle.borrow_mut(py).app_returned(py, Some(e)),
         }
-        Ok(cycle)
+        Ok((cycle, scope))
     }
 
     fn new_task<'py>(

@@ -5,6 +5,7 @@
 //! heartbeat. WebSockets in `websocket`.
 
 mod crowd;
+mod operator;
 mod websocket;
 
 use std::io::{BufReader, Read, Write};
