@@ -19,7 +19,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
-use self::cycle::{Cycle, Done, Kit, RequestBody};
+use self::cycle::{Cycle, Kit, RequestBody};
 use self::scope::{ScopeBuilder, ScopeInfo};
 use self::wake::Wakeups;
 use self::websocket::WsCycle;
@@ -101,7 +101,11 @@ impl AsgiApp {
             lifespan: None,
             kit: Kit {
                 create_future: event_loop.getattr("create_future")?.unbind(),
-                done: Py::new(py, Done)?,
+                done: {
+                    let done = event_loop.call_method0("create_future")?;
+                    done.call_method1("set_result", (py.None(),))?;
+                    done.unbind()
+                },
                 disconnected_error: bridge.getattr("ClientDisconnected")?.unbind(),
                 cancel_after_grace: bridge
                     .getattr("canceller")?
@@ -299,7 +303,8 @@ impl AsgiApp {
         coro: Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let task = self.new_task(py, coro)?;
-        if task.call_method0(intern!(py, "done"))?.is_truthy()? {
+        // Only an eager Task can be done already (before 3.12 it has not started).
+        if self.eager_task.is_some() && task.call_method0(intern!(py, "done"))?.is_truthy()? {
             // Finished in its eager first step: no done callback (it would cost a
             // loop iteration).
             cycle.borrow_mut(py).task_done(py, &task);

@@ -223,7 +223,7 @@ fn preload(cfg: &Config) -> Result<crate::worker::Preloaded, String> {
                         .map(|c| Preloaded::Asgi(c.unbind()))
                 } else {
                     crate::wsgi::App::load(py, &cfg.app, cfg.threads > 1, workers > 1)
-                        .map(Preloaded::Wsgi)
+                        .map(|app| Preloaded::Wsgi(Box::new(app)))
                 }
             })
             .map_err(|e| crate::python::format_exception(py, &e))

@@ -84,7 +84,7 @@ pub enum Application {
 /// What a `--preload` master imported, for its workers: a WSGI application, or the
 /// callable an ASGI worker wraps (its event loop is made in each worker, after fork).
 pub enum Preloaded {
-    Wsgi(App),
+    Wsgi(Box<App>),
     Asgi(Py<PyAny>),
 }
 
