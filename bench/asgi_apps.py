@@ -1,4 +1,4 @@
-"""ASGI apps for bench/asgi.py (the same answer as apps.py's WSGI hello)."""
+"""ASGI apps for bench/bench.py's ASGI workloads (the same answer as apps.py's WSGI hello)."""
 
 import asyncio
 

@@ -1,10 +1,15 @@
-"""Benchmark orchestrator: rgun vs Granian vs Gunicorn on the same WSGI apps (bench/apps.py).
+"""Benchmark orchestrator: rgun vs its peers on the same apps, 2 workers each.
+WSGI workloads (bench/apps.py, bench/flask_apps.py): rgun, Granian --interface wsgi,
+Gunicorn. ASGI workloads (bench/asgi_apps.py, bench/fastapi_apps.py): rgun -k asgi,
+Granian --interface asgi, Uvicorn (httptools, uvloop), Gunicorn -k asgi.
 
 Run through `bench/run`, which sets up wrk, the pinned venv and the release build.
 For each workload and round it starts each server (2 workers, loopback, free port),
 waits until it answers, warms up, then runs `wrk -t2 --latency` at 1 and 64
-connections. Servers are interleaved within a round (rgun, Granian, Gunicorn, rgun, ...)
-and the MEDIAN over rounds is reported. Results go to stdout and to BENCHMARKS.md.
+connections (the 10 ms sleep workloads: their own counts; WebSocket echo:
+bench/ws_client.py). Servers are interleaved within a round (rgun, Granian, Gunicorn,
+rgun, ...) and the MEDIAN over rounds is reported. Results go to stdout and to
+BENCHMARKS.md.
 
 Measurements:
   req/s, p50, p99   from wrk (--latency distribution)
@@ -37,31 +42,63 @@ ROOT = os.path.dirname(BENCH)
 VENV = os.path.join(BENCH, ".venv")
 RGUN = os.path.join(VENV, "bin", "rgun")  # pip-installed by bench/run
 WORKERS = 2
-SERVERS = ["rgun", "Granian", "Gunicorn"]
 CLK = os.sysconf("SC_CLK_TCK")
+# The servers of each interface, in the order they run within a round.
+SERVERS = {"wsgi": ["rgun", "Granian", "Gunicorn"], "asgi": ["rgun", "Granian", "Uvicorn", "Gunicorn"]}
+ALL_SERVERS = ["rgun", "Granian", "Uvicorn", "Gunicorn"]
 
-# name -> (MODULE:CALLABLE in bench/, wrk extra args, threads per worker or None)
+
+class Workload:
+    """`app`: MODULE:CALLABLE in bench/; `interface`: wsgi or asgi; `extra`: wrk
+    arguments; `threads`: per worker (WSGI) or None; `conns`: connection counts, or
+    None for --connections; `ws`: WebSocket echo (bench/ws_client.py), not wrk."""
+
+    def __init__(self, app, interface="wsgi", extra=(), threads=None, conns=None, ws=False):
+        self.app, self.interface, self.extra = app, interface, list(extra)
+        self.threads, self.conns, self.ws = threads, conns, ws
+
+
 WORKLOADS = {
-    "hello": ("apps:hello", [], None),
-    "flask_json": ("flask_apps:flask_json", [], None),
-    "64k": ("apps:k64", [], None),
-    "post_1m": ("apps:post_1m", ["-s", os.path.join(BENCH, "post_1m.lua")], None),
-    "sleep10ms": ("apps:sleep10ms", [], 4),
+    "hello": Workload("apps:hello"),
+    "flask_json": Workload("flask_apps:flask_json"),
+    "64k": Workload("apps:k64"),
+    "post_1m": Workload("apps:post_1m", extra=["-s", os.path.join(BENCH, "post_1m.lua")]),
+    "sleep10ms": Workload("apps:sleep10ms", threads=4),
+    "asgi_hello": Workload("asgi_apps:hello", "asgi"),
+    "fastapi_json": Workload("fastapi_apps:fastapi_json", "asgi"),
+    # 512 connections: the ideal is 512 / 10 ms = 51,200 req/s, capped by what the
+    # client can send (measured beside it: rgun's WSGI hello, the cheapest server
+    # answer there is, at 512 connections).
+    "asgi_sleep10ms": Workload("asgi_apps:sleep10ms", "asgi", conns=[512]),
+    "ws_echo": Workload("asgi_apps:ws_echo", "asgi", conns=[64], ws=True),
 }
-QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms"]
+QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms", "asgi_hello", "asgi_sleep10ms", "ws_echo"]
 
 
-def server_cmd(server, app, port, threads):
-    """The command line that starts `server` on `app` (MODULE:CALLABLE; cwd = repo root)."""
-    target = app
+def server_cmd(server, wl, port):
+    """The command line that starts `server` on workload `wl` (cwd = repo root)."""
+    app, threads = wl.app, wl.threads
+    if wl.interface == "asgi":
+        if server == "rgun":
+            return [RGUN, "-k", "asgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH,
+                    "--no-control-socket", "--worker-connections", "2000", app]
+        if server == "Gunicorn":
+            return [f"{VENV}/bin/gunicorn", "-k", "asgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}",
+                    "--chdir", BENCH, "--no-control-socket", "--worker-connections", "2000", app]
+        if server == "Granian":
+            return [f"{VENV}/bin/granian", "--interface", "asgi", "--workers", str(WORKERS), "--host", "127.0.0.1",
+                    "--port", str(port), "--working-dir", BENCH, app]
+        return [f"{VENV}/bin/uvicorn", "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
+                "--app-dir", BENCH, "--http", "httptools", "--loop", "uvloop", "--no-access-log",
+                "--lifespan", "off", app]
     if server == "rgun":
-        cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, "--no-control-socket", target]
+        cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, "--no-control-socket", app]
         return cmd + (["--threads", str(threads)] if threads else [])
     if server == "Gunicorn":
-        cmd = [f"{VENV}/bin/gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--chdir", BENCH, "--no-control-socket", target]
+        cmd = [f"{VENV}/bin/gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--chdir", BENCH, "--no-control-socket", app]
         return cmd + (["--threads", str(threads)] if threads else [])
     cmd = [f"{VENV}/bin/granian", "--interface", "wsgi", "--workers", str(WORKERS), "--host", "127.0.0.1",
-           "--port", str(port), "--working-dir", BENCH, target]
+           "--port", str(port), "--working-dir", BENCH, app]
     return cmd + (["--blocking-threads", str(threads)] if threads else [])
 
 
@@ -118,12 +155,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(server, app, threads, logdir):
+def start(server, wl, logdir):
     port = free_port()
     env = dict(os.environ, VIRTUAL_ENV=VENV)
     env["PATH"] = f"{VENV}/bin:" + env.get("PATH", "")
-    log = open(os.path.join(logdir, f"{server}-{app}.log"), "ab")
-    proc = subprocess.Popen(server_cmd(server, app, port, threads), cwd=ROOT, env=env,
+    log = open(os.path.join(logdir, f"{server}-{wl.app}.log"), "ab")
+    proc = subprocess.Popen(server_cmd(server, wl, port), cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.time() + 30
@@ -202,7 +239,9 @@ def wrk(port, conns, duration, extra):
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def measure(proc, port, conns, duration, extra):
+def measure(proc, port, conns, duration, extra, ws=False):
+    """wrk at `conns` connections (or, with `ws`, bench/ws_client.py's WebSocket echo:
+    messages count as requests, no latency figures)."""
     peak, done = [0.0], threading.Event()
 
     def sampler():
@@ -214,12 +253,20 @@ def measure(proc, port, conns, duration, extra):
     before = cpu_times(proc.pid)
     t.start()
     try:
-        out = wrk(port, conns, duration, extra)
+        if ws:
+            out = subprocess.run([sys.executable, os.path.join(BENCH, "ws_client.py"), str(port), str(conns),
+                                  str(duration)], capture_output=True, text=True, check=True).stdout
+        else:
+            out = wrk(port, conns, duration, extra)
     finally:
         done.set()
         t.join()
     after = cpu_times(proc.pid)
-    r = parse_wrk(out)
+    if ws:
+        messages = int(out.strip())
+        r = {"requests": messages, "rps": messages / duration, "p50": float("nan"), "p99": float("nan"), "errors": 0}
+    else:
+        r = parse_wrk(out)
     cpu = sum(v - before.get(pid, 0.0) for pid, v in after.items())
     r["cpu_us"] = cpu / r["requests"] * 1e6 if r["requests"] else float("nan")
     r["rss"] = peak[0]
@@ -240,7 +287,9 @@ def versions():
     return {
         "machine": f"{os.cpu_count()} cores (nproc {run('nproc')}), {cpu}, Linux {platform.release()}",
         "versions": f"rgun {rev}, Python {platform.python_version()}, gunicorn {importlib.metadata.version('gunicorn')}, "
-                    f"granian {importlib.metadata.version('granian')}, flask {importlib.metadata.version('flask')}, {wrk_v}",
+                    f"granian {importlib.metadata.version('granian')}, uvicorn {importlib.metadata.version('uvicorn')}, "
+                    f"uvloop {importlib.metadata.version('uvloop')}, flask {importlib.metadata.version('flask')}, "
+                    f"fastapi {importlib.metadata.version('fastapi')}, {wrk_v}",
     }
 
 
@@ -257,18 +306,24 @@ def ratio(a, b):
     return "n/a" if not b or a != a or b != b else f"{a / b:.2f}"
 
 
-def report(results, args, info):
-    """Markdown: one main table (servers side by side per workload) and a ratio table."""
+def medians(per):
+    return {s: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us", "rss")}
+            | {"errors": sum(r["errors"] for r in rs)} for s, rs in per.items() if rs}
+
+
+def tables(results, interface):
+    """One interface's main table (servers side by side per workload) and its ratios."""
+    servers = SERVERS[interface]
+    peers = servers[1:]
     L = ["| workload | conns | server | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors |",
          "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    R = ["| workload | conns | req/s rgun/Granian | req/s rgun/Gunicorn | p99 rgun/Granian | p99 rgun/Gunicorn "
-         "| CPU/req rgun/Granian | CPU/req rgun/Gunicorn | RSS rgun/Granian | RSS rgun/Gunicorn |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    notes = []
+    heads = [f"{k} rgun/{o}" for k in ("req/s", "p99", "CPU/req", "RSS") for o in peers]
+    R = ["| workload | conns | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(heads)]
     for (wl, conns), per in results.items():
-        med = {s: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us", "rss")}
-               | {"errors": sum(r["errors"] for r in rs)} for s, rs in per.items() if rs}
-        for s in SERVERS:
+        if WORKLOADS[wl].interface != interface:
+            continue
+        med = medians(per)
+        for s in servers:
             if s not in med:
                 L.append(f"| {wl} | {conns} | {s} | failed | | | | | |")
                 continue
@@ -277,29 +332,97 @@ def report(results, args, info):
                      f"| {fmt(m['cpu_us'])} | {fmt(m['rss'], 1)} | {m['errors']} |")
         g = lambda s, k: med.get(s, {}).get(k, float("nan"))
         R.append(f"| {wl} | {conns} | " + " | ".join(ratio(g("rgun", k), g(o, k)) for k in ("rps", "p99", "cpu_us", "rss")
-                                                      for o in ("Granian", "Gunicorn")) + " |")
-        threads = WORKLOADS[wl][2]
-        if threads:
-            ideal = min(conns, WORKERS * threads) / 0.010
-            notes.append(f"- {wl} @ {conns} conns: ideal = min(conns, workers×threads = {WORKERS * threads}) / 10 ms = "
+                                                      for o in peers) + " |")
+    return L, R
+
+
+def verdict(ok):
+    return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+
+def asgi_targets(results, caps):
+    """Issue 14's targets, each checked against this run."""
+    def m(wl, conns, server, key):
+        per = results.get((wl, conns), {})
+        return medians(per).get(server, {}).get(key, float("nan"))
+
+    def at_least(a, b, want):
+        return None if a != a or b != b or not b else a / b >= want
+
+    def at_most(a, b, want):
+        return None if a != a or b != b or not b else a / b <= want
+
+    out = []
+    if ("asgi_hello", 64) in results:
+        rps, cpu = m("asgi_hello", 64, "rgun", "rps"), m("asgi_hello", 64, "rgun", "cpu_us")
+        grps, gcpu = m("asgi_hello", 64, "Granian", "rps"), m("asgi_hello", 64, "Granian", "cpu_us")
+        out.append(f"- raw ASGI hello @ 64: req/s {ratio(rps, grps)}× Granian (target ≥ 2.0: {verdict(at_least(rps, grps, 2.0))}), "
+                   f"CPU/req {ratio(cpu, gcpu)}× (target ≤ 0.5: {verdict(at_most(cpu, gcpu, 0.5))}); "
+                   f"p99 {ratio(m('asgi_hello', 64, 'rgun', 'p99'), m('asgi_hello', 64, 'Granian', 'p99'))}× Granian's "
+                   f"(target ≤ 1: {verdict(at_most(m('asgi_hello', 64, 'rgun', 'p99'), m('asgi_hello', 64, 'Granian', 'p99'), 1.0))}); "
+                   f"RSS {ratio(m('asgi_hello', 64, 'rgun', 'rss'), m('asgi_hello', 64, 'Uvicorn', 'rss'))}× Uvicorn's "
+                   f"(target ≤ 0.75: {verdict(at_most(m('asgi_hello', 64, 'rgun', 'rss'), m('asgi_hello', 64, 'Uvicorn', 'rss'), 0.75))})")
+    if ("fastapi_json", 64) in results:
+        a, b = m("fastapi_json", 64, "rgun", "rps"), m("fastapi_json", 64, "Granian", "rps")
+        out.append(f"- FastAPI JSON @ 64: req/s {ratio(a, b)}× Granian (target ≥ 1.3: {verdict(at_least(a, b, 1.3))})")
+    for (wl, conns) in results:
+        if wl != "asgi_sleep10ms":
+            continue
+        cap = statistics.median(caps[wl]) if caps.get(wl) else float("nan")
+        ideal = min(conns / 0.010, cap) if cap == cap else conns / 0.010
+        rps = m(wl, conns, "rgun", "rps")
+        out.append(f"- 10 ms sleep @ {conns}: ideal = min({conns} / 10 ms = {conns / 0.010:,.0f}, the client's cap "
+                   f"{fmt(cap)} req/s: wrk against rgun's WSGI hello at {conns} connections) = {ideal:,.0f} req/s; achieved/ideal: "
+                   + ", ".join(f"{s} {ratio(m(wl, conns, s, 'rps'), ideal)}" for s in SERVERS["asgi"])
+                   + f" (target rgun ≥ 0.9: {verdict(at_least(rps, ideal, 0.9))})")
+    if ("ws_echo", 64) in results:
+        a, b = m("ws_echo", 64, "rgun", "rps"), m("ws_echo", 64, "Granian", "rps")
+        out.append(f"- WebSocket echo @ 64: messages/s {ratio(a, b)}× Granian (target ≥ 1.5: {verdict(at_least(a, b, 1.5))})")
+    return out
+
+
+def report(results, caps, args, info):
+    """Markdown: per interface, one main table (servers side by side per workload) and a
+    ratio table; the sleep workloads against their ideal; the ASGI targets."""
+    notes = []
+    for (wl, conns), per in results.items():
+        w = WORKLOADS[wl]
+        if w.interface == "wsgi" and w.threads:
+            med = medians(per)
+            g = lambda s, k: med.get(s, {}).get(k, float("nan"))
+            ideal = min(conns, WORKERS * w.threads) / 0.010
+            notes.append(f"- {wl} @ {conns} conns: ideal = min(conns, workers×threads = {WORKERS * w.threads}) / 10 ms = "
                          f"{ideal:.0f} req/s; achieved/ideal: "
-                         + ", ".join(f"{s} {ratio(g(s, 'rps'), ideal)}" for s in SERVERS))
-    return "\n".join([
+                         + ", ".join(f"{s} {ratio(g(s, 'rps'), ideal)}" for s in SERVERS["wsgi"]))
+    out = [
         f"Date (UTC): {info['date']}  ",
         f"Machine: {info['machine']}  ",
         f"Versions: {info['versions']}  ",
         f"Load average (1/5/15 min) {info['load']}  ",
         f"Settings: {WORKERS} workers each; wrk -t2 (-t1 at 1 connection: wrk needs conns >= threads), {args.duration} s per run, {args.rounds} interleaved round(s), "
         f"values are the MEDIAN over rounds (errors are summed). sleep10ms runs 4 threads per worker "
-        f"(rgun --threads 4, gunicorn --threads 4 = gthread, granian --blocking-threads 4); other workloads use each "
+        f"(rgun --threads 4, gunicorn --threads 4 = gthread, granian --blocking-threads 4); other WSGI workloads use each "
         f"server's default (Gunicorn: sync worker).",
-        "", *L, "", "Ratios (req/s: >1 means rgun is faster; p99, CPU/req, RSS: <1 means rgun is lower):", "", *R, "",
-        *(["Sleep workload vs ideal:", "", *notes, ""] if notes else []),
-        "CPU/req = utime+stime of the live server process tree (master + descendants) sampled from /proc just before "
-        "and after wrk, divided by requests completed; processes that exit mid-run are not counted. Peak RSS = max "
-        "of the tree's summed VmRSS, sampled every 100 ms (pages shared after fork are counted in every process). "
-        "wrk runs on the same 2-core machine and competes with the server for CPU.",
-    ])
+    ]
+    for interface, title in (("wsgi", "WSGI"), ("asgi", "ASGI")):
+        if not any(WORKLOADS[wl].interface == interface for wl, _ in results):
+            continue
+        L, R = tables(results, interface)
+        out += ["", f"## {title}", "", *L, "", "Ratios (req/s: >1 means rgun is faster; p99, CPU/req, RSS: <1 means rgun is lower):",
+                "", *R, ""]
+        if interface == "wsgi" and notes:
+            out += ["Sleep workload vs ideal:", "", *notes, ""]
+        if interface == "asgi":
+            out += ["ASGI servers: rgun -k asgi, Granian --interface asgi, Uvicorn --http httptools --loop uvloop, "
+                    "Gunicorn -k asgi (its own ASGI worker, uvloop when installed). asgi_sleep10ms awaits "
+                    "asyncio.sleep(0.01); ws_echo is bench/ws_client.py: each connection sends a 5-byte text message "
+                    "and waits for its echo, so req/s is messages/s (no latency figures).", "",
+                    "Targets (issue 14):", "", *asgi_targets(results, caps), ""]
+    out.append("CPU/req = utime+stime of the live server process tree (master + descendants) sampled from /proc just before "
+               "and after the load, divided by requests completed; processes that exit mid-run are not counted. Peak RSS = max "
+               "of the tree's summed VmRSS, sampled every 100 ms (pages shared after fork are counted in every process). "
+               "The load generator runs on the same 2-core machine and competes with the server for CPU.")
+    return "\n".join(out)
 
 
 def reload_time(logdir):
@@ -367,15 +490,19 @@ def control(path, request):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 s, 1 round, fewer workloads")
-    ap.add_argument("--duration", type=int, help="seconds per wrk run (default 10, quick 2)")
+    ap.add_argument("--duration", type=int, help="seconds per load run (default 10, quick 2)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 2, quick 1)")
     ap.add_argument("--workloads", help="comma-separated subset of: " + ",".join(WORKLOADS))
-    ap.add_argument("--connections", default="1,64", help="comma-separated wrk connection counts")
+    ap.add_argument("--connections", default="1,64", help="comma-separated wrk connection counts (workloads "
+                    "with their own, asgi_sleep10ms and ws_echo, keep them)")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"), help="markdown output ('' for none)")
     args = ap.parse_args()
     args.duration = args.duration or (2 if args.quick else 10)
     args.rounds = args.rounds or (1 if args.quick else 2)
     wls = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))
+    for wl in wls:
+        if wl not in WORKLOADS:
+            sys.exit(f"unknown workload {wl!r}; known: {', '.join(WORKLOADS)}")
     conns = [int(c) for c in args.connections.split(",")]
     info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), **versions(),
             "load": f"at start: {loadavg()}"}
@@ -384,34 +511,45 @@ def main():
     logdir = tempfile.mkdtemp(prefix="rgun-bench-")
     print(f"{info['machine']}\n{info['versions']}\nserver logs: {logdir}", flush=True)
 
-    results = {(wl, c): {s: [] for s in SERVERS} for wl in wls for c in conns}
+    results = {(wl, c): {s: [] for s in SERVERS[WORKLOADS[wl].interface]}
+               for wl in wls for c in (WORKLOADS[wl].conns or conns)}
+    # asgi_sleep10ms's ideal is capped by what the client can send at its connection
+    # count: rgun's WSGI hello measured at that count, in the same round.
+    caps = {wl: [] for wl in wls}
     for wl in wls:
-        app, extra, threads = WORKLOADS[wl]
+        w = WORKLOADS[wl]
         for rnd in range(args.rounds):
-            for server in SERVERS:
+            runs = [(server, w) for server in SERVERS[w.interface]]
+            if wl == "asgi_sleep10ms":
+                runs.append(("cap", WORKLOADS["hello"]))
+            for server, load in runs:
+                name = "rgun" if server == "cap" else server
                 try:
-                    proc, port = start(server, app, threads, logdir)
+                    proc, port = start(name, load, logdir)
                 except RuntimeError as e:
                     print(f"[{wl} r{rnd + 1}] {server}: {e}", flush=True)
                     continue
                 try:
                     check(port, wl)
-                    wrk(port, 64, 1, extra)  # warm-up
-                    for c in conns:
-                        r = measure(proc, port, c, args.duration, extra)
-                        results[(wl, c)][server].append(r)
+                    wrk(port, 64, 1, w.extra)  # warm-up
+                    for c in (w.conns or conns):
+                        r = measure(proc, port, c, args.duration, w.extra, ws=w.ws)
+                        if server == "cap":
+                            caps[wl].append(r["rps"])
+                        else:
+                            results[(wl, c)][server].append(r)
                         print(f"[{wl} r{rnd + 1}] {server:8} c={c:<3} {r['rps']:9.0f} req/s  p50 {r['p50']:7.2f} ms  "
                               f"p99 {r['p99']:7.2f} ms  cpu {r['cpu_us']:6.0f} us/req  rss {r['rss']:6.1f} MiB  "
                               f"errors {r['errors']}", flush=True)
                 except subprocess.CalledProcessError as e:
-                    print(f"[{wl} r{rnd + 1}] {server}: wrk failed: {e.stderr.strip()}", flush=True)
-                except (RuntimeError, OSError) as e:
+                    print(f"[{wl} r{rnd + 1}] {server}: load failed: {e.stderr.strip()}", flush=True)
+                except (RuntimeError, OSError, ValueError) as e:
                     print(f"[{wl} r{rnd + 1}] {server}: {e}", flush=True)
                 finally:
                     stop(proc)
 
     info["load"] += f"; at end: {loadavg()}"
-    md = report(results, args, info) + "\n\n" + reload_time(logdir)
+    md = report(results, caps, args, info) + "\n\n" + reload_time(logdir)
     print("\n" + md)
     if args.out:
         with open(args.out, "w") as f:

@@ -10,6 +10,11 @@ builds (or two apps) compare to the instruction. Kernel time is not counted.
     bench/.venv/bin/python bench/callgrind.py --request browser
     bench/.venv/bin/python bench/callgrind.py --app apps:k64  # any app in bench/
     bench/.venv/bin/python bench/callgrind.py --tls           # the same over TLS 1.3
+    bench/.venv/bin/python bench/callgrind.py -k asgi --app asgi_apps:sleep10ms --connections 256
+
+With --connections N, N keep-alive connections each send a request, then every answer
+is read, round after round (requests counts them all), so a turn of the worker's loop
+serves a batch as under load; -k asgi runs the ASGI worker.
 """
 
 import argparse
@@ -39,7 +44,7 @@ REQUESTS = {
         "X-Forwarded-Proto: https\r\nX-Real-IP: 203.0.113.7\r\n\r\n"
     ),
 }
-RGUN = os.path.join(ROOT, "bench", ".venv", "bin", "rgun")  # pip-installed by bench/run
+RGUN = os.environ.get("RGUN", os.path.join(ROOT, "bench", ".venv", "bin", "rgun"))  # pip-installed by bench/run
 
 
 def free_port():
@@ -96,8 +101,9 @@ def read_response(sock, buf):
     return rest[length:]
 
 
-def worker_instructions(app, requests, path, kind="wrk"):
-    """Instructions the worker process executed while serving `requests` GETs."""
+def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", connections=1, keep=None):
+    """Instructions the worker process executed while serving `requests` GETs over
+    `connections` connections in lockstep."""
     with tempfile.TemporaryDirectory(prefix="rgun-callgrind-") as out:
         port = free_port()
         # No %p in --callgrind-out-file: rgun rewrites its process title over argv,
@@ -105,7 +111,7 @@ def worker_instructions(app, requests, path, kind="wrk"):
         # callgrind.out.<pid> in the working directory instead.
         cmd = [
             "valgrind", "--tool=callgrind", "--trace-children=yes", "--quiet",
-            RGUN, "-w", "1", "-b", f"127.0.0.1:{port}", "--no-control-socket",
+            RGUN, "-k", worker_class, "-w", "1", "--worker-connections", str(max(1000, 2 * connections)), "-b", f"127.0.0.1:{port}", "--no-control-socket",
             "--pythonpath", os.path.join(ROOT, "bench"), app,
         ] + (["--certfile", TLS["cert"], "--keyfile", TLS["key"]] if TLS else [])
         # A fixed hash seed: with random ones, dict probing differs from run to run.
@@ -116,11 +122,17 @@ def worker_instructions(app, requests, path, kind="wrk"):
         try:
             wait_listening(port, proc)
             request = REQUESTS[kind].format(path=path, port=port).encode()
-            with connect(port, 60) as s:
-                buf = b""
-                for _ in range(requests):
-                    s.sendall(request)
-                    buf = read_response(s, buf)
+            socks = [connect(port, 60) for _ in range(connections)]
+            try:
+                bufs = [b""] * connections
+                for _ in range(requests // connections):
+                    for s in socks:
+                        s.sendall(request)
+                    for i, s in enumerate(socks):
+                        bufs[i] = read_response(s, bufs[i])
+            finally:
+                for s in socks:
+                    s.close()
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -138,6 +150,10 @@ def worker_instructions(app, requests, path, kind="wrk"):
                 totals.append((int(total.split()[1]), cmdline))
         if not totals:
             sys.exit("callgrind wrote no profile")
+        if keep:
+            os.makedirs(keep, exist_ok=True)
+            for f in glob.glob(os.path.join(out, "callgrind.out.*")):
+                os.replace(f, os.path.join(keep, f"{os.path.basename(f)}.{requests}"))
         # The worker is the process that ran the most: it imported the app and served.
         return max(totals)[0]
 
@@ -150,6 +166,9 @@ def main():
     ap.add_argument("--short", type=int, default=2000, help="requests in the short run")
     ap.add_argument("--long", type=int, default=12000, help="requests in the long run")
     ap.add_argument("--tls", action="store_true", help="over TLS 1.3 (bench/tls.py's certificate)")
+    ap.add_argument("-k", "--worker-class", default="sync", help="rgun's -k (sync, asgi)")
+    ap.add_argument("--connections", type=int, default=1, help="connections sending in lockstep")
+    ap.add_argument("--keep", help="directory to keep the profiles in (for callgrind_annotate)")
     args = ap.parse_args()
     if args.tls:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -160,10 +179,10 @@ def main():
         TLS["client"].minimum_version = ssl.TLSVersion.TLSv1_3
     if not os.path.exists(RGUN):
         sys.exit(f"{RGUN} is missing: bench/run installs rgun into bench/.venv")
-    short = worker_instructions(args.app, args.short, args.path, args.request)
-    long = worker_instructions(args.app, args.long, args.path, args.request)
+    run = lambda n: worker_instructions(args.app, n, args.path, args.request, args.worker_class, args.connections, args.keep)
+    short, long = run(args.short), run(args.long)
     per_request = (long - short) / (args.long - args.short)
-    print(f"{args.app}, {args.request} request{' over TLS' if args.tls else ''}: {per_request:,.0f} instructions per request "
+    print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {args.request} request{' over TLS' if args.tls else ''}: {per_request:,.0f} instructions per request "
           f"(worker: {short:,} at {args.short} requests, {long:,} at {args.long})")
 
 

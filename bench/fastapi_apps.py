@@ -1,4 +1,4 @@
-"""A FastAPI JSON endpoint for bench/asgi.py (the issue's "FastAPI JSON" workload)."""
+"""A FastAPI JSON endpoint for bench/bench.py (the fastapi_json workload)."""
 
 from fastapi import FastAPI
 

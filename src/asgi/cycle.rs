@@ -38,8 +38,11 @@ type Headers = Vec<(Vec<u8>, Vec<u8>)>;
 pub struct Kit {
     /// The loop's `create_future`.
     pub create_future: Py<PyAny>,
-    /// The awaitable every `send()` that need not wait returns.
-    pub done: Py<Done>,
+    /// The awaitable every `send()` that need not wait returns: one asyncio Future of
+    /// the loop's, completed with `None` once. Awaiting a done Future never suspends
+    /// and, through its C iterator's `am_send`, raises no StopIteration: cheaper than
+    /// any awaitable of our own (two calls into Rust and an exception per `await`).
+    pub done: Py<PyAny>,
     /// `bridge.ClientDisconnected`, the `OSError` a `send()` to a client that left raises.
     pub disconnected_error: Py<PyAny>,
     /// `bridge.canceller`'s function: cancels a task after the disconnect grace period.
@@ -95,6 +98,8 @@ pub struct Cycle {
     facts: RequestFacts,
     body: Option<RequestBody>,
     start: Option<(u16, Headers)>,
+    /// The headers of the head framed (for a `post_request` hook's `resp`).
+    sent_headers: Headers,
     phase: Phase,
     /// Close after what is queued.
     broken: bool,
@@ -127,6 +132,7 @@ impl Cycle {
             facts,
             body: Some(body),
             start: None,
+            sent_headers: Vec::new(),
             phase: Phase::Waiting,
             broken: false,
             disconnected: false,
@@ -311,14 +317,7 @@ impl Cycle {
         if let Some(list) = message.get_item(intern!(py, "headers"))? {
             for pair in list.try_iter()? {
                 let pair = pair?;
-                let mut items = pair.try_iter()?;
-                let (Some(name), Some(value), None) = (items.next(), items.next(), items.next())
-                else {
-                    return Err(PyValueError::new_err(
-                        "each response header must be a [name, value] pair",
-                    ));
-                };
-                headers.push((header_bytes(&name?)?, header_bytes(&value?)?));
+                headers.push(header_pair(&pair)?);
             }
         }
         if let Some(t) = message.get_item(intern!(py, "trailers"))? {
@@ -353,8 +352,18 @@ impl Cycle {
                 facts,
             )
             .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        self.sent_headers = headers;
         self.phase = Phase::Streaming;
         Ok(())
+    }
+
+    /// The response's headers as framed, as text (a `post_request` hook's `resp`).
+    pub fn response_headers(&self) -> Vec<(String, String)> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        self.sent_headers
+            .iter()
+            .map(|(n, v)| (text(n), text(v)))
+            .collect()
     }
 
     fn response_body(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {
@@ -520,25 +529,6 @@ impl Ready {
     }
 }
 
-/// An awaitable that is complete with `None`; one instance serves every `send()`.
-#[pyclass(module = "rgun")]
-pub struct Done;
-
-#[pymethods]
-impl Done {
-    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&self) -> Option<PyObject> {
-        None
-    }
-}
-
 fn required<'py>(
     message: &Bound<'py, PyDict>,
     key: &Bound<'py, PyString>,
@@ -549,6 +539,35 @@ fn required<'py>(
             key.to_string_lossy()
         ))
     })
+}
+
+/// A `[name, value]` header pair: a tuple or list read by index (the common case, no
+/// iterator object), any other iterable of two items through the iterator protocol.
+fn header_pair(pair: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, Vec<u8>)> {
+    let refused = || PyValueError::new_err("each response header must be a [name, value] pair");
+    if let Ok(t) = pair.downcast::<pyo3::types::PyTuple>() {
+        if t.len() != 2 {
+            return Err(refused());
+        }
+        return Ok((
+            header_bytes(&t.get_item(0)?)?,
+            header_bytes(&t.get_item(1)?)?,
+        ));
+    }
+    if let Ok(l) = pair.downcast::<pyo3::types::PyList>() {
+        if l.len() != 2 {
+            return Err(refused());
+        }
+        return Ok((
+            header_bytes(&l.get_item(0)?)?,
+            header_bytes(&l.get_item(1)?)?,
+        ));
+    }
+    let mut items = pair.try_iter()?;
+    let (Some(name), Some(value), None) = (items.next(), items.next(), items.next()) else {
+        return Err(refused());
+    };
+    Ok((header_bytes(&name?)?, header_bytes(&value?)?))
 }
 
 fn header_bytes(item: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {

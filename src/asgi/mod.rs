@@ -19,7 +19,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
-use self::cycle::{Cycle, Done, Kit, RequestBody};
+use self::cycle::{Cycle, Kit, RequestBody};
 use self::scope::{ScopeBuilder, ScopeInfo};
 use self::wake::Wakeups;
 use self::websocket::WsCycle;
@@ -101,7 +101,11 @@ impl AsgiApp {
             lifespan: None,
             kit: Kit {
                 create_future: event_loop.getattr("create_future")?.unbind(),
-                done: Py::new(py, Done)?,
+                done: {
+                    let done = event_loop.call_method0("create_future")?;
+                    done.call_method1("set_result", (py.None(),))?;
+                    done.unbind()
+                },
                 disconnected_error: bridge.getattr("ClientDisconnected")?.unbind(),
                 cancel_after_grace: bridge
                     .getattr("canceller")?
@@ -184,17 +188,18 @@ impl AsgiApp {
     }
 
     /// Calls the application for one request and runs its first step. The returned
-    /// cycle holds the response (complete already, if the application did not wait).
+    /// cycle holds the response (complete already, if the application did not wait);
+    /// the scope is returned too, for a `post_request` hook.
     #[allow(clippy::too_many_arguments)]
-    pub fn call(
+    pub fn call<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         req: &ScopeInfo<'_>,
         body: RequestBody,
         outbox: Outbox,
         facts: RequestFacts,
         key: usize,
-    ) -> PyResult<Py<Cycle>> {
+    ) -> PyResult<(Py<Cycle>, Bound<'py, PyDict>)> {
         let scope = self.scope.build(py, req, self.state.bind(py))?;
         let cycle = Py::new(
             py,
@@ -210,26 +215,27 @@ impl AsgiApp {
         let bound = cycle.bind(py);
         let receive = bound.getattr(intern!(py, "receive"))?;
         let send = bound.getattr(intern!(py, "send"))?;
-        let error = match self.callable.bind(py).call1((scope, receive, send)) {
+        let error = match self.callable.bind(py).call1((&scope, receive, send)) {
             Ok(coro) => self.start_task(py, &cycle, coro).err(),
             Err(e) => Some(e),
         };
         if let Some(e) = error {
             cycle.borrow_mut(py).app_returned(py, Some(e));
         }
-        Ok(cycle)
+        Ok((cycle, scope))
     }
 
-    /// Calls the application for a WebSocket upgrade request.
-    pub fn call_websocket(
+    /// Calls the application for a WebSocket upgrade request (the scope is returned
+    /// too, for a `post_request` hook).
+    pub fn call_websocket<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         req: &ScopeInfo<'_>,
         upgrade: crate::http::websocket::UpgradeRequest,
         outbox: Outbox,
         facts: RequestFacts,
         key: usize,
-    ) -> PyResult<Py<WsCycle>> {
+    ) -> PyResult<(Py<WsCycle>, Bound<'py, PyDict>)> {
         let scope =
             self.scope
                 .build_websocket(py, req, self.state.bind(py), &upgrade.subprotocols)?;
@@ -251,7 +257,7 @@ impl AsgiApp {
         let started = self
             .callable
             .bind(py)
-            .call1((scope, receive, send))
+            .call1((&scope, receive, send))
             .and_then(|coro| self.new_task(py, coro));
         match started {
             Ok(task) if task.call_method0(intern!(py, "done"))?.is_truthy()? => {
@@ -266,7 +272,7 @@ impl AsgiApp {
             }
             Err(e) => cycle.borrow_mut(py).app_returned(py, Some(e)),
         }
-        Ok(cycle)
+        Ok((cycle, scope))
     }
 
     fn new_task<'py>(
@@ -297,7 +303,8 @@ impl AsgiApp {
         coro: Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let task = self.new_task(py, coro)?;
-        if task.call_method0(intern!(py, "done"))?.is_truthy()? {
+        // Only an eager Task can be done already (before 3.12 it has not started).
+        if self.eager_task.is_some() && task.call_method0(intern!(py, "done"))?.is_truthy()? {
             // Finished in its eager first step: no done callback (it would cost a
             // loop iteration).
             cycle.borrow_mut(py).task_done(py, &task);

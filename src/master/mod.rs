@@ -148,7 +148,7 @@ pub struct Arbiter {
     /// The master-side hooks' host process, when the config file defines any.
     hooks: Option<hooks::HookHost>,
     /// `--preload`: the application, imported in this process.
-    preloaded: Option<crate::wsgi::App>,
+    preloaded: Option<crate::worker::Preloaded>,
     workers: BTreeMap<usize, WorkerProc>,
     /// Events seen during `wait_readable`, for the loop to handle next.
     deferred: VecDeque<Token>,
@@ -213,13 +213,24 @@ pub fn check_config(cfg: &Config) -> i32 {
 }
 
 /// `--preload`: imports the application in this process; `Err` is the traceback.
-fn preload(cfg: &Config) -> Result<crate::wsgi::App, String> {
+fn preload(cfg: &Config) -> Result<crate::worker::Preloaded, String> {
+    use crate::worker::Preloaded;
     use pyo3::Python;
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let workers = cfg.worker_count().unwrap_or(1);
+    let asgi = cfg.worker_kind() == crate::config::WorkerKind::Asgi;
     Python::with_gil(|py| {
         crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())
-            .and_then(|()| crate::wsgi::App::load(py, &cfg.app, cfg.threads > 1, workers > 1))
+            .and_then(|()| {
+                if asgi {
+                    // The event loop is made in each worker, after fork.
+                    crate::wsgi::App::import_callable(py, &cfg.app)
+                        .map(|c| Preloaded::Asgi(c.unbind()))
+                } else {
+                    crate::wsgi::App::load(py, &cfg.app, cfg.threads > 1, workers > 1)
+                        .map(|app| Preloaded::Wsgi(Box::new(app)))
+                }
+            })
             .map_err(|e| crate::python::format_exception(py, &e))
     })
 }
@@ -267,13 +278,10 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         _ => None,
     };
     let asgi = cfg.worker_kind() == crate::config::WorkerKind::Asgi;
-    if asgi && cfg.preload {
-        tracing::warn!("--preload is not supported by -k asgi yet: each worker imports the app");
-    }
     if asgi && cfg.threads > 1 {
         tracing::warn!("--threads is ignored by -k asgi: its concurrency is the event loop");
     }
-    let preloaded = if cfg.preload && !asgi {
+    let preloaded = if cfg.preload {
         match preload(&cfg) {
             Ok(app) => Some(app),
             Err(text) => {

@@ -48,7 +48,10 @@ impl Arbiter {
                 .request_started_ms
                 .load(std::sync::atomic::Ordering::Relaxed);
             let heartbeat = slot.heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
-            let stuck_request = started != 0 && now.saturating_sub(started) > limit_ms;
+            // An ASGI worker's clock is its oldest request's age, which may
+            // legitimately be long (a long-poll): only its heartbeat counts.
+            let asgi = self.cfg.worker_kind() == crate::config::WorkerKind::Asgi;
+            let stuck_request = !asgi && started != 0 && now.saturating_sub(started) > limit_ms;
             let silent = now.saturating_sub(heartbeat) > limit_ms;
             if stuck_request || silent {
                 tracing::error!("WORKER TIMEOUT (pid:{})", w.pid);

@@ -211,6 +211,7 @@ impl<'a> EventLoop<'a> {
         self.listening.resume_if_due(&self.poll, self.open, now);
         if now >= self.next_sweep {
             self.close_expired(now);
+            self.publish_oldest_asgi_request(now);
             self.check_parent();
             self.check_sources();
             self.next_sweep = now + self.shared.settings.sweep_every;
@@ -544,6 +545,33 @@ impl<'a> EventLoop<'a> {
                 true
             }
             None => false,
+        }
+    }
+
+    /// An ASGI worker's scoreboard shows the age of its oldest HTTP request in flight
+    /// (`rgunctl status`'s current request; WebSockets are not requests that end).
+    /// `Conn::run_asgi` starts the clock when none runs; this keeps it on the oldest.
+    /// The master does not time an ASGI worker out on it: its `--timeout` watches the
+    /// loop's heartbeat.
+    fn publish_oldest_asgi_request(&self, now: Instant) {
+        if !matches!(self.service.app, super::Application::Asgi(_)) {
+            return;
+        }
+        let oldest = self
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(Conn::asgi_request_started)
+            .min();
+        let slot = &self.shared.slot;
+        match oldest {
+            Some(at) => {
+                let age_ms = now.saturating_duration_since(at).as_millis() as u64;
+                let started = crate::scoreboard::monotonic_ms().saturating_sub(age_ms);
+                slot.request_started_ms
+                    .store(started.max(1), std::sync::atomic::Ordering::Relaxed);
+            }
+            None => slot.clock_stop(),
         }
     }
 

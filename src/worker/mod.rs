@@ -83,6 +83,13 @@ pub enum Application {
     Asgi(AsgiApp),
 }
 
+/// What a `--preload` master imported, for its workers: a WSGI application, or the
+/// callable an ASGI worker wraps (its event loop is made in each worker, after fork).
+pub enum Preloaded {
+    Wsgi(Box<App>),
+    Asgi(Py<PyAny>),
+}
+
 /// What every connection of a worker shares, also across `--threads` pool threads.
 pub struct Shared {
     pub settings: Settings,
@@ -178,7 +185,7 @@ pub struct WorkerInit<'a> {
     /// The master's pid (this process's parent).
     pub master_pid: nix::unistd::Pid,
     /// The application the master imported (`--preload`).
-    pub preloaded: Option<&'a App>,
+    pub preloaded: Option<&'a Preloaded>,
 }
 
 /// `--check-config` in a child: start Python, import the app, report. Exit status.
@@ -270,13 +277,16 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             h.call(py, "post_fork", Vec::new());
         }
         let app = match (cfg.worker_kind(), init.preloaded) {
-            (WorkerKind::Wsgi, Some(app)) => Application::Wsgi(app.clone_ref(py)),
-            (WorkerKind::Wsgi, None) => {
+            (WorkerKind::Wsgi, Some(Preloaded::Wsgi(app))) => Application::Wsgi(app.clone_ref(py)),
+            (WorkerKind::Wsgi, _) => {
                 Application::Wsgi(App::load(py, &cfg.app, cfg.threads > 1, workers > 1)?)
             }
-            (WorkerKind::Asgi, _) => Application::Asgi(AsgiApp::new(
+            (WorkerKind::Asgi, preloaded) => Application::Asgi(AsgiApp::new(
                 py,
-                App::import_callable(py, &cfg.app)?,
+                match preloaded {
+                    Some(Preloaded::Asgi(callable)) => callable.bind(py).clone(),
+                    _ => App::import_callable(py, &cfg.app)?,
+                },
                 &cfg.root_path,
                 &cfg.asgi_loop,
                 cfg.websocket_max_message_size,

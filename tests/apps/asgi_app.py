@@ -6,6 +6,9 @@ import json
 import os
 import time
 
+# Who imported this module (the master with --preload, else the worker).
+IMPORTED_BY = os.getpid()
+
 # What the streaming and disconnect routes did, for other requests to report.
 counters = {"chunks_sent": 0, "waiting": 0, "disconnects": 0}
 
@@ -127,6 +130,10 @@ async def endless(scope, receive, send):
         raise
 
 
+async def pids(scope, receive, send):
+    await reply(send, json.dumps({"imported_by": IMPORTED_BY, "serving": os.getpid()}))
+
+
 async def counters_route(scope, receive, send):
     await reply(send, json.dumps(counters))
 
@@ -208,6 +215,7 @@ ROUTES = {
     "/echo": echo,
     "/stream": stream,
     "/counters": counters_route,
+    "/pids": pids,
     "/endless": endless,
     "/wait-disconnect": wait_disconnect,
     "/sleep": sleepy,

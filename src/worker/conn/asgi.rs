@@ -23,7 +23,7 @@ use crate::asgi::AsgiApp;
 use crate::http::response::RequestFacts;
 use crate::http::websocket;
 use crate::net::outbox::Outbox;
-use crate::worker::Shared;
+use crate::worker::{Service, Shared};
 use crate::wsgi::input::Body;
 
 /// A WebSocket connection's protocol state beside its application cycle.
@@ -49,12 +49,33 @@ impl Conn {
         &mut self,
         py: Python<'_>,
         app: &AsgiApp,
+        service: &Service,
         ctx: &Shared,
         body: Body,
     ) -> Step {
         let (https, facts) = match self.begin_call(ctx) {
             Ok(pair) => pair,
             Err(refused) => return refused,
+        };
+        // Gunicorn's ASGI worker calls pre_request before the application, and
+        // post_request once its response is over (`end_asgi`).
+        let hook_req = match &service.hooks {
+            Some(h) if h.pre_request || h.post_request => {
+                h.request_or_log(py, &self.head_bytes, &self.head, &self.peer.addr)
+            }
+            _ => None,
+        };
+        if let (Some(h), Some(req)) = (&service.hooks, &hook_req) {
+            if h.pre_request {
+                h.call(py, "pre_request", vec![req.clone()]);
+            }
+        }
+        let keep = |scope: &Bound<'_, pyo3::types::PyDict>| {
+            let wanted = service.hooks.as_ref().is_some_and(|h| h.post_request);
+            hook_req
+                .as_ref()
+                .filter(|_| wanted)
+                .map(|req| (req.clone().unbind(), scope.clone().into_any().unbind()))
         };
         let info = ScopeInfo {
             head_bytes: &self.head_bytes,
@@ -75,7 +96,8 @@ impl Conn {
                 ..facts
             };
             return match app.call_websocket(py, &info, upgrade, outbox, facts, self.key) {
-                Ok(cycle) => {
+                Ok((cycle, scope)) => {
+                    self.hook_request = keep(&scope);
                     self.state = State::WebSocket(Box::new(WsConn {
                         cycle,
                         decoder: websocket::Decoder::new(app.ws_max_message_bytes),
@@ -93,8 +115,19 @@ impl Conn {
                 }
             };
         }
+        // `rgunctl status` shows a request's age; the sweep keeps it on the oldest
+        // (`EventLoop::publish_oldest_asgi_request`).
+        let slot = &ctx.slot;
+        if slot
+            .request_started_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            slot.request_begin();
+        }
         match app.call(py, &info, body, outbox, facts, self.key) {
-            Ok(cycle) => {
+            Ok((cycle, scope)) => {
+                self.hook_request = keep(&scope);
                 self.state = State::Asgi(cycle);
                 Step::Continue
             }
@@ -112,7 +145,7 @@ impl Conn {
 
     /// Sends what the application framed; once the response is complete, finishes the
     /// request like any other; until then, watches for the client leaving.
-    pub(super) fn step_asgi(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
+    pub(super) fn step_asgi(&mut self, py: Python<'_>, service: &Service, ctx: &Shared) -> Step {
         let State::Asgi(cycle) = &self.state else {
             unreachable!()
         };
@@ -127,9 +160,9 @@ impl Conn {
             Err(e) => {
                 tracing::debug!("client went away mid-response: {e}");
                 c.client_gone(py);
-                let status = c.http().status;
+                let (status, headers) = (c.http().status, c.response_headers());
                 drop(c);
-                self.end_request(ctx, status, 0);
+                self.end_asgi(py, service, ctx, (status, headers, 0));
                 return Step::Close;
             }
         }
@@ -138,8 +171,9 @@ impl Conn {
             c.arm();
             drop(c);
             self.deadline = Instant::now() + APP_WAIT;
-            return self.watch_client(py, &cycle, ctx);
+            return self.watch_client(py, &cycle, service, ctx);
         }
+        let headers = c.response_headers();
         let http = c.finish(py);
         drop(c);
         self.state = State::Head;
@@ -148,7 +182,7 @@ impl Conn {
         if out.capacity() <= KEPT_OUT_BYTES {
             self.spare_out = out;
         }
-        let ended = self.end_request(ctx, status, bytes);
+        let ended = self.end_asgi(py, service, ctx, (status, headers, bytes));
         if close || progress == Progress::Broken {
             return self.shutdown_and_drain();
         }
@@ -159,7 +193,13 @@ impl Conn {
 
     /// While the application runs: read what the client sends (pipelined requests,
     /// up to a bound) so that its leaving is noticed and `http.disconnect` delivered.
-    fn watch_client(&mut self, py: Python<'_>, cycle: &Py<Cycle>, ctx: &Shared) -> Step {
+    fn watch_client(
+        &mut self,
+        py: Python<'_>,
+        cycle: &Py<Cycle>,
+        service: &Service,
+        ctx: &Shared,
+    ) -> Step {
         if !self.unread || self.read_buf.len() - self.read_start >= WATCH_LIMIT_BYTES {
             return Step::Wait;
         }
@@ -169,18 +209,42 @@ impl Conn {
             _ => {
                 let mut c = cycle.borrow_mut(py);
                 c.client_gone(py);
-                let status = c.http().status;
+                let (status, headers) = (c.http().status, c.response_headers());
                 drop(c);
-                self.end_request(ctx, status, 0);
+                self.end_asgi(py, service, ctx, (status, headers, 0));
                 Step::Close
             }
         }
     }
 
+    /// An ASGI request is over: its `post_request` hook (with the scope as the
+    /// environ), then the access log and the scoreboard. `response`: status,
+    /// headers, body bytes sent.
+    fn end_asgi(
+        &mut self,
+        py: Python<'_>,
+        service: &Service,
+        ctx: &Shared,
+        response: (u16, Vec<(String, String)>, u64),
+    ) -> Instant {
+        let (status, headers, bytes) = response;
+        if let (Some(h), Some((req, scope))) = (&service.hooks, self.hook_request.take()) {
+            let line = format!("{status} {}", crate::http::response::reason_phrase(status));
+            if let Some(resp) = h.response_or_log(py, &line, headers, bytes) {
+                h.call(
+                    py,
+                    "post_request",
+                    vec![req.into_bound(py), scope.into_bound(py), resp],
+                );
+            }
+        }
+        self.end_request(ctx, status, bytes)
+    }
+
     /// A WebSocket: sends the frames the application (and the connection's own answers
     /// to pings and closes) queued, reads and decodes the client's frames, and closes
     /// once a close frame (or the handshake's refusal) is out.
-    pub(super) fn step_ws(&mut self, py: Python<'_>, ctx: &Shared) -> Step {
+    pub(super) fn step_ws(&mut self, py: Python<'_>, service: &Service, ctx: &Shared) -> Step {
         let State::WebSocket(ws) = &self.state else {
             unreachable!()
         };
@@ -196,7 +260,7 @@ impl Conn {
                 c.detach(py);
                 let status = c.status;
                 drop(c);
-                self.end_request(ctx, status, 0);
+                self.end_asgi(py, service, ctx, (status, Vec::new(), 0));
                 return Step::Close;
             }
         }
@@ -204,7 +268,7 @@ impl Conn {
             c.detach(py);
             let status = c.status;
             drop(c);
-            self.end_request(ctx, status, 0);
+            self.end_asgi(py, service, ctx, (status, Vec::new(), 0));
             return self.shutdown_and_drain();
         }
         if ctx.stopping() && c.is_open() {
@@ -234,7 +298,7 @@ impl Conn {
                 c.detach(py);
                 let status = c.status;
                 drop(c);
-                self.end_request(ctx, status, 0);
+                self.end_asgi(py, service, ctx, (status, Vec::new(), 0));
                 return Step::Close;
             }
         }
@@ -269,6 +333,11 @@ impl Conn {
         drop(c);
         self.compact();
         Step::Continue
+    }
+
+    /// When the HTTP request the application is running began (not for WebSockets).
+    pub fn asgi_request_started(&self) -> Option<Instant> {
+        matches!(self.state, State::Asgi(_)).then_some(self.request_started)
     }
 
     /// An open WebSocket (a graceful stop closes it with 1001).

@@ -189,8 +189,8 @@ impl Conn {
                 (State::Head, _) => self.step_head(exec, ctx),
                 (State::Body(_), _) => self.step_body(exec, ctx),
                 (State::Responding(_), _) => self.step_respond(exec, ctx),
-                (State::Asgi(_), Exec::Inline(py, _)) => self.step_asgi(py, ctx),
-                (State::WebSocket(_), Exec::Inline(py, _)) => self.step_ws(py, ctx),
+                (State::Asgi(_), Exec::Inline(py, service)) => self.step_asgi(py, service, ctx),
+                (State::WebSocket(_), Exec::Inline(py, service)) => self.step_ws(py, service, ctx),
                 (State::Asgi(_) | State::WebSocket(_), Exec::Pool) => {
                     unreachable!("an ASGI worker has no pool")
                 }
@@ -231,7 +231,7 @@ impl Conn {
         match exec {
             Exec::Inline(py, service) => match &service.app {
                 Application::Wsgi(app) => self.run_app(py, app, service, ctx, body, 0),
-                Application::Asgi(app) => self.run_asgi(py, app, ctx, body),
+                Application::Asgi(app) => self.run_asgi(py, app, service, ctx, body),
             },
             Exec::Pool => {
                 self.pending_body = Some(body);

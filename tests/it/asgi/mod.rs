@@ -4,6 +4,8 @@
 //! errors, the lifespan protocol, `--asgi-loop`, and `--timeout` watching the loop's
 //! heartbeat. WebSockets in `websocket`.
 
+mod crowd;
+mod operator;
 mod websocket;
 
 use std::io::{BufReader, Read, Write};

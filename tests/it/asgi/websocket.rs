@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use super::{asgi, counters, fastapi, server};
 use crate::support::{wait_until, Server};
 
-const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub(super) const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 /// Opens a WebSocket; returns the stream and the response head.
-fn ws_open(s: &Server, path: &str, extra: &str) -> (std::net::TcpStream, String) {
+pub(super) fn ws_open(s: &Server, path: &str, extra: &str) -> (std::net::TcpStream, String) {
     let mut c = s.connect();
     write!(
         c,
@@ -29,7 +29,7 @@ fn ws_open(s: &Server, path: &str, extra: &str) -> (std::net::TcpStream, String)
 }
 
 /// A masked client frame.
-fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x11, 0x22, 0x33, 0x44];
     let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
     match payload.len() {
@@ -50,7 +50,7 @@ fn ws_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 /// Reads one server frame: (opcode, payload). Server frames are final, unmasked and
 /// (here) uncompressed.
-fn ws_read(c: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+pub(super) fn ws_read(c: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
     let (first, payload) = ws_read_raw(c);
     assert_eq!(first & 0x70, 0, "no reserved bits");
     (first & 0x0F, payload)

@@ -292,7 +292,7 @@ fn slow_post_body_does_not_block_honest_requests(threads: u32) {
 }
 
 /// Raises this process's RLIMIT_NOFILE soft limit to its hard limit; returns the limit.
-fn raise_nofile() -> u64 {
+pub(crate) fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
