@@ -18,5 +18,6 @@ pub mod process;
 pub mod python;
 pub mod scoreboard;
 pub mod signals;
+pub mod statsd;
 pub mod worker;
 pub mod wsgi;

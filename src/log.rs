@@ -74,6 +74,12 @@ where
             Level::INFO => "INFO",
             _ => "DEBUG",
         };
+        // Gunicorn's statsd logger counts its errors and warnings.
+        match *event.metadata().level() {
+            Level::ERROR => crate::statsd::increment("gunicorn.log.error"),
+            Level::WARN => crate::statsd::increment("gunicorn.log.warning"),
+            _ => {}
+        }
         write!(
             writer,
             "[{}] [{}] [{}] ",

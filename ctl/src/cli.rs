@@ -80,6 +80,8 @@ enum Cmd {
     History,
     /// Check that the daemon answers.
     Ping,
+    /// Prometheus metrics (the text `--metrics-bind` serves at /metrics).
+    Metrics,
     /// Print shell completions or the man page (for packaging).
     #[command(hide = true)]
     Generate {
@@ -194,6 +196,7 @@ fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, 
         Cmd::Kill { pid } => ("kill", Ok(obj(json!({"pid": pid}))), false),
         Cmd::History => ("history", Ok(Map::new()), false),
         Cmd::Ping => ("ping", Ok(Map::new()), false),
+        Cmd::Metrics => ("metrics", Ok(Map::new()), false),
         Cmd::Generate { .. } => unreachable!("handled before"),
     }
 }
@@ -287,6 +290,7 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
         Cmd::Stop { .. } => w!(out, "stopping"),
         Cmd::ReopenLogs => w!(out, "logs reopened"),
         Cmd::Kill { pid } => w!(out, "worker {pid} is stopping"),
+        Cmd::Metrics => out.push_str(result["text"].as_str().unwrap_or_default()),
         Cmd::Generate { .. } => {}
     }
 }

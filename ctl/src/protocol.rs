@@ -50,13 +50,24 @@ pub const MAX_WORKERS: u32 = 1024;
 pub enum Command {
     Ping,
     Status,
-    Scale { target: ScaleTarget, wait: bool },
-    Reload { wait: bool },
-    Stop { quick: bool },
+    Scale {
+        target: ScaleTarget,
+        wait: bool,
+    },
+    Reload {
+        wait: bool,
+    },
+    Stop {
+        quick: bool,
+    },
     ReopenLogs,
     Config,
-    Kill { pid: i32 },
+    Kill {
+        pid: i32,
+    },
     History,
+    /// The Prometheus text exposition, as `/metrics` serves it: `{"text"}`.
+    Metrics,
 }
 
 /// Parses one request line. On error, returns the request's id (or null) with the
@@ -83,7 +94,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Value, Command), (Value, ErrorBody)
 
 fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBody> {
     let known: &[&str] = match cmd {
-        "ping" | "status" | "reopen_logs" | "config" | "history" => &[],
+        "ping" | "status" | "reopen_logs" | "config" | "history" | "metrics" => &[],
         "scale" => &["workers", "delta", "wait"],
         "reload" => &["wait"],
         "stop" => &["mode"],
@@ -107,6 +118,7 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         "reopen_logs" => Command::ReopenLogs,
         "config" => Command::Config,
         "history" => Command::History,
+        "metrics" => Command::Metrics,
         "scale" => {
             let wait = opt_bool(obj, "wait", false)?;
             let target = match (obj.get("workers"), obj.get("delta")) {

@@ -74,6 +74,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("umask", "--umask", "octal"),
     ("control_socket", "--control-socket", "str"),
     ("control_socket_mode", "--control-socket-mode", "octal"),
+    ("metrics_bind", "--metrics-bind", "str"),
+    ("statsd_host", "--statsd-host", "str"),
+    ("statsd_prefix", "--statsd-prefix", "str"),
+    ("dogstatsd_tags", "--dogstatsd-tags", "str"),
+    ("enable_backlog_metric", "--enable-backlog-metric", "bool"),
 ];
 
 /// Gunicorn's server hooks, each with the `__qualname__` of Gunicorn's default, which

@@ -5,6 +5,7 @@
 pub mod bind;
 pub mod file;
 mod layers;
+pub mod observability;
 mod print;
 pub mod reference;
 
@@ -282,6 +283,9 @@ pub struct Config {
     /// Print the effective settings and exit.
     #[arg(long = "print-config")]
     pub print_config: bool,
+
+    #[command(flatten)]
+    pub observability: observability::Observability,
 
     /// Print generated documentation and exit (for packaging): `man`,
     /// `config-reference`, or a shell for completions (bash, zsh, fish, elvish,

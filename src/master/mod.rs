@@ -11,6 +11,7 @@
 mod commands;
 mod hooks;
 pub mod listeners;
+mod metrics;
 mod notify;
 mod reload;
 mod upgrade;
@@ -36,6 +37,8 @@ use rgunctl::protocol::HistoryEntry;
 use serde_json::json;
 
 use self::listeners::bind_all;
+use self::metrics::server::{MetricsServer, TOKEN_BASE as METRICS_TOKENS};
+use self::metrics::{ExitReason, Ledger};
 use self::notify::Notifier;
 use self::reload::Reload;
 use crate::config::Config;
@@ -114,6 +117,8 @@ struct WorkerProc {
     age: u64,
     /// When it was sent SIGABRT for a time-out; SIGKILL follows after a grace.
     aborted: Option<Instant>,
+    /// Why the master told it to stop, for `rgun_worker_exits_total`.
+    leaving: Option<ExitReason>,
 }
 
 /// Counters for `status`.
@@ -133,6 +138,12 @@ pub struct Arbiter {
     poll: Poll,
     signals: SignalPipe,
     control: Option<ControlServer>,
+    /// `--metrics-bind`'s HTTP server.
+    metrics: Option<MetricsServer>,
+    /// Counts for `/metrics` that outlive the workers they describe.
+    ledger: Ledger,
+    /// When the statsd gauges were last sent.
+    gauges_sent: Instant,
     notifier: Notifier,
     identity: crate::process::Identity,
     pidfile: Option<crate::process::PidFile>,
@@ -297,6 +308,12 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         None => None,
     };
 
+    let metrics = match &cfg.observability.metrics_bind {
+        Some(addr) => Some(MetricsServer::bind(addr, cfg.backlog, poll.registry())?),
+        None => None,
+    };
+    crate::statsd::start(&cfg.observability);
+
     crate::process::set_title(&format!("rgun: master [{}]", cfg.app));
     tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
     for l in &listeners {
@@ -304,6 +321,9 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     }
     if let Some(c) = &control {
         tracing::info!("Control socket: {}", c.path().display());
+    }
+    if let Some(m) = &metrics {
+        tracing::info!("Metrics at: {}", m.display);
     }
     if let Ok(old) = std::env::var(UPGRADE_FROM_ENV) {
         tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");
@@ -322,6 +342,9 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         poll,
         signals,
         control,
+        metrics,
+        ledger: Ledger::default(),
+        gauges_sent: Instant::now(),
         notifier,
         identity,
         pidfile,
@@ -379,6 +402,7 @@ impl Arbiter {
                 self.handle_token(event.token());
             }
             self.reap_workers();
+            self.sweep_metrics();
             if let Phase::Stopping { .. } = self.phase {
                 if self.workers.is_empty() {
                     self.cleanup();
@@ -410,6 +434,7 @@ impl Arbiter {
             UPGRADE_TOKEN => self.read_upgrade_pipe(),
             WAIT_TOKEN => {} // a wait that has ended
             Token(t) if t >= CONTROL_TOKENS => self.handle_control_event(Token(t)),
+            Token(t) if t >= METRICS_TOKENS => self.handle_metrics_event(Token(t)),
             Token(slot) => self.read_worker(slot),
         }
     }
@@ -449,6 +474,8 @@ impl Arbiter {
                     Token(t) if t >= CONTROL_TOKENS => {
                         self.handle_control_event_while_busy(Token(t))
                     }
+                    // Read-only: a scrape is answered while the master waits.
+                    Token(t) if t >= METRICS_TOKENS => self.handle_metrics_event(Token(t)),
                     other => self.deferred.push_back(other),
                 }
             }
@@ -576,7 +603,7 @@ impl Arbiter {
                 .collect();
             candidates.sort();
             for (_, slot) in candidates.into_iter().rev().take(live - self.target) {
-                self.retire(slot);
+                self.retire(slot, ExitReason::Scale);
             }
         }
         if live < self.target && Instant::now() >= self.next_spawn {
@@ -653,6 +680,9 @@ impl Arbiter {
             if let Some(c) = &self.control {
                 c.remove_socket();
             }
+            if let Some(m) = &self.metrics {
+                m.remove_socket();
+            }
         }
         if let Some(p) = &self.pidfile {
             p.remove();
@@ -677,4 +707,4 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-const _: () = assert!(MAX_SLOTS < CONTROL_TOKENS);
+const _: () = assert!(MAX_SLOTS < METRICS_TOKENS && METRICS_TOKENS < CONTROL_TOKENS);

@@ -14,6 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use rgunctl::protocol::{ErrorBody, ErrorCode, HistoryEntry};
 use serde_json::{json, Value};
 
+use super::metrics::ExitReason;
 use super::{unix_now, Arbiter, Phase};
 use crate::config::Config;
 
@@ -202,7 +203,7 @@ impl Arbiter {
             .map(|w| w.slot)
             .collect();
         for slot in old {
-            self.retire(slot);
+            self.retire(slot, ExitReason::Reload);
         }
         self.generation = reload.generation;
         if let Some(cfg) = reload.cfg {
@@ -212,6 +213,7 @@ impl Arbiter {
             self.set_target(reload.target, "reload (configured workers)".into());
         }
         self.totals.reloads += 1;
+        self.ledger.reload_finished(true);
         self.notifier.ready(&self.status_line());
         let duration_ms = reload.started.elapsed().as_millis() as u64;
         tracing::info!(
@@ -238,10 +240,12 @@ impl Arbiter {
             .filter(|w| w.generation == reload.generation)
         {
             w.retiring = true;
+            w.leaving = Some(ExitReason::Reload);
             // Booting workers serve nothing yet: no need to be gentle.
             let _ = kill(w.pid, Signal::SIGKILL);
         }
         let duration_ms = reload.started.elapsed().as_millis() as u64;
+        self.ledger.reload_finished(false);
         self.notifier.ready(&self.status_line());
         tracing::error!(
             "Reload to generation {} failed; generation {} keeps serving: {why}",

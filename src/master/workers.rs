@@ -18,7 +18,8 @@ use crate::python::Forked;
 use serde_json::json;
 
 use super::{
-    commands, describe_exit, Arbiter, Phase, WorkerProc, ABORT_GRACE, MAX_BACKOFF, YOUNG_DEATH,
+    commands, describe_exit, Arbiter, ExitReason, Phase, WorkerProc, ABORT_GRACE, MAX_BACKOFF,
+    YOUNG_DEATH,
 };
 use crate::worker::{self, exit, WorkerInit};
 
@@ -81,13 +82,14 @@ impl Arbiter {
                 rss / (1024 * 1024),
                 self.cfg.max_worker_rss
             );
-            self.retire(slot);
+            self.retire(slot, ExitReason::MaxRss);
         }
     }
 
-    pub(super) fn retire(&mut self, slot: usize) {
+    pub(super) fn retire(&mut self, slot: usize, reason: ExitReason) {
         if let Some(w) = self.workers.get_mut(&slot) {
             w.retiring = true;
+            w.leaving = Some(reason);
             let _ = kill(w.pid, Signal::SIGTERM);
         }
     }
@@ -113,6 +115,9 @@ impl Arbiter {
         }
         if let Some(h) = &self.hooks {
             master_fds.extend(h.fds());
+        }
+        if let Some(m) = &self.metrics {
+            master_fds.extend(m.fds());
         }
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread; the child only runs `worker::run`, which never returns.
@@ -161,6 +166,7 @@ impl Arbiter {
                         retiring: false,
                         age: self.totals.spawned,
                         aborted: None,
+                        leaving: None,
                     },
                 );
                 self.totals.spawned += 1;
@@ -262,6 +268,9 @@ impl Arbiter {
                 .requests
                 .load(std::sync::atomic::Ordering::Relaxed);
             self.totals.exited += 1;
+            let reason = self.exit_reason(&w, code);
+            self.ledger
+                .retire_slot(slot, self.scoreboard.slot(slot), reason);
             self.scoreboard.release(slot);
             self.call_hook(
                 "child_exit",

@@ -20,7 +20,7 @@ mod watch;
 use std::io::Write;
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -90,13 +90,12 @@ pub struct Shared {
     pub peers: Peers,
     access_log: Mutex<Option<AccessLog>>,
     served: AtomicU64,
-    in_flight: AtomicUsize,
     stopping: AtomicBool,
 }
 
 impl Shared {
     pub fn scoreboard_begin(&self) {
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+        if self.slot.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             // A draining worker stays `Stopping`: its peers must not count it as one
             // that accepts (`Peers`), and `status` shows it leaving.
             if !self.stopping() {
@@ -107,7 +106,7 @@ impl Shared {
 
     pub fn scoreboard_end(&self) {
         self.served.fetch_add(1, Ordering::Relaxed);
-        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+        if self.slot.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.slot.request_end();
             self.slot.set_state(if self.stopping() {
                 WorkerState::Stopping
@@ -119,6 +118,14 @@ impl Shared {
         }
     }
 
+    /// A response sent (or abandoned) with this status: `/metrics`'s tally in the
+    /// scoreboard and statsd's lines.
+    pub fn count_response(&self, status: u16, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.slot.tally.record(status, us);
+        crate::statsd::request(status, elapsed);
+    }
+
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
@@ -126,7 +133,7 @@ impl Shared {
     /// This request reaches `--max-requests`: close its connection afterwards.
     pub fn last_request(&self) -> bool {
         let max = self.settings.max_requests;
-        max > 0 && self.served() + self.in_flight.load(Ordering::Relaxed) as u64 >= max
+        max > 0 && self.served() + u64::from(self.slot.in_flight.load(Ordering::Relaxed)) >= max
     }
 
     pub fn stopping(&self) -> bool {
@@ -231,6 +238,8 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         // SAFETY: these descriptors are the master's and unused in the worker.
         unsafe { libc::close(*fd) };
     }
+    // This worker's own statsd sender (the master's, inherited, is closed by it).
+    crate::statsd::start(&init.cfg.observability);
     // Die with the master (SIGTERM: finish what is in flight); if it is already gone,
     // stop now rather than serve as an orphan.
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
@@ -350,7 +359,6 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         peers: init.peers,
         access_log: Mutex::new(access_log),
         served: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
     });
     Python::with_gil(|py| abort::watch(py, Arc::clone(&shared), Arc::clone(&service))).map_err(

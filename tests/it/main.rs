@@ -13,5 +13,6 @@ mod hostile;
 mod hygiene;
 mod lifecycle;
 mod limits;
+mod observability;
 mod packaging;
 mod wsgi;
