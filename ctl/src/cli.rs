@@ -82,6 +82,9 @@ enum Cmd {
     Ping,
     /// Prometheus metrics (the text `--metrics-bind` serves at /metrics).
     Metrics,
+    /// Print events as they happen (workers, reloads, scaling, log reopens) until the
+    /// daemon stops; JSON lines with --json.
+    Watch,
     /// Print shell completions or the man page (for packaging).
     #[command(hide = true)]
     Generate {
@@ -130,6 +133,9 @@ where
         }
     };
     match client.call(cmd, args) {
+        Ok(Ok(result)) if matches!(cli.command, Cmd::Watch) => {
+            crate::watch::follow(&mut client, &result, cli.json)
+        }
         Ok(Ok(result)) => {
             let mut out = String::new();
             if cli.json {
@@ -197,6 +203,7 @@ fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, 
         Cmd::History => ("history", Ok(Map::new()), false),
         Cmd::Ping => ("ping", Ok(Map::new()), false),
         Cmd::Metrics => ("metrics", Ok(Map::new()), false),
+        Cmd::Watch => ("watch", Ok(Map::new()), true),
         Cmd::Generate { .. } => unreachable!("handled before"),
     }
 }
@@ -291,6 +298,7 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
         Cmd::ReopenLogs => w!(out, "logs reopened"),
         Cmd::Kill { pid } => w!(out, "worker {pid} is stopping"),
         Cmd::Metrics => out.push_str(result["text"].as_str().unwrap_or_default()),
+        Cmd::Watch => {}
         Cmd::Generate { .. } => {}
     }
 }
@@ -365,7 +373,7 @@ fn format_age(secs: f64) -> String {
     }
 }
 
-fn format_time(unix: f64) -> String {
+pub(crate) fn format_time(unix: f64) -> String {
     let secs = unix as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     let (y, mo, d) = civil_from_days(days);

@@ -68,6 +68,8 @@ pub enum Command {
     History,
     /// The Prometheus text exposition, as `/metrics` serves it: `{"text"}`.
     Metrics,
+    /// Subscribe this connection to events (`{"event": NAME, "time", ...}` lines).
+    Watch,
 }
 
 /// Parses one request line. On error, returns the request's id (or null) with the
@@ -94,7 +96,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Value, Command), (Value, ErrorBody)
 
 fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBody> {
     let known: &[&str] = match cmd {
-        "ping" | "status" | "reopen_logs" | "config" | "history" | "metrics" => &[],
+        "ping" | "status" | "reopen_logs" | "config" | "history" | "metrics" | "watch" => &[],
         "scale" => &["workers", "delta", "wait"],
         "reload" => &["wait"],
         "stop" => &["mode"],
@@ -119,6 +121,7 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         "config" => Command::Config,
         "history" => Command::History,
         "metrics" => Command::Metrics,
+        "watch" => Command::Watch,
         "scale" => {
             let wait = opt_bool(obj, "wait", false)?;
             let target = match (obj.get("workers"), obj.get("delta")) {

@@ -41,7 +41,8 @@ impl Arbiter {
                 | Command::Status
                 | Command::Config
                 | Command::History
-                | Command::Metrics => self.handle_request(request),
+                | Command::Metrics
+                | Command::Watch => self.handle_request(request),
                 _ => self.deferred_requests.push_back(request),
             }
         }
@@ -72,6 +73,18 @@ impl Arbiter {
             Command::Config => Ok(Some(self.cfg.settings_json(self.target))),
             Command::History => Ok(Some(json!({"entries": self.history}))),
             Command::Metrics => Ok(Some(json!({"text": self.metrics_text()}))),
+            Command::Watch => {
+                if let Some(c) = self.control.as_mut() {
+                    c.subscribe(conn);
+                }
+                Ok(Some(json!({
+                    "time": (unix_now() * 1000.0).round() / 1000.0,
+                    "pid": std::process::id(),
+                    "generation": self.generation,
+                    "workers": self.workers.len(),
+                    "workers_target": self.target,
+                })))
+            }
             Command::ReopenLogs => {
                 self.reopen_logs();
                 Ok(Some(json!({})))
@@ -144,6 +157,10 @@ impl Arbiter {
         }
         self.target = target;
         tracing::info!("Number of workers: {previous} -> {target}");
+        self.emit(
+            "scale",
+            json!({"previous": previous, "target": target, "trigger": trigger}),
+        );
         self.call_hook("nworkers_changed", json!({"new": target, "old": previous}));
         self.push_history(HistoryEntry {
             action: "scale".into(),

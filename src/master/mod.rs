@@ -9,6 +9,7 @@
 //! through `python::fork_interpreter` only.
 
 mod commands;
+mod events;
 mod hooks;
 pub mod listeners;
 mod metrics;
@@ -551,6 +552,7 @@ impl Arbiter {
             tracing::error!("{e}");
         }
         self.signal_all(Signal::SIGUSR1);
+        self.emit("logs_reopened", json!({}));
     }
 
     fn begin_stop(&mut self, graceful: bool) {
@@ -564,6 +566,7 @@ impl Arbiter {
             return;
         }
         tracing::info!("Stopping ({})", if graceful { "graceful" } else { "quick" });
+        self.emit("stopping", json!({"graceful": graceful}));
         self.fail_reload("the server is stopping");
         self.notifier.stopping();
         self.set_phase(Phase::Stopping { graceful });

@@ -86,6 +86,10 @@ impl Arbiter {
         self.call_hook("on_reload", json!({}));
         self.notifier.reloading();
         tracing::info!("Reloading: booting generation {generation} ({target} workers)");
+        self.emit(
+            "reload_started",
+            json!({"generation": generation, "previous_generation": self.generation, "trigger": trigger, "workers": target}),
+        );
         let started_at = unix_now();
         self.push_history(HistoryEntry {
             action: "reload".into(),
@@ -222,6 +226,10 @@ impl Arbiter {
             duration_ms
         );
         self.finish_history(reload.history_started_at, duration_ms, "ok", None);
+        self.emit(
+            "reload_finished",
+            json!({"generation": reload.generation, "previous_generation": reload.previous, "duration_ms": duration_ms}),
+        );
         let result = json!({"generation": reload.generation, "previous_generation": reload.previous, "duration_ms": duration_ms});
         for (conn, id) in reload.waiters {
             self.reply_ok(conn, &id, result.clone());
@@ -257,6 +265,10 @@ impl Arbiter {
             duration_ms,
             "failed",
             Some(why.to_owned()),
+        );
+        self.emit(
+            "reload_rolled_back",
+            json!({"generation": reload.generation, "serving_generation": reload.previous, "duration_ms": duration_ms, "error": why}),
         );
         let error = ErrorBody::new(
             ErrorCode::Failed,

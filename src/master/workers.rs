@@ -55,10 +55,17 @@ impl Arbiter {
                 tracing::error!("WORKER TIMEOUT (pid:{})", w.pid);
                 let _ = kill(w.pid, Signal::SIGABRT);
                 w.aborted = Some(Instant::now());
-                timed_out.push(w.pid);
+                let request_s = (started != 0).then(|| now.saturating_sub(started) as f64 / 1000.0);
+                timed_out.push((w.pid, w.generation, request_s));
             }
         }
         self.totals.timeouts += timed_out.len() as u64;
+        for (pid, generation, request_s) in timed_out {
+            self.emit(
+                "worker_timeout",
+                json!({"pid": pid.as_raw(), "generation": generation, "request_s": request_s}),
+            );
+        }
     }
 
     /// `--max-worker-rss`: a worker over the limit is retired gracefully (it finishes
@@ -181,6 +188,10 @@ impl Arbiter {
                     return Err(anyhow::Error::new(e).context("cannot watch a new worker"));
                 }
                 tracing::debug!("spawned worker {child} (generation {generation}) in slot {slot}");
+                self.emit(
+                    "worker_spawned",
+                    json!({"pid": child.as_raw(), "generation": generation, "slot": slot}),
+                );
                 Ok(())
             }
         }
@@ -211,6 +222,12 @@ impl Arbiter {
             w.ready = true;
             w.inbox.drain(..2);
             self.failures = 0;
+            let ready = json!({
+                "pid": w.pid.as_raw(),
+                "generation": w.generation,
+                "boot_ms": w.spawned.elapsed().as_millis() as u64,
+            });
+            self.emit("worker_ready", ready);
             if self.phase == Phase::Starting && self.ready_workers() >= self.target {
                 tracing::info!("All {} workers ready", self.target);
                 self.set_phase(Phase::Running);
@@ -271,6 +288,16 @@ impl Arbiter {
             let reason = self.exit_reason(&w, code);
             self.ledger
                 .retire_slot(slot, self.scoreboard.slot(slot), reason);
+            self.emit(
+                "worker_exited",
+                json!({
+                    "pid": pid.as_raw(),
+                    "generation": w.generation,
+                    "reason": reason.label(),
+                    "code": code,
+                    "signal": signal.map(|s| s.as_str()),
+                }),
+            );
             self.scoreboard.release(slot);
             self.call_hook(
                 "child_exit",

@@ -7,6 +7,7 @@
 //! Every wait is bounded; nothing sleeps for readiness.
 
 mod statsd;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
