@@ -70,6 +70,10 @@ pub enum Command {
     Metrics,
     /// Subscribe this connection to events (`{"event": NAME, "time", ...}` lines).
     Watch,
+    /// Python stacks of one worker (`pid`) or of every ready worker (`all`).
+    Stack {
+        pid: Option<i32>,
+    },
 }
 
 /// Parses one request line. On error, returns the request's id (or null) with the
@@ -101,6 +105,7 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         "reload" => &["wait"],
         "stop" => &["mode"],
         "kill" => &["pid"],
+        "stack" => &["pid", "all"],
         other => {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownCommand,
@@ -173,6 +178,20 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
                 .ok_or_else(|| bad_arg("kill: \"pid\" must be a positive integer"))?;
             Command::Kill { pid: pid as i32 }
         }
+        "stack" => match (obj.get("pid"), opt_bool(obj, "all", false)?) {
+            (Some(_), true) => return Err(bad_arg("stack: give \"pid\" or \"all\", not both")),
+            (None, false) => return Err(bad_arg("stack: needs \"pid\" or \"all\": true")),
+            (None, true) => Command::Stack { pid: None },
+            (Some(p), false) => {
+                let pid = p
+                    .as_i64()
+                    .filter(|p| *p > 0 && *p <= i32::MAX as i64)
+                    .ok_or_else(|| bad_arg("stack: \"pid\" must be a positive integer"))?;
+                Command::Stack {
+                    pid: Some(pid as i32),
+                }
+            }
+        },
         _ => unreachable!("filtered above"),
     })
 }

@@ -42,7 +42,8 @@ impl Arbiter {
                 | Command::Config
                 | Command::History
                 | Command::Metrics
-                | Command::Watch => self.handle_request(request),
+                | Command::Watch
+                | Command::Stack { .. } => self.handle_request(request),
                 _ => self.deferred_requests.push_back(request),
             }
         }
@@ -95,6 +96,7 @@ impl Arbiter {
                 Ok(None)
             }
             Command::Kill { pid } => self.kill_worker(pid).map(Some),
+            Command::Stack { pid } => self.request_stacks(conn, id.clone(), pid).map(|()| None),
             Command::Scale { target, wait } => {
                 let previous = self.target;
                 let new = match target {

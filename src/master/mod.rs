@@ -15,6 +15,7 @@ pub mod listeners;
 mod metrics;
 mod notify;
 mod reload;
+mod stacks;
 mod upgrade;
 mod workers;
 
@@ -169,6 +170,8 @@ pub struct Arbiter {
     /// The generation serving traffic.
     generation: u32,
     reload: Option<Reload>,
+    /// `stack` requests waiting for their workers' answers.
+    stack_waiters: Vec<stacks::StackWaiter>,
     /// `scale --wait` clients: (connection, request id, started).
     scale_waiters: Vec<(usize, serde_json::Value, usize)>,
     history: VecDeque<HistoryEntry>,
@@ -365,6 +368,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
             .unwrap_or(1),
         reload: None,
         scale_waiters: Vec::new(),
+        stack_waiters: Vec::new(),
         history: VecDeque::new(),
         totals: Totals::default(),
         phase: Phase::Starting,
@@ -404,6 +408,7 @@ impl Arbiter {
             }
             self.reap_workers();
             self.sweep_metrics();
+            self.answer_stack_waiters();
             if let Phase::Stopping { .. } = self.phase {
                 if self.workers.is_empty() {
                     self.cleanup();

@@ -235,6 +235,26 @@ impl Arbiter {
                 self.notifier.ready(&self.status_line());
             }
         }
+        self.read_stacks(slot);
+    }
+
+    /// After ready, a worker sends only `S<json>\n` lines: its stacks for `stack`.
+    fn read_stacks(&mut self, slot: usize) {
+        let Some(w) = self.workers.get_mut(&slot).filter(|w| w.ready) else {
+            return;
+        };
+        let pid = w.pid.as_raw();
+        let mut lines = Vec::new();
+        while w.inbox.first() == Some(&b'S') {
+            let Some(nl) = memchr::memchr(b'\n', &w.inbox) else {
+                break;
+            };
+            lines.push(w.inbox[1..nl].to_vec());
+            w.inbox.drain(..=nl);
+        }
+        for line in lines {
+            self.take_stacks(pid, &line);
+        }
     }
 
     /// Collects exited workers and decides what their exit means.

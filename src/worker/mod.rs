@@ -15,6 +15,7 @@ pub mod fuzzing {
 mod event_loop;
 mod listening;
 mod pool;
+pub mod stack;
 mod watch;
 
 use std::io::Write;
@@ -390,6 +391,14 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             exit::BOOT_ERROR,
         )
     })?;
+    let answers = init
+        .to_master
+        .try_clone()
+        .and_then(|pipe| stack::serve(Arc::clone(&shared), pipe));
+    if let Err(e) = answers {
+        // The worker serves without: `rgunctl stack` then names the error.
+        tracing::warn!("rgunctl stack will not reach this worker: {e}");
+    }
     tracing::info!("Booting worker with pid: {}", std::process::id());
     init.slot.set_state(WorkerState::Idle);
     init.slot.heartbeat();
