@@ -74,6 +74,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("umask", "--umask", "octal"),
     ("control_socket", "--control-socket", "str"),
     ("control_socket_mode", "--control-socket-mode", "octal"),
+    ("proc_name", "--name", "str"),
+    ("access_log_json", "--access-log-json", "bool"),
     ("metrics_bind", "--metrics-bind", "str"),
     ("statsd_host", "--statsd-host", "str"),
     ("statsd_prefix", "--statsd-prefix", "str"),

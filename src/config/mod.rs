@@ -182,7 +182,9 @@ pub struct Config {
     pub capture_output: bool,
     #[arg(long = "no-sendfile", hide = true)]
     pub no_sendfile: bool,
-    #[arg(short = 'n', long = "name", value_name = "STRING", hide = true)]
+    /// The name in process titles (`rgun: master [NAME]`, `rgun: worker [NAME]`) and
+    /// `ps` [default: the application].
+    #[arg(short = 'n', long = "name", value_name = "STRING")]
     pub proc_name_setting: Option<String>,
 
     /// Peers trusted to set the URL scheme with X-Forwarded-* headers: comma-separated
@@ -394,6 +396,11 @@ impl Config {
     /// parser refuses it).
     pub fn worker_kind(&self) -> WorkerKind {
         worker_kind(self.worker_class.as_deref()).unwrap_or(WorkerKind::Wsgi)
+    }
+
+    /// Gunicorn's `proc_name`, else its `default_proc_name`: the application.
+    pub fn proc_name(&self) -> &str {
+        self.proc_name_setting.as_deref().unwrap_or(&self.app)
     }
 
     /// Binds in effect (Gunicorn's default when none given).

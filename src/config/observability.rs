@@ -36,6 +36,12 @@ pub struct Observability {
     )]
     pub dogstatsd_tags: String,
 
+    /// Write the access log as JSON lines: one object per request, keyed by Gunicorn's
+    /// access-log atoms (`h`, `t`, `r`, `s`, `b`, `a`, `D`, ...; numbers unquoted),
+    /// instead of --access-logformat.
+    #[arg(long = "access-log-json")]
+    pub access_log_json: bool,
+
     /// Also send the listen queue's length (summed over the TCP listeners) to statsd
     /// as `gunicorn.backlog`.
     #[arg(long = "enable-backlog-metric")]

@@ -318,7 +318,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     };
     crate::statsd::start(&cfg.observability);
 
-    crate::process::set_title(&format!("rgun: master [{}]", cfg.app));
+    crate::process::set_title(&format!("rgun: master [{}]", cfg.proc_name()));
     tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
     for l in &listeners {
         tracing::info!("Listening at: {} ({})", l.display, std::process::id());

@@ -249,7 +249,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         return Err(exit::BOOT_ERROR);
     }
     let cfg = init.cfg;
-    crate::process::set_title(&format!("rgun: worker [{}]", cfg.app));
+    crate::process::set_title(&format!("rgun: worker [{}]", cfg.proc_name()));
     use signal_hook::consts::*;
     let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGUSR1]).map_err(|e| {
         boot_failure(
@@ -332,8 +332,12 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
 
     let access_log = match &cfg.access_logfile {
         Some(path) => Some(
-            AccessLog::open(path, &cfg.access_log_format)
-                .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?,
+            AccessLog::open(
+                path,
+                &cfg.access_log_format,
+                cfg.observability.access_log_json,
+            )
+            .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?,
         ),
         None => None,
     };

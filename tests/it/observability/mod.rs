@@ -6,6 +6,7 @@
 //!
 //! Every wait is bounded; nothing sleeps for readiness.
 
+mod logs;
 mod stack;
 mod statsd;
 mod watch;
