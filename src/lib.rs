@@ -19,5 +19,6 @@ pub mod python;
 pub mod scoreboard;
 pub mod signals;
 pub mod statsd;
+pub mod syslog;
 pub mod worker;
 pub mod wsgi;

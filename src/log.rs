@@ -87,7 +87,15 @@ where
             std::process::id(),
             level
         )?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        if crate::syslog::enabled() {
+            let mut message = String::new();
+            ctx.field_format()
+                .format_fields(Writer::new(&mut message), event)?;
+            crate::syslog::error_log(*event.metadata().level(), &message);
+            writer.write_str(&message)?;
+        } else {
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+        }
         writeln!(writer)
     }
 }
@@ -153,6 +161,8 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// `path` is a file, `-` (stdout), or empty: no stream, only syslog
+    /// (`--log-syslog` without `--access-logfile`, as Gunicorn logs access then).
     pub fn open(path: &str, format: &str, json: bool) -> std::io::Result<AccessLog> {
         let mut log = AccessLog {
             atoms: compile(format),
@@ -166,7 +176,7 @@ impl AccessLog {
     }
 
     pub fn reopen(&mut self) -> std::io::Result<()> {
-        self.file = if self.path == "-" {
+        self.file = if self.path == "-" || self.path.is_empty() {
             None
         } else {
             Some(open_append(&self.path)?)
@@ -187,8 +197,10 @@ impl AccessLog {
             }
         }
         line.push('\n');
+        crate::syslog::access_log(line);
         let result = match &mut self.file {
             Some(f) => f.write_all(line.as_bytes()),
+            None if self.path.is_empty() => Ok(()), // to syslog only
             None => std::io::stdout().lock().write_all(line.as_bytes()),
         };
         if let Err(e) = result {

@@ -1,6 +1,7 @@
 //! Settings for watching a running server: Prometheus's `--metrics-bind` and statsd as
 //! Gunicorn sends it (`--statsd-host`, `--statsd-prefix`, `--dogstatsd-tags`,
-//! `--enable-backlog-metric`). Parsing only.
+//! `--enable-backlog-metric`), the JSON access log, and Gunicorn's syslog flags.
+//! Parsing only.
 
 use std::path::PathBuf;
 
@@ -42,10 +43,135 @@ pub struct Observability {
     #[arg(long = "access-log-json")]
     pub access_log_json: bool,
 
+    /// Also send the error log (and the access log) to syslog, as Gunicorn does.
+    #[arg(long = "log-syslog")]
+    pub log_syslog: bool,
+
+    /// Where syslog is: udp://HOST[:PORT] (port 514), tcp://HOST[:PORT], or
+    /// unix://PATH[#dgram|#stream].
+    #[arg(long = "log-syslog-to", value_name = "SYSLOG_ADDR", default_value = "udp://localhost:514", value_parser = parse_syslog_address)]
+    pub log_syslog_to: SyslogAddress,
+
+    /// The syslog program name is `gunicorn.PREFIX.error` / `.access` [default: the
+    /// process name (-n), with `:` as `.`].
+    #[arg(long = "log-syslog-prefix", value_name = "SYSLOG_PREFIX")]
+    pub log_syslog_prefix: Option<String>,
+
+    /// Syslog facility name.
+    #[arg(long = "log-syslog-facility", value_name = "SYSLOG_FACILITY", default_value = "user", value_parser = parse_facility)]
+    pub log_syslog_facility: String,
+
+    /// With --log-syslog, keep the access log out of syslog.
+    #[arg(long = "disable-redirect-access-to-syslog")]
+    pub disable_redirect_access_to_syslog: bool,
+
     /// Also send the listen queue's length (summed over the TCP listeners) to statsd
     /// as `gunicorn.backlog`.
     #[arg(long = "enable-backlog-metric")]
     pub enable_backlog_metric: bool,
+}
+
+/// Where syslog messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogAddress {
+    Udp(String),
+    Tcp(String),
+    /// `stream`: `#stream` given (else a datagram socket, or a stream one if that is
+    /// what the path is).
+    Unix {
+        path: PathBuf,
+        stream: bool,
+    },
+}
+
+impl Default for SyslogAddress {
+    fn default() -> Self {
+        SyslogAddress::Udp("localhost:514".into())
+    }
+}
+
+impl std::fmt::Display for SyslogAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyslogAddress::Udp(a) => write!(f, "udp://{a}"),
+            SyslogAddress::Tcp(a) => write!(f, "tcp://{a}"),
+            SyslogAddress::Unix { path, .. } => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// Gunicorn's `syslog_addr` spellings.
+fn parse_syslog_address(s: &str) -> Result<SyslogAddress, String> {
+    if let Some(rest) = s.strip_prefix("unix://") {
+        let (path, kind) = rest.split_once('#').unwrap_or((rest, ""));
+        if path.is_empty() {
+            return Err("unix:// needs a path".into());
+        }
+        let stream = match kind {
+            "" | "dgram" => false,
+            "stream" => true,
+            other => return Err(format!("{other:?}: the socket type is dgram or stream")),
+        };
+        return Ok(SyslogAddress::Unix {
+            path: path.into(),
+            stream,
+        });
+    }
+    let (tcp, rest) = if let Some(r) = s.strip_prefix("udp://") {
+        (false, r)
+    } else if let Some(r) = s.strip_prefix("tcp://") {
+        (true, r)
+    } else {
+        return Err(format!(
+            "{s:?} is not a syslog address: udp://HOST:PORT, tcp://HOST:PORT or unix://PATH"
+        ));
+    };
+    let rest = if rest.is_empty() { "localhost" } else { rest };
+    let addr = match parse_statsd_host(rest)? {
+        StatsdHost::Udp(a) if a.ends_with(":8125") && !rest.ends_with(":8125") => {
+            format!("{}:514", &a[..a.len() - 5])
+        }
+        StatsdHost::Udp(a) => a,
+        StatsdHost::Unix(_) => return Err(format!("{s:?} is not a syslog address")),
+    };
+    Ok(if tcp {
+        SyslogAddress::Tcp(addr)
+    } else {
+        SyslogAddress::Udp(addr)
+    })
+}
+
+fn parse_facility(s: &str) -> Result<String, String> {
+    facility_code(s)
+        .map(|_| s.to_ascii_lowercase())
+        .ok_or_else(|| format!("unknown syslog facility {s:?} (user, daemon, local0..local7, ...)"))
+}
+
+/// Gunicorn's facility names.
+pub fn facility_code(name: &str) -> Option<u8> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "kern" => 0,
+        "user" => 1,
+        "mail" => 2,
+        "daemon" => 3,
+        "auth" | "security" => 4,
+        "syslog" => 5,
+        "lpr" => 6,
+        "news" => 7,
+        "uucp" => 8,
+        "cron" => 9,
+        "authpriv" => 10,
+        "ftp" => 11,
+        "local0" => 16,
+        "local1" => 17,
+        "local2" => 18,
+        "local3" => 19,
+        "local4" => 20,
+        "local5" => 21,
+        "local6" => 22,
+        "local7" => 23,
+        _ => return None,
+    })
 }
 
 /// Where statsd packets go.
@@ -125,5 +251,31 @@ mod tests {
         assert!(parse_statsd_host("host:port").is_err());
         assert!(parse_statsd_host("unix:").is_err());
         assert!(parse_statsd_host("").is_err());
+    }
+
+    #[test]
+    fn syslog_addresses_as_gunicorn_spells_them() {
+        assert_eq!(
+            parse_syslog_address("udp://localhost:514"),
+            Ok(SyslogAddress::Udp("localhost:514".into()))
+        );
+        assert_eq!(
+            parse_syslog_address("udp://logs"),
+            Ok(SyslogAddress::Udp("logs:514".into()))
+        );
+        assert_eq!(
+            parse_syslog_address("tcp://[::1]:601"),
+            Ok(SyslogAddress::Tcp("[::1]:601".into()))
+        );
+        assert_eq!(
+            parse_syslog_address("unix:///dev/log#stream"),
+            Ok(SyslogAddress::Unix {
+                path: "/dev/log".into(),
+                stream: true
+            })
+        );
+        assert!(parse_syslog_address("/dev/log").is_err());
+        assert!(parse_syslog_address("unix:///x#raw").is_err());
+        assert!(parse_facility("local9").is_err());
     }
 }

@@ -317,6 +317,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
         None => None,
     };
     crate::statsd::start(&cfg.observability);
+    crate::syslog::start(&cfg.observability, cfg.proc_name());
 
     crate::process::set_title(&format!("rgun: master [{}]", cfg.proc_name()));
     tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));

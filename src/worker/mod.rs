@@ -239,8 +239,9 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         // SAFETY: these descriptors are the master's and unused in the worker.
         unsafe { libc::close(*fd) };
     }
-    // This worker's own statsd sender (the master's, inherited, is closed by it).
+    // This worker's own statsd and syslog senders (the master's, inherited, close).
     crate::statsd::start(&init.cfg.observability);
+    crate::syslog::start(&init.cfg.observability, init.cfg.proc_name());
     // Die with the master (SIGTERM: finish what is in flight); if it is already gone,
     // stop now rather than serve as an orphan.
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
@@ -330,7 +331,14 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             .map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
     }
 
-    let access_log = match &cfg.access_logfile {
+    // With --log-syslog the access log goes there even without a file, as in Gunicorn.
+    let syslog_access =
+        cfg.observability.log_syslog && !cfg.observability.disable_redirect_access_to_syslog;
+    let access_log = match cfg
+        .access_logfile
+        .as_deref()
+        .or(syslog_access.then_some(""))
+    {
         Some(path) => Some(
             AccessLog::open(
                 path,
