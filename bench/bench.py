@@ -51,11 +51,47 @@ WORKLOADS = {
 QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms"]
 
 
+# `--observability`: a statsd sink (a UDP socket a thread drains, as an agent would) and
+# a scraper that reads /metrics once a second, for the "rgun+obs" variant.
+OBS = {"statsd_port": None, "metrics_port": None}
+
+
+def statsd_sink():
+    """Binds a UDP socket for rgun+obs's statsd packets and drains it in a thread."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    OBS["statsd_port"] = sink.getsockname()[1]
+    OBS["packets"] = 0
+
+    def drain():
+        while True:
+            sink.recv(65536)
+            OBS["packets"] += 1
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+def scrape_while(stop_event):
+    """GET /metrics once a second until `stop_event` (Prometheus does every 15 s)."""
+    while not stop_event.wait(1.0):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", OBS["metrics_port"], timeout=2)
+            c.request("GET", "/metrics")
+            c.getresponse().read()
+            c.close()
+        except OSError:
+            pass
+
+
 def server_cmd(server, app, port, threads):
     """The command line that starts `server` on `app` (MODULE:CALLABLE; cwd = repo root)."""
     target = app
-    if server == "rgun":
+    if server.startswith("rgun"):
         cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, "--no-control-socket", target]
+        if server == "rgun+obs":
+            OBS["metrics_port"] = free_port()
+            cmd += ["--metrics-bind", f"127.0.0.1:{OBS['metrics_port']}",
+                    "--statsd-host", f"127.0.0.1:{OBS['statsd_port']}"]
         return cmd + (["--threads", str(threads)] if threads else [])
     if server == "Gunicorn":
         cmd = [f"{VENV}/bin/gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--chdir", BENCH, "--no-control-socket", target]
@@ -202,7 +238,7 @@ def wrk(port, conns, duration, extra):
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def measure(proc, port, conns, duration, extra):
+def measure(proc, port, conns, duration, extra, scrape=False):
     peak, done = [0.0], threading.Event()
 
     def sampler():
@@ -211,13 +247,18 @@ def measure(proc, port, conns, duration, extra):
             done.wait(0.1)
 
     t = threading.Thread(target=sampler)
+    scraper = threading.Thread(target=scrape_while, args=(done,)) if scrape else None
     before = cpu_times(proc.pid)
     t.start()
+    if scraper:
+        scraper.start()
     try:
         out = wrk(port, conns, duration, extra)
     finally:
         done.set()
         t.join()
+        if scraper:
+            scraper.join()
     after = cpu_times(proc.pid)
     r = parse_wrk(out)
     cpu = sum(v - before.get(pid, 0.0) for pid, v in after.items())
@@ -278,6 +319,10 @@ def report(results, args, info):
         g = lambda s, k: med.get(s, {}).get(k, float("nan"))
         R.append(f"| {wl} | {conns} | " + " | ".join(ratio(g("rgun", k), g(o, k)) for k in ("rps", "p99", "cpu_us", "rss")
                                                       for o in ("Granian", "Gunicorn")) + " |")
+        if "rgun+obs" in med:
+            notes.append(f"- {wl} @ {conns} conns: rgun+obs/rgun req/s {ratio(g('rgun+obs', 'rps'), g('rgun', 'rps'))}, "
+                         f"CPU/req {ratio(g('rgun+obs', 'cpu_us'), g('rgun', 'cpu_us'))}, "
+                         f"p99 {ratio(g('rgun+obs', 'p99'), g('rgun', 'p99'))}")
         threads = WORKLOADS[wl][2]
         if threads:
             ideal = min(conns, WORKERS * threads) / 0.010
@@ -294,7 +339,8 @@ def report(results, args, info):
         f"(rgun --threads 4, gunicorn --threads 4 = gthread, granian --blocking-threads 4); other workloads use each "
         f"server's default (Gunicorn: sync worker).",
         "", *L, "", "Ratios (req/s: >1 means rgun is faster; p99, CPU/req, RSS: <1 means rgun is lower):", "", *R, "",
-        *(["Sleep workload vs ideal:", "", *notes, ""] if notes else []),
+        *(["Sleep workload vs ideal, and rgun+obs (rgun with --metrics-bind scraped every second and --statsd-host "
+           "sending to a drained UDP socket) against plain rgun in the same run:", "", *notes, ""] if notes else []),
         "CPU/req = utime+stime of the live server process tree (master + descendants) sampled from /proc just before "
         "and after wrk, divided by requests completed; processes that exit mid-run are not counted. Peak RSS = max "
         "of the tree's summed VmRSS, sampled every 100 ms (pages shared after fork are counted in every process). "
@@ -371,8 +417,13 @@ def main():
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 2, quick 1)")
     ap.add_argument("--workloads", help="comma-separated subset of: " + ",".join(WORKLOADS))
     ap.add_argument("--connections", default="1,64", help="comma-separated wrk connection counts")
+    ap.add_argument("--observability", action="store_true",
+                    help="also run rgun+obs: rgun with --metrics-bind (scraped every second) and --statsd-host")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"), help="markdown output ('' for none)")
     args = ap.parse_args()
+    if args.observability:
+        SERVERS.insert(1, "rgun+obs")
+        statsd_sink()
     args.duration = args.duration or (2 if args.quick else 10)
     args.rounds = args.rounds or (1 if args.quick else 2)
     wls = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))
@@ -398,7 +449,7 @@ def main():
                     check(port, wl)
                     wrk(port, 64, 1, extra)  # warm-up
                     for c in conns:
-                        r = measure(proc, port, c, args.duration, extra)
+                        r = measure(proc, port, c, args.duration, extra, scrape=server == "rgun+obs")
                         results[(wl, c)][server].append(r)
                         print(f"[{wl} r{rnd + 1}] {server:8} c={c:<3} {r['rps']:9.0f} req/s  p50 {r['p50']:7.2f} ms  "
                               f"p99 {r['p99']:7.2f} ms  cpu {r['cpu_us']:6.0f} us/req  rss {r['rss']:6.1f} MiB  "

@@ -9,6 +9,8 @@ builds (or two apps) compare to the instruction. Kernel time is not counted.
     bench/.venv/bin/python bench/callgrind.py                 # hello world, wrk's request
     bench/.venv/bin/python bench/callgrind.py --request browser
     bench/.venv/bin/python bench/callgrind.py --app apps:k64  # any app in bench/
+    bench/.venv/bin/python bench/callgrind.py --rgun-args='--statsd-host 127.0.0.1:9125'
+    RGUN=.venv/bin/rgun python3 bench/callgrind.py            # another install (e.g. dev)
 """
 
 import argparse
@@ -37,7 +39,9 @@ REQUESTS = {
         "X-Forwarded-Proto: https\r\nX-Real-IP: 203.0.113.7\r\n\r\n"
     ),
 }
-RGUN = os.path.join(ROOT, "bench", ".venv", "bin", "rgun")  # pip-installed by bench/run
+# pip-installed by bench/run; $RGUN for another install.
+RGUN = os.environ.get("RGUN") or os.path.join(ROOT, "bench", ".venv", "bin", "rgun")
+EXTRA_ARGS = []  # --rgun-args
 
 
 def free_port():
@@ -95,7 +99,7 @@ def worker_instructions(app, requests, path, kind="wrk"):
         cmd = [
             "valgrind", "--tool=callgrind", "--trace-children=yes", "--quiet",
             RGUN, "-w", "1", "-b", f"127.0.0.1:{port}", "--no-control-socket",
-            "--pythonpath", os.path.join(ROOT, "bench"), app,
+            "--pythonpath", os.path.join(ROOT, "bench"), app, *EXTRA_ARGS,
         ]
         # A fixed hash seed: with random ones, dict probing differs from run to run.
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -138,7 +142,9 @@ def main():
     ap.add_argument("--request", choices=sorted(REQUESTS), default="wrk", help="request head to send")
     ap.add_argument("--short", type=int, default=2000, help="requests in the short run")
     ap.add_argument("--long", type=int, default=12000, help="requests in the long run")
+    ap.add_argument("--rgun-args", default="", help="more rgun flags, e.g. '--metrics-bind 127.0.0.1:9100'")
     args = ap.parse_args()
+    EXTRA_ARGS.extend(args.rgun_args.split())
     if not os.path.exists(RGUN):
         sys.exit(f"{RGUN} is missing: bench/run installs rgun into bench/.venv")
     short = worker_instructions(args.app, args.short, args.path, args.request)

@@ -565,6 +565,7 @@ impl Config {
             (&mut settings, more)
         {
             all.extend(more);
+            all.extend(self.observability.settings_json());
         }
         settings
     }

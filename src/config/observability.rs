@@ -71,6 +71,38 @@ pub struct Observability {
     pub enable_backlog_metric: bool,
 }
 
+impl Observability {
+    /// These settings under Gunicorn's names, for `rgunctl config` and `--print-config`.
+    pub fn settings_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let text = |v: &Option<String>| v.clone().map_or(serde_json::Value::Null, Into::into);
+        let mut m = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            m.insert(k.into(), v);
+        };
+        put(
+            "metrics_bind",
+            text(&self.metrics_bind.as_ref().map(ToString::to_string)),
+        );
+        put(
+            "statsd_host",
+            text(&self.statsd_host.as_ref().map(ToString::to_string)),
+        );
+        put("statsd_prefix", self.statsd_prefix.clone().into());
+        put("dogstatsd_tags", self.dogstatsd_tags.clone().into());
+        put("enable_backlog_metric", self.enable_backlog_metric.into());
+        put("access_log_json", self.access_log_json.into());
+        put("syslog", self.log_syslog.into());
+        put("syslog_addr", self.log_syslog_to.to_string().into());
+        put("syslog_prefix", text(&self.log_syslog_prefix));
+        put("syslog_facility", self.log_syslog_facility.clone().into());
+        put(
+            "disable_redirect_access_to_syslog",
+            self.disable_redirect_access_to_syslog.into(),
+        );
+        m
+    }
+}
+
 /// Where syslog messages go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SyslogAddress {
