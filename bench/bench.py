@@ -75,6 +75,38 @@ WORKLOADS = {
 QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms", "asgi_hello", "asgi_sleep10ms", "ws_echo"]
 
 
+# `--observability`: a statsd sink (a UDP socket a thread drains, as an agent would) and
+# a scraper that reads /metrics once a second, for the "rgun+obs" variant.
+OBS = {"statsd_port": None, "metrics_port": None}
+
+
+def statsd_sink():
+    """Binds a UDP socket for rgun+obs's statsd packets and drains it in a thread."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    OBS["statsd_port"] = sink.getsockname()[1]
+    OBS["packets"] = 0
+
+    def drain():
+        while True:
+            sink.recv(65536)
+            OBS["packets"] += 1
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+def scrape_while(stop_event):
+    """GET /metrics once a second until `stop_event` (Prometheus does every 15 s)."""
+    while not stop_event.wait(1.0):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", OBS["metrics_port"], timeout=2)
+            c.request("GET", "/metrics")
+            c.getresponse().read()
+            c.close()
+        except OSError:
+            pass
+
+
 def server_cmd(server, wl, port):
     """The command line that starts `server` on workload `wl` (cwd = repo root)."""
     app, threads = wl.app, wl.threads
@@ -91,8 +123,12 @@ def server_cmd(server, wl, port):
         return [f"{VENV}/bin/uvicorn", "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
                 "--app-dir", BENCH, "--http", "httptools", "--loop", "uvloop", "--no-access-log",
                 "--lifespan", "off", app]
-    if server == "rgun":
+    if server.startswith("rgun"):
         cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, "--no-control-socket", app]
+        if server == "rgun+obs":
+            OBS["metrics_port"] = free_port()
+            cmd += ["--metrics-bind", f"127.0.0.1:{OBS['metrics_port']}",
+                    "--statsd-host", f"127.0.0.1:{OBS['statsd_port']}"]
         return cmd + (["--threads", str(threads)] if threads else [])
     if server == "Gunicorn":
         cmd = [f"{VENV}/bin/gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--chdir", BENCH, "--no-control-socket", app]
@@ -239,7 +275,7 @@ def wrk(port, conns, duration, extra):
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def measure(proc, port, conns, duration, extra, ws=False):
+def measure(proc, port, conns, duration, extra, ws=False, scrape=False):
     """wrk at `conns` connections (or, with `ws`, bench/ws_client.py's WebSocket echo:
     messages count as requests, no latency figures)."""
     peak, done = [0.0], threading.Event()
@@ -250,8 +286,11 @@ def measure(proc, port, conns, duration, extra, ws=False):
             done.wait(0.1)
 
     t = threading.Thread(target=sampler)
+    scraper = threading.Thread(target=scrape_while, args=(done,)) if scrape else None
     before = cpu_times(proc.pid)
     t.start()
+    if scraper:
+        scraper.start()
     try:
         if ws:
             out = subprocess.run([sys.executable, os.path.join(BENCH, "ws_client.py"), str(port), str(conns),
@@ -261,6 +300,8 @@ def measure(proc, port, conns, duration, extra, ws=False):
     finally:
         done.set()
         t.join()
+        if scraper:
+            scraper.join()
     after = cpu_times(proc.pid)
     if ws:
         messages = int(out.strip())
@@ -314,7 +355,7 @@ def medians(per):
 def tables(results, interface):
     """One interface's main table (servers side by side per workload) and its ratios."""
     servers = SERVERS[interface]
-    peers = servers[1:]
+    peers = [s for s in servers if not s.startswith("rgun")]
     L = ["| workload | conns | server | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors |",
          "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     heads = [f"{k} rgun/{o}" for k in ("req/s", "p99", "CPU/req", "RSS") for o in peers]
@@ -387,9 +428,13 @@ def report(results, caps, args, info):
     notes = []
     for (wl, conns), per in results.items():
         w = WORKLOADS[wl]
+        med = medians(per)
+        g = lambda s, k: med.get(s, {}).get(k, float("nan"))
+        if "rgun+obs" in med:
+            notes.append(f"- {wl} @ {conns} conns: rgun+obs/rgun req/s {ratio(g('rgun+obs', 'rps'), g('rgun', 'rps'))}, "
+                         f"CPU/req {ratio(g('rgun+obs', 'cpu_us'), g('rgun', 'cpu_us'))}, "
+                         f"p99 {ratio(g('rgun+obs', 'p99'), g('rgun', 'p99'))}")
         if w.interface == "wsgi" and w.threads:
-            med = medians(per)
-            g = lambda s, k: med.get(s, {}).get(k, float("nan"))
             ideal = min(conns, WORKERS * w.threads) / 0.010
             notes.append(f"- {wl} @ {conns} conns: ideal = min(conns, workers×threads = {WORKERS * w.threads}) / 10 ms = "
                          f"{ideal:.0f} req/s; achieved/ideal: "
@@ -411,7 +456,9 @@ def report(results, caps, args, info):
         out += ["", f"## {title}", "", *L, "", "Ratios (req/s: >1 means rgun is faster; p99, CPU/req, RSS: <1 means rgun is lower):",
                 "", *R, ""]
         if interface == "wsgi" and notes:
-            out += ["Sleep workload vs ideal:", "", *notes, ""]
+            out += ["Sleep workload vs ideal, and rgun+obs (rgun with --metrics-bind scraped every second and "
+                    "--statsd-host sending to a drained UDP socket; `bench/run --observability`) against plain rgun "
+                    "in the same run:", "", *notes, ""]
         if interface == "asgi":
             out += ["ASGI servers: rgun -k asgi, Granian --interface asgi, Uvicorn --http httptools --loop uvloop, "
                     "Gunicorn -k asgi (its own ASGI worker, uvloop when installed). asgi_sleep10ms awaits "
@@ -495,8 +542,13 @@ def main():
     ap.add_argument("--workloads", help="comma-separated subset of: " + ",".join(WORKLOADS))
     ap.add_argument("--connections", default="1,64", help="comma-separated wrk connection counts (workloads "
                     "with their own, asgi_sleep10ms and ws_echo, keep them)")
+    ap.add_argument("--observability", action="store_true",
+                    help="also run rgun+obs: rgun with --metrics-bind (scraped every second) and --statsd-host")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"), help="markdown output ('' for none)")
     args = ap.parse_args()
+    if args.observability:
+        SERVERS["wsgi"].insert(1, "rgun+obs")
+        statsd_sink()
     args.duration = args.duration or (2 if args.quick else 10)
     args.rounds = args.rounds or (1 if args.quick else 2)
     wls = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))
@@ -533,7 +585,7 @@ def main():
                     check(port, wl)
                     wrk(port, 64, 1, w.extra)  # warm-up
                     for c in (w.conns or conns):
-                        r = measure(proc, port, c, args.duration, w.extra, ws=w.ws)
+                        r = measure(proc, port, c, args.duration, w.extra, ws=w.ws, scrape=server == "rgun+obs")
                         if server == "cap":
                             caps[wl].append(r["rps"])
                         else:

@@ -15,6 +15,8 @@ builds (or two apps) compare to the instruction. Kernel time is not counted.
 With --connections N, N keep-alive connections each send a request, then every answer
 is read, round after round (requests counts them all), so a turn of the worker's loop
 serves a batch as under load; -k asgi runs the ASGI worker.
+    bench/.venv/bin/python bench/callgrind.py --rgun-args='--statsd-host 127.0.0.1:9125'
+    RGUN=.venv/bin/rgun python3 bench/callgrind.py            # another install (e.g. dev)
 """
 
 import argparse
@@ -44,7 +46,9 @@ REQUESTS = {
         "X-Forwarded-Proto: https\r\nX-Real-IP: 203.0.113.7\r\n\r\n"
     ),
 }
-RGUN = os.environ.get("RGUN", os.path.join(ROOT, "bench", ".venv", "bin", "rgun"))  # pip-installed by bench/run
+# pip-installed by bench/run; $RGUN for another install.
+RGUN = os.environ.get("RGUN") or os.path.join(ROOT, "bench", ".venv", "bin", "rgun")
+EXTRA_ARGS = []  # --rgun-args
 
 
 def free_port():
@@ -112,7 +116,7 @@ def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", co
         cmd = [
             "valgrind", "--tool=callgrind", "--trace-children=yes", "--quiet",
             RGUN, "-k", worker_class, "-w", "1", "--worker-connections", str(max(1000, 2 * connections)), "-b", f"127.0.0.1:{port}", "--no-control-socket",
-            "--pythonpath", os.path.join(ROOT, "bench"), app,
+            "--pythonpath", os.path.join(ROOT, "bench"), app, *EXTRA_ARGS,
         ] + (["--certfile", TLS["cert"], "--keyfile", TLS["key"]] if TLS else [])
         # A fixed hash seed: with random ones, dict probing differs from run to run.
         env = dict(os.environ, PYTHONHASHSEED="0")
@@ -169,7 +173,9 @@ def main():
     ap.add_argument("-k", "--worker-class", default="sync", help="rgun's -k (sync, asgi)")
     ap.add_argument("--connections", type=int, default=1, help="connections sending in lockstep")
     ap.add_argument("--keep", help="directory to keep the profiles in (for callgrind_annotate)")
+    ap.add_argument("--rgun-args", default="", help="more rgun flags, e.g. '--metrics-bind 127.0.0.1:9100'")
     args = ap.parse_args()
+    EXTRA_ARGS.extend(args.rgun_args.split())
     if args.tls:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import tls as tls_bench

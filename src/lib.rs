@@ -18,5 +18,7 @@ pub mod process;
 pub mod python;
 pub mod scoreboard;
 pub mod signals;
+pub mod statsd;
+pub mod syslog;
 pub mod worker;
 pub mod wsgi;

@@ -74,6 +74,12 @@ where
             Level::INFO => "INFO",
             _ => "DEBUG",
         };
+        // Gunicorn's statsd logger counts its errors and warnings.
+        match *event.metadata().level() {
+            Level::ERROR => crate::statsd::increment("gunicorn.log.error"),
+            Level::WARN => crate::statsd::increment("gunicorn.log.warning"),
+            _ => {}
+        }
         write!(
             writer,
             "[{}] [{}] [{}] ",
@@ -81,7 +87,15 @@ where
             std::process::id(),
             level
         )?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        if crate::syslog::enabled() {
+            let mut message = String::new();
+            ctx.field_format()
+                .format_fields(Writer::new(&mut message), event)?;
+            crate::syslog::error_log(*event.metadata().level(), &message);
+            writer.write_str(&message)?;
+        } else {
+            ctx.field_format().format_fields(writer.by_ref(), event)?;
+        }
         writeln!(writer)
     }
 }
@@ -139,15 +153,20 @@ enum Atom {
 /// The access log: a compiled `--access-logformat` and its destination.
 pub struct AccessLog {
     atoms: Vec<Atom>,
+    /// `--access-log-json`: a JSON object per line instead of the format.
+    json: bool,
     path: String,
     file: Option<File>,
     line: String,
 }
 
 impl AccessLog {
-    pub fn open(path: &str, format: &str) -> std::io::Result<AccessLog> {
+    /// `path` is a file, `-` (stdout), or empty: no stream, only syslog
+    /// (`--log-syslog` without `--access-logfile`, as Gunicorn logs access then).
+    pub fn open(path: &str, format: &str, json: bool) -> std::io::Result<AccessLog> {
         let mut log = AccessLog {
             atoms: compile(format),
+            json,
             path: path.to_owned(),
             file: None,
             line: String::new(),
@@ -157,7 +176,7 @@ impl AccessLog {
     }
 
     pub fn reopen(&mut self) -> std::io::Result<()> {
-        self.file = if self.path == "-" {
+        self.file = if self.path == "-" || self.path.is_empty() {
             None
         } else {
             Some(open_append(&self.path)?)
@@ -165,81 +184,139 @@ impl AccessLog {
         Ok(())
     }
 
+    /// One line for one request: the compiled format, or with `--access-log-json` a
+    /// JSON object keyed by Gunicorn's atoms.
     pub fn write(&mut self, r: &AccessRecord<'_>) {
-        use std::fmt::Write as _;
         let line = &mut self.line;
         line.clear();
-        let header = |name: &str| -> Option<String> {
-            r.head
-                .headers
-                .iter()
-                .find(|(n, _)| r.head_bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
-                .map(|(_, v)| String::from_utf8_lossy(&r.head_bytes[v.clone()]).into_owned())
-        };
-        let text = |range: std::ops::Range<usize>| {
-            String::from_utf8_lossy(&r.head_bytes[range]).into_owned()
-        };
-        let protocol = if r.head.minor_version == 0 {
-            "HTTP/1.0"
+        if self.json {
+            json_line(r, line);
         } else {
-            "HTTP/1.1"
-        };
-        for atom in &self.atoms {
-            let _ = match atom {
-                Atom::Literal(s) => write!(line, "{s}"),
-                Atom::RemoteAddr => write!(
-                    line,
-                    "{}",
-                    if r.peer.addr.is_empty() {
-                        "-"
-                    } else {
-                        &r.peer.addr
-                    }
-                ),
-                Atom::Dash | Atom::User => write!(line, "-"),
-                Atom::Time => write!(line, "[{}]", local_time("%d/%b/%Y:%H:%M:%S %z")),
-                Atom::RequestLine => write!(
-                    line,
-                    "{} {} {}",
-                    text(r.head.method.clone()),
-                    text(r.head.target.clone()),
-                    protocol
-                ),
-                Atom::Method => write!(line, "{}", text(r.head.method.clone())),
-                Atom::Path => write!(line, "{}", text(r.head.path.clone())),
-                Atom::Query => write!(line, "{}", text(r.head.query.clone())),
-                Atom::Protocol => write!(line, "{protocol}"),
-                Atom::Status => write!(line, "{}", r.status),
-                Atom::BytesOrZero => write!(line, "{}", r.body_bytes),
-                Atom::BytesOrDash if r.body_bytes == 0 => write!(line, "-"),
-                Atom::BytesOrDash => write!(line, "{}", r.body_bytes),
-                Atom::Referer => {
-                    write!(line, "{}", header("referer").unwrap_or_else(|| "-".into()))
-                }
-                Atom::UserAgent => write!(
-                    line,
-                    "{}",
-                    header("user-agent").unwrap_or_else(|| "-".into())
-                ),
-                Atom::Seconds => write!(line, "{}", r.elapsed.as_secs()),
-                Atom::Millis => write!(line, "{}", r.elapsed.as_millis()),
-                Atom::Micros => write!(line, "{}", r.elapsed.as_micros()),
-                Atom::DecimalSeconds => write!(line, "{:.6}", r.elapsed.as_secs_f64()),
-                Atom::Pid => write!(line, "<{}>", std::process::id()),
-                Atom::RequestHeader(name) => {
-                    write!(line, "{}", header(name).unwrap_or_else(|| "-".into()))
-                }
-            };
+            for atom in &self.atoms {
+                render(atom, r, line);
+            }
         }
         line.push('\n');
+        crate::syslog::access_log(line);
         let result = match &mut self.file {
             Some(f) => f.write_all(line.as_bytes()),
+            None if self.path.is_empty() => Ok(()), // to syslog only
             None => std::io::stdout().lock().write_all(line.as_bytes()),
         };
         if let Err(e) = result {
             tracing::debug!("access log write failed: {e}");
         }
     }
+}
+
+/// The atoms a JSON access-log line carries, in order; numbers unquoted.
+const JSON_ATOMS: [(&str, bool); 19] = [
+    ("h", false),
+    ("l", false),
+    ("u", false),
+    ("t", false),
+    ("r", false),
+    ("m", false),
+    ("U", false),
+    ("q", false),
+    ("H", false),
+    ("s", true),
+    ("B", true),
+    ("b", false),
+    ("f", false),
+    ("a", false),
+    ("T", true),
+    ("M", true),
+    ("D", true),
+    ("L", true),
+    ("p", false),
+];
+
+/// `{"h": "127.0.0.1", ..., "s": 200, ...}`: Gunicorn's atoms, rendered as the text
+/// format renders them.
+fn json_line(r: &AccessRecord<'_>, line: &mut String) {
+    let mut value = String::new();
+    line.push('{');
+    for (i, (key, number)) in JSON_ATOMS.iter().enumerate() {
+        value.clear();
+        render(&atom(key), r, &mut value);
+        if i > 0 {
+            line.push_str(", ");
+        }
+        line.push('"');
+        line.push_str(key);
+        line.push_str("\": ");
+        if *number {
+            line.push_str(&value);
+        } else {
+            line.push_str(&serde_json::Value::from(value.as_str()).to_string());
+        }
+    }
+    line.push('}');
+}
+
+/// Appends one atom's text for request `r`.
+fn render(atom: &Atom, r: &AccessRecord<'_>, line: &mut String) {
+    use std::fmt::Write as _;
+    let header = |name: &str| -> Option<String> {
+        r.head
+            .headers
+            .iter()
+            .find(|(n, _)| r.head_bytes[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| String::from_utf8_lossy(&r.head_bytes[v.clone()]).into_owned())
+    };
+    let text =
+        |range: std::ops::Range<usize>| String::from_utf8_lossy(&r.head_bytes[range]).into_owned();
+    let protocol = if r.head.minor_version == 0 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    let _ = match atom {
+        Atom::Literal(s) => write!(line, "{s}"),
+        Atom::RemoteAddr => write!(
+            line,
+            "{}",
+            if r.peer.addr.is_empty() {
+                "-"
+            } else {
+                &r.peer.addr
+            }
+        ),
+        Atom::Dash | Atom::User => write!(line, "-"),
+        Atom::Time => write!(line, "[{}]", local_time("%d/%b/%Y:%H:%M:%S %z")),
+        Atom::RequestLine => write!(
+            line,
+            "{} {} {}",
+            text(r.head.method.clone()),
+            text(r.head.target.clone()),
+            protocol
+        ),
+        Atom::Method => write!(line, "{}", text(r.head.method.clone())),
+        Atom::Path => write!(line, "{}", text(r.head.path.clone())),
+        Atom::Query => write!(line, "{}", text(r.head.query.clone())),
+        Atom::Protocol => write!(line, "{protocol}"),
+        Atom::Status => write!(line, "{}", r.status),
+        Atom::BytesOrZero => write!(line, "{}", r.body_bytes),
+        Atom::BytesOrDash if r.body_bytes == 0 => write!(line, "-"),
+        Atom::BytesOrDash => write!(line, "{}", r.body_bytes),
+        Atom::Referer => {
+            write!(line, "{}", header("referer").unwrap_or_else(|| "-".into()))
+        }
+        Atom::UserAgent => write!(
+            line,
+            "{}",
+            header("user-agent").unwrap_or_else(|| "-".into())
+        ),
+        Atom::Seconds => write!(line, "{}", r.elapsed.as_secs()),
+        Atom::Millis => write!(line, "{}", r.elapsed.as_millis()),
+        Atom::Micros => write!(line, "{}", r.elapsed.as_micros()),
+        Atom::DecimalSeconds => write!(line, "{:.6}", r.elapsed.as_secs_f64()),
+        Atom::Pid => write!(line, "<{}>", std::process::id()),
+        Atom::RequestHeader(name) => {
+            write!(line, "{}", header(name).unwrap_or_else(|| "-".into()))
+        }
+    };
 }
 
 /// Compiles a Python %-format such as `%(h)s %({x-real-ip}i)s` into atoms. Unknown

@@ -1,7 +1,8 @@
 //! The shared-memory scoreboard: one cache-line slot per worker, mapped by the master
 //! before any fork, written by the worker with relaxed atomics (no syscall per
 //! request), read by the master for timeouts and status, and by the workers to share
-//! new connections out evenly (`Peers`).
+//! new connections out evenly (`Peers`). Each slot also tallies its responses by
+//! status class and duration (`Tally`) for the master's `/metrics`.
 
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
@@ -35,8 +36,51 @@ pub struct Slot {
     pub heartbeat_ms: AtomicU64,
     /// Client connections the worker holds open.
     pub connections: AtomicU32,
+    /// Requests the worker has begun and not yet finished (all threads).
+    pub in_flight: AtomicU32,
     /// Connections the worker has accepted since it started.
     pub accepted: AtomicU64,
+    /// Responses by status class and duration, for `/metrics` (its own cache lines:
+    /// peers read the line above).
+    pub tally: Tally,
+}
+
+/// Upper bounds of the request-duration histogram's buckets, in microseconds
+/// (Prometheus's default buckets, 5 ms to 10 s); one more bucket holds the rest.
+pub const DURATION_BOUNDS_US: [u64; 11] = [
+    5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000,
+];
+
+/// A worker's responses since it started: counts by status class (1xx..5xx), and a
+/// duration histogram (per bucket, not cumulative) with its sum.
+#[repr(C, align(64))]
+pub struct Tally {
+    pub by_class: [AtomicU64; 5],
+    pub duration_buckets: [AtomicU64; DURATION_BOUNDS_US.len() + 1],
+    pub duration_sum_us: AtomicU64,
+}
+
+impl Tally {
+    /// One response sent: three relaxed additions on the worker's own cache lines.
+    pub fn record(&self, status: u16, elapsed_us: u64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let bucket = DURATION_BOUNDS_US
+            .iter()
+            .position(|&bound| elapsed_us <= bound)
+            .unwrap_or(DURATION_BOUNDS_US.len());
+        self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_us
+            .fetch_add(elapsed_us, Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        let all = self.by_class.iter().chain(&self.duration_buckets);
+        for counter in all.chain(std::iter::once(&self.duration_sum_us)) {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Slot {
@@ -79,7 +123,9 @@ impl Slot {
         self.request_started_ms.store(0, Ordering::Relaxed);
         self.heartbeat_ms.store(monotonic_ms(), Ordering::Relaxed);
         self.connections.store(0, Ordering::Relaxed);
+        self.in_flight.store(0, Ordering::Relaxed);
         self.accepted.store(0, Ordering::Relaxed);
+        self.tally.reset();
     }
 
     /// Accepting new connections (booted and not stopping).
@@ -157,6 +203,11 @@ impl Scoreboard {
         self.slot(i).reset(0);
     }
 
+    /// Slots ever claimed: readers need look no further.
+    pub fn claimed_bound(&self) -> usize {
+        (self.header().claimed_bound.load(Ordering::Relaxed) as usize).min(MAX_SLOTS)
+    }
+
     fn header(&self) -> &'static Header {
         // SAFETY: the header is at the start of the mapping, which is never unmapped.
         unsafe { self.header.as_ref() }
@@ -204,8 +255,7 @@ impl Peers {
     }
 
     fn others(&self) -> impl Iterator<Item = &'static Slot> + '_ {
-        let bound = self.board.header().claimed_bound.load(Ordering::Relaxed) as usize;
-        (0..bound.min(MAX_SLOTS))
+        (0..self.board.claimed_bound())
             .filter(|&i| i != self.own)
             .map(|i| self.board.slot(i))
             .filter(|s| s.accepting())

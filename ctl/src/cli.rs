@@ -80,6 +80,21 @@ enum Cmd {
     History,
     /// Check that the daemon answers.
     Ping,
+    /// Prometheus metrics (the text `--metrics-bind` serves at /metrics).
+    Metrics,
+    /// Every thread's Python stack of a live worker, with the request each serves
+    /// (the worker keeps serving).
+    Stack {
+        /// The worker's pid.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        pid: Option<i32>,
+        /// Every ready worker.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print events as they happen (workers, reloads, scaling, log reopens) until the
+    /// daemon stops; JSON lines with --json.
+    Watch,
     /// Print shell completions or the man page (for packaging).
     #[command(hide = true)]
     Generate {
@@ -128,6 +143,9 @@ where
         }
     };
     match client.call(cmd, args) {
+        Ok(Ok(result)) if matches!(cli.command, Cmd::Watch) => {
+            crate::watch::follow(&mut client, &result, cli.json)
+        }
         Ok(Ok(result)) => {
             let mut out = String::new();
             if cli.json {
@@ -194,6 +212,16 @@ fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, 
         Cmd::Kill { pid } => ("kill", Ok(obj(json!({"pid": pid}))), false),
         Cmd::History => ("history", Ok(Map::new()), false),
         Cmd::Ping => ("ping", Ok(Map::new()), false),
+        Cmd::Metrics => ("metrics", Ok(Map::new()), false),
+        Cmd::Watch => ("watch", Ok(Map::new()), true),
+        Cmd::Stack { pid, all } => {
+            let args = match (pid, all) {
+                (_, true) => json!({"all": true}),
+                (Some(p), false) => json!({"pid": p}),
+                (None, false) => json!({}),
+            };
+            ("stack", Ok(obj(args)), false)
+        }
         Cmd::Generate { .. } => unreachable!("handled before"),
     }
 }
@@ -287,8 +315,50 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
         Cmd::Stop { .. } => w!(out, "stopping"),
         Cmd::ReopenLogs => w!(out, "logs reopened"),
         Cmd::Kill { pid } => w!(out, "worker {pid} is stopping"),
+        Cmd::Metrics => out.push_str(result["text"].as_str().unwrap_or_default()),
+        Cmd::Watch => {}
+        Cmd::Stack { pid: Some(_), .. } => print_stacks(out, result),
+        Cmd::Stack { .. } => {
+            for worker in result["workers"].as_array().into_iter().flatten() {
+                print_stacks(out, worker);
+            }
+        }
         Cmd::Generate { .. } => {}
     }
+}
+
+/// One worker's `stack` answer: each thread, the request it serves, its stack.
+fn print_stacks(out: &mut String, worker: &Value) {
+    w!(out, "worker {}", worker["pid"]);
+    if let Some(error) = worker["error"].as_str() {
+        w!(out, "  cannot get its stacks: {error}");
+        return;
+    }
+    for t in worker["threads"].as_array().into_iter().flatten() {
+        let r = &t["request"];
+        let serving = if r.is_object() {
+            format!(
+                ", serving {} {} for {} ({} s)",
+                r["method"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or(""),
+                r["client"]
+                    .as_str()
+                    .filter(|c| !c.is_empty())
+                    .unwrap_or("a local client"),
+                r["age_s"]
+            )
+        } else {
+            String::new()
+        };
+        w!(
+            out,
+            "\nThread {} ({}){serving}, most recent call last:",
+            t["name"].as_str().unwrap_or("?"),
+            t["ident"]
+        );
+        out.push_str(t["stack"].as_str().unwrap_or(""));
+    }
+    w!(out, "");
 }
 
 fn print_status(out: &mut String, s: &Status) {
@@ -361,7 +431,7 @@ fn format_age(secs: f64) -> String {
     }
 }
 
-fn format_time(unix: f64) -> String {
+pub(crate) fn format_time(unix: f64) -> String {
     let secs = unix as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     let (y, mo, d) = civil_from_days(days);

@@ -64,6 +64,21 @@ impl Client {
         })
     }
 
+    /// The next line the daemon sends unasked (a `watch` event); `None` once it has
+    /// closed the connection.
+    pub fn next_event(&mut self) -> Result<Option<Value>, ClientError> {
+        let mut line = String::new();
+        let n = (&mut self.reader)
+            .take(MAX_LINE_BYTES as u64 * 64)
+            .read_line(&mut line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        serde_json::from_str(&line)
+            .map(Some)
+            .map_err(|e| ClientError::BadResponse(e.to_string()))
+    }
+
     /// Sends `cmd` with `args`; `Ok(Err(..))` is the daemon's error answer.
     pub fn call(
         &mut self,

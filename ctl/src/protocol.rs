@@ -50,13 +50,30 @@ pub const MAX_WORKERS: u32 = 1024;
 pub enum Command {
     Ping,
     Status,
-    Scale { target: ScaleTarget, wait: bool },
-    Reload { wait: bool },
-    Stop { quick: bool },
+    Scale {
+        target: ScaleTarget,
+        wait: bool,
+    },
+    Reload {
+        wait: bool,
+    },
+    Stop {
+        quick: bool,
+    },
     ReopenLogs,
     Config,
-    Kill { pid: i32 },
+    Kill {
+        pid: i32,
+    },
     History,
+    /// The Prometheus text exposition, as `/metrics` serves it: `{"text"}`.
+    Metrics,
+    /// Subscribe this connection to events (`{"event": NAME, "time", ...}` lines).
+    Watch,
+    /// Python stacks of one worker (`pid`) or of every ready worker (`all`).
+    Stack {
+        pid: Option<i32>,
+    },
 }
 
 /// Parses one request line. On error, returns the request's id (or null) with the
@@ -83,11 +100,12 @@ pub fn parse_request(line: &[u8]) -> Result<(Value, Command), (Value, ErrorBody)
 
 fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBody> {
     let known: &[&str] = match cmd {
-        "ping" | "status" | "reopen_logs" | "config" | "history" => &[],
+        "ping" | "status" | "reopen_logs" | "config" | "history" | "metrics" | "watch" => &[],
         "scale" => &["workers", "delta", "wait"],
         "reload" => &["wait"],
         "stop" => &["mode"],
         "kill" => &["pid"],
+        "stack" => &["pid", "all"],
         other => {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownCommand,
@@ -107,6 +125,8 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         "reopen_logs" => Command::ReopenLogs,
         "config" => Command::Config,
         "history" => Command::History,
+        "metrics" => Command::Metrics,
+        "watch" => Command::Watch,
         "scale" => {
             let wait = opt_bool(obj, "wait", false)?;
             let target = match (obj.get("workers"), obj.get("delta")) {
@@ -158,6 +178,20 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
                 .ok_or_else(|| bad_arg("kill: \"pid\" must be a positive integer"))?;
             Command::Kill { pid: pid as i32 }
         }
+        "stack" => match (obj.get("pid"), opt_bool(obj, "all", false)?) {
+            (Some(_), true) => return Err(bad_arg("stack: give \"pid\" or \"all\", not both")),
+            (None, false) => return Err(bad_arg("stack: needs \"pid\" or \"all\": true")),
+            (None, true) => Command::Stack { pid: None },
+            (Some(p), false) => {
+                let pid = p
+                    .as_i64()
+                    .filter(|p| *p > 0 && *p <= i32::MAX as i64)
+                    .ok_or_else(|| bad_arg("stack: \"pid\" must be a positive integer"))?;
+                Command::Stack {
+                    pid: Some(pid as i32),
+                }
+            }
+        },
         _ => unreachable!("filtered above"),
     })
 }

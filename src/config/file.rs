@@ -86,6 +86,22 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "bool",
     ),
     ("suppress_ragged_eofs", "--suppress-ragged-eofs", "bool"),
+    ("proc_name", "--name", "str"),
+    ("access_log_json", "--access-log-json", "bool"),
+    ("syslog", "--log-syslog", "bool"),
+    ("syslog_addr", "--log-syslog-to", "str"),
+    ("syslog_prefix", "--log-syslog-prefix", "str"),
+    ("syslog_facility", "--log-syslog-facility", "str"),
+    (
+        "disable_redirect_access_to_syslog",
+        "--disable-redirect-access-to-syslog",
+        "bool",
+    ),
+    ("metrics_bind", "--metrics-bind", "str"),
+    ("statsd_host", "--statsd-host", "str"),
+    ("statsd_prefix", "--statsd-prefix", "str"),
+    ("dogstatsd_tags", "--dogstatsd-tags", "str"),
+    ("enable_backlog_metric", "--enable-backlog-metric", "bool"),
 ];
 
 /// Gunicorn's server hooks, each with the `__qualname__` of Gunicorn's default, which

@@ -5,6 +5,7 @@
 pub mod bind;
 pub mod file;
 mod layers;
+pub mod observability;
 mod print;
 pub mod reference;
 mod tls;
@@ -190,7 +191,9 @@ pub struct Config {
     pub capture_output: bool,
     #[arg(long = "no-sendfile", hide = true)]
     pub no_sendfile: bool,
-    #[arg(short = 'n', long = "name", value_name = "STRING", hide = true)]
+    /// The name in process titles (`rgun: master [NAME]`, `rgun: worker [NAME]`) and
+    /// `ps` [default: the application].
+    #[arg(short = 'n', long = "name", value_name = "STRING")]
     pub proc_name_setting: Option<String>,
 
     /// Peers trusted to set the URL scheme with X-Forwarded-* headers: comma-separated
@@ -291,6 +294,9 @@ pub struct Config {
     /// Print the effective settings and exit.
     #[arg(long = "print-config")]
     pub print_config: bool,
+
+    #[command(flatten)]
+    pub observability: observability::Observability,
 
     /// Print generated documentation and exit (for packaging): `man`,
     /// `config-reference`, or a shell for completions (bash, zsh, fish, elvish,
@@ -399,6 +405,11 @@ impl Config {
     /// parser refuses it).
     pub fn worker_kind(&self) -> WorkerKind {
         worker_kind(self.worker_class.as_deref()).unwrap_or(WorkerKind::Wsgi)
+    }
+
+    /// Gunicorn's `proc_name`, else its `default_proc_name`: the application.
+    pub fn proc_name(&self) -> &str {
+        self.proc_name_setting.as_deref().unwrap_or(&self.app)
     }
 
     /// Binds in effect (Gunicorn's default when none given).
@@ -570,6 +581,7 @@ impl Config {
             (&mut settings, more)
         {
             all.extend(more);
+            all.extend(self.observability.settings_json());
         }
         settings
     }

@@ -25,6 +25,9 @@ const LISTENER_TOKEN: Token = Token(TOKEN_BASE);
 const MAX_PENDING_REPLY_BYTES: usize = 4 * 1024 * 1024;
 /// Most simultaneous control connections; more are refused at accept.
 const MAX_CONNECTIONS: usize = 512;
+/// Events a `watch` subscriber may leave unread; beyond, events are dropped for it
+/// (and counted in an `events_lost` event once it has caught up).
+const MAX_WATCH_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Identifies one client connection, for answers sent later.
 pub type ConnId = usize;
@@ -46,6 +49,10 @@ struct Conn {
     allowed: bool,
     /// Dropping the rest of a line that was too long.
     skipping: bool,
+    /// Subscribed with `watch`.
+    watching: bool,
+    /// Events dropped since the subscriber fell behind.
+    lost: u64,
 }
 
 pub struct ControlServer {
@@ -181,6 +188,8 @@ impl ControlServer {
                     uid,
                     allowed,
                     skipping: false,
+                    watching: false,
+                    lost: 0,
                 },
             );
         }
@@ -194,6 +203,42 @@ impl ControlServer {
         c.outbuf.extend_from_slice(line.as_bytes());
         if !c.flush() {
             self.drop_conn(conn, registry);
+        }
+    }
+
+    /// Makes a connection a `watch` subscriber: it gets every `broadcast` line.
+    pub fn subscribe(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.watching = true;
+        }
+    }
+
+    pub fn has_watchers(&self) -> bool {
+        self.conns.values().any(|c| c.watching)
+    }
+
+    /// Sends an event line to every subscriber. One that has left more than
+    /// `MAX_WATCH_BUFFER_BYTES` unread misses events (counted) instead of growing its
+    /// buffer: a slow watcher costs the master its own bounded buffer, nothing more.
+    pub fn broadcast(&mut self, line: &str, registry: &Registry) {
+        let mut gone = Vec::new();
+        for (id, c) in self.conns.iter_mut().filter(|(_, c)| c.watching) {
+            if c.outbuf.len() + line.len() > MAX_WATCH_BUFFER_BYTES {
+                c.lost += 1;
+                continue;
+            }
+            if c.lost > 0 && c.outbuf.len() < MAX_WATCH_BUFFER_BYTES / 2 {
+                let lost = serde_json::json!({"event": "events_lost", "count": c.lost});
+                c.outbuf.extend_from_slice(format!("{lost}\n").as_bytes());
+                c.lost = 0;
+            }
+            c.outbuf.extend_from_slice(line.as_bytes());
+            if !c.flush() {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            self.drop_conn(id, registry);
         }
     }
 

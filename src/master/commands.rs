@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::{unix_now, Arbiter, Phase};
 use crate::control::Request;
-use crate::scoreboard::{monotonic_ms, WorkerState};
+use crate::scoreboard::monotonic_ms;
 
 impl Arbiter {
     pub(super) fn handle_control_event(&mut self, token: Token) {
@@ -37,9 +37,13 @@ impl Arbiter {
         let requests = control.handle_event(token, self.poll.registry());
         for request in requests {
             match request.command {
-                Command::Ping | Command::Status | Command::Config | Command::History => {
-                    self.handle_request(request)
-                }
+                Command::Ping
+                | Command::Status
+                | Command::Config
+                | Command::History
+                | Command::Metrics
+                | Command::Watch
+                | Command::Stack { .. } => self.handle_request(request),
                 _ => self.deferred_requests.push_back(request),
             }
         }
@@ -69,6 +73,19 @@ impl Arbiter {
             }
             Command::Config => Ok(Some(self.cfg.settings_json(self.target))),
             Command::History => Ok(Some(json!({"entries": self.history}))),
+            Command::Metrics => Ok(Some(json!({"text": self.metrics_text()}))),
+            Command::Watch => {
+                if let Some(c) = self.control.as_mut() {
+                    c.subscribe(conn);
+                }
+                Ok(Some(json!({
+                    "time": (unix_now() * 1000.0).round() / 1000.0,
+                    "pid": std::process::id(),
+                    "generation": self.generation,
+                    "workers": self.workers.len(),
+                    "workers_target": self.target,
+                })))
+            }
             Command::ReopenLogs => {
                 self.reopen_logs();
                 Ok(Some(json!({})))
@@ -79,6 +96,7 @@ impl Arbiter {
                 Ok(None)
             }
             Command::Kill { pid } => self.kill_worker(pid).map(Some),
+            Command::Stack { pid } => self.request_stacks(conn, id.clone(), pid).map(|()| None),
             Command::Scale { target, wait } => {
                 let previous = self.target;
                 let new = match target {
@@ -141,6 +159,10 @@ impl Arbiter {
         }
         self.target = target;
         tracing::info!("Number of workers: {previous} -> {target}");
+        self.emit(
+            "scale",
+            json!({"previous": previous, "target": target, "trigger": trigger}),
+        );
         self.call_hook("nworkers_changed", json!({"new": target, "old": previous}));
         self.push_history(HistoryEntry {
             action: "scale".into(),
@@ -175,12 +197,13 @@ impl Arbiter {
     }
 
     fn kill_worker(&mut self, pid: i32) -> Result<Value, ErrorBody> {
-        let Some(w) = self.workers.values().find(|w| w.pid.as_raw() == pid) else {
+        let Some(w) = self.workers.values_mut().find(|w| w.pid.as_raw() == pid) else {
             return Err(ErrorBody::new(
                 ErrorCode::Failed,
                 format!("no worker with pid {pid}"),
             ));
         };
+        w.leaving = Some(super::metrics::ExitReason::Kill);
         let _ = kill(w.pid, Signal::SIGTERM);
         tracing::info!("Stopping worker {pid} on request; it will be replaced");
         Ok(json!({}))
@@ -199,18 +222,7 @@ impl Arbiter {
             .values()
             .map(|w| {
                 let slot = self.scoreboard.slot(w.slot);
-                let state = if w.retiring {
-                    "stopping"
-                } else if !w.ready {
-                    "booting"
-                } else {
-                    match slot.state.load(Ordering::Relaxed) {
-                        s if s == WorkerState::Busy as u32 => "busy",
-                        s if s == WorkerState::Stopping as u32 => "stopping",
-                        s if s == WorkerState::Booting as u32 => "booting",
-                        _ => "idle",
-                    }
-                };
+                let state = self.worker_state(w);
                 let started = slot.request_started_ms.load(Ordering::Relaxed);
                 WorkerStatus {
                     pid: w.pid.as_raw(),

@@ -208,7 +208,7 @@ impl super::Arbiter {
 fn serve(cfg: &Config, location: &str, fd: i32) -> i32 {
     use pyo3::prelude::*;
     use pyo3::types::PyModule;
-    crate::process::set_title(&format!("rgun: hooks [{}]", cfg.app));
+    crate::process::set_title(&format!("rgun: hooks [{}]", cfg.proc_name()));
     let settings = cfg
         .settings_json(cfg.worker_count().unwrap_or(1) as usize)
         .to_string();

@@ -9,10 +9,13 @@
 //! through `python::fork_interpreter` only.
 
 mod commands;
+mod events;
 mod hooks;
 pub mod listeners;
+mod metrics;
 mod notify;
 mod reload;
+mod stacks;
 mod tls;
 mod upgrade;
 mod workers;
@@ -37,6 +40,8 @@ use rgunctl::protocol::HistoryEntry;
 use serde_json::json;
 
 use self::listeners::bind_all;
+use self::metrics::server::{MetricsServer, TOKEN_BASE as METRICS_TOKENS};
+use self::metrics::{ExitReason, Ledger};
 use self::notify::Notifier;
 use self::reload::Reload;
 use crate::config::Config;
@@ -115,6 +120,8 @@ struct WorkerProc {
     age: u64,
     /// When it was sent SIGABRT for a time-out; SIGKILL follows after a grace.
     aborted: Option<Instant>,
+    /// Why the master told it to stop, for `rgun_worker_exits_total`.
+    leaving: Option<ExitReason>,
 }
 
 /// Counters for `status`.
@@ -134,6 +141,12 @@ pub struct Arbiter {
     poll: Poll,
     signals: SignalPipe,
     control: Option<ControlServer>,
+    /// `--metrics-bind`'s HTTP server.
+    metrics: Option<MetricsServer>,
+    /// Counts for `/metrics` that outlive the workers they describe.
+    ledger: Ledger,
+    /// When the statsd gauges were last sent.
+    gauges_sent: Instant,
     notifier: Notifier,
     identity: crate::process::Identity,
     pidfile: Option<crate::process::PidFile>,
@@ -158,6 +171,8 @@ pub struct Arbiter {
     /// The generation serving traffic.
     generation: u32,
     reload: Option<Reload>,
+    /// `stack` requests waiting for their workers' answers.
+    stack_waiters: Vec<stacks::StackWaiter>,
     /// `scale --wait` clients: (connection, request id, started).
     scale_waiters: Vec<(usize, serde_json::Value, usize)>,
     history: VecDeque<HistoryEntry>,
@@ -311,13 +326,23 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         None => None,
     };
 
-    crate::process::set_title(&format!("rgun: master [{}]", cfg.app));
+    let metrics = match &cfg.observability.metrics_bind {
+        Some(addr) => Some(MetricsServer::bind(addr, cfg.backlog, poll.registry())?),
+        None => None,
+    };
+    crate::statsd::start(&cfg.observability);
+    crate::syslog::start(&cfg.observability, cfg.proc_name());
+
+    crate::process::set_title(&format!("rgun: master [{}]", cfg.proc_name()));
     tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
     for l in &listeners {
         tracing::info!("Listening at: {} ({})", l.display, std::process::id());
     }
     if let Some(c) = &control {
         tracing::info!("Control socket: {}", c.path().display());
+    }
+    if let Some(m) = &metrics {
+        tracing::info!("Metrics at: {}", m.display);
     }
     if let Ok(old) = std::env::var(UPGRADE_FROM_ENV) {
         tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");
@@ -336,6 +361,9 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         poll,
         signals,
         control,
+        metrics,
+        ledger: Ledger::default(),
+        gauges_sent: Instant::now(),
         notifier,
         identity,
         pidfile,
@@ -355,6 +383,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
             .unwrap_or(1),
         reload: None,
         scale_waiters: Vec::new(),
+        stack_waiters: Vec::new(),
         history: VecDeque::new(),
         totals: Totals::default(),
         phase: Phase::Starting,
@@ -393,6 +422,8 @@ impl Arbiter {
                 self.handle_token(event.token());
             }
             self.reap_workers();
+            self.sweep_metrics();
+            self.answer_stack_waiters();
             if let Phase::Stopping { .. } = self.phase {
                 if self.workers.is_empty() {
                     self.cleanup();
@@ -424,6 +455,7 @@ impl Arbiter {
             UPGRADE_TOKEN => self.read_upgrade_pipe(),
             WAIT_TOKEN => {} // a wait that has ended
             Token(t) if t >= CONTROL_TOKENS => self.handle_control_event(Token(t)),
+            Token(t) if t >= METRICS_TOKENS => self.handle_metrics_event(Token(t)),
             Token(slot) => self.read_worker(slot),
         }
     }
@@ -463,6 +495,8 @@ impl Arbiter {
                     Token(t) if t >= CONTROL_TOKENS => {
                         self.handle_control_event_while_busy(Token(t))
                     }
+                    // Read-only: a scrape is answered while the master waits.
+                    Token(t) if t >= METRICS_TOKENS => self.handle_metrics_event(Token(t)),
                     other => self.deferred.push_back(other),
                 }
             }
@@ -538,6 +572,7 @@ impl Arbiter {
             tracing::error!("{e}");
         }
         self.signal_all(Signal::SIGUSR1);
+        self.emit("logs_reopened", json!({}));
     }
 
     fn begin_stop(&mut self, graceful: bool) {
@@ -551,6 +586,7 @@ impl Arbiter {
             return;
         }
         tracing::info!("Stopping ({})", if graceful { "graceful" } else { "quick" });
+        self.emit("stopping", json!({"graceful": graceful}));
         self.fail_reload("the server is stopping");
         self.notifier.stopping();
         self.set_phase(Phase::Stopping { graceful });
@@ -590,7 +626,7 @@ impl Arbiter {
                 .collect();
             candidates.sort();
             for (_, slot) in candidates.into_iter().rev().take(live - self.target) {
-                self.retire(slot);
+                self.retire(slot, ExitReason::Scale);
             }
         }
         if live < self.target && Instant::now() >= self.next_spawn {
@@ -667,6 +703,9 @@ impl Arbiter {
             if let Some(c) = &self.control {
                 c.remove_socket();
             }
+            if let Some(m) = &self.metrics {
+                m.remove_socket();
+            }
         }
         if let Some(p) = &self.pidfile {
             p.remove();
@@ -691,4 +730,4 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-const _: () = assert!(MAX_SLOTS < CONTROL_TOKENS);
+const _: () = assert!(MAX_SLOTS < METRICS_TOKENS && METRICS_TOKENS < CONTROL_TOKENS);

@@ -14,6 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use rgunctl::protocol::{ErrorBody, ErrorCode, HistoryEntry};
 use serde_json::{json, Value};
 
+use super::metrics::ExitReason;
 use super::{unix_now, Arbiter, Phase};
 use crate::config::Config;
 
@@ -85,6 +86,10 @@ impl Arbiter {
         self.call_hook("on_reload", json!({}));
         self.notifier.reloading();
         tracing::info!("Reloading: booting generation {generation} ({target} workers)");
+        self.emit(
+            "reload_started",
+            json!({"generation": generation, "previous_generation": self.generation, "trigger": trigger, "workers": target}),
+        );
         let started_at = unix_now();
         self.push_history(HistoryEntry {
             action: "reload".into(),
@@ -203,7 +208,7 @@ impl Arbiter {
             .map(|w| w.slot)
             .collect();
         for slot in old {
-            self.retire(slot);
+            self.retire(slot, ExitReason::Reload);
         }
         self.generation = reload.generation;
         if let Some(cfg) = reload.cfg {
@@ -213,6 +218,7 @@ impl Arbiter {
             self.set_target(reload.target, "reload (configured workers)".into());
         }
         self.totals.reloads += 1;
+        self.ledger.reload_finished(true);
         self.notifier.ready(&self.status_line());
         let duration_ms = reload.started.elapsed().as_millis() as u64;
         tracing::info!(
@@ -221,6 +227,10 @@ impl Arbiter {
             duration_ms
         );
         self.finish_history(reload.history_started_at, duration_ms, "ok", None);
+        self.emit(
+            "reload_finished",
+            json!({"generation": reload.generation, "previous_generation": reload.previous, "duration_ms": duration_ms}),
+        );
         let result = json!({"generation": reload.generation, "previous_generation": reload.previous, "duration_ms": duration_ms});
         for (conn, id) in reload.waiters {
             self.reply_ok(conn, &id, result.clone());
@@ -239,10 +249,12 @@ impl Arbiter {
             .filter(|w| w.generation == reload.generation)
         {
             w.retiring = true;
+            w.leaving = Some(ExitReason::Reload);
             // Booting workers serve nothing yet: no need to be gentle.
             let _ = kill(w.pid, Signal::SIGKILL);
         }
         let duration_ms = reload.started.elapsed().as_millis() as u64;
+        self.ledger.reload_finished(false);
         self.notifier.ready(&self.status_line());
         tracing::error!(
             "Reload to generation {} failed; generation {} keeps serving: {why}",
@@ -254,6 +266,10 @@ impl Arbiter {
             duration_ms,
             "failed",
             Some(why.to_owned()),
+        );
+        self.emit(
+            "reload_rolled_back",
+            json!({"generation": reload.generation, "serving_generation": reload.previous, "duration_ms": duration_ms, "error": why}),
         );
         let error = ErrorBody::new(
             ErrorCode::Failed,

@@ -18,7 +18,8 @@ use crate::python::Forked;
 use serde_json::json;
 
 use super::{
-    commands, describe_exit, Arbiter, Phase, WorkerProc, ABORT_GRACE, MAX_BACKOFF, YOUNG_DEATH,
+    commands, describe_exit, Arbiter, ExitReason, Phase, WorkerProc, ABORT_GRACE, MAX_BACKOFF,
+    YOUNG_DEATH,
 };
 use crate::worker::{self, exit, WorkerInit};
 
@@ -57,10 +58,17 @@ impl Arbiter {
                 tracing::error!("WORKER TIMEOUT (pid:{})", w.pid);
                 let _ = kill(w.pid, Signal::SIGABRT);
                 w.aborted = Some(Instant::now());
-                timed_out.push(w.pid);
+                let request_s = (started != 0).then(|| now.saturating_sub(started) as f64 / 1000.0);
+                timed_out.push((w.pid, w.generation, request_s));
             }
         }
         self.totals.timeouts += timed_out.len() as u64;
+        for (pid, generation, request_s) in timed_out {
+            self.emit(
+                "worker_timeout",
+                json!({"pid": pid.as_raw(), "generation": generation, "request_s": request_s}),
+            );
+        }
     }
 
     /// `--max-worker-rss`: a worker over the limit is retired gracefully (it finishes
@@ -84,13 +92,14 @@ impl Arbiter {
                 rss / (1024 * 1024),
                 self.cfg.max_worker_rss
             );
-            self.retire(slot);
+            self.retire(slot, ExitReason::MaxRss);
         }
     }
 
-    pub(super) fn retire(&mut self, slot: usize) {
+    pub(super) fn retire(&mut self, slot: usize, reason: ExitReason) {
         if let Some(w) = self.workers.get_mut(&slot) {
             w.retiring = true;
+            w.leaving = Some(reason);
             let _ = kill(w.pid, Signal::SIGTERM);
         }
     }
@@ -116,6 +125,9 @@ impl Arbiter {
         }
         if let Some(h) = &self.hooks {
             master_fds.extend(h.fds());
+        }
+        if let Some(m) = &self.metrics {
+            master_fds.extend(m.fds());
         }
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread; the child only runs `worker::run`, which never returns.
@@ -164,6 +176,7 @@ impl Arbiter {
                         retiring: false,
                         age: self.totals.spawned,
                         aborted: None,
+                        leaving: None,
                     },
                 );
                 self.totals.spawned += 1;
@@ -178,6 +191,10 @@ impl Arbiter {
                     return Err(anyhow::Error::new(e).context("cannot watch a new worker"));
                 }
                 tracing::debug!("spawned worker {child} (generation {generation}) in slot {slot}");
+                self.emit(
+                    "worker_spawned",
+                    json!({"pid": child.as_raw(), "generation": generation, "slot": slot}),
+                );
                 Ok(())
             }
         }
@@ -208,12 +225,38 @@ impl Arbiter {
             w.ready = true;
             w.inbox.drain(..2);
             self.failures = 0;
+            let ready = json!({
+                "pid": w.pid.as_raw(),
+                "generation": w.generation,
+                "boot_ms": w.spawned.elapsed().as_millis() as u64,
+            });
+            self.emit("worker_ready", ready);
             if self.phase == Phase::Starting && self.ready_workers() >= self.target {
                 tracing::info!("All {} workers ready", self.target);
                 self.set_phase(Phase::Running);
                 self.take_over_from_old_master();
                 self.notifier.ready(&self.status_line());
             }
+        }
+        self.read_stacks(slot);
+    }
+
+    /// After ready, a worker sends only `S<json>\n` lines: its stacks for `stack`.
+    fn read_stacks(&mut self, slot: usize) {
+        let Some(w) = self.workers.get_mut(&slot).filter(|w| w.ready) else {
+            return;
+        };
+        let pid = w.pid.as_raw();
+        let mut lines = Vec::new();
+        while w.inbox.first() == Some(&b'S') {
+            let Some(nl) = memchr::memchr(b'\n', &w.inbox) else {
+                break;
+            };
+            lines.push(w.inbox[1..nl].to_vec());
+            w.inbox.drain(..=nl);
+        }
+        for line in lines {
+            self.take_stacks(pid, &line);
         }
     }
 
@@ -265,6 +308,19 @@ impl Arbiter {
                 .requests
                 .load(std::sync::atomic::Ordering::Relaxed);
             self.totals.exited += 1;
+            let reason = self.exit_reason(&w, code);
+            self.ledger
+                .retire_slot(slot, self.scoreboard.slot(slot), reason);
+            self.emit(
+                "worker_exited",
+                json!({
+                    "pid": pid.as_raw(),
+                    "generation": w.generation,
+                    "reason": reason.label(),
+                    "code": code,
+                    "signal": signal.map(|s| s.as_str()),
+                }),
+            );
             self.scoreboard.release(slot);
             self.call_hook(
                 "child_exit",

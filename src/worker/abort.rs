@@ -51,6 +51,18 @@ struct Lane {
     /// `METHOD target`.
     what: Vec<u8>,
     client: String,
+    /// The thread inside the application (pthread_self, which is Python's
+    /// `threading.get_ident()`), to name its request beside its stack.
+    thread: u64,
+}
+
+/// A request inside the application, as `rgunctl stack` and the time-out log show it.
+pub struct InsideRequest {
+    pub thread: u64,
+    /// `METHOD target`.
+    pub what: String,
+    pub client: String,
+    pub age: Duration,
 }
 
 /// One record per thread that runs the application, how many are inside it, and the
@@ -71,6 +83,7 @@ impl Lanes {
                     since: Instant::now(),
                     what: Vec::new(),
                     client: String::new(),
+                    thread: 0,
                 }),
             })
             .collect();
@@ -107,8 +120,26 @@ impl Lanes {
             l.what.extend_from_slice(what);
             l.client.clear();
             l.client.push_str(client);
+            // SAFETY: pthread_self has no preconditions.
+            l.thread = unsafe { libc::pthread_self() } as u64;
             slot.fd.store(fd, Ordering::Release);
         }
+    }
+
+    /// The requests inside the application now, with the threads running them.
+    pub fn inside(&self) -> Vec<InsideRequest> {
+        self.lanes
+            .iter()
+            .filter_map(|slot| {
+                let l = slot.record.lock().unwrap_or_else(|e| e.into_inner());
+                (slot.fd.load(Ordering::Acquire) >= 0).then(|| InsideRequest {
+                    thread: l.thread,
+                    what: String::from_utf8_lossy(&l.what).into_owned(),
+                    client: l.client.clone(),
+                    age: l.since.elapsed(),
+                })
+            })
+            .collect()
     }
 
     pub fn leave(&self, lane: usize) {
@@ -216,11 +247,12 @@ fn on_timeout(shared: &Shared, service: &Arc<Service>, dump_signal: i32) -> ! {
     // it, so wait a bounded time, then fall back to faulthandler's dump.
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let service = Arc::clone(service);
+    let inside = shared.lanes.inside();
     let _ = std::thread::Builder::new()
         .name("rgun-stacks".into())
         .spawn(move || {
             Python::with_gil(|py| {
-                match format_stacks(py) {
+                match format_stacks(py, &inside) {
                     Ok(text) => tracing::error!("Stacks of worker {pid}:\n{text}"),
                     Err(e) => tracing::error!(
                         "cannot format stacks: {}",
@@ -250,25 +282,68 @@ fn on_timeout(shared: &Shared, service: &Arc<Service>, dump_signal: i32) -> ! {
     unsafe { libc::_exit(1) }
 }
 
-/// Every thread's Python stack, innermost last, with source lines.
-fn format_stacks(py: Python<'_>) -> PyResult<String> {
+/// Every thread's Python stack, innermost last, with source lines, each headed by
+/// the request it serves (if any).
+fn format_stacks(py: Python<'_>, inside: &[InsideRequest]) -> PyResult<String> {
+    let text: Vec<String> = thread_stacks(py)?
+        .into_iter()
+        .map(|t| {
+            let serving = inside
+                .iter()
+                .find(|r| r.thread == t.ident)
+                .map(|r| format!(", serving {}", describe(r)))
+                .unwrap_or_default();
+            format!(
+                "Thread {}{serving} (most recent call last):\n{}",
+                t.name, t.stack
+            )
+        })
+        .collect();
+    Ok(text.join("\n"))
+}
+
+/// `GET /path for 127.0.0.1:5555 (2.0 s)`.
+pub fn describe(r: &InsideRequest) -> String {
+    format!(
+        "{} for {} ({:.1} s)",
+        r.what,
+        if r.client.is_empty() {
+            "a local client"
+        } else {
+            &r.client
+        },
+        r.age.as_secs_f64()
+    )
+}
+
+/// One Python thread's stack.
+pub struct ThreadStack {
+    pub ident: u64,
+    pub name: String,
+    /// `traceback.format_stack`'s text: `File ..., line N, in f` and the source line.
+    pub stack: String,
+}
+
+/// Every Python thread's stack but the calling thread's, with source lines. The GIL
+/// is held, so the stacks are a consistent snapshot; the threads go on afterwards.
+pub fn thread_stacks(py: Python<'_>) -> PyResult<Vec<ThreadStack>> {
     let code = cr"
 import sys, threading, traceback
 def _rgun_stacks():
     names = {t.ident: t.name for t in threading.enumerate()}
-    out = []
-    for ident, frame in sys._current_frames().items():
-        if ident == threading.get_ident():
-            continue
-        out.append('Thread %s (most recent call last):\n%s' % (
-            names.get(ident, ident), ''.join(traceback.format_stack(frame))))
-    return '\n'.join(out)
+    return [(ident, str(names.get(ident, ident)), ''.join(traceback.format_stack(frame)))
+            for ident, frame in sys._current_frames().items()
+            if ident != threading.get_ident()]
 ";
     let globals = pyo3::types::PyDict::new(py);
     py.run(code, Some(&globals), None)?;
-    globals
+    let rows: Vec<(u64, String, String)> = globals
         .get_item("_rgun_stacks")?
         .expect("defined above")
         .call0()?
-        .extract()
+        .extract()?;
+    Ok(rows
+        .into_iter()
+        .map(|(ident, name, stack)| ThreadStack { ident, name, stack })
+        .collect())
 }

@@ -203,6 +203,7 @@ impl<'a> EventLoop<'a> {
                 self.drive(exec, key, Input::Queued);
             }
         }
+        crate::statsd::flush();
         if !events.is_empty() {
             yield_cpu();
         }

@@ -15,11 +15,12 @@ pub mod fuzzing {
 mod event_loop;
 mod listening;
 mod pool;
+pub mod stack;
 mod watch;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,13 +102,12 @@ pub struct Shared {
     /// one takes no lock per request.
     access_log: Option<Mutex<AccessLog>>,
     served: AtomicU64,
-    in_flight: AtomicUsize,
     stopping: AtomicBool,
 }
 
 impl Shared {
     pub fn scoreboard_begin(&self) {
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+        if self.slot.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
             // A draining worker stays `Stopping`: its peers must not count it as one
             // that accepts (`Peers`), and `status` shows it leaving.
             if !self.stopping() {
@@ -118,7 +118,7 @@ impl Shared {
 
     pub fn scoreboard_end(&self) {
         self.served.fetch_add(1, Ordering::Relaxed);
-        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+        if self.slot.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.slot.request_end();
             self.slot.set_state(if self.stopping() {
                 WorkerState::Stopping
@@ -130,6 +130,14 @@ impl Shared {
         }
     }
 
+    /// A response sent (or abandoned) with this status: `/metrics`'s tally in the
+    /// scoreboard and statsd's lines.
+    pub fn count_response(&self, status: u16, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.slot.tally.record(status, us);
+        crate::statsd::request(status, elapsed);
+    }
+
     pub fn served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
     }
@@ -137,7 +145,7 @@ impl Shared {
     /// This request reaches `--max-requests`: close its connection afterwards.
     pub fn last_request(&self) -> bool {
         let max = self.settings.max_requests;
-        max > 0 && self.served() + self.in_flight.load(Ordering::Relaxed) as u64 >= max
+        max > 0 && self.served() + u64::from(self.slot.in_flight.load(Ordering::Relaxed)) >= max
     }
 
     pub fn stopping(&self) -> bool {
@@ -226,6 +234,9 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     for id in init.master_signals.drain(..) {
         signal_hook::low_level::unregister(id);
     }
+    // This worker's own statsd and syslog senders (the master's, inherited, close).
+    crate::statsd::start(&init.cfg.observability);
+    crate::syslog::start(&init.cfg.observability, init.cfg.proc_name());
     // Die with the master (SIGTERM: finish what is in flight); if it is already gone,
     // stop now rather than serve as an orphan.
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
@@ -234,7 +245,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         return Err(exit::BOOT_ERROR);
     }
     let cfg = init.cfg;
-    crate::process::set_title(&format!("rgun: worker [{}]", cfg.app));
+    crate::process::set_title(&format!("rgun: worker [{}]", cfg.proc_name()));
     use signal_hook::consts::*;
     let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGUSR1]).map_err(|e| {
         boot_failure(
@@ -318,10 +329,21 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             .map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
     }
 
-    let access_log = match &cfg.access_logfile {
+    // With --log-syslog the access log goes there even without a file, as in Gunicorn.
+    let syslog_access =
+        cfg.observability.log_syslog && !cfg.observability.disable_redirect_access_to_syslog;
+    let access_log = match cfg
+        .access_logfile
+        .as_deref()
+        .or(syslog_access.then_some(""))
+    {
         Some(path) => Some(
-            AccessLog::open(path, &cfg.access_log_format)
-                .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?,
+            AccessLog::open(
+                path,
+                &cfg.access_log_format,
+                cfg.observability.access_log_json,
+            )
+            .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?,
         ),
         None => None,
     };
@@ -349,7 +371,6 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         peers: init.peers,
         access_log: access_log.map(Mutex::new),
         served: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
     });
     Python::with_gil(|py| abort::watch(py, Arc::clone(&shared), Arc::clone(&service))).map_err(
@@ -381,6 +402,14 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             exit::BOOT_ERROR,
         )
     })?;
+    let answers = init
+        .to_master
+        .try_clone()
+        .and_then(|pipe| stack::serve(Arc::clone(&shared), pipe));
+    if let Err(e) = answers {
+        // The worker serves without: `rgunctl stack` then names the error.
+        tracing::warn!("rgunctl stack will not reach this worker: {e}");
+    }
     tracing::info!("Booting worker with pid: {}", std::process::id());
     init.slot.set_state(WorkerState::Idle);
     init.slot.heartbeat();

@@ -13,6 +13,7 @@ mod hostile;
 mod hygiene;
 mod lifecycle;
 mod limits;
+mod observability;
 mod packaging;
 mod tls;
 mod wsgi;

@@ -326,13 +326,15 @@ impl Conn {
         self.served += 1;
         self.in_request = false;
         ctx.scoreboard_end();
+        let elapsed = ended.saturating_duration_since(self.request_started);
+        ctx.count_response(status, elapsed);
         ctx.log_access(&AccessRecord {
             head_bytes: &self.head_bytes,
             head: &self.head,
             peer: &self.peer,
             status,
             body_bytes,
-            elapsed: ended.saturating_duration_since(self.request_started),
+            elapsed,
         });
         ended
     }

@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +43,6 @@ pub fn shared() -> Shared {
         peers: Peers::new(board, 0),
         access_log: None,
         served: AtomicU64::new(0),
-        in_flight: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
     }
 }

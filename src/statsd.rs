@@ -1,0 +1,232 @@
+//! statsd as Gunicorn sends it (`--statsd-host`): the same metric names and types
+//! (`gunicorn.requests` and `gunicorn.request.status.<code>` counters,
+//! `gunicorn.request.duration` timer in ms, `gunicorn.workers` gauge,
+//! `gunicorn.log.<level>` counters, `gunicorn.backlog`), the prefix and dogstatsd tags.
+//!
+//! One sender per process (the master's, and each worker's own, opened after fork).
+//! Lines are gathered into a datagram of at most `DATAGRAM_BYTES` (statsd servers split
+//! a packet on newlines) and sent when it is full or when the process's loop ends a
+//! turn (`flush`): a send per batch of requests, not three per request. The socket is
+//! non-blocking and every error is ignored: a missing or slow statsd server loses
+//! metrics, never time. Nothing here knows HTTP or Python.
+
+use std::fmt::Write as _;
+use std::net::{ToSocketAddrs, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::config::observability::{Observability, StatsdHost};
+
+/// Largest datagram we send: fits an Ethernet frame with IPv6 and UDP headers.
+const DATAGRAM_BYTES: usize = 1432;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static SENDER: Mutex<Option<Sender>> = Mutex::new(None);
+
+enum Socket {
+    Udp(UdpSocket),
+    Unix(UnixDatagram),
+}
+
+struct Sender {
+    socket: Socket,
+    /// `PREFIX.` (or empty).
+    prefix: String,
+    /// `|#tags` (or empty).
+    tags: String,
+    /// Lines waiting for the next datagram, each ending in a newline.
+    pending: String,
+}
+
+/// Opens this process's sender when `--statsd-host` is set (and replaces one inherited
+/// across fork). A sender that cannot be opened is a warning: statsd is best effort.
+pub fn start(cfg: &Observability) {
+    let sender = cfg.statsd_host.as_ref().and_then(|host| match open(host) {
+        Ok(socket) => Some(Sender {
+            socket,
+            prefix: normalise_prefix(&cfg.statsd_prefix),
+            tags: if cfg.dogstatsd_tags.is_empty() {
+                String::new()
+            } else {
+                format!("|#{}", cfg.dogstatsd_tags)
+            },
+            pending: String::with_capacity(DATAGRAM_BYTES),
+        }),
+        Err(e) => {
+            tracing::warn!("statsd: cannot send to {host}: {e}; no statsd metrics");
+            None
+        }
+    });
+    ENABLED.store(sender.is_some(), Ordering::Relaxed);
+    *lock() = sender;
+}
+
+/// The sender's descriptor, for a forked worker to close.
+pub fn fd() -> Option<RawFd> {
+    lock().as_ref().map(|s| match &s.socket {
+        Socket::Udp(u) => u.as_raw_fd(),
+        Socket::Unix(u) => u.as_raw_fd(),
+    })
+}
+
+/// One response, as Gunicorn's access hook counts it.
+pub fn request(status: u16, elapsed: Duration) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let ms = elapsed.as_micros() as f64 / 1000.0;
+    with_sender(|s| {
+        s.line(format_args!("gunicorn.request.duration:{ms}|ms"));
+        s.line(format_args!("gunicorn.requests:1|c|@1.0"));
+        s.line(format_args!("gunicorn.request.status.{status}:1|c|@1.0"));
+    });
+}
+
+/// A counter of one (`gunicorn.log.error`, ...).
+pub fn increment(name: &str) {
+    if ENABLED.load(Ordering::Relaxed) {
+        with_sender(|s| s.line(format_args!("{name}:1|c|@1.0")));
+    }
+}
+
+/// A gauge (`gunicorn.workers`).
+pub fn gauge(name: &str, value: u64) {
+    if ENABLED.load(Ordering::Relaxed) {
+        with_sender(|s| s.line(format_args!("{name}:{value}|g")));
+    }
+}
+
+/// A histogram sample (`gunicorn.backlog`, which Gunicorn sends as one).
+pub fn histogram(name: &str, value: u64) {
+    if ENABLED.load(Ordering::Relaxed) {
+        with_sender(|s| s.line(format_args!("{name}:{value}|h")));
+    }
+}
+
+/// Sends what is waiting; called when a loop ends a turn.
+pub fn flush() {
+    if ENABLED.load(Ordering::Relaxed) {
+        with_sender(Sender::send);
+    }
+}
+
+fn with_sender(f: impl FnOnce(&mut Sender)) {
+    if let Some(s) = lock().as_mut() {
+        f(s);
+    }
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<Sender>> {
+    SENDER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sender {
+    fn line(&mut self, metric: std::fmt::Arguments<'_>) {
+        let mark = self.pending.len();
+        let _ = writeln!(self.pending, "{}{metric}{}", self.prefix, self.tags);
+        if self.pending.len() > DATAGRAM_BYTES {
+            // This line does not fit: send what came before, keep it for the next one.
+            let line = self.pending.split_off(mark);
+            self.send();
+            self.pending = line;
+            if self.pending.len() > DATAGRAM_BYTES {
+                self.send(); // a line longer than a datagram goes alone
+            }
+        }
+    }
+
+    fn send(&mut self) {
+        let packet = self.pending.trim_end_matches('\n').as_bytes();
+        if !packet.is_empty() {
+            // Best effort: a full socket buffer, an unreachable server, no listener on
+            // the Unix path: the packet is lost.
+            let _ = match &self.socket {
+                Socket::Udp(u) => u.send(packet),
+                Socket::Unix(u) => u.send(packet),
+            };
+        }
+        self.pending.clear();
+    }
+}
+
+fn open(host: &StatsdHost) -> std::io::Result<Socket> {
+    match host {
+        StatsdHost::Udp(addr) => {
+            let target = addr
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+            let local: std::net::SocketAddr = if target.is_ipv6() {
+                "[::]:0".parse().expect("literal")
+            } else {
+                "0.0.0.0:0".parse().expect("literal")
+            };
+            let socket = UdpSocket::bind(local)?;
+            socket.connect(target)?;
+            socket.set_nonblocking(true)?;
+            Ok(Socket::Udp(socket))
+        }
+        StatsdHost::Unix(path) => {
+            let socket = UnixDatagram::unbound()?;
+            socket.set_nonblocking(true)?;
+            // Connected when the server is there; else each send is tried by path.
+            if let Err(e) = socket.connect(path) {
+                tracing::debug!("statsd: {} not there yet: {e}", path.display());
+            }
+            Ok(Socket::Unix(socket))
+        }
+    }
+}
+
+/// Gunicorn's rule: a non-empty prefix ends in exactly one `.`.
+fn normalise_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim_end_matches('.');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("{trimmed}.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_gets_one_dot() {
+        assert_eq!(normalise_prefix(""), "");
+        assert_eq!(normalise_prefix("app"), "app.");
+        assert_eq!(normalise_prefix("app..."), "app.");
+    }
+
+    #[test]
+    fn lines_are_gathered_into_datagrams_that_fit() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut s = Sender {
+            socket: Socket::Unix(a),
+            prefix: "p.".into(),
+            tags: "|#env:test".into(),
+            pending: String::new(),
+        };
+        for i in 0..100 {
+            s.line(format_args!("gunicorn.request.status.{i}:1|c|@1.0"));
+        }
+        s.send();
+        let mut buf = [0u8; 65536];
+        let mut lines = 0;
+        while let Ok(n) = b.recv(&mut buf) {
+            assert!(n <= DATAGRAM_BYTES, "{n}");
+            let text = std::str::from_utf8(&buf[..n]).unwrap();
+            for line in text.split('\n') {
+                assert!(line.starts_with("p.gunicorn.request.status."), "{line}");
+                assert!(line.ends_with(":1|c|@1.0|#env:test"), "{line}");
+                lines += 1;
+            }
+        }
+        assert_eq!(lines, 100);
+    }
+}

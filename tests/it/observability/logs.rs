@@ -1,0 +1,156 @@
+//! Logs and names that fit the ecosystem: `-n/--name` in process titles, and the
+//! JSON access log (`--access-log-json`).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::observed;
+use crate::support::wait_until;
+
+fn cmdline(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .trim_end_matches('\0')
+        .to_owned()
+}
+
+#[test]
+fn name_sets_the_process_titles() {
+    let server = observed(2, &["-n", "shop-web"]);
+    assert!(
+        cmdline(server.pid()).starts_with("rgun: master [shop-web]"),
+        "{:?}",
+        cmdline(server.pid())
+    );
+    let workers = server.worker_pids();
+    assert_eq!(workers.len(), 2);
+    for pid in workers {
+        assert!(
+            cmdline(pid).starts_with("rgun: worker [shop-web]"),
+            "{:?}",
+            cmdline(pid)
+        );
+    }
+    // Without it, the application names them, as Gunicorn's default_proc_name.
+    let plain = observed(1, &[]);
+    assert!(cmdline(plain.pid()).starts_with("rgun: master [observed_app:application]"));
+}
+
+#[test]
+fn the_json_access_log_has_one_object_per_request_keyed_by_atoms() {
+    let server = observed(1, &["--access-log-json"]);
+    let r = server.request(
+        b"GET /missing?x=1&y=%22 HTTP/1.1\r\nHost: a\r\nUser-Agent: probe \"7\"\r\nReferer: http://r/\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(server.get("/").status, 200);
+    let mut lines: Vec<String> = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        lines = server.access_log().lines().map(str::to_owned).collect();
+        lines.len() == 2
+    }));
+    let first: Value =
+        serde_json::from_str(&lines[0]).unwrap_or_else(|e| panic!("{e}: {}", lines[0]));
+    assert_eq!(first["s"], 404);
+    assert_eq!(first["m"], "GET");
+    assert_eq!(first["U"], "/missing");
+    assert_eq!(first["q"], "x=1&y=%22");
+    assert_eq!(first["r"], "GET /missing?x=1&y=%22 HTTP/1.1");
+    assert_eq!(first["H"], "HTTP/1.1");
+    assert_eq!(first["h"], "127.0.0.1");
+    assert_eq!(first["a"], "probe \"7\"");
+    assert_eq!(first["f"], "http://r/");
+    assert_eq!(first["B"], 14);
+    assert_eq!(first["b"], "14");
+    assert!(first["D"].is_u64() && first["L"].is_f64(), "{first}");
+    assert!(first["t"].as_str().unwrap().starts_with('['), "{first}");
+    let second: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(second["s"], 200);
+}
+
+/// Syslog messages received on `sink` until one of each `wanted` has come (or 10 s).
+fn syslog_messages(sink: &std::net::UdpSocket, wanted: &[&str]) -> Vec<String> {
+    let start = std::time::Instant::now();
+    let mut got: Vec<String> = Vec::new();
+    let mut buf = [0u8; 65536];
+    while start.elapsed() < Duration::from_secs(10)
+        && !wanted.iter().all(|w| got.iter().any(|m| m.contains(w)))
+    {
+        if let Ok(n) = sink.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    got
+}
+
+#[test]
+fn log_syslog_sends_the_error_and_access_logs_as_gunicorn_frames_them() {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let to = format!("udp://{}", sink.local_addr().unwrap());
+    let server = observed(
+        1,
+        &[
+            "--log-syslog",
+            "--log-syslog-to",
+            &to,
+            "--log-syslog-prefix",
+            "shop",
+            "--log-syslog-facility",
+            "local3",
+        ],
+    );
+    assert_eq!(server.get("/hello").status, 200);
+    assert_eq!(server.get("/boom").status, 500);
+    let got = syslog_messages(
+        &sink,
+        &["GET /hello HTTP/1.1", "boom, on purpose", "Booting worker"],
+    );
+    // local3 = 19: info is <158>, error <155>; Python's SysLogHandler ends each in NUL.
+    let access = got
+        .iter()
+        .find(|m| m.contains("GET /hello HTTP/1.1"))
+        .unwrap_or_else(|| panic!("no access line in {got:#?}"));
+    assert!(
+        access.starts_with("<158>gunicorn.shop.access: ["),
+        "{access:?}"
+    );
+    assert!(
+        access.ends_with('\0') && access.contains("\" 200 "),
+        "{access:?}"
+    );
+    let error = got
+        .iter()
+        .find(|m| m.contains("boom, on purpose"))
+        .unwrap_or_else(|| panic!("no error in {got:#?}"));
+    assert!(
+        error.starts_with("<155>gunicorn.shop.error: ["),
+        "{error:?}"
+    );
+    let info = got.iter().find(|m| m.contains("Booting worker")).unwrap();
+    assert!(info.starts_with("<158>gunicorn.shop.error: ["), "{info:?}");
+    // The files get their lines as before.
+    assert!(server.log().contains("boom, on purpose"));
+    assert!(wait_until(Duration::from_secs(5), || server
+        .access_log()
+        .contains("GET /hello")));
+}
+
+#[test]
+fn bad_syslog_settings_are_one_line_and_exit_2() {
+    for args in [
+        ["--log-syslog-facility", "local9"],
+        ["--log-syslog-to", "/dev/log"],
+    ] {
+        let out = crate::support::rgun()
+            .arg("observed_app:application")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(args[0]), "{err}");
+    }
+}

@@ -1,0 +1,134 @@
+//! `--statsd-host`: Gunicorn's metric names and types, with the prefix and dogstatsd
+//! tags, for 2xx, 4xx and 5xx requests, over UDP and a Unix datagram socket.
+
+use std::net::UdpSocket;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use super::observed;
+
+/// Every statsd line received until each of `wanted` has been seen (or `limit`).
+fn collect(
+    recv: impl Fn(&mut [u8]) -> Option<usize>,
+    wanted: &[&str],
+    limit: Duration,
+) -> Vec<String> {
+    let start = Instant::now();
+    let mut lines: Vec<String> = Vec::new();
+    let mut buf = [0u8; 65536];
+    while start.elapsed() < limit {
+        if wanted
+            .iter()
+            .all(|w| lines.iter().any(|l| l.starts_with(w)))
+        {
+            break;
+        }
+        if let Some(n) = recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            lines.extend(text.split('\n').map(str::to_owned));
+        }
+    }
+    lines
+}
+
+fn assert_gunicorn_lines(lines: &[String], prefix: &str, tags: &str) {
+    for status in [200, 404, 500] {
+        let want = format!("{prefix}gunicorn.request.status.{status}:1|c|@1.0{tags}");
+        assert!(lines.contains(&want), "no {want:?} in {lines:#?}");
+    }
+    let requests = format!("{prefix}gunicorn.requests:1|c|@1.0{tags}");
+    assert_eq!(
+        lines.iter().filter(|l| **l == requests).count(),
+        3,
+        "{lines:#?}"
+    );
+    let timers: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with(&format!("{prefix}gunicorn.request.duration:")))
+        .collect();
+    assert_eq!(timers.len(), 3, "{lines:#?}");
+    for t in timers {
+        let value = t
+            .strip_prefix(&format!("{prefix}gunicorn.request.duration:"))
+            .and_then(|v| v.strip_suffix(&format!("|ms{tags}")))
+            .unwrap_or_else(|| panic!("not a timer in ms: {t:?}"));
+        let ms: f64 = value.parse().unwrap_or_else(|_| panic!("{t:?}"));
+        assert!((0.0..10_000.0).contains(&ms), "{t:?}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| *l == format!("{prefix}gunicorn.workers:1|g{tags}")),
+        "no workers gauge in {lines:#?}"
+    );
+    // The 500 is an exception the worker logs as an error.
+    assert!(
+        lines
+            .iter()
+            .any(|l| *l == format!("{prefix}gunicorn.log.error:1|c|@1.0{tags}")),
+        "no log.error counter in {lines:#?}"
+    );
+}
+
+const WANTED: [&str; 6] = [
+    "gunicorn.request.status.200",
+    "gunicorn.request.status.404",
+    "gunicorn.request.status.500",
+    "gunicorn.request.duration",
+    "gunicorn.workers",
+    "gunicorn.log.error",
+];
+
+#[test]
+fn statsd_over_udp_with_gunicorns_names_prefix_and_tags() {
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let addr = sink.local_addr().unwrap().to_string();
+    let server = observed(
+        1,
+        &[
+            "--statsd-host",
+            &addr,
+            "--statsd-prefix",
+            "shop",
+            "--dogstatsd-tags",
+            "env:test,team:web",
+        ],
+    );
+    for (path, status) in [("/", 200), ("/missing", 404), ("/boom", 500)] {
+        assert_eq!(server.get(path).status, status);
+    }
+    let wanted: Vec<String> = WANTED.iter().map(|w| format!("shop.{w}")).collect();
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let lines = collect(|b| sink.recv(b).ok(), &wanted, Duration::from_secs(10));
+    assert_gunicorn_lines(&lines, "shop.", "|#env:test,team:web");
+}
+
+#[test]
+fn statsd_over_a_unix_datagram_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("statsd.sock");
+    let sink = UnixDatagram::bind(&path).unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let server = observed(1, &["--statsd-host", &format!("unix://{}", path.display())]);
+    for (path, status) in [("/", 200), ("/missing", 404), ("/boom", 500)] {
+        assert_eq!(server.get(path).status, status);
+    }
+    let lines = collect(|b| sink.recv(b).ok(), &WANTED, Duration::from_secs(10));
+    assert_gunicorn_lines(&lines, "", "");
+}
+
+#[test]
+fn no_statsd_server_listening_costs_nothing_visible() {
+    // A port nobody listens on: the sends fail (ECONNREFUSED) and are ignored.
+    let free = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let server = observed(1, &["--statsd-host", &addr]);
+    for _ in 0..20 {
+        assert_eq!(server.get("/").status, 200);
+    }
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}
