@@ -1,0 +1,234 @@
+//! Start-up: `run` opens everything the master owns (hooks, listeners, the scoreboard,
+//! signals, the control and metrics sockets), imports a `--preload`ed application, builds
+//! the `Arbiter` and hands it the loop; `check_config` is `--check-config`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context;
+use mio::Poll;
+use nix::sys::wait::{waitpid, WaitStatus};
+use serde_json::json;
+
+use super::listeners::bind_all;
+use super::metrics::server::MetricsServer;
+use super::metrics::Ledger;
+use super::notify::Notifier;
+use super::{hooks, tls, upgrade, Arbiter, Phase, Totals, SIGNAL_TOKEN, UPGRADE_FROM_ENV};
+use crate::config::Config;
+use crate::control::ControlServer;
+use crate::python::Forked;
+use crate::scoreboard::Scoreboard;
+use crate::signals::SignalPipe;
+use crate::worker::{self, exit};
+
+/// `--check-config`: the settings parsed; now import the application in a child
+/// process (the master never imports it) and report. Returns the exit status.
+pub fn check_config(cfg: &Config) -> i32 {
+    if let Err(e) = cfg.worker_count() {
+        eprintln!("rgun: {e}");
+        return 1;
+    }
+    if let Some(dir) = &cfg.chdir {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            eprintln!("rgun: cannot chdir to {}: {e}", dir.display());
+            return 1;
+        }
+    }
+    if let Err(e) = tls::load(&mut cfg.clone()) {
+        eprintln!("rgun: {e}");
+        return 1;
+    }
+    // SAFETY: single-threaded; the child only imports the app and exits.
+    match unsafe { crate::python::fork_interpreter(crate::python::Inherit::AllBut(&[])) } {
+        Ok(Forked::Child(signals)) => {
+            signals.release();
+            std::process::exit(worker::check_app(cfg))
+        }
+        Ok(Forked::Parent(child)) => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => {
+                println!("rgun: configuration OK; {} imports", cfg.app);
+                0
+            }
+            _ => 1,
+        },
+        Err(e) => {
+            eprintln!("rgun: fork failed: {e}");
+            1
+        }
+    }
+}
+
+/// `--preload`: imports the application in this process; `Err` is the traceback.
+fn preload(cfg: &Config) -> Result<crate::worker::Preloaded, String> {
+    use crate::worker::Preloaded;
+    use pyo3::Python;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let workers = cfg.worker_count().unwrap_or(1);
+    let asgi = cfg.worker_kind() == crate::config::WorkerKind::Asgi;
+    Python::with_gil(|py| {
+        crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())
+            .and_then(|()| {
+                if asgi {
+                    // The event loop is made in each worker, after fork.
+                    crate::wsgi::App::import_callable(py, &cfg.app)
+                        .map(|c| Preloaded::Asgi(c.unbind()))
+                } else {
+                    crate::wsgi::App::load(py, &cfg.app, cfg.threads > 1, workers > 1)
+                        .map(|app| Preloaded::Wsgi(Box::new(app)))
+                }
+            })
+            .map_err(|e| crate::python::format_exception(py, &e))
+    })
+}
+
+/// Runs the server until it stops; returns the process exit status.
+pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
+    let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
+    // SAFETY: umask only sets this process's creation mask.
+    unsafe { libc::umask(cfg.umask as libc::mode_t) };
+    let identity = crate::process::Identity::resolve(
+        cfg.user.as_deref(),
+        cfg.group.as_deref(),
+        cfg.initgroups,
+    )?;
+    if let Some(dir) = &cfg.chdir {
+        std::env::set_current_dir(dir)
+            .with_context(|| format!("cannot chdir to {}", dir.display()))?;
+    }
+    tls::load(&mut cfg).map_err(anyhow::Error::msg)?;
+    let mut hook_host = match hooks::HookHost::start(&cfg) {
+        Ok(host) => host,
+        Err(e) => {
+            tracing::error!(
+                "cannot start the hook host: {e:#}; the master hooks of {} will not run",
+                cfg.config.as_deref().unwrap_or("the configuration file")
+            );
+            None
+        }
+    };
+    if let Some(h) = hook_host.as_mut() {
+        // As Gunicorn: the worker count is set (from nothing) before on_starting.
+        let wait = &mut crate::config::file::poll_readable;
+        h.call(
+            "nworkers_changed",
+            json!({"new": target, "old": null}),
+            wait,
+        );
+        h.call("on_starting", json!({}), wait);
+    }
+    let listeners = bind_all(&cfg)?;
+    let mut old_master = upgrade::pipe_to_old_master();
+    let deferred_takeover = std::env::var_os(UPGRADE_FROM_ENV).is_some();
+    let pidfile = match &cfg.pidfile {
+        Some(path) if !deferred_takeover => Some(crate::process::PidFile::create(path)?),
+        _ => None,
+    };
+    let asgi = cfg.worker_kind() == crate::config::WorkerKind::Asgi;
+    if asgi && cfg.threads > 1 {
+        tracing::warn!("--threads is ignored by -k asgi: its concurrency is the event loop");
+    }
+    let preloaded = if cfg.preload {
+        match preload(&cfg) {
+            Ok(app) => Some(app),
+            Err(text) => {
+                tracing::error!("Exception while preloading the application\n{text}");
+                upgrade::report_failure(&mut old_master, &text);
+                tracing::error!("Shutting down: App failed to load.");
+                return Ok(exit::APP_LOAD_ERROR);
+            }
+        }
+    } else {
+        None
+    };
+    let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
+    use signal_hook::consts::*;
+    let signals = SignalPipe::install(&[
+        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD,
+    ])?;
+    let notifier = Notifier::from_env();
+    let poll = Poll::new()?;
+    signals.register(poll.registry(), SIGNAL_TOKEN)?;
+    let control = match cfg.control_socket_path().filter(|_| !deferred_takeover) {
+        Some(path) => Some(ControlServer::bind(
+            &path,
+            cfg.control_socket_mode,
+            poll.registry(),
+        )?),
+        None => None,
+    };
+
+    let metrics = match &cfg.observability.metrics_bind {
+        Some(addr) => Some(MetricsServer::bind(addr, cfg.backlog, poll.registry())?),
+        None => None,
+    };
+    crate::statsd::start(&cfg.observability);
+    crate::syslog::start(&cfg.observability, cfg.proc_name());
+
+    crate::process::set_title(&format!("rgun: master [{}]", cfg.proc_name()));
+    tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
+    for l in &listeners {
+        tracing::info!("Listening at: {} ({})", l.display, std::process::id());
+    }
+    if let Some(c) = &control {
+        tracing::info!("Control socket: {}", c.path().display());
+    }
+    if let Some(m) = &metrics {
+        tracing::info!("Metrics at: {}", m.display);
+    }
+    if let Ok(old) = std::env::var(UPGRADE_FROM_ENV) {
+        tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");
+        std::env::remove_var(UPGRADE_FROM_ENV);
+    }
+    match cfg.worker_kind() {
+        crate::config::WorkerKind::Wsgi => {
+            tracing::info!("Using worker: rgun (threads: {})", cfg.threads)
+        }
+        crate::config::WorkerKind::Asgi => tracing::info!("Using worker: rgun asgi"),
+    }
+    let mut arbiter = Arbiter {
+        cfg,
+        listeners,
+        scoreboard,
+        poll,
+        signals,
+        control,
+        metrics,
+        ledger: Ledger::default(),
+        gauges_sent: Instant::now(),
+        notifier,
+        identity,
+        pidfile,
+        upgraded_to: None,
+        upgrade_child: None,
+        old_master,
+        deferred_takeover,
+        preloaded,
+        hooks: hook_host,
+        workers: BTreeMap::new(),
+        deferred: VecDeque::new(),
+        deferred_requests: VecDeque::new(),
+        target: target as usize,
+        generation: std::env::var(upgrade::GENERATION_ENV)
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(1),
+        reload: None,
+        scale_waiters: Vec::new(),
+        stack_waiters: Vec::new(),
+        history: VecDeque::new(),
+        totals: Totals::default(),
+        phase: Phase::Starting,
+        started: Instant::now(),
+        started_at: SystemTime::now(),
+        stop_deadline: None,
+        failures: 0,
+        last_rss_check: Instant::now(),
+        next_spawn: Instant::now(),
+        threads_warned: 1,
+        exit_code: 0,
+    };
+    arbiter.call_hook("when_ready", json!({}));
+    arbiter.run();
+    Ok(arbiter.exit_code)
+}
