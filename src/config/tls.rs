@@ -31,17 +31,17 @@ pub struct TlsArgs {
     pub ciphers: Option<String>,
 
     /// Deprecated in Gunicorn and ignored: rgun speaks TLS 1.2 and 1.3 only.
-    #[arg(long = "ssl-version", value_name = "VERSION", hide = true)]
+    #[arg(long = "ssl-version", value_name = "VERSION")]
     pub ssl_version: Option<String>,
 
     /// Accepted for Gunicorn compatibility: the handshake always runs in the event loop,
     /// before the request.
-    #[arg(long = "do-handshake-on-connect", hide = true)]
+    #[arg(long = "do-handshake-on-connect")]
     pub do_handshake_on_connect: bool,
 
     /// Accepted for Gunicorn compatibility: a client's EOF without close_notify is
     /// always an ordinary end of stream.
-    #[arg(long = "suppress-ragged-eofs", hide = true)]
+    #[arg(long = "suppress-ragged-eofs")]
     pub suppress_ragged_eofs: bool,
 }
 

@@ -261,3 +261,44 @@ fn gunicorn_tls_settings_in_a_config_file() {
         "CN=alice,O=rgun tests"
     );
 }
+
+#[test]
+fn check_config_loads_the_tls_files_too() {
+    let pki = Pki::new();
+    let garbage = pki.path("garbage.key");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let cert = pki.path("server.pem").display().to_string();
+    let run = |key: &str| {
+        crate::support::rgun()
+            .args([
+                "--check-config",
+                "echo:application",
+                "--certfile",
+                &cert,
+                "--keyfile",
+                key,
+            ])
+            .arg("--pythonpath")
+            .arg(crate::support::apps_dir())
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let bad = run(&garbage.display().to_string());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("garbage.key"), "{err}");
+    let good = run(&pki.path("server.key").display().to_string());
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+}

@@ -533,3 +533,32 @@ fn a_root_only_key_is_read_by_the_master_before_workers_drop_privileges() {
     let mut tls = connect(&server, &pki.client(tls13(), false)).unwrap();
     assert_eq!(get(&mut tls, "/").unwrap().status, 200);
 }
+
+#[test]
+fn sessions_resume_across_a_reload() {
+    let pki = Pki::new();
+    let server = start(&pki, "echo:application", &[]);
+    let config = pki.client(tls13(), false);
+    let mut first = connect(&server, &config).unwrap();
+    let old_pid = get(&mut first, "/").unwrap().json()["pid"].clone();
+    drop(first);
+    let out = std::process::Command::new(crate::support::rgunctl_bin())
+        .arg("-s")
+        .arg(&server.ctl_path)
+        .arg("reload")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A ticket from the old generation opens in the new one (the keys are the master's).
+    let mut tls = connect(&server, &config).unwrap();
+    let pid = get(&mut tls, "/").unwrap().json()["pid"].clone();
+    assert_ne!(pid, old_pid, "still the old worker");
+    assert_eq!(
+        tls.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
