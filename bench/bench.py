@@ -37,6 +37,8 @@ import threading
 import time
 import http.client
 
+import tls
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 VENV = os.path.join(BENCH, ".venv")
@@ -51,11 +53,13 @@ ALL_SERVERS = ["rgun", "Granian", "Uvicorn", "Gunicorn"]
 class Workload:
     """`app`: MODULE:CALLABLE in bench/; `interface`: wsgi or asgi; `extra`: wrk
     arguments; `threads`: per worker (WSGI) or None; `conns`: connection counts, or
-    None for --connections; `ws`: WebSocket echo (bench/ws_client.py), not wrk."""
+    None for --connections; `ws`: WebSocket echo (bench/ws_client.py), not wrk; `tls`:
+    over https, every server serving bench/tls.py's certificate."""
 
-    def __init__(self, app, interface="wsgi", extra=(), threads=None, conns=None, ws=False):
+    def __init__(self, app, interface="wsgi", extra=(), threads=None, conns=None, ws=False, tls=False):
         self.app, self.interface, self.extra = app, interface, list(extra)
-        self.threads, self.conns, self.ws = threads, conns, ws
+        self.threads, self.conns, self.ws, self.tls = threads, conns, ws, tls
+        self.scheme = "https" if tls else "http"
 
 
 WORKLOADS = {
@@ -71,8 +75,21 @@ WORKLOADS = {
     # answer there is, at 512 connections).
     "asgi_sleep10ms": Workload("asgi_apps:sleep10ms", "asgi", conns=[512]),
     "ws_echo": Workload("asgi_apps:ws_echo", "asgi", conns=[64], ws=True),
+    "tls_hello": Workload("apps:hello", tls=True),
+    # `Connection: close`: every request is a new TCP connection and a full TLS
+    # handshake (wrk does not resume sessions), so req/s is new TLS connections/s.
+    "tls_handshakes": Workload("apps:hello", extra=["-H", "Connection: close"], tls=True),
 }
-QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms", "asgi_hello", "asgi_sleep10ms", "ws_echo"]
+QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms", "asgi_hello", "asgi_sleep10ms", "ws_echo", "tls_hello"]
+# rgun+obs (--observability) runs where issue 15 measures it.
+OBS_WORKLOADS = {"hello", "flask_json"}
+# (certfile, keyfile) for the tls_* workloads, made once per run.
+CERT = []
+
+
+def servers_for(wl):
+    """The servers that run workload `wl`, in the order they run within a round."""
+    return [s for s in SERVERS[WORKLOADS[wl].interface] if s != "rgun+obs" or wl in OBS_WORKLOADS]
 
 
 # `--observability`: a statsd sink (a UDP socket a thread drains, as an agent would) and
@@ -109,6 +126,11 @@ def scrape_while(stop_event):
 
 def server_cmd(server, wl, port):
     """The command line that starts `server` on workload `wl` (cwd = repo root)."""
+    cmd = plain_server_cmd(server, wl, port)
+    return cmd[:-1] + tls.server_args(server, *CERT) + cmd[-1:] if wl.tls else cmd
+
+
+def plain_server_cmd(server, wl, port):
     app, threads = wl.app, wl.threads
     if wl.interface == "asgi":
         if server == "rgun":
@@ -124,18 +146,19 @@ def server_cmd(server, wl, port):
                 "--app-dir", BENCH, "--http", "httptools", "--loop", "uvloop", "--no-access-log",
                 "--lifespan", "off", app]
     if server.startswith("rgun"):
-        cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, "--no-control-socket", app]
+        cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, "--no-control-socket"]
         if server == "rgun+obs":
             OBS["metrics_port"] = free_port()
             cmd += ["--metrics-bind", f"127.0.0.1:{OBS['metrics_port']}",
                     "--statsd-host", f"127.0.0.1:{OBS['statsd_port']}"]
-        return cmd + (["--threads", str(threads)] if threads else [])
+        cmd.append(app)
+        return cmd[:-1] + (["--threads", str(threads)] if threads else []) + cmd[-1:]
     if server == "Gunicorn":
-        cmd = [f"{VENV}/bin/gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--chdir", BENCH, "--no-control-socket", app]
-        return cmd + (["--threads", str(threads)] if threads else [])
+        cmd = [f"{VENV}/bin/gunicorn", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--chdir", BENCH, "--no-control-socket"]
+        return cmd + (["--threads", str(threads)] if threads else []) + [app]
     cmd = [f"{VENV}/bin/granian", "--interface", "wsgi", "--workers", str(WORKERS), "--host", "127.0.0.1",
-           "--port", str(port), "--working-dir", BENCH, app]
-    return cmd + (["--blocking-threads", str(threads)] if threads else [])
+           "--port", str(port), "--working-dir", BENCH]
+    return cmd + (["--blocking-threads", str(threads)] if threads else []) + [app]
 
 
 # ---------------------------------------------------------------- /proc sampling
@@ -204,7 +227,7 @@ def start(server, wl, logdir):
             if proc.poll() is not None:
                 raise RuntimeError(f"{server} exited with {proc.returncode}; see {log.name}")
             try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c = connection(port, 2, wl.tls)
                 c.request("GET", "/")
                 status = c.getresponse().status
                 c.close()
@@ -235,9 +258,15 @@ def stop(proc, grace=10):
             pass
 
 
+def connection(port, timeout, over_tls):
+    if over_tls:
+        return tls.connection(port, timeout)
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+
 def check(port, wl):
     """One real request per workload, so a server that answers wrongly is caught, not benchmarked."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c = connection(port, 10, WORKLOADS[wl].tls)
     body = b"a" * (1 << 20) if wl == "post_1m" else None
     c.request("POST" if body else "GET", "/", body=body)
     resp = c.getresponse()
@@ -269,13 +298,13 @@ def parse_wrk(out):
     }
 
 
-def wrk(port, conns, duration, extra):
+def wrk(port, conns, duration, extra, scheme="http"):
     cmd = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", "--latency", *extra,
-           f"http://127.0.0.1:{port}/"]
+           f"{scheme}://127.0.0.1:{port}/"]
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def measure(proc, port, conns, duration, extra, ws=False, scrape=False):
+def measure(proc, port, conns, duration, extra, ws=False, scrape=False, scheme="http"):
     """wrk at `conns` connections (or, with `ws`, bench/ws_client.py's WebSocket echo:
     messages count as requests, no latency figures)."""
     peak, done = [0.0], threading.Event()
@@ -296,7 +325,7 @@ def measure(proc, port, conns, duration, extra, ws=False, scrape=False):
             out = subprocess.run([sys.executable, os.path.join(BENCH, "ws_client.py"), str(port), str(conns),
                                   str(duration)], capture_output=True, text=True, check=True).stdout
         else:
-            out = wrk(port, conns, duration, extra)
+            out = wrk(port, conns, duration, extra, scheme)
     finally:
         done.set()
         t.join()
@@ -364,7 +393,7 @@ def tables(results, interface):
         if WORKLOADS[wl].interface != interface:
             continue
         med = medians(per)
-        for s in servers:
+        for s in servers_for(wl):
             if s not in med:
                 L.append(f"| {wl} | {conns} | {s} | failed | | | | | |")
                 continue
@@ -422,6 +451,27 @@ def asgi_targets(results, caps):
     return out
 
 
+def tls_targets(results):
+    """Issue 16's TLS targets, each checked against this run (at 64 connections)."""
+    def m(wl, server, key):
+        return medians(results.get((wl, 64), {})).get(server, {}).get(key, float("nan"))
+
+    def check(wl, what, want_rps):
+        rps, grps = m(wl, "rgun", "rps"), m(wl, "Granian", "rps")
+        cpu, gcpu = m(wl, "rgun", "cpu_us"), m(wl, "Granian", "cpu_us")
+        ok_rps = None if rps != rps or grps != grps or not grps else rps / grps >= want_rps
+        ok_cpu = None if cpu != cpu or gcpu != gcpu or not gcpu else cpu / gcpu <= 0.6
+        return (f"- {what} @ 64: {ratio(rps, grps)}× Granian's (target ≥ {want_rps}: {verdict(ok_rps)}), "
+                f"CPU/req {ratio(cpu, gcpu)}× (target ≤ 0.6: {verdict(ok_cpu)})")
+
+    out = []
+    if ("tls_hello", 64) in results:
+        out.append(check("tls_hello", "TLS hello req/s", 1.5))
+    if ("tls_handshakes", 64) in results:
+        out.append(check("tls_handshakes", "new TLS connections/s", 1.0))
+    return out
+
+
 def report(results, caps, args, info):
     """Markdown: per interface, one main table (servers side by side per workload) and a
     ratio table; the sleep workloads against their ideal; the ASGI targets."""
@@ -455,6 +505,10 @@ def report(results, caps, args, info):
         L, R = tables(results, interface)
         out += ["", f"## {title}", "", *L, "", "Ratios (req/s: >1 means rgun is faster; p99, CPU/req, RSS: <1 means rgun is lower):",
                 "", *R, ""]
+        if interface == "wsgi" and tls_targets(results):
+            out += ["TLS (tls_*): every server terminates TLS itself with one ECDSA P-256 certificate (bench/tls.py); "
+                    "tls_handshakes sends `Connection: close`, so each request is a new connection and a full "
+                    "handshake. Targets (issue 16):", "", *tls_targets(results), ""]
         if interface == "wsgi" and notes:
             out += ["Sleep workload vs ideal, and rgun+obs (rgun with --metrics-bind scraped every second and "
                     "--statsd-host sending to a drained UDP socket; `bench/run --observability`) against plain rgun "
@@ -563,7 +617,9 @@ def main():
     logdir = tempfile.mkdtemp(prefix="rgun-bench-")
     print(f"{info['machine']}\n{info['versions']}\nserver logs: {logdir}", flush=True)
 
-    results = {(wl, c): {s: [] for s in SERVERS[WORKLOADS[wl].interface]}
+    if any(WORKLOADS[wl].tls for wl in wls):
+        CERT.extend(tls.make_certificate(logdir))
+    results = {(wl, c): {s: [] for s in servers_for(wl)}
                for wl in wls for c in (WORKLOADS[wl].conns or conns)}
     # asgi_sleep10ms's ideal is capped by what the client can send at its connection
     # count: rgun's WSGI hello measured at that count, in the same round.
@@ -571,7 +627,7 @@ def main():
     for wl in wls:
         w = WORKLOADS[wl]
         for rnd in range(args.rounds):
-            runs = [(server, w) for server in SERVERS[w.interface]]
+            runs = [(server, w) for server in servers_for(wl)]
             if wl == "asgi_sleep10ms":
                 runs.append(("cap", WORKLOADS["hello"]))
             for server, load in runs:
@@ -583,9 +639,10 @@ def main():
                     continue
                 try:
                     check(port, wl)
-                    wrk(port, 64, 1, w.extra)  # warm-up
+                    wrk(port, 64, 1, w.extra, w.scheme)  # warm-up
                     for c in (w.conns or conns):
-                        r = measure(proc, port, c, args.duration, w.extra, ws=w.ws, scrape=server == "rgun+obs")
+                        r = measure(proc, port, c, args.duration, w.extra, ws=w.ws, scrape=server == "rgun+obs",
+                                    scheme=w.scheme)
                         if server == "cap":
                             caps[wl].append(r["rps"])
                         else:

@@ -178,7 +178,7 @@ def main():
     EXTRA_ARGS.extend(args.rgun_args.split())
     if args.tls:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import tls as tls_bench
+        import tls as tls_bench  # bench/tls.py
 
         TLS["cert"], TLS["key"] = tls_bench.make_certificate(tempfile.mkdtemp(prefix="rgun-callgrind-tls-"))
         TLS["client"] = ssl._create_unverified_context()
