@@ -160,7 +160,7 @@ impl Conn {
             Err(e) => {
                 tracing::debug!("client went away mid-response: {e}");
                 c.client_gone(py);
-                let (status, headers) = (c.http().status, c.response_headers());
+                let (status, headers) = (c.http().status, self.hook_headers(&c));
                 drop(c);
                 self.end_asgi(py, service, ctx, (status, headers, 0));
                 return Step::Close;
@@ -173,7 +173,7 @@ impl Conn {
             self.deadline = Instant::now() + APP_WAIT;
             return self.watch_client(py, &cycle, service, ctx);
         }
-        let headers = c.response_headers();
+        let headers = self.hook_headers(&c);
         let http = c.finish(py);
         drop(c);
         self.state = State::Head;
@@ -209,11 +209,19 @@ impl Conn {
             _ => {
                 let mut c = cycle.borrow_mut(py);
                 c.client_gone(py);
-                let (status, headers) = (c.http().status, c.response_headers());
+                let (status, headers) = (c.http().status, self.hook_headers(&c));
                 drop(c);
                 self.end_asgi(py, service, ctx, (status, headers, 0));
                 Step::Close
             }
+        }
+    }
+
+    /// The response's headers for a pending `post_request` hook (none to make otherwise).
+    fn hook_headers(&self, cycle: &Cycle) -> Vec<(String, String)> {
+        match self.hook_request {
+            Some(_) => cycle.response_headers(),
+            None => Vec::new(),
         }
     }
 

@@ -420,6 +420,16 @@ fn timeout_watches_the_loop_heartbeat_not_the_request_age() {
         &format!("WORKER TIMEOUT (pid:{worker})"),
         Duration::from_secs(15),
     );
+    // Aborted with every thread's stack: the loop's thread is in the blocking call.
+    s.wait_for_log("in block", Duration::from_secs(10));
+    let log = s.log();
+    assert!(log.contains("time.sleep(float(scope"), "{log}");
+    // A new worker replaces it and serves.
+    assert!(wait_until(Duration::from_secs(20), || s
+        .worker_pids()
+        .first()
+        .is_some_and(|&p| p != worker)));
+    assert_eq!(s.get("/").text(), "Hello, ASGI!");
 }
 
 /// Gunicorn 27's setting names in a configuration file.
