@@ -344,6 +344,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
                 path,
                 &cfg.access_log_format,
                 cfg.observability.access_log_json,
+                cfg.observability.access_log_wrap.clone(),
             )
             .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?,
         ),
