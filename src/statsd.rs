@@ -10,7 +10,6 @@
 //! non-blocking and every error is ignored: a missing or slow statsd server loses
 //! metrics, never time. Nothing here knows HTTP or Python.
 
-use std::fmt::Write as _;
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
@@ -77,32 +76,56 @@ pub fn request(status: u16, elapsed: Duration) {
     if !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    let ms = elapsed.as_micros() as f64 / 1000.0;
+    // Formatted by hand: this runs for every response, and core::fmt's float
+    // formatting costs more than the rest of the line.
+    let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let (mut whole, mut frac, mut code) = ([0u8; 20], [0u8; 20], [0u8; 20]);
+    let whole = digits(us / 1000, &mut whole);
+    let frac = &digits(1000 + us % 1000, &mut frac)[1..]; // three digits, zero-padded
+    let code = digits(u64::from(status), &mut code);
     with_sender(|s| {
-        s.line(format_args!("gunicorn.request.duration:{ms}|ms"));
-        s.line(format_args!("gunicorn.requests:1|c|@1.0"));
-        s.line(format_args!("gunicorn.request.status.{status}:1|c|@1.0"));
+        s.line(&["gunicorn.request.duration:", whole, ".", frac, "|ms"]);
+        s.line(&["gunicorn.requests:1|c|@1.0"]);
+        s.line(&["gunicorn.request.status.", code, ":1|c|@1.0"]);
     });
+}
+
+/// `n` in decimal, in `buf`.
+fn digits(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// A counter of one (`gunicorn.log.error`, ...).
 pub fn increment(name: &str) {
     if ENABLED.load(Ordering::Relaxed) {
-        with_sender(|s| s.line(format_args!("{name}:1|c|@1.0")));
+        with_sender(|s| s.line(&[name, ":1|c|@1.0"]));
     }
 }
 
 /// A gauge (`gunicorn.workers`).
 pub fn gauge(name: &str, value: u64) {
     if ENABLED.load(Ordering::Relaxed) {
-        with_sender(|s| s.line(format_args!("{name}:{value}|g")));
+        let mut buf = [0u8; 20];
+        let value = digits(value, &mut buf);
+        with_sender(|s| s.line(&[name, ":", value, "|g"]));
     }
 }
 
 /// A histogram sample (`gunicorn.backlog`, which Gunicorn sends as one).
 pub fn histogram(name: &str, value: u64) {
     if ENABLED.load(Ordering::Relaxed) {
-        with_sender(|s| s.line(format_args!("{name}:{value}|h")));
+        let mut buf = [0u8; 20];
+        let value = digits(value, &mut buf);
+        with_sender(|s| s.line(&[name, ":", value, "|h"]));
     }
 }
 
@@ -124,9 +147,15 @@ fn lock() -> std::sync::MutexGuard<'static, Option<Sender>> {
 }
 
 impl Sender {
-    fn line(&mut self, metric: std::fmt::Arguments<'_>) {
+    /// Appends `PREFIX` + `parts` + `TAGS` and a newline.
+    fn line(&mut self, parts: &[&str]) {
         let mark = self.pending.len();
-        let _ = writeln!(self.pending, "{}{metric}{}", self.prefix, self.tags);
+        self.pending.push_str(&self.prefix);
+        for p in parts {
+            self.pending.push_str(p);
+        }
+        self.pending.push_str(&self.tags);
+        self.pending.push('\n');
         if self.pending.len() > DATAGRAM_BYTES {
             // This line does not fit: send what came before, keep it for the next one.
             let line = self.pending.split_off(mark);
@@ -196,6 +225,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn numbers_by_hand() {
+        let mut buf = [0u8; 20];
+        assert_eq!(digits(0, &mut buf), "0");
+        assert_eq!(digits(1_000_042, &mut buf), "1000042");
+        assert_eq!(digits(u64::MAX, &mut buf), u64::MAX.to_string());
+        assert_eq!(&digits(1000 + 7, &mut buf)[1..], "007");
+    }
+
+    #[test]
     fn a_prefix_gets_one_dot() {
         assert_eq!(normalise_prefix(""), "");
         assert_eq!(normalise_prefix("app"), "app.");
@@ -212,8 +250,9 @@ mod tests {
             tags: "|#env:test".into(),
             pending: String::new(),
         };
-        for i in 0..100 {
-            s.line(format_args!("gunicorn.request.status.{i}:1|c|@1.0"));
+        for i in 0..100u64 {
+            let mut buf = [0u8; 20];
+            s.line(&["gunicorn.request.status.", digits(i, &mut buf), ":1|c|@1.0"]);
         }
         s.send();
         let mut buf = [0u8; 65536];
