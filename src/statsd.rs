@@ -5,8 +5,9 @@
 //!
 //! One sender per process (the master's, and each worker's own, opened after fork).
 //! Lines are gathered into a datagram of at most `DATAGRAM_BYTES` (statsd servers split
-//! a packet on newlines) and sent when it is full or when the process's loop ends a
-//! turn (`flush`): a send per batch of requests, not three per request. The socket is
+//! a packet on newlines) and sent when it is full, or when the process's loop ends a
+//! turn at least `FLUSH_INTERVAL` after the last send (`flush`): a send per batch of
+//! requests, not three per request (statsd servers aggregate over seconds). The socket is
 //! non-blocking and every error is ignored: a missing or slow statsd server loses
 //! metrics, never time. Nothing here knows HTTP or Python.
 
@@ -15,12 +16,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::observability::{Observability, StatsdHost};
 
 /// Largest datagram we send: fits an Ethernet frame with IPv6 and UDP headers.
 const DATAGRAM_BYTES: usize = 1432;
+/// Lines wait at most this long after the previous send (plus a loop's idle turn).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static SENDER: Mutex<Option<Sender>> = Mutex::new(None);
@@ -38,6 +41,7 @@ struct Sender {
     tags: String,
     /// Lines waiting for the next datagram, each ending in a newline.
     pending: String,
+    last_send: Instant,
 }
 
 /// Opens this process's sender when `--statsd-host` is set (and replaces one inherited
@@ -53,6 +57,7 @@ pub fn start(cfg: &Observability) {
                 format!("|#{}", cfg.dogstatsd_tags)
             },
             pending: String::with_capacity(DATAGRAM_BYTES),
+            last_send: Instant::now(),
         }),
         Err(e) => {
             tracing::warn!("statsd: cannot send to {host}: {e}; no statsd metrics");
@@ -129,8 +134,20 @@ pub fn histogram(name: &str, value: u64) {
     }
 }
 
-/// Sends what is waiting; called when a loop ends a turn.
+/// Sends what is waiting if the last send is `FLUSH_INTERVAL` old; called when a
+/// loop ends a turn.
 pub fn flush() {
+    if ENABLED.load(Ordering::Relaxed) {
+        with_sender(|s| {
+            if !s.pending.is_empty() && s.last_send.elapsed() >= FLUSH_INTERVAL {
+                s.send();
+            }
+        });
+    }
+}
+
+/// Sends what is waiting now (a process about to exit).
+pub fn flush_now() {
     if ENABLED.load(Ordering::Relaxed) {
         with_sender(Sender::send);
     }
@@ -178,6 +195,7 @@ impl Sender {
             };
         }
         self.pending.clear();
+        self.last_send = Instant::now();
     }
 }
 
@@ -249,6 +267,7 @@ mod tests {
             prefix: "p.".into(),
             tags: "|#env:test".into(),
             pending: String::new(),
+            last_send: Instant::now(),
         };
         for i in 0..100u64 {
             let mut buf = [0u8; 20];

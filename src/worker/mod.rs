@@ -228,6 +228,7 @@ pub fn run(init: WorkerInit<'_>) -> ! {
         Ok(()) => 0,
         Err(code) => code,
     };
+    crate::statsd::flush_now();
     std::process::exit(code);
 }
 
