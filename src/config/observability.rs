@@ -50,8 +50,9 @@ pub struct Observability {
     #[arg(long = "log-config-json", value_name = "FILE", value_parser = logconfig::parse_json_file)]
     pub log_config_json: Option<LogPlan>,
 
-    /// The configuration file's `logconfig_dict`, as JSON (wins over --log-config-json).
-    #[arg(long = "log-config-dict", value_name = "JSON", hide = true, value_parser = logconfig::parse_json_text)]
+    /// The same as a JSON string: the configuration file's `logconfig_dict` (wins over
+    /// --log-config-json).
+    #[arg(long = "log-config-dict", value_name = "JSON", value_parser = logconfig::parse_json_text)]
     pub log_config_dict: Option<LogPlan>,
 
     /// Gunicorn's fileConfig ini file: not supported (use --log-config-json).
