@@ -79,7 +79,11 @@ fn run() -> i32 {
             return 1;
         }
     }
-    if let Err(e) = crate::log::init_error_log(&cfg.error_logfile, &cfg.loglevel) {
+    if let Err(e) = crate::log::init_error_log(
+        &cfg.error_logfile,
+        &cfg.loglevel,
+        cfg.observability.error_log_format.clone(),
+    ) {
         eprintln!("rgun: {e}");
         return 1;
     }

@@ -16,11 +16,13 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::config::logconfig::{Field, LineFormat, Piece};
 use crate::http::head::RequestHead;
 use crate::net::Peer;
 
-/// Points fd 2 at `--error-logfile` (unless it is `-`) and installs the formatter.
-pub fn init_error_log(path: &str, level: &str) -> std::io::Result<()> {
+/// Points fd 2 at `--error-logfile` (unless it is `-`) and installs the formatter:
+/// Gunicorn's line, or a logging configuration's `format`.
+pub fn init_error_log(path: &str, level: &str, format: Option<LineFormat>) -> std::io::Result<()> {
     reopen_error_log(path)?;
     let max = match level.to_ascii_lowercase().as_str() {
         "debug" => Level::DEBUG,
@@ -31,7 +33,7 @@ pub fn init_error_log(path: &str, level: &str) -> std::io::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_max_level(max)
         .with_writer(std::io::stderr)
-        .event_format(GunicornFormat)
+        .event_format(GunicornFormat { line: format })
         .try_init();
     Ok(())
 }
@@ -54,8 +56,10 @@ fn open_append(path: &str) -> std::io::Result<File> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot open log file {path}: {e}")))
 }
 
-/// `[2024-05-01 12:00:00 +0000] [1234] [INFO] message`
-struct GunicornFormat;
+/// `[2024-05-01 12:00:00 +0000] [1234] [INFO] message`, or `line`'s format.
+struct GunicornFormat {
+    line: Option<LineFormat>,
+}
 
 impl<S, N> FormatEvent<S, N> for GunicornFormat
 where
@@ -68,17 +72,25 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let level = match *event.metadata().level() {
-            Level::ERROR => "ERROR",
-            Level::WARN => "WARNING",
-            Level::INFO => "INFO",
-            _ => "DEBUG",
+        let (level, levelno) = match *event.metadata().level() {
+            Level::ERROR => ("ERROR", 40),
+            Level::WARN => ("WARNING", 30),
+            Level::INFO => ("INFO", 20),
+            _ => ("DEBUG", 10),
         };
         // Gunicorn's statsd logger counts its errors and warnings.
         match *event.metadata().level() {
             Level::ERROR => crate::statsd::increment("gunicorn.log.error"),
             Level::WARN => crate::statsd::increment("gunicorn.log.warning"),
             _ => {}
+        }
+        if let Some(format) = &self.line {
+            let mut message = String::new();
+            ctx.field_format()
+                .format_fields(Writer::new(&mut message), event)?;
+            crate::syslog::error_log(*event.metadata().level(), &message);
+            let line = render_record(format, level, levelno, "gunicorn.error", &message);
+            return writeln!(writer, "{line}");
         }
         write!(
             writer,
@@ -98,6 +110,56 @@ where
         }
         writeln!(writer)
     }
+}
+
+/// A log record through a logging configuration's format.
+fn render_record(
+    format: &LineFormat,
+    level: &str,
+    levelno: u8,
+    name: &str,
+    message: &str,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for piece in &format.pieces {
+        let (field, left, width) = match piece {
+            Piece::Literal(s) => {
+                out.push_str(s);
+                continue;
+            }
+            Piece::Field { name, left, width } => (*name, *left, *width),
+        };
+        let value = match field {
+            Field::Asctime => match &format.datefmt {
+                Some(f) => local_time(f),
+                // Python's default: `2024-05-01 12:00:00,123`.
+                None => format!(
+                    "{},{:03}",
+                    local_time("%Y-%m-%d %H:%M:%S"),
+                    unix_now().subsec_millis()
+                ),
+            },
+            Field::Created => format!("{:.6}", unix_now().as_secs_f64()),
+            Field::Levelname => level.to_owned(),
+            Field::Levelno => levelno.to_string(),
+            Field::Message => message.to_owned(),
+            Field::Name => name.to_owned(),
+            Field::Process => std::process::id().to_string(),
+        };
+        let _ = if left {
+            write!(out, "{value:<width$}")
+        } else {
+            write!(out, "{value:>width$}")
+        };
+    }
+    out
+}
+
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// The current local time through strftime(3).
@@ -155,6 +217,8 @@ pub struct AccessLog {
     atoms: Vec<Atom>,
     /// `--access-log-json`: a JSON object per line instead of the format.
     json: bool,
+    /// A logging configuration's format around each line (`%(message)s` is the line).
+    wrap: Option<LineFormat>,
     path: String,
     file: Option<File>,
     line: String,
@@ -163,10 +227,16 @@ pub struct AccessLog {
 impl AccessLog {
     /// `path` is a file, `-` (stdout), or empty: no stream, only syslog
     /// (`--log-syslog` without `--access-logfile`, as Gunicorn logs access then).
-    pub fn open(path: &str, format: &str, json: bool) -> std::io::Result<AccessLog> {
+    pub fn open(
+        path: &str,
+        format: &str,
+        json: bool,
+        wrap: Option<LineFormat>,
+    ) -> std::io::Result<AccessLog> {
         let mut log = AccessLog {
             atoms: compile(format),
             json,
+            wrap,
             path: path.to_owned(),
             file: None,
             line: String::new(),
@@ -195,6 +265,9 @@ impl AccessLog {
             for atom in &self.atoms {
                 render(atom, r, line);
             }
+        }
+        if let Some(wrap) = &self.wrap {
+            *line = render_record(wrap, "INFO", 20, "gunicorn.access", line);
         }
         line.push('\n');
         crate::syslog::access_log(line);

@@ -5,23 +5,25 @@
 //!
 //! One sender per process (the master's, and each worker's own, opened after fork).
 //! Lines are gathered into a datagram of at most `DATAGRAM_BYTES` (statsd servers split
-//! a packet on newlines) and sent when it is full or when the process's loop ends a
-//! turn (`flush`): a send per batch of requests, not three per request. The socket is
+//! a packet on newlines) and sent when it is full, or when the process's loop ends a
+//! turn at least `FLUSH_INTERVAL` after the last send (`flush`): a send per batch of
+//! requests, not three per request (statsd servers aggregate over seconds). The socket is
 //! non-blocking and every error is ignored: a missing or slow statsd server loses
 //! metrics, never time. Nothing here knows HTTP or Python.
 
-use std::fmt::Write as _;
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::observability::{Observability, StatsdHost};
 
 /// Largest datagram we send: fits an Ethernet frame with IPv6 and UDP headers.
 const DATAGRAM_BYTES: usize = 1432;
+/// Lines wait at most this long after the previous send (plus a loop's idle turn).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static SENDER: Mutex<Option<Sender>> = Mutex::new(None);
@@ -39,6 +41,7 @@ struct Sender {
     tags: String,
     /// Lines waiting for the next datagram, each ending in a newline.
     pending: String,
+    last_send: Instant,
 }
 
 /// Opens this process's sender when `--statsd-host` is set (and replaces one inherited
@@ -54,6 +57,7 @@ pub fn start(cfg: &Observability) {
                 format!("|#{}", cfg.dogstatsd_tags)
             },
             pending: String::with_capacity(DATAGRAM_BYTES),
+            last_send: Instant::now(),
         }),
         Err(e) => {
             tracing::warn!("statsd: cannot send to {host}: {e}; no statsd metrics");
@@ -77,37 +81,73 @@ pub fn request(status: u16, elapsed: Duration) {
     if !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    let ms = elapsed.as_micros() as f64 / 1000.0;
+    // Formatted by hand: this runs for every response, and core::fmt's float
+    // formatting costs more than the rest of the line.
+    let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    let (mut whole, mut frac, mut code) = ([0u8; 20], [0u8; 20], [0u8; 20]);
+    let whole = digits(us / 1000, &mut whole);
+    let frac = &digits(1000 + us % 1000, &mut frac)[1..]; // three digits, zero-padded
+    let code = digits(u64::from(status), &mut code);
     with_sender(|s| {
-        s.line(format_args!("gunicorn.request.duration:{ms}|ms"));
-        s.line(format_args!("gunicorn.requests:1|c|@1.0"));
-        s.line(format_args!("gunicorn.request.status.{status}:1|c|@1.0"));
+        s.line(&["gunicorn.request.duration:", whole, ".", frac, "|ms"]);
+        s.line(&["gunicorn.requests:1|c|@1.0"]);
+        s.line(&["gunicorn.request.status.", code, ":1|c|@1.0"]);
     });
+}
+
+/// `n` in decimal, in `buf`.
+fn digits(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// A counter of one (`gunicorn.log.error`, ...).
 pub fn increment(name: &str) {
     if ENABLED.load(Ordering::Relaxed) {
-        with_sender(|s| s.line(format_args!("{name}:1|c|@1.0")));
+        with_sender(|s| s.line(&[name, ":1|c|@1.0"]));
     }
 }
 
 /// A gauge (`gunicorn.workers`).
 pub fn gauge(name: &str, value: u64) {
     if ENABLED.load(Ordering::Relaxed) {
-        with_sender(|s| s.line(format_args!("{name}:{value}|g")));
+        let mut buf = [0u8; 20];
+        let value = digits(value, &mut buf);
+        with_sender(|s| s.line(&[name, ":", value, "|g"]));
     }
 }
 
 /// A histogram sample (`gunicorn.backlog`, which Gunicorn sends as one).
 pub fn histogram(name: &str, value: u64) {
     if ENABLED.load(Ordering::Relaxed) {
-        with_sender(|s| s.line(format_args!("{name}:{value}|h")));
+        let mut buf = [0u8; 20];
+        let value = digits(value, &mut buf);
+        with_sender(|s| s.line(&[name, ":", value, "|h"]));
     }
 }
 
-/// Sends what is waiting; called when a loop ends a turn.
+/// Sends what is waiting if the last send is `FLUSH_INTERVAL` old; called when a
+/// loop ends a turn.
 pub fn flush() {
+    if ENABLED.load(Ordering::Relaxed) {
+        with_sender(|s| {
+            if !s.pending.is_empty() && s.last_send.elapsed() >= FLUSH_INTERVAL {
+                s.send();
+            }
+        });
+    }
+}
+
+/// Sends what is waiting now (a process about to exit).
+pub fn flush_now() {
     if ENABLED.load(Ordering::Relaxed) {
         with_sender(Sender::send);
     }
@@ -124,9 +164,15 @@ fn lock() -> std::sync::MutexGuard<'static, Option<Sender>> {
 }
 
 impl Sender {
-    fn line(&mut self, metric: std::fmt::Arguments<'_>) {
+    /// Appends `PREFIX` + `parts` + `TAGS` and a newline.
+    fn line(&mut self, parts: &[&str]) {
         let mark = self.pending.len();
-        let _ = writeln!(self.pending, "{}{metric}{}", self.prefix, self.tags);
+        self.pending.push_str(&self.prefix);
+        for p in parts {
+            self.pending.push_str(p);
+        }
+        self.pending.push_str(&self.tags);
+        self.pending.push('\n');
         if self.pending.len() > DATAGRAM_BYTES {
             // This line does not fit: send what came before, keep it for the next one.
             let line = self.pending.split_off(mark);
@@ -149,6 +195,7 @@ impl Sender {
             };
         }
         self.pending.clear();
+        self.last_send = Instant::now();
     }
 }
 
@@ -196,6 +243,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn numbers_by_hand() {
+        let mut buf = [0u8; 20];
+        assert_eq!(digits(0, &mut buf), "0");
+        assert_eq!(digits(1_000_042, &mut buf), "1000042");
+        assert_eq!(digits(u64::MAX, &mut buf), u64::MAX.to_string());
+        assert_eq!(&digits(1000 + 7, &mut buf)[1..], "007");
+    }
+
+    #[test]
     fn a_prefix_gets_one_dot() {
         assert_eq!(normalise_prefix(""), "");
         assert_eq!(normalise_prefix("app"), "app.");
@@ -211,9 +267,11 @@ mod tests {
             prefix: "p.".into(),
             tags: "|#env:test".into(),
             pending: String::new(),
+            last_send: Instant::now(),
         };
-        for i in 0..100 {
-            s.line(format_args!("gunicorn.request.status.{i}:1|c|@1.0"));
+        for i in 0..100u64 {
+            let mut buf = [0u8; 20];
+            s.line(&["gunicorn.request.status.", digits(i, &mut buf), ":1|c|@1.0"]);
         }
         s.send();
         let mut buf = [0u8; 65536];

@@ -88,6 +88,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("suppress_ragged_eofs", "--suppress-ragged-eofs", "bool"),
     ("proc_name", "--name", "str"),
     ("access_log_json", "--access-log-json", "bool"),
+    ("logconfig_dict", "--log-config-dict", "json"),
+    ("logconfig_json", "--log-config-json", "str"),
     ("syslog", "--log-syslog", "bool"),
     ("syslog_addr", "--log-syslog-to", "str"),
     ("syslog_prefix", "--log-syslog-prefix", "str"),

@@ -88,6 +88,15 @@ def convert(name, flag, kind, value):
         for k, v in value.items():
             out.extend([flag, "%s=%s" % (k, v)])
         return out
+    if kind == "json":
+        if not value:
+            return []
+        if not isinstance(value, dict):
+            bad("a dict (dictConfig's schema)")
+        try:
+            return [flag, json.dumps(value)]
+        except (TypeError, ValueError):
+            bad("a dict of plain values (strings, numbers, lists, dicts)")
     if kind == "csv":
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)

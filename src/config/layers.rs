@@ -215,6 +215,7 @@ impl Config {
         argv.extend(upper.iter().skip(1).cloned());
         let mut cfg = Config::try_parse_from(&argv).map_err(LayerError::Clap)?;
         cfg.hooks = file.hooks;
+        cfg.apply_log_plan();
         cfg.loglevel.make_ascii_lowercase();
         cfg.config = location;
         if cfg.app.is_empty() {

@@ -5,6 +5,7 @@
 pub mod bind;
 pub mod file;
 mod layers;
+pub mod logconfig;
 pub mod observability;
 mod print;
 pub mod reference;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::bind::{self, BindAddress};
+use super::logconfig::{self, LineFormat, LogPlan};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct Observability {
@@ -42,6 +43,30 @@ pub struct Observability {
     /// instead of --access-logformat.
     #[arg(long = "access-log-json")]
     pub access_log_json: bool,
+
+    /// A logging configuration in dictConfig's JSON schema for the gunicorn.error and
+    /// gunicorn.access loggers (one stream, file or null handler each, format strings);
+    /// what rgun cannot honour is refused, naming it.
+    #[arg(long = "log-config-json", value_name = "FILE", value_parser = logconfig::parse_json_file)]
+    pub log_config_json: Option<LogPlan>,
+
+    /// The same as a JSON string: the configuration file's `logconfig_dict` (wins over
+    /// --log-config-json).
+    #[arg(long = "log-config-dict", value_name = "JSON", value_parser = logconfig::parse_json_text)]
+    pub log_config_dict: Option<LogPlan>,
+
+    /// Gunicorn's fileConfig ini file: not supported (use --log-config-json).
+    #[arg(long = "log-config", value_name = "FILE", hide = true, value_parser = logconfig::refuse_ini)]
+    pub log_config_ini: Option<String>,
+
+    /// The error log's line format, from a logging configuration.
+    #[arg(skip)]
+    pub error_log_format: Option<LineFormat>,
+
+    /// The access log's line format around the access line, from a logging
+    /// configuration.
+    #[arg(skip)]
+    pub access_log_wrap: Option<LineFormat>,
 
     /// Also send the error log (and the access log) to syslog, as Gunicorn does.
     #[arg(long = "log-syslog")]
@@ -95,6 +120,9 @@ impl Observability {
         put("syslog_addr", self.log_syslog_to.to_string().into());
         put("syslog_prefix", text(&self.log_syslog_prefix));
         put("syslog_facility", self.log_syslog_facility.clone().into());
+        let configured = |p: &Option<LogPlan>| p.as_ref().map(|_| "(applied)".into());
+        put("logconfig_dict", text(&configured(&self.log_config_dict)));
+        put("logconfig_json", text(&configured(&self.log_config_json)));
         put(
             "disable_redirect_access_to_syslog",
             self.disable_redirect_access_to_syslog.into(),

@@ -352,10 +352,11 @@ impl Conn {
         if self.outbuf.len() > MAX_PENDING_REPLY_BYTES {
             return false; // a client that sends but never reads its answers
         }
-        // A client that half-closed still gets its answers (even deferred ones); one
-        // that closed with nothing left to answer is dropped.
+        // A client that half-closed still gets its answers (even deferred ones), and a
+        // watcher its events (`echo '{"cmd":"watch"}' | socat ...` half-closes at
+        // once); one that closed with nothing left to answer is dropped.
         let flushed = self.flush();
-        flushed && !(eof && out.len() == queued && self.outbuf.is_empty())
+        flushed && !(eof && out.len() == queued && self.outbuf.is_empty() && !self.watching)
     }
 
     fn reply_error(&mut self, id: &Value, code: ErrorCode, message: &str) {

@@ -498,6 +498,7 @@ impl Arbiter {
         }
         self.call_hook("on_exit", json!({}));
         tracing::info!("Shutting down: Master");
+        crate::statsd::flush_now();
     }
 }
 

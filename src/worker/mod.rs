@@ -227,6 +227,7 @@ pub fn run(init: WorkerInit<'_>) -> ! {
         Ok(()) => 0,
         Err(code) => code,
     };
+    crate::statsd::flush_now();
     std::process::exit(code);
 }
 
@@ -342,6 +343,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
                 path,
                 &cfg.access_log_format,
                 cfg.observability.access_log_json,
+                cfg.observability.access_log_wrap.clone(),
             )
             .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?,
         ),

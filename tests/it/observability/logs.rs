@@ -154,3 +154,91 @@ fn bad_syslog_settings_are_one_line_and_exit_2() {
         assert!(err.contains(args[0]), "{err}");
     }
 }
+
+#[test]
+fn a_logging_dict_config_routes_and_formats_the_two_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let errors = dir.path().join("errors.log");
+    let access = dir.path().join("requests.log");
+    let conf = crate::support::write_file(
+        dir.path(),
+        "gunicorn.conf.py",
+        &format!(
+            r#"
+logconfig_dict = {{
+    "version": 1,
+    "root": {{"level": "INFO", "handlers": []}},
+    "loggers": {{
+        "gunicorn.error": {{"level": "INFO", "handlers": ["err"], "propagate": False}},
+        "gunicorn.access": {{"handlers": ["acc"], "propagate": False}},
+    }},
+    "handlers": {{
+        "err": {{"class": "logging.FileHandler", "filename": {errors:?}, "formatter": "e"}},
+        "acc": {{"class": "logging.handlers.WatchedFileHandler", "filename": {access:?}, "formatter": "a"}},
+    }},
+    "formatters": {{
+        "e": {{"format": "E|%(levelname)-7s|%(name)s|%(process)d|%(message)s"}},
+        "a": {{"format": "A %(asctime)s %(message)s", "datefmt": "%Y"}},
+    }},
+}}
+"#
+        ),
+    );
+    let server = crate::support::ServerBuilder::new("observed_app:application")
+        .args(["-c", conf.to_str().unwrap()])
+        .no_wait()
+        .start();
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&errors)
+            .unwrap_or_default()
+            .contains("All 1 workers ready")
+    }));
+    assert_eq!(server.get("/hello").status, 200);
+    let log = std::fs::read_to_string(&errors).unwrap();
+    let ready = log
+        .lines()
+        .find(|l| l.contains("All 1 workers ready"))
+        .unwrap();
+    assert_eq!(
+        ready,
+        format!(
+            "E|INFO   |gunicorn.error|{}|All 1 workers ready",
+            server.pid()
+        )
+    );
+    let mut line = String::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        line = std::fs::read_to_string(&access).unwrap_or_default();
+        line.contains("GET /hello")
+    }));
+    assert!(line.starts_with("A 20"), "{line:?}");
+    assert!(line.contains("\"GET /hello HTTP/1.1\" 200"), "{line:?}");
+}
+
+#[test]
+fn what_a_logging_config_asks_beyond_rgun_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = crate::support::write_file(
+        dir.path(),
+        "log.json",
+        r#"{"version": 1, "loggers": {"gunicorn.error": {"handlers": ["r"]}},
+            "handlers": {"r": {"class": "logging.handlers.RotatingFileHandler", "filename": "x"}}}"#,
+    );
+    let out = crate::support::rgun()
+        .args(["observed_app:application", "--log-config-json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RotatingFileHandler") && err.contains("not supported"),
+        "{err}"
+    );
+    let out = crate::support::rgun()
+        .args(["observed_app:application", "--log-config", "logging.ini"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log-config-json"));
+}

@@ -186,3 +186,36 @@ fn watch_prints_spawn_ready_exit_and_reload_events() {
     ctl(&server, &["reopen-logs"]);
     json.wait_for(|l| l.contains("\"logs_reopened\""), ten);
 }
+
+#[test]
+fn a_watcher_that_half_closed_still_gets_events_and_a_stalled_one_costs_nothing() {
+    use std::io::{BufRead, Write};
+    let server = observed(1, &[]);
+    // As `echo '{"cmd":"watch"}' | socat - UNIX-CONNECT:...` does: send, then shut
+    // the writing side.
+    let mut raw = std::os::unix::net::UnixStream::connect(&server.ctl_path).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    raw.write_all(b"{\"id\":1,\"cmd\":\"watch\"}\n").unwrap();
+    raw.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut lines = BufReader::new(raw).lines();
+    let ack: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ack["ok"], true, "{ack}");
+    // A subscriber that never reads.
+    let stalled = std::os::unix::net::UnixStream::connect(&server.ctl_path).unwrap();
+    (&stalled)
+        .write_all(b"{\"id\":1,\"cmd\":\"watch\"}\n")
+        .unwrap();
+    for n in ["2", "1", "2", "1"] {
+        ctl(&server, &["scale", n, "--wait"]);
+    }
+    let mut scales = 0;
+    while scales < 4 {
+        let line = lines.next().expect("an event").unwrap();
+        let e: Value = serde_json::from_str(&line).unwrap();
+        if e["event"] == "scale" {
+            scales += 1;
+        }
+    }
+    assert_eq!(server.status()["ok"], true);
+    drop(stalled);
+}
