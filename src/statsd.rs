@@ -42,23 +42,30 @@ struct Sender {
     /// Lines waiting for the next datagram, each ending in a newline.
     pending: String,
     last_send: Instant,
+    /// A response's lines, made once: the duration's around its value, the request
+    /// count whole, and each status code's count when the code is first seen.
+    duration_head: String,
+    duration_tail: String,
+    requests_line: String,
+    status_lines: Vec<String>,
 }
 
 /// Opens this process's sender when `--statsd-host` is set (and replaces one inherited
 /// across fork). A sender that cannot be opened is a warning: statsd is best effort.
 pub fn start(cfg: &Observability) {
     let sender = cfg.statsd_host.as_ref().and_then(|host| match open(host) {
-        Ok(socket) => Some(Sender {
-            socket,
-            prefix: normalise_prefix(&cfg.statsd_prefix),
-            tags: if cfg.dogstatsd_tags.is_empty() {
+        Ok(socket) => {
+            let tags = if cfg.dogstatsd_tags.is_empty() {
                 String::new()
             } else {
                 format!("|#{}", cfg.dogstatsd_tags)
-            },
-            pending: String::with_capacity(DATAGRAM_BYTES),
-            last_send: Instant::now(),
-        }),
+            };
+            Some(Sender::new(
+                socket,
+                normalise_prefix(&cfg.statsd_prefix),
+                tags,
+            ))
+        }
         Err(e) => {
             tracing::warn!("statsd: cannot send to {host}: {e}; no statsd metrics");
             None
@@ -81,33 +88,17 @@ pub fn request(status: u16, elapsed: Duration) {
     if !ENABLED.load(Ordering::Relaxed) {
         return;
     }
-    // Formatted by hand: this runs for every response, and core::fmt's float
-    // formatting costs more than the rest of the line.
+    // Formatted by hand from lines made once: this runs for every response, and
+    // core::fmt's float formatting costs more than the rest of the line.
     let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-    let (mut whole, mut frac, mut code) = ([0u8; 20], [0u8; 20], [0u8; 20]);
-    let whole = digits(us / 1000, &mut whole);
-    let frac = &digits(1000 + us % 1000, &mut frac)[1..]; // three digits, zero-padded
-    let code = digits(u64::from(status), &mut code);
-    with_sender(|s| {
-        s.line(&["gunicorn.request.duration:", whole, ".", frac, "|ms"]);
-        s.line(&["gunicorn.requests:1|c|@1.0"]);
-        s.line(&["gunicorn.request.status.", code, ":1|c|@1.0"]);
-    });
+    let (mut whole, mut frac) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let whole = whole.format(us / 1000);
+    let frac = &frac.format(1000 + us % 1000)[1..]; // three digits, zero-padded
+    with_sender(|s| s.response(whole, frac, status));
 }
 
-/// `n` in decimal, in `buf`.
-fn digits(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
-}
+/// Status codes with a line made once (100 to 599); any other gets one made each time.
+const STATUS_CODES: usize = 500;
 
 /// A counter of one (`gunicorn.log.error`, ...).
 pub fn increment(name: &str) {
@@ -119,8 +110,8 @@ pub fn increment(name: &str) {
 /// A gauge (`gunicorn.workers`).
 pub fn gauge(name: &str, value: u64) {
     if ENABLED.load(Ordering::Relaxed) {
-        let mut buf = [0u8; 20];
-        let value = digits(value, &mut buf);
+        let mut buf = itoa::Buffer::new();
+        let value = buf.format(value);
         with_sender(|s| s.line(&[name, ":", value, "|g"]));
     }
 }
@@ -128,18 +119,19 @@ pub fn gauge(name: &str, value: u64) {
 /// A histogram sample (`gunicorn.backlog`, which Gunicorn sends as one).
 pub fn histogram(name: &str, value: u64) {
     if ENABLED.load(Ordering::Relaxed) {
-        let mut buf = [0u8; 20];
-        let value = digits(value, &mut buf);
+        let mut buf = itoa::Buffer::new();
+        let value = buf.format(value);
         with_sender(|s| s.line(&[name, ":", value, "|h"]));
     }
 }
 
-/// Sends what is waiting if the last send is `FLUSH_INTERVAL` old; called when a
-/// loop ends a turn.
-pub fn flush() {
+/// Sends what is waiting if the last send is `FLUSH_INTERVAL` old at `now`; called
+/// when a loop ends a turn, with the time it read anyway.
+pub fn flush(now: Instant) {
     if ENABLED.load(Ordering::Relaxed) {
         with_sender(|s| {
-            if !s.pending.is_empty() && s.last_send.elapsed() >= FLUSH_INTERVAL {
+            if !s.pending.is_empty() && now.saturating_duration_since(s.last_send) >= FLUSH_INTERVAL
+            {
                 s.send();
             }
         });
@@ -164,6 +156,53 @@ fn lock() -> std::sync::MutexGuard<'static, Option<Sender>> {
 }
 
 impl Sender {
+    /// `prefix` is `PREFIX.` or empty, `tags` is `|#tags` or empty.
+    fn new(socket: Socket, prefix: String, tags: String) -> Sender {
+        Sender {
+            socket,
+            duration_head: format!("{prefix}gunicorn.request.duration:"),
+            duration_tail: format!("|ms{tags}\n"),
+            requests_line: format!("{prefix}gunicorn.requests:1|c|@1.0{tags}\n"),
+            status_lines: vec![String::new(); STATUS_CODES],
+            prefix,
+            tags,
+            pending: String::with_capacity(DATAGRAM_BYTES),
+            last_send: Instant::now(),
+        }
+    }
+
+    /// A response's three lines: its duration (`ms`.`frac` milliseconds), one request,
+    /// one of its status code.
+    fn response(&mut self, ms: &str, frac: &str, status: u16) {
+        let mark = self.pending.len();
+        self.pending.push_str(&self.duration_head);
+        self.pending.push_str(ms);
+        self.pending.push('.');
+        self.pending.push_str(frac);
+        self.pending.push_str(&self.duration_tail);
+        self.pending.push_str(&self.requests_line);
+        match usize::from(status).checked_sub(100) {
+            Some(i) if i < STATUS_CODES => {
+                if self.status_lines[i].is_empty() {
+                    self.status_lines[i] = self.status_line(status);
+                }
+                self.pending.push_str(&self.status_lines[i]);
+            }
+            _ => {
+                let line = self.status_line(status);
+                self.pending.push_str(&line);
+            }
+        }
+        self.overflow(mark);
+    }
+
+    fn status_line(&self, status: u16) -> String {
+        format!(
+            "{}gunicorn.request.status.{status}:1|c|@1.0{}\n",
+            self.prefix, self.tags
+        )
+    }
+
     /// Appends `PREFIX` + `parts` + `TAGS` and a newline.
     fn line(&mut self, parts: &[&str]) {
         let mark = self.pending.len();
@@ -173,13 +212,18 @@ impl Sender {
         }
         self.pending.push_str(&self.tags);
         self.pending.push('\n');
+        self.overflow(mark);
+    }
+
+    /// When the lines from `mark` on do not fit: sends what came before and keeps them
+    /// for the next datagram (lines longer than a datagram go alone).
+    fn overflow(&mut self, mark: usize) {
         if self.pending.len() > DATAGRAM_BYTES {
-            // This line does not fit: send what came before, keep it for the next one.
-            let line = self.pending.split_off(mark);
+            let lines = self.pending.split_off(mark);
             self.send();
-            self.pending = line;
+            self.pending = lines;
             if self.pending.len() > DATAGRAM_BYTES {
-                self.send(); // a line longer than a datagram goes alone
+                self.send();
             }
         }
     }
@@ -243,12 +287,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_by_hand() {
-        let mut buf = [0u8; 20];
-        assert_eq!(digits(0, &mut buf), "0");
-        assert_eq!(digits(1_000_042, &mut buf), "1000042");
-        assert_eq!(digits(u64::MAX, &mut buf), u64::MAX.to_string());
-        assert_eq!(&digits(1000 + 7, &mut buf)[1..], "007");
+    fn a_response_is_three_lines_from_the_ones_made_once() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let mut s = Sender::new(Socket::Unix(a), "p.".into(), "|#env:test".into());
+        s.response("12", "007", 404);
+        s.response("0", "250", 404);
+        s.response("1", "000", 999);
+        s.send();
+        let mut buf = [0u8; 4096];
+        let n = b.recv(&mut buf).unwrap();
+        let lines: Vec<&str> = std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .split('\n')
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "p.gunicorn.request.duration:12.007|ms|#env:test",
+                "p.gunicorn.requests:1|c|@1.0|#env:test",
+                "p.gunicorn.request.status.404:1|c|@1.0|#env:test",
+                "p.gunicorn.request.duration:0.250|ms|#env:test",
+                "p.gunicorn.requests:1|c|@1.0|#env:test",
+                "p.gunicorn.request.status.404:1|c|@1.0|#env:test",
+                "p.gunicorn.request.duration:1.000|ms|#env:test",
+                "p.gunicorn.requests:1|c|@1.0|#env:test",
+                "p.gunicorn.request.status.999:1|c|@1.0|#env:test",
+            ]
+        );
     }
 
     #[test]
@@ -262,16 +327,10 @@ mod tests {
     fn lines_are_gathered_into_datagrams_that_fit() {
         let (a, b) = UnixDatagram::pair().unwrap();
         b.set_nonblocking(true).unwrap();
-        let mut s = Sender {
-            socket: Socket::Unix(a),
-            prefix: "p.".into(),
-            tags: "|#env:test".into(),
-            pending: String::new(),
-            last_send: Instant::now(),
-        };
+        let mut s = Sender::new(Socket::Unix(a), "p.".into(), "|#env:test".into());
         for i in 0..100u64 {
-            let mut buf = [0u8; 20];
-            s.line(&["gunicorn.request.status.", digits(i, &mut buf), ":1|c|@1.0"]);
+            let mut buf = itoa::Buffer::new();
+            s.line(&["gunicorn.request.status.", buf.format(i), ":1|c|@1.0"]);
         }
         s.send();
         let mut buf = [0u8; 65536];

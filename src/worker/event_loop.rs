@@ -203,12 +203,12 @@ impl<'a> EventLoop<'a> {
                 self.drive(exec, key, Input::Queued);
             }
         }
-        crate::statsd::flush();
         if !events.is_empty() {
             yield_cpu();
         }
         let now = Instant::now();
         self.shared.slot.heartbeat_at(now);
+        crate::statsd::flush(now);
         self.listening.resume_if_due(&self.poll, self.open, now);
         if now >= self.next_sweep {
             self.close_expired(now);

@@ -413,7 +413,7 @@ impl Arbiter {
                 crate::statsd::histogram("gunicorn.backlog", backlog);
             }
         }
-        crate::statsd::flush();
+        crate::statsd::flush(std::time::Instant::now());
     }
 
     /// The state `status` shows for a worker.
