@@ -62,6 +62,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("max_worker_rss", "--max-worker-rss", "int"),
     ("backlog", "--backlog", "int"),
     ("proxy_protocol", "--proxy-protocol", "proxy"),
+    ("http2_cleartext", "--http2-cleartext", "bool"),
     ("proxy_allow_ips", "--proxy-allow-from", "csv"),
     ("reuse_port", "--reuse-port", "bool"),
     ("pidfile", "--pid", "str"),

@@ -267,12 +267,16 @@ impl<'a> EventLoop<'a> {
         self.shared.slot.set_state(WorkerState::Stopping);
         self.listening.stop(&self.poll);
         // Open WebSockets have no natural end to wait for: they get a turn now, to
-        // close with 1001 (going away).
+        // close with 1001 (going away). HTTP/2 connections get one to send GOAWAY.
         let sockets: Vec<usize> = self
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(k, c)| c.as_ref().filter(|c| c.is_websocket()).map(|_| k))
+            .filter_map(|(k, c)| {
+                c.as_ref()
+                    .filter(|c| c.is_websocket() || c.is_http2())
+                    .map(|_| k)
+            })
             .collect();
         for key in sockets {
             self.wake(key);
