@@ -18,6 +18,27 @@ use super::response::{RequestFacts, ResponseError};
 use super::HttpError;
 use crate::net::outbox::SharedBytes;
 
+/// What an HTTP/2 connection announces in its SETTINGS and enforces
+/// (`--http2-*`).
+#[derive(Debug, Clone, Copy)]
+pub struct H2Settings {
+    pub max_concurrent_streams: u32,
+    pub initial_window_size: u32,
+    pub max_frame_size: u32,
+    pub max_header_list_size: u32,
+}
+
+impl Default for H2Settings {
+    fn default() -> Self {
+        H2Settings {
+            max_concurrent_streams: 100,
+            initial_window_size: 65_535,
+            max_frame_size: 16_384,
+            max_header_list_size: 65_536,
+        }
+    }
+}
+
 /// Response headers that belong to one HTTP/1 connection and are forbidden in HTTP/2
 /// (RFC 9113 8.2.2): dropped from what the application sets.
 const CONNECTION_HEADERS: &[&str] = &[

@@ -12,7 +12,10 @@ pub fn load(cfg: &mut Config) -> Result<(), String> {
         tracing::warn!("{warning}");
     }
     cfg.tls_server = match cfg.tls.options(&cfg.hooks)? {
-        Some(options) => Some(tls_setup::server_config(&options)?),
+        Some(mut options) => {
+            options.alpn = cfg.http2.http_protocols.alpn();
+            Some(tls_setup::server_config(&options)?)
+        }
         None => None,
     };
     Ok(())

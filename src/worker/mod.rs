@@ -71,6 +71,7 @@ pub struct Settings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `--http2-cleartext`: a plain connection opening with the HTTP/2 preface speaks it.
     pub http2_cleartext: bool,
+    pub http2: crate::http::h2::H2Settings,
 }
 
 /// The application side, called with the GIL: the application and the server hooks
@@ -364,6 +365,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         secure_scheme_headers: cfg.secure_scheme_headers(),
         tls: cfg.tls_server.clone(),
         http2_cleartext: cfg.http2.http2_cleartext,
+        http2: cfg.http2.settings(),
     };
     let app_kind = cfg.worker_kind();
     let service = Arc::new(Service { app, hooks });

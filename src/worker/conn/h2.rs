@@ -40,8 +40,11 @@ use crate::wsgi::response::WsgiSource;
 /// The client connection preface (RFC 9113 3.4) a prior-knowledge client opens with.
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
-const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams a client may reset before we read them before it is a rapid-reset attack
+/// (CVE-2023-44487): the connection then ends with GOAWAY (ENHANCE_YOUR_CALM).
+const MAX_PENDING_RESETS: usize = 20;
+/// Response bytes `h2` buffers per stream beyond what the window lets out.
+const MAX_SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Raised by `h2` when something it waits for may have happened.
 struct Flag(AtomicBool);
@@ -224,8 +227,21 @@ impl Conn {
         self.read_buf.clear();
         self.read_start = 0;
         let woken = Arc::new(Flag(AtomicBool::new(true)));
+        let limits = &ctx.settings.http2;
         let mut builder = h2::server::Builder::new();
-        builder.max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        builder
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .initial_window_size(limits.initial_window_size)
+            .initial_connection_window_size(
+                limits
+                    .initial_window_size
+                    .saturating_mul(4)
+                    .clamp(65_535, 2_147_483_647),
+            )
+            .max_frame_size(limits.max_frame_size)
+            .max_header_list_size(limits.max_header_list_size)
+            .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+            .max_send_buffer_size(MAX_SEND_BUFFER_BYTES);
         let handshake = builder.handshake(pipe.clone());
         self.state = State::Http2(Box::new(H2Conn {
             pipe,

@@ -38,6 +38,7 @@ pub fn shared() -> Shared {
             secure_scheme_headers: Vec::new(),
             tls: None,
             http2_cleartext: false,
+            http2: Default::default(),
         },
         lanes: Lanes::new(1, board.slot(0)),
         slot: board.slot(0),

@@ -250,11 +250,17 @@ impl Conn {
     }
 
     fn step_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
-        let preface = if ctx.settings.http2_cleartext
+        // HTTP/2 by ALPN, or with prior knowledge when allowed: either way the client
+        // opens with the preface.
+        let h2 = if self.transport.is_tls() {
+            self.transport.negotiated_h2()
+        } else {
+            ctx.settings.http2_cleartext
+        };
+        let preface = if h2
             && self.served == 0
             && self.proxy_pending.is_none()
             && self.read_start < self.read_buf.len()
-            && !self.transport.is_tls()
         {
             self.opens_with_preface()
         } else {

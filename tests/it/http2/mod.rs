@@ -5,6 +5,8 @@
 //! the stream window arrives whole, HTTP/1 still works on the same listener, and
 //! each stream is one request in the access log and the scoreboard.
 
+mod tls;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -41,6 +43,18 @@ where
     F: FnOnce(SendRequest<Bytes>) -> Fut,
     Fut: Future<Output = T>,
 {
+    with_h2_over(port, |tcp| async move { tcp }, f)
+}
+
+/// `with_h2` over what `wrap` makes of the TCP connection (TLS, say).
+fn with_h2_over<W, WFut, IO, F, Fut, T>(port: u16, wrap: W, f: F) -> T
+where
+    W: FnOnce(tokio::net::TcpStream) -> WFut,
+    WFut: Future<Output = IO>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: FnOnce(SendRequest<Bytes>) -> Fut,
+    Fut: Future<Output = T>,
+{
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -49,7 +63,8 @@ where
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
-        let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        let io = wrap(tcp).await;
+        let (send, conn) = h2::client::handshake(io).await.expect("h2 handshake");
         tokio::spawn(async move {
             let _ = conn.await;
         });
