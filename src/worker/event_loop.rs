@@ -420,7 +420,13 @@ impl<'a> EventLoop<'a> {
             Input::Event => conn.note_event(),
             Input::Queued => conn.queued = false,
         }
-        match conn.drive(exec, &self.shared) {
+        let drive = conn.drive(exec, &self.shared);
+        if let Some(pool) = &self.pool {
+            for job in conn.take_stream_jobs() {
+                pool.submit_stream(key, job);
+            }
+        }
+        match drive {
             wait @ (Drive::WaitRead | Drive::WaitWrite | Drive::Yield) => {
                 if wait == Drive::Yield && !conn.queued {
                     conn.queued = true;
@@ -457,7 +463,17 @@ impl<'a> EventLoop<'a> {
     /// Connections whose response the pool has sent come home.
     fn collect_finished(&mut self, exec: Exec<'_>) {
         let Some(pool) = &self.pool else { return };
+        let streams: Vec<_> = pool.finished_streams().collect();
         let finished: Vec<_> = pool.finished().collect();
+        for (key, job) in streams {
+            match self.conns[key].as_mut() {
+                Some(conn) => match conn.return_stream(job) {
+                    Ok(()) => self.drive(exec, key, Input::Event),
+                    Err(job) => pool_abandon(&self.pool, job),
+                },
+                None => pool_abandon(&self.pool, job),
+            }
+        }
         for (key, conn, keep) in finished {
             self.conns[key] = Some(conn);
             if keep {
@@ -602,6 +618,14 @@ impl<'a> EventLoop<'a> {
 /// each batch turns those long, rare stalls into short, frequent turns: at 64
 /// connections on 2 cores, hello-world p99 fell from ~8 ms to ~1–2 ms with no loss of
 /// throughput (docs/performance.md). With nothing else runnable it returns at once.
+/// A stream back from the pool whose connection is gone: the pool forgets it (its
+/// iterable's `close()` needs the GIL).
+fn pool_abandon(pool: &Option<Pool>, job: Box<crate::worker::conn::StreamJob>) {
+    if let Some(pool) = pool {
+        pool.abandon_stream(job);
+    }
+}
+
 fn yield_cpu() {
     // SAFETY: sched_yield has no preconditions and cannot fail on Linux.
     unsafe { libc::sched_yield() };

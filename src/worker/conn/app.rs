@@ -63,10 +63,6 @@ impl Conn {
             None if matches!(self.state, State::Responding(_)) => {
                 self.produce_more(py, service, ctx, lane)
             }
-            None if matches!(self.state, State::Http2(_)) => {
-                self.serve_h2_dispatched(py, service, ctx, lane);
-                Step::Continue
-            }
             None => Step::Continue,
         };
         !matches!(step, Step::Close)

@@ -64,12 +64,21 @@ enum Phase {
     Serving(Box<Connection<Pipe, Bytes>>),
 }
 
+/// Numbers HTTP/2 connections, so a stream back from the pool finds its own (a slot
+/// key may have been reused meanwhile).
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 pub struct H2Conn {
+    id: u64,
     pipe: Pipe,
     phase: Phase,
     woken: Arc<Flag>,
     waker: Waker,
     exchanges: Vec<Exchange>,
+    /// Streams for pool threads, taken by the event loop after `drive`.
+    outgoing: Vec<StreamJob>,
+    /// Streams away on pool threads.
+    away: usize,
     /// GOAWAY sent (the worker stops): no new streams, close when the last ends.
     goaway: bool,
     /// The connection is over (closed, GOAWAY done, or a protocol error): close once
@@ -103,6 +112,41 @@ struct Exchange {
     started: Instant,
     /// On the scoreboard as a request in flight.
     counted: bool,
+}
+
+/// What a stream's application call needs to know about its connection.
+struct StreamCtx {
+    fd: std::os::fd::RawFd,
+    peer: crate::net::Peer,
+    local: Arc<crate::net::Local>,
+    tls: bool,
+    client_subject: Option<String>,
+}
+
+/// A stream whose application part runs on a pool thread (`--threads N`), so the
+/// streams of one connection run concurrently.
+pub struct StreamJob {
+    conn_id: u64,
+    exchange: Exchange,
+    facts: StreamCtx,
+}
+
+impl StreamJob {
+    /// On a pool thread, with the GIL: runs the application or produces more.
+    pub fn run(&mut self, py: Python<'_>, service: &Service, ctx: &Shared, lane: usize) {
+        run_stream(py, service, ctx, &mut self.exchange, &self.facts, lane);
+    }
+
+    /// Its connection is gone: the scoreboard forgets the request.
+    pub fn abandon(self, py: Python<'_>, ctx: &Shared) {
+        let mut ex = self.exchange;
+        if let Progress::Producing(source) = &mut ex.progress {
+            source.close(py);
+        }
+        if ex.counted {
+            ctx.scoreboard_end();
+        }
+    }
 }
 
 impl Exchange {
@@ -244,6 +288,9 @@ impl Conn {
             .max_send_buffer_size(MAX_SEND_BUFFER_BYTES);
         let handshake = builder.handshake(pipe.clone());
         self.state = State::Http2(Box::new(H2Conn {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            outgoing: Vec::new(),
+            away: 0,
             pipe,
             phase: Phase::Handshake(Box::pin(handshake)),
             waker: Waker::from(woken.clone()),
@@ -284,18 +331,28 @@ impl Conn {
                 moved |= ex.advance(&mut cx);
             }
             if h.exchanges.iter().any(Exchange::needs_python) {
+                let facts = self.stream_ctx();
                 match exec {
                     Exec::Inline(py, service) => {
-                        self.run_h2_python(py, service, ctx, h, 0);
-                        moved = true;
+                        for ex in h.exchanges.iter_mut().filter(|e| e.needs_python()) {
+                            run_stream(py, service, ctx, ex, &facts, 0);
+                        }
                     }
                     Exec::Pool => {
-                        if self.pipe_out(h).is_err() {
-                            return Step::Close;
+                        let (ready, kept): (Vec<_>, Vec<_>) =
+                            h.exchanges.drain(..).partition(Exchange::needs_python);
+                        h.exchanges = kept;
+                        h.away += ready.len();
+                        for exchange in ready {
+                            h.outgoing.push(StreamJob {
+                                conn_id: h.id,
+                                exchange,
+                                facts: self.stream_ctx(),
+                            });
                         }
-                        return Step::Dispatch;
                     }
                 }
+                moved = true;
             }
             moved |= self.end_exchanges(h, ctx);
             let blocked = match self.pipe_out(h) {
@@ -304,7 +361,7 @@ impl Conn {
             };
             if moved {
                 self.deadline = Instant::now()
-                    + if h.exchanges.is_empty() {
+                    + if h.exchanges.is_empty() && h.away == 0 {
                         ctx.settings.keepalive.max(ctx.settings.request_timeout)
                     } else {
                         ctx.settings.request_timeout
@@ -313,8 +370,12 @@ impl Conn {
             if moved || h.woken.0.load(Ordering::Relaxed) {
                 continue;
             }
-            self.in_request = !h.exchanges.is_empty();
-            return if h.finished && !blocked {
+            self.in_request = !h.exchanges.is_empty() || h.away > 0;
+            if h.away > 0 {
+                // In the application, not waiting for the client: --timeout bounds it.
+                self.deadline = Instant::now() + ctx.settings.request_timeout;
+            }
+            return if h.finished && !blocked && h.away == 0 {
                 Step::Close
             } else if blocked {
                 Step::WaitWrite
@@ -368,113 +429,34 @@ impl Conn {
         }
     }
 
-    /// With the GIL: runs every ready stream's application and produces more of every
-    /// response whose buffer has room. On a pool thread (`lane` > 0) or inline.
-    pub(super) fn run_h2_python(
-        &mut self,
-        py: Python<'_>,
-        service: &Service,
-        ctx: &Shared,
-        h: &mut H2Conn,
-        lane: usize,
-    ) {
-        for ex in h.exchanges.iter_mut().filter(|e| e.needs_python()) {
-            let what = ex.head.method.start..ex.head.target.end;
-            let what = ex.head_bytes.get(what).unwrap_or_default().to_vec();
-            ctx.lanes
-                .enter(lane, self.fd(), true, ex.started, &what, &self.peer.addr);
-            if matches!(ex.progress, Progress::Ready) {
-                self.call_stream_app(py, service, ctx, ex);
-            }
-            produce(py, ex, &what);
-            ctx.lanes.leave(lane);
+    fn stream_ctx(&self) -> StreamCtx {
+        StreamCtx {
+            fd: self.fd(),
+            peer: self.peer.clone(),
+            local: Arc::clone(&self.local),
+            tls: self.transport.is_tls(),
+            client_subject: self.transport.peer_subject().map(str::to_owned),
         }
     }
 
-    /// From a pool thread: the Python part of `step_h2`.
-    pub(super) fn serve_h2_dispatched(
-        &mut self,
-        py: Python<'_>,
-        service: &Service,
-        ctx: &Shared,
-        lane: usize,
-    ) {
-        let State::Http2(mut h) = std::mem::replace(&mut self.state, State::Draining) else {
-            unreachable!()
-        };
-        self.run_h2_python(py, service, ctx, &mut h, lane);
-        self.state = State::Http2(h);
+    /// Streams for the pool, taken after `drive` (`--threads N`).
+    pub fn take_stream_jobs(&mut self) -> Vec<StreamJob> {
+        match &mut self.state {
+            State::Http2(h) => std::mem::take(&mut h.outgoing),
+            _ => Vec::new(),
+        }
     }
 
-    fn call_stream_app(
-        &mut self,
-        py: Python<'_>,
-        service: &Service,
-        ctx: &Shared,
-        ex: &mut Exchange,
-    ) {
-        ctx.scoreboard_begin();
-        ex.counted = true;
-        let Application::Wsgi(app) = &service.app else {
-            return answer_error(ex, 500, "Internal Server Error");
-        };
-        if let Err(e) = request_head(
-            &ex.parts,
-            ex.body.len(),
-            &ctx.settings.limits,
-            &mut ex.head_bytes,
-            &mut ex.head,
-        ) {
-            tracing::debug!("HTTP/2 request refused: {e}");
-            return answer_error(ex, 400, "Bad Request");
-        }
-        let https = self.transport.is_tls()
-            || is_https(
-                &ex.head_bytes,
-                &ex.head,
-                self.peer.trusted,
-                &ctx.settings.secure_scheme_headers,
-            )
-            .unwrap_or(false);
-        let remote = self.remote_py.get_or_insert_with(|| {
-            (
-                pyo3::types::PyString::new(py, &self.peer.addr).unbind(),
-                pyo3::types::PyString::new(py, &self.peer.port).unbind(),
-            )
-        });
-        let info = RequestInfo {
-            remote,
-            head_bytes: &ex.head_bytes,
-            head: &ex.head,
-            peer: &self.peer,
-            local: &self.local,
-            https,
-            client_subject: self.transport.peer_subject(),
-        };
-        let body = match std::mem::take(&mut ex.body) {
-            b if b.is_empty() => Body::Empty,
-            b => Body::Memory(b),
-        };
-        let is_head = ex.head.is_head_method(&ex.head_bytes);
-        let facts = RequestFacts {
-            minor_version: 1,
-            is_head,
-            close: false,
-            known_length: None,
-        };
-        ex.response = H2Response::new(is_head);
-        let started = app
-            .call(py, &info, body)
-            .map_err(|e| crate::python::format_exception(py, &e));
-        let source = started.and_then(|response| {
-            WsgiSource::start(py, app, response, facts, &mut ex.response).map_err(|e| e.to_string())
-        });
-        match source {
-            Ok(source) => ex.progress = Progress::Producing(Box::new(source)),
-            Err(detail) => {
-                log_app_error(&ex.head_bytes, &ex.head, &detail);
-                answer_error(ex, 500, "Internal Server Error");
+    /// A stream back from the pool; `Err` gives it back when it is not this
+    /// connection's (closed meanwhile, its slot reused).
+    pub fn return_stream(&mut self, job: Box<StreamJob>) -> Result<(), Box<StreamJob>> {
+        match &mut self.state {
+            State::Http2(h) if h.id == job.conn_id => {
+                h.away -= 1;
+                h.exchanges.push(job.exchange);
+                Ok(())
             }
+            _ => Err(job),
         }
     }
 
@@ -570,6 +552,96 @@ impl H2Conn {
             }
         }
         moved
+    }
+}
+
+/// With the GIL: runs a ready stream's application, or produces more of its response.
+fn run_stream(
+    py: Python<'_>,
+    service: &Service,
+    ctx: &Shared,
+    ex: &mut Exchange,
+    facts: &StreamCtx,
+    lane: usize,
+) {
+    let what = ex.head.method.start..ex.head.target.end;
+    let what = ex.head_bytes.get(what).unwrap_or_default().to_vec();
+    ctx.lanes
+        .enter(lane, facts.fd, true, ex.started, &what, &facts.peer.addr);
+    if matches!(ex.progress, Progress::Ready) {
+        call_stream_app(py, service, ctx, ex, facts);
+    }
+    produce(py, ex, &what);
+    ctx.lanes.leave(lane);
+}
+
+fn call_stream_app(
+    py: Python<'_>,
+    service: &Service,
+    ctx: &Shared,
+    ex: &mut Exchange,
+    facts: &StreamCtx,
+) {
+    ctx.scoreboard_begin();
+    ex.counted = true;
+    let Application::Wsgi(app) = &service.app else {
+        return answer_error(ex, 500, "Internal Server Error");
+    };
+    if let Err(e) = request_head(
+        &ex.parts,
+        ex.body.len(),
+        &ctx.settings.limits,
+        &mut ex.head_bytes,
+        &mut ex.head,
+    ) {
+        tracing::debug!("HTTP/2 request refused: {e}");
+        return answer_error(ex, 400, "Bad Request");
+    }
+    let https = facts.tls
+        || is_https(
+            &ex.head_bytes,
+            &ex.head,
+            facts.peer.trusted,
+            &ctx.settings.secure_scheme_headers,
+        )
+        .unwrap_or(false);
+    let remote = (
+        pyo3::types::PyString::new(py, &facts.peer.addr).unbind(),
+        pyo3::types::PyString::new(py, &facts.peer.port).unbind(),
+    );
+    let info = RequestInfo {
+        remote: &remote,
+        head_bytes: &ex.head_bytes,
+        head: &ex.head,
+        peer: &facts.peer,
+        local: &facts.local,
+        https,
+        client_subject: facts.client_subject.as_deref(),
+    };
+    let body = match std::mem::take(&mut ex.body) {
+        b if b.is_empty() => Body::Empty,
+        b => Body::Memory(b),
+    };
+    let is_head = ex.head.is_head_method(&ex.head_bytes);
+    let request = RequestFacts {
+        minor_version: 1,
+        is_head,
+        close: false,
+        known_length: None,
+    };
+    ex.response = H2Response::new(is_head);
+    let started = app
+        .call(py, &info, body)
+        .map_err(|e| crate::python::format_exception(py, &e));
+    let source = started.and_then(|response| {
+        WsgiSource::start(py, app, response, request, &mut ex.response).map_err(|e| e.to_string())
+    });
+    match source {
+        Ok(source) => ex.progress = Progress::Producing(Box::new(source)),
+        Err(detail) => {
+            log_app_error(&ex.head_bytes, &ex.head, &detail);
+            answer_error(ex, 500, "Internal Server Error");
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 pub use self::app::Responding;
+pub use self::h2::StreamJob;
 use super::body::{BodyError, BodyReader};
 use super::{Application, Service, Shared};
 use crate::http::head::RequestHead;

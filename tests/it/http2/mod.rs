@@ -145,7 +145,16 @@ fn a_request_with_headers_and_a_body_reaches_the_app_as_http2() {
 
 #[test]
 fn a_hundred_streams_share_one_connection_and_each_is_a_request() {
-    let server = h2c_server(&[]);
+    hundred_streams(&[]);
+}
+
+#[test]
+fn a_hundred_streams_with_threads() {
+    hundred_streams(&["--threads", "4"]);
+}
+
+fn hundred_streams(extra: &[&str]) {
+    let server = h2c_server(extra);
     let port = server.port;
     let results = with_h2(port, |send| async move {
         let mut tasks = Vec::new();
@@ -224,4 +233,121 @@ fn without_the_flag_the_http2_preface_is_refused() {
     let reply = server.exchange(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     let text = String::from_utf8_lossy(&reply);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+}
+
+#[test]
+fn with_threads_the_streams_of_one_connection_run_concurrently() {
+    // Four streams that each sleep in the application: with four pool threads each
+    // runs on its own thread, which only happens if none waits for another.
+    let server = h2c_server(&["--threads", "4"]);
+    let port = server.port;
+    let threads = with_h2(port, |send| async move {
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let mut send = send.clone();
+            tasks.push(tokio::spawn(async move {
+                fetch(&mut send, "GET", "/sleep?ms=700", &[], b"").await
+            }));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in tasks {
+            let (status, _, body) = t.await.unwrap();
+            assert_eq!(status, 200);
+            names.insert(String::from_utf8(body).unwrap());
+        }
+        names
+    });
+    assert_eq!(
+        threads.len(),
+        4,
+        "each stream on its own thread: {threads:?}"
+    );
+}
+
+#[test]
+fn a_stream_whose_client_opens_no_window_holds_no_python_thread() {
+    // The client announces a zero stream window and never opens it: the response
+    // waits in rgun's buffer, and with one thread (inline) the next client is still
+    // served at once.
+    let server = h2c_server(&[]);
+    let port = server.port;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stalled = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut send = send.ready().await.unwrap();
+        let req = http::Request::get("http://127.0.0.1/big?n=8388608")
+            .body(())
+            .unwrap();
+        let (response, _) = send.send_request(req, true).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("the head comes despite the zero window")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        (send, response)
+    });
+    let r = server.get("/echo");
+    assert_eq!(r.status, 201);
+    let with_h2_too = with_h2(port, |mut send| async move {
+        fetch(&mut send, "GET", "/echo", &[], b"").await.0
+    });
+    assert_eq!(with_h2_too, 201);
+    drop(stalled);
+}
+
+#[test]
+fn stopping_sends_goaway_and_finishes_the_streams_in_flight() {
+    // Threads, so the loop hears the signal while the application sleeps.
+    let mut server = h2c_server(&["--threads", "2"]);
+    let port = server.port;
+    let pid = server.pid();
+    let (status, body) = with_h2(port, |mut send| async move {
+        let (first, _, _) = fetch(&mut send, "GET", "/echo", &[], b"").await;
+        assert_eq!(first, 201);
+        let pending = {
+            let mut send = send.clone();
+            tokio::spawn(async move { fetch(&mut send, "GET", "/sleep?ms=1500", &[], b"").await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // SAFETY: kill(2) on the server we started, by its pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // GOAWAY came: the connection takes no new stream.
+        let refused = match send.ready().await {
+            Err(_) => true,
+            Ok(mut ready) => {
+                let req = http::Request::get("http://127.0.0.1/echo")
+                    .body(())
+                    .unwrap();
+                match ready.send_request(req, true) {
+                    Err(_) => true,
+                    Ok((response, _)) => response.await.is_err(),
+                }
+            }
+        };
+        assert!(refused, "a stream opened after GOAWAY is refused");
+        let (status, _, body) = pending.await.unwrap();
+        (status, body)
+    });
+    assert_eq!(
+        status,
+        200,
+        "the stream in flight finishes: {}",
+        server.log()
+    );
+    assert!(!body.is_empty());
+    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
 }
