@@ -184,6 +184,14 @@ impl Exchange {
                 }
             }
         }
+        if matches!(self.progress, Progress::Ready) {
+            // Reset by the client before it ran (rapid reset, CVE-2023-44487): the
+            // application is never called for it.
+            if let Poll::Ready(_) = self.respond.poll_reset(cx) {
+                self.progress = Progress::Done;
+                return true;
+            }
+        }
         if matches!(self.progress, Progress::Producing(_) | Progress::Sending) {
             moved |= self.send(cx);
         }

@@ -5,6 +5,7 @@
 //! the stream window arrives whole, HTTP/1 still works on the same listener, and
 //! each stream is one request in the access log and the scoreboard.
 
+mod attacks;
 mod tls;
 
 use std::future::Future;
@@ -14,6 +15,9 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 
 use crate::support::{Server, ServerBuilder};
+
+/// The client connection preface (RFC 9113 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 const APP: &str = "http2_app:application";
 
