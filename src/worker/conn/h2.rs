@@ -187,7 +187,7 @@ impl Exchange {
         if matches!(self.progress, Progress::Ready) {
             // Reset by the client before it ran (rapid reset, CVE-2023-44487): the
             // application is never called for it.
-            if let Poll::Ready(_) = self.respond.poll_reset(cx) {
+            if self.respond.poll_reset(cx).is_ready() {
                 self.progress = Progress::Done;
                 return true;
             }
