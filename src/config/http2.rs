@@ -92,6 +92,11 @@ fn parse_protocols(s: &str) -> Result<Protocols, String> {
 }
 
 impl Http2Args {
+    /// Some client may get HTTP/2.
+    pub fn enabled(&self) -> bool {
+        self.http2_cleartext || self.http_protocols.0.contains(&Protocol::H2)
+    }
+
     /// What every HTTP/2 connection announces and enforces.
     pub fn settings(&self) -> H2Settings {
         H2Settings {

@@ -355,3 +355,24 @@ fn stopping_sends_goaway_and_finishes_the_streams_in_flight() {
     assert!(!body.is_empty());
     assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+#[test]
+fn an_asgi_worker_refuses_http2_with_one_line() {
+    for flags in [
+        &["--http2-cleartext"][..],
+        &["--http-protocols", "h2,h1"][..],
+    ] {
+        let out = crate::support::rgun()
+            .args(["--check-config", "-k", "asgi", "asgi_app:app"])
+            .args(flags)
+            .arg("--pythonpath")
+            .arg(crate::support::apps_dir())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("HTTP/2"), "{err}");
+    }
+}
