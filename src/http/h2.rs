@@ -54,7 +54,7 @@ const CONNECTION_HEADERS: &[&str] = &[
 /// gets a `Content-Length` when the client sent none (HTTP/2 frames bodies itself).
 pub fn request_head(
     parts: &http::request::Parts,
-    body_len: usize,
+    body_len: u64,
     limits: &HeadLimits,
     out: &mut Vec<u8>,
     head: &mut RequestHead,

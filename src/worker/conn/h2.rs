@@ -32,6 +32,7 @@ use crate::http::head::RequestHead;
 use crate::http::response::RequestFacts;
 use crate::log::AccessRecord;
 use crate::net::pipe::Pipe;
+use crate::worker::body::BodyReader;
 use crate::worker::{Application, Service, Shared};
 use crate::wsgi::environ::{is_https, RequestInfo};
 use crate::wsgi::input::Body;
@@ -102,7 +103,9 @@ enum Progress {
 
 struct Exchange {
     parts: http::request::Parts,
-    body: Vec<u8>,
+    /// The request body as it comes (spilled to a file past `SPILL_THRESHOLD_BYTES`),
+    /// then `None` once handed to the application.
+    body: Option<BodyReader>,
     progress: Progress,
     respond: SendResponse<Bytes>,
     send: Option<SendStream<Bytes>>,
@@ -168,7 +171,12 @@ impl Exchange {
                     Poll::Ready(Some(Ok(chunk))) => {
                         // Collected whole, so the window reopens at once.
                         let _ = recv.flow_control().release_capacity(chunk.len());
-                        self.body.extend_from_slice(&chunk);
+                        let stored = self.body.as_mut().map(|b| b.feed(&chunk));
+                        if let Some(Err(e)) = stored {
+                            tracing::error!("{e}");
+                            answer_error(self, 500, "Internal Server Error");
+                            return true;
+                        }
                         moved = true;
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -177,6 +185,9 @@ impl Exchange {
                         return true;
                     }
                     Poll::Ready(None) => {
+                        if let Some(body) = &mut self.body {
+                            body.end();
+                        }
                         self.progress = Progress::Ready;
                         return true;
                     }
@@ -535,7 +546,7 @@ impl H2Conn {
                     let (parts, recv) = request.into_parts();
                     self.exchanges.push(Exchange {
                         parts,
-                        body: Vec::new(),
+                        body: Some(BodyReader::framed()),
                         progress: Progress::Receiving(recv),
                         respond,
                         send: None,
@@ -595,9 +606,10 @@ fn call_stream_app(
     let Application::Wsgi(app) = &service.app else {
         return answer_error(ex, 500, "Internal Server Error");
     };
+    let received = ex.body.as_ref().map_or(0, BodyReader::received);
     if let Err(e) = request_head(
         &ex.parts,
-        ex.body.len(),
+        received,
         &ctx.settings.limits,
         &mut ex.head_bytes,
         &mut ex.head,
@@ -626,9 +638,14 @@ fn call_stream_app(
         https,
         client_subject: facts.client_subject.as_deref(),
     };
-    let body = match std::mem::take(&mut ex.body) {
-        b if b.is_empty() => Body::Empty,
-        b => Body::Memory(b),
+    let body = match ex.body.take().map(BodyReader::finish) {
+        _ if received == 0 => Body::Empty,
+        Some(Ok(body)) => body,
+        Some(Err(e)) => {
+            tracing::error!("{e}");
+            return answer_error(ex, 500, "Internal Server Error");
+        }
+        None => Body::Empty,
     };
     let is_head = ex.head.is_head_method(&ex.head_bytes);
     let request = RequestFacts {

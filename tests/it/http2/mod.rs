@@ -376,3 +376,24 @@ fn an_asgi_worker_refuses_http2_with_one_line() {
         assert!(err.contains("HTTP/2"), "{err}");
     }
 }
+
+#[test]
+fn a_large_upload_spills_and_reaches_the_app_whole() {
+    // 3 MiB: past the 1 MiB spill threshold, and many stream windows.
+    let server = h2c_server(&["--threads", "2"]);
+    let port = server.port;
+    let upload: Vec<u8> = (0..3 * 1024 * 1024)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let sent = upload.clone();
+    let (status, _, body) = with_h2(port, |mut send| async move {
+        fetch(&mut send, "POST", "/echo", &[], &sent).await
+    });
+    assert_eq!(status, 201, "{}", server.log());
+    let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        echoed["headers"]["CONTENT_LENGTH"],
+        upload.len().to_string()
+    );
+    assert!(echoed["body"].as_str().unwrap().as_bytes() == upload.as_slice());
+}
