@@ -604,8 +604,24 @@ impl<'a> EventLoop<'a> {
             .filter_map(|(k, c)| c.as_ref().filter(|c| c.deadline <= now).map(|_| k))
             .collect();
         for key in expired {
-            self.close(key);
+            // An HTTP/2 connection resets its overdue streams and lives on.
+            let lives = self.conns[key]
+                .as_mut()
+                .is_some_and(|c| c.expire_streams(now));
+            if lives {
+                self.wake(key);
+            } else {
+                self.close(key);
+            }
         }
+    }
+}
+
+/// A stream back from the pool whose connection is gone: the pool forgets it (its
+/// iterable's `close()` needs the GIL).
+fn pool_abandon(pool: &Option<Pool>, job: Box<crate::worker::conn::StreamJob>) {
+    if let Some(pool) = pool {
+        pool.abandon_stream(job);
     }
 }
 
@@ -618,14 +634,6 @@ impl<'a> EventLoop<'a> {
 /// each batch turns those long, rare stalls into short, frequent turns: at 64
 /// connections on 2 cores, hello-world p99 fell from ~8 ms to ~1–2 ms with no loss of
 /// throughput (docs/performance.md). With nothing else runnable it returns at once.
-/// A stream back from the pool whose connection is gone: the pool forgets it (its
-/// iterable's `close()` needs the GIL).
-fn pool_abandon(pool: &Option<Pool>, job: Box<crate::worker::conn::StreamJob>) {
-    if let Some(pool) = pool {
-        pool.abandon_stream(job);
-    }
-}
-
 fn yield_cpu() {
     // SAFETY: sched_yield has no preconditions and cannot fail on Linux.
     unsafe { libc::sched_yield() };

@@ -113,6 +113,9 @@ struct Exchange {
     head_bytes: Vec<u8>,
     head: RequestHead,
     started: Instant,
+    /// When the stream is reset if it has not moved: its body stopped coming, or its
+    /// client stopped opening the window (the request deadline).
+    deadline: Instant,
     /// On the scoreboard as a request in flight.
     counted: bool,
 }
@@ -162,8 +165,16 @@ impl Exchange {
     }
 
     /// Receives body data and sends response data as far as `h2` allows. True when
-    /// something moved.
-    fn advance(&mut self, cx: &mut Context<'_>) -> bool {
+    /// something moved (which also moves the stream's deadline).
+    fn advance(&mut self, cx: &mut Context<'_>, timeout: std::time::Duration) -> bool {
+        let moved = self.advance_once(cx);
+        if moved {
+            self.deadline = Instant::now() + timeout;
+        }
+        moved
+    }
+
+    fn advance_once(&mut self, cx: &mut Context<'_>) -> bool {
         let mut moved = false;
         if let Progress::Receiving(recv) = &mut self.progress {
             loop {
@@ -347,7 +358,7 @@ impl Conn {
             let waker = h.waker.clone();
             let mut cx = Context::from_waker(&waker);
             for ex in &mut h.exchanges {
-                moved |= ex.advance(&mut cx);
+                moved |= ex.advance(&mut cx, ctx.settings.request_timeout);
             }
             if h.exchanges.iter().any(Exchange::needs_python) {
                 let facts = self.stream_ctx();
@@ -393,6 +404,9 @@ impl Conn {
             if h.away > 0 {
                 // In the application, not waiting for the client: --timeout bounds it.
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
+            }
+            if let Some(first) = h.exchanges.iter().map(|e| e.deadline).min() {
+                self.deadline = self.deadline.min(first);
             }
             return if h.finished && !blocked && h.away == 0 {
                 Step::Close
@@ -456,6 +470,31 @@ impl Conn {
             tls: self.transport.is_tls(),
             client_subject: self.transport.peer_subject().map(str::to_owned),
         }
+    }
+
+    /// The connection's deadline passed: an HTTP/2 connection resets the streams that
+    /// are overdue and lives on (true); any other, or one with none overdue (idle
+    /// past keep-alive), is closed.
+    pub fn expire_streams(&mut self, now: Instant) -> bool {
+        let State::Http2(h) = &mut self.state else {
+            return false;
+        };
+        let mut reset = false;
+        for ex in h.exchanges.iter_mut().filter(|e| e.deadline <= now) {
+            tracing::debug!("HTTP/2 stream stalled past the request deadline: reset");
+            match &mut ex.send {
+                Some(stream) => stream.send_reset(h2::Reason::CANCEL),
+                None => ex.respond.send_reset(h2::Reason::CANCEL),
+            }
+            // A response source stalled by a closed window is dropped here without
+            // the GIL, so its iterable's close() is not called.
+            ex.progress = Progress::Done;
+            reset = true;
+        }
+        if reset {
+            self.deadline = now + std::time::Duration::from_millis(1);
+        }
+        reset
     }
 
     /// Streams for the pool, taken after `drive` (`--threads N`).
@@ -554,6 +593,7 @@ impl H2Conn {
                         head_bytes: Vec::new(),
                         head: RequestHead::default(),
                         started: Instant::now(),
+                        deadline: Instant::now() + ctx.settings.request_timeout,
                         counted: false,
                     });
                     moved = true;

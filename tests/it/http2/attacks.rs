@@ -215,7 +215,7 @@ fn rapid_reset_streams_never_reach_the_app_and_honest_clients_are_served() {
 }
 
 #[test]
-fn a_stream_that_never_sends_its_body_is_ended_by_the_request_deadline() {
+fn a_stream_that_never_sends_its_body_is_reset_at_the_request_deadline() {
     let server = h2c_server(&["--timeout", "2"]);
     let port = server.port;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -233,10 +233,15 @@ fn a_stream_that_never_sends_its_body_is_ended_by_the_request_deadline() {
             .body(())
             .unwrap();
         let (response, _body_never_sent) = send.send_request(req, false).unwrap();
-        tokio::time::timeout(Duration::from_secs(15), response).await
+        let ended = tokio::time::timeout(Duration::from_secs(15), response).await;
+        // The connection lives on for its other streams.
+        let after = fetch(&mut send, "GET", "/echo", &[], b"").await.0;
+        (ended, after)
     });
+    let (ended, after) = ended;
     let ended = ended.expect("the stalled stream was ended within 15 s");
     assert!(ended.is_err(), "no response for a body that never came");
+    assert_eq!(after, 201, "the same connection serves on");
     assert!(!server.access_log().contains("stalled"));
     honest_client_is_served(&server);
 }
