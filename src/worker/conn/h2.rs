@@ -118,6 +118,8 @@ struct Exchange {
     deadline: Instant,
     /// On the scoreboard as a request in flight.
     counted: bool,
+    /// `req` and environ kept for a `post_request` hook.
+    hook_request: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
 /// What a stream's application call needs to know about its connection.
@@ -595,6 +597,7 @@ impl H2Conn {
                         started: Instant::now(),
                         deadline: Instant::now() + ctx.settings.request_timeout,
                         counted: false,
+                        hook_request: None,
                     });
                     moved = true;
                 }
@@ -630,7 +633,7 @@ fn run_stream(
     if matches!(ex.progress, Progress::Ready) {
         call_stream_app(py, service, ctx, ex, facts);
     }
-    produce(py, ex, &what);
+    produce(py, service, ex, &what);
     ctx.lanes.leave(lane);
 }
 
@@ -695,9 +698,27 @@ fn call_stream_app(
         known_length: None,
     };
     ex.response = H2Response::new(is_head);
+    // Gunicorn's order: pre_request before the application, post_request once its
+    // response is all produced (`produce`).
+    let hook_req = match &service.hooks {
+        Some(h) if h.pre_request || h.post_request => {
+            h.request_or_log(py, &ex.head_bytes, &ex.head, &facts.peer.addr)
+        }
+        _ => None,
+    };
+    if let (Some(h), Some(req)) = (&service.hooks, &hook_req) {
+        if h.pre_request {
+            h.call(py, "pre_request", vec![req.clone()]);
+        }
+    }
     let started = app
         .call(py, &info, body)
         .map_err(|e| crate::python::format_exception(py, &e));
+    if let (Ok(response), Some(h), Some(req)) = (&started, &service.hooks, hook_req) {
+        if h.post_request {
+            ex.hook_request = Some((req.unbind(), response.environ.clone_ref(py).into_any()));
+        }
+    }
     let source = started.and_then(|response| {
         WsgiSource::start(py, app, response, request, &mut ex.response).map_err(|e| e.to_string())
     });
@@ -712,7 +733,7 @@ fn call_stream_app(
 
 /// Pulls the stream's response up to the high-water mark; closes the iterable at its
 /// end. An application that fails mid-body gets the stream reset (the head is sent).
-fn produce(py: Python<'_>, ex: &mut Exchange, what: &[u8]) {
+fn produce(py: Python<'_>, service: &Service, ex: &mut Exchange, what: &[u8]) {
     let Progress::Producing(source) = &mut ex.progress else {
         return;
     };
@@ -725,11 +746,22 @@ fn produce(py: Python<'_>, ex: &mut Exchange, what: &[u8]) {
         if let Some(stream) = &mut ex.send {
             stream.send_reset(h2::Reason::INTERNAL_ERROR);
         }
+        ex.hook_request = None;
         ex.progress = Progress::Done;
         return;
     }
     if source.is_done() {
         source.close(py);
+        if let (Some(h), Some((req, environ))) = (&service.hooks, ex.hook_request.take()) {
+            let (status, headers) = source.head_text(py);
+            if let Some(resp) = h.response_or_log(py, &status, headers, ex.response.body_bytes) {
+                h.call(
+                    py,
+                    "post_request",
+                    vec![req.into_bound(py), environ.into_bound(py), resp],
+                );
+            }
+        }
         ex.progress = Progress::Sending;
     }
 }

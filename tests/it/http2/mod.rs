@@ -397,3 +397,31 @@ fn a_large_upload_spills_and_reaches_the_app_whole() {
     );
     assert!(echoed["body"].as_str().unwrap().as_bytes() == upload.as_slice());
 }
+
+#[test]
+fn request_hooks_run_for_each_stream_and_the_config_file_turns_http2_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (record, conf) = crate::config::hook_config(
+        dir.path(),
+        "h2hooks",
+        r#"
+http2_cleartext = True
+http2_max_concurrent_streams = 10
+
+def pre_request(worker, req):
+    note("pre_request %s %s" % (req.method, req.path))
+
+def post_request(worker, req, environ, resp):
+    note("post_request %s %s %s" % (req.path, resp.status_code, environ["SERVER_PROTOCOL"]))
+"#,
+    );
+    let server = ServerBuilder::new(APP)
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    let status = with_h2(server.port, |mut send| async move {
+        fetch(&mut send, "POST", "/echo", &[], b"x").await.0
+    });
+    assert_eq!(status, 201, "{}", server.log());
+    let text = crate::config::wait_for_file(&record, "post_request /echo 201 HTTP/2");
+    assert!(text.contains("pre_request POST /echo"), "{text}");
+}
