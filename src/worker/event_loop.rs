@@ -425,6 +425,7 @@ impl<'a> EventLoop<'a> {
             for job in conn.take_stream_jobs() {
                 pool.submit_stream(key, job);
             }
+            pool.close_sources(conn.take_unclosed());
         }
         match drive {
             wait @ (Drive::WaitRead | Drive::WaitWrite | Drive::Yield) => {
@@ -528,6 +529,7 @@ impl<'a> EventLoop<'a> {
                 if let Some(response) = conn.take_unfinished() {
                     pool.dispose(response);
                 }
+                pool.close_sources(conn.take_all_sources());
             }
             self.free.push(key);
             self.open -= 1;

@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 
 use super::conn::{Conn, Responding, StreamJob};
 use super::{Service, Shared};
+use crate::wsgi::response::WsgiSource;
 
 // A connection moves by value, as before the pool had two kinds of work: boxing it
 // would cost an allocation per hand-off, and few jobs wait at a time.
@@ -27,6 +28,8 @@ enum Job {
     Stream(usize, Box<StreamJob>),
     /// Forget an HTTP/2 stream whose connection is gone.
     Abandon(Box<StreamJob>),
+    /// Call `close()` on HTTP/2 streams' response sources that ended early.
+    Close(Vec<WsgiSource>),
 }
 
 /// A connection coming back: its slot key, itself, and whether to keep it open.
@@ -64,6 +67,11 @@ impl Pool {
                         Err(_) => return,
                         Ok(Job::Dispose(r)) => Python::with_gil(|py| r.dispose(py)),
                         Ok(Job::Abandon(job)) => Python::with_gil(|py| job.abandon(py, &shared)),
+                        Ok(Job::Close(sources)) => Python::with_gil(|py| {
+                            for mut source in sources {
+                                source.close(py);
+                            }
+                        }),
                         Ok(Job::Stream(key, mut job)) => {
                             Python::with_gil(|py| job.run(py, &service, &shared, i));
                             if stream_tx.send((key, job)).is_err() {
@@ -105,6 +113,12 @@ impl Pool {
 
     pub fn submit_stream(&self, key: usize, job: StreamJob) {
         let _ = self.jobs.send(Job::Stream(key, Box::new(job)));
+    }
+
+    pub fn close_sources(&self, sources: Vec<WsgiSource>) {
+        if !sources.is_empty() {
+            let _ = self.jobs.send(Job::Close(sources));
+        }
     }
 
     pub fn abandon_stream(&self, job: Box<StreamJob>) {

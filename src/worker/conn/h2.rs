@@ -80,6 +80,9 @@ pub struct H2Conn {
     outgoing: Vec<StreamJob>,
     /// Streams away on pool threads.
     away: usize,
+    /// Response sources owed `close()`, which needs the GIL: closed in the next
+    /// inline pass, or by a pool thread (`take_unclosed`).
+    unclosed: Vec<WsgiSource>,
     /// GOAWAY sent (the worker stops): no new streams, close when the last ends.
     goaway: bool,
     /// The connection is over (closed, GOAWAY done, or a protocol error): close once
@@ -120,6 +123,8 @@ struct Exchange {
     counted: bool,
     /// `req` and environ kept for a `post_request` hook.
     hook_request: Option<(Py<PyAny>, Py<PyAny>)>,
+    /// A response source that ended early (reset, client gone), owed its `close()`.
+    unclosed: Option<Box<WsgiSource>>,
 }
 
 /// What a stream's application call needs to know about its connection.
@@ -158,6 +163,13 @@ impl StreamJob {
 }
 
 impl Exchange {
+    /// Over: a response source not yet closed is kept for `close()` with the GIL.
+    fn done(&mut self) {
+        if let Progress::Producing(source) = std::mem::replace(&mut self.progress, Progress::Done) {
+            self.unclosed = Some(source);
+        }
+    }
+
     fn needs_python(&self) -> bool {
         match &self.progress {
             Progress::Ready => true,
@@ -194,7 +206,7 @@ impl Exchange {
                     }
                     Poll::Ready(Some(Err(e))) => {
                         tracing::debug!("HTTP/2 stream ended before its body: {e}");
-                        self.progress = Progress::Done;
+                        self.done();
                         return true;
                     }
                     Poll::Ready(None) => {
@@ -212,7 +224,7 @@ impl Exchange {
             // Reset by the client before it ran (rapid reset, CVE-2023-44487): the
             // application is never called for it.
             if self.respond.poll_reset(cx).is_ready() {
-                self.progress = Progress::Done;
+                self.done();
                 return true;
             }
         }
@@ -231,13 +243,13 @@ impl Exchange {
             match self.respond.send_response(head, end) {
                 Ok(stream) => self.send = Some(stream),
                 Err(_) => {
-                    self.progress = Progress::Done;
+                    self.done();
                     return true;
                 }
             }
             moved = true;
             if end {
-                self.progress = Progress::Done;
+                self.done();
                 return true;
             }
         }
@@ -253,25 +265,25 @@ impl Exchange {
                     self.response.body.drain(..n);
                     let last = all_produced && self.response.body.is_empty();
                     if stream.send_data(chunk, last).is_err() {
-                        self.progress = Progress::Done;
+                        self.done();
                         return true;
                     }
                     moved = true;
                     if last {
-                        self.progress = Progress::Done;
+                        self.done();
                         return true;
                     }
                 }
                 Poll::Ready(Some(Ok(_))) | Poll::Pending => return moved,
                 Poll::Ready(Some(Err(_)) | None) => {
-                    self.progress = Progress::Done;
+                    self.done();
                     return true;
                 }
             }
         }
         if all_produced {
             let _ = stream.send_data(Bytes::new(), true);
-            self.progress = Progress::Done;
+            self.done();
             moved = true;
         }
         moved
@@ -323,6 +335,7 @@ impl Conn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             outgoing: Vec::new(),
             away: 0,
+            unclosed: Vec::new(),
             pipe,
             phase: Phase::Handshake(Box::pin(handshake)),
             waker: Waker::from(woken.clone()),
@@ -387,6 +400,11 @@ impl Conn {
                 moved = true;
             }
             moved |= self.end_exchanges(h, ctx);
+            if let Exec::Inline(py, _) = exec {
+                for mut source in h.unclosed.drain(..) {
+                    source.close(py);
+                }
+            }
             let blocked = match self.pipe_out(h) {
                 Ok(blocked) => blocked,
                 Err(_) => return Step::Close,
@@ -488,15 +506,34 @@ impl Conn {
                 Some(stream) => stream.send_reset(h2::Reason::CANCEL),
                 None => ex.respond.send_reset(h2::Reason::CANCEL),
             }
-            // A response source stalled by a closed window is dropped here without
-            // the GIL, so its iterable's close() is not called.
-            ex.progress = Progress::Done;
+            ex.done();
             reset = true;
         }
         if reset {
             self.deadline = now + std::time::Duration::from_millis(1);
         }
         reset
+    }
+
+    /// Response sources owed `close()`, for a pool thread (taken after `drive`, and
+    /// when the connection closes: then every unfinished stream's too).
+    pub fn take_unclosed(&mut self) -> Vec<WsgiSource> {
+        let State::Http2(h) = &mut self.state else {
+            return Vec::new();
+        };
+        std::mem::take(&mut h.unclosed)
+    }
+
+    /// Every response source of a closing connection, owed `close()`.
+    pub fn take_all_sources(&mut self) -> Vec<WsgiSource> {
+        let State::Http2(h) = &mut self.state else {
+            return Vec::new();
+        };
+        for ex in &mut h.exchanges {
+            ex.done();
+            h.unclosed.extend(ex.unclosed.take().map(|s| *s));
+        }
+        std::mem::take(&mut h.unclosed)
     }
 
     /// Streams for the pool, taken after `drive` (`--threads N`).
@@ -524,11 +561,12 @@ impl Conn {
     fn end_exchanges(&mut self, h: &mut H2Conn, ctx: &Shared) -> bool {
         let before = h.exchanges.len();
         let mut kept = Vec::with_capacity(before);
-        for ex in h.exchanges.drain(..) {
+        for mut ex in h.exchanges.drain(..) {
             if !matches!(ex.progress, Progress::Done) {
                 kept.push(ex);
                 continue;
             }
+            h.unclosed.extend(ex.unclosed.take().map(|s| *s));
             if ex.counted {
                 let elapsed = ex.started.elapsed();
                 self.served += 1;
@@ -598,6 +636,7 @@ impl H2Conn {
                         deadline: Instant::now() + ctx.settings.request_timeout,
                         counted: false,
                         hook_request: None,
+                        unclosed: None,
                     });
                     moved = true;
                 }

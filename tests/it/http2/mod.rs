@@ -425,3 +425,48 @@ def post_request(worker, req, environ, resp):
     let text = crate::config::wait_for_file(&record, "post_request /echo 201 HTTP/2");
     assert!(text.contains("pre_request POST /echo"), "{text}");
 }
+
+#[test]
+fn a_stream_reset_mid_response_has_its_iterable_closed() {
+    for (threads, tag) in [("1", "inline"), ("4", "pool")] {
+        let server = ServerBuilder::new("hostile_app:application")
+            .args(["--http2-cleartext", "--threads", threads])
+            .start();
+        let path = format!("/stream?n=1000&tag={tag}");
+        with_h2(server.port, |send| async move {
+            let mut send = send.ready().await.unwrap();
+            let req = http::Request::get(format!("http://127.0.0.1{path}"))
+                .body(())
+                .unwrap();
+            let (response, mut stream) = send.send_request(req, true).unwrap();
+            let mut body = response.await.unwrap().into_body();
+            let first = body.data().await.unwrap().unwrap();
+            assert!(!first.is_empty());
+            stream.send_reset(h2::Reason::CANCEL);
+            // Dropped, so what it received no longer holds the connection's window.
+            drop(body);
+            // Another request on the connection flushes the reset out and is served.
+            fetch(&mut send, "GET", "/ping", &[], b"").await
+        });
+        let start = std::time::Instant::now();
+        loop {
+            let closed = server.get("/closed").json();
+            let record = closed
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["tag"] == tag)
+                .cloned()
+                .unwrap_or_default();
+            if record["closed"] == true {
+                assert!(record["produced"].as_u64().unwrap() < 1000, "{record}");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "--threads {threads}: close() never called: {closed}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
