@@ -9,6 +9,7 @@ mod app;
 mod asgi;
 mod closing;
 mod h2;
+mod h2_stream;
 pub mod harness;
 #[cfg(test)]
 mod tests;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 pub use self::app::Responding;
-pub use self::h2::StreamJob;
+pub use self::h2_stream::StreamJob;
 use super::body::{BodyError, BodyReader};
 use super::{Application, Service, Shared};
 use crate::http::head::RequestHead;
