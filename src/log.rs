@@ -340,7 +340,9 @@ fn render(atom: &Atom, r: &AccessRecord<'_>, line: &mut String) {
     };
     let text =
         |range: std::ops::Range<usize>| String::from_utf8_lossy(&r.head_bytes[range]).into_owned();
-    let protocol = if r.head.minor_version == 0 {
+    let protocol = if r.head.http2 {
+        "HTTP/2"
+    } else if r.head.minor_version == 0 {
         "HTTP/1.0"
     } else {
         "HTTP/1.1"

@@ -4,6 +4,7 @@
 
 pub mod bind;
 pub mod file;
+mod http2;
 mod layers;
 pub mod logconfig;
 pub mod observability;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use clap::Parser;
 
 pub use self::bind::BindAddress;
+pub use self::http2::Http2Args;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
 pub use self::tls::TlsArgs;
 use crate::http::head::HeadLimits;
@@ -66,6 +68,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub http2: Http2Args,
 
     /// The TLS configuration the master built from `tls` (filled in after parsing).
     #[arg(skip)]
@@ -583,6 +588,7 @@ impl Config {
         {
             all.extend(more);
             all.extend(self.observability.settings_json());
+            all.extend(self.http2.settings_json());
         }
         settings
     }

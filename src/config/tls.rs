@@ -67,6 +67,7 @@ impl TlsArgs {
             ca_certs: self.ca_certs.as_deref(),
             cert_reqs: self.cert_reqs,
             ciphers: self.ciphers.as_deref(),
+            alpn: vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()],
         }))
     }
 

@@ -71,6 +71,8 @@ pub struct RequestHead {
     pub query: Range<usize>,
     /// HTTP minor version: 0 or 1.
     pub minor_version: u8,
+    /// The request came on an HTTP/2 stream (its head made by `http::h2`).
+    pub http2: bool,
     /// Header (name, value) ranges; values are trimmed of surrounding whitespace.
     /// Header names containing `_` are dropped (Gunicorn's `header_map = "drop"`).
     pub headers: Vec<(Range<usize>, Range<usize>)>,

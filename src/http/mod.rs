@@ -3,6 +3,7 @@
 
 pub mod chunked;
 pub mod framer;
+pub mod h2;
 pub mod head;
 pub mod proxy;
 pub mod response;

@@ -6,6 +6,7 @@
 //! The lowest layer of the tree: no HTTP, no Python, no process management.
 
 pub mod outbox;
+pub mod pipe;
 pub mod tickets;
 pub mod tls;
 pub mod tls_setup;

@@ -92,6 +92,11 @@ impl TlsStream {
         self.conn.wants_write()
     }
 
+    /// The client and we agreed on HTTP/2 by ALPN.
+    pub fn negotiated_h2(&self) -> bool {
+        self.conn.alpn_protocol() == Some(b"h2")
+    }
+
     pub fn peer_subject(&self) -> Option<&str> {
         self.subject.as_ref().and_then(|s| s.as_deref())
     }
@@ -302,6 +307,7 @@ mod tests {
             ca_certs: None,
             cert_reqs: 0,
             ciphers: None,
+            alpn: vec![b"http/1.1".to_vec()],
         })
         .unwrap();
         let (a, b) = UnixStream::pair().unwrap();

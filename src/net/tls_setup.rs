@@ -24,6 +24,8 @@ pub struct TlsOptions<'a> {
     /// 0: no client certificate asked for; 1: asked for, optional; 2: required.
     pub cert_reqs: u8,
     pub ciphers: Option<&'a str>,
+    /// The ALPN names offered, in order of preference (`--http-protocols`).
+    pub alpn: Vec<Vec<u8>>,
 }
 
 /// The configuration every TLS connection of a generation of workers starts from;
@@ -88,7 +90,7 @@ pub fn server_config(o: &TlsOptions<'_>) -> Result<Arc<ServerConfig>, String> {
         )
     })?;
     config.ticketer = SharedTickets::get()?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+    config.alpn_protocols = o.alpn.clone();
     Ok(Arc::new(config))
 }
 

@@ -43,6 +43,11 @@ impl Transport {
         self.tls.is_some()
     }
 
+    /// TLS negotiated HTTP/2 by ALPN (`--http-protocols h2,...`).
+    pub fn negotiated_h2(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.negotiated_h2())
+    }
+
     /// The client certificate's subject (RFC 4514), when it presented one.
     pub fn peer_subject(&self) -> Option<&str> {
         self.tls.as_ref().and_then(|t| t.peer_subject())

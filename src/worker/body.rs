@@ -17,6 +17,11 @@ pub const SPILL_THRESHOLD_BYTES: usize = 1024 * 1024;
 enum Decoder {
     Length(u64),
     Chunked(ChunkedDecoder),
+    /// The protocol frames the body itself (HTTP/2 DATA frames): every byte fed is
+    /// body, and `end` says when it is complete.
+    Framed {
+        ended: bool,
+    },
 }
 
 /// A body being received.
@@ -48,16 +53,43 @@ impl BodyReader {
         })
     }
 
+    /// A body whose framing is the protocol's own (an HTTP/2 stream's).
+    pub fn framed() -> BodyReader {
+        BodyReader {
+            decoder: Decoder::Framed { ended: false },
+            mem: Vec::new(),
+            file: None,
+            received: 0,
+        }
+    }
+
+    /// A framed body is complete.
+    pub fn end(&mut self) {
+        if let Decoder::Framed { ended } = &mut self.decoder {
+            *ended = true;
+        }
+    }
+
+    /// Body bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
     pub fn is_done(&self) -> bool {
         match &self.decoder {
             Decoder::Length(left) => *left == 0,
             Decoder::Chunked(c) => c.is_done(),
+            Decoder::Framed { ended } => *ended,
         }
     }
 
     /// Takes body bytes from `input`; returns how many were consumed.
     pub fn feed(&mut self, input: &[u8]) -> Result<usize, BodyError> {
         match &mut self.decoder {
+            Decoder::Framed { .. } => {
+                Self::store(&mut self.mem, &mut self.file, &mut self.received, input)?;
+                Ok(input.len())
+            }
             Decoder::Length(left) => {
                 let take = (*left).min(input.len() as u64) as usize;
                 *left -= take as u64;

@@ -267,12 +267,16 @@ impl<'a> EventLoop<'a> {
         self.shared.slot.set_state(WorkerState::Stopping);
         self.listening.stop(&self.poll);
         // Open WebSockets have no natural end to wait for: they get a turn now, to
-        // close with 1001 (going away).
+        // close with 1001 (going away). HTTP/2 connections get one to send GOAWAY.
         let sockets: Vec<usize> = self
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(k, c)| c.as_ref().filter(|c| c.is_websocket()).map(|_| k))
+            .filter_map(|(k, c)| {
+                c.as_ref()
+                    .filter(|c| c.is_websocket() || c.is_http2())
+                    .map(|_| k)
+            })
             .collect();
         for key in sockets {
             self.wake(key);
@@ -416,7 +420,14 @@ impl<'a> EventLoop<'a> {
             Input::Event => conn.note_event(),
             Input::Queued => conn.queued = false,
         }
-        match conn.drive(exec, &self.shared) {
+        let drive = conn.drive(exec, &self.shared);
+        if let Some(pool) = &self.pool {
+            for job in conn.take_stream_jobs() {
+                pool.submit_stream(key, job);
+            }
+            pool.close_sources(conn.take_unclosed());
+        }
+        match drive {
             wait @ (Drive::WaitRead | Drive::WaitWrite | Drive::Yield) => {
                 if wait == Drive::Yield && !conn.queued {
                     conn.queued = true;
@@ -453,7 +464,17 @@ impl<'a> EventLoop<'a> {
     /// Connections whose response the pool has sent come home.
     fn collect_finished(&mut self, exec: Exec<'_>) {
         let Some(pool) = &self.pool else { return };
+        let streams: Vec<_> = pool.finished_streams().collect();
         let finished: Vec<_> = pool.finished().collect();
+        for (key, job) in streams {
+            match self.conns[key].as_mut() {
+                Some(conn) => match conn.return_stream(job) {
+                    Ok(()) => self.drive(exec, key, Input::Event),
+                    Err(job) => pool_abandon(&self.pool, job),
+                },
+                None => pool_abandon(&self.pool, job),
+            }
+        }
         for (key, conn, keep) in finished {
             self.conns[key] = Some(conn);
             if keep {
@@ -508,6 +529,7 @@ impl<'a> EventLoop<'a> {
                 if let Some(response) = conn.take_unfinished() {
                     pool.dispose(response);
                 }
+                pool.close_sources(conn.take_all_sources());
             }
             self.free.push(key);
             self.open -= 1;
@@ -584,8 +606,24 @@ impl<'a> EventLoop<'a> {
             .filter_map(|(k, c)| c.as_ref().filter(|c| c.deadline <= now).map(|_| k))
             .collect();
         for key in expired {
-            self.close(key);
+            // An HTTP/2 connection resets its overdue streams and lives on.
+            let lives = self.conns[key]
+                .as_mut()
+                .is_some_and(|c| c.expire_streams(now));
+            if lives {
+                self.wake(key);
+            } else {
+                self.close(key);
+            }
         }
+    }
+}
+
+/// A stream back from the pool whose connection is gone: the pool forgets it (its
+/// iterable's `close()` needs the GIL).
+fn pool_abandon(pool: &Option<Pool>, job: Box<crate::worker::conn::StreamJob>) {
+    if let Some(pool) = pool {
+        pool.abandon_stream(job);
     }
 }
 

@@ -69,6 +69,9 @@ pub struct Settings {
     /// Every connection speaks TLS from this configuration (`--certfile`), loaded by
     /// the master.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--http2-cleartext`: a plain connection opening with the HTTP/2 preface speaks it.
+    pub http2_cleartext: bool,
+    pub http2: crate::http::h2::H2Settings,
 }
 
 /// The application side, called with the GIL: the application and the server hooks
@@ -363,6 +366,8 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         error_logfile: cfg.error_logfile.clone(),
         secure_scheme_headers: cfg.secure_scheme_headers(),
         tls: cfg.tls_server.clone(),
+        http2_cleartext: cfg.http2.http2_cleartext,
+        http2: cfg.http2.settings(),
     };
     let app_kind = cfg.worker_kind();
     let service = Arc::new(Service { app, hooks });

@@ -2,7 +2,8 @@
 //! with a complete request to run, or one whose response needs more produced — and
 //! hand the connection back through a waker. They never touch a client socket: the
 //! loop sends, so a client that stops reading never holds a thread. They also dispose
-//! of abandoned responses, whose `close()` needs the GIL the loop does not hold.
+//! of abandoned responses, whose `close()` needs the GIL the loop does not hold. An
+//! HTTP/2 connection stays with the loop; its streams come here one by one.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -10,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use mio::Waker;
 use pyo3::prelude::*;
 
-use super::conn::{Conn, Responding};
+use super::conn::{Conn, Responding, StreamJob};
 use super::{Service, Shared};
+use crate::wsgi::response::WsgiSource;
 
 // A connection moves by value, as before the pool had two kinds of work: boxing it
 // would cost an allocation per hand-off, and few jobs wait at a time.
@@ -21,6 +23,13 @@ enum Job {
     Serve(usize, Conn),
     /// Call `close()` on a response whose connection is gone.
     Dispose(Box<Responding>),
+    /// Run an HTTP/2 stream's application (slot key, stream): the connection stays
+    /// with the loop, so its other streams run on other threads meanwhile.
+    Stream(usize, Box<StreamJob>),
+    /// Forget an HTTP/2 stream whose connection is gone.
+    Abandon(Box<StreamJob>),
+    /// Call `close()` on HTTP/2 streams' response sources that ended early.
+    Close(Vec<WsgiSource>),
 }
 
 /// A connection coming back: its slot key, itself, and whether to keep it open.
@@ -29,6 +38,7 @@ type Finished = (usize, Conn, bool);
 pub struct Pool {
     jobs: Sender<Job>,
     finished: Receiver<Finished>,
+    streams: Receiver<(usize, Box<StreamJob>)>,
 }
 
 impl Pool {
@@ -40,10 +50,12 @@ impl Pool {
     ) -> std::io::Result<Pool> {
         let (jobs, job_rx) = channel::<Job>();
         let (done_tx, finished) = channel::<Finished>();
+        let (stream_tx, streams) = channel::<(usize, Box<StreamJob>)>();
         let job_rx = Arc::new(Mutex::new(job_rx));
         for i in 0..threads {
             let job_rx = Arc::clone(&job_rx);
             let done_tx = done_tx.clone();
+            let stream_tx = stream_tx.clone();
             let shared = Arc::clone(&shared);
             let service = Arc::clone(&service);
             let waker = Arc::clone(&waker);
@@ -54,6 +66,19 @@ impl Pool {
                     match job {
                         Err(_) => return,
                         Ok(Job::Dispose(r)) => Python::with_gil(|py| r.dispose(py)),
+                        Ok(Job::Abandon(job)) => Python::with_gil(|py| job.abandon(py, &shared)),
+                        Ok(Job::Close(sources)) => Python::with_gil(|py| {
+                            for mut source in sources {
+                                source.close(py);
+                            }
+                        }),
+                        Ok(Job::Stream(key, mut job)) => {
+                            Python::with_gil(|py| job.run(py, &service, &shared, i));
+                            if stream_tx.send((key, job)).is_err() {
+                                return;
+                            }
+                            let _ = waker.wake();
+                        }
                         Ok(Job::Serve(key, mut conn)) => {
                             let keep = Python::with_gil(|py| {
                                 conn.serve_dispatched(py, &service, &shared, i)
@@ -66,7 +91,11 @@ impl Pool {
                     }
                 })?;
         }
-        Ok(Pool { jobs, finished })
+        Ok(Pool {
+            jobs,
+            finished,
+            streams,
+        })
     }
 
     pub fn submit(&self, key: usize, conn: Conn) {
@@ -80,5 +109,24 @@ impl Pool {
 
     pub fn finished(&self) -> impl Iterator<Item = Finished> + '_ {
         self.finished.try_iter()
+    }
+
+    pub fn submit_stream(&self, key: usize, job: StreamJob) {
+        let _ = self.jobs.send(Job::Stream(key, Box::new(job)));
+    }
+
+    pub fn close_sources(&self, sources: Vec<WsgiSource>) {
+        if !sources.is_empty() {
+            let _ = self.jobs.send(Job::Close(sources));
+        }
+    }
+
+    pub fn abandon_stream(&self, job: Box<StreamJob>) {
+        let _ = self.jobs.send(Job::Abandon(job));
+    }
+
+    /// HTTP/2 streams whose application part is done, for their connections.
+    pub fn finished_streams(&self) -> impl Iterator<Item = (usize, Box<StreamJob>)> + '_ {
+        self.streams.try_iter()
     }
 }

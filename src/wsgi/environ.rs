@@ -120,6 +120,7 @@ keys! {
     https_ = "https",
     http10 = "HTTP/1.0",
     http11 = "HTTP/1.1",
+    http2 = "HTTP/2",
     get = "GET",
     empty = "",
     port80 = "80",
@@ -246,7 +247,9 @@ impl EnvironBuilder {
             env.set_item(&k.query_string, latin1(py, query))?;
         }
         env.set_item(&k.raw_uri, latin1(py, &bytes[head.target.clone()]))?;
-        if head.minor_version == 0 {
+        if head.http2 {
+            env.set_item(&k.server_protocol, &k.http2)?;
+        } else if head.minor_version == 0 {
             env.set_item(&k.server_protocol, &k.http10)?;
         }
         env.set_item(&k.remote_addr, req.remote.0.bind(py))?;

@@ -9,7 +9,7 @@ use crate::support::{has_setting, repo_root, wait_until, ServerBuilder};
 /// Writes a config file `NAME.conf.py` in `dir` whose hooks append lines to
 /// `NAME.log` through `note(text)`; `hooks` is the Python that defines them.
 /// Returns (record, config).
-fn hook_config(dir: &Path, name: &str, hooks: &str) -> (PathBuf, PathBuf) {
+pub fn hook_config(dir: &Path, name: &str, hooks: &str) -> (PathBuf, PathBuf) {
     let record = dir.join(format!("{name}.log"));
     let conf = dir.join(format!("{name}.conf.py"));
     let preamble = format!(
@@ -20,7 +20,7 @@ fn hook_config(dir: &Path, name: &str, hooks: &str) -> (PathBuf, PathBuf) {
     (record, conf)
 }
 
-fn wait_for_file(path: &Path, needle: &str) -> String {
+pub fn wait_for_file(path: &Path, needle: &str) -> String {
     let start = Instant::now();
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -10,6 +10,7 @@ mod conformance;
 mod control;
 mod frameworks;
 mod hostile;
+mod http2;
 mod hygiene;
 mod lifecycle;
 mod limits;

@@ -37,6 +37,8 @@ pub fn shared() -> Shared {
             error_logfile: "-".into(),
             secure_scheme_headers: Vec::new(),
             tls: None,
+            http2_cleartext: false,
+            http2: Default::default(),
         },
         lanes: Lanes::new(1, board.slot(0)),
         slot: board.slot(0),

@@ -8,6 +8,8 @@
 mod app;
 mod asgi;
 mod closing;
+mod h2;
+mod h2_stream;
 pub mod harness;
 #[cfg(test)]
 mod tests;
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 pub use self::app::Responding;
+pub use self::h2_stream::StreamJob;
 use super::body::{BodyError, BodyReader};
 use super::{Application, Service, Shared};
 use crate::http::head::RequestHead;
@@ -50,6 +53,8 @@ enum State {
     Asgi(Py<crate::asgi::cycle::Cycle>),
     /// An ASGI WebSocket, from its handshake to its close (`conn::asgi`).
     WebSocket(Box<asgi::WsConn>),
+    /// An HTTP/2 connection and its streams (`conn::h2`).
+    Http2(Box<h2::H2Conn>),
     /// Sending a server-generated error response, then closing.
     Closing { out: Vec<u8>, pos: usize },
     /// Our side is shut down; discarding input until the client closes.
@@ -167,6 +172,10 @@ impl Conn {
     /// Between requests with nothing buffered. A keep-alive connection in this state
     /// may be closed at any moment; a fresh one (`served() == 0`) has a first request
     /// on its way, so a draining worker still waits for it.
+    pub fn is_http2(&self) -> bool {
+        matches!(self.state, State::Http2(_))
+    }
+
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Head)
             && !self.in_request
@@ -194,6 +203,7 @@ impl Conn {
                 (State::Asgi(_) | State::WebSocket(_), Exec::Pool) => {
                     unreachable!("an ASGI worker has no pool")
                 }
+                (State::Http2(_), _) => self.step_h2(exec, ctx),
                 (State::Closing { .. }, _) => self.step_closing(),
                 (State::Draining, _) => self.step_draining(),
             };
@@ -222,6 +232,7 @@ impl Conn {
                 ctx.scoreboard_end();
                 ws.abandon();
             }
+            State::Http2(h) => self.abandon_h2(h, ctx),
             _ => {}
         }
     }
@@ -241,7 +252,28 @@ impl Conn {
     }
 
     fn step_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
-        if self.read_start < self.read_buf.len() && self.proxy_pending.is_some() {
+        // HTTP/2 by ALPN, or with prior knowledge when allowed: either way the client
+        // opens with the preface.
+        let h2 = if self.transport.is_tls() {
+            self.transport.negotiated_h2()
+        } else {
+            ctx.settings.http2_cleartext
+        };
+        let preface = if h2
+            && self.served == 0
+            && self.proxy_pending.is_none()
+            && self.read_start < self.read_buf.len()
+        {
+            self.opens_with_preface()
+        } else {
+            Some(false)
+        };
+        if preface == Some(true) {
+            return self.start_h2(ctx);
+        }
+        if preface.is_none() {
+            // Part of the HTTP/2 preface: wait for the rest before parsing HTTP/1.
+        } else if self.read_start < self.read_buf.len() && self.proxy_pending.is_some() {
             if let Some(step) = self.take_proxy_header() {
                 return step;
             }

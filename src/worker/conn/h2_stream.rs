@@ -1,0 +1,396 @@
+//! One HTTP/2 stream's exchange (`conn::h2` drives the connection): its request body
+//! as it comes, the application call (`run_stream`, with the GIL: inline or on a pool
+//! thread as a `StreamJob`), its response produced into an `H2Response` and sent
+//! within the stream's window (`Exchange::advance`). Nothing here reads or writes the
+//! socket.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use pyo3::prelude::*;
+
+use super::app::HIGH_WATER_BYTES;
+use crate::http::framer::ResponseSink;
+use crate::http::h2::{request_head, H2Response};
+use crate::http::head::RequestHead;
+use crate::http::response::RequestFacts;
+use crate::worker::body::BodyReader;
+use crate::worker::{Application, Service, Shared};
+use crate::wsgi::environ::{is_https, RequestInfo};
+use crate::wsgi::input::Body;
+use crate::wsgi::response::WsgiSource;
+
+/// Where one stream's exchange is.
+pub(super) enum Progress {
+    /// Receiving the request body.
+    Receiving(RecvStream),
+    /// The request is complete: the application has not run yet.
+    Ready,
+    /// The application's iterable is being pulled.
+    Producing(Box<WsgiSource>),
+    /// All produced: sending what is left.
+    Sending,
+    /// Over (sent, reset, or the client went away).
+    Done,
+}
+
+pub(super) struct Exchange {
+    pub(super) parts: http::request::Parts,
+    /// The request body as it comes (spilled to a file past `SPILL_THRESHOLD_BYTES`),
+    /// then `None` once handed to the application.
+    pub(super) body: Option<BodyReader>,
+    pub(super) progress: Progress,
+    pub(super) respond: SendResponse<Bytes>,
+    pub(super) send: Option<SendStream<Bytes>>,
+    pub(super) response: H2Response,
+    pub(super) head_bytes: Vec<u8>,
+    pub(super) head: RequestHead,
+    pub(super) started: Instant,
+    /// When the stream is reset if it has not moved: its body stopped coming, or its
+    /// client stopped opening the window (the request deadline).
+    pub(super) deadline: Instant,
+    /// On the scoreboard as a request in flight.
+    pub(super) counted: bool,
+    /// `req` and environ kept for a `post_request` hook.
+    pub(super) hook_request: Option<(Py<PyAny>, Py<PyAny>)>,
+    /// A response source that ended early (reset, client gone), owed its `close()`.
+    pub(super) unclosed: Option<Box<WsgiSource>>,
+}
+
+/// What a stream's application call needs to know about its connection.
+pub(super) struct StreamCtx {
+    pub(super) fd: std::os::fd::RawFd,
+    pub(super) peer: crate::net::Peer,
+    pub(super) local: Arc<crate::net::Local>,
+    pub(super) tls: bool,
+    pub(super) client_subject: Option<String>,
+}
+
+/// A stream whose application part runs on a pool thread (`--threads N`), so the
+/// streams of one connection run concurrently.
+pub struct StreamJob {
+    pub(super) conn_id: u64,
+    pub(super) exchange: Exchange,
+    pub(super) facts: StreamCtx,
+}
+
+impl StreamJob {
+    /// On a pool thread, with the GIL: runs the application or produces more.
+    pub fn run(&mut self, py: Python<'_>, service: &Service, ctx: &Shared, lane: usize) {
+        run_stream(py, service, ctx, &mut self.exchange, &self.facts, lane);
+    }
+
+    /// Its connection is gone: the scoreboard forgets the request.
+    pub fn abandon(self, py: Python<'_>, ctx: &Shared) {
+        let mut ex = self.exchange;
+        if let Progress::Producing(source) = &mut ex.progress {
+            source.close(py);
+        }
+        if ex.counted {
+            ctx.scoreboard_end();
+        }
+    }
+}
+
+impl Exchange {
+    /// Over: a response source not yet closed is kept for `close()` with the GIL.
+    pub(super) fn done(&mut self) {
+        if let Progress::Producing(source) = std::mem::replace(&mut self.progress, Progress::Done) {
+            self.unclosed = Some(source);
+        }
+    }
+
+    pub(super) fn needs_python(&self) -> bool {
+        match &self.progress {
+            Progress::Ready => true,
+            Progress::Producing(_) => self.response.buffered() < HIGH_WATER_BYTES,
+            _ => false,
+        }
+    }
+
+    /// Receives body data and sends response data as far as `h2` allows. True when
+    /// something moved (which also moves the stream's deadline).
+    pub(super) fn advance(&mut self, cx: &mut Context<'_>, timeout: std::time::Duration) -> bool {
+        let moved = self.advance_once(cx);
+        if moved {
+            self.deadline = Instant::now() + timeout;
+        }
+        moved
+    }
+
+    fn advance_once(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut moved = false;
+        if let Progress::Receiving(recv) = &mut self.progress {
+            loop {
+                match recv.poll_data(cx) {
+                    Poll::Ready(Some(Ok(chunk))) => {
+                        // Collected whole, so the window reopens at once.
+                        let _ = recv.flow_control().release_capacity(chunk.len());
+                        let stored = self.body.as_mut().map(|b| b.feed(&chunk));
+                        if let Some(Err(e)) = stored {
+                            tracing::error!("{e}");
+                            answer_error(self, 500, "Internal Server Error");
+                            return true;
+                        }
+                        moved = true;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::debug!("HTTP/2 stream ended before its body: {e}");
+                        self.done();
+                        return true;
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(body) = &mut self.body {
+                            body.end();
+                        }
+                        self.progress = Progress::Ready;
+                        return true;
+                    }
+                    Poll::Pending => return moved,
+                }
+            }
+        }
+        if matches!(self.progress, Progress::Ready) {
+            // Reset by the client before it ran (rapid reset, CVE-2023-44487): the
+            // application is never called for it.
+            if self.respond.poll_reset(cx).is_ready() {
+                self.done();
+                return true;
+            }
+        }
+        if matches!(self.progress, Progress::Producing(_) | Progress::Sending) {
+            moved |= self.send(cx);
+        }
+        moved
+    }
+
+    /// Sends the head, then body data within the stream's window.
+    fn send(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut moved = false;
+        let all_produced = matches!(self.progress, Progress::Sending);
+        if let Some(head) = self.response.head.take() {
+            let end = all_produced && self.response.body.is_empty();
+            match self.respond.send_response(head, end) {
+                Ok(stream) => self.send = Some(stream),
+                Err(_) => {
+                    self.done();
+                    return true;
+                }
+            }
+            moved = true;
+            if end {
+                self.done();
+                return true;
+            }
+        }
+        let Some(stream) = &mut self.send else {
+            return moved;
+        };
+        while !self.response.body.is_empty() {
+            stream.reserve_capacity(self.response.body.len());
+            match stream.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(n))) if n > 0 => {
+                    let n = n.min(self.response.body.len());
+                    let chunk = Bytes::copy_from_slice(&self.response.body[..n]);
+                    self.response.body.drain(..n);
+                    let last = all_produced && self.response.body.is_empty();
+                    if stream.send_data(chunk, last).is_err() {
+                        self.done();
+                        return true;
+                    }
+                    moved = true;
+                    if last {
+                        self.done();
+                        return true;
+                    }
+                }
+                Poll::Ready(Some(Ok(_))) | Poll::Pending => return moved,
+                Poll::Ready(Some(Err(_)) | None) => {
+                    self.done();
+                    return true;
+                }
+            }
+        }
+        if all_produced {
+            let _ = stream.send_data(Bytes::new(), true);
+            self.done();
+            moved = true;
+        }
+        moved
+    }
+}
+
+/// With the GIL: runs a ready stream's application, or produces more of its response.
+pub(super) fn run_stream(
+    py: Python<'_>,
+    service: &Service,
+    ctx: &Shared,
+    ex: &mut Exchange,
+    facts: &StreamCtx,
+    lane: usize,
+) {
+    let what = ex.head.method.start..ex.head.target.end;
+    let what = ex.head_bytes.get(what).unwrap_or_default().to_vec();
+    ctx.lanes
+        .enter(lane, facts.fd, true, ex.started, &what, &facts.peer.addr);
+    if matches!(ex.progress, Progress::Ready) {
+        call_stream_app(py, service, ctx, ex, facts);
+    }
+    produce(py, service, ex, &what);
+    ctx.lanes.leave(lane);
+}
+
+fn call_stream_app(
+    py: Python<'_>,
+    service: &Service,
+    ctx: &Shared,
+    ex: &mut Exchange,
+    facts: &StreamCtx,
+) {
+    ctx.scoreboard_begin();
+    ex.counted = true;
+    let Application::Wsgi(app) = &service.app else {
+        return answer_error(ex, 500, "Internal Server Error");
+    };
+    let received = ex.body.as_ref().map_or(0, BodyReader::received);
+    if let Err(e) = request_head(
+        &ex.parts,
+        received,
+        &ctx.settings.limits,
+        &mut ex.head_bytes,
+        &mut ex.head,
+    ) {
+        tracing::debug!("HTTP/2 request refused: {e}");
+        return answer_error(ex, 400, "Bad Request");
+    }
+    let https = facts.tls
+        || is_https(
+            &ex.head_bytes,
+            &ex.head,
+            facts.peer.trusted,
+            &ctx.settings.secure_scheme_headers,
+        )
+        .unwrap_or(false);
+    let remote = (
+        pyo3::types::PyString::new(py, &facts.peer.addr).unbind(),
+        pyo3::types::PyString::new(py, &facts.peer.port).unbind(),
+    );
+    let info = RequestInfo {
+        remote: &remote,
+        head_bytes: &ex.head_bytes,
+        head: &ex.head,
+        peer: &facts.peer,
+        local: &facts.local,
+        https,
+        client_subject: facts.client_subject.as_deref(),
+    };
+    let body = match ex.body.take().map(BodyReader::finish) {
+        _ if received == 0 => Body::Empty,
+        Some(Ok(body)) => body,
+        Some(Err(e)) => {
+            tracing::error!("{e}");
+            return answer_error(ex, 500, "Internal Server Error");
+        }
+        None => Body::Empty,
+    };
+    let is_head = ex.head.is_head_method(&ex.head_bytes);
+    let request = RequestFacts {
+        minor_version: 1,
+        is_head,
+        close: false,
+        known_length: None,
+    };
+    ex.response = H2Response::new(is_head);
+    // Gunicorn's order: pre_request before the application, post_request once its
+    // response is all produced (`produce`).
+    let hook_req = match &service.hooks {
+        Some(h) if h.pre_request || h.post_request => {
+            h.request_or_log(py, &ex.head_bytes, &ex.head, &facts.peer.addr)
+        }
+        _ => None,
+    };
+    if let (Some(h), Some(req)) = (&service.hooks, &hook_req) {
+        if h.pre_request {
+            h.call(py, "pre_request", vec![req.clone()]);
+        }
+    }
+    let started = app
+        .call(py, &info, body)
+        .map_err(|e| crate::python::format_exception(py, &e));
+    if let (Ok(response), Some(h), Some(req)) = (&started, &service.hooks, hook_req) {
+        if h.post_request {
+            ex.hook_request = Some((req.unbind(), response.environ.clone_ref(py).into_any()));
+        }
+    }
+    let source = started.and_then(|response| {
+        WsgiSource::start(py, app, response, request, &mut ex.response).map_err(|e| e.to_string())
+    });
+    match source {
+        Ok(source) => ex.progress = Progress::Producing(Box::new(source)),
+        Err(detail) => {
+            log_app_error(&ex.head_bytes, &ex.head, &detail);
+            answer_error(ex, 500, "Internal Server Error");
+        }
+    }
+}
+
+/// Pulls the stream's response up to the high-water mark; closes the iterable at its
+/// end. An application that fails mid-body gets the stream reset (the head is sent).
+fn produce(py: Python<'_>, service: &Service, ex: &mut Exchange, what: &[u8]) {
+    let Progress::Producing(source) = &mut ex.progress else {
+        return;
+    };
+    if let Err(e) = source.produce(py, &mut ex.response, HIGH_WATER_BYTES) {
+        source.close(py);
+        tracing::error!(
+            "Error handling request {}\n{e}",
+            String::from_utf8_lossy(what)
+        );
+        if let Some(stream) = &mut ex.send {
+            stream.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+        ex.hook_request = None;
+        ex.progress = Progress::Done;
+        return;
+    }
+    if source.is_done() {
+        source.close(py);
+        if let (Some(h), Some((req, environ))) = (&service.hooks, ex.hook_request.take()) {
+            let (status, headers) = source.head_text(py);
+            if let Some(resp) = h.response_or_log(py, &status, headers, ex.response.body_bytes) {
+                h.call(
+                    py,
+                    "post_request",
+                    vec![req.into_bound(py), environ.into_bound(py), resp],
+                );
+            }
+        }
+        ex.progress = Progress::Sending;
+    }
+}
+
+/// A server-made response: `code` with its reason as a short text body.
+pub(super) fn answer_error(ex: &mut Exchange, code: u16, reason: &str) {
+    let facts = RequestFacts {
+        minor_version: 1,
+        is_head: false,
+        close: false,
+        known_length: None,
+    };
+    let status = format!("{code} {reason}");
+    let headers: [(&[u8], &[u8]); 1] = [(b"content-type", b"text/plain")];
+    ex.response = H2Response::new(false);
+    let _ = ex.response.head(&status, headers.into_iter(), facts);
+    ex.response.data(reason.as_bytes());
+    ex.response.end();
+    ex.progress = Progress::Sending;
+}
+
+fn log_app_error(head_bytes: &[u8], head: &RequestHead, detail: &str) {
+    let path = String::from_utf8_lossy(head_bytes.get(head.target.clone()).unwrap_or_default());
+    tracing::error!("Error handling request {path}\n{detail}");
+}
