@@ -88,8 +88,8 @@ where
             let mut message = String::new();
             ctx.field_format()
                 .format_fields(Writer::new(&mut message), event)?;
-            crate::syslog::error_log(*event.metadata().level(), &message);
             let line = render_record(format, level, levelno, "gunicorn.error", &message);
+            crate::syslog::error_log(*event.metadata().level(), &message, Some(&line));
             return writeln!(writer, "{line}");
         }
         write!(
@@ -103,7 +103,7 @@ where
             let mut message = String::new();
             ctx.field_format()
                 .format_fields(Writer::new(&mut message), event)?;
-            crate::syslog::error_log(*event.metadata().level(), &message);
+            crate::syslog::error_log(*event.metadata().level(), &message, None);
             writer.write_str(&message)?;
         } else {
             ctx.field_format().format_fields(writer.by_ref(), event)?;

@@ -4,6 +4,9 @@
 //! and a NUL, PRI being facility × 8 + severity, PREFIX `--log-syslog-prefix` or the
 //! process name.
 //!
+//! A logging configuration's `SysLogHandler` (`config::logconfig`) sends instead the
+//! records it routes there, formatted, as that handler does: `<PRI>record` and a NUL.
+//!
 //! One sender per process (the master's; each worker opens its own after fork). The
 //! socket is non-blocking: a datagram the kernel will not take is lost, and a stream
 //! (TCP, a Unix stream socket) keeps at most `MAX_PENDING_BYTES` unsent, dropping whole
@@ -40,7 +43,10 @@ struct Sender {
     facility: u8,
     /// `gunicorn.PREFIX.`
     tag: String,
+    error: bool,
     access: bool,
+    /// A `SysLogHandler`'s framing: the formatted record alone after `<PRI>`.
+    records: bool,
     pending: Vec<u8>,
 }
 
@@ -60,7 +66,9 @@ pub fn start(cfg: &Observability, proc_name: &str) {
                         .clone()
                         .unwrap_or_else(|| proc_name.replace(':', "."))
                 ),
-                access: !cfg.disable_redirect_access_to_syslog,
+                error: cfg.error_to_syslog(),
+                access: cfg.access_to_syslog(),
+                records: cfg.syslog_records.is_some(),
                 pending: Vec::new(),
             }),
             Err(e) => {
@@ -76,36 +84,48 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// An error-log line (without its `[time] [pid] [LEVEL]` head).
-pub fn error_log(level: Level, message: &str) {
+/// An error-log record: its `message` (without the `[time] [pid] [LEVEL]` head), and
+/// the whole line a logging configuration's format made of it, if it has one.
+pub fn error_log(level: Level, message: &str, formatted: Option<&str>) {
     let severity = match level {
         Level::ERROR => 3,
         Level::WARN => 4,
         Level::INFO => 6,
         _ => 7,
     };
-    send("error", severity, message);
+    send("error", severity, message, formatted.unwrap_or(message));
 }
 
 /// An access-log line, unless access lines are kept out of syslog.
 pub fn access_log(line: &str) {
-    if lock().as_ref().is_some_and(|s| s.access) {
-        send("access", 6, line.trim_end_matches('\n'));
-    }
+    let line = line.trim_end_matches('\n');
+    send("access", 6, line, line);
 }
 
-fn send(logger: &str, severity: u8, message: &str) {
+/// `message` with Gunicorn's framing, or `record` with a `SysLogHandler`'s.
+fn send(logger: &str, severity: u8, message: &str, record: &str) {
     if !enabled() {
         return;
     }
     let mut guard = lock();
     let Some(s) = guard.as_mut() else { return };
-    let packet = format!(
-        "<{}>{}{logger}: [{}] {message}\0",
-        u32::from(s.facility) * 8 + u32::from(severity),
-        s.tag,
-        std::process::id()
-    );
+    if !(if logger == "access" {
+        s.access
+    } else {
+        s.error
+    }) {
+        return;
+    }
+    let pri = u32::from(s.facility) * 8 + u32::from(severity);
+    let packet = if s.records {
+        format!("<{pri}>{record}\0")
+    } else {
+        format!(
+            "<{pri}>{}{logger}: [{}] {message}\0",
+            s.tag,
+            std::process::id()
+        )
+    };
     s.send(packet.as_bytes());
 }
 

@@ -1,12 +1,15 @@
 //! Gunicorn's `logconfig_dict` / `--log-config-json`: the part of Python's dictConfig
 //! schema that configures the `gunicorn.error` and `gunicorn.access` loggers — one
 //! handler each (`StreamHandler` to stderr or stdout, `FileHandler` or
-//! `WatchedFileHandler` to a file, `NullHandler`), its formatter's `format` and
+//! `WatchedFileHandler` to a file, `SysLogHandler` to syslog, `NullHandler`), its
+//! formatter's `format` and
 //! `datefmt`, the error logger's level — is turned into rgun's own settings
 //! (`LogPlan::apply`). Anything else is refused with one line naming it. Parsing
 //! only: the rendering is `log`'s.
 
 use serde_json::{Map, Value};
+
+use super::observability::{facility_code, SyslogAddress};
 
 /// A Python logging format, compiled: `%(asctime)s [%(process)d] %(message)s`.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +47,12 @@ pub enum Destination {
     Stderr,
     Stdout,
     File(String),
+    /// `SysLogHandler`: each record, formatted, framed as Python frames it
+    /// (`<PRI>record` and a NUL); `facility` is a name `facility_code` knows.
+    Syslog {
+        to: SyslogAddress,
+        facility: String,
+    },
     Null,
 }
 
@@ -63,14 +72,38 @@ pub struct LogPlan {
 }
 
 impl LogPlan {
-    /// The destination as `--error-logfile`/`--access-logfile` spell it (`None`: off).
+    /// The destination as `--error-logfile`/`--access-logfile` spell it (`None`: off;
+    /// syslog is off for the stream, the records go to syslog instead).
     pub fn path(to: &Destination) -> Option<String> {
         match to {
             Destination::Stderr => Some("-".into()),
             Destination::Stdout => Some("/dev/stdout".into()),
             Destination::File(p) => Some(p.clone()),
-            Destination::Null => None,
+            Destination::Syslog { .. } | Destination::Null => None,
         }
+    }
+
+    /// The syslog server and facility the plan's `SysLogHandler`s name (one per
+    /// process: both loggers must agree, checked by `parse`).
+    pub fn syslog(&self) -> Option<(&SyslogAddress, &str)> {
+        [&self.error, &self.access]
+            .into_iter()
+            .flatten()
+            .find_map(|r| match &r.to {
+                Destination::Syslog { to, facility } => Some((to, facility.as_str())),
+                _ => None,
+            })
+    }
+
+    /// Whether `route`'s records go to syslog.
+    pub fn to_syslog(route: &Option<Route>) -> bool {
+        matches!(
+            route,
+            Some(Route {
+                to: Destination::Syslog { .. },
+                ..
+            })
+        )
     }
 }
 
@@ -163,6 +196,13 @@ fn parse(v: &Value) -> Result<LogPlan, String> {
             plan.access = route;
         }
     }
+    if let (Some(a), Some(b)) = (&plan.error, &plan.access) {
+        if let (Destination::Syslog { .. }, Destination::Syslog { .. }) = (&a.to, &b.to) {
+            if a.to != b.to {
+                return Err("the two loggers' SysLogHandlers name different addresses or facilities: rgun sends to one syslog server".into());
+            }
+        }
+    }
     Ok(plan)
 }
 
@@ -186,6 +226,9 @@ fn handler(
             "mode",
             "encoding",
             "level",
+            "address",
+            "facility",
+            "socktype",
         ],
         &what,
     )?;
@@ -208,13 +251,19 @@ fn handler(
                 .to_owned(),
         ),
         "logging.NullHandler" => Destination::Null,
-        "logging.handlers.SysLogHandler" => {
-            return Err(format!("{what}: SysLogHandler is not supported here: use --log-syslog with --log-syslog-to (Gunicorn's syslog settings)"))
-        }
+        "logging.handlers.SysLogHandler" => syslog_handler(h).map_err(|e| format!("{what}: {e}"))?,
         other => return Err(format!(
-            "{what}: class {other:?} is not supported (logging.StreamHandler, logging.FileHandler, logging.handlers.WatchedFileHandler, logging.NullHandler)"
+            "{what}: class {other:?} is not supported (logging.StreamHandler, logging.FileHandler, logging.handlers.WatchedFileHandler, logging.handlers.SysLogHandler, logging.NullHandler)"
         )),
     };
+    if !matches!(to, Destination::Syslog { .. }) {
+        if let Some(k) = ["address", "facility", "socktype"]
+            .into_iter()
+            .find(|k| h.contains_key(*k))
+        {
+            return Err(format!("{what}: {k:?} is for a SysLogHandler"));
+        }
+    }
     let format = match text("formatter") {
         None => None,
         Some(f) => {
@@ -255,6 +304,87 @@ fn handler(
         }
     };
     Ok(Route { to, format })
+}
+
+/// `SysLogHandler(address, facility, socktype)` as dictConfig passes them: `address`
+/// a `[host, port]` pair (UDP, or TCP with `SOCK_STREAM`) or a Unix socket path
+/// (datagram, else stream, as Python tries them), default `["localhost", 514]`;
+/// `facility` a name, a number or `ext://logging.handlers.SysLogHandler.LOG_*`;
+/// `socktype` `ext://socket.SOCK_DGRAM`/`SOCK_STREAM` or its number.
+fn syslog_handler(h: &Map<String, Value>) -> Result<Destination, String> {
+    let stream = match h.get("socktype") {
+        None | Some(Value::Null) => false,
+        Some(v) => match (v.as_str(), v.as_i64()) {
+            (Some("ext://socket.SOCK_STREAM"), _) | (_, Some(1)) => true,
+            (Some("ext://socket.SOCK_DGRAM"), _) | (_, Some(2)) => false,
+            _ => return Err(format!("socktype {v} is not supported (ext://socket.SOCK_DGRAM or ext://socket.SOCK_STREAM)")),
+        },
+    };
+    let to = match h.get("address") {
+        None => SyslogAddress::Udp("localhost:514".into()),
+        Some(Value::String(path)) if !path.is_empty() => SyslogAddress::Unix {
+            path: path.into(),
+            stream,
+        },
+        Some(Value::Array(pair)) => match pair.as_slice() {
+            [Value::String(host), Value::Number(port)]
+                if port.as_u64().is_some_and(|p| p <= 65535) && !host.is_empty() =>
+            {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                let addr = format!("{host}:{port}");
+                if stream {
+                    SyslogAddress::Tcp(addr)
+                } else {
+                    SyslogAddress::Udp(addr)
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "address {} is not [host, port]",
+                    Value::Array(pair.clone())
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "address {other} is not [host, port] or a socket path"
+            ))
+        }
+    };
+    let facility = match h.get("facility") {
+        None | Some(Value::Null) => "user".to_owned(),
+        Some(v) => {
+            let name = match (v.as_str(), v.as_u64()) {
+                (Some(s), _) => s
+                    .strip_prefix("ext://logging.handlers.SysLogHandler.LOG_")
+                    .unwrap_or(s)
+                    .to_ascii_lowercase(),
+                (None, Some(n)) => facility_name(n).unwrap_or_default().to_owned(),
+                _ => String::new(),
+            };
+            if facility_code(&name).is_none() {
+                return Err(format!("unknown syslog facility {v}"));
+            }
+            name
+        }
+    };
+    Ok(Destination::Syslog { to, facility })
+}
+
+/// The name of a facility number (`SysLogHandler.LOG_LOCAL3` is 19).
+fn facility_name(code: u64) -> Option<&'static str> {
+    const NAMES: [&str; 20] = [
+        "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+        "authpriv", "ftp", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+        "local7",
+    ];
+    NAMES
+        .into_iter()
+        .find(|n| facility_code(n).map(u64::from) == Some(code))
 }
 
 fn only(obj: &Map<String, Value>, known: &[&str], what: &str) -> Result<(), String> {
@@ -326,6 +456,15 @@ pub fn compile(fmt: &str) -> Result<Vec<Piece>, String> {
     Ok(pieces)
 }
 
+/// Which records a logging configuration's `SysLogHandler`s take: each sent as
+/// Python's handler sends it (`<PRI>`, the formatted record, a NUL), instead of
+/// `--log-syslog`'s Gunicorn framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyslogRecords {
+    pub error: bool,
+    pub access: bool,
+}
+
 impl super::Config {
     /// A logging configuration (`logconfig_dict` wins over `--log-config-json`, as in
     /// Gunicorn) overrides the log destinations, level and formats it names.
@@ -338,15 +477,26 @@ impl super::Config {
         else {
             return;
         };
-        if let Some(level) = plan.level {
-            self.loglevel = level;
+        if let Some(level) = &plan.level {
+            self.loglevel = level.clone();
+        }
+        if let Some((to, facility)) = plan.syslog() {
+            obs.log_syslog = true;
+            obs.log_syslog_to = to.clone();
+            obs.log_syslog_facility = facility.to_owned();
+            obs.syslog_records = Some(SyslogRecords {
+                error: LogPlan::to_syslog(&plan.error),
+                access: LogPlan::to_syslog(&plan.access),
+            });
         }
         if let Some(route) = plan.error {
-            // A null handler: the error log still exists (stderr), it says nothing more
-            // than errors.
-            match LogPlan::path(&route.to) {
-                Some(path) => self.error_logfile = path,
-                None => self.loglevel = "critical".into(),
+            match (&route.to, LogPlan::path(&route.to)) {
+                (_, Some(path)) => self.error_logfile = path,
+                // The records go to syslog instead of a stream.
+                (Destination::Syslog { .. }, None) => self.error_logfile = "/dev/null".into(),
+                // A null handler: the error log still exists (stderr), it says nothing
+                // more than errors.
+                (_, None) => self.loglevel = "critical".into(),
             }
             obs.error_log_format = route.format;
         }
@@ -399,6 +549,51 @@ mod tests {
     }
 
     #[test]
+    fn syslog_handlers_name_a_server_and_a_facility() {
+        let dest = |h: Value| {
+            let v = json!({"loggers": {"gunicorn.access": {"handlers": ["h"]}},
+                           "handlers": {"h": h}});
+            parse(&v).map(|p| p.access.unwrap().to)
+        };
+        let syslog = |to: SyslogAddress, facility: &str| Destination::Syslog {
+            to,
+            facility: facility.into(),
+        };
+        let class = "logging.handlers.SysLogHandler";
+        assert_eq!(
+            dest(json!({"class": class})),
+            Ok(syslog(SyslogAddress::Udp("localhost:514".into()), "user"))
+        );
+        assert_eq!(
+            dest(
+                json!({"class": class, "address": ["::1", 601], "socktype": "ext://socket.SOCK_STREAM", "facility": 19})
+            ),
+            Ok(syslog(SyslogAddress::Tcp("[::1]:601".into()), "local3"))
+        );
+        assert_eq!(
+            dest(
+                json!({"class": class, "address": "/dev/log", "facility": "ext://logging.handlers.SysLogHandler.LOG_DAEMON"})
+            ),
+            Ok(syslog(
+                SyslogAddress::Unix {
+                    path: "/dev/log".into(),
+                    stream: false
+                },
+                "daemon"
+            ))
+        );
+        assert!(dest(json!({"class": class, "facility": "local9"}))
+            .unwrap_err()
+            .contains("local9"));
+        assert!(dest(json!({"class": class, "address": ["h"]}))
+            .unwrap_err()
+            .contains("[host, port]"));
+        let two = json!({"loggers": {"gunicorn.access": {"handlers": ["a"]}, "gunicorn.error": {"handlers": ["e"]}},
+            "handlers": {"a": {"class": class}, "e": {"class": class, "facility": "local0"}}});
+        assert!(parse(&two).unwrap_err().contains("one syslog server"));
+    }
+
+    #[test]
     fn what_is_not_supported_is_named() {
         let err = |v: Value| parse(&v).unwrap_err();
         assert!(err(json!({"loggers": {"myapp": {}}})).contains("\"myapp\""));
@@ -408,7 +603,9 @@ mod tests {
                                     "handlers": {"h": {"class": class}}})
         };
         assert!(err(h("logging.handlers.RotatingFileHandler")).contains("RotatingFileHandler"));
-        assert!(err(h("logging.handlers.SysLogHandler")).contains("--log-syslog"));
+        let null_with_facility = json!({"loggers": {"gunicorn.error": {"handlers": ["h"]}},
+            "handlers": {"h": {"class": "logging.NullHandler", "facility": "user"}}});
+        assert!(err(null_with_facility).contains("\"facility\" is for a SysLogHandler"));
         assert!(compile("%(funcName)s").unwrap_err().contains("funcName"));
         assert!(compile("%s").is_err());
     }

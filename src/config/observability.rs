@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::bind::{self, BindAddress};
-use super::logconfig::{self, LineFormat, LogPlan};
+use super::logconfig::{self, LineFormat, LogPlan, SyslogRecords};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct Observability {
@@ -45,8 +45,8 @@ pub struct Observability {
     pub access_log_json: bool,
 
     /// A logging configuration in dictConfig's JSON schema for the gunicorn.error and
-    /// gunicorn.access loggers (one stream, file or null handler each, format strings);
-    /// what rgun cannot honour is refused, naming it.
+    /// gunicorn.access loggers (one stream, file, syslog or null handler each, format
+    /// strings); what rgun cannot honour is refused, naming it.
     #[arg(long = "log-config-json", value_name = "FILE", value_parser = logconfig::parse_json_file)]
     pub log_config_json: Option<LogPlan>,
 
@@ -67,6 +67,11 @@ pub struct Observability {
     /// configuration.
     #[arg(skip)]
     pub access_log_wrap: Option<LineFormat>,
+
+    /// A logging configuration's `SysLogHandler`s: which records go to syslog, framed
+    /// as Python's handler frames them (`None`: `--log-syslog`'s Gunicorn framing).
+    #[arg(skip)]
+    pub syslog_records: Option<SyslogRecords>,
 
     /// Also send the error log (and the access log) to syslog, as Gunicorn does.
     #[arg(long = "log-syslog")]
@@ -97,6 +102,21 @@ pub struct Observability {
 }
 
 impl Observability {
+    /// Whether the error log's records go to syslog.
+    pub fn error_to_syslog(&self) -> bool {
+        self.log_syslog && self.syslog_records.is_none_or(|r| r.error)
+    }
+
+    /// Whether the access log's lines go to syslog (with `--log-syslog`, even without
+    /// an access log file, as in Gunicorn).
+    pub fn access_to_syslog(&self) -> bool {
+        self.log_syslog
+            && match self.syslog_records {
+                Some(r) => r.access,
+                None => !self.disable_redirect_access_to_syslog,
+            }
+    }
+
     /// These settings under Gunicorn's names, for `rgunctl config` and `--print-config`.
     pub fn settings_json(&self) -> serde_json::Map<String, serde_json::Value> {
         let text = |v: &Option<String>| v.clone().map_or(serde_json::Value::Null, Into::into);

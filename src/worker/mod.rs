@@ -334,8 +334,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     }
 
     // With --log-syslog the access log goes there even without a file, as in Gunicorn.
-    let syslog_access =
-        cfg.observability.log_syslog && !cfg.observability.disable_redirect_access_to_syslog;
+    let syslog_access = cfg.observability.access_to_syslog();
     let access_log = match cfg
         .access_logfile
         .as_deref()

@@ -216,6 +216,85 @@ logconfig_dict = {{
 }
 
 #[test]
+fn a_logging_dict_config_sends_records_to_syslog_handlers_as_python_frames_them() {
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let port = sink.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = crate::support::write_file(
+        dir.path(),
+        "gunicorn.conf.py",
+        &format!(
+            r#"
+import logging.handlers
+logconfig_dict = {{
+    "version": 1,
+    "loggers": {{
+        "gunicorn.error": {{"level": "INFO", "handlers": ["err"]}},
+        "gunicorn.access": {{"handlers": ["acc"]}},
+    }},
+    "handlers": {{
+        "err": {{"class": "logging.handlers.SysLogHandler", "address": ("127.0.0.1", {port}),
+                "facility": logging.handlers.SysLogHandler.LOG_LOCAL3, "formatter": "e"}},
+        "acc": {{"class": "logging.handlers.SysLogHandler", "address": ["127.0.0.1", {port}],
+                "facility": "local3", "formatter": "a"}},
+    }},
+    "formatters": {{
+        "e": {{"format": "%(name)s[%(process)d]: %(levelname)s %(message)s"}},
+        "a": {{"format": "%(name)s: %(message)s"}},
+    }},
+}}
+"#
+        ),
+    );
+    let server = crate::support::ServerBuilder::new("observed_app:application")
+        .args(["-c", conf.to_str().unwrap()])
+        .no_wait()
+        .start();
+    let ready = syslog_messages(&sink, &["All 1 workers ready"]);
+    let ready = ready
+        .iter()
+        .find(|m| m.contains("All 1 workers ready"))
+        .unwrap_or_else(|| panic!("no readiness record in {ready:#?}"));
+    // local3 = 19: info is <158>, error <155>; the record as the formatter made it.
+    assert_eq!(
+        ready,
+        &format!(
+            "<158>gunicorn.error[{}]: INFO All 1 workers ready\0",
+            server.pid()
+        )
+    );
+    assert_eq!(server.get("/hello").status, 200);
+    assert_eq!(server.get("/boom").status, 500);
+    let got = syslog_messages(&sink, &["GET /hello HTTP/1.1", "boom, on purpose"]);
+    let access = got
+        .iter()
+        .find(|m| m.contains("GET /hello HTTP/1.1"))
+        .unwrap_or_else(|| panic!("no access line in {got:#?}"));
+    assert!(
+        access.starts_with("<158>gunicorn.access: 127.0.0.1 - - ["),
+        "{access:?}"
+    );
+    assert!(
+        access.ends_with('\0') && access.contains("\" 200 "),
+        "{access:?}"
+    );
+    let error = got
+        .iter()
+        .find(|m| m.contains("boom, on purpose"))
+        .unwrap_or_else(|| panic!("no error in {got:#?}"));
+    assert!(error.starts_with("<155>gunicorn.error["), "{error:?}");
+    assert!(error.contains("]: ERROR "), "{error:?}");
+    // The handlers replace the streams: nothing of this reaches stderr or the log file.
+    assert!(
+        !server.log().contains("boom, on purpose"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
 fn what_a_logging_config_asks_beyond_rgun_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let json = crate::support::write_file(
