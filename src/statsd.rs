@@ -6,10 +6,13 @@
 //! One sender per process (the master's, and each worker's own, opened after fork).
 //! Lines are gathered into a datagram of at most `DATAGRAM_BYTES` (statsd servers split
 //! a packet on newlines) and sent when it is full, or when the process's loop ends a
-//! turn at least `FLUSH_INTERVAL` after the last send (`flush`): a send per batch of
-//! requests, not three per request (statsd servers aggregate over seconds). The socket is
-//! non-blocking and every error is ignored: a missing or slow statsd server loses
-//! metrics, never time. Nothing here knows HTTP or Python.
+//! turn at least `FLUSH_INTERVAL` after the last send (`flush`). The response counters
+//! (`gunicorn.requests`, `gunicorn.request.status.<code>`) are summed until then and
+//! sent as one line each (`gunicorn.requests:37|c|@1.0`): a statsd server adds up a
+//! counter's values over its interval, so the totals are Gunicorn's, in a fraction of
+//! the bytes. Every response's timer sample is sent, as statsd's percentiles need them.
+//! The socket is non-blocking and every error is ignored: a missing or slow statsd
+//! server loses metrics, never time. Nothing here knows HTTP or Python.
 
 use std::net::{ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -42,12 +45,13 @@ struct Sender {
     /// Lines waiting for the next datagram, each ending in a newline.
     pending: String,
     last_send: Instant,
-    /// A response's lines, made once: the duration's around its value, the request
-    /// count whole, and each status code's count when the code is first seen.
+    /// The duration line around its value, made once.
     duration_head: String,
     duration_tail: String,
-    requests_line: String,
-    status_lines: Vec<String>,
+    /// Responses since the counters were last sent, in all and by status code
+    /// (`status_counts[code - 100]`); codes outside 100..600 are counted as they come.
+    requests: u64,
+    status_counts: Vec<u64>,
 }
 
 /// Opens this process's sender when `--statsd-host` is set (and replaces one inherited
@@ -97,7 +101,7 @@ pub fn request(status: u16, elapsed: Duration) {
     with_sender(|s| s.response(whole, frac, status));
 }
 
-/// Status codes with a line made once (100 to 599); any other gets one made each time.
+/// Status codes counted between sends (100 to 599); any other is sent as it comes.
 const STATUS_CODES: usize = 500;
 
 /// A counter of one (`gunicorn.log.error`, ...).
@@ -130,9 +134,10 @@ pub fn histogram(name: &str, value: u64) {
 pub fn flush(now: Instant) {
     if ENABLED.load(Ordering::Relaxed) {
         with_sender(|s| {
-            if !s.pending.is_empty() && now.saturating_duration_since(s.last_send) >= FLUSH_INTERVAL
+            if (!s.pending.is_empty() || s.requests > 0)
+                && now.saturating_duration_since(s.last_send) >= FLUSH_INTERVAL
             {
-                s.send();
+                s.flush();
             }
         });
     }
@@ -141,7 +146,7 @@ pub fn flush(now: Instant) {
 /// Sends what is waiting now (a process about to exit).
 pub fn flush_now() {
     if ENABLED.load(Ordering::Relaxed) {
-        with_sender(Sender::send);
+        with_sender(Sender::flush);
     }
 }
 
@@ -162,8 +167,8 @@ impl Sender {
             socket,
             duration_head: format!("{prefix}gunicorn.request.duration:"),
             duration_tail: format!("|ms{tags}\n"),
-            requests_line: format!("{prefix}gunicorn.requests:1|c|@1.0{tags}\n"),
-            status_lines: vec![String::new(); STATUS_CODES],
+            requests: 0,
+            status_counts: vec![0; STATUS_CODES],
             prefix,
             tags,
             pending: String::with_capacity(DATAGRAM_BYTES),
@@ -171,8 +176,8 @@ impl Sender {
         }
     }
 
-    /// A response's three lines: its duration (`ms`.`frac` milliseconds), one request,
-    /// one of its status code.
+    /// A response: its duration (`ms`.`frac` milliseconds) as a line, one request and
+    /// one of its status code in the counters.
     fn response(&mut self, ms: &str, frac: &str, status: u16) {
         let mark = self.pending.len();
         self.pending.push_str(&self.duration_head);
@@ -180,27 +185,41 @@ impl Sender {
         self.pending.push('.');
         self.pending.push_str(frac);
         self.pending.push_str(&self.duration_tail);
-        self.pending.push_str(&self.requests_line);
-        match usize::from(status).checked_sub(100) {
-            Some(i) if i < STATUS_CODES => {
-                if self.status_lines[i].is_empty() {
-                    self.status_lines[i] = self.status_line(status);
-                }
-                self.pending.push_str(&self.status_lines[i]);
-            }
-            _ => {
-                let line = self.status_line(status);
-                self.pending.push_str(&line);
-            }
-        }
         self.overflow(mark);
+        self.requests += 1;
+        match usize::from(status).checked_sub(100) {
+            Some(i) if i < STATUS_CODES => self.status_counts[i] += 1,
+            _ => self.counter_line(status, 1),
+        }
     }
 
-    fn status_line(&self, status: u16) -> String {
-        format!(
-            "{}gunicorn.request.status.{status}:1|c|@1.0{}\n",
-            self.prefix, self.tags
-        )
+    /// The summed counters' lines, then everything waiting, sent.
+    fn flush(&mut self) {
+        if self.requests > 0 {
+            let requests = std::mem::take(&mut self.requests);
+            let mut n = itoa::Buffer::new();
+            self.line(&["gunicorn.requests:", n.format(requests), "|c|@1.0"]);
+            for i in 0..STATUS_CODES {
+                let count = std::mem::take(&mut self.status_counts[i]);
+                if count > 0 {
+                    // `i` < 500: the code fits.
+                    self.counter_line(100 + i as u16, count);
+                }
+            }
+        }
+        self.send();
+    }
+
+    /// `gunicorn.request.status.<status>:<count>|c|@1.0`.
+    fn counter_line(&mut self, status: u16, count: u64) {
+        let (mut code, mut n) = (itoa::Buffer::new(), itoa::Buffer::new());
+        self.line(&[
+            "gunicorn.request.status.",
+            code.format(status),
+            ":",
+            n.format(count),
+            "|c|@1.0",
+        ]);
     }
 
     /// Appends `PREFIX` + `parts` + `TAGS` and a newline.
@@ -287,13 +306,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_response_is_three_lines_from_the_ones_made_once() {
+    fn responses_are_timer_lines_and_summed_counters() {
         let (a, b) = UnixDatagram::pair().unwrap();
         let mut s = Sender::new(Socket::Unix(a), "p.".into(), "|#env:test".into());
         s.response("12", "007", 404);
         s.response("0", "250", 404);
         s.response("1", "000", 999);
-        s.send();
+        s.response("3", "100", 200);
+        s.flush();
         let mut buf = [0u8; 4096];
         let n = b.recv(&mut buf).unwrap();
         let lines: Vec<&str> = std::str::from_utf8(&buf[..n])
@@ -304,16 +324,19 @@ mod tests {
             lines,
             [
                 "p.gunicorn.request.duration:12.007|ms|#env:test",
-                "p.gunicorn.requests:1|c|@1.0|#env:test",
-                "p.gunicorn.request.status.404:1|c|@1.0|#env:test",
                 "p.gunicorn.request.duration:0.250|ms|#env:test",
-                "p.gunicorn.requests:1|c|@1.0|#env:test",
-                "p.gunicorn.request.status.404:1|c|@1.0|#env:test",
                 "p.gunicorn.request.duration:1.000|ms|#env:test",
-                "p.gunicorn.requests:1|c|@1.0|#env:test",
                 "p.gunicorn.request.status.999:1|c|@1.0|#env:test",
+                "p.gunicorn.request.duration:3.100|ms|#env:test",
+                "p.gunicorn.requests:4|c|@1.0|#env:test",
+                "p.gunicorn.request.status.200:1|c|@1.0|#env:test",
+                "p.gunicorn.request.status.404:2|c|@1.0|#env:test",
             ]
         );
+        // Sent counters start again from nothing.
+        s.flush();
+        b.set_nonblocking(true).unwrap();
+        assert!(b.recv(&mut buf).is_err(), "nothing more was sent");
     }
 
     #[test]

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use super::observed;
 
-/// Every statsd line received until each of `wanted` has been seen (or `limit`).
+/// Every statsd line received until each of `wanted` has been seen and the
+/// `requests` counter (`PREFIX.gunicorn.requests`) adds up to three (or `limit`).
 fn collect(
     recv: impl Fn(&mut [u8]) -> Option<usize>,
     wanted: &[&str],
+    (requests, tags): (&str, &str),
     limit: Duration,
 ) -> Vec<String> {
     let start = Instant::now();
@@ -20,6 +22,7 @@ fn collect(
         if wanted
             .iter()
             .all(|w| lines.iter().any(|l| l.starts_with(w)))
+            && counted(&lines, requests, tags) >= 3
         {
             break;
         }
@@ -31,17 +34,27 @@ fn collect(
     lines
 }
 
+/// The sum of counter `name`'s values (`name:N|c|@1.0TAGS` lines: statsd adds them
+/// up, and rgun sends a counter's sum since its last send).
+fn counted(lines: &[String], name: &str, tags: &str) -> u64 {
+    let tail = format!("|c|@1.0{tags}");
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.strip_suffix(&tail))
+        .map(|n| {
+            n.parse::<u64>()
+                .unwrap_or_else(|_| panic!("not a count: {n:?}"))
+        })
+        .sum()
+}
+
 fn assert_gunicorn_lines(lines: &[String], prefix: &str, tags: &str) {
     for status in [200, 404, 500] {
-        let want = format!("{prefix}gunicorn.request.status.{status}:1|c|@1.0{tags}");
-        assert!(lines.contains(&want), "no {want:?} in {lines:#?}");
+        let name = format!("{prefix}gunicorn.request.status.{status}");
+        assert_eq!(counted(lines, &name, tags), 1, "{name} in {lines:#?}");
     }
-    let requests = format!("{prefix}gunicorn.requests:1|c|@1.0{tags}");
-    assert_eq!(
-        lines.iter().filter(|l| **l == requests).count(),
-        3,
-        "{lines:#?}"
-    );
+    let requests = format!("{prefix}gunicorn.requests");
+    assert_eq!(counted(lines, &requests, tags), 3, "{lines:#?}");
     let timers: Vec<&String> = lines
         .iter()
         .filter(|l| l.starts_with(&format!("{prefix}gunicorn.request.duration:")))
@@ -101,7 +114,12 @@ fn statsd_over_udp_with_gunicorns_names_prefix_and_tags() {
     }
     let wanted: Vec<String> = WANTED.iter().map(|w| format!("shop.{w}")).collect();
     let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
-    let lines = collect(|b| sink.recv(b).ok(), &wanted, Duration::from_secs(10));
+    let lines = collect(
+        |b| sink.recv(b).ok(),
+        &wanted,
+        ("shop.gunicorn.requests", "|#env:test,team:web"),
+        Duration::from_secs(10),
+    );
     assert_gunicorn_lines(&lines, "shop.", "|#env:test,team:web");
 }
 
@@ -116,7 +134,12 @@ fn statsd_over_a_unix_datagram_socket() {
     for (path, status) in [("/", 200), ("/missing", 404), ("/boom", 500)] {
         assert_eq!(server.get(path).status, status);
     }
-    let lines = collect(|b| sink.recv(b).ok(), &WANTED, Duration::from_secs(10));
+    let lines = collect(
+        |b| sink.recv(b).ok(),
+        &WANTED,
+        ("gunicorn.requests", ""),
+        Duration::from_secs(10),
+    );
     assert_gunicorn_lines(&lines, "", "");
 }
 
