@@ -18,6 +18,8 @@ Measurements:
                     processes that exit during the run are not counted
   peak RSS MiB      max over the run of the sum of VmRSS of the tree, sampled every
                     100 ms (shared pages are counted once per process)
+  peak PSS MiB      the same for Pss (/proc/<pid>/smaps_rollup): a page shared by n
+                    processes counts 1/n in each, so the tree's sum counts it once
   errors            wrk non-2xx/3xx responses + socket errors (summed over rounds)
 """
 
@@ -196,14 +198,17 @@ def cpu_times(root):
 
 
 def rss_mib(root):
-    total = 0
+    """(RSS, PSS) of `root`'s tree in MiB: VmRSS and Pss summed over its processes."""
+    rss = pss = 0
     for pid in tree(root):
         try:
             with open(f"/proc/{pid}/status") as f:
-                total += next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+                rss += next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                pss += next((int(l.split()[1]) for l in f if l.startswith("Pss:")), 0)
         except OSError:
             pass
-    return total / 1024
+    return rss / 1024, pss / 1024
 
 
 # ---------------------------------------------------------------- server lifecycle
@@ -307,11 +312,11 @@ def wrk(port, conns, duration, extra, scheme="http"):
 def measure(proc, port, conns, duration, extra, ws=False, scrape=False, scheme="http"):
     """wrk at `conns` connections (or, with `ws`, bench/ws_client.py's WebSocket echo:
     messages count as requests, no latency figures)."""
-    peak, done = [0.0], threading.Event()
+    peak, done = [0.0, 0.0], threading.Event()
 
     def sampler():
         while not done.is_set():
-            peak[0] = max(peak[0], rss_mib(proc.pid))
+            peak[:] = map(max, peak, rss_mib(proc.pid))
             done.wait(0.1)
 
     t = threading.Thread(target=sampler)
@@ -339,7 +344,7 @@ def measure(proc, port, conns, duration, extra, ws=False, scrape=False, scheme="
         r = parse_wrk(out)
     cpu = sum(v - before.get(pid, 0.0) for pid, v in after.items())
     r["cpu_us"] = cpu / r["requests"] * 1e6 if r["requests"] else float("nan")
-    r["rss"] = peak[0]
+    r["rss"], r["pss"] = peak
     return r
 
 
@@ -377,7 +382,7 @@ def ratio(a, b):
 
 
 def medians(per):
-    return {s: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us", "rss")}
+    return {s: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us", "rss", "pss")}
             | {"errors": sum(r["errors"] for r in rs)} for s, rs in per.items() if rs}
 
 
@@ -385,9 +390,9 @@ def tables(results, interface):
     """One interface's main table (servers side by side per workload) and its ratios."""
     servers = SERVERS[interface]
     peers = [s for s in servers if not s.startswith("rgun")]
-    L = ["| workload | conns | server | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | errors |",
-         "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
-    heads = [f"{k} rgun/{o}" for k in ("req/s", "p99", "CPU/req", "RSS") for o in peers]
+    L = ["| workload | conns | server | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | peak PSS MiB | errors |",
+         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    heads = [f"{k} rgun/{o}" for k in ("req/s", "p99", "CPU/req", "RSS", "PSS") for o in peers]
     R = ["| workload | conns | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(heads)]
     for (wl, conns), per in results.items():
         if WORKLOADS[wl].interface != interface:
@@ -395,15 +400,20 @@ def tables(results, interface):
         med = medians(per)
         for s in servers_for(wl):
             if s not in med:
-                L.append(f"| {wl} | {conns} | {s} | failed | | | | | |")
+                L.append(f"| {wl} | {conns} | {s} | failed | | | | | | |")
                 continue
             m = med[s]
             L.append(f"| {wl} | {conns} | {s} | {fmt(m['rps'])} | {fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} "
-                     f"| {fmt(m['cpu_us'])} | {fmt(m['rss'], 1)} | {m['errors']} |")
+                     f"| {fmt(m['cpu_us'])} | {fmt(m['rss'], 1)} | {fmt(m['pss'], 1)} | {m['errors']} |")
         g = lambda s, k: med.get(s, {}).get(k, float("nan"))
-        R.append(f"| {wl} | {conns} | " + " | ".join(ratio(g("rgun", k), g(o, k)) for k in ("rps", "p99", "cpu_us", "rss")
+        R.append(f"| {wl} | {conns} | " + " | ".join(ratio(g("rgun", k), g(o, k)) for k in ("rps", "p99", "cpu_us", "rss", "pss")
                                                       for o in peers) + " |")
     return L, R
+
+
+def at_most(a, b, want):
+    """Whether a/b <= want (None when either is missing)."""
+    return None if a != a or b != b or not b else a / b <= want
 
 
 def verdict(ok):
@@ -418,9 +428,6 @@ def asgi_targets(results, caps):
 
     def at_least(a, b, want):
         return None if a != a or b != b or not b else a / b >= want
-
-    def at_most(a, b, want):
-        return None if a != a or b != b or not b else a / b <= want
 
     out = []
     if ("asgi_hello", 64) in results:
@@ -484,6 +491,11 @@ def report(results, caps, args, info):
             notes.append(f"- {wl} @ {conns} conns: rgun+obs/rgun req/s {ratio(g('rgun+obs', 'rps'), g('rgun', 'rps'))}, "
                          f"CPU/req {ratio(g('rgun+obs', 'cpu_us'), g('rgun', 'cpu_us'))}, "
                          f"p99 {ratio(g('rgun+obs', 'p99'), g('rgun', 'p99'))}")
+        if (wl, conns) == ("hello", 1) and "Gunicorn" in med:
+            notes.append(f"- memory of master + {WORKERS} workers (hello @ 1 conn, issue 13): RSS rgun/Gunicorn "
+                         f"{ratio(g('rgun', 'rss'), g('Gunicorn', 'rss'))} (target ≤ 0.75: "
+                         f"{verdict(at_most(g('rgun', 'rss'), g('Gunicorn', 'rss'), 0.75))}), PSS rgun/Gunicorn "
+                         f"{ratio(g('rgun', 'pss'), g('Gunicorn', 'pss'))}")
         if w.interface == "wsgi" and w.threads:
             ideal = min(conns, WORKERS * w.threads) / 0.010
             notes.append(f"- {wl} @ {conns} conns: ideal = min(conns, workers×threads = {WORKERS * w.threads}) / 10 ms = "
@@ -503,14 +515,14 @@ def report(results, caps, args, info):
         if not any(WORKLOADS[wl].interface == interface for wl, _ in results):
             continue
         L, R = tables(results, interface)
-        out += ["", f"## {title}", "", *L, "", "Ratios (req/s: >1 means rgun is faster; p99, CPU/req, RSS: <1 means rgun is lower):",
+        out += ["", f"## {title}", "", *L, "", "Ratios (req/s: >1 means rgun is faster; p99, CPU/req, RSS, PSS: <1 means rgun is lower):",
                 "", *R, ""]
         if interface == "wsgi" and tls_targets(results):
             out += ["TLS (tls_*): every server terminates TLS itself with one ECDSA P-256 certificate (bench/tls.py); "
                     "tls_handshakes sends `Connection: close`, so each request is a new connection and a full "
                     "handshake. Targets (issue 16):", "", *tls_targets(results), ""]
         if interface == "wsgi" and notes:
-            out += ["Sleep workload vs ideal, and rgun+obs (rgun with --metrics-bind scraped every second and "
+            out += ["Memory, sleep workload vs ideal, and rgun+obs (rgun with --metrics-bind scraped every second and "
                     "--statsd-host sending to a drained UDP socket; `bench/run --observability`) against plain rgun "
                     "in the same run:", "", *notes, ""]
         if interface == "asgi":
@@ -521,7 +533,8 @@ def report(results, caps, args, info):
                     "Targets (issue 14):", "", *asgi_targets(results, caps), ""]
     out.append("CPU/req = utime+stime of the live server process tree (master + descendants) sampled from /proc just before "
                "and after the load, divided by requests completed; processes that exit mid-run are not counted. Peak RSS = max "
-               "of the tree's summed VmRSS, sampled every 100 ms (pages shared after fork are counted in every process). "
+               "of the tree's summed VmRSS, sampled every 100 ms (pages shared after fork are counted in every process); peak "
+               "PSS the same for Pss from smaps_rollup (a page shared by n processes counts 1/n in each). "
                "The load generator runs on the same 2-core machine and competes with the server for CPU.")
     return "\n".join(out)
 
@@ -648,7 +661,7 @@ def main():
                         else:
                             results[(wl, c)][server].append(r)
                         print(f"[{wl} r{rnd + 1}] {server:8} c={c:<3} {r['rps']:9.0f} req/s  p50 {r['p50']:7.2f} ms  "
-                              f"p99 {r['p99']:7.2f} ms  cpu {r['cpu_us']:6.0f} us/req  rss {r['rss']:6.1f} MiB  "
+                              f"p99 {r['p99']:7.2f} ms  cpu {r['cpu_us']:6.0f} us/req  rss {r['rss']:6.1f} pss {r['pss']:6.1f} MiB  "
                               f"errors {r['errors']}", flush=True)
                 except subprocess.CalledProcessError as e:
                     print(f"[{wl} r{rnd + 1}] {server}: load failed: {e.stderr.strip()}", flush=True)
