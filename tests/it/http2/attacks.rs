@@ -1,12 +1,13 @@
 //! The HTTP/2 attacks, each answered without harm to an honest client: rapid reset
 //! (CVE-2023-44487), CONTINUATION flood (CVE-2024-27316), an HPACK bomb, a PING flood
-//! and a SETTINGS flood. The hostile frames are written raw.
+//! and a SETTINGS flood. The hostile frames are written raw. Rapid reset and a body
+//! that never comes are tried against an ASGI worker too.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::{fetch, h2c_server, with_h2, PREFACE};
+use super::{fetch, h2c_server, h2c_server_of, with_h2, Kind, PREFACE};
 use crate::support::Server;
 
 /// One frame: 24-bit length, type, flags, stream id, payload.
@@ -177,7 +178,16 @@ fn a_settings_flood_is_bounded_and_honest_clients_are_served() {
 
 #[test]
 fn rapid_reset_streams_never_reach_the_app_and_honest_clients_are_served() {
-    let server = h2c_server(&[]);
+    rapid_reset(Kind::Wsgi);
+}
+
+#[test]
+fn rapid_reset_streams_never_reach_an_asgi_app() {
+    rapid_reset(Kind::Asgi);
+}
+
+fn rapid_reset(kind: Kind) {
+    let server = h2c_server_of(kind, &[]);
     let port = server.port;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -209,14 +219,23 @@ fn rapid_reset_streams_never_reach_the_app_and_honest_clients_are_served() {
     });
     std::thread::sleep(Duration::from_millis(200));
     let ran = server.access_log().matches("reset").count();
-    eprintln!("reset streams that reached the app: {ran}");
-    assert!(ran <= 100, "reset streams ran the app: {ran}");
+    eprintln!("{kind:?}: reset streams that reached the app: {ran}");
+    assert!(ran <= 100, "{kind:?}: reset streams ran the app: {ran}");
     honest_client_is_served(&server);
 }
 
 #[test]
 fn a_stream_that_never_sends_its_body_is_reset_at_the_request_deadline() {
-    let server = h2c_server(&["--timeout", "2"]);
+    never_sent_body(Kind::Wsgi);
+}
+
+#[test]
+fn an_asgi_stream_that_never_sends_its_body_is_reset_at_the_request_deadline() {
+    never_sent_body(Kind::Asgi);
+}
+
+fn never_sent_body(kind: Kind) {
+    let server = h2c_server_of(kind, &["--timeout", "2"]);
     let port = server.port;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
