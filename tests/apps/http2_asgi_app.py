@@ -2,10 +2,13 @@
 the scope and the body as JSON (201), /big?n=N streams N bytes in 64 KiB send()s,
 each awaited (?tag=T counts them in /counters), /sleep?ms=M answers after an
 asyncio.sleep, /hold?file=F reads its body, sends its head and a first piece, then
-writes what its next receive() brings to F."""
+writes what its next receive() brings to F, /wait?file=F creates F.started, then
+answers its pid once F exists (at most 30 s)."""
 
 import asyncio
 import json
+import os
+import time
 from urllib.parse import parse_qs
 
 counters = {}
@@ -61,6 +64,13 @@ async def app(scope, receive, send):
         with open(query["file"], "a") as f:
             f.write(message["type"] + "\n")
         return
+    if path == "/wait":
+        gate = query["file"]
+        open(gate + ".started", "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return await answer(send, 200, str(os.getpid()).encode())
     if path == "/counters":
         return await answer(send, 200, json.dumps(counters).encode())
     body = b""
@@ -84,5 +94,6 @@ async def app(scope, receive, send):
         "server": list(scope["server"]),
         "body": body.decode("latin-1"),
         "messages": messages,
+        "pid": os.getpid(),
     }
     await answer(send, 201, json.dumps(echoed).encode(), b"application/json")

@@ -2,8 +2,8 @@
 //! is one `http` scope (`http_version` "2"), its body comes through `receive()`,
 //! streams of one connection run as concurrent tasks, a response waits for the
 //! client's window (suspending the application's `send()`), a reset or a closed
-//! connection is the application's `http.disconnect`, TLS offers h2 by ALPN, and a
-//! stop sends GOAWAY and finishes the streams in flight.
+//! connection is the application's `http.disconnect`, and TLS offers h2 by ALPN.
+//! A stop's GOAWAY (for both workers) is in `retire`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -322,11 +322,6 @@ fn an_asgi_app_speaks_http2_over_tls_by_alpn() {
     let r = crate::tls::get(&mut tls, "/echo").unwrap();
     assert_eq!(r.status, 201);
     assert_eq!(r.json()["http_version"], "1.1");
-}
-
-#[test]
-fn stopping_an_asgi_worker_sends_goaway_and_finishes_the_streams_in_flight() {
-    super::stop_with_a_stream_in_flight(Kind::Asgi, &[]);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 mod asgi;
 mod attacks;
+mod retire;
 mod tls;
 
 use std::future::Future;
@@ -332,78 +333,6 @@ fn a_stream_whose_client_opens_no_window_holds_no_python_thread() {
     });
     assert_eq!(with_h2_too, 201);
     drop(stalled);
-}
-
-#[test]
-fn stopping_sends_goaway_and_finishes_the_streams_in_flight() {
-    // Threads, so the loop hears the signal while the application sleeps.
-    stop_with_a_stream_in_flight(Kind::Wsgi, &["--threads", "2"]);
-}
-
-/// SIGTERM while a stream sleeps in the application: GOAWAY refuses a new stream on
-/// the connection, the one in flight finishes, the server exits 0.
-fn stop_with_a_stream_in_flight(kind: Kind, extra: &[&str]) {
-    let mut server = h2c_server_of(kind, extra);
-    let pid = server.pid();
-    let (status, body) = with_h2(server.port, |send| {
-        stream_across_goaway(send, || {
-            // SAFETY: kill(2) on the server we started, by its pid.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        })
-    });
-    assert_eq!(
-        status,
-        200,
-        "{kind:?}: the stream in flight finishes: {}",
-        server.log()
-    );
-    assert!(!body.is_empty());
-    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
-}
-
-/// On one connection: a first request, then a stream in flight (`/sleep?ms=1500`)
-/// while `retire` makes its worker leave; a stream opened afterwards must be refused
-/// (GOAWAY came). Returns the in-flight stream's status and body.
-async fn stream_across_goaway(
-    mut send: SendRequest<Bytes>,
-    retire: impl FnOnce(),
-) -> (u16, Vec<u8>) {
-    let (first, _, _) = fetch(&mut send, "GET", "/echo", &[], b"").await;
-    assert_eq!(first, 201);
-    let pending = {
-        let mut send = send.clone();
-        tokio::spawn(async move { fetch(&mut send, "GET", "/sleep?ms=1500", &[], b"").await })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    retire();
-    assert!(
-        refused_after_goaway(&mut send).await,
-        "a stream opened after GOAWAY is refused"
-    );
-    let (status, _, body) = pending.await.unwrap();
-    (status, body)
-}
-
-/// Whether a new stream on `send`'s connection is refused, waiting up to 10 s for the
-/// GOAWAY that refuses it (a stream that opens meanwhile is answered and tried again).
-async fn refused_after_goaway(send: &mut SendRequest<Bytes>) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let Ok(mut ready) = send.clone().ready().await else {
-            return true;
-        };
-        let req = http::Request::get("http://127.0.0.1/echo?after-goaway")
-            .body(())
-            .unwrap();
-        let Ok((response, _)) = ready.send_request(req, true) else {
-            return true;
-        };
-        if response.await.is_err() {
-            return true;
-        }
-    }
-    false
 }
 
 #[test]
