@@ -3,7 +3,8 @@ the scope and the body as JSON (201), /big?n=N streams N bytes in 64 KiB send()s
 each awaited (?tag=T counts them in /counters), /sleep?ms=M answers after an
 asyncio.sleep, /hold?file=F reads its body, sends its head and a first piece, then
 writes what its next receive() brings to F, /wait?file=F creates F.started, then
-answers its pid once F exists (at most 30 s)."""
+answers its pid once F exists (at most 30 s), /raise-before and /raise-after fail
+before and after their head."""
 
 import asyncio
 import json
@@ -71,6 +72,12 @@ async def app(scope, receive, send):
         while not os.path.exists(gate) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         return await answer(send, 200, str(os.getpid()).encode())
+    if path == "/raise-before":
+        raise RuntimeError("boom before the head")
+    if path == "/raise-after":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        raise RuntimeError("boom mid-body")
     if path == "/counters":
         return await answer(send, 200, json.dumps(counters).encode())
     body = b""

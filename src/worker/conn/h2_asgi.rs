@@ -123,9 +123,17 @@ impl Exchange {
         let mut c = cycle.borrow_mut(py);
         let complete = c.is_complete();
         if !complete && c.progress() == crate::asgi::cycle::Progress::Broken {
-            // The application ended (or failed) mid-body: only a reset can say so.
+            // The application ended (or failed) mid-body: only a reset can say so,
+            // after what it did send and the window lets out (the connection writes
+            // those frames before the next pass resets the stream).
+            let response = c.stream().expect("an HTTP/2 stream's cycle");
+            let sent = send_within_window(cx, &mut self.respond, &mut self.send, response, false);
             drop(c);
-            self.reset(h2::Reason::INTERNAL_ERROR);
+            match sent.end {
+                Some(_) => self.done(),
+                None if sent.moved => {}
+                None => self.reset(h2::Reason::INTERNAL_ERROR),
+            }
             return true;
         }
         let response = c.stream().expect("an HTTP/2 stream's cycle");

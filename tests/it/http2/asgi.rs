@@ -347,3 +347,47 @@ def post_request(worker, req, environ, resp):
     assert!(text.contains("pre_request POST /echo"), "{text}");
     assert!(text.contains("post_request /echo 201 2"), "{text}");
 }
+
+#[test]
+fn an_asgi_app_that_fails_answers_500_before_its_head_and_resets_after_it() {
+    let server = h2c_asgi(&[]);
+    let (before, after, next) = with_h2(server.port, |mut send| async move {
+        let before = fetch(&mut send, "GET", "/raise-before", &[], b"").await;
+        let mut ready = send.clone().ready().await.unwrap();
+        let req = http::Request::get("http://127.0.0.1/raise-after")
+            .body(())
+            .unwrap();
+        let (response, _) = ready.send_request(req, true).unwrap();
+        let response = response
+            .await
+            .expect("the head was sent before the failure");
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        let mut ended_by = None;
+        while let Some(chunk) = body.data().await {
+            match chunk {
+                Ok(chunk) => got.extend_from_slice(&chunk),
+                Err(e) => {
+                    ended_by = e.reason();
+                    break;
+                }
+            }
+        }
+        // The connection serves on.
+        let next = fetch(&mut send, "GET", "/echo", &[], b"").await.0;
+        (before, (got, ended_by), next)
+    });
+    assert_eq!(before.0, 500, "{}", server.log());
+    assert_eq!(before.2, b"Internal Server Error");
+    let (got, ended_by) = after;
+    assert_eq!(got, b"partial");
+    assert_eq!(
+        ended_by,
+        Some(h2::Reason::INTERNAL_ERROR),
+        "a body cut short is a reset, not an end"
+    );
+    assert_eq!(next, 201);
+    let log = server.log();
+    assert!(log.contains("boom before the head"), "{log}");
+    assert!(log.contains("boom mid-body"), "{log}");
+}

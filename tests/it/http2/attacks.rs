@@ -1,7 +1,8 @@
 //! The HTTP/2 attacks, each answered without harm to an honest client: rapid reset
 //! (CVE-2023-44487), CONTINUATION flood (CVE-2024-27316), an HPACK bomb, a PING flood
 //! and a SETTINGS flood. The hostile frames are written raw. Rapid reset and a body
-//! that never comes are tried against an ASGI worker too.
+//! that never comes are tried against an ASGI worker too, and so is an extended
+//! CONNECT (RFC 8441), which is refused.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,8 +21,10 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const PING: u8 = 6;
+const GOAWAY: u8 = 7;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
@@ -262,5 +265,55 @@ fn never_sent_body(kind: Kind) {
     assert!(ended.is_err(), "no response for a body that never came");
     assert_eq!(after, 201, "the same connection serves on");
     assert!(!server.access_log().contains("stalled"));
+    honest_client_is_served(&server);
+}
+
+#[test]
+fn an_extended_connect_is_refused_and_never_reaches_the_app() {
+    extended_connect_refused(Kind::Wsgi);
+}
+
+#[test]
+fn an_extended_connect_to_an_asgi_worker_is_refused() {
+    extended_connect_refused(Kind::Asgi);
+}
+
+/// RFC 8441's WebSocket over HTTP/2 (`:protocol`) is not offered: the stream is reset
+/// (or the connection ended), no response head comes, the application never runs.
+fn extended_connect_refused(kind: Kind) {
+    let server = h2c_server_of(kind, &[]);
+    let mut s = raw(&server);
+    let mut block = literal(b":method", b"CONNECT");
+    block.extend(literal(b":protocol", b"websocket"));
+    block.push(0x86);
+    block.extend(literal(b":path", b"/echo?extended-connect"));
+    block.extend(literal(b":authority", b"127.0.0.1"));
+    s.write_all(&frame(HEADERS, END_HEADERS, 1, &block))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut seen = Vec::new();
+    let mut header = [0u8; 9];
+    let refused = loop {
+        if s.read_exact(&mut header).is_err() {
+            break true;
+        }
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        seen.push((header[3], stream));
+        match (header[3], stream) {
+            (1, 1) => break false,
+            (RST_STREAM, 1) | (GOAWAY, _) => break true,
+            _ => {}
+        }
+    };
+    assert!(refused, "{kind:?}: frames seen (type, stream): {seen:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !server.access_log().contains("extended-connect"),
+        "{kind:?}: the app saw it: {}",
+        server.access_log()
+    );
     honest_client_is_served(&server);
 }
