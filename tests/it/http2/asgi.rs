@@ -391,3 +391,59 @@ fn an_asgi_app_that_fails_answers_500_before_its_head_and_resets_after_it() {
     assert!(log.contains("boom before the head"), "{log}");
     assert!(log.contains("boom mid-body"), "{log}");
 }
+
+#[test]
+fn a_fastapi_app_is_served_over_http2() {
+    // Starlette's own machinery over streams: validation, a body read whole, a
+    // StreamingResponse (which listens for http.disconnect meanwhile), background
+    // tasks, and a def endpoint that anyio runs on a thread.
+    let server = ServerBuilder::new("fastapi_app:app")
+        .args(["-k", "asgi", "--http2-cleartext"])
+        .start();
+    let upload = vec![b'z'; 2_000_000];
+    let results = with_h2(server.port, |send| async move {
+        let mut tasks = Vec::new();
+        for (method, path, body) in [
+            ("GET", "/items/42?q=caf%C3%A9", Vec::new()),
+            ("GET", "/items/nope", Vec::new()),
+            ("POST", "/echo", upload),
+            ("GET", "/stream", Vec::new()),
+            ("GET", "/background", Vec::new()),
+            ("GET", "/sync", Vec::new()),
+            ("GET", "/state", Vec::new()),
+        ] {
+            let mut send = send.clone();
+            tasks.push(tokio::spawn(async move {
+                let (status, _, out) = fetch(&mut send, method, path, &[], &body).await;
+                (status, String::from_utf8_lossy(&out).into_owned())
+            }));
+        }
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        results
+    });
+    let expect = [
+        (200, r#"{"item_id":42,"q":"café"}"#),
+        (422, "item_id"),
+        (200, r#"{"length":2000000,"head":"zzzzzzzz"}"#),
+        (200, "chunk0\nchunk1\nchunk2\nchunk3\nchunk4\n"),
+        (200, r#"{"scheduled":true}"#),
+        (200, r#"{"main_thread":false}"#),
+        (200, r#"{"db":"connected"}"#),
+    ];
+    for ((status, body), (want_status, want)) in results.iter().zip(expect) {
+        assert_eq!(*status, want_status, "{body}\n{}", server.log());
+        assert!(body.contains(want), "{body:?} lacks {want:?}");
+    }
+    assert!(wait_until(Duration::from_secs(5), || server
+        .get("/events")
+        .text()
+        .contains("background ran")));
+    assert!(
+        !server.log().contains("Exception in ASGI application"),
+        "{}",
+        server.log()
+    );
+}
