@@ -2,10 +2,11 @@
 //! loop with no async runtime, over a `net::pipe::Pipe` that this driver fills from
 //! the `Transport` and drains into it. Each stream is one exchange: its request is
 //! collected whole (as an HTTP/1 body is, so a slow client never holds Python), turned
-//! into the HTTP/1 head the WSGI bridge reads (`http::h2::request_head`), run by the
-//! application, and its response produced into an `H2Response` up to
-//! `HIGH_WATER_BYTES`, then sent as the stream's flow-control window allows. A stream
-//! whose client opens no window holds a buffer, never a Python thread.
+//! into the HTTP/1 head the WSGI environ and the ASGI scope are read from
+//! (`http::h2::request_head`), run by the application, and its response produced into
+//! an `H2Response` (WSGI: up to `HIGH_WATER_BYTES`; ASGI: by its `send()`s, `h2_asgi`),
+//! then sent as the stream's flow-control window allows. A stream whose client opens
+//! no window holds a buffer, never a Python thread, and suspends an ASGI `send()`.
 //!
 //! The waker only raises a flag: one `step_h2` polls everything until a pass makes no
 //! progress and nothing was woken. With `--threads N` the application part runs on a

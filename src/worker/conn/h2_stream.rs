@@ -1,7 +1,8 @@
 //! One HTTP/2 stream's exchange (`conn::h2` drives the connection): its request body
-//! as it comes, the application call (`run_stream`, with the GIL: inline or on a pool
-//! thread as a `StreamJob`), its response produced into an `H2Response` and sent
-//! within the stream's window (`Exchange::advance`). Nothing here reads or writes the
+//! as it comes, the application call (`run_stream`, with the GIL: a WSGI one inline
+//! or on a pool thread as a `StreamJob`, an ASGI one through `h2_asgi`), its response
+//! produced into an `H2Response` and sent within the stream's window
+//! (`Exchange::advance`, `send_within_window`). Nothing here reads or writes the
 //! socket.
 
 use std::sync::Arc;
