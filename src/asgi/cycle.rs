@@ -1,10 +1,11 @@
 //! `Cycle`: one HTTP request/response cycle as the application sees it — its
 //! `receive()` and `send()` — and the response source the connection core drains.
 //!
-//! `send()` frames into the cycle's `Http1Response` (the same `ResponseSink`/`Outbox`
-//! path as WSGI) and completes at once while less than `SEND_HIGH_WATER_BYTES` wait
-//! for the socket; past it, it returns a future the connection resolves when the
-//! socket has taken the backlog, so a stalled reader suspends the application instead
+//! `send()` frames into the cycle's `Sink` — an HTTP/1 connection's `Http1Response`
+//! (the same `ResponseSink`/`Outbox` path as WSGI) or an HTTP/2 stream's `H2Response` —
+//! and completes at once while less than `SEND_HIGH_WATER_BYTES` wait for the socket
+//! (or the stream's window); past it, it returns a future the connection resolves
+//! once the backlog is taken, so a stalled reader suspends the application instead
 //! of growing a buffer. `receive()` hands out the already-read body (in memory, or in
 //! `RECEIVE_CHUNK_BYTES` pieces of the spill file), then waits for `http.disconnect`.
 //! Nothing here touches a socket: the connection (`worker::conn`) flushes and tells
@@ -20,8 +21,10 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
+use super::sink::Sink;
 use super::wake::Wakeups;
 use crate::http::framer::{Http1Response, ResponseSink};
+use crate::http::h2::H2Response;
 use crate::http::response::{reason_phrase, RequestFacts};
 use crate::net::outbox::Outbox;
 
@@ -94,7 +97,7 @@ pub enum Progress {
 /// Single-threaded (`unsendable`): ASGI calls `receive`/`send` on the loop's thread.
 #[pyclass(unsendable, module = "rgun")]
 pub struct Cycle {
-    http: Http1Response,
+    sink: Sink,
     facts: RequestFacts,
     body: Option<RequestBody>,
     start: Option<(u16, Headers)>,
@@ -121,14 +124,14 @@ pub struct Cycle {
 impl Cycle {
     pub fn new(
         py: Python<'_>,
-        outbox: Outbox,
+        sink: Sink,
         facts: RequestFacts,
         body: RequestBody,
         wake: (Arc<Wakeups>, usize),
         kit: &Kit,
     ) -> Cycle {
         Cycle {
-            http: Http1Response::new(outbox, &facts),
+            sink,
             facts,
             body: Some(body),
             start: None,
@@ -149,8 +152,25 @@ impl Cycle {
         self.task = Some(task);
     }
 
+    /// An HTTP/1 connection's response (`conn::asgi`).
     pub fn http(&mut self) -> &mut Http1Response {
-        &mut self.http
+        match &mut self.sink {
+            Sink::Http1(http) => http,
+            Sink::Http2(_) => unreachable!("an HTTP/2 stream's cycle is driven by conn::h2_asgi"),
+        }
+    }
+
+    /// An HTTP/2 stream's response (`conn::h2_asgi`); `None` for HTTP/1.
+    pub fn stream(&mut self) -> Option<&mut H2Response> {
+        match &mut self.sink {
+            Sink::Http2(r) => Some(r),
+            Sink::Http1(_) => None,
+        }
+    }
+
+    /// Every byte of the response is framed (a 500 the server made included).
+    pub fn is_complete(&self) -> bool {
+        self.phase == Phase::Complete
     }
 
     pub fn progress(&self) -> Progress {
@@ -191,13 +211,18 @@ impl Cycle {
     pub fn finish(&mut self, py: Python<'_>) -> Http1Response {
         self.detach(py);
         let facts = self.facts;
-        std::mem::replace(
-            &mut self.http,
-            Http1Response::new(Outbox::default(), &facts),
-        )
+        match std::mem::replace(
+            &mut self.sink,
+            Sink::Http1(Http1Response::new(Outbox::default(), &facts)),
+        ) {
+            Sink::Http1(http) => http,
+            Sink::Http2(_) => unreachable!("an HTTP/2 stream's cycle is driven by conn::h2_asgi"),
+        }
     }
 
-    fn detach(&mut self, py: Python<'_>) {
+    /// The connection is done with this cycle: later `receive()` calls answer
+    /// `http.disconnect` (an HTTP/2 stream's end; HTTP/1 uses `finish`).
+    pub fn detach(&mut self, py: Python<'_>) {
         self.wake = None;
         self.armed = false;
         self.body = None;
@@ -268,12 +293,12 @@ impl Cycle {
             ..self.facts
         };
         if self
-            .http
+            .sink
             .head("500 Internal Server Error", headers.into_iter(), facts)
             .is_ok()
         {
-            self.http.data(ERROR_BODY);
-            self.http.end();
+            self.sink.data(ERROR_BODY);
+            self.sink.end();
         }
     }
 
@@ -345,7 +370,7 @@ impl Cycle {
             known_length,
             ..self.facts
         };
-        self.http
+        self.sink
             .head(
                 &line,
                 headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
@@ -383,9 +408,9 @@ impl Cycle {
         if self.phase == Phase::Started {
             self.write_head((!more).then_some(body.len() as u64))?;
         }
-        self.http.data(body);
+        self.sink.data(body);
         if !more {
-            self.http.end();
+            self.sink.end();
             self.phase = Phase::Complete;
         }
         Ok(())
@@ -399,8 +424,8 @@ impl Cycle {
         if self.phase == Phase::Started {
             self.write_head(Some(size))?;
         }
-        self.http.file(OwnedFd::from(file), 0);
-        self.http.end();
+        self.sink.file(OwnedFd::from(file), 0);
+        self.sink.end();
         self.phase = Phase::Complete;
         Ok(())
     }
@@ -474,7 +499,7 @@ impl Cycle {
             }
         }
         self.notify(py);
-        if self.phase != Phase::Complete && self.http.buffered() >= SEND_HIGH_WATER_BYTES {
+        if self.phase != Phase::Complete && self.sink.buffered() >= SEND_HIGH_WATER_BYTES {
             let future = self.kit.create_future.call0(py)?;
             self.sender = Some(future.clone_ref(py));
             return Ok(future);

@@ -10,6 +10,7 @@
 
 pub mod cycle;
 pub mod scope;
+pub mod sink;
 pub mod wake;
 pub mod websocket;
 
@@ -21,6 +22,7 @@ use pyo3::types::{PyDict, PyModule};
 
 use self::cycle::{Cycle, Kit, RequestBody};
 use self::scope::{ScopeBuilder, ScopeInfo};
+use self::sink::Sink;
 use self::wake::Wakeups;
 use self::websocket::WsCycle;
 use crate::http::response::RequestFacts;
@@ -187,16 +189,17 @@ impl AsgiApp {
         }
     }
 
-    /// Calls the application for one request and runs its first step. The returned
-    /// cycle holds the response (complete already, if the application did not wait);
-    /// the scope is returned too, for a `post_request` hook.
+    /// Calls the application for one request (an HTTP/1 request or an HTTP/2 stream,
+    /// as `sink` says) and runs its first step. The returned cycle holds the response
+    /// (complete already, if the application did not wait); the scope is returned
+    /// too, for a `post_request` hook.
     #[allow(clippy::too_many_arguments)]
     pub fn call<'py>(
         &self,
         py: Python<'py>,
         req: &ScopeInfo<'_>,
         body: RequestBody,
-        outbox: Outbox,
+        sink: Sink,
         facts: RequestFacts,
         key: usize,
     ) -> PyResult<(Py<Cycle>, Bound<'py, PyDict>)> {
@@ -205,7 +208,7 @@ impl AsgiApp {
             py,
             Cycle::new(
                 py,
-                outbox,
+                sink,
                 facts,
                 body,
                 (Arc::clone(&self.wakeups), key),

@@ -1,7 +1,9 @@
 //! Building an HTTP connection scope (ASGI 3.0, spec 2.4) from a parsed request: the
 //! constant part (`asgi`, `type`, `root_path`, the extensions) made once per worker,
-//! the rest per request. Header names are lower-cased bytes, values bytes as sent;
-//! `path` is percent-decoded UTF-8 with `root_path` in front (as Uvicorn does).
+//! the rest per request (an HTTP/2 stream's from the HTTP/1 head `http::h2` made of
+//! it: `http_version` "2", `host` from `:authority`). Header names are lower-cased
+//! bytes, values bytes as sent; `path` is percent-decoded UTF-8 with `root_path` in
+//! front (as Uvicorn does).
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -49,6 +51,7 @@ keys! {
     https = "https",
     v10 = "1.0",
     v11 = "1.1",
+    v2 = "2",
     get = "GET",
     post = "POST",
 }
@@ -117,7 +120,9 @@ impl ScopeBuilder {
         scope.set_item(&k.asgi, self.asgi_version.bind(py).copy()?)?;
         scope.set_item(
             &k.http_version,
-            if head.minor_version == 0 {
+            if head.http2 {
+                &k.v2
+            } else if head.minor_version == 0 {
                 &k.v10
             } else {
                 &k.v11

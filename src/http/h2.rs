@@ -4,9 +4,9 @@
 //! an `http::Response` head and body bytes for the stream.
 //!
 //! The head is re-parsed by `head::parse_head`, so an HTTP/2 request meets every rule
-//! an HTTP/1 one does (limits, control bytes, targets) and the WSGI environ, the
-//! access log and the hooks read it the same way. Nothing here knows the socket or
-//! the `h2` connection.
+//! an HTTP/1 one does (limits, control bytes, targets) and the WSGI environ, the ASGI
+//! scope, the access log and the hooks read it the same way. Nothing here knows the
+//! socket or the `h2` connection.
 
 use std::os::fd::OwnedFd;
 

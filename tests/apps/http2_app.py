@@ -1,8 +1,10 @@
 """The HTTP/2 tests' application: /echo reports what it received as JSON, /big?n=N
 answers N bytes in 64 KiB pieces, /sleep?ms=M answers after M milliseconds with the
-thread that ran it."""
+thread that ran it, /wait?file=F creates F.started, then answers its pid once F
+exists (at most 30 s)."""
 
 import json
+import os
 import threading
 import time
 from urllib.parse import parse_qs
@@ -21,6 +23,14 @@ def application(environ, start_response):
         out = threading.current_thread().name.encode()
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [out]
+    if path == "/wait":
+        gate = query["file"]
+        open(gate + ".started", "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(os.getpid()).encode()]
     body = environ["wsgi.input"].read()
     echoed = {
         "method": environ["REQUEST_METHOD"],
@@ -31,6 +41,7 @@ def application(environ, start_response):
         "host": environ.get("HTTP_HOST"),
         "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")},
         "body": body.decode("latin-1"),
+        "pid": os.getpid(),
     }
     out = json.dumps(echoed).encode()
     start_response("201 Created", [("Content-Type", "application/json"), ("X-App", "yes"), ("Connection", "keep-alive")])

@@ -18,8 +18,10 @@ use pyo3::prelude::*;
 use super::{Conn, State, Step, KEPT_OUT_BYTES};
 use crate::asgi::cycle::{Cycle, Progress, RequestBody};
 use crate::asgi::scope::ScopeInfo;
+use crate::asgi::sink::Sink;
 use crate::asgi::websocket::WsCycle;
 use crate::asgi::AsgiApp;
+use crate::http::framer::Http1Response;
 use crate::http::response::RequestFacts;
 use crate::http::websocket;
 use crate::net::outbox::Outbox;
@@ -39,8 +41,17 @@ impl WsConn {
     }
 }
 
+/// A complete request body as `receive()` hands it out.
+pub(super) fn request_body(body: Body) -> RequestBody {
+    match body {
+        Body::Empty => RequestBody::Empty,
+        Body::Memory(data) => RequestBody::Memory(data),
+        Body::File(file) => RequestBody::File(file),
+    }
+}
+
 /// How long a connection waits for an application that neither sends nor ends.
-const APP_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(super) const APP_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Pipelined input buffered while the application runs, at most.
 const WATCH_LIMIT_BYTES: usize = 64 * 1024;
 
@@ -84,11 +95,7 @@ impl Conn {
             local: &self.local,
             https,
         };
-        let body = match body {
-            Body::Empty => RequestBody::Empty,
-            Body::Memory(data) => RequestBody::Memory(data),
-            Body::File(file) => RequestBody::File(file),
-        };
+        let body = request_body(body);
         let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
         if let Some(upgrade) = websocket::upgrade_request(&self.head, &self.head_bytes) {
             let facts = RequestFacts {
@@ -125,7 +132,8 @@ impl Conn {
         {
             slot.request_begin();
         }
-        match app.call(py, &info, body, outbox, facts, self.key) {
+        let sink = Sink::Http1(Http1Response::new(outbox, &facts));
+        match app.call(py, &info, body, sink, facts, self.key) {
             Ok((cycle, scope)) => {
                 self.hook_request = keep(&scope);
                 self.state = State::Asgi(cycle);
@@ -343,9 +351,14 @@ impl Conn {
         Step::Continue
     }
 
-    /// When the HTTP request the application is running began (not for WebSockets).
+    /// When the HTTP request the application is running began (not for WebSockets; an
+    /// HTTP/2 connection's oldest ASGI stream).
     pub fn asgi_request_started(&self) -> Option<Instant> {
-        matches!(self.state, State::Asgi(_)).then_some(self.request_started)
+        match self.state {
+            State::Asgi(_) => Some(self.request_started),
+            State::Http2(_) => self.oldest_asgi_stream(),
+            _ => None,
+        }
     }
 
     /// An open WebSocket (a graceful stop closes it with 1001).
@@ -355,7 +368,7 @@ impl Conn {
 
     /// The connection closes with the application still running: it learns the
     /// client left.
-    pub(super) fn abandon_asgi(&self, cycle: &Py<Cycle>) {
+    pub(super) fn abandon_asgi(cycle: &Py<Cycle>) {
         Python::with_gil(|py| cycle.borrow_mut(py).client_gone(py));
     }
 }

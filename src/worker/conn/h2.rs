@@ -2,10 +2,11 @@
 //! loop with no async runtime, over a `net::pipe::Pipe` that this driver fills from
 //! the `Transport` and drains into it. Each stream is one exchange: its request is
 //! collected whole (as an HTTP/1 body is, so a slow client never holds Python), turned
-//! into the HTTP/1 head the WSGI bridge reads (`http::h2::request_head`), run by the
-//! application, and its response produced into an `H2Response` up to
-//! `HIGH_WATER_BYTES`, then sent as the stream's flow-control window allows. A stream
-//! whose client opens no window holds a buffer, never a Python thread.
+//! into the HTTP/1 head the WSGI environ and the ASGI scope are read from
+//! (`http::h2::request_head`), run by the application, and its response produced into
+//! an `H2Response` (WSGI: up to `HIGH_WATER_BYTES`; ASGI: by its `send()`s, `h2_asgi`),
+//! then sent as the stream's flow-control window allows. A stream whose client opens
+//! no window holds a buffer, never a Python thread, and suspends an ASGI `send()`.
 //!
 //! The waker only raises a flag: one `step_h2` polls everything until a pass makes no
 //! progress and nothing was woken. With `--threads N` the application part runs on a
@@ -168,7 +169,7 @@ impl Conn {
             let waker = h.waker.clone();
             let mut cx = Context::from_waker(&waker);
             for ex in &mut h.exchanges {
-                moved |= ex.advance(&mut cx, ctx.settings.request_timeout);
+                moved |= ex.advance(&mut cx, exec, ctx.settings.request_timeout);
             }
             if h.exchanges.iter().any(Exchange::needs_python) {
                 let facts = self.stream_ctx();
@@ -221,7 +222,18 @@ impl Conn {
                 self.deadline = Instant::now() + ctx.settings.request_timeout;
             }
             if let Some(first) = h.exchanges.iter().map(|e| e.deadline).min() {
-                self.deadline = self.deadline.min(first);
+                // The streams' own deadlines (an ASGI application's long-poll has a
+                // long one), never later than the pool's.
+                self.deadline = if h.away > 0 {
+                    self.deadline.min(first)
+                } else {
+                    first
+                };
+            }
+            if let Exec::Inline(py, _) = exec {
+                for ex in &h.exchanges {
+                    ex.arm(py);
+                }
             }
             return if h.finished && !blocked && h.away == 0 {
                 Step::Close
@@ -279,6 +291,7 @@ impl Conn {
 
     fn stream_ctx(&self) -> StreamCtx {
         StreamCtx {
+            key: self.key,
             fd: self.fd(),
             peer: self.peer.clone(),
             local: Arc::clone(&self.local),
@@ -381,10 +394,25 @@ impl Conn {
         h.exchanges.len() != before
     }
 
-    /// The connection closes with streams unfinished: the scoreboard forgets them.
-    pub(super) fn abandon_h2(&self, h: &H2Conn, ctx: &Shared) {
-        for _ in h.exchanges.iter().filter(|e| e.counted) {
-            ctx.scoreboard_end();
+    /// The connection closes with streams unfinished: the scoreboard forgets them (once:
+    /// they are uncounted), and ASGI applications still running hear `http.disconnect`.
+    pub(super) fn abandon_h2(h: &mut H2Conn, ctx: &Shared) {
+        for ex in &mut h.exchanges {
+            if std::mem::take(&mut ex.counted) {
+                ctx.scoreboard_end();
+            }
+            if matches!(ex.progress, Progress::Asgi(_)) {
+                ex.done();
+            }
+        }
+    }
+
+    /// When the oldest ASGI application running one of this connection's streams was
+    /// called.
+    pub(super) fn oldest_asgi_stream(&self) -> Option<Instant> {
+        match &self.state {
+            State::Http2(h) => h.exchanges.iter().filter_map(Exchange::asgi_started).min(),
+            _ => None,
         }
     }
 }

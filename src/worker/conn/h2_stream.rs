@@ -1,7 +1,8 @@
 //! One HTTP/2 stream's exchange (`conn::h2` drives the connection): its request body
-//! as it comes, the application call (`run_stream`, with the GIL: inline or on a pool
-//! thread as a `StreamJob`), its response produced into an `H2Response` and sent
-//! within the stream's window (`Exchange::advance`). Nothing here reads or writes the
+//! as it comes, the application call (`run_stream`, with the GIL: a WSGI one inline
+//! or on a pool thread as a `StreamJob`, an ASGI one through `h2_asgi`), its response
+//! produced into an `H2Response` and sent within the stream's window
+//! (`Exchange::advance`, `send_within_window`). Nothing here reads or writes the
 //! socket.
 
 use std::sync::Arc;
@@ -14,6 +15,9 @@ use h2::{RecvStream, SendStream};
 use pyo3::prelude::*;
 
 use super::app::HIGH_WATER_BYTES;
+use super::h2_asgi::call_stream_asgi;
+use super::Exec;
+use crate::asgi::cycle::Cycle;
 use crate::http::framer::ResponseSink;
 use crate::http::h2::{request_head, H2Response};
 use crate::http::head::RequestHead;
@@ -34,6 +38,9 @@ pub(super) enum Progress {
     Producing(Box<WsgiSource>),
     /// All produced: sending what is left.
     Sending,
+    /// An ASGI application runs the stream: its response is framed into the cycle's
+    /// `H2Response` and sent from there (`h2_asgi`).
+    Asgi(Py<Cycle>),
     /// Over (sent, reset, or the client went away).
     Done,
 }
@@ -63,6 +70,8 @@ pub(super) struct Exchange {
 
 /// What a stream's application call needs to know about its connection.
 pub(super) struct StreamCtx {
+    /// The connection's key (an ASGI cycle wakes it by key).
+    pub(super) key: usize,
     pub(super) fd: std::os::fd::RawFd,
     pub(super) peer: crate::net::Peer,
     pub(super) local: Arc<crate::net::Local>,
@@ -97,10 +106,14 @@ impl StreamJob {
 }
 
 impl Exchange {
-    /// Over: a response source not yet closed is kept for `close()` with the GIL.
+    /// Over: a response source not yet closed is kept for `close()` with the GIL; an
+    /// ASGI application still running hears `http.disconnect` (an ASGI worker's loop
+    /// thread holds the GIL, so taking it here costs nothing).
     pub(super) fn done(&mut self) {
-        if let Progress::Producing(source) = std::mem::replace(&mut self.progress, Progress::Done) {
-            self.unclosed = Some(source);
+        match std::mem::replace(&mut self.progress, Progress::Done) {
+            Progress::Producing(source) => self.unclosed = Some(source),
+            Progress::Asgi(cycle) => Python::with_gil(|py| cycle.borrow_mut(py).client_gone(py)),
+            _ => {}
         }
     }
 
@@ -112,10 +125,19 @@ impl Exchange {
         }
     }
 
-    /// Receives body data and sends response data as far as `h2` allows. True when
-    /// something moved (which also moves the stream's deadline).
-    pub(super) fn advance(&mut self, cx: &mut Context<'_>, timeout: std::time::Duration) -> bool {
-        let moved = self.advance_once(cx);
+    /// Receives body data and sends response data as far as `h2` allows (an ASGI
+    /// stream's with the GIL, which `Exec::Inline` has). True when something moved
+    /// (which also moves the stream's deadline).
+    pub(super) fn advance(
+        &mut self,
+        cx: &mut Context<'_>,
+        exec: Exec<'_>,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let moved = match (&self.progress, exec) {
+            (Progress::Asgi(_), Exec::Inline(py, service)) => self.advance_asgi(py, service, cx),
+            _ => self.advance_once(cx),
+        };
         if moved {
             self.deadline = Instant::now() + timeout;
         }
@@ -170,58 +192,90 @@ impl Exchange {
 
     /// Sends the head, then body data within the stream's window.
     fn send(&mut self, cx: &mut Context<'_>) -> bool {
-        let mut moved = false;
         let all_produced = matches!(self.progress, Progress::Sending);
-        if let Some(head) = self.response.head.take() {
-            let end = all_produced && self.response.body.is_empty();
-            match self.respond.send_response(head, end) {
-                Ok(stream) => self.send = Some(stream),
-                Err(_) => {
-                    self.done();
-                    return true;
-                }
-            }
-            moved = true;
-            if end {
-                self.done();
-                return true;
-            }
-        }
-        let Some(stream) = &mut self.send else {
-            return moved;
-        };
-        while !self.response.body.is_empty() {
-            stream.reserve_capacity(self.response.body.len());
-            match stream.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(n))) if n > 0 => {
-                    let n = n.min(self.response.body.len());
-                    let chunk = Bytes::copy_from_slice(&self.response.body[..n]);
-                    self.response.body.drain(..n);
-                    let last = all_produced && self.response.body.is_empty();
-                    if stream.send_data(chunk, last).is_err() {
-                        self.done();
-                        return true;
-                    }
-                    moved = true;
-                    if last {
-                        self.done();
-                        return true;
-                    }
-                }
-                Poll::Ready(Some(Ok(_))) | Poll::Pending => return moved,
-                Poll::Ready(Some(Err(_)) | None) => {
-                    self.done();
-                    return true;
-                }
-            }
-        }
-        if all_produced {
-            let _ = stream.send_data(Bytes::new(), true);
+        let sent = send_within_window(
+            cx,
+            &mut self.respond,
+            &mut self.send,
+            &mut self.response,
+            all_produced,
+        );
+        if sent.end.is_some() {
             self.done();
-            moved = true;
         }
-        moved
+        sent.moved
     }
+}
+
+/// How a stream's response ended (`Sent::end`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StreamEnd {
+    /// All of it sent, the stream ended.
+    Complete,
+    /// The stream is gone (reset, the connection failing): nothing more can be sent.
+    Failed,
+}
+
+/// What one `send_within_window` did.
+pub(super) struct Sent {
+    pub(super) moved: bool,
+    pub(super) end: Option<StreamEnd>,
+}
+
+/// Sends `response`'s head, then its body bytes as far as the stream's window allows;
+/// the stream ends with the last byte once `all_produced`. Shared by the WSGI and
+/// the ASGI streams (the ASGI one's `H2Response` lives in its `Cycle`).
+pub(super) fn send_within_window(
+    cx: &mut Context<'_>,
+    respond: &mut SendResponse<Bytes>,
+    send: &mut Option<SendStream<Bytes>>,
+    response: &mut H2Response,
+    all_produced: bool,
+) -> Sent {
+    let ended = |moved, end| Sent {
+        moved,
+        end: Some(end),
+    };
+    let mut moved = false;
+    if let Some(head) = response.head.take() {
+        let end = all_produced && response.body.is_empty();
+        match respond.send_response(head, end) {
+            Ok(stream) => *send = Some(stream),
+            Err(_) => return ended(true, StreamEnd::Failed),
+        }
+        if end {
+            return ended(true, StreamEnd::Complete);
+        }
+        moved = true;
+    }
+    let Some(stream) = send else {
+        return Sent { moved, end: None };
+    };
+    while !response.body.is_empty() {
+        stream.reserve_capacity(response.body.len());
+        match stream.poll_capacity(cx) {
+            Poll::Ready(Some(Ok(n))) if n > 0 => {
+                let n = n.min(response.body.len());
+                let chunk = Bytes::copy_from_slice(&response.body[..n]);
+                response.body.drain(..n);
+                let last = all_produced && response.body.is_empty();
+                if stream.send_data(chunk, last).is_err() {
+                    return ended(true, StreamEnd::Failed);
+                }
+                moved = true;
+                if last {
+                    return ended(true, StreamEnd::Complete);
+                }
+            }
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => return Sent { moved, end: None },
+            Poll::Ready(Some(Err(_)) | None) => return ended(true, StreamEnd::Failed),
+        }
+    }
+    if all_produced {
+        let _ = stream.send_data(Bytes::new(), true);
+        return ended(true, StreamEnd::Complete);
+    }
+    Sent { moved, end: None }
 }
 
 /// With the GIL: runs a ready stream's application, or produces more of its response.
@@ -233,6 +287,10 @@ pub(super) fn run_stream(
     facts: &StreamCtx,
     lane: usize,
 ) {
+    if let Application::Asgi(app) = &service.app {
+        // Its task runs in the asyncio loop: no lane, nothing to produce here.
+        return call_stream_asgi(py, app, service, ctx, ex, facts);
+    }
     let what = ex.head.method.start..ex.head.target.end;
     let what = ex.head_bytes.get(what).unwrap_or_default().to_vec();
     ctx.lanes
@@ -251,30 +309,12 @@ fn call_stream_app(
     ex: &mut Exchange,
     facts: &StreamCtx,
 ) {
-    ctx.scoreboard_begin();
-    ex.counted = true;
     let Application::Wsgi(app) = &service.app else {
         return answer_error(ex, 500, "Internal Server Error");
     };
-    let received = ex.body.as_ref().map_or(0, BodyReader::received);
-    if let Err(e) = request_head(
-        &ex.parts,
-        received,
-        &ctx.settings.limits,
-        &mut ex.head_bytes,
-        &mut ex.head,
-    ) {
-        tracing::debug!("HTTP/2 request refused: {e}");
-        return answer_error(ex, 400, "Bad Request");
-    }
-    let https = facts.tls
-        || is_https(
-            &ex.head_bytes,
-            &ex.head,
-            facts.peer.trusted,
-            &ctx.settings.secure_scheme_headers,
-        )
-        .unwrap_or(false);
+    let Some((https, body)) = stream_request(ctx, ex, facts) else {
+        return;
+    };
     let remote = (
         pyo3::types::PyString::new(py, &facts.peer.addr).unbind(),
         pyo3::types::PyString::new(py, &facts.peer.port).unbind(),
@@ -287,15 +327,6 @@ fn call_stream_app(
         local: &facts.local,
         https,
         client_subject: facts.client_subject.as_deref(),
-    };
-    let body = match ex.body.take().map(BodyReader::finish) {
-        _ if received == 0 => Body::Empty,
-        Some(Ok(body)) => body,
-        Some(Err(e)) => {
-            tracing::error!("{e}");
-            return answer_error(ex, 500, "Internal Server Error");
-        }
-        None => Body::Empty,
     };
     let is_head = ex.head.is_head_method(&ex.head_bytes);
     let request = RequestFacts {
@@ -371,6 +402,49 @@ fn produce(py: Python<'_>, service: &Service, ex: &mut Exchange, what: &[u8]) {
         }
         ex.progress = Progress::Sending;
     }
+}
+
+/// A ready stream's request for its application, WSGI or ASGI: on the scoreboard,
+/// its HTTP/1 head made and parsed (`ex.head`), whether it came over HTTPS, and its
+/// body. `None` when it was refused (the stream then answers 400, or 500).
+pub(super) fn stream_request(
+    ctx: &Shared,
+    ex: &mut Exchange,
+    facts: &StreamCtx,
+) -> Option<(bool, Body)> {
+    ctx.scoreboard_begin();
+    ex.counted = true;
+    let received = ex.body.as_ref().map_or(0, BodyReader::received);
+    if let Err(e) = request_head(
+        &ex.parts,
+        received,
+        &ctx.settings.limits,
+        &mut ex.head_bytes,
+        &mut ex.head,
+    ) {
+        tracing::debug!("HTTP/2 request refused: {e}");
+        answer_error(ex, 400, "Bad Request");
+        return None;
+    }
+    let https = facts.tls
+        || is_https(
+            &ex.head_bytes,
+            &ex.head,
+            facts.peer.trusted,
+            &ctx.settings.secure_scheme_headers,
+        )
+        .unwrap_or(false);
+    let body = match ex.body.take().map(BodyReader::finish) {
+        _ if received == 0 => Body::Empty,
+        Some(Ok(body)) => body,
+        Some(Err(e)) => {
+            tracing::error!("{e}");
+            answer_error(ex, 500, "Internal Server Error");
+            return None;
+        }
+        None => Body::Empty,
+    };
+    Some((https, body))
 }
 
 /// A server-made response: `code` with its reason as a short text body.

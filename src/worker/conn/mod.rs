@@ -9,6 +9,7 @@ mod app;
 mod asgi;
 mod closing;
 mod h2;
+mod h2_asgi;
 mod h2_stream;
 pub mod harness;
 #[cfg(test)]
@@ -221,18 +222,18 @@ impl Conn {
     }
 
     /// The connection is closed with a request unfinished: the scoreboard forgets it.
-    pub fn abandon(&self, ctx: &Shared) {
-        match &self.state {
+    pub fn abandon(&mut self, ctx: &Shared) {
+        match &mut self.state {
             State::Responding(_) => ctx.scoreboard_end(),
             State::Asgi(cycle) => {
                 ctx.scoreboard_end();
-                self.abandon_asgi(cycle);
+                Conn::abandon_asgi(cycle);
             }
             State::WebSocket(ws) => {
                 ctx.scoreboard_end();
                 ws.abandon();
             }
-            State::Http2(h) => self.abandon_h2(h, ctx),
+            State::Http2(h) => Conn::abandon_h2(h, ctx),
             _ => {}
         }
     }

@@ -1,12 +1,14 @@
 //! The HTTP/2 attacks, each answered without harm to an honest client: rapid reset
 //! (CVE-2023-44487), CONTINUATION flood (CVE-2024-27316), an HPACK bomb, a PING flood
-//! and a SETTINGS flood. The hostile frames are written raw.
+//! and a SETTINGS flood. The hostile frames are written raw. Rapid reset and a body
+//! that never comes are tried against an ASGI worker too, and so is an extended
+//! CONNECT (RFC 8441), which is refused.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::{fetch, h2c_server, with_h2, PREFACE};
+use super::{fetch, h2c_server, h2c_server_of, with_h2, Kind, PREFACE};
 use crate::support::Server;
 
 /// One frame: 24-bit length, type, flags, stream id, payload.
@@ -19,8 +21,10 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const PING: u8 = 6;
+const GOAWAY: u8 = 7;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
@@ -177,7 +181,16 @@ fn a_settings_flood_is_bounded_and_honest_clients_are_served() {
 
 #[test]
 fn rapid_reset_streams_never_reach_the_app_and_honest_clients_are_served() {
-    let server = h2c_server(&[]);
+    rapid_reset(Kind::Wsgi);
+}
+
+#[test]
+fn rapid_reset_streams_never_reach_an_asgi_app() {
+    rapid_reset(Kind::Asgi);
+}
+
+fn rapid_reset(kind: Kind) {
+    let server = h2c_server_of(kind, &[]);
     let port = server.port;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -209,14 +222,23 @@ fn rapid_reset_streams_never_reach_the_app_and_honest_clients_are_served() {
     });
     std::thread::sleep(Duration::from_millis(200));
     let ran = server.access_log().matches("reset").count();
-    eprintln!("reset streams that reached the app: {ran}");
-    assert!(ran <= 100, "reset streams ran the app: {ran}");
+    eprintln!("{kind:?}: reset streams that reached the app: {ran}");
+    assert!(ran <= 100, "{kind:?}: reset streams ran the app: {ran}");
     honest_client_is_served(&server);
 }
 
 #[test]
 fn a_stream_that_never_sends_its_body_is_reset_at_the_request_deadline() {
-    let server = h2c_server(&["--timeout", "2"]);
+    never_sent_body(Kind::Wsgi);
+}
+
+#[test]
+fn an_asgi_stream_that_never_sends_its_body_is_reset_at_the_request_deadline() {
+    never_sent_body(Kind::Asgi);
+}
+
+fn never_sent_body(kind: Kind) {
+    let server = h2c_server_of(kind, &["--timeout", "2"]);
     let port = server.port;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -243,5 +265,55 @@ fn a_stream_that_never_sends_its_body_is_reset_at_the_request_deadline() {
     assert!(ended.is_err(), "no response for a body that never came");
     assert_eq!(after, 201, "the same connection serves on");
     assert!(!server.access_log().contains("stalled"));
+    honest_client_is_served(&server);
+}
+
+#[test]
+fn an_extended_connect_is_refused_and_never_reaches_the_app() {
+    extended_connect_refused(Kind::Wsgi);
+}
+
+#[test]
+fn an_extended_connect_to_an_asgi_worker_is_refused() {
+    extended_connect_refused(Kind::Asgi);
+}
+
+/// RFC 8441's WebSocket over HTTP/2 (`:protocol`) is not offered: the stream is reset
+/// (or the connection ended), no response head comes, the application never runs.
+fn extended_connect_refused(kind: Kind) {
+    let server = h2c_server_of(kind, &[]);
+    let mut s = raw(&server);
+    let mut block = literal(b":method", b"CONNECT");
+    block.extend(literal(b":protocol", b"websocket"));
+    block.push(0x86);
+    block.extend(literal(b":path", b"/echo?extended-connect"));
+    block.extend(literal(b":authority", b"127.0.0.1"));
+    s.write_all(&frame(HEADERS, END_HEADERS, 1, &block))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut seen = Vec::new();
+    let mut header = [0u8; 9];
+    let refused = loop {
+        if s.read_exact(&mut header).is_err() {
+            break true;
+        }
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).unwrap();
+        seen.push((header[3], stream));
+        match (header[3], stream) {
+            (1, 1) => break false,
+            (RST_STREAM, 1) | (GOAWAY, _) => break true,
+            _ => {}
+        }
+    };
+    assert!(refused, "{kind:?}: frames seen (type, stream): {seen:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !server.access_log().contains("extended-connect"),
+        "{kind:?}: the app saw it: {}",
+        server.access_log()
+    );
     honest_client_is_served(&server);
 }

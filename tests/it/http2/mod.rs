@@ -5,7 +5,9 @@
 //! the stream window arrives whole, HTTP/1 still works on the same listener, and
 //! each stream is one request in the access log and the scoreboard.
 
+mod asgi;
 mod attacks;
+mod retire;
 mod tls;
 
 use std::future::Future;
@@ -26,6 +28,27 @@ fn h2c_server(extra: &[&str]) -> Server {
         .arg("--http2-cleartext")
         .args(extra.iter().copied())
         .start()
+}
+
+/// The ASGI twin of `APP` (`tests/apps/http2_asgi_app.py`), for `-k asgi`.
+const ASGI_APP: &str = "http2_asgi_app:app";
+
+/// Which worker serves a test's HTTP/2 connections (the tests that must hold for both).
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Wsgi,
+    Asgi,
+}
+
+/// `h2c_server` with `kind`'s worker and application.
+fn h2c_server_of(kind: Kind, extra: &[&str]) -> Server {
+    match kind {
+        Kind::Wsgi => h2c_server(extra),
+        Kind::Asgi => ServerBuilder::new(ASGI_APP)
+            .args(["-k", "asgi", "--http2-cleartext"])
+            .args(extra.iter().copied())
+            .start(),
+    }
 }
 
 /// Waits until the access log has a line containing `needle`.
@@ -310,71 +333,6 @@ fn a_stream_whose_client_opens_no_window_holds_no_python_thread() {
     });
     assert_eq!(with_h2_too, 201);
     drop(stalled);
-}
-
-#[test]
-fn stopping_sends_goaway_and_finishes_the_streams_in_flight() {
-    // Threads, so the loop hears the signal while the application sleeps.
-    let mut server = h2c_server(&["--threads", "2"]);
-    let port = server.port;
-    let pid = server.pid();
-    let (status, body) = with_h2(port, |mut send| async move {
-        let (first, _, _) = fetch(&mut send, "GET", "/echo", &[], b"").await;
-        assert_eq!(first, 201);
-        let pending = {
-            let mut send = send.clone();
-            tokio::spawn(async move { fetch(&mut send, "GET", "/sleep?ms=1500", &[], b"").await })
-        };
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // SAFETY: kill(2) on the server we started, by its pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // GOAWAY came: the connection takes no new stream.
-        let refused = match send.ready().await {
-            Err(_) => true,
-            Ok(mut ready) => {
-                let req = http::Request::get("http://127.0.0.1/echo")
-                    .body(())
-                    .unwrap();
-                match ready.send_request(req, true) {
-                    Err(_) => true,
-                    Ok((response, _)) => response.await.is_err(),
-                }
-            }
-        };
-        assert!(refused, "a stream opened after GOAWAY is refused");
-        let (status, _, body) = pending.await.unwrap();
-        (status, body)
-    });
-    assert_eq!(
-        status,
-        200,
-        "the stream in flight finishes: {}",
-        server.log()
-    );
-    assert!(!body.is_empty());
-    assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
-}
-
-#[test]
-fn an_asgi_worker_refuses_http2_with_one_line() {
-    for flags in [
-        &["--http2-cleartext"][..],
-        &["--http-protocols", "h2,h1"][..],
-    ] {
-        let out = crate::support::rgun()
-            .args(["--check-config", "-k", "asgi", "asgi_app:app"])
-            .args(flags)
-            .arg("--pythonpath")
-            .arg(crate::support::apps_dir())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(err.contains("HTTP/2"), "{err}");
-    }
 }
 
 #[test]

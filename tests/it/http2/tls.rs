@@ -10,7 +10,7 @@ use super::{fetch, with_h2_over, APP};
 use crate::support::ServerBuilder;
 use crate::tls::{connect, get, Pki};
 
-fn h2_client(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+pub(super) fn h2_client(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut config = (*pki.client(&[&rustls::version::TLS13], false)).clone();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
