@@ -39,6 +39,7 @@ import threading
 import time
 import http.client
 
+import h2load
 import tls
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -56,12 +57,14 @@ class Workload:
     """`app`: MODULE:CALLABLE in bench/; `interface`: wsgi or asgi; `extra`: wrk
     arguments; `threads`: per worker (WSGI) or None; `conns`: connection counts, or
     None for --connections; `ws`: WebSocket echo (bench/ws_client.py), not wrk; `tls`:
-    over https, every server serving bench/tls.py's certificate."""
+    over https, every server serving bench/tls.py's certificate; `http2`: h2 by ALPN
+    under h2load (bench/h2load.py), not wrk."""
 
-    def __init__(self, app, interface="wsgi", extra=(), threads=None, conns=None, ws=False, tls=False):
+    def __init__(self, app, interface="wsgi", extra=(), threads=None, conns=None, ws=False, tls=False,
+                 http2=False):
         self.app, self.interface, self.extra = app, interface, list(extra)
-        self.threads, self.conns, self.ws, self.tls = threads, conns, ws, tls
-        self.scheme = "https" if tls else "http"
+        self.threads, self.conns, self.ws, self.tls, self.http2 = threads, conns, ws, tls or http2, http2
+        self.scheme = "https" if self.tls else "http"
 
 
 WORKLOADS = {
@@ -81,6 +84,8 @@ WORKLOADS = {
     # `Connection: close`: every request is a new TCP connection and a full TLS
     # handshake (wrk does not resume sessions), so req/s is new TLS connections/s.
     "tls_handshakes": Workload("apps:hello", extra=["-H", "Connection: close"], tls=True),
+    # 64 connections x 100 streams each (h2load -m 100), over TLS with ALPN h2.
+    "h2_hello": Workload("apps:hello", conns=[64], http2=True),
 }
 QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms", "asgi_hello", "asgi_sleep10ms", "ws_echo", "tls_hello"]
 # rgun+obs (--observability) runs where issue 15 measures it.
@@ -129,7 +134,11 @@ def scrape_while(stop_event):
 def server_cmd(server, wl, port):
     """The command line that starts `server` on workload `wl` (cwd = repo root)."""
     cmd = plain_server_cmd(server, wl, port)
-    return cmd[:-1] + tls.server_args(server, *CERT) + cmd[-1:] if wl.tls else cmd
+    if wl.tls:
+        cmd[-1:-1] = tls.server_args(server, *CERT)
+    if wl.http2:
+        cmd[-1:-1] = h2load.server_args(server)
+    return cmd
 
 
 def plain_server_cmd(server, wl, port):
@@ -271,6 +280,8 @@ def connection(port, timeout, over_tls):
 
 def check(port, wl):
     """One real request per workload, so a server that answers wrongly is caught, not benchmarked."""
+    if WORKLOADS[wl].http2:
+        return h2load.check(port)
     c = connection(port, 10, WORKLOADS[wl].tls)
     body = b"a" * (1 << 20) if wl == "post_1m" else None
     c.request("POST" if body else "GET", "/", body=body)
@@ -309,9 +320,17 @@ def wrk(port, conns, duration, extra, scheme="http"):
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
 
-def measure(proc, port, conns, duration, extra, ws=False, scrape=False, scheme="http"):
-    """wrk at `conns` connections (or, with `ws`, bench/ws_client.py's WebSocket echo:
-    messages count as requests, no latency figures)."""
+def run_load(port, conns, duration, w):
+    """`w`'s load at `conns` connections for `duration` s, parsed: wrk's, or h2load's for
+    HTTP/2."""
+    if w.http2:
+        return h2load.parse(h2load.run(port, conns, duration))
+    return parse_wrk(wrk(port, conns, duration, w.extra, w.scheme))
+
+
+def measure(proc, port, conns, duration, w, scrape=False):
+    """`w`'s load at `conns` connections (or, for `w.ws`, bench/ws_client.py's WebSocket
+    echo: messages count as requests, no latency figures)."""
     peak, done = [0.0, 0.0], threading.Event()
 
     def sampler():
@@ -326,22 +345,20 @@ def measure(proc, port, conns, duration, extra, ws=False, scrape=False, scheme="
     if scraper:
         scraper.start()
     try:
-        if ws:
+        if w.ws:
             out = subprocess.run([sys.executable, os.path.join(BENCH, "ws_client.py"), str(port), str(conns),
                                   str(duration)], capture_output=True, text=True, check=True).stdout
         else:
-            out = wrk(port, conns, duration, extra, scheme)
+            r = run_load(port, conns, duration, w)
     finally:
         done.set()
         t.join()
         if scraper:
             scraper.join()
     after = cpu_times(proc.pid)
-    if ws:
+    if w.ws:
         messages = int(out.strip())
         r = {"requests": messages, "rps": messages / duration, "p50": float("nan"), "p99": float("nan"), "errors": 0}
-    else:
-        r = parse_wrk(out)
     cpu = sum(v - before.get(pid, 0.0) for pid, v in after.items())
     r["cpu_us"] = cpu / r["requests"] * 1e6 if r["requests"] else float("nan")
     r["rss"], r["pss"] = peak
@@ -474,6 +491,8 @@ def tls_targets(results):
     out = []
     if ("tls_hello", 64) in results:
         out.append(check("tls_hello", "TLS hello req/s", 1.5))
+    if ("h2_hello", 64) in results:
+        out.append(check("h2_hello", "HTTP/2 hello req/s (h2load, 100 streams per connection)", 1.5))
     if ("tls_handshakes", 64) in results:
         out.append(check("tls_handshakes", "new TLS connections/s", 1.0))
     return out
@@ -518,9 +537,12 @@ def report(results, caps, args, info):
         out += ["", f"## {title}", "", *L, "", "Ratios (req/s: >1 means rgun is faster; p99, CPU/req, RSS, PSS: <1 means rgun is lower):",
                 "", *R, ""]
         if interface == "wsgi" and tls_targets(results):
-            out += ["TLS (tls_*): every server terminates TLS itself with one ECDSA P-256 certificate (bench/tls.py); "
+            out += ["TLS (tls_*, h2_*): every server terminates TLS itself with one ECDSA P-256 certificate (bench/tls.py); "
                     "tls_handshakes sends `Connection: close`, so each request is a new connection and a full "
-                    "handshake. Targets (issue 16):", "", *tls_targets(results), ""]
+                    "handshake. h2_hello is h2load (64 connections, 100 streams in flight on each, ALPN h2; no "
+                    "latency percentiles): rgun and Gunicorn with `--http-protocols h2,h1` (Gunicorn's HTTP/2 needs "
+                    "its gthread worker: `-k gthread --threads 4`), Granian with `--http auto`. Targets (issue 16):",
+                    "", *tls_targets(results), ""]
         if interface == "wsgi" and notes:
             out += ["Memory, sleep workload vs ideal, and rgun+obs (rgun with --metrics-bind scraped every second and "
                     "--statsd-host sending to a drained UDP socket; `bench/run --observability`) against plain rgun "
@@ -652,10 +674,9 @@ def main():
                     continue
                 try:
                     check(port, wl)
-                    wrk(port, 64, 1, w.extra, w.scheme)  # warm-up
+                    run_load(port, 64, 1, w)  # warm-up
                     for c in (w.conns or conns):
-                        r = measure(proc, port, c, args.duration, w.extra, ws=w.ws, scrape=server == "rgun+obs",
-                                    scheme=w.scheme)
+                        r = measure(proc, port, c, args.duration, w, scrape=server == "rgun+obs")
                         if server == "cap":
                             caps[wl].append(r["rps"])
                         else:
@@ -665,7 +686,7 @@ def main():
                               f"errors {r['errors']}", flush=True)
                 except subprocess.CalledProcessError as e:
                     print(f"[{wl} r{rnd + 1}] {server}: load failed: {e.stderr.strip()}", flush=True)
-                except (RuntimeError, OSError, ValueError) as e:
+                except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
                     print(f"[{wl} r{rnd + 1}] {server}: {e}", flush=True)
                 finally:
                     stop(proc)
