@@ -44,7 +44,8 @@ import tls
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
-VENV = os.path.join(BENCH, ".venv")
+# BENCH_VENV: another venv with the same pins (e.g. of another CPython).
+VENV = os.environ.get("BENCH_VENV", os.path.join(BENCH, ".venv"))
 RGUN = os.path.join(VENV, "bin", "rgun")  # pip-installed by bench/run
 WORKERS = 2
 CLK = os.sysconf("SC_CLK_TCK")

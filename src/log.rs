@@ -16,7 +16,7 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::logconfig::{Field, LineFormat, Piece};
+use crate::config::logformat::{Field, LineFormat, Piece};
 use crate::http::head::RequestHead;
 use crate::net::Peer;
 

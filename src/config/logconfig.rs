@@ -9,37 +9,8 @@
 
 use serde_json::{Map, Value};
 
+use super::logformat::{compile, LineFormat};
 use super::observability::{facility_code, SyslogAddress};
-
-/// A Python logging format, compiled: `%(asctime)s [%(process)d] %(message)s`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LineFormat {
-    pub pieces: Vec<Piece>,
-    /// strftime format for `asctime` (Python's default: `%Y-%m-%d %H:%M:%S,mmm`).
-    pub datefmt: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Piece {
-    Literal(String),
-    /// A LogRecord attribute, with its `-`/width (`%(levelname)-8s`).
-    Field {
-        name: Field,
-        left: bool,
-        width: usize,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    Asctime,
-    Created,
-    Levelname,
-    Levelno,
-    Message,
-    Name,
-    Process,
-}
 
 /// Where one logger writes.
 #[derive(Debug, Clone, PartialEq)]
@@ -394,68 +365,6 @@ fn only(obj: &Map<String, Value>, known: &[&str], what: &str) -> Result<(), Stri
     }
 }
 
-/// Compiles `%(name)[-][width]s|d|f` fields and literal text (`%%` is a `%`).
-pub fn compile(fmt: &str) -> Result<Vec<Piece>, String> {
-    let mut pieces = Vec::new();
-    let mut literal = String::new();
-    let mut rest = fmt;
-    while let Some(i) = rest.find('%') {
-        literal.push_str(&rest[..i]);
-        rest = &rest[i..];
-        if let Some(after) = rest.strip_prefix("%%") {
-            literal.push('%');
-            rest = after;
-            continue;
-        }
-        let Some((name, after)) = rest.strip_prefix("%(").and_then(|r| r.split_once(')')) else {
-            return Err(format!("{rest:?}: only %(name)s fields are supported"));
-        };
-        let spec_len = after
-            .find(|c: char| c.is_ascii_alphabetic())
-            .ok_or_else(|| format!("%({name}) has no conversion"))?;
-        let (spec, conv) = (&after[..spec_len], &after[spec_len..spec_len + 1]);
-        if !["s", "d", "f", "r"].contains(&conv) {
-            return Err(format!(
-                "%({name}){spec}{conv}: conversion {conv:?} is not supported"
-            ));
-        }
-        let left = spec.starts_with('-');
-        let width = spec
-            .trim_start_matches('-')
-            .split('.')
-            .next()
-            .unwrap_or("")
-            .parse()
-            .unwrap_or(0);
-        let field = match name {
-            "asctime" => Field::Asctime,
-            "created" => Field::Created,
-            "levelname" => Field::Levelname,
-            "levelno" => Field::Levelno,
-            "message" => Field::Message,
-            "name" => Field::Name,
-            "process" => Field::Process,
-            other => return Err(format!(
-                "%({other}) is not supported (asctime, created, levelname, levelno, message, name, process)"
-            )),
-        };
-        if !literal.is_empty() {
-            pieces.push(Piece::Literal(std::mem::take(&mut literal)));
-        }
-        pieces.push(Piece::Field {
-            name: field,
-            left,
-            width,
-        });
-        rest = &after[spec_len + 1..];
-    }
-    literal.push_str(rest);
-    if !literal.is_empty() {
-        pieces.push(Piece::Literal(literal));
-    }
-    Ok(pieces)
-}
-
 /// Which records a logging configuration's `SysLogHandler`s take: each sent as
 /// Python's handler sends it (`<PRI>`, the formatted record, a NUL), instead of
 /// `--log-syslog`'s Gunicorn framing.
@@ -510,6 +419,7 @@ impl super::Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::logformat::{Field, Piece};
     use serde_json::json;
 
     #[test]

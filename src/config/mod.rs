@@ -7,6 +7,7 @@ pub mod file;
 mod http2;
 mod layers;
 pub mod logconfig;
+pub mod logformat;
 pub mod observability;
 mod print;
 pub mod reference;

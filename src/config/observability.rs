@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::bind::{self, BindAddress};
-use super::logconfig::{self, LineFormat, LogPlan, SyslogRecords};
+use super::logconfig::{self, LogPlan, SyslogRecords};
+use super::logformat::LineFormat;
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct Observability {
