@@ -1,0 +1,114 @@
+//! The loop's periodic duties, run every `sweep_every` (and eviction at the connection
+//! limit): connections past their deadline, a re-parented worker, changed sources
+//! (`--reload`), `--max-requests`, an idle connection making room, and the age of an
+//! ASGI worker's oldest request on the scoreboard.
+
+use std::time::Instant;
+
+use pyo3::prelude::*;
+
+use super::{Conn, EventLoop};
+
+impl EventLoop<'_> {
+    /// A worker whose master died (re-parented) stops, as Gunicorn's do; the death
+    /// signal set at boot usually gets there first.
+    pub(super) fn check_parent(&mut self) {
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != self.parent && self.accepting {
+            tracing::info!("Parent changed, shutting down: {}", std::process::id());
+            self.begin_stop();
+        }
+    }
+
+    /// `--reload`: a changed source file means this worker's code is stale.
+    pub(super) fn check_sources(&mut self) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        if let Some(path) = Python::with_gil(|py| watch.changed(py)) {
+            if self.accepting {
+                tracing::info!("Worker reloading: {} modified", path.display());
+                self.begin_stop();
+            }
+        }
+    }
+
+    /// `--max-requests` reached: drain and exit so the master starts a fresh worker.
+    pub(super) fn check_max_requests(&mut self) {
+        let max = self.shared.settings.max_requests;
+        if max > 0 && self.shared.served() >= max && self.accepting {
+            tracing::info!("Autorestarting worker after current request.");
+            self.begin_stop();
+        }
+    }
+
+    /// At the connection limit, an idle connection makes room for a new client (limits
+    /// are on requests in flight, not on idle sockets): a keep-alive one first, else the
+    /// oldest silent fresh one.
+    pub(super) fn evict_idle(&mut self) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| {
+                c.as_ref()
+                    .filter(|c| c.is_idle())
+                    .map(|c| (c.served() == 0, c.deadline, k))
+            })
+            .min();
+        match oldest {
+            Some((_, _, key)) => {
+                self.close(key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An ASGI worker's scoreboard shows the age of its oldest HTTP request in flight
+    /// (`rgunctl status`'s current request; WebSockets are not requests that end).
+    /// `Conn::run_asgi` starts the clock when none runs; this keeps it on the oldest.
+    /// The master does not time an ASGI worker out on it: its `--timeout` watches the
+    /// loop's heartbeat.
+    pub(super) fn publish_oldest_asgi_request(&self, now: Instant) {
+        if !matches!(self.service.app, crate::worker::Application::Asgi(_)) {
+            return;
+        }
+        let oldest = self
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(Conn::asgi_request_started)
+            .min();
+        let slot = &self.shared.slot;
+        match oldest {
+            Some(at) => {
+                let age_ms = now.saturating_duration_since(at).as_millis() as u64;
+                let started = crate::scoreboard::monotonic_ms().saturating_sub(age_ms);
+                slot.request_started_ms
+                    .store(started.max(1), std::sync::atomic::Ordering::Relaxed);
+            }
+            None => slot.clock_stop(),
+        }
+    }
+
+    pub(super) fn close_expired(&mut self, now: Instant) {
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| c.as_ref().filter(|c| c.deadline <= now).map(|_| k))
+            .collect();
+        for key in expired {
+            // An HTTP/2 connection resets its overdue streams and lives on.
+            let lives = self.conns[key]
+                .as_mut()
+                .is_some_and(|c| c.expire_streams(now));
+            if lives {
+                self.wake(key);
+            } else {
+                self.close(key);
+            }
+        }
+    }
+}
