@@ -1,10 +1,12 @@
 //! ASGI 3 workers against `tests/apps/asgi_app.py` (and FastAPI): `-k` names, the
 //! refusal of an ASGI app under the WSGI worker, the HTTP scope, request bodies
 //! through `receive()`, `http.disconnect`, streaming under backpressure, application
-//! errors, the lifespan protocol, `--asgi-loop`, and `--timeout` watching the loop's
-//! heartbeat. WebSockets in `websocket`.
+//! errors, `--asgi-loop`, and `--timeout` watching the loop's heartbeat. The lifespan
+//! protocol in `lifespan`, FastAPI in `fastapi`, WebSockets in `websocket`.
 
 mod crowd;
+mod fastapi;
+mod lifespan;
 mod operator;
 mod websocket;
 
@@ -323,82 +325,6 @@ fn pathsend_sends_the_file() {
     assert!(r.body == file);
 }
 
-#[test]
-fn lifespan_state_reaches_every_request_scope() {
-    let s = server();
-    let worker = s.worker_pids()[0];
-    let e = s.get("/scope").json();
-    assert_eq!(e["state"]["started_by"], worker);
-    assert!(
-        s.log().contains("Application startup complete."),
-        "{}",
-        s.log()
-    );
-}
-
-#[test]
-fn lifespan_off_never_runs_it() {
-    let s = asgi("asgi_app:app")
-        .args(["--asgi-lifespan", "off"])
-        .start();
-    assert_eq!(s.get("/scope").json()["state"], serde_json::json!({}));
-    assert!(
-        !s.log().contains("Waiting for application startup"),
-        "{}",
-        s.log()
-    );
-}
-
-#[test]
-fn a_failed_lifespan_startup_stops_start_up_with_its_message() {
-    let mut s = asgi("asgi_app:failing_startup").no_wait().start();
-    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(4));
-    let log = s.log();
-    assert!(
-        log.contains("Application startup failed. Exiting."),
-        "{log}"
-    );
-    assert!(log.contains("database unreachable"), "{log}");
-}
-
-#[test]
-fn an_app_without_lifespan_is_served_in_auto_mode_and_refused_in_on_mode() {
-    let s = asgi("asgi_app:no_lifespan").start();
-    assert_eq!(s.get("/").text(), "no lifespan here");
-    assert!(
-        s.log()
-            .contains("ASGI 'lifespan' protocol appears unsupported."),
-        "{}",
-        s.log()
-    );
-    let mut on = asgi("asgi_app:no_lifespan")
-        .args(["--asgi-lifespan", "on"])
-        .no_wait()
-        .start();
-    assert_eq!(on.wait_exit(Duration::from_secs(20)), Some(4));
-    let log = on.log();
-    assert!(
-        log.contains("Application startup failed. Exiting."),
-        "{log}"
-    );
-    assert!(log.contains("ValueError: only http is supported"), "{log}");
-}
-
-#[test]
-fn lifespan_shutdown_runs_on_a_graceful_stop() {
-    let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("shutdown");
-    let mut s = asgi("asgi_app:app")
-        .env("ASGI_SHUTDOWN_FILE", marker.to_str().unwrap())
-        .start();
-    let worker = s.worker_pids()[0];
-    assert_eq!(s.get("/").status, 200);
-    s.signal(libc::SIGTERM);
-    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(0));
-    let text = std::fs::read_to_string(&marker).unwrap_or_default();
-    assert_eq!(text, format!("shutdown {worker}\n"), "{}", s.log());
-}
-
 /// A long-poll is not a hung worker; a blocked event loop is.
 #[test]
 fn timeout_watches_the_loop_heartbeat_not_the_request_age() {
@@ -518,71 +444,6 @@ fn send_after_the_client_left_raises_oserror() {
         s.log()
     );
     assert_eq!(s.get("/").text(), "Hello, ASGI!");
-    assert!(
-        !s.log().contains("Exception in ASGI application"),
-        "{}",
-        s.log()
-    );
-}
-
-fn fastapi() -> Server {
-    asgi("fastapi_app:app").start()
-}
-
-#[test]
-fn fastapi_routes_validation_and_bodies() {
-    let s = fastapi();
-    let r = s.get("/items/42?q=caf%C3%A9");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json(), serde_json::json!({"item_id": 42, "q": "café"}));
-    let invalid = s.get("/items/not-a-number");
-    assert_eq!(invalid.status, 422);
-    assert_eq!(
-        invalid.json()["detail"][0]["loc"],
-        serde_json::json!(["path", "item_id"])
-    );
-    let mut raw =
-        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\nConnection: close\r\n\r\n"
-            .to_vec();
-    raw.extend(std::iter::repeat_n(b'z', 2_000_000));
-    let echoed = s.request(&raw).json();
-    assert_eq!(
-        echoed,
-        serde_json::json!({"length": 2000000, "head": "zzzzzzzz"})
-    );
-    assert_eq!(s.get("/missing").status, 404);
-}
-
-#[test]
-fn fastapi_lifespan_state_streaming_background_and_sync_endpoints() {
-    let mut s = fastapi();
-    assert_eq!(
-        s.get("/state").json(),
-        serde_json::json!({"db": "connected"})
-    );
-    let streamed = s.get("/stream");
-    assert_eq!(streamed.header("transfer-encoding"), Some("chunked"));
-    assert_eq!(streamed.text(), "chunk0\nchunk1\nchunk2\nchunk3\nchunk4\n");
-    assert_eq!(
-        s.get("/background").json(),
-        serde_json::json!({"scheduled": true})
-    );
-    assert!(wait_until(Duration::from_secs(5), || s
-        .get("/events")
-        .json()
-        .as_array()
-        .is_some_and(
-            |e| e.contains(&serde_json::json!("background ran"))
-        )));
-    // A def endpoint runs on anyio's thread pool, which wakes the loop from there.
-    for _ in 0..20 {
-        assert_eq!(
-            s.get("/sync").json(),
-            serde_json::json!({"main_thread": false})
-        );
-    }
-    s.signal(libc::SIGTERM);
-    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(
         !s.log().contains("Exception in ASGI application"),
         "{}",

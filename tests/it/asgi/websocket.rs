@@ -6,7 +6,8 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use super::{asgi, counters, fastapi, server};
+use super::fastapi::fastapi;
+use super::{asgi, counters, server};
 use crate::support::{wait_until, Server};
 
 pub(super) const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
