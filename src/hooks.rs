@@ -98,6 +98,25 @@ impl Hooks {
             .ok()
     }
 
+    /// A request starting: its `req` object when pre_request or post_request is set
+    /// (None otherwise, or when it cannot be built), pre_request already called with it.
+    pub fn begin_request<'py>(
+        &self,
+        py: Python<'py>,
+        head_bytes: &[u8],
+        head: &crate::http::head::RequestHead,
+        remote: &str,
+    ) -> Option<Bound<'py, PyAny>> {
+        if !(self.pre_request || self.post_request) {
+            return None;
+        }
+        let req = self.request_or_log(py, head_bytes, head, remote)?;
+        if self.pre_request {
+            self.call(py, "pre_request", vec![req.clone()]);
+        }
+        Some(req)
+    }
+
     /// [`Hooks::response`], or None (logged) when it cannot be built: post_request is
     /// then not called for this request.
     pub fn response_or_log<'py>(

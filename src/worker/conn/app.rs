@@ -174,17 +174,10 @@ impl Conn {
             https,
             client_subject: self.transport.peer_subject(),
         };
-        let hook_req = match &service.hooks {
-            Some(h) if h.pre_request || h.post_request => {
-                h.request_or_log(py, &self.head_bytes, &self.head, &self.peer.addr)
-            }
-            _ => None,
-        };
-        if let (Some(h), Some(req)) = (&service.hooks, &hook_req) {
-            if h.pre_request {
-                h.call(py, "pre_request", vec![req.clone()]);
-            }
-        }
+        let hook_req = service
+            .hooks
+            .as_ref()
+            .and_then(|h| h.begin_request(py, &self.head_bytes, &self.head, &self.peer.addr));
         let response = match app.call(py, &info, body) {
             Ok(r) => r,
             Err(e) => {

@@ -70,17 +70,10 @@ impl Conn {
         };
         // Gunicorn's ASGI worker calls pre_request before the application, and
         // post_request once its response is over (`end_asgi`).
-        let hook_req = match &service.hooks {
-            Some(h) if h.pre_request || h.post_request => {
-                h.request_or_log(py, &self.head_bytes, &self.head, &self.peer.addr)
-            }
-            _ => None,
-        };
-        if let (Some(h), Some(req)) = (&service.hooks, &hook_req) {
-            if h.pre_request {
-                h.call(py, "pre_request", vec![req.clone()]);
-            }
-        }
+        let hook_req = service
+            .hooks
+            .as_ref()
+            .and_then(|h| h.begin_request(py, &self.head_bytes, &self.head, &self.peer.addr));
         let keep = |scope: &Bound<'_, pyo3::types::PyDict>| {
             let wanted = service.hooks.as_ref().is_some_and(|h| h.post_request);
             hook_req

@@ -57,17 +57,10 @@ pub(super) fn call_stream_asgi(
     };
     // Gunicorn's ASGI order, as over HTTP/1: pre_request before the application,
     // post_request once the response is complete (`advance_asgi`).
-    let hook_req = match &service.hooks {
-        Some(h) if h.pre_request || h.post_request => {
-            h.request_or_log(py, &ex.head_bytes, &ex.head, &facts.peer.addr)
-        }
-        _ => None,
-    };
-    if let (Some(h), Some(req)) = (&service.hooks, &hook_req) {
-        if h.pre_request {
-            h.call(py, "pre_request", vec![req.clone()]);
-        }
-    }
+    let hook_req = service
+        .hooks
+        .as_ref()
+        .and_then(|h| h.begin_request(py, &ex.head_bytes, &ex.head, &facts.peer.addr));
     // `rgunctl status` shows the oldest request's age (the sweep keeps it so).
     let slot = &ctx.slot;
     if slot

@@ -338,17 +338,10 @@ fn call_stream_app(
     ex.response = H2Response::new(is_head);
     // Gunicorn's order: pre_request before the application, post_request once its
     // response is all produced (`produce`).
-    let hook_req = match &service.hooks {
-        Some(h) if h.pre_request || h.post_request => {
-            h.request_or_log(py, &ex.head_bytes, &ex.head, &facts.peer.addr)
-        }
-        _ => None,
-    };
-    if let (Some(h), Some(req)) = (&service.hooks, &hook_req) {
-        if h.pre_request {
-            h.call(py, "pre_request", vec![req.clone()]);
-        }
-    }
+    let hook_req = service
+        .hooks
+        .as_ref()
+        .and_then(|h| h.begin_request(py, &ex.head_bytes, &ex.head, &facts.peer.addr));
     let started = app
         .call(py, &info, body)
         .map_err(|e| crate::python::format_exception(py, &e));
