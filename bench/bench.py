@@ -481,13 +481,17 @@ def tls_targets(results):
     def m(wl, server, key):
         return medians(results.get((wl, 64), {})).get(server, {}).get(key, float("nan"))
 
-    def check(wl, what, want_rps):
+    def check(wl, what, want_rps, cpu_target=True):
         rps, grps = m(wl, "rgun", "rps"), m(wl, "Granian", "rps")
         cpu, gcpu = m(wl, "rgun", "cpu_us"), m(wl, "Granian", "cpu_us")
         ok_rps = None if rps != rps or grps != grps or not grps else rps / grps >= want_rps
         ok_cpu = None if cpu != cpu or gcpu != gcpu or not gcpu else cpu / gcpu <= 0.6
+        # The "server CPU per request <= 0.6x in both" is for the two hello
+        # workloads; a handshake's CPU is mostly ring's X25519 and ECDSA, which both
+        # servers compute (bench/callgrind.py --tls --fresh shows it).
+        cpu_verdict = f"target ≤ 0.6: {verdict(ok_cpu)}" if cpu_target else "no target: mostly the key exchange and signature, the same ring code in both"
         return (f"- {what} @ 64: {ratio(rps, grps)}× Granian's (target ≥ {want_rps}: {verdict(ok_rps)}), "
-                f"CPU/req {ratio(cpu, gcpu)}× (target ≤ 0.6: {verdict(ok_cpu)})")
+                f"CPU/req {ratio(cpu, gcpu)}× ({cpu_verdict})")
 
     out = []
     if ("tls_hello", 64) in results:
@@ -495,7 +499,7 @@ def tls_targets(results):
     if ("h2_hello", 64) in results:
         out.append(check("h2_hello", "HTTP/2 hello req/s (h2load, 100 streams per connection)", 1.5))
     if ("tls_handshakes", 64) in results:
-        out.append(check("tls_handshakes", "new TLS connections/s", 1.0))
+        out.append(check("tls_handshakes", "new TLS connections/s", 1.0, cpu_target=False))
     return out
 
 

@@ -10,6 +10,7 @@ builds (or two apps) compare to the instruction. Kernel time is not counted.
     bench/.venv/bin/python bench/callgrind.py --request browser
     bench/.venv/bin/python bench/callgrind.py --app apps:k64  # any app in bench/
     bench/.venv/bin/python bench/callgrind.py --tls           # the same over TLS 1.3
+    bench/.venv/bin/python bench/callgrind.py --tls --fresh   # a new connection (handshake) each
     bench/.venv/bin/python bench/callgrind.py -k asgi --app asgi_apps:sleep10ms --connections 256
 
 With --connections N, N keep-alive connections each send a request, then every answer
@@ -105,9 +106,19 @@ def read_response(sock, buf):
     return rest[length:]
 
 
-def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", connections=1, keep=None):
+def fresh_requests(port, request, requests):
+    """`requests` GETs, each on a new connection that asks to be closed after it (with
+    --tls, a full handshake each: what bench's tls_handshakes measures)."""
+    request = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    for _ in range(requests):
+        with connect(port, 60) as s:
+            s.sendall(request)
+            read_response(s, b"")
+
+
+def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", connections=1, keep=None, fresh=False):
     """Instructions the worker process executed while serving `requests` GETs over
-    `connections` connections in lockstep."""
+    `connections` connections in lockstep (or each on a new connection: `fresh`)."""
     with tempfile.TemporaryDirectory(prefix="rgun-callgrind-") as out:
         port = free_port()
         # No %p in --callgrind-out-file: rgun rewrites its process title over argv,
@@ -126,10 +137,12 @@ def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", co
         try:
             wait_listening(port, proc)
             request = REQUESTS[kind].format(path=path, port=port).encode()
-            socks = [connect(port, 60) for _ in range(connections)]
+            if fresh:
+                fresh_requests(port, request, requests)
+            socks = [connect(port, 60) for _ in range(0 if fresh else connections)]
             try:
                 bufs = [b""] * connections
-                for _ in range(requests // connections):
+                for _ in range(len(socks) and requests // connections):
                     for s in socks:
                         s.sendall(request)
                     for i, s in enumerate(socks):
@@ -172,6 +185,7 @@ def main():
     ap.add_argument("--tls", action="store_true", help="over TLS 1.3 (bench/tls.py's certificate)")
     ap.add_argument("-k", "--worker-class", default="sync", help="rgun's -k (sync, asgi)")
     ap.add_argument("--connections", type=int, default=1, help="connections sending in lockstep")
+    ap.add_argument("--fresh", action="store_true", help="a new connection for each request (Connection: close)")
     ap.add_argument("--keep", help="directory to keep the profiles in (for callgrind_annotate)")
     ap.add_argument("--rgun-args", default="", help="more rgun flags, e.g. '--metrics-bind 127.0.0.1:9100'")
     args = ap.parse_args()
@@ -185,10 +199,10 @@ def main():
         TLS["client"].minimum_version = ssl.TLSVersion.TLSv1_3
     if not os.path.exists(RGUN):
         sys.exit(f"{RGUN} is missing: bench/run installs rgun into bench/.venv")
-    run = lambda n: worker_instructions(args.app, n, args.path, args.request, args.worker_class, args.connections, args.keep)
+    run = lambda n: worker_instructions(args.app, n, args.path, args.request, args.worker_class, args.connections, args.keep, args.fresh)
     short, long = run(args.short), run(args.long)
     per_request = (long - short) / (args.long - args.short)
-    print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {args.request} request{' over TLS' if args.tls else ''}: {per_request:,.0f} instructions per request "
+    print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {args.request} request{' over TLS' if args.tls else ''}{', a new connection each' if args.fresh else ''}: {per_request:,.0f} instructions per request "
           f"(worker: {short:,} at {args.short} requests, {long:,} at {args.long})")
 
 
