@@ -79,25 +79,6 @@ impl Hooks {
         }
     }
 
-    /// [`Hooks::request`], or None when it cannot be built: the error is logged and
-    /// the request is served without its pre_request/post_request hooks.
-    pub fn request_or_log<'py>(
-        &self,
-        py: Python<'py>,
-        head_bytes: &[u8],
-        head: &crate::http::head::RequestHead,
-        remote: &str,
-    ) -> Option<Bound<'py, PyAny>> {
-        self.request(py, head_bytes, head, remote)
-            .map_err(|e| {
-                tracing::error!(
-                    "cannot build the req object, so the pre_request/post_request hooks skip this request\n{}",
-                    crate::python::format_exception(py, &e)
-                )
-            })
-            .ok()
-    }
-
     /// A request starting: its `req` object when pre_request or post_request is set
     /// (None otherwise, or when it cannot be built), pre_request already called with it.
     pub fn begin_request<'py>(
@@ -110,7 +91,17 @@ impl Hooks {
         if !(self.pre_request || self.post_request) {
             return None;
         }
-        let req = self.request_or_log(py, head_bytes, head, remote)?;
+        // A req object that cannot be built is logged; the request is served without
+        // its pre_request/post_request hooks.
+        let req = self
+            .request(py, head_bytes, head, remote)
+            .map_err(|e| {
+                tracing::error!(
+                    "cannot build the req object, so the pre_request/post_request hooks skip this request\n{}",
+                    crate::python::format_exception(py, &e)
+                )
+            })
+            .ok()?;
         if self.pre_request {
             self.call(py, "pre_request", vec![req.clone()]);
         }
