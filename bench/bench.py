@@ -39,11 +39,12 @@ import http.client
 import h2load
 import tls
 from report import loadavg, report, versions
-from workloads import BENCH, QUICK_WORKLOADS, ROOT, SERVERS, WORKERS, WORKLOADS, servers_for
+from workloads import BASE, BENCH, QUICK_WORKLOADS, ROOT, SERVERS, WORKERS, WORKLOADS, servers_for
 
 # BENCH_VENV: another venv with the same pins (e.g. of another CPython).
 VENV = os.environ.get("BENCH_VENV", os.path.join(BENCH, ".venv"))
 RGUN = os.path.join(VENV, "bin", "rgun")  # pip-installed by bench/run
+BASELINE = []  # --baseline: the rgun executable run as rgun@base
 CLK = os.sysconf("SC_CLK_TCK")
 
 # (certfile, keyfile) for the tls_* workloads, made once per run.
@@ -108,7 +109,7 @@ def plain_server_cmd(server, wl, port):
                 "--app-dir", BENCH, "--http", "httptools", "--loop", "uvloop", "--no-access-log",
                 "--lifespan", "off", app]
     if server.startswith("rgun"):
-        cmd = [RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, "--no-control-socket"]
+        cmd = [BASELINE[0] if server == BASE else RGUN, "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH, "--no-control-socket"]
         if server == "rgun+obs":
             OBS["metrics_port"] = free_port()
             cmd += ["--metrics-bind", f"127.0.0.1:{OBS['metrics_port']}",
@@ -388,11 +389,19 @@ def main():
                     "with their own, asgi_sleep10ms and ws_echo, keep them)")
     ap.add_argument("--observability", action="store_true",
                     help="also run rgun+obs: rgun with --metrics-bind (scraped every second) and --statsd-host")
+    ap.add_argument("--baseline", metavar="RGUN",
+                    help="also run this rgun executable (another build, e.g. an older commit's) as rgun@base "
+                         "on the plain HTTP/1 WSGI workloads, beside rgun in the same rounds")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"), help="markdown output ('' for none)")
     args = ap.parse_args()
     if args.observability:
         SERVERS["wsgi"].insert(1, "rgun+obs")
         statsd_sink()
+    if args.baseline:
+        if not os.access(args.baseline, os.X_OK):
+            sys.exit(f"--baseline {args.baseline}: not an executable")
+        BASELINE.append(os.path.abspath(args.baseline))
+        SERVERS["wsgi"].insert(1, BASE)
     args.duration = args.duration or (2 if args.quick else 10)
     args.rounds = args.rounds or (1 if args.quick else 2)
     wls = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))
@@ -400,7 +409,7 @@ def main():
         if wl not in WORKLOADS:
             sys.exit(f"unknown workload {wl!r}; known: {', '.join(WORKLOADS)}")
     conns = [int(c) for c in args.connections.split(",")]
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), **versions(),
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), **versions(*BASELINE),
             "load": f"at start: {loadavg()}"}
     if float(loadavg().split()[0]) > 0.5:
         print(f"WARNING: machine not idle (load {loadavg()}); other work skews the results", flush=True)

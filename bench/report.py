@@ -8,21 +8,27 @@ import platform
 import statistics
 import subprocess
 
-from workloads import ROOT, SERVERS, WORKERS, WORKLOADS, servers_for
+from workloads import BASE, ROOT, SERVERS, WORKERS, WORKLOADS, servers_for
 
 
-def versions():
-    def run(*cmd):
+def versions(baseline=None):
+    """The machine and every server's version; `baseline`: the rgun@base executable,
+    named by the commit of the checkout it was built in."""
+    def run(*cmd, cwd=ROOT):
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd).stdout.strip()
         except OSError:
             return "?"
-    rev = run("git", "rev-parse", "--short", "HEAD") + (" (dirty)" if run("git", "status", "--porcelain", "--", "src", "Cargo.toml") else "")
+
+    def rev(cwd):
+        dirty = run("git", "status", "--porcelain", "--", "src", "Cargo.toml", cwd=cwd)
+        return (run("git", "rev-parse", "--short", "HEAD", cwd=cwd) or "?") + (" (dirty)" if dirty else "")
+    base = f", {BASE} {rev(os.path.dirname(baseline))} ({baseline})" if baseline else ""
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].split(" [")[0]
     return {
         "machine": f"{os.cpu_count()} cores (nproc {run('nproc')}), {cpu}, Linux {platform.release()}",
-        "versions": f"rgun {rev}, Python {platform.python_version()}, gunicorn {importlib.metadata.version('gunicorn')}, "
+        "versions": f"rgun {rev(ROOT)}{base}, Python {platform.python_version()}, gunicorn {importlib.metadata.version('gunicorn')}, "
                     f"granian {importlib.metadata.version('granian')}, uvicorn {importlib.metadata.version('uvicorn')}, "
                     f"uvloop {importlib.metadata.version('uvloop')}, flask {importlib.metadata.version('flask')}, "
                     f"fastapi {importlib.metadata.version('fastapi')}, {wrk_v}",
@@ -51,6 +57,7 @@ def tables(results, interface):
     """One interface's main table (servers side by side per workload) and its ratios."""
     servers = SERVERS[interface]
     peers = [s for s in servers if not s.startswith("rgun")]
+    builds = [s for s in ("rgun", BASE) if s in servers]
     L = ["| workload | conns | server | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | peak PSS MiB | errors |",
          "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     heads = [f"{k} rgun/{o}" for k in ("req/s", "p99", "CPU/req", "RSS", "PSS") for o in peers]
@@ -67,8 +74,11 @@ def tables(results, interface):
             L.append(f"| {wl} | {conns} | {s} | {fmt(m['rps'])} | {fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} "
                      f"| {fmt(m['cpu_us'])} | {fmt(m['rss'], 1)} | {fmt(m['pss'], 1)} | {m['errors']} |")
         g = lambda s, k: med.get(s, {}).get(k, float("nan"))
-        R.append(f"| {wl} | {conns} | " + " | ".join(ratio(g("rgun", k), g(o, k)) for k in ("rps", "p99", "cpu_us", "rss", "pss")
-                                                      for o in peers) + " |")
+        for b in builds:
+            if b in med or b == "rgun":
+                label = wl if b == "rgun" else f"{wl} ({b})"
+                R.append(f"| {label} | {conns} | " + " | ".join(ratio(g(b, k), g(o, k)) for k in ("rps", "p99", "cpu_us", "rss", "pss")
+                                                                for o in peers) + " |")
     return L, R
 
 
@@ -158,6 +168,10 @@ def report(results, caps, args, info):
             notes.append(f"- {wl} @ {conns} conns: rgun+obs/rgun req/s {ratio(g('rgun+obs', 'rps'), g('rgun', 'rps'))}, "
                          f"CPU/req {ratio(g('rgun+obs', 'cpu_us'), g('rgun', 'cpu_us'))}, "
                          f"p99 {ratio(g('rgun+obs', 'p99'), g('rgun', 'p99'))}")
+        if BASE in med:
+            notes.append(f"- {wl} @ {conns} conns: rgun/{BASE} req/s {ratio(g('rgun', 'rps'), g(BASE, 'rps'))} (>1: this "
+                         f"build is faster), CPU/req {ratio(g('rgun', 'cpu_us'), g(BASE, 'cpu_us'))}, "
+                         f"p99 {ratio(g('rgun', 'p99'), g(BASE, 'p99'))}, RSS {ratio(g('rgun', 'rss'), g(BASE, 'rss'))}")
         if (wl, conns) == ("hello", 1) and "Gunicorn" in med:
             notes.append(f"- memory of master + {WORKERS} workers (hello @ 1 conn, issue 13): RSS rgun/Gunicorn "
                          f"{ratio(g('rgun', 'rss'), g('Gunicorn', 'rss'))} (target ≤ 0.75: "
@@ -194,7 +208,9 @@ def report(results, caps, args, info):
         if interface == "wsgi" and notes:
             out += ["Memory, sleep workload vs ideal, and rgun+obs (rgun with --metrics-bind scraped every second and "
                     "--statsd-host sending to a drained UDP socket; `bench/run --observability`) against plain rgun "
-                    "in the same run:", "", *notes, ""]
+                    f"in the same run (with `--baseline RGUN`, also this build against {BASE}, that executable run "
+                    "beside it in the same rounds; its own ratios to the peers are the ratio table's "
+                    f"'({BASE})' rows):", "", *notes, ""]
         if interface == "asgi":
             out += ["ASGI servers: rgun -k asgi, Granian --interface asgi, Uvicorn --http httptools --loop uvloop, "
                     "Gunicorn -k asgi (its own ASGI worker, uvloop when installed). asgi_sleep10ms awaits "
