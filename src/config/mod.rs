@@ -12,8 +12,8 @@ pub mod observability;
 mod print;
 pub mod reference;
 mod tls;
+mod values;
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub use self::bind::BindAddress;
 pub use self::http2::Http2Args;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
 pub use self::tls::TlsArgs;
+use self::values::{parse_allow_ips, parse_env, parse_mode, parse_worker_class};
+pub use self::values::{worker_kind, AllowIps, WorkerKind};
 use crate::http::head::HeadLimits;
 
 /// The longest `--timeout`, `--graceful-timeout` and `--keep-alive`, in seconds (about
@@ -312,100 +314,12 @@ pub struct Config {
     pub generate: Option<String>,
 }
 
-fn parse_worker_class(s: &str) -> Result<String, String> {
-    match worker_kind(Some(s)) {
-        Some(_) => Ok(s.to_owned()),
-        None => Err(format!(
-            "rgun cannot run worker class {s:?}: it has a WSGI worker (sync or gthread; use --threads) and an ASGI one (asgi, or uvicorn.workers.UvicornWorker)"
-        )),
-    }
-}
-
-fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s.trim_start_matches("0o"), 8)
-        .ok()
-        .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 0600"))
-}
-
-/// `--forwarded-allow-ips`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowIps {
-    Any,
-    List(Vec<IpAddr>),
-}
-
-impl AllowIps {
-    pub fn allows(&self, ip: IpAddr) -> bool {
-        match self {
-            AllowIps::Any => true,
-            AllowIps::List(ips) => ips
-                .iter()
-                .any(|a| *a == ip || a.to_canonical() == ip.to_canonical()),
-        }
-    }
-}
-
-fn parse_allow_ips(s: &str) -> Result<AllowIps, String> {
-    if s.split(',').any(|p| p.trim() == "*") {
-        return Ok(AllowIps::Any);
-    }
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse::<IpAddr>()
-                .map_err(|_| format!("{p:?} is not an IP address"))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(AllowIps::List)
-}
-
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
-    }
-}
-
 /// Gunicorn's default `secure_scheme_headers`.
 pub const DEFAULT_SECURE_SCHEME_HEADERS: [(&str, &str); 3] = [
     ("X-FORWARDED-PROTOCOL", "ssl"),
     ("X-FORWARDED-PROTO", "https"),
     ("X-FORWARDED-SSL", "on"),
 ];
-
-/// Which worker a `-k` value selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerKind {
-    /// PEP 3333 (`sync`, `gthread`, Gunicorn's module paths for them, or no `-k`).
-    Wsgi,
-    /// ASGI 3 on an asyncio loop.
-    Asgi,
-}
-
-/// The accepted `-k` values and the worker each selects; `None` for any other. The one
-/// place that list lives.
-pub fn worker_kind(class: Option<&str>) -> Option<WorkerKind> {
-    match class {
-        None
-        | Some(
-            "sync"
-            | "gthread"
-            | "egg:gunicorn#sync"
-            | "egg:gunicorn#gthread"
-            | "gunicorn.workers.sync.SyncWorker"
-            | "gunicorn.workers.gthread.ThreadWorker",
-        ) => Some(WorkerKind::Wsgi),
-        Some(
-            "asgi"
-            | "uvicorn.workers.UvicornWorker"
-            | "uvicorn_worker.UvicornWorker"
-            | "uvicorn.workers.UvicornH11Worker",
-        ) => Some(WorkerKind::Asgi),
-        Some(_) => None,
-    }
-}
 
 impl Config {
     /// The worker `-k` selects (an unknown value never gets this far: the flag's
