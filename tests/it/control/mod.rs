@@ -531,4 +531,5 @@ impl Drop for Daemon {
 mod bad_input;
 mod commands;
 mod reload;
+mod reload_config;
 mod socket_and_cli;
