@@ -185,20 +185,9 @@ fn a_hung_configuration_file_fails_the_reload_and_status_answers_meanwhile() {
 #[test]
 fn a_slow_master_hook_is_abandoned_and_status_answers_meanwhile() {
     // Regression: a master hook blocked the loop (and the control socket) for 30 s.
-    let dir = tempfile::tempdir().unwrap();
-    let inside = dir.path().join("inside");
-    let conf = dir.path().join("gunicorn.conf.py");
-    std::fs::write(
-        &conf,
-        format!(
-            "import time\nwsgi_app = 'lifecycle_app:application'\n\ndef on_reload(server):\n    open({:?}, 'w').close()\n    time.sleep(3600)\n",
-            inside.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let server = ServerBuilder::new("")
-        .args(["-c", conf.to_str().unwrap()])
-        .start();
+    let (_dir, inside, server) = start_with_hook(
+        "def on_reload(server):\n    open(_inside, 'w').close()\n    time.sleep(3600)\n",
+    );
     server.signal(libc::SIGHUP);
     assert!(wait_until(Duration::from_secs(10), || inside.exists()));
     let mut c = Raw::connect(&server.ctl_path);
@@ -250,20 +239,9 @@ fn a_signal_during_a_master_hook_is_handled_after_it() {
     // a control-socket event (its token is above the control server's) and dropped: a
     // TERM sent during a pre_fork hook was never handled (unless another signal, say a
     // SIGCHLD, came later).
-    let dir = tempfile::tempdir().unwrap();
-    let inside = dir.path().join("inside");
-    let conf = dir.path().join("gunicorn.conf.py");
-    std::fs::write(
-        &conf,
-        format!(
-            "import time\nwsgi_app = 'lifecycle_app:application'\n\ndef pre_fork(server, worker):\n    if worker.age >= 1:\n        open({:?}, 'w').close()\n        time.sleep(2)\n",
-            inside.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let mut server = ServerBuilder::new("")
-        .args(["-c", conf.to_str().unwrap()])
-        .start();
+    let (_dir, inside, mut server) = start_with_hook(
+        "def pre_fork(server, worker):\n    if worker.age >= 1:\n        open(_inside, 'w').close()\n        time.sleep(2)\n",
+    );
     server.signal(libc::SIGTTIN);
     assert!(wait_until(Duration::from_secs(10), || inside.exists()));
     server.signal(libc::SIGTERM);
@@ -278,4 +256,26 @@ fn a_signal_during_a_master_hook_is_handled_after_it() {
         "{}",
         server.log()
     );
+}
+
+/// Starts rgun on a configuration file that serves `lifecycle_app` and defines `hook`
+/// (Python source; `time` is imported, and `_inside` names the file the hook creates to
+/// say it is running). Returns the directory holding both, that file's path, and the
+/// server.
+fn start_with_hook(hook: &str) -> (tempfile::TempDir, std::path::PathBuf, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("inside");
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(
+        &conf,
+        format!(
+            "import time\nwsgi_app = 'lifecycle_app:application'\n_inside = {:?}\n\n{hook}",
+            inside.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let server = ServerBuilder::new("")
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    (dir, inside, server)
 }
