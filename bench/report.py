@@ -57,7 +57,6 @@ def tables(results, interface):
     """One interface's main table (servers side by side per workload) and its ratios."""
     servers = SERVERS[interface]
     peers = [s for s in servers if not s.startswith("rgun")]
-    builds = [s for s in ("rgun", BASE) if s in servers]
     L = ["| workload | conns | server | req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | peak PSS MiB | errors |",
          "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     heads = [f"{k} rgun/{o}" for k in ("req/s", "p99", "CPU/req", "RSS", "PSS") for o in peers]
@@ -74,11 +73,10 @@ def tables(results, interface):
             L.append(f"| {wl} | {conns} | {s} | {fmt(m['rps'])} | {fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} "
                      f"| {fmt(m['cpu_us'])} | {fmt(m['rss'], 1)} | {fmt(m['pss'], 1)} | {m['errors']} |")
         g = lambda s, k: med.get(s, {}).get(k, float("nan"))
-        for b in builds:
-            if b in med or b == "rgun":
-                label = wl if b == "rgun" else f"{wl} ({b})"
-                R.append(f"| {label} | {conns} | " + " | ".join(ratio(g(b, k), g(o, k)) for k in ("rps", "p99", "cpu_us", "rss", "pss")
-                                                                for o in peers) + " |")
+        for b in ["rgun"] + [BASE] * (BASE in med):
+            label = wl if b == "rgun" else f"{wl} ({b})"
+            R.append(f"| {label} | {conns} | " + " | ".join(ratio(g(b, k), g(o, k)) for k in ("rps", "p99", "cpu_us", "rss", "pss")
+                                                            for o in peers) + " |")
     return L, R
 
 
