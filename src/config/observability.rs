@@ -13,8 +13,9 @@ use super::logformat::LineFormat;
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct Observability {
-    /// Serve Prometheus metrics (text exposition format) at http://ADDRESS/metrics from
-    /// the master: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N.
+    /// The operations listener: the master serves Prometheus metrics at
+    /// http://ADDRESS/metrics and the probes /livez and /readyz: HOST:PORT,
+    /// [IPV6]:PORT, unix:PATH or fd://N.
     #[arg(long = "metrics-bind", value_name = "ADDRESS", value_parser = bind::parse)]
     pub metrics_bind: Option<BindAddress>,
 

@@ -14,6 +14,7 @@ mod hooks;
 pub mod listeners;
 mod metrics;
 mod notify;
+mod probes;
 mod reload;
 mod stacks;
 mod start;
@@ -180,6 +181,9 @@ pub struct Arbiter {
     stop_deadline: Option<Instant>,
     /// Young deaths in a row, for back-off; reset when a worker becomes ready.
     failures: u32,
+    /// The last worker to exit failed to boot (`/readyz` says so); cleared when a
+    /// worker becomes ready.
+    boot_failing: bool,
     last_rss_check: Instant,
     next_spawn: Instant,
     /// The master's thread count last warned about (`--preload`).

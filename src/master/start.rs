@@ -223,6 +223,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         started_at: SystemTime::now(),
         stop_deadline: None,
         failures: 0,
+        boot_failing: false,
         last_rss_check: Instant::now(),
         next_spawn: Instant::now(),
         threads_warned: 1,

@@ -225,6 +225,7 @@ impl Arbiter {
             w.ready = true;
             w.inbox.drain(..2);
             self.failures = 0;
+            self.boot_failing = false;
             let ready = json!({
                 "pid": w.pid.as_raw(),
                 "generation": w.generation,
@@ -357,6 +358,7 @@ impl Arbiter {
                 continue;
             }
             let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
+            self.boot_failing |= failed_boot && w.generation == self.generation;
             if failed_boot && self.phase == Phase::Starting {
                 let reason = if code == Some(exit::APP_LOAD_ERROR) {
                     "App failed to load."

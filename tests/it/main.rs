@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod conformance;
 mod control;
+mod fleet;
 mod frameworks;
 mod hostile;
 mod http2;

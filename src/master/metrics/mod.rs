@@ -379,18 +379,28 @@ impl Arbiter {
         if complete.is_empty() {
             return;
         }
-        let wants_text = complete
-            .iter()
-            .any(|(_, r)| matches!(r, server::Route::Metrics { .. }));
-        let text = if wants_text {
-            self.metrics_text()
-        } else {
-            String::new()
-        };
-        if let Some(server) = self.metrics.as_mut() {
-            for (id, route) in complete {
-                server.answer(id, route, &text, self.poll.registry());
+        for (id, route) in complete {
+            let page = match route {
+                server::Route::Get { page, .. } => Some(self.page(page)),
+                _ => None,
+            };
+            if let Some(server) = self.metrics.as_mut() {
+                server.answer(id, route, page, self.poll.registry());
             }
+        }
+    }
+
+    fn page(&self, page: server::Page) -> server::Answer {
+        match page {
+            server::Page::Metrics => server::Answer::metrics(self.metrics_text()),
+            server::Page::Livez => match self.liveness() {
+                Ok(line) => server::Answer::probe(true, line),
+                Err(line) => server::Answer::probe(false, line),
+            },
+            server::Page::Readyz => match self.readiness() {
+                Ok(line) => server::Answer::probe(true, line),
+                Err(line) => server::Answer::probe(false, line),
+            },
         }
     }
 

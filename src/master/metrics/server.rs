@@ -1,5 +1,7 @@
-//! `--metrics-bind`: a tiny HTTP/1 server inside the master's poll loop (no thread)
-//! that answers `GET /metrics` and closes. Each connection has bounded buffers (a
+//! `--metrics-bind`, the operations listener: a tiny HTTP/1 server inside the master's
+//! poll loop (no thread) that answers `GET /metrics` and the probes `/livez` and
+//! `/readyz` (any HTTP/1.x form: HTTP/1.0 without `Host` as HAProxy's `httpchk` sends,
+//! `HEAD`, the kubelet's HTTP/1.1), and closes. Each connection has bounded buffers (a
 //! request head of at most `MAX_REQUEST_BYTES`, one answer) and `CONN_TIMEOUT` to
 //! finish; at most `MAX_CONNECTIONS` at once, further ones are closed at accept. A
 //! scraper that stalls or vanishes costs only its own connection.
@@ -36,13 +38,53 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// What a complete request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /metrics` (`head`: HEAD, no body).
-    Metrics {
+    /// `GET /metrics`, `/livez` or `/readyz` (`head`: HEAD, no body).
+    Get {
+        page: Page,
         head: bool,
     },
     NotFound,
     MethodNotAllowed,
     BadRequest,
+}
+
+/// The pages the operations listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    Metrics,
+    /// Liveness: the master runs its loop.
+    Livez,
+    /// Readiness: a worker of the serving generation accepts and the server is not
+    /// draining.
+    Readyz,
+}
+
+/// An answer to a `Route::Get`, rendered by the arbiter.
+pub struct Answer {
+    /// `true`: 200, else 503 Service Unavailable.
+    pub ok: bool,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Answer {
+    /// A probe's answer: one line of text.
+    pub fn probe(ok: bool, line: String) -> Answer {
+        Answer {
+            ok,
+            content_type: "text/plain; charset=utf-8",
+            body: line + "\n",
+        }
+    }
+
+    /// The metrics exposition.
+    pub fn metrics(text: String) -> Answer {
+        Answer {
+            ok: true,
+            content_type: CONTENT_TYPE,
+            body: text,
+        }
+    }
 }
 
 struct Conn {
@@ -171,24 +213,35 @@ impl MetricsServer {
         complete
     }
 
-    /// Queues the answer to a complete request and starts sending it; the
-    /// connection closes once it is sent.
-    pub fn answer(&mut self, id: usize, route: Route, metrics: &str, registry: &Registry) {
+    /// Queues the answer to a complete request (`page`: the arbiter's answer for a
+    /// `Route::Get`) and starts sending it; the connection closes once it is sent.
+    pub fn answer(&mut self, id: usize, route: Route, page: Option<Answer>, registry: &Registry) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let (status, content_type, body): (&str, &str, &str) = match route {
-            Route::Metrics { .. } => ("200 OK", CONTENT_TYPE, metrics),
-            Route::NotFound => ("404 Not Found", "text/plain", "not found: try /metrics\n"),
-            Route::MethodNotAllowed => (
+        let (status, content_type, body) = match (route, page) {
+            (Route::Get { .. }, Some(a)) => {
+                let status = if a.ok {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                (status, a.content_type, a.body)
+            }
+            (Route::MethodNotAllowed, _) => (
                 "405 Method Not Allowed",
                 "text/plain",
-                "only GET and HEAD\n",
+                "only GET and HEAD\n".into(),
             ),
-            Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n"),
+            (Route::BadRequest, _) => ("400 Bad Request", "text/plain", "bad request\n".into()),
+            _ => (
+                "404 Not Found",
+                "text/plain",
+                "not found: try /metrics, /livez or /readyz\n".into(),
+            ),
         };
         let mut head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
             body.len()
         );
         if route == Route::MethodNotAllowed {
@@ -196,7 +249,7 @@ impl MetricsServer {
         }
         head.push_str("\r\n");
         conn.outbuf.extend_from_slice(head.as_bytes());
-        if route != (Route::Metrics { head: true }) {
+        if !matches!(route, Route::Get { head: true, .. }) {
             conn.outbuf.extend_from_slice(body.as_bytes());
         }
         conn.answered = true;
@@ -345,10 +398,16 @@ pub fn route(bytes: &[u8]) -> Option<Route> {
         Ok(httparse::Status::Complete(_)) => {
             let path = req.path.unwrap_or("");
             let path = path.split_once('?').map_or(path, |(p, _)| p);
-            Some(match (req.method.unwrap_or(""), path) {
-                ("GET", "/metrics") => Route::Metrics { head: false },
-                ("HEAD", "/metrics") => Route::Metrics { head: true },
-                ("GET" | "HEAD", _) => Route::NotFound,
+            let page = match path {
+                "/metrics" => Some(Page::Metrics),
+                "/livez" => Some(Page::Livez),
+                "/readyz" => Some(Page::Readyz),
+                _ => None,
+            };
+            Some(match (req.method.unwrap_or(""), page) {
+                ("GET", Some(page)) => Route::Get { page, head: false },
+                ("HEAD", Some(page)) => Route::Get { page, head: true },
+                ("GET" | "HEAD", None) => Route::NotFound,
                 _ => Route::MethodNotAllowed,
             })
         }
@@ -364,11 +423,39 @@ mod tests {
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"), None);
         assert_eq!(
             route(b"GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(Route::Metrics { head: false })
+            Some(Route::Get {
+                page: Page::Metrics,
+                head: false
+            })
         );
         assert_eq!(
             route(b"HEAD /metrics HTTP/1.0\r\n\r\n"),
-            Some(Route::Metrics { head: true })
+            Some(Route::Get {
+                page: Page::Metrics,
+                head: true
+            })
+        );
+        // HAProxy's `option httpchk` (HTTP/1.0, no Host) and the kubelet's probe.
+        assert_eq!(
+            route(b"OPTIONS / HTTP/1.0\r\n\r\n"),
+            Some(Route::MethodNotAllowed)
+        );
+        assert_eq!(
+            route(b"GET /readyz HTTP/1.0\r\n\r\n"),
+            Some(Route::Get {
+                page: Page::Readyz,
+                head: false
+            })
+        );
+        assert_eq!(
+            route(
+                b"GET /livez HTTP/1.1\r\nHost: 10.0.0.7:9100\r\nUser-Agent: kube-probe/1.30\r\n\
+                  Accept: */*\r\nConnection: close\r\n\r\n"
+            ),
+            Some(Route::Get {
+                page: Page::Livez,
+                head: false
+            })
         );
         assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Some(Route::NotFound));
         assert_eq!(
