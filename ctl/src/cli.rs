@@ -2,14 +2,16 @@
 //! `rgunctl` binary (`main.rs`) and the Python package's `rgunctl` console script both
 //! call [`run`] with their arguments.
 //!
-//! Exit status: 0 ok, 1 the daemon answered with an error, 2 usage, 3 cannot connect.
+//! Exit status: 0 ok, 1 the daemon answered with an error, 2 usage, 3 cannot connect,
+//! 4 the daemon was busy (the action was not attempted; try again — never a failure of
+//! the action itself, so a deploy script does not roll back on it).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::protocol::{HistoryEntry, Status};
+use crate::protocol::{ErrorCode, HistoryEntry, Status};
 use crate::{default_socket_path, Client, ClientError};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{json, Map, Value};
@@ -169,7 +171,7 @@ where
                     .unwrap_or(""),
                 error.message
             );
-            ExitCode::from(1)
+            ExitCode::from(if error.code == ErrorCode::Busy { 4 } else { 1 })
         }
         Err(e @ ClientError::Connect { .. }) => {
             eprintln!("rgunctl: {e}");
@@ -291,6 +293,19 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
             result["previous"],
             result["target"]
         ),
+        Cmd::Reload { .. } if result["queued"] == json!(true) => {
+            match result.get("handed_to_master") {
+                Some(pid) => w!(
+                    out,
+                    "reload handed to the new master {pid}, which loads the code as it is now"
+                ),
+                None => w!(
+                out,
+                "reload queued: it starts when the one in progress ends (generation {} serving)",
+                result["serving_generation"]
+            ),
+            }
+        }
         Cmd::Reload { no_wait: false } => w!(
             out,
             "reloaded: generation {} -> {} in {} ms",

@@ -13,6 +13,7 @@ use rgunctl::protocol::{
 };
 use serde_json::{json, Value};
 
+use super::reload::ReloadTicket;
 use super::{unix_now, Arbiter, Phase};
 use crate::control::Request;
 use crate::scoreboard::monotonic_ms;
@@ -118,18 +119,20 @@ impl Arbiter {
                     }
                 }
             }
-            Command::Reload { wait } => match self.begin_reload(trigger) {
-                Ok(_) if wait => {
-                    if let Some(r) = self.reload.as_mut() {
-                        r.waiters.push((conn, id.clone()));
-                    }
-                    Ok(None)
+            Command::Reload { wait } => {
+                let waiter = wait.then(|| (conn, id.clone()));
+                match self.request_reload(trigger, waiter) {
+                    Ok(_) if wait => Ok(None),
+                    Ok(ReloadTicket::Started(generation)) => Ok(Some(
+                        json!({"generation": generation, "previous_generation": generation - 1}),
+                    )),
+                    Ok(ReloadTicket::Queued) => Ok(Some(json!({
+                        "queued": true,
+                        "serving_generation": self.generation,
+                    }))),
+                    Err(e) => Err(e),
                 }
-                Ok(generation) => Ok(Some(
-                    json!({"generation": generation, "previous_generation": generation - 1}),
-                )),
-                Err(e) => Err(e),
-            },
+            }
         };
         match answer {
             Ok(Some(result)) => self.reply_ok(conn, &id, result),

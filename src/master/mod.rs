@@ -169,6 +169,8 @@ pub struct Arbiter {
     /// The generation serving traffic.
     generation: u32,
     reload: Option<Reload>,
+    /// Reloads asked for while `reload` runs: one more, started when it ends.
+    queued_reload: Option<reload::QueuedReload>,
     /// `stack` requests waiting for their workers' answers.
     stack_waiters: Vec<stacks::StackWaiter>,
     /// `scale --wait` clients: (connection, request id, started).
@@ -227,6 +229,7 @@ impl Arbiter {
                 self.kill_stale();
                 self.recycle_bloated();
                 self.check_reload();
+                self.start_queued_reload();
                 self.manage_workers();
                 self.answer_scale_waiters();
             }
@@ -329,7 +332,7 @@ impl Arbiter {
             }
             Intent::Reload => {
                 tracing::info!("Handling signal: hup");
-                if let Err(e) = self.begin_reload("signal HUP".into()) {
+                if let Err(e) = self.request_reload("signal HUP".into(), None) {
                     tracing::warn!("reload not started: {}", e.message);
                 }
             }
@@ -378,6 +381,7 @@ impl Arbiter {
         tracing::info!("Stopping ({})", if graceful { "graceful" } else { "quick" });
         self.emit("stopping", json!({"graceful": graceful}));
         self.fail_reload("the server is stopping");
+        self.fail_queued_reload("the server is stopping");
         self.notifier.stopping();
         self.set_phase(Phase::Stopping { graceful });
         let (sig, grace) = if graceful {

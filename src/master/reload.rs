@@ -4,6 +4,11 @@
 //! new generation is torn down and the old one keeps serving. HUP and `rgunctl reload`
 //! both come here.
 //!
+//! A reload asked for while another runs (or while the first workers boot) is queued,
+//! never refused: every request that arrives meanwhile joins one `QueuedReload`, which
+//! starts when the running one ends and so loads the code as it is then. Each waiting
+//! client is answered with the outcome of the generation that carries its code.
+//!
 //! The re-read configuration belongs to the new generation alone until it serves:
 //! the master adopts it (and a changed `workers`) only then, so after a failed reload
 //! everything — replacement workers, `status`, `config` — is the serving configuration.
@@ -37,29 +42,98 @@ pub struct Reload {
     workers_changed: bool,
 }
 
+/// Reloads asked for while another runs: one reload, started when it ends.
+#[derive(Default)]
+pub struct QueuedReload {
+    /// Who asked, in order (for `history`).
+    triggers: Vec<String>,
+    /// Clients waiting for the outcome: (connection, request id).
+    pub waiters: Vec<(usize, Value)>,
+}
+
+/// What became of a reload request.
+pub enum ReloadTicket {
+    /// Booting this generation now.
+    Started(u32),
+    /// Queued behind the reload in progress (or the first workers' boot).
+    Queued,
+}
+
 /// Longest a new generation may take to become ready (at least 30 s, or `--timeout`).
 fn boot_timeout(timeout_secs: u64) -> Duration {
     Duration::from_secs(timeout_secs.max(30))
 }
 
 impl Arbiter {
-    /// Starts a reload; `busy` if one is running.
-    pub(super) fn begin_reload(&mut self, trigger: String) -> Result<u32, ErrorBody> {
-        if self.reload.is_some() {
-            return Err(ErrorBody::new(
-                ErrorCode::Busy,
-                "a reload is already in progress",
-            ));
-        }
-        if self.phase == Phase::Starting {
-            return Err(ErrorBody::new(
-                ErrorCode::Busy,
-                "the server is still starting its first workers",
-            ));
-        }
+    /// A reload request (HUP, `rgunctl reload`): started now, or queued behind the one
+    /// in progress. `waiter` is a client to answer with the outcome.
+    pub(super) fn request_reload(
+        &mut self,
+        trigger: String,
+        waiter: Option<(usize, Value)>,
+    ) -> Result<ReloadTicket, ErrorBody> {
         if matches!(self.phase, Phase::Stopping { .. }) {
             return Err(ErrorBody::new(ErrorCode::Failed, "the server is stopping"));
         }
+        if self.reload.is_some() || self.phase == Phase::Starting {
+            let running = match &self.reload {
+                Some(r) => format!("generation {} is still booting", r.generation),
+                None => "the first workers are still booting".into(),
+            };
+            tracing::info!("Reload queued ({trigger}): {running}; it starts when that ends");
+            self.emit("reload_queued", json!({"trigger": trigger}));
+            let queued = self.queued_reload.get_or_insert_with(QueuedReload::default);
+            queued.triggers.push(trigger);
+            queued.waiters.extend(waiter);
+            return Ok(ReloadTicket::Queued);
+        }
+        let generation = self.begin_reload(trigger)?;
+        if let (Some(r), Some(w)) = (self.reload.as_mut(), waiter) {
+            r.waiters.push(w);
+        }
+        Ok(ReloadTicket::Started(generation))
+    }
+
+    /// Starts the queued reload once nothing else runs (the loop calls this each turn).
+    pub(super) fn start_queued_reload(&mut self) {
+        if self.reload.is_some() || self.phase != Phase::Running {
+            return;
+        }
+        let Some(queued) = self.queued_reload.take() else {
+            return;
+        };
+        let trigger = match queued.triggers.as_slice() {
+            [one] => one.clone(),
+            [first, rest @ ..] => format!("{first} (+{} queued)", rest.len()),
+            [] => "queued".into(),
+        };
+        match self.begin_reload(trigger) {
+            Ok(_) => {
+                if let Some(r) = self.reload.as_mut() {
+                    r.waiters.extend(queued.waiters);
+                }
+            }
+            Err(e) => {
+                for (conn, id) in queued.waiters {
+                    self.reply_error(conn, &id, &e);
+                }
+            }
+        }
+    }
+
+    /// Answers the queued reload's clients with an error (the server is stopping).
+    pub(super) fn fail_queued_reload(&mut self, why: &str) {
+        let Some(queued) = self.queued_reload.take() else {
+            return;
+        };
+        let error = ErrorBody::new(ErrorCode::Failed, format!("reload not started: {why}"));
+        for (conn, id) in queued.waiters {
+            self.reply_error(conn, &id, &error);
+        }
+    }
+
+    /// Starts booting the next generation.
+    fn begin_reload(&mut self, trigger: String) -> Result<u32, ErrorBody> {
         // As Gunicorn's HUP: the new generation gets the configuration as it is now
         // (with --preload the new master reads it itself).
         let (cfg, target, workers_changed) = if self.cfg.preload {

@@ -214,6 +214,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
             .and_then(|g| g.parse().ok())
             .unwrap_or(1),
         reload: None,
+        queued_reload: None,
         scale_waiters: Vec::new(),
         stack_waiters: Vec::new(),
         history: VecDeque::new(),

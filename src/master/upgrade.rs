@@ -168,7 +168,27 @@ impl Arbiter {
         tracing::info!("New master {} is ready", child.pid);
         if child.for_reload {
             self.finish_reload();
+            self.hand_queued_reload_to(child.pid);
             self.begin_stop(true);
+        }
+    }
+
+    /// A reload queued behind a `--preload` reload belongs to the new master, which
+    /// now serves: it gets a HUP (loading the code as it is now), and the clients
+    /// waiting here are told so, since this master stops.
+    fn hand_queued_reload_to(&mut self, new_master: Pid) {
+        let Some(queued) = self.queued_reload.take() else {
+            return;
+        };
+        tracing::info!("Handing the queued reload to the new master {new_master}");
+        let _ = nix::sys::signal::kill(new_master, nix::sys::signal::Signal::SIGHUP);
+        let result = serde_json::json!({
+            "queued": true,
+            "serving_generation": self.generation,
+            "handed_to_master": new_master.as_raw(),
+        });
+        for (conn, id) in queued.waiters {
+            self.reply_ok(conn, &id, result.clone());
         }
     }
 
