@@ -48,6 +48,21 @@ pub fn reopen_error_log(path: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// An exception the application raised while handling a request, logged as Gunicorn
+/// logs it: `Error handling request GET /path?query`, then the traceback
+/// (`python::format_exception`) on the lines below. Every request path (WSGI and ASGI,
+/// HTTP/1 and HTTP/2, in the call or while the body is produced) logs through here.
+pub fn request_error(head_bytes: &[u8], head: &RequestHead, traceback: &str) {
+    let text = |range: std::ops::Range<usize>| {
+        String::from_utf8_lossy(head_bytes.get(range).unwrap_or_default()).into_owned()
+    };
+    tracing::error!(
+        "Error handling request {} {}\n{traceback}",
+        text(head.method.clone()),
+        text(head.target.clone())
+    );
+}
+
 fn open_append(path: &str) -> std::io::Result<File> {
     OpenOptions::new()
         .create(true)

@@ -54,9 +54,14 @@ pub fn configure_sys(py: Python<'_>, cwd: &Path, pythonpath: &[PathBuf]) -> PyRe
 }
 
 /// Formats a Python exception with its traceback, as `traceback.format_exception` does.
+/// The traceback is passed on its own: before 3.12 a fetched exception's traceback is
+/// not yet on its value (`__traceback__`), so the value alone would print one line.
 pub fn format_exception(py: Python<'_>, err: &PyErr) -> String {
     let formatted = py.import("traceback").and_then(|tb| {
-        let lines = tb.call_method1("format_exception", (err.value(py),))?;
+        let lines = tb.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?;
         let joined: String = PyModule::import(py, "builtins")?
             .getattr("str")?
             .call_method1("join", ("", lines))?

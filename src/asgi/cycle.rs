@@ -251,10 +251,6 @@ impl Cycle {
                     || e.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py)))
         });
         if let Some(e) = &error {
-            // Before 3.12 a fetched exception's traceback is not yet on its value.
-            if let Some(tb) = e.traceback(py) {
-                let _ = e.value(py).setattr(intern!(py, "__traceback__"), tb);
-            }
             tracing::error!(
                 "Exception in ASGI application\n{}",
                 crate::python::format_exception(py, e)

@@ -252,7 +252,10 @@ fn check_propagated_500(server: &Server) {
     let resp = server.get("/boom");
     assert_eq!(resp.status, 500);
     let log = server.log();
-    assert!(log.contains("Error handling request /boom"), "log:\n{log}");
+    assert!(
+        log.contains("Error handling request GET /boom"),
+        "log:\n{log}"
+    );
     assert!(
         log.contains("Traceback (most recent call last)"),
         "log:\n{log}"

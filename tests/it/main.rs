@@ -5,6 +5,7 @@ mod support;
 
 mod asgi;
 mod cli;
+mod compat;
 mod config;
 mod conformance;
 mod control;

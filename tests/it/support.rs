@@ -87,6 +87,11 @@ pub fn rgunctl_bin() -> PathBuf {
     venv().join("bin").join("rgunctl")
 }
 
+/// Gunicorn, pinned in tests/requirements.txt, to compare with.
+pub fn gunicorn_bin() -> PathBuf {
+    venv().join("bin").join("gunicorn")
+}
+
 /// A command that runs the installed `rgun`.
 pub fn rgun() -> Command {
     Command::new(rgun_bin())
@@ -114,6 +119,8 @@ pub struct ServerBuilder {
     wait_ready: bool,
     bind_fd: bool,
     systemd: bool,
+    /// Start Gunicorn (the venv's, for a side-by-side comparison) instead of rgun.
+    gunicorn: bool,
 }
 
 impl ServerBuilder {
@@ -126,6 +133,7 @@ impl ServerBuilder {
             wait_ready: true,
             bind_fd: true,
             systemd: false,
+            gunicorn: false,
         }
     }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -168,6 +176,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Start the venv's Gunicorn with the same arguments instead of rgun, to make the
+    /// same observation of both (no control socket; ready once every worker booted).
+    pub fn gunicorn(mut self) -> Self {
+        self.gunicorn = true;
+        self
+    }
+
     pub fn start(self) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("error.log");
@@ -175,7 +190,9 @@ impl ServerBuilder {
         let ctl_path = dir.path().join("rgun.ctl");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
         let port = listener.local_addr().unwrap().port();
-        let mut cmd = if self.systemd {
+        let mut cmd = if self.gunicorn {
+            Command::new(gunicorn_bin())
+        } else if self.systemd {
             // LISTEN_PID must be rgun's own pid: a shell sets it and execs in place.
             let mut c = Command::new("/bin/sh");
             c.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""]);
@@ -193,10 +210,13 @@ impl ServerBuilder {
             .arg("--access-logfile")
             .arg(&access_path)
             .arg("--pythonpath")
-            .arg(apps_dir())
-            .arg("--control-socket")
-            .arg(&ctl_path)
-            .current_dir(repo_root())
+            .arg(apps_dir());
+        if self.gunicorn {
+            cmd.arg("--no-control-socket");
+        } else {
+            cmd.arg("--control-socket").arg(&ctl_path);
+        }
+        cmd.current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -221,7 +241,15 @@ impl ServerBuilder {
             access_path,
             ctl_path,
         };
-        if self.wait_ready {
+        if self.wait_ready && self.gunicorn {
+            // Gunicorn logs no "ready": its workers have booted, and the listener
+            // queues what they have not accepted yet.
+            let booted = |log: &str| log.matches("Booting worker with pid").count();
+            let n = self.workers as usize;
+            if !wait_until(Duration::from_secs(30), || booted(&server.log()) >= n) {
+                panic!("gunicorn did not boot {n} workers:\n{}", server.log());
+            }
+        } else if self.wait_ready {
             server.wait_for_log(
                 &format!("All {} workers ready", self.workers),
                 Duration::from_secs(30),

@@ -151,7 +151,7 @@ fn app_exception_gives_500_and_the_worker_keeps_serving() {
     let r = s.get("/error");
     assert_eq!(r.status, 500);
     s.wait_for_log("RuntimeError: boom in the app", Duration::from_secs(5));
-    assert!(s.log().contains("Error handling request /error"));
+    assert!(s.log().contains("Error handling request GET /error"));
     assert_eq!(s.get("/environ").status, 200);
 }
 

@@ -257,9 +257,8 @@ impl Conn {
         Step::Continue
     }
 
-    fn log_app_error(&self, detail: &str) {
-        let path = String::from_utf8_lossy(&self.head_bytes[self.head.target.clone()]);
-        tracing::error!("Error handling request {path}\n{detail}");
+    fn log_app_error(&self, traceback: &str) {
+        crate::log::request_error(&self.head_bytes, &self.head, traceback);
     }
 
     /// Sends what the response has produced; asks for more (here with the GIL, or

@@ -133,11 +133,8 @@ impl Conn {
                 Step::Continue
             }
             Err(e) => {
-                let path = String::from_utf8_lossy(&self.head_bytes[self.head.target.clone()]);
-                tracing::error!(
-                    "Error handling request {path}\n{}",
-                    crate::python::format_exception(py, &e)
-                );
+                let traceback = crate::python::format_exception(py, &e);
+                crate::log::request_error(&self.head_bytes, &self.head, &traceback);
                 self.end_request(ctx, 500, 0);
                 self.fail_status(500, "Internal Server Error")
             }

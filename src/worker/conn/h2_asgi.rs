@@ -80,11 +80,8 @@ pub(super) fn call_stream_asgi(
             ex.progress = Progress::Asgi(cycle);
         }
         Err(e) => {
-            let path = String::from_utf8_lossy(&ex.head_bytes[ex.head.target.clone()]);
-            tracing::error!(
-                "Error handling request {path}\n{}",
-                crate::python::format_exception(py, &e)
-            );
+            let traceback = crate::python::format_exception(py, &e);
+            crate::log::request_error(&ex.head_bytes, &ex.head, &traceback);
             answer_error(ex, 500, "Internal Server Error");
         }
     }

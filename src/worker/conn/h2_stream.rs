@@ -298,7 +298,7 @@ pub(super) fn run_stream(
     if matches!(ex.progress, Progress::Ready) {
         call_stream_app(py, service, ctx, ex, facts);
     }
-    produce(py, service, ex, &what);
+    produce(py, service, ex);
     ctx.lanes.leave(lane);
 }
 
@@ -356,7 +356,7 @@ fn call_stream_app(
     match source {
         Ok(source) => ex.progress = Progress::Producing(Box::new(source)),
         Err(detail) => {
-            log_app_error(&ex.head_bytes, &ex.head, &detail);
+            crate::log::request_error(&ex.head_bytes, &ex.head, &detail);
             answer_error(ex, 500, "Internal Server Error");
         }
     }
@@ -364,16 +364,13 @@ fn call_stream_app(
 
 /// Pulls the stream's response up to the high-water mark; closes the iterable at its
 /// end. An application that fails mid-body gets the stream reset (the head is sent).
-fn produce(py: Python<'_>, service: &Service, ex: &mut Exchange, what: &[u8]) {
+fn produce(py: Python<'_>, service: &Service, ex: &mut Exchange) {
     let Progress::Producing(source) = &mut ex.progress else {
         return;
     };
     if let Err(e) = source.produce(py, &mut ex.response, HIGH_WATER_BYTES) {
         source.close(py);
-        tracing::error!(
-            "Error handling request {}\n{e}",
-            String::from_utf8_lossy(what)
-        );
+        crate::log::request_error(&ex.head_bytes, &ex.head, &e.to_string());
         if let Some(stream) = &mut ex.send {
             stream.send_reset(h2::Reason::INTERNAL_ERROR);
         }
@@ -455,9 +452,4 @@ pub(super) fn answer_error(ex: &mut Exchange, code: u16, reason: &str) {
     ex.response.data(reason.as_bytes());
     ex.response.end();
     ex.progress = Progress::Sending;
-}
-
-fn log_app_error(head_bytes: &[u8], head: &RequestHead, detail: &str) {
-    let path = String::from_utf8_lossy(head_bytes.get(head.target.clone()).unwrap_or_default());
-    tracing::error!("Error handling request {path}\n{detail}");
 }

@@ -65,7 +65,7 @@ fn wait_for_access_log(server: &Server, needle: &str) {
 
 /// Runs `f` with an HTTP/2 connection to `port` (prior knowledge), on a runtime
 /// that drives the connection meanwhile.
-fn with_h2<F, Fut, T>(port: u16, f: F) -> T
+pub(crate) fn with_h2<F, Fut, T>(port: u16, f: F) -> T
 where
     F: FnOnce(SendRequest<Bytes>) -> Fut,
     Fut: Future<Output = T>,

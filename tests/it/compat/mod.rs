@@ -1,0 +1,70 @@
+//! rgun beside Gunicorn: each test starts rgun and Gunicorn 27 (the venv's, pinned in
+//! tests/requirements.txt) on the same application with the same flags, makes the same
+//! observation of both over real sockets, and compares. These are the rows
+//! docs/gunicorn-compat.md may call "same".
+
+mod errors;
+
+use crate::support::{Server, ServerBuilder};
+
+/// The application both servers run (`tests/apps/compat_app.py`).
+const APP: &str = "compat_app:application";
+
+/// rgun and Gunicorn, each started with `args` on `app`.
+fn both(app: &str, args: &[&str]) -> [(&'static str, Server); 2] {
+    let builder = || ServerBuilder::new(app).args(args.iter().copied());
+    [
+        ("rgun", builder().start()),
+        ("gunicorn", builder().gunicorn().start()),
+    ]
+}
+
+/// One error-log record: its level and its text (the message's first line and every
+/// line under it up to the next record), without the `[time] [pid] [LEVEL] ` prefix.
+#[derive(Debug, Clone, PartialEq)]
+struct Record {
+    level: String,
+    lines: Vec<String>,
+}
+
+/// The records of a log in Gunicorn's error-log format.
+fn records(log: &str) -> Vec<Record> {
+    let mut out: Vec<Record> = Vec::new();
+    for line in log.lines() {
+        match record_head(line) {
+            Some((level, message)) => out.push(Record {
+                level: level.to_owned(),
+                lines: vec![message.to_owned()],
+            }),
+            None => {
+                if let Some(last) = out.last_mut() {
+                    last.lines.push(line.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `[2026-01-01 12:00:00 +0000] [123] [ERROR] text` as `("ERROR", "text")`.
+fn record_head(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix('[')?;
+    let (_time, rest) = rest.split_once("] [")?;
+    let (pid, rest) = rest.split_once("] [")?;
+    pid.parse::<u32>().ok()?;
+    let (level, message) = rest.split_once("] ")?;
+    Some((level, message))
+}
+
+/// Waits (bounded) until `server`'s error log has a record whose text contains
+/// `needle`, and returns it.
+fn wait_for_record(server: &Server, needle: &str) -> Record {
+    let mut found = None;
+    crate::support::wait_until(std::time::Duration::from_secs(10), || {
+        found = records(&server.log())
+            .into_iter()
+            .find(|r| r.lines.iter().any(|l| l.contains(needle)));
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no record with {needle:?} in:\n{}", server.log()))
+}
