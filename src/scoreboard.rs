@@ -40,6 +40,10 @@ pub struct Slot {
     pub in_flight: AtomicU32,
     /// Connections the worker has accepted since it started.
     pub accepted: AtomicU64,
+    /// `accept` calls that failed for want of a resource (`EMFILE`, `ENFILE`...).
+    pub accept_errors: AtomicU32,
+    /// The errno of the last such failure while it lasts; 0 once an accept works.
+    pub accept_errno: AtomicI32,
     /// Responses by status class and duration, for `/metrics` (its own cache lines:
     /// peers read the line above).
     pub tally: Tally,
@@ -125,7 +129,24 @@ impl Slot {
         self.connections.store(0, Ordering::Relaxed);
         self.in_flight.store(0, Ordering::Relaxed);
         self.accepted.store(0, Ordering::Relaxed);
+        self.accept_errors.store(0, Ordering::Relaxed);
+        self.accept_errno.store(0, Ordering::Relaxed);
         self.tally.reset();
+    }
+
+    /// An `accept` failed for want of `errno` (descriptors, memory): the master logs
+    /// the episode's start and end, so the worker need not log each retry.
+    pub fn accept_failed(&self, errno: i32) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+        self.accept_errno.store(errno, Ordering::Relaxed);
+    }
+
+    /// An `accept` got a descriptor (a connection, or none waiting): any episode of
+    /// failures is over for this worker.
+    pub fn accept_worked(&self) {
+        if self.accept_errno.load(Ordering::Relaxed) != 0 {
+            self.accept_errno.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Accepting new connections (booted and not stopping).

@@ -396,6 +396,15 @@ fn print_status(out: &mut String, s: &Status) {
         format_age(m.uptime_s)
     );
     w!(out, "binds  {}", m.binds.join(" "));
+    if let Some(a) = &m.accept_failing {
+        w!(
+            out,
+            "ACCEPT FAILING for {}: {} ({} failed accepts)",
+            format_age(a.since_s),
+            a.error,
+            a.failures
+        );
+    }
     w!(
         out,
         "{:<8} {:>4} {:<9} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
@@ -428,12 +437,13 @@ fn print_status(out: &mut String, s: &Status) {
     let t = &s.totals;
     w!(
         out,
-        "totals requests {}  spawned {}  exited {}  timeouts {}  reloads {}",
+        "totals requests {}  spawned {}  exited {}  timeouts {}  reloads {}  accept errors {}",
         t.requests,
         t.workers_spawned,
         t.workers_exited,
         t.timeouts,
-        t.reloads
+        t.reloads,
+        t.accept_errors
     );
 }
 

@@ -255,6 +255,19 @@ pub struct MasterStatus {
     pub workers_target: u32,
     /// `running`, `reloading` or `stopping`.
     pub state: String,
+    /// While workers cannot accept connections (out of descriptors or memory): since
+    /// when, how many accepts failed, and why. Absent from older masters.
+    #[serde(default)]
+    pub accept_failing: Option<AcceptFailing>,
+}
+
+/// An episode of failing `accept` calls, in `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcceptFailing {
+    pub since_s: f64,
+    pub failures: u64,
+    /// `Too many open files (EMFILE)`.
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -281,6 +294,10 @@ pub struct Totals {
     pub workers_exited: u64,
     pub timeouts: u64,
     pub reloads: u64,
+    /// `accept` calls that failed for want of descriptors or memory (absent from
+    /// older masters, read as 0).
+    #[serde(default)]
+    pub accept_errors: u64,
 }
 
 /// One `history` entry.

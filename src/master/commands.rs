@@ -262,6 +262,7 @@ impl Arbiter {
                 generation: self.generation,
                 workers_target: self.target as u32,
                 state: state.into(),
+                accept_failing: self.accept_failing(),
             },
             workers,
             totals: Totals {
@@ -270,6 +271,7 @@ impl Arbiter {
                 workers_exited: self.totals.exited,
                 timeouts: self.totals.timeouts,
                 reloads: self.totals.reloads,
+                accept_errors: self.accept_watch.total,
             },
         }
     }

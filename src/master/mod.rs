@@ -8,6 +8,7 @@
 //! it to import the app; it holds the interpreter rgun was started in, and forks
 //! through `python::fork_interpreter` only.
 
+mod accept_watch;
 mod commands;
 mod events;
 mod hooks;
@@ -169,6 +170,8 @@ pub struct Arbiter {
     /// The generation serving traffic.
     generation: u32,
     reload: Option<Reload>,
+    /// Episodes of failing `accept` in the workers.
+    accept_watch: accept_watch::AcceptWatch,
     /// Reloads asked for while `reload` runs: one more, started when it ends.
     queued_reload: Option<reload::QueuedReload>,
     /// `stack` requests waiting for their workers' answers.
@@ -214,6 +217,7 @@ impl Arbiter {
                 self.handle_token(event.token());
             }
             self.reap_workers();
+            self.watch_accept_errors();
             self.sweep_metrics();
             self.answer_stack_waiters();
             if let Phase::Stopping { .. } = self.phase {

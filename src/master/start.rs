@@ -215,6 +215,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
             .unwrap_or(1),
         reload: None,
         queued_reload: None,
+        accept_watch: Default::default(),
         scale_waiters: Vec::new(),
         stack_waiters: Vec::new(),
         history: VecDeque::new(),

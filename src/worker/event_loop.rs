@@ -322,15 +322,24 @@ impl<'a> EventLoop<'a> {
                 }
             }
             let (sock, addr) = match listener.socket.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Ok(pair) => {
+                    self.shared.slot.accept_worked();
+                    pair
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.shared.slot.accept_worked();
+                    return;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 // The client gave up while in the backlog: the next one may be fine.
                 Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
                 Err(e) => {
                     match e.raw_os_error() {
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                            tracing::error!("accept failed, pausing accepts: {e}");
+                        Some(
+                            errno @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM),
+                        ) => {
+                            // The master logs the episode once, not each retry.
+                            self.shared.slot.accept_failed(errno);
                             self.listening.back_off(&self.poll);
                         }
                         _ => tracing::debug!("accept failed: {e}"),

@@ -340,6 +340,22 @@ impl Arbiter {
             "1 while a reload is in progress.",
         );
         o.sample("rgun_reloading", &[], u8::from(self.reload.is_some()));
+        o.family(
+            "rgun_accept_errors_total",
+            "counter",
+            "accept() calls that failed for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
+        );
+        o.sample("rgun_accept_errors_total", &[], self.accept_watch.total);
+        o.family(
+            "rgun_accept_failing",
+            "gauge",
+            "1 while workers cannot accept connections (out of descriptors or memory).",
+        );
+        o.sample(
+            "rgun_accept_failing",
+            &[],
+            u8::from(self.accept_failing().is_some()),
+        );
     }
 
     fn render_backlog(&self, o: &mut Exposition) {
