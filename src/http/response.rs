@@ -150,12 +150,16 @@ fn write_head_inner<'h>(
     })
 }
 
-/// A complete error response (used for 4xx from the parser and 500 from the bridge).
+/// A complete error response (4xx from the parser, 500 when the application failed
+/// before its head), with Gunicorn's page: an HTML document titled with the reason.
 pub fn write_error(out: &mut Vec<u8>, code: u16, reason: &str) {
-    let body = format!("{code} {reason}\n");
+    let body = format!(
+        "<html>\n  <head>\n    <title>{reason}</title>\n  </head>\n  <body>\n    \
+         <h1><p>{reason}</p></h1>\n    \n  </body>\n</html>\n"
+    );
     let _ = write!(
         out,
-        "HTTP/1.1 {code} {reason}\r\nServer: rgun\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\nDate: ",
+        "HTTP/1.1 {code} {reason}\r\nServer: rgun\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\nDate: ",
         body.len()
     );
     push_http_date(out);

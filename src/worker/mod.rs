@@ -14,6 +14,7 @@ pub mod fuzzing {
 }
 mod event_loop;
 mod listening;
+mod loggers;
 mod pool;
 pub mod stack;
 mod watch;
@@ -250,6 +251,8 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     }
     let cfg = init.cfg;
     crate::process::set_title(&format!("rgun: worker [{}]", cfg.proc_name()));
+    // Before anything of the application runs, as in Gunicorn.
+    tracing::info!("Booting worker with pid: {}", std::process::id());
     use signal_hook::consts::*;
     let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGUSR1]).map_err(|e| {
         boot_failure(
@@ -287,6 +290,7 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     let age = init.age;
     let loaded = Python::with_gil(|py| {
         crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())?;
+        loggers::set_up(py, cfg)?;
         let hooks = crate::hooks::Hooks::load(py, cfg, age)?;
         if let Some(h) = &hooks {
             h.call(py, "post_fork", Vec::new());
@@ -416,7 +420,6 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         // The worker serves without: `rgunctl stack` then names the error.
         tracing::warn!("rgunctl stack will not reach this worker: {e}");
     }
-    tracing::info!("Booting worker with pid: {}", std::process::id());
     init.slot.set_state(WorkerState::Idle);
     init.slot.heartbeat();
     if init.to_master.write_all(b"R\n").is_err() {

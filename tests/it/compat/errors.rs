@@ -116,3 +116,19 @@ fn an_http2_stream_logs_the_same_record() {
         assert!(app_frames(&record).len() > 2, "{record:#?}");
     }
 }
+
+/// The page a failed request gets: the same status, content type and body as
+/// Gunicorn's, and the connection closes after it.
+#[test]
+fn the_500_page_is_gunicorns() {
+    let servers = both(APP, &[]);
+    let [rgun, gunicorn] = servers.map(|(_, server)| server.get("/raise"));
+    for r in [&rgun, &gunicorn] {
+        assert_eq!(r.status, 500);
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(rgun.header("content-type"), gunicorn.header("content-type"));
+    assert_eq!(rgun.header("content-type"), Some("text/html"));
+    assert_eq!(rgun.text(), gunicorn.text());
+    assert!(rgun.text().contains("<title>Internal Server Error</title>"));
+}

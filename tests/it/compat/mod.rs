@@ -4,6 +4,7 @@
 //! docs/gunicorn-compat.md may call "same".
 
 mod errors;
+mod logging;
 
 use crate::support::{Server, ServerBuilder};
 
@@ -23,6 +24,7 @@ fn both(app: &str, args: &[&str]) -> [(&'static str, Server); 2] {
 /// line under it up to the next record), without the `[time] [pid] [LEVEL] ` prefix.
 #[derive(Debug, Clone, PartialEq)]
 struct Record {
+    pid: u32,
     level: String,
     lines: Vec<String>,
 }
@@ -32,7 +34,8 @@ fn records(log: &str) -> Vec<Record> {
     let mut out: Vec<Record> = Vec::new();
     for line in log.lines() {
         match record_head(line) {
-            Some((level, message)) => out.push(Record {
+            Some((pid, level, message)) => out.push(Record {
+                pid,
                 level: level.to_owned(),
                 lines: vec![message.to_owned()],
             }),
@@ -46,14 +49,13 @@ fn records(log: &str) -> Vec<Record> {
     out
 }
 
-/// `[2026-01-01 12:00:00 +0000] [123] [ERROR] text` as `("ERROR", "text")`.
-fn record_head(line: &str) -> Option<(&str, &str)> {
+/// `[2026-01-01 12:00:00 +0000] [123] [ERROR] text` as `(123, "ERROR", "text")`.
+fn record_head(line: &str) -> Option<(u32, &str, &str)> {
     let rest = line.strip_prefix('[')?;
     let (_time, rest) = rest.split_once("] [")?;
     let (pid, rest) = rest.split_once("] [")?;
-    pid.parse::<u32>().ok()?;
     let (level, message) = rest.split_once("] ")?;
-    Some((level, message))
+    Some((pid.parse().ok()?, level, message))
 }
 
 /// Waits (bounded) until `server`'s error log has a record whose text contains
