@@ -90,6 +90,16 @@ fn run() -> i32 {
     if cfg.check_config {
         return crate::master::check_config(&cfg);
     }
+    // As Gunicorn's arbiter does before any hook, preload or worker: apps read it to
+    // tell they run under Gunicorn.
+    let software = [(
+        "SERVER_SOFTWARE".to_owned(),
+        crate::wsgi::SERVER_SOFTWARE.to_owned(),
+    )];
+    if let Err(e) = Python::with_gil(|py| crate::python::set_environ(py, &software)) {
+        eprintln!("rgun: cannot set SERVER_SOFTWARE: {e}");
+        return 1;
+    }
     match crate::master::run(cfg) {
         Ok(code) => code,
         Err(e) => {

@@ -12,10 +12,12 @@ pub enum BindAddress {
     Fd(i32),
 }
 
+/// Gunicorn's spelling (`--print-config`, `rgunctl config`): `HOST:PORT`, `unix:PATH`,
+/// `fd://N`.
 impl std::fmt::Display for BindAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BindAddress::Tcp(a) => write!(f, "http://{a}"),
+            BindAddress::Tcp(a) => f.write_str(a),
             BindAddress::Unix(p) => write!(f, "unix:{}", p.display()),
             BindAddress::Fd(n) => write!(f, "fd://{n}"),
         }

@@ -163,11 +163,24 @@ pub const EVALUATION_TIMEOUT: Duration = Duration::from_secs(10);
 pub type WaitReadable<'a> = &'a mut dyn FnMut(RawFd, Instant) -> bool;
 
 /// Runs the file in a forked child with its own interpreter and returns its settings;
-/// `Err` is a one-line reason (a Python error, a wrong type, a time-out) naming the
-/// problem. `wait` is called while the child evaluates.
+/// `Err` names the problem on its first line (a wrong type, a time-out, or where the
+/// file's code raised, then the traceback of its frames). `wait` is called while the
+/// child evaluates.
 pub fn load(location: &str, wait: WaitReadable<'_>) -> Result<FileSettings, String> {
-    if !location.starts_with("python:") && !Path::new(location).exists() {
-        return Err(format!("config file {location} does not exist"));
+    let path = Path::new(location);
+    if !location.starts_with("python:") && !path.exists() {
+        return Err("the file does not exist".into());
+    }
+    if path.is_dir() {
+        let inside = path.join("gunicorn.conf.py");
+        let hint = if inside.is_file() {
+            format!(" (did you mean {}?)", inside.display())
+        } else {
+            String::new()
+        };
+        return Err(format!(
+            "is a directory; -c takes a Python file or python:MODULE{hint}"
+        ));
     }
     let (read, write) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
     read.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -293,7 +306,13 @@ fn evaluate(location: &str) -> String {
                     .map(|n| n.to_string())
                     .unwrap_or_default();
                 let message = value.str().map(|s| s.to_string()).unwrap_or_default();
-                format!("ER{kind}: {message}")
+                if kind == "FileRaised" {
+                    // The loader's account of the file's own error: where, then the
+                    // traceback.
+                    format!("ER{message}")
+                } else {
+                    format!("ER{kind}: {message}")
+                }
             }
         }
     })
@@ -301,7 +320,7 @@ fn evaluate(location: &str) -> String {
 
 fn parse_reply(text: &str) -> Result<FileSettings, String> {
     if let Some(msg) = text.strip_prefix("ER") {
-        return Err(msg.lines().next().unwrap_or("error").to_owned());
+        return Err(msg.trim_end().to_owned());
     }
     let json = text
         .strip_prefix("OK")

@@ -8,12 +8,44 @@ not know, and the hooks it defines. Type errors name the setting.
 import importlib
 import json
 import runpy
+import traceback
 import types
 
+
+class FileRaised(Exception):
+    """The file's own code raised: the text names where (file, line) and carries the
+    traceback of the file's frames."""
+
+
 def read_namespace(location):
-    if location.startswith("python:"):
-        return vars(importlib.import_module(location[len("python:"):]))
-    return runpy.run_path(location, run_name="__config__")
+    try:
+        if location.startswith("python:"):
+            return vars(importlib.import_module(location[len("python:"):]))
+        return runpy.run_path(location, run_name="__config__")
+    except BaseException as e:  # SystemExit too: a file that exits is a failed file
+        raise FileRaised(describe(e, location)) from None
+
+
+def describe(error, location):
+    """`line N: Type: message` (`FILE, line N: ...` when it is another file the
+    configuration file ran), then the traceback without the frames of this loader,
+    runpy and importlib (the mistake is not there)."""
+    te = traceback.TracebackException.from_exception(error)
+    machinery = (__file__, runpy.__file__, importlib.__file__)
+    frames = [f for f in te.stack
+              if f.filename not in machinery and not f.filename.startswith("<frozen ")]
+    te.stack = traceback.StackSummary.from_list(frames)
+    if isinstance(error, SyntaxError) and error.filename:
+        filename, line = error.filename, error.lineno
+    elif frames:
+        filename, line = frames[-1].filename, frames[-1].lineno
+    else:
+        filename, line = location, None
+    summary = "".join(te.format_exception_only()).strip().splitlines()[-1]
+    if line is None:
+        return summary
+    where = "line %s" % line if filename == location else "%s, line %s" % (filename, line)
+    return "%s: %s\n%s" % (where, summary, "".join(te.format()).rstrip())
 
 
 def to_args(location, table_json, hooks_json):

@@ -18,19 +18,19 @@ pub struct Http2Args {
     pub http2_cleartext: bool,
 
     /// Streams an HTTP/2 client may have open at once.
-    #[arg(long = "http2-max-concurrent-streams", value_name = "INT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long = "http2-max-concurrent-streams", value_name = "INT", default_value_t = 100, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub http2_max_concurrent_streams: u32,
 
     /// Each HTTP/2 stream's initial flow-control window, in bytes.
-    #[arg(long = "http2-initial-window-size", value_name = "BYTES", default_value_t = 65535, value_parser = clap::value_parser!(u32).range(1..=2_147_483_647))]
+    #[arg(long = "http2-initial-window-size", value_name = "BYTES", default_value_t = 65535, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=2_147_483_647))]
     pub http2_initial_window_size: u32,
 
     /// The largest HTTP/2 frame payload rgun accepts, in bytes (16384 to 16777215).
-    #[arg(long = "http2-max-frame-size", value_name = "BYTES", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
+    #[arg(long = "http2-max-frame-size", value_name = "BYTES", default_value_t = 16384, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(16_384..=16_777_215))]
     pub http2_max_frame_size: u32,
 
     /// The largest decoded header list of an HTTP/2 request, in bytes.
-    #[arg(long = "http2-max-header-list-size", value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long = "http2-max-header-list-size", value_name = "BYTES", default_value_t = 65536, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub http2_max_header_list_size: u32,
 }
 

@@ -239,6 +239,24 @@ impl Config {
                 cfg.env = env.cloned().collect();
             }
         }
+        if cfg.bind.is_empty() {
+            cfg.bind = port_default_bind()?.into_iter().collect();
+        }
         Ok(cfg)
+    }
+}
+
+/// Gunicorn's default bind when `PORT` is set (as Heroku-style platforms do) and no
+/// layer gives one: `0.0.0.0:$PORT`.
+fn port_default_bind() -> Result<Option<BindAddress>, LayerError> {
+    let Some(port) = std::env::var_os("PORT") else {
+        return Ok(None);
+    };
+    let port = port.to_string_lossy();
+    match port.parse::<u16>() {
+        Ok(_) => Ok(Some(BindAddress::Tcp(format!("0.0.0.0:{port}")))),
+        Err(_) => Err(LayerError::Env(format!(
+            "PORT={port:?} is not a port number (with no --bind, rgun listens on 0.0.0.0:$PORT)"
+        ))),
     }
 }

@@ -23,7 +23,7 @@ pub use self::bind::BindAddress;
 pub use self::http2::Http2Args;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
 pub use self::tls::TlsArgs;
-use self::values::{parse_allow_ips, parse_env, parse_mode, parse_worker_class};
+use self::values::{non_negative, parse_allow_ips, parse_env, parse_mode, parse_worker_class};
 pub use self::values::{worker_kind, AllowIps, WorkerKind};
 use crate::http::head::HeadLimits;
 
@@ -80,15 +80,16 @@ pub struct Config {
     pub tls_server: Option<std::sync::Arc<rustls::ServerConfig>>,
 
     /// Address to listen on: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N. Repeatable.
+    /// [default: 0.0.0.0:$PORT when PORT is set, else 127.0.0.1:8000]
     #[arg(short = 'b', long = "bind", value_name = "ADDRESS", value_parser = bind::parse)]
     pub bind: Vec<BindAddress>,
 
     /// Number of worker processes [default: $WEB_CONCURRENCY, else 1].
-    #[arg(short = 'w', long = "workers", value_name = "INT", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(short = 'w', long = "workers", value_name = "INT", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
 
     /// Python threads per worker.
-    #[arg(long = "threads", value_name = "INT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long = "threads", value_name = "INT", default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: u32,
 
     /// Workers silent (or on one request) for more than this many seconds are killed and
@@ -98,24 +99,25 @@ pub struct Config {
         long = "timeout",
         value_name = "INT",
         default_value_t = 30,
-        value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS)
+        allow_negative_numbers = true,
+        value_parser = non_negative(MAX_DURATION_SECS)
     )]
     pub timeout: u64,
 
     /// Seconds workers get to finish requests in flight on a graceful stop.
-    #[arg(long = "graceful-timeout", value_name = "INT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS))]
+    #[arg(long = "graceful-timeout", value_name = "INT", default_value_t = 30, allow_negative_numbers = true, value_parser = non_negative(MAX_DURATION_SECS))]
     pub graceful_timeout: u64,
 
     /// Seconds to wait for the next request on a keep-alive connection.
-    #[arg(long = "keep-alive", value_name = "INT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=MAX_DURATION_SECS))]
+    #[arg(long = "keep-alive", value_name = "INT", default_value_t = 2, allow_negative_numbers = true, value_parser = non_negative(MAX_DURATION_SECS))]
     pub keepalive: u64,
 
     /// Largest request line in bytes (0 = unlimited).
-    #[arg(long = "limit-request-line", value_name = "INT", default_value_t = 4094, value_parser = clap::value_parser!(u32).range(0..=65536))]
+    #[arg(long = "limit-request-line", value_name = "INT", default_value_t = 4094, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(0..=65536))]
     pub limit_request_line: u32,
 
     /// Most header fields in a request.
-    #[arg(long = "limit-request-fields", value_name = "INT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=32768))]
+    #[arg(long = "limit-request-fields", value_name = "INT", default_value_t = 100, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(0..=32768))]
     pub limit_request_fields: u32,
 
     /// Largest header field in bytes.
@@ -123,7 +125,9 @@ pub struct Config {
         long = "limit-request-field_size",
         alias = "limit-request-field-size",
         value_name = "INT",
-        default_value_t = 8190
+        default_value_t = 8190,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(u32)
     )]
     pub limit_request_field_size: u32,
 
@@ -181,7 +185,7 @@ pub struct Config {
 
     /// ASGI: the largest WebSocket message accepted, in bytes (a larger one closes
     /// the connection with 1009).
-    #[arg(long = "websocket-max-message-size", value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    #[arg(long = "websocket-max-message-size", value_name = "BYTES", default_value_t = 16 * 1024 * 1024, allow_negative_numbers = true, value_parser = non_negative(u64::MAX))]
     pub websocket_max_message_size: u64,
 
     /// ASGI: seconds an application may run on after its client disconnected before
@@ -189,7 +193,9 @@ pub struct Config {
     #[arg(
         long = "asgi-disconnect-grace-period",
         value_name = "SECONDS",
-        default_value_t = 3
+        default_value_t = 3,
+        allow_negative_numbers = true,
+        value_parser = non_negative(MAX_DURATION_SECS)
     )]
     pub asgi_disconnect_grace_period: u64,
 
@@ -211,23 +217,23 @@ pub struct Config {
     pub forwarded_allow_ips: AllowIps,
 
     /// Most simultaneous connections per worker.
-    #[arg(long = "worker-connections", value_name = "INT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long = "worker-connections", value_name = "INT", default_value_t = 1000, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub worker_connections: u32,
 
     /// Restart a worker after this many requests (0 = never).
-    #[arg(long = "max-requests", value_name = "INT", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_REQUESTS_LIMIT))]
+    #[arg(long = "max-requests", value_name = "INT", default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative(MAX_REQUESTS_LIMIT))]
     pub max_requests: u64,
 
     /// Gracefully replace a worker whose resident memory exceeds this many MiB (0 = off).
-    #[arg(long = "max-worker-rss", value_name = "MIB", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_WORKER_RSS_MIB))]
+    #[arg(long = "max-worker-rss", value_name = "MIB", default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative(MAX_WORKER_RSS_MIB))]
     pub max_worker_rss: u64,
 
     /// Random extra requests, up to this many, added to --max-requests per worker.
-    #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_REQUESTS_LIMIT))]
+    #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative(MAX_REQUESTS_LIMIT))]
     pub max_requests_jitter: u64,
 
     /// Listen queue size.
-    #[arg(long = "backlog", value_name = "INT", default_value_t = 2048, value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(long = "backlog", value_name = "INT", default_value_t = 2048, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(1..))]
     pub backlog: i32,
 
     /// Set SO_REUSEPORT on listening sockets.

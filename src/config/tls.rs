@@ -22,7 +22,7 @@ pub struct TlsArgs {
     pub ca_certs: Option<PathBuf>,
 
     /// Client certificates: 0 not asked for, 1 optional (verified when sent), 2 required.
-    #[arg(long = "cert-reqs", value_name = "INT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    #[arg(long = "cert-reqs", value_name = "INT", default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub cert_reqs: u8,
 
     /// Cipher suites, OpenSSL or IANA names separated by ':' (TLS 1.2 names leave the

@@ -4,6 +4,15 @@
 
 use std::net::IpAddr;
 
+use clap::builder::RangedI64ValueParser;
+
+/// An integer flag from 0 to `max`, parsed as a signed number so that `-t -5` is a
+/// range error rather than a digit error (the flag itself has `allow_negative_numbers`,
+/// so `-5` is its value, not an unknown option).
+pub(super) fn non_negative(max: u64) -> RangedI64ValueParser<u64> {
+    RangedI64ValueParser::new().range(0..=i64::try_from(max).unwrap_or(i64::MAX))
+}
+
 pub(super) fn parse_worker_class(s: &str) -> Result<String, String> {
     match worker_kind(Some(s)) {
         Some(_) => Ok(s.to_owned()),

@@ -3,6 +3,7 @@
 
 use std::net::ToSocketAddrs;
 use std::os::fd::FromRawFd;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -53,9 +54,7 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
                     if sa.is_ipv6() {
                         socket.set_only_v6(true)?;
                     }
-                    socket
-                        .bind(&sa.into())
-                        .with_context(|| format!("cannot bind to {sa}"))?;
+                    bind_patiently(&socket, &sa.into(), &sa.to_string())?;
                     socket.listen(cfg.backlog)?;
                     socket.set_nonblocking(true)?;
                     let local_addr = socket.local_addr()?.as_socket().unwrap_or(sa);
@@ -84,9 +83,8 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
                     })?;
                 }
                 let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-                socket
-                    .bind(&SockAddr::unix(path)?)
-                    .with_context(|| format!("cannot bind to unix:{}", path.display()))?;
+                let name = format!("unix:{}", path.display());
+                bind_patiently(&socket, &SockAddr::unix(path)?, &name)?;
                 socket.listen(cfg.backlog)?;
                 socket.set_nonblocking(true)?;
                 out.push(Listener {
@@ -103,6 +101,39 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
         }
     }
     Ok(out)
+}
+
+/// How many times an address in use is tried, a second apart, as Gunicorn does: a
+/// quick restart outlives the previous process's socket.
+pub const BIND_ATTEMPTS: u32 = 5;
+const BIND_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Binds `socket`, retrying (each failure logged) while the address is in use or not
+/// yet available; other errors (a privileged port, a bad path) fail at once.
+fn bind_patiently(socket: &Socket, addr: &SockAddr, name: &str) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        let Err(err) = socket.bind(addr) else {
+            return Ok(());
+        };
+        let transient = matches!(
+            err.raw_os_error(),
+            Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
+        );
+        if !transient {
+            return Err(err).with_context(|| format!("cannot bind to {name}"));
+        }
+        if attempt == BIND_ATTEMPTS {
+            tracing::error!("cannot bind to {name}: {err} (attempt {attempt} of {BIND_ATTEMPTS})");
+            return Err(err)
+                .with_context(|| format!("cannot bind to {name} after {BIND_ATTEMPTS} attempts"));
+        }
+        tracing::error!(
+            "cannot bind to {name}: {err} (attempt {attempt} of {BIND_ATTEMPTS}); retrying in 1 second"
+        );
+        std::thread::sleep(BIND_RETRY_PAUSE);
+        attempt += 1;
+    }
 }
 
 /// Sockets passed by systemd socket activation: `LISTEN_FDS` descriptors from 3 on, if

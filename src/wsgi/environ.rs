@@ -45,6 +45,12 @@ pub struct EnvironBuilder {
 }
 
 /// Request headers whose environ keys are built once per worker rather than per request.
+/// `SERVER_SOFTWARE`, in every request's environ and in `os.environ` (as Gunicorn sets
+/// both): the token of the Gunicorn release rgun follows first, so that applications which look for
+/// `gunicorn` in it (`"gunicorn" in ...`, `.startswith("gunicorn")`) take the same path
+/// as under Gunicorn, then rgun's own as a comment (RFC 3875's product/comment list).
+pub const SERVER_SOFTWARE: &str = concat!("gunicorn/27.0.1 (rgun/", env!("CARGO_PKG_VERSION"), ")");
+
 const COMMON_HEADERS: &[&str] = &[
     "host",
     "user-agent",
@@ -143,10 +149,7 @@ impl EnvironBuilder {
         base.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
         base.set_item("wsgi.file_wrapper", file_wrapper)?;
         base.set_item("wsgi.input_terminated", true)?;
-        base.set_item(
-            "SERVER_SOFTWARE",
-            concat!("rgun/", env!("CARGO_PKG_VERSION")),
-        )?;
+        base.set_item("SERVER_SOFTWARE", SERVER_SOFTWARE)?;
         let keys = Keys::new(py);
         // Every request sets these: overwriting a key the copy already has is cheaper
         // than adding one.

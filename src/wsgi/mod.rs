@@ -10,6 +10,8 @@ pub mod input;
 pub mod response;
 pub mod start_response;
 
+pub use environ::SERVER_SOFTWARE;
+
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
