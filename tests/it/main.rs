@@ -19,7 +19,6 @@ mod lifecycle;
 mod limits;
 mod observability;
 mod packaging;
-mod side_by_side;
 mod startup;
 mod tls;
 mod wsgi;

@@ -4,15 +4,56 @@
 //! (file and line), `-c` given a directory, and an address in use (retried five times
 //! a second apart, each attempt logged).
 
+use std::io::Write;
 use std::net::TcpListener;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::side_by_side::{free_port, get, gunicorn, Gunicorn};
-use crate::support::{repo_root, wait_until, ServerBuilder};
+use crate::support::{
+    apps_dir, gunicorn_bin, read_response, repo_root, wait_until, Response, ServerBuilder,
+};
+
+/// The venv's Gunicorn for its command line alone (no control socket: several run at
+/// once), with the test apps importable.
+fn gunicorn() -> Command {
+    let mut cmd = Command::new(gunicorn_bin());
+    cmd.arg("--no-control-socket")
+        .arg("--pythonpath")
+        .arg(apps_dir())
+        .env_remove("PORT");
+    cmd
+}
+
+/// A port nobody listens on right now (bound on all addresses, then released).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("0.0.0.0:0").expect("bind an ephemeral port");
+    l.local_addr().unwrap().port()
+}
+
+/// One `GET path` to 127.0.0.1:port; `None` when nothing answers.
+fn get(port: u16, path: &str) -> Option<Response> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    read_response(&mut std::io::BufReader::new(s), false)
+}
+
+/// `GET path` on `port`, retried (bounded) until something answers.
+fn get_when_serving(port: u16, path: &str) -> Response {
+    let mut answer = None;
+    let served = wait_until(Duration::from_secs(60), || {
+        answer = get(port, path);
+        answer.is_some()
+    });
+    assert!(served, "nothing serves on {port}");
+    answer.unwrap()
+}
 
 /// `rgun ARGS` or `gunicorn ARGS` run to completion: (status, stderr).
-fn run(mut cmd: std::process::Command, args: &[&str]) -> (Option<i32>, String) {
+fn run(mut cmd: Command, args: &[&str]) -> (Option<i32>, String) {
     let out = cmd
         .args(args)
         .current_dir(repo_root())
@@ -26,14 +67,14 @@ fn run(mut cmd: std::process::Command, args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
-fn rgun_cmd() -> std::process::Command {
+fn rgun_cmd() -> Command {
     let mut cmd = crate::support::rgun();
     cmd.arg("--no-control-socket").env_remove("PORT");
     cmd
 }
 
 /// The `bind = [...]` line of `--print-config`, its value only.
-fn printed_bind(mut cmd: std::process::Command, port: Option<&str>, args: &[&str]) -> String {
+fn printed_bind(mut cmd: Command, port: Option<&str>, args: &[&str]) -> String {
     if let Some(p) = port {
         cmd.env("PORT", p);
     }
@@ -70,11 +111,12 @@ fn port_in_the_environment_is_the_default_bind_as_in_gunicorn() {
         .own_bind()
         .env("PORT", &ours_port.to_string())
         .start();
-    let theirs = Gunicorn::start(
-        &["server_software:application"],
-        &[("PORT", &theirs_port.to_string())],
-    );
-    theirs.wait_serving(theirs_port, "/");
+    let theirs = ServerBuilder::new("server_software:application")
+        .own_bind()
+        .env("PORT", &theirs_port.to_string())
+        .gunicorn()
+        .start();
+    get_when_serving(theirs_port, "/");
     assert_eq!(get(ours_port, "/").map(|r| r.status), Some(200));
     for (log, port) in [(rgun.log(), ours_port), (theirs.log(), theirs_port)] {
         assert!(
@@ -88,21 +130,22 @@ fn port_in_the_environment_is_the_default_bind_as_in_gunicorn() {
     let (code, err) = run(cmd, &["--check-config", "demo.app:application"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("PORT=\"eighty\""), "{err}");
-    // (Gunicorn's --check-config does not look at binds: start it.)
-    let mut theirs = Gunicorn::start(&["demo.app:application"], &[("PORT", "eighty")]);
-    assert_ne!(theirs.wait_exit(Duration::from_secs(60)), Some(0));
-    let out = theirs.stderr();
-    assert!(out.contains("'eighty' is not a valid port number"), "{out}");
+    // (Gunicorn's --check-config does not look at binds: start it; it stops at once.)
+    let mut cmd = gunicorn();
+    cmd.env("PORT", "eighty");
+    let (code, err) = run(cmd, &["demo.app:application"]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("'eighty' is not a valid port number"), "{err}");
 }
 
 #[test]
 fn server_software_is_in_os_environ_as_in_gunicorn() {
     let rgun = ServerBuilder::new("server_software:application").start();
-    let port = free_port();
-    let bind = format!("127.0.0.1:{port}");
-    let server = Gunicorn::start(&["-b", &bind, "server_software:application"], &[]);
-    let theirs = server.wait_serving(port, "/").json();
+    let theirs = ServerBuilder::new("server_software:application")
+        .gunicorn()
+        .start();
     let ours = rgun.get("/").json();
+    let theirs = theirs.get("/").json();
     for seen in [&ours, &theirs] {
         // Set before the application is imported, and the request's environ agrees.
         assert!(seen["import"].is_string(), "{seen}");
@@ -245,7 +288,12 @@ fn an_address_in_use_is_tried_five_times_as_in_gunicorn() {
         .no_wait()
         .args(["-b", &bind])
         .start();
-    let mut theirs_server = Gunicorn::start(&["-b", &bind, "demo.app:application"], &[]);
+    let mut theirs_server = ServerBuilder::new("demo.app:application")
+        .own_bind()
+        .no_wait()
+        .args(["-b", &bind])
+        .gunicorn()
+        .start();
     assert_eq!(rgun.wait_exit(Duration::from_secs(60)), Some(1));
     let ours_took = started.elapsed();
     assert_eq!(theirs_server.wait_exit(Duration::from_secs(60)), Some(1));
