@@ -327,7 +327,21 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
             "{}",
             serde_json::to_string_pretty(result).unwrap_or_default()
         ),
-        Cmd::Stop { .. } => w!(out, "stopping"),
+        Cmd::Stop { .. } => match result["mode"].as_str() {
+            Some("graceful") => w!(
+                out,
+                "stopping rgun (pid {}): {} workers finish the requests in flight within {} s",
+                result["pid"],
+                result["workers"],
+                result["deadline_s"]
+            ),
+            _ => w!(
+                out,
+                "stopping rgun (pid {}) quickly: {} workers end what they are doing",
+                result["pid"],
+                result["workers"]
+            ),
+        },
         Cmd::ReopenLogs => w!(out, "logs reopened"),
         Cmd::Kill { pid } => w!(out, "worker {pid} is stopping"),
         Cmd::Metrics => out.push_str(result["text"].as_str().unwrap_or_default()),

@@ -3,7 +3,7 @@
 //! `scale --wait` completes.
 
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use mio::Token;
 use nix::sys::signal::{kill, Signal};
@@ -92,8 +92,23 @@ impl Arbiter {
                 Ok(Some(json!({})))
             }
             Command::Stop { quick } => {
-                self.reply_ok(conn, &id, json!({}));
                 self.begin_stop(!quick);
+                // What was asked may not be what happens: a stop already under way
+                // goes on (a quick one is never made graceful again).
+                let graceful = matches!(self.phase, Phase::Stopping { graceful: true });
+                let left = self
+                    .stop_deadline
+                    .map_or(0.0, |d| {
+                        d.saturating_duration_since(Instant::now()).as_secs_f64()
+                    })
+                    .round() as u64;
+                let answer = json!({
+                    "pid": std::process::id(),
+                    "mode": if graceful { "graceful" } else { "quick" },
+                    "workers": self.workers.len(),
+                    "deadline_s": left,
+                });
+                self.reply_ok(conn, &id, answer);
                 Ok(None)
             }
             Command::Kill { pid } => self.kill_worker(pid).map(Some),

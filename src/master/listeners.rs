@@ -34,6 +34,12 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
             .map(|fd| adopt_fd(fd, cfg.backlog, format!("systemd fd {fd}")))
             .collect();
     }
+    // As Gunicorn shows them: with --certfile every listener speaks TLS.
+    let scheme = if cfg.tls.certfile.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let mut out = Vec::new();
     for bind in cfg.binds() {
         match &bind {
@@ -64,7 +70,7 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
                             name: local_addr.ip().to_string(),
                             port: local_addr.port().to_string(),
                         },
-                        display: format!("http://{local_addr}"),
+                        display: format!("{scheme}://{local_addr}"),
                         unix_path: None,
                     });
                 }

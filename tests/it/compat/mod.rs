@@ -5,6 +5,7 @@
 
 mod errors;
 mod logging;
+mod startup;
 
 use crate::support::{Server, ServerBuilder};
 

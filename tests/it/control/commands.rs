@@ -184,9 +184,16 @@ fn every_command_over_one_raw_connection() {
     assert_eq!(entries[0]["detail"], json!({"previous": 2, "target": 3}));
 
     // stop: answered, then the daemon exits 0 and removes its socket.
-    assert_eq!(
-        ok(&c.call(json!({"id": 12, "cmd": "stop"})), &json!(12)),
-        json!({})
+    let stopping = ok(&c.call(json!({"id": 12, "cmd": "stop"})), &json!(12));
+    assert_eq!(stopping["pid"], json!(server.pid()), "{stopping}");
+    assert_eq!(stopping["mode"], json!("graceful"), "{stopping}");
+    assert!(
+        stopping["workers"].as_u64().is_some_and(|n| n >= 1),
+        "{stopping}"
+    );
+    assert!(
+        stopping["deadline_s"].as_u64().is_some_and(|s| s <= 30),
+        "{stopping}"
     );
     assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
     assert!(c.try_recv().is_none(), "connection closed after stop");

@@ -96,6 +96,12 @@ fn rgunctl_stop_exits_0_and_removes_the_socket() {
     let workers = server.worker_pids();
     let run = ctl(&server, &["stop"]);
     run.assert_ok("stop");
+    // It says what happens: whose stop, how many workers, how long they have.
+    let said = format!(
+        "stopping rgun (pid {}): 2 workers finish the requests in flight within 30 s",
+        server.pid()
+    );
+    assert_eq!(run.stdout.trim(), said);
     assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
     assert!(!server.ctl_path.exists(), "socket left behind");
     for w in workers {
