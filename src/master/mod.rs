@@ -57,8 +57,6 @@ const WAIT_TOKEN: Token = Token(usize::MAX - 2);
 const QUICK_STOP_GRACE: Duration = Duration::from_secs(1);
 /// The longest pause between respawns of a worker that keeps dying young.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A worker that lives less than this counts as a crash for back-off.
-const YOUNG_DEATH: Duration = Duration::from_secs(2);
 /// After SIGABRT for a time-out, how long before SIGKILL.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// Entries kept for `history`.

@@ -40,6 +40,23 @@ pub struct Reload {
     target: usize,
     /// The configured `workers` changed: the new count replaces a `scale` target.
     workers_changed: bool,
+    /// New workers killed by a signal while booting that were booted again.
+    boot_retries: u32,
+}
+
+/// How many new workers killed by a signal while booting a reload boots again before
+/// it fails (a signal is usually an OOM killer or an operator, not the code).
+const BOOT_RETRIES: u32 = 3;
+
+impl Reload {
+    /// One more boot after a worker was killed by a signal, if any are left.
+    pub fn take_retry(&mut self) -> bool {
+        if self.boot_retries >= BOOT_RETRIES {
+            return false;
+        }
+        self.boot_retries += 1;
+        true
+    }
 }
 
 /// Reloads asked for while another runs: one reload, started when it ends.
@@ -184,6 +201,7 @@ impl Arbiter {
             cfg,
             target,
             workers_changed,
+            boot_retries: 0,
         });
         if self.cfg.preload {
             // The application lives in this master: new code needs a new master.

@@ -19,7 +19,6 @@ use serde_json::json;
 
 use super::{
     commands, describe_exit, Arbiter, ExitReason, Phase, WorkerProc, ABORT_GRACE, MAX_BACKOFF,
-    YOUNG_DEATH,
 };
 use crate::worker::{self, exit, WorkerInit};
 
@@ -55,8 +54,16 @@ impl Arbiter {
             let stuck_request = !asgi && started != 0 && now.saturating_sub(started) > limit_ms;
             let silent = now.saturating_sub(heartbeat) > limit_ms;
             if stuck_request || silent {
-                tracing::error!("WORKER TIMEOUT (pid:{})", w.pid);
-                let _ = kill(w.pid, Signal::SIGABRT);
+                if is_stopped(w.pid) {
+                    // SIGSTOPped: it cannot write its traceback, and SIGABRT would wait
+                    // for a SIGCONT. Killed now, `--timeout` + at most a tick after its
+                    // last heartbeat.
+                    tracing::error!("WORKER TIMEOUT (pid:{}): stopped; killing it", w.pid);
+                    let _ = kill(w.pid, Signal::SIGKILL);
+                } else {
+                    tracing::error!("WORKER TIMEOUT (pid:{})", w.pid);
+                    let _ = kill(w.pid, Signal::SIGABRT);
+                }
                 w.aborted = Some(Instant::now());
                 let request_s = (started != 0).then(|| now.saturating_sub(started) as f64 / 1000.0);
                 timed_out.push((w.pid, w.generation, request_s));
@@ -353,8 +360,7 @@ impl Arbiter {
                 && !w.ready
                 && !w.retiring
             {
-                let why = boot_error.unwrap_or_else(|| describe_exit(code, signal));
-                self.fail_reload(&why);
+                self.new_worker_died(&w, code, signal, boot_error);
                 continue;
             }
             let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
@@ -370,9 +376,11 @@ impl Arbiter {
                 self.begin_stop(false);
                 continue;
             }
-            // A clean exit (max-requests, a retired worker) is not a crash.
+            // A clean exit (max-requests, a retired worker) is not a crash. One that never
+            // became ready is a crash loop in the making; one that served is replaced
+            // at once, as Gunicorn does.
             let crashed = code != Some(0) && !w.retiring;
-            if failed_boot || (crashed && w.spawned.elapsed() < YOUNG_DEATH) {
+            if failed_boot || (crashed && !w.ready) {
                 self.note_failure();
                 tracing::warn!(
                     "Worker failed early; next spawn in {:.1}s",
@@ -381,6 +389,32 @@ impl Arbiter {
                         .as_secs_f64()
                 );
             }
+        }
+    }
+
+    /// A worker of the booting generation died before it was ready. Killed by a
+    /// signal (an OOM killer, an operator) it is booted again, at most
+    /// `BOOT_RETRIES` times per reload; otherwise (or past that) the new code failed
+    /// and so does the reload.
+    fn new_worker_died(
+        &mut self,
+        w: &WorkerProc,
+        code: Option<i32>,
+        signal: Option<Signal>,
+        boot_error: Option<String>,
+    ) {
+        let why = boot_error.unwrap_or_else(|| describe_exit(code, signal));
+        let retry = signal.is_some() && self.reload.as_mut().is_some_and(|r| r.take_retry());
+        if !retry {
+            self.fail_reload(&why);
+            return;
+        }
+        tracing::warn!(
+            "{why}; booting another worker of generation {}",
+            w.generation
+        );
+        if let Err(e) = self.spawn_worker(w.generation) {
+            self.fail_reload(&format!("{why}; cannot spawn another: {e:#}"));
         }
     }
 
@@ -397,6 +431,18 @@ impl Arbiter {
             w.inbox.drain(..2);
         }
     }
+}
+
+/// Whether a process is stopped (SIGSTOP, SIGTSTP) or traced, from `/proc/PID/stat`.
+fn is_stopped(pid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may hold any.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    matches!(state, Some('T' | 't'))
 }
 
 /// Reads what a non-blocking pipe holds into `inbox`, until it would block or ends.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{read_response, rgunctl_bin, wait_until, Server, ServerBuilder};
+use crate::support::{read_response, rgunctl_bin, wait_until, write_file, Server, ServerBuilder};
 
 /// Sets a process's soft RLIMIT_NOFILE (its hard limit unchanged); returns the old soft.
 fn set_soft_nofile(pid: i32, soft: u64) -> u64 {
@@ -132,4 +132,171 @@ fn a_descriptor_shortage_logs_two_lines_and_shows_in_status_and_metrics() {
             && lines[1].contains("accepts failed"),
         "{lines:#?}"
     );
+}
+
+/// An app whose import sleeps while `slow` exists in its directory and kills itself
+/// with SIGKILL while `suicide` does.
+const BOOT_APP: &str = r#"
+import os, signal, time
+here = os.path.dirname(os.path.abspath(__file__))
+if os.path.exists(os.path.join(here, "slow")):
+    time.sleep(2)
+if os.path.exists(os.path.join(here, "suicide")):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"#;
+
+fn boot_server(dir: &std::path::Path) -> Server {
+    write_file(dir, "booted.py", BOOT_APP);
+    ServerBuilder::new("booted:application")
+        .workers(2)
+        .arg("--chdir")
+        .arg(dir.to_str().unwrap())
+        .start()
+}
+
+fn reload_in_background(s: &Server) -> std::thread::JoinHandle<std::process::Output> {
+    let mut cmd = Command::new(rgunctl_bin());
+    cmd.arg("-s")
+        .arg(&s.ctl_path)
+        .arg("reload")
+        .stdin(std::process::Stdio::null());
+    std::thread::spawn(move || cmd.output().expect("run rgunctl reload"))
+}
+
+/// Regression (issue 25, item 4): a new worker SIGKILLed while it booted failed the
+/// whole reload; now it is booted again and the reload succeeds.
+#[test]
+fn a_new_worker_killed_while_booting_is_booted_again_and_the_reload_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = boot_server(dir.path());
+    write_file(dir.path(), "slow", "");
+    let reload = reload_in_background(&s);
+    let mut victim = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            victim = status(&s)["workers"].as_array().and_then(|ws| {
+                ws.iter()
+                    .find(|w| w["generation"] == 2 && w["state"] == "booting")
+                    .and_then(|w| w["pid"].as_i64())
+            });
+            victim.is_some()
+        }),
+        "no booting worker of generation 2: {}",
+        status(&s)
+    );
+    let victim = victim.unwrap() as i32;
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let out = reload.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("generation 1 -> 2"),
+        "{out:?}\n{}",
+        s.log()
+    );
+    assert!(
+        s.log().contains(
+            "killed by SIGKILL before it was ready; booting another worker of generation 2"
+        ),
+        "{}",
+        s.log()
+    );
+    let st = status(&s);
+    let serving: Vec<&Value> = st["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["generation"] == 2)
+        .collect();
+    assert_eq!(serving.len(), 2, "{st}");
+}
+
+/// The retry is bounded: code that kills itself on import fails the reload, and the
+/// old generation keeps serving.
+#[test]
+fn a_boot_that_is_always_killed_fails_the_reload_after_a_few_tries() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = boot_server(dir.path());
+    write_file(dir.path(), "suicide", "");
+    let out = reload_in_background(&s).join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("generation 1 keeps serving") && stderr.contains("SIGKILL"),
+        "{stderr}"
+    );
+    let log = s.log();
+    assert_eq!(
+        log.matches("booting another worker of generation 2")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(s.get("/").status, 200);
+}
+
+/// Regression (issue 25, item 5): a worker that crashed a second after it started was
+/// put on the "failed early" back-off even though it had served.
+#[test]
+fn a_worker_that_served_then_crashed_is_replaced_without_back_off() {
+    let s = ServerBuilder::new("lifecycle_app:application").start();
+    let before = s.worker_pids();
+    assert_eq!(s.get("/").status, 200);
+    let mut c = s.connect();
+    c.write_all(b"GET /crash HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let st = status(&s);
+            st["workers"].as_array().is_some_and(|ws| {
+                ws.len() == 1
+                    && ws[0]["state"] == "idle"
+                    && ws[0]["pid"].as_i64() != Some(i64::from(before[0]))
+            })
+        }),
+        "no replacement: {}",
+        status(&s)
+    );
+    let log = s.log();
+    assert!(log.contains("exited with code 1"), "{log}");
+    assert!(!log.contains("failed early"), "{log}");
+}
+
+/// Regression (issue 25, item 6): a SIGSTOPped worker was killed `--timeout` + 2 s
+/// (and up to a second more) after it stopped; now at most `--timeout` + 1 s.
+#[test]
+fn a_stopped_worker_is_killed_within_timeout_plus_a_second() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .args(["--timeout", "3"])
+        .start();
+    let victim = s.worker_pids()[0];
+    let stopped = std::time::Instant::now();
+    // SAFETY: kill has no memory effects.
+    unsafe { libc::kill(victim, libc::SIGSTOP) };
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{victim}/stat"))
+            .map(|st| {
+                st.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    };
+    assert!(wait_until(Duration::from_secs(15), gone), "{}", s.log());
+    let took = stopped.elapsed();
+    eprintln!("a stopped worker with --timeout 3 was killed {took:?} after SIGSTOP");
+    assert!(
+        took < Duration::from_millis(4500),
+        "killed {took:?} after it stopped\n{}",
+        s.log()
+    );
+    assert!(s.log().contains("stopped; killing it"), "{}", s.log());
+    assert_eq!(s.get("/").status, 200);
 }
