@@ -18,6 +18,7 @@ pub mod process;
 pub mod python;
 pub mod scoreboard;
 pub mod signals;
+pub mod sizing;
 pub mod statsd;
 pub mod syslog;
 pub mod worker;

@@ -21,7 +21,7 @@ const LOADER: &str = include_str!("file_loader.py");
 pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("wsgi_app", "--wsgi-app", "str"),
     ("bind", "--bind", "list"),
-    ("workers", "--workers", "int"),
+    ("workers", "--workers", "int_or_auto"),
     ("worker_class", "--worker-class", "str"),
     ("threads", "--threads", "int"),
     ("root_path", "--root-path", "str"),
@@ -59,7 +59,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("worker_connections", "--worker-connections", "int"),
     ("max_requests", "--max-requests", "int"),
     ("max_requests_jitter", "--max-requests-jitter", "int"),
-    ("max_worker_rss", "--max-worker-rss", "int"),
+    ("max_worker_rss", "--max-worker-rss", "int_or_auto"),
     ("backlog", "--backlog", "int"),
     ("proxy_protocol", "--proxy-protocol", "proxy"),
     ("http_protocols", "--http-protocols", "csv"),

@@ -80,6 +80,12 @@ def convert(name, flag, kind, value):
             bad("an integer")
         # int(): an IntEnum such as ssl.CERT_REQUIRED prints as its name before 3.11.
         return [flag, str(int(value))]
+    if kind == "int_or_auto":
+        if value == "auto":
+            return [flag, "auto"]
+        if isinstance(value, bool) or not isinstance(value, int):
+            bad('an integer or "auto"')
+        return [flag, str(int(value))]
     if kind == "octal":
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             bad("an integer file mode")

@@ -23,8 +23,11 @@ pub use self::bind::BindAddress;
 pub use self::http2::Http2Args;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
 pub use self::tls::TlsArgs;
-use self::values::{non_negative, parse_allow_ips, parse_env, parse_mode, parse_worker_class};
-pub use self::values::{worker_kind, AllowIps, WorkerKind};
+use self::values::{
+    non_negative, parse_allow_ips, parse_env, parse_max_worker_rss, parse_mode, parse_worker_class,
+    parse_workers,
+};
+pub use self::values::{worker_kind, AllowIps, MaxWorkerRss, WorkerKind, Workers};
 use crate::http::head::HeadLimits;
 
 /// The longest `--timeout`, `--graceful-timeout` and `--keep-alive`, in seconds (about
@@ -84,9 +87,10 @@ pub struct Config {
     #[arg(short = 'b', long = "bind", value_name = "ADDRESS", value_parser = bind::parse)]
     pub bind: Vec<BindAddress>,
 
-    /// Number of worker processes [default: $WEB_CONCURRENCY, else 1].
-    #[arg(short = 'w', long = "workers", value_name = "INT", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: Option<u32>,
+    /// Number of worker processes, or auto: the CPUs this process may use (cgroup
+    /// quota and affinity mask, rounded up) [default: $WEB_CONCURRENCY, else 1].
+    #[arg(short = 'w', long = "workers", value_name = "INT|auto", allow_negative_numbers = true, value_parser = parse_workers)]
+    pub workers: Option<Workers>,
 
     /// Python threads per worker.
     #[arg(long = "threads", value_name = "INT", default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -224,9 +228,11 @@ pub struct Config {
     #[arg(long = "max-requests", value_name = "INT", default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative(MAX_REQUESTS_LIMIT))]
     pub max_requests: u64,
 
-    /// Gracefully replace a worker whose resident memory exceeds this many MiB (0 = off).
-    #[arg(long = "max-worker-rss", value_name = "MIB", default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative(MAX_WORKER_RSS_MIB))]
-    pub max_worker_rss: u64,
+    /// Gracefully replace a worker whose resident memory exceeds this many MiB (0 = off),
+    /// or auto: 80% of the cgroup memory limit shared by the workers (off when there is
+    /// no limit).
+    #[arg(long = "max-worker-rss", value_name = "MIB|auto", default_value = "0", allow_negative_numbers = true, value_parser = parse_max_worker_rss)]
+    pub max_worker_rss: MaxWorkerRss,
 
     /// Random extra requests, up to this many, added to --max-requests per worker.
     #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative(MAX_REQUESTS_LIMIT))]
@@ -348,20 +354,29 @@ impl Config {
         }
     }
 
-    /// `-w`, else `$WEB_CONCURRENCY`, else 1.
+    /// `-w`, else `$WEB_CONCURRENCY`, else 1; `auto` resolved (see `sizing`).
     pub fn worker_count(&self) -> Result<u32, String> {
-        if let Some(n) = self.workers {
-            return Ok(n);
-        }
-        match std::env::var("WEB_CONCURRENCY") {
-            Ok(v) => v
-                .trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=1024).contains(n))
-                .ok_or_else(|| format!("invalid WEB_CONCURRENCY {v:?}: expected a number of workers from 1 to 1024")),
-            Err(_) => Ok(1),
-        }
+        self.worker_count_explained().map(|(n, _)| n)
+    }
+
+    /// `worker_count`, and for `auto` how it was derived (the start-up line).
+    pub fn worker_count_explained(&self) -> Result<(u32, Option<String>), String> {
+        let workers = match self.workers {
+            Some(w) => w,
+            None => match std::env::var("WEB_CONCURRENCY") {
+                Ok(v) => parse_workers(&v).map_err(|_| {
+                    format!("invalid WEB_CONCURRENCY {v:?}: expected a number of workers from 1 to 1024, or auto")
+                })?,
+                Err(_) => Workers::Count(1),
+            },
+        };
+        Ok(match workers {
+            Workers::Count(n) => (n, None),
+            Workers::Auto => {
+                let budget = crate::sizing::cpu_budget();
+                (budget.workers, Some(budget.how))
+            }
+        })
     }
 
     /// `--secure-scheme-header`s, or Gunicorn's defaults.
@@ -462,7 +477,10 @@ impl Config {
             "worker_connections": self.worker_connections,
             "max_requests": self.max_requests,
             "max_requests_jitter": self.max_requests_jitter,
-            "max_worker_rss": self.max_worker_rss,
+            "max_worker_rss": match self.max_worker_rss {
+                MaxWorkerRss::Mib(n) => serde_json::json!(n),
+                MaxWorkerRss::Auto => serde_json::json!("auto"),
+            },
             "backlog": self.backlog,
             "proxy_protocol": self.proxy_protocol,
             "proxy_allow_ips": match &self.proxy_allow_from {

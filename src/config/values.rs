@@ -100,3 +100,65 @@ pub fn worker_kind(class: Option<&str>) -> Option<WorkerKind> {
         Some(_) => None,
     }
 }
+
+/// `-w`/`workers`/`$WEB_CONCURRENCY`: a count, or `auto` (the CPU this process may
+/// use, see `sizing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    Count(u32),
+    Auto,
+}
+
+impl std::fmt::Display for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Workers::Count(n) => write!(f, "{n}"),
+            Workers::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+pub(super) fn parse_workers(s: &str) -> Result<Workers, String> {
+    if s.trim() == "auto" {
+        return Ok(Workers::Auto);
+    }
+    s.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1024).contains(n))
+        .map(Workers::Count)
+        .ok_or_else(|| format!("{s} is not in 1..=1024 (or auto)"))
+}
+
+/// `--max-worker-rss`: MiB (0: off), or `auto` (from the cgroup memory limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxWorkerRss {
+    Mib(u64),
+    Auto,
+}
+
+impl std::fmt::Display for MaxWorkerRss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxWorkerRss::Mib(n) => write!(f, "{n}"),
+            MaxWorkerRss::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+pub(super) fn parse_max_worker_rss(s: &str) -> Result<MaxWorkerRss, String> {
+    if s.trim() == "auto" {
+        return Ok(MaxWorkerRss::Auto);
+    }
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n <= super::MAX_WORKER_RSS_MIB)
+        .map(MaxWorkerRss::Mib)
+        .ok_or_else(|| {
+            format!(
+                "{s} is not in 0..={} (MiB, or auto)",
+                super::MAX_WORKER_RSS_MIB
+            )
+        })
+}

@@ -187,6 +187,8 @@ pub struct Arbiter {
     /// The last worker to exit failed to boot (`/readyz` says so); cleared when a
     /// worker becomes ready.
     boot_failing: bool,
+    /// The cgroup memory limit `--max-worker-rss auto` shares out.
+    memory_limit: Option<u64>,
     last_rss_check: Instant,
     next_spawn: Instant,
     /// The master's thread count last warned about (`--preload`).

@@ -84,7 +84,7 @@ fn preload(cfg: &Config) -> Result<crate::worker::Preloaded, String> {
 
 /// Runs the server until it stops; returns the process exit status.
 pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
-    let target = cfg.worker_count().map_err(anyhow::Error::msg)?;
+    let (target, sized) = cfg.worker_count_explained().map_err(anyhow::Error::msg)?;
     // SAFETY: umask only sets this process's creation mask.
     unsafe { libc::umask(cfg.umask as libc::mode_t) };
     let identity = crate::process::Identity::resolve(
@@ -186,6 +186,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         }
         crate::config::WorkerKind::Asgi => tracing::info!("Using worker: rgun asgi"),
     }
+    let memory_limit = log_sizing(&cfg, target, sized);
     let mut arbiter = Arbiter {
         cfg,
         listeners,
@@ -226,6 +227,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         stop_deadline: None,
         failures: 0,
         boot_failing: false,
+        memory_limit,
         last_rss_check: Instant::now(),
         next_spawn: Instant::now(),
         threads_warned: 1,
@@ -234,4 +236,30 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     arbiter.call_hook("when_ready", json!({}));
     arbiter.run();
     Ok(arbiter.exit_code)
+}
+
+/// Says how `workers = "auto"` and `--max-worker-rss auto` were derived; returns the
+/// cgroup memory limit `auto` divides (None: no limit, or not asked for).
+fn log_sizing(cfg: &Config, workers: u32, sized: Option<String>) -> Option<u64> {
+    if let Some(how) = sized {
+        tracing::info!("workers = auto: {workers} ({how})");
+    }
+    if cfg.max_worker_rss != crate::config::MaxWorkerRss::Auto {
+        return None;
+    }
+    match crate::sizing::memory_limit() {
+        Some(m) => {
+            tracing::info!(
+                "max_worker_rss = auto: 80% of {} MiB shared by the workers ({}; {} MiB each at {workers} workers)",
+                m.bytes >> 20,
+                m.how,
+                (m.bytes / 10 * 8 / u64::from(workers.max(1))) >> 20
+            );
+            Some(m.bytes)
+        }
+        None => {
+            tracing::info!("max_worker_rss = auto: no cgroup memory limit, so no limit");
+            None
+        }
+    }
 }

@@ -14,6 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::config::MaxWorkerRss;
 use crate::python::Forked;
 use serde_json::json;
 
@@ -81,7 +82,7 @@ impl Arbiter {
     /// `--max-worker-rss`: a worker over the limit is retired gracefully (it finishes
     /// what it is doing) and `manage_workers` starts its replacement at once.
     pub(super) fn recycle_bloated(&mut self) {
-        let limit = self.cfg.max_worker_rss.saturating_mul(1024 * 1024);
+        let limit = self.rss_limit_bytes();
         if limit == 0 || self.last_rss_check.elapsed() < Duration::from_secs(1) {
             return;
         }
@@ -95,11 +96,24 @@ impl Arbiter {
             .collect();
         for (slot, pid, rss) in bloated {
             tracing::warn!(
-                "Worker (pid:{pid}) uses {} MiB, over --max-worker-rss {}; replacing it",
+                "Worker (pid:{pid}) uses {} MiB, over --max-worker-rss {} ({} MiB); replacing it",
                 rss / (1024 * 1024),
-                self.cfg.max_worker_rss
+                self.cfg.max_worker_rss,
+                limit / (1024 * 1024)
             );
             self.retire(slot, ExitReason::MaxRss);
+        }
+    }
+
+    /// `--max-worker-rss` in bytes (0: off). `auto`: 80% of the cgroup memory limit
+    /// shared by the target number of workers (the master and the page cache keep the
+    /// rest), so scaling up lowers each worker's share.
+    fn rss_limit_bytes(&self) -> u64 {
+        match self.cfg.max_worker_rss {
+            MaxWorkerRss::Mib(n) => n.saturating_mul(1024 * 1024),
+            MaxWorkerRss::Auto => self
+                .memory_limit
+                .map_or(0, |m| m / 10 * 8 / self.target.max(1) as u64),
         }
     }
 

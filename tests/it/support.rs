@@ -121,6 +121,8 @@ pub struct ServerBuilder {
     systemd: bool,
     /// Start Gunicorn (the venv's, for a side-by-side comparison) instead of rgun.
     gunicorn: bool,
+    /// cgroup directories (v1 or v2) rgun starts in.
+    cgroups: Vec<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -134,6 +136,7 @@ impl ServerBuilder {
             bind_fd: true,
             systemd: false,
             gunicorn: false,
+            cgroups: Vec::new(),
         }
     }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -183,6 +186,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Start rgun inside these cgroups (a shell writes its pid into each
+    /// `cgroup.procs`, then execs rgun).
+    pub fn in_cgroups(mut self, dirs: &[PathBuf]) -> Self {
+        self.cgroups = dirs.to_vec();
+        self
+    }
+
     pub fn start(self) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("error.log");
@@ -192,6 +202,16 @@ impl ServerBuilder {
         let port = listener.local_addr().unwrap().port();
         let mut cmd = if self.gunicorn {
             Command::new(gunicorn_bin())
+        } else if !self.cgroups.is_empty() {
+            let mut c = Command::new("/bin/sh");
+            let mut script = String::new();
+            for dir in &self.cgroups {
+                let procs = dir.join("cgroup.procs");
+                script.push_str(&format!("echo $$ > '{}' || exit 97; ", procs.display()));
+            }
+            script.push_str("exec \"$0\" \"$@\"");
+            c.arg("-c").arg(script).arg(rgun_bin());
+            c
         } else if self.systemd {
             // LISTEN_PID must be rgun's own pid: a shell sets it and execs in place.
             let mut c = Command::new("/bin/sh");

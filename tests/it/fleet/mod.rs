@@ -1,9 +1,11 @@
 //! What a fleet behind Kubernetes or a load balancer needs, against a real daemon:
-//! the master's probes on the operations listener (`probes`).
+//! the master's probes on the operations listener (`probes`), the worker count and
+//! memory limit from the cgroup (`sizing`).
 //!
 //! Every wait is bounded; nothing sleeps for readiness.
 
 mod probes;
+mod sizing;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
