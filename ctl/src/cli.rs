@@ -24,6 +24,8 @@ macro_rules! w {
     }};
 }
 
+/// The global flags (`-s`, `--json`, `--timeout`) go before or after the command:
+/// `rgunctl --json status` and `rgunctl status --json` are the same.
 #[derive(Parser)]
 #[command(
     name = "rgunctl",
@@ -36,14 +38,15 @@ struct Cli {
         short = 's',
         long = "socket",
         value_name = "PATH",
-        env = "RGUN_CONTROL_SOCKET"
+        env = "RGUN_CONTROL_SOCKET",
+        global = true
     )]
     socket: Option<PathBuf>,
     /// Print the raw JSON result.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
     /// Give up after this many seconds [default: 10, none for reload and scale --wait]
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", global = true)]
     timeout: Option<f64>,
     #[command(subcommand)]
     command: Cmd,
@@ -94,6 +97,9 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// A live full-screen view: workers, rates, latency, events; keys scale, reload
+    /// and show a worker's stacks. Plain frames with --batch/--once or into a pipe.
+    Top(crate::top::TopArgs),
     /// Print events as they happen (workers, reloads, scaling, log reopens) until the
     /// daemon stops; JSON lines with --json.
     Watch,
@@ -121,6 +127,14 @@ where
     };
     if let Cmd::Generate { what } = &cli.command {
         return generate(what);
+    }
+    if let Cmd::Top(args) = &cli.command {
+        let path = cli.socket.clone().unwrap_or_else(default_socket_path);
+        let timeout = cli
+            .timeout
+            .filter(|s| *s > 0.0)
+            .map(Duration::from_secs_f64);
+        return crate::top::run(&path, timeout, cli.json, args);
     }
     let (cmd, args, waits) = request_for(&cli.command);
     let args = match args {
@@ -224,7 +238,7 @@ fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, 
             };
             ("stack", Ok(obj(args)), false)
         }
-        Cmd::Generate { .. } => unreachable!("handled before"),
+        Cmd::Generate { .. } | Cmd::Top(_) => unreachable!("handled before"),
     }
 }
 
@@ -345,7 +359,7 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
         Cmd::ReopenLogs => w!(out, "logs reopened"),
         Cmd::Kill { pid } => w!(out, "worker {pid} is stopping"),
         Cmd::Metrics => out.push_str(result["text"].as_str().unwrap_or_default()),
-        Cmd::Watch => {}
+        Cmd::Watch | Cmd::Top(_) => {}
         Cmd::Stack { pid: Some(_), .. } => print_stacks(out, result),
         Cmd::Stack { .. } => {
             for worker in result["workers"].as_array().into_iter().flatten() {
@@ -357,7 +371,7 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
 }
 
 /// One worker's `stack` answer: each thread, the request it serves, its stack.
-fn print_stacks(out: &mut String, worker: &Value) {
+pub(crate) fn print_stacks(out: &mut String, worker: &Value) {
     w!(out, "worker {}", worker["pid"]);
     if let Some(error) = worker["error"].as_str() {
         w!(out, "  cannot get its stacks: {error}");

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod client;
 pub mod protocol;
+mod top;
 mod watch;
 
 pub use client::{default_socket_path, Client, ClientError};

@@ -240,6 +240,38 @@ pub struct Status {
     pub master: MasterStatus,
     pub workers: Vec<WorkerStatus>,
     pub totals: Totals,
+    /// Responses since the start, for rates and latency between two `status` answers
+    /// (an addition to v1: absent from older masters).
+    #[serde(default)]
+    pub traffic: Option<Traffic>,
+    /// TCP listeners' accept queues (an addition to v1; Unix sockets are not listed).
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
+}
+
+/// Every response the server has sent (exited workers' included), as `/metrics`
+/// counts them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Responses by status class, `1xx` to `5xx`.
+    pub responses: [u64; 5],
+    /// Upper bounds of the duration histogram's buckets, in seconds.
+    pub duration_bounds_s: Vec<f64>,
+    /// Responses per bucket (not cumulative); one more than the bounds: the last holds
+    /// the slower ones.
+    pub duration_counts: Vec<u64>,
+    pub duration_sum_s: f64,
+    /// Requests begun and not yet finished, all workers.
+    pub in_flight: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub bind: String,
+    /// Connections waiting in the accept queue.
+    pub backlog: u32,
+    /// The queue's limit (`--backlog`, capped by `net.core.somaxconn`).
+    pub backlog_limit: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -285,6 +317,9 @@ pub struct WorkerStatus {
     pub current_request_s: Option<f64>,
     pub last_heartbeat_s: f64,
     pub rss_bytes: u64,
+    /// CPU time used (user + system), in seconds (an addition to v1).
+    #[serde(default)]
+    pub cpu_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -44,7 +44,7 @@ pub fn follow(client: &mut Client, subscribed: &Value, json: bool) -> ExitCode {
 }
 
 /// One event as a sentence, with its time.
-fn describe(e: &Value) -> String {
+pub(crate) fn describe(e: &Value) -> String {
     let s = |k: &str| match &e[k] {
         Value::String(v) => v.clone(),
         Value::Null => "-".into(),

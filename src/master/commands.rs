@@ -8,8 +8,8 @@ use std::time::{Instant, SystemTime};
 use mio::Token;
 use nix::sys::signal::{kill, Signal};
 use rgunctl::protocol::{
-    error_line, ok_line, Command, ErrorBody, ErrorCode, HistoryEntry, MasterStatus, ScaleTarget,
-    Status, Totals, WorkerStatus, MAX_WORKERS,
+    error_line, ok_line, Command, ErrorBody, ErrorCode, HistoryEntry, ListenerStatus, MasterStatus,
+    ScaleTarget, Status, Totals, WorkerStatus, MAX_WORKERS,
 };
 use serde_json::{json, Value};
 
@@ -256,6 +256,7 @@ impl Arbiter {
                         as f64
                         / 1000.0,
                     rss_bytes: rss_pages(w.pid.as_raw()) * page,
+                    cpu_s: cpu_seconds(w.pid.as_raw()),
                 }
             })
             .collect();
@@ -288,6 +289,18 @@ impl Arbiter {
                 reloads: self.totals.reloads,
                 accept_errors: self.accept_watch.total,
             },
+            traffic: Some(self.traffic()),
+            listeners: self
+                .listeners
+                .iter()
+                .filter_map(|l| {
+                    super::metrics::listen_queue(&l.socket).map(|q| ListenerStatus {
+                        bind: l.display.clone(),
+                        backlog: q.waiting,
+                        backlog_limit: q.limit,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -314,6 +327,18 @@ fn rss_pages(pid: i32) -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
         .unwrap_or(0)
+}
+
+/// A process's CPU time (user + system) in seconds, from /proc/PID/stat.
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name's closing parenthesis: state is field 3, utime 14, stime 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
 fn page_size() -> u64 {

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::scoreboard::{Slot, WorkerState, DURATION_BOUNDS_US};
+use rgunctl::protocol::Traffic;
 
 use super::{commands::rss_bytes, Arbiter, Phase};
 
@@ -188,14 +189,7 @@ impl Arbiter {
                 );
             }
         }
-        let mut buckets = self.ledger.retired_buckets;
-        let mut sum_us = self.ledger.retired_sum_us;
-        for s in live.values() {
-            for (b, c) in buckets.iter_mut().zip(&s.tally.duration_buckets) {
-                *b += c.load(Ordering::Relaxed);
-            }
-            sum_us += s.tally.duration_sum_us.load(Ordering::Relaxed);
-        }
+        let (buckets, sum_us) = self.duration_histogram();
         o.family(
             "rgun_request_duration_seconds",
             "histogram",
@@ -224,11 +218,57 @@ impl Arbiter {
             "gauge",
             "Requests begun and not yet finished.",
         );
-        let in_flight: u64 = live
-            .values()
-            .map(|s| u64::from(s.in_flight.load(Ordering::Relaxed)))
-            .sum();
-        o.sample("rgun_requests_in_flight", &[], in_flight);
+        o.sample("rgun_requests_in_flight", &[], self.in_flight());
+    }
+
+    /// Requests begun and not finished, all workers.
+    fn in_flight(&self) -> u64 {
+        self.workers
+            .keys()
+            .map(|&slot| u64::from(self.scoreboard.slot(slot).in_flight.load(Ordering::Relaxed)))
+            .sum()
+    }
+
+    /// Responses per duration bucket (not cumulative) and the durations' sum in
+    /// microseconds, exited workers' included.
+    fn duration_histogram(&self) -> ([u64; BUCKETS], u64) {
+        let mut buckets = self.ledger.retired_buckets;
+        let mut sum_us = self.ledger.retired_sum_us;
+        for &slot in self.workers.keys() {
+            let s = self.scoreboard.slot(slot);
+            for (b, c) in buckets.iter_mut().zip(&s.tally.duration_buckets) {
+                *b += c.load(Ordering::Relaxed);
+            }
+            sum_us += s.tally.duration_sum_us.load(Ordering::Relaxed);
+        }
+        (buckets, sum_us)
+    }
+
+    /// `status`'s `traffic`: the figures `/metrics` has, summed over the workers.
+    pub(super) fn traffic(&self) -> Traffic {
+        let mut responses = [0u64; 5];
+        for retired in self.ledger.retired_by_class.values() {
+            for (sum, n) in responses.iter_mut().zip(retired) {
+                *sum += n;
+            }
+        }
+        for &slot in self.workers.keys() {
+            let by_class = &self.scoreboard.slot(slot).tally.by_class;
+            for (sum, n) in responses.iter_mut().zip(by_class) {
+                *sum += n.load(Ordering::Relaxed);
+            }
+        }
+        let (buckets, sum_us) = self.duration_histogram();
+        Traffic {
+            responses,
+            duration_bounds_s: DURATION_BOUNDS_US
+                .iter()
+                .map(|us| *us as f64 / 1e6)
+                .collect(),
+            duration_counts: buckets.to_vec(),
+            duration_sum_s: sum_us as f64 / 1e6,
+            in_flight: self.in_flight(),
+        }
     }
 
     fn render_workers(&self, o: &mut Exposition) {

@@ -336,3 +336,54 @@ fn rgunctl_generates_a_man_page_and_completions() {
         );
     }
 }
+
+#[test]
+fn rgunctl_takes_its_global_flags_after_the_command_too() {
+    let server = ServerBuilder::new("echo:application").workers(2).start();
+    let sock = server.ctl_path.to_str().unwrap();
+    let before = run_bounded(
+        rgunctl_cmd(None, &["-s", sock, "--json", "--timeout", "5", "status"]),
+        Duration::from_secs(30),
+    );
+    before.assert_ok("flags before");
+    for args in [
+        &["status", "--json", "-s", sock][..],
+        &["status", "-s", sock, "--json", "--timeout", "5"],
+        &["--json", "status", "--socket", sock],
+    ] {
+        let run = run_bounded(rgunctl_cmd(None, args), Duration::from_secs(30));
+        run.assert_ok(&format!("{args:?}"));
+        assert_eq!(run.json()["master"]["pid"], json!(server.pid()), "{args:?}");
+        let pids = |v: &Value| -> Vec<Value> {
+            v["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["pid"].clone())
+                .collect()
+        };
+        assert_eq!(pids(&run.json()), pids(&before.json()), "{args:?}");
+    }
+    // A flag's value is checked wherever it stands.
+    let run = run_bounded(
+        rgunctl_cmd(None, &["ping", "-s", sock, "--timeout", "soon"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(2), "{} {}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("--timeout"), "{}", run.stderr);
+    // watch --json after the command: JSON lines, the first made from the answer.
+    let mut child = rgunctl_cmd(None, &["watch", "--json", "-s", sock])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run rgunctl watch");
+    let mut first = String::new();
+    let read = BufReader::new(child.stdout.take().unwrap()).read_line(&mut first);
+    let _ = child.kill();
+    let _ = child.wait();
+    read.expect("read watch's first line");
+    let first: Value = serde_json::from_str(&first).expect("watch --json prints JSON");
+    assert_eq!(first["event"], json!("watching"));
+    assert_eq!(first["pid"], json!(server.pid()));
+}

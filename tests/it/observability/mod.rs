@@ -7,8 +7,10 @@
 //! Every wait is bounded; nothing sleeps for readiness.
 
 mod logs;
+mod prometheus;
 mod stack;
 mod statsd;
+mod top;
 mod watch;
 
 use std::collections::BTreeMap;
