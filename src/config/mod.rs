@@ -10,6 +10,7 @@ pub mod logconfig;
 pub mod logformat;
 pub mod observability;
 mod print;
+mod probe;
 pub mod reference;
 mod tls;
 mod values;
@@ -22,6 +23,7 @@ use clap::Parser;
 pub use self::bind::BindAddress;
 pub use self::http2::Http2Args;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
+pub use self::probe::{Probe, ProbeArgs};
 pub use self::tls::TlsArgs;
 use self::values::{
     non_negative, parse_allow_ips, parse_env, parse_max_worker_rss, parse_mode, parse_worker_class,
@@ -77,6 +79,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub http2: Http2Args,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
 
     /// The TLS configuration the master built from `tls` (filled in after parsing).
     #[arg(skip)]
@@ -528,6 +533,7 @@ impl Config {
             all.extend(more);
             all.extend(self.observability.settings_json());
             all.extend(self.http2.settings_json());
+            all.extend(self.probe.settings_json());
         }
         settings
     }

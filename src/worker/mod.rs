@@ -16,6 +16,7 @@ mod event_loop;
 mod listening;
 mod loggers;
 mod pool;
+mod probe;
 pub mod stack;
 mod watch;
 
@@ -335,6 +336,17 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     if let Application::Asgi(asgi) = &mut app {
         lifespan_startup(asgi, LifespanMode::parse(&cfg.asgi_lifespan))
             .map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
+    }
+    if let Some(p) = cfg.probe.probe() {
+        let local = init.listeners.first().map(|l| l.local.clone());
+        let checked = match &app {
+            Application::Wsgi(wsgi) => Python::with_gil(|py| {
+                let local = local.unwrap_or_default();
+                probe::check(py, wsgi, &p, &local, &cfg.head_limits())
+            }),
+            Application::Asgi(_) => Err("--reload-probe is not yet supported with -k asgi".into()),
+        };
+        checked.map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
     }
 
     // With --log-syslog the access log goes there even without a file, as in Gunicorn.

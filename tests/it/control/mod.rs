@@ -532,4 +532,5 @@ mod bad_input;
 mod commands;
 mod reload;
 mod reload_config;
+mod reload_probe;
 mod socket_and_cli;

@@ -1,0 +1,39 @@
+"""The reload probe's Python side (worker/probe.rs): drain a WSGI response as a server
+does, and collect the errors the application logs while it answers, since frameworks
+(Django's `django.request`) turn an exception into a 500 and log the traceback rather
+than raise it."""
+
+import logging
+
+
+class Errors(logging.Handler):
+    """Error records (with their tracebacks) logged while the probe runs."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.texts = []
+
+    def emit(self, record):
+        self.texts.append(self.format(record))
+
+    def __enter__(self):
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger().removeHandler(self)
+        return False
+
+
+def drain(result):
+    """Iterates the response to its end and closes it; the body's size."""
+    size = 0
+    try:
+        for chunk in result:
+            size += len(chunk)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return size
