@@ -221,7 +221,8 @@ impl Arbiter {
             self.sweep_metrics();
             self.answer_stack_waiters();
             if let Phase::Stopping { .. } = self.phase {
-                if self.workers.is_empty() {
+                let reload_master = self.upgrade_child.as_ref().is_some_and(|c| c.for_reload);
+                if self.workers.is_empty() && !reload_master {
                     self.cleanup();
                     return;
                 }
@@ -384,10 +385,10 @@ impl Arbiter {
         }
         tracing::info!("Stopping ({})", if graceful { "graceful" } else { "quick" });
         self.emit("stopping", json!({"graceful": graceful}));
+        self.set_phase(Phase::Stopping { graceful });
         self.fail_reload("the server is stopping");
         self.fail_queued_reload("the server is stopping");
         self.notifier.stopping();
-        self.set_phase(Phase::Stopping { graceful });
         let (sig, grace) = if graceful {
             (Signal::SIGTERM, self.cfg.graceful_timeout())
         } else {
@@ -397,9 +398,15 @@ impl Arbiter {
         self.stop_deadline = Some(Instant::now() + grace);
     }
 
+    /// Signals every worker, and a `--preload` reload's new master while it is not
+    /// yet serving: until then it and its workers are part of this server, and stop
+    /// with it.
     fn signal_all(&self, sig: Signal) {
         for w in self.workers.values() {
             let _ = kill(w.pid, sig);
+        }
+        if let Some(child) = self.upgrade_child.as_ref().filter(|c| c.for_reload) {
+            let _ = kill(child.pid, sig);
         }
     }
 
@@ -460,6 +467,9 @@ impl Arbiter {
                 Err(e) => tracing::error!("{e:#}"),
             }
         }
+        // A reload's new master no longer stops with the old one: it serves now.
+        // SAFETY: prctl(PR_SET_PDEATHSIG, 0) only changes this process's setting.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
         if let Some(mut pipe) = self.old_master.take() {
             let _ = std::io::Write::write_all(&mut pipe, b"R");
         }

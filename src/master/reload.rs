@@ -347,12 +347,17 @@ impl Arbiter {
         }
         let duration_ms = reload.started.elapsed().as_millis() as u64;
         self.ledger.reload_finished(false);
-        self.notifier.ready(&self.status_line());
-        tracing::error!(
-            "Reload to generation {} failed; generation {} keeps serving: {why}",
-            reload.generation,
-            reload.previous
-        );
+        let stopping = matches!(self.phase, Phase::Stopping { .. });
+        let outcome = if stopping {
+            format!("reload to generation {} abandoned", reload.generation)
+        } else {
+            self.notifier.ready(&self.status_line());
+            format!(
+                "reload failed, generation {} keeps serving",
+                reload.previous
+            )
+        };
+        tracing::error!("{outcome}: {why}");
         self.finish_history(
             reload.history_started_at,
             duration_ms,
@@ -363,13 +368,7 @@ impl Arbiter {
             "reload_rolled_back",
             json!({"generation": reload.generation, "serving_generation": reload.previous, "duration_ms": duration_ms, "error": why}),
         );
-        let error = ErrorBody::new(
-            ErrorCode::Failed,
-            format!(
-                "reload failed, generation {} keeps serving: {why}",
-                reload.previous
-            ),
-        );
+        let error = ErrorBody::new(ErrorCode::Failed, format!("{outcome}: {why}"));
         for (conn, id) in reload.waiters {
             self.reply_error(conn, &id, &error);
         }

@@ -96,13 +96,27 @@ impl Arbiter {
         if let Some(path) = self.notifier.socket_path() {
             cmd.env("NOTIFY_SOCKET", path);
         }
+        // A reload's new master is part of this server until it serves: if this
+        // master dies first (even by SIGKILL), it is told to stop (SIGTERM) rather than
+        // serve on alone; it clears that once it takes over.
+        let parent = std::process::id() as libc::pid_t;
         // SAFETY: between fork and exec the child only clears FD_CLOEXEC on the
-        // descriptors it must keep (fcntl is async-signal-safe).
+        // descriptors it must keep and sets its parent-death signal (fcntl, prctl and
+        // getppid are async-signal-safe).
         unsafe {
             cmd.pre_exec(move || {
                 for fd in &keep {
                     if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if for_reload {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // The old master died before the prctl: nobody waits for us.
+                    if libc::getppid() != parent {
+                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                     }
                 }
                 Ok(())
@@ -209,10 +223,14 @@ impl Arbiter {
             Some(b'E') => String::from_utf8_lossy(&child.inbox[1..]).into_owned(),
             _ => format!("the new master exited with {code:?} before it was ready"),
         };
-        tracing::error!(
-            "The new master {} failed; this master keeps serving: {why}",
-            child.pid
-        );
+        if matches!(self.phase, super::Phase::Stopping { .. }) {
+            tracing::info!("The new master {} has stopped", child.pid);
+        } else {
+            tracing::error!(
+                "The new master {} failed; this master keeps serving: {why}",
+                child.pid
+            );
+        }
         if child.for_reload {
             self.fail_reload(&why);
         }

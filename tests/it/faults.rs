@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{read_response, rgunctl_bin, wait_until, write_file, Server, ServerBuilder};
+use crate::support::{
+    children_of, read_response, rgunctl_bin, wait_until, write_file, Server, ServerBuilder,
+};
 
 /// Sets a process's soft RLIMIT_NOFILE (its hard limit unchanged); returns the old soft.
 fn set_soft_nofile(pid: i32, soft: u64) -> u64 {
@@ -299,4 +301,109 @@ fn a_stopped_worker_is_killed_within_timeout_plus_a_second() {
     );
     assert!(s.log().contains("stopped; killing it"), "{}", s.log());
     assert_eq!(s.get("/").status, 200);
+}
+
+/// A process and all its descendants, as /proc shows them now.
+fn tree_of(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(children_of(all[i]));
+        i += 1;
+    }
+    all
+}
+
+/// Gone, or a zombie nobody will run again.
+fn is_gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|st| {
+            st.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}
+
+/// A `--preload` server whose application takes 3 s to import once `slow` exists, in
+/// the middle of a reload (the new master importing) when `signal` reaches the master.
+/// Returns every process of the tree seen, the reload's `rgunctl` output, and the
+/// server (its master already signalled).
+fn signal_during_a_preload_reload(signal: i32) -> (Vec<i32>, std::process::Output, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(
+        dir.path(),
+        "booted.py",
+        &BOOT_APP.replace("sleep(2)", "sleep(3)"),
+    );
+    let s = ServerBuilder::new("booted:application")
+        .workers(2)
+        .args(["--preload", "--graceful-timeout", "5"])
+        .arg("--chdir")
+        .arg(dir.path().to_str().unwrap())
+        .start();
+    write_file(dir.path(), "slow", "");
+    let reload = reload_in_background(&s);
+    s.wait_for_log("Starting a new master", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = tree_of(s.pid());
+    assert!(seen.len() >= 4, "master, 2 workers, new master: {seen:?}");
+    s.signal(signal);
+    let out = reload.join().unwrap();
+    // The directory must outlive the processes that import from it.
+    std::mem::forget(dir);
+    (seen, out, s)
+}
+
+fn assert_tree_gone(seen: &[i32], s: &Server, limit: Duration) {
+    let started = std::time::Instant::now();
+    let all_gone = wait_until(limit, || seen.iter().all(|&p| is_gone(p)));
+    let alive: Vec<i32> = seen.iter().copied().filter(|&p| !is_gone(p)).collect();
+    assert!(
+        all_gone,
+        "still running after {limit:?}: {alive:?}\n{}",
+        s.log()
+    );
+    eprintln!(
+        "the whole tree was gone {:?} after the signal",
+        started.elapsed()
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", s.port)).is_err(),
+        "something still listens on the port\n{}",
+        s.log()
+    );
+}
+
+/// Regression (issue 25, item 1): TERM during a `--preload` reload stopped the old
+/// master, and the new one then served on alone (a stopped service that answers;
+/// "address already in use" at the next start); the reload said generation 1 kept
+/// serving.
+#[test]
+fn term_during_a_preload_reload_stops_the_whole_tree_and_the_reload_says_so() {
+    let (seen, out, mut s) = signal_during_a_preload_reload(libc::SIGTERM);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("reload to generation 2 abandoned: the server is stopping"),
+        "{stderr}"
+    );
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0), "{}", s.log());
+    // graceful timeout (5 s) + 5 s
+    assert_tree_gone(&seen, &s, Duration::from_secs(10));
+}
+
+/// The same family: SIGKILL of the master during a `--preload` reload left the
+/// half-started new master serving on its own.
+#[test]
+fn kill_of_the_master_during_a_preload_reload_leaves_no_process() {
+    let (seen, _out, mut s) = signal_during_a_preload_reload(libc::SIGKILL);
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(10)),
+        None,
+        "killed, no status"
+    );
+    assert_tree_gone(&seen, &s, Duration::from_secs(10));
 }
