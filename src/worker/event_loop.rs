@@ -216,6 +216,7 @@ impl<'a> EventLoop<'a> {
             self.close_expired(now);
             self.publish_oldest_asgi_request(now);
             self.check_parent();
+            self.check_accept_recovery();
             self.check_sources();
             self.next_sweep = now + self.shared.settings.sweep_every;
         }

@@ -1,7 +1,8 @@
 //! The loop's periodic duties, run every `sweep_every` (and eviction at the connection
 //! limit): connections past their deadline, a re-parented worker, changed sources
-//! (`--reload`), `--max-requests`, an idle connection making room, and the age of an
-//! ASGI worker's oldest request on the scoreboard.
+//! (`--reload`), `--max-requests`, an idle connection making room, the age of an
+//! ASGI worker's oldest request on the scoreboard, and the end of a descriptor
+//! shortage no client has tested.
 
 use std::time::Instant;
 
@@ -17,6 +18,26 @@ impl EventLoop<'_> {
         if unsafe { libc::getppid() } != self.parent && self.accepting {
             tracing::info!("Parent changed, shutting down: {}", std::process::id());
             self.begin_stop();
+        }
+    }
+
+    /// A worker marked as failing to accept (`Slot::accept_failed`) clears the mark once
+    /// it could take a descriptor again and no client waits: otherwise the mark (and
+    /// the master's episode) would last until the next client happened to reach it.
+    /// With clients waiting, the next `accept` decides.
+    pub(super) fn check_accept_recovery(&mut self) {
+        let slot = self.shared.slot;
+        if slot.accept_errno.load(std::sync::atomic::Ordering::Relaxed) == 0
+            || self.listening.clients_waiting()
+        {
+            return;
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on our own stderr makes a descriptor we close at once.
+        let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 0) };
+        if fd >= 0 {
+            // SAFETY: `fd` was just made by us and is used nowhere else.
+            unsafe { libc::close(fd) };
+            slot.accept_worked();
         }
     }
 
