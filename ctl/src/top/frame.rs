@@ -50,6 +50,10 @@ pub struct Row {
     pub rss_bytes: u64,
     pub cpu_percent: Option<f64>,
     pub connections: u32,
+    /// A long request's method, target and client, when `top` has asked the worker
+    /// (see `inflight`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 /// Master fields the header shows under its own names, in this order; any other
@@ -66,7 +70,7 @@ const KNOWN: [(&str, &str); 9] = [
     ("app", "app"),
 ];
 /// Master fields shown elsewhere or not at all.
-const HIDDEN: [&str; 2] = ["started_at", "binds"];
+const HIDDEN: [&str; 3] = ["started_at", "binds", "accept_failing"];
 
 impl Frame {
     /// The frame for `now`, with rates over the interval since `prev` when given.
@@ -126,9 +130,15 @@ fn header(now: &Sample) -> Vec<(String, String)> {
             out.push((label.to_owned(), text));
         }
     }
+    if let Some(f) = master.get("accept_failing").filter(|f| f.is_object()) {
+        out.push((
+            "ACCEPT FAILING".into(),
+            format!("{} failures: {}", f["failures"], scalar(&f["error"])),
+        ));
+    }
     for (key, v) in master {
         let known = KNOWN.iter().any(|(k, _)| k == key) || HIDDEN.contains(&key.as_str());
-        if !known && !v.is_object() && !v.is_array() {
+        if !known && !v.is_object() && !v.is_array() && !v.is_null() {
             out.push((key.clone(), scalar(v)));
         }
     }
@@ -166,6 +176,7 @@ fn rows(prev: Option<&Sample>, now: &Sample, interval: Option<f64>) -> Vec<Row> 
                     rate(now, then).map(|r| r * 100.0)
                 }),
                 connections: w.connections,
+                request: None,
             }
         })
         .collect()

@@ -13,6 +13,7 @@ use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use serde_json::{json, Map, Value};
 
 use super::frame::{Frame, Sample};
+use super::inflight::{from_stack, Requests};
 use super::screen::{self, Overlay, View};
 use super::text::COLUMNS;
 use super::{take_sample, TopError};
@@ -21,8 +22,17 @@ use crate::client::Client;
 /// What the background threads report.
 enum Update {
     Event(String),
+    /// What `pid`'s long request that began at `began` is (see `inflight`).
+    Request {
+        pid: i32,
+        began: f64,
+        what: String,
+    },
     Message(String),
-    Overlay { title: String, text: String },
+    Overlay {
+        title: String,
+        text: String,
+    },
 }
 
 const EVENTS_KEPT: usize = 200;
@@ -56,16 +66,27 @@ fn run_loop(
     };
     let mut prev: Option<Sample> = None;
     let mut next_sample = Instant::now();
+    let mut requests = Requests::default();
     loop {
         if Instant::now() >= next_sample {
             let now = take_sample(client, clock)?;
-            view.frame = Some(Frame::new(prev.as_ref(), &now));
+            let mut frame = Frame::new(prev.as_ref(), &now);
+            for (pid, began) in requests.new_long_requests(&frame, now.at_s) {
+                ask_request(path, tx, pid, began);
+            }
+            describe_requests(&mut frame, &requests);
+            view.frame = Some(frame);
             prev = Some(now);
             next_sample = Instant::now() + delay;
             keep_selection(&mut view);
         }
         while let Ok(update) = rx.try_recv() {
-            if apply(&mut view, update) {
+            if let Update::Request { pid, began, what } = update {
+                requests.answer(pid, began, what);
+                if let Some(frame) = view.frame.as_mut() {
+                    describe_requests(frame, &requests);
+                }
+            } else if apply(&mut view, update) {
                 next_sample = Instant::now(); // show what the action changed at once
             }
         }
@@ -88,9 +109,24 @@ fn run_loop(
     }
 }
 
+fn describe_requests(frame: &mut Frame, requests: &Requests) {
+    for row in &mut frame.workers {
+        row.request = requests.describe(row.pid).map(str::to_owned);
+    }
+}
+
+/// Asks `pid` for its stacks, to learn what its long request is.
+fn ask_request(path: &Path, tx: &Sender<Update>, pid: i32, began: f64) {
+    act(path, tx, "stack", json!({"pid": pid}), move |r| {
+        let what = r.ok().and_then(|v| from_stack(&v)).unwrap_or_default();
+        Update::Request { pid, began, what }
+    });
+}
+
 /// Shows what a thread reported; true for an action's outcome.
 fn apply(view: &mut View, update: Update) -> bool {
     match update {
+        Update::Request { .. } => return false,
         Update::Event(line) => {
             view.events.push_back(line);
             if view.events.len() > EVENTS_KEPT {

@@ -4,9 +4,11 @@
 //! otherwise, or with `--batch`/`--once`, plain frames (JSON lines with `--json`).
 //!
 //! `frame` computes the figures from two answers, `text` turns them into lines and
-//! cells, `screen` lays them out, `interactive` runs the keys and the actions.
+//! cells, `screen` lays them out, `interactive` runs the keys and the actions,
+//! `inflight` asks a worker what its long request is.
 
 mod frame;
+mod inflight;
 mod interactive;
 mod screen;
 mod text;

@@ -110,7 +110,10 @@ fn draw_table(canvas: &mut Canvas, view: &View, area: Rect) {
         };
         Row::new(COLUMNS.iter().map(|c| Cell::from(c.cell(r)))).style(style)
     });
-    let widths = COLUMNS.iter().map(|c| Constraint::Length(c.width()));
+    let widths = COLUMNS.iter().map(|c| match c {
+        Column::Current => Constraint::Min(c.width()),
+        _ => Constraint::Length(c.width()),
+    });
     let title = format!(
         " workers: {} sorted by {} ",
         rows.len(),

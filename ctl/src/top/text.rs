@@ -26,10 +26,10 @@ pub const COLUMNS: [Column; 9] = [
     Column::State,
     Column::RequestsPerS,
     Column::Requests,
-    Column::Current,
     Column::Rss,
     Column::Cpu,
     Column::Connections,
+    Column::Current,
 ];
 
 impl Column {
@@ -47,7 +47,7 @@ impl Column {
         }
     }
 
-    /// Display width (the last column takes what is left).
+    /// Display width (the last column, the request in flight, may take more).
     pub fn width(self) -> u16 {
         match self {
             Column::Pid => 8,
@@ -55,7 +55,7 @@ impl Column {
             Column::State => 9,
             Column::RequestsPerS => 9,
             Column::Requests => 10,
-            Column::Current => 10,
+            Column::Current => 40,
             Column::Rss => 11,
             Column::Cpu => 6,
             Column::Connections => 6,
@@ -70,7 +70,10 @@ impl Column {
             Column::State => r.state.clone(),
             Column::RequestsPerS => opt(r.requests_per_s, &|v| format!("{v:.1}")),
             Column::Requests => r.requests.to_string(),
-            Column::Current => opt(r.current_s, &|v| format!("{v:.1}s")),
+            Column::Current => match (r.current_s, &r.request) {
+                (Some(age), Some(what)) => format!("{age:.1}s {what}"),
+                (age, _) => opt(age, &|v| format!("{v:.1}s")),
+            },
             Column::Rss => format!("{:.1} MiB", r.rss_bytes as f64 / 1048576.0),
             Column::Cpu => opt(r.cpu_percent, &|v| format!("{v:.1}")),
             Column::Connections => r.connections.to_string(),

@@ -204,6 +204,21 @@ fn rgunctl_top_in_tmux_shows_the_status_figures_and_its_keys_work() {
     assert!(rate > 0.0, "no request rate under load:\n{screen}");
     eprintln!("rgunctl top under load:\n{screen}");
 
+    // A long request in flight: its age, method, target and client on its row.
+    let port = server.port;
+    let slow = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /sleep?4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+    });
+    let long = tmux.wait_for("the long request on its worker's row", |s| {
+        s.lines()
+            .any(|l| l.trim_end().ends_with("GET /sleep?4 127.0.0.1") && l.contains(" busy "))
+    });
+    eprintln!("a long request in flight:\n{long}");
+    slow.join().unwrap();
+
     // `+`: one worker more.
     tmux.keys("+");
     tmux.wait_for("the scale result", |s| s.contains("workers: 2 -> 3"));
