@@ -316,6 +316,9 @@ impl Arbiter {
                 .find(|(_, w)| w.pid == pid)
                 .map(|(s, _)| *s)
             else {
+                // Not ours: as PID 1 of a container the master inherits every orphan
+                // (an application's daemonized grandchild, a shell's leftovers).
+                tracing::debug!("reaped process {pid}, not a worker ({code:?}, {signal:?})");
                 continue;
             };
             let mut w = self.workers.remove(&slot).expect("present");

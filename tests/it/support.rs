@@ -123,6 +123,8 @@ pub struct ServerBuilder {
     gunicorn: bool,
     /// cgroup directories (v1 or v2) rgun starts in.
     cgroups: Vec<PathBuf>,
+    /// A command rgun runs under (`unshare ...`), rgun's path and arguments after it.
+    wrapper: Vec<String>,
 }
 
 impl ServerBuilder {
@@ -137,6 +139,7 @@ impl ServerBuilder {
             systemd: false,
             gunicorn: false,
             cgroups: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -193,6 +196,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Run rgun under `command` (e.g. `unshare --pid --fork`), which execs it.
+    pub fn wrapped_in(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     pub fn start(self) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("error.log");
@@ -202,6 +211,10 @@ impl ServerBuilder {
         let port = listener.local_addr().unwrap().port();
         let mut cmd = if self.gunicorn {
             Command::new(gunicorn_bin())
+        } else if let Some((program, args)) = self.wrapper.split_first() {
+            let mut c = Command::new(program);
+            c.args(args).arg(rgun_bin());
+            c
         } else if !self.cgroups.is_empty() {
             let mut c = Command::new("/bin/sh");
             let mut script = String::new();
