@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::protocol::{ErrorCode, HistoryEntry, Status};
-use crate::{default_socket_path, Client, ClientError};
+use crate::socket_path::find_default_socket;
+use crate::{Client, ClientError};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
@@ -33,7 +34,9 @@ macro_rules! w {
     about = "Operate a running rgun through its control socket"
 )]
 struct Cli {
-    /// Control socket [default: $RGUN_CONTROL_SOCKET, else the daemon's default path]
+    /// Control socket [default: $RGUN_CONTROL_SOCKET, else $RUNTIME_DIRECTORY/rgun.ctl
+    /// under systemd, else the one running rgun's socket in $XDG_RUNTIME_DIR/rgun/ (or
+    /// /tmp/rgun-UID/)]
     #[arg(
         short = 's',
         long = "socket",
@@ -128,8 +131,11 @@ where
     if let Cmd::Generate { what } = &cli.command {
         return generate(what);
     }
+    let path = match socket(&cli) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
     if let Cmd::Top(args) = &cli.command {
-        let path = cli.socket.clone().unwrap_or_else(default_socket_path);
         let timeout = cli
             .timeout
             .filter(|s| *s > 0.0)
@@ -150,11 +156,15 @@ where
         None if waits => None,
         None => Some(Duration::from_secs(10)),
     };
-    let path = cli.socket.clone().unwrap_or_else(default_socket_path);
     let mut client = match Client::connect(&path, timeout) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("rgunctl: {e}");
+            if cli.socket.is_some() {
+                eprintln!(
+                    "rgunctl: that path came from -s or RGUN_CONTROL_SOCKET; rgun logs its socket at start-up (\"Control socket: PATH\")"
+                );
+            }
             return ExitCode::from(3);
         }
     };
@@ -195,6 +205,18 @@ where
             eprintln!("rgunctl: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The socket to talk to: `-s`/`RGUN_CONTROL_SOCKET`, else the default one; when there
+/// is none to be found, says where it looked (exit status 3).
+fn socket(cli: &Cli) -> Result<PathBuf, ExitCode> {
+    match &cli.socket {
+        Some(path) => Ok(path.clone()),
+        None => find_default_socket().map_err(|msg| {
+            eprintln!("rgunctl: {msg}");
+            ExitCode::from(3)
+        }),
     }
 }
 

@@ -25,24 +25,6 @@ pub enum ClientError {
     BadResponse(String),
 }
 
-/// The daemon's default socket: `$RUNTIME_DIRECTORY/rgun.ctl` (systemd), else
-/// `$XDG_RUNTIME_DIR/rgun.ctl`, else `./rgun.ctl`.
-pub fn default_socket_path() -> PathBuf {
-    for var in ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"] {
-        if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            // RUNTIME_DIRECTORY may list several directories; the first is ours.
-            let first = dir
-                .to_string_lossy()
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            return PathBuf::from(first).join("rgun.ctl");
-        }
-    }
-    PathBuf::from("rgun.ctl")
-}
-
 pub struct Client {
     reader: BufReader<UnixStream>,
     writer: UnixStream,

@@ -5,8 +5,9 @@
 pub mod cli;
 pub mod client;
 pub mod protocol;
+pub mod socket_path;
 mod top;
 mod watch;
 
-pub use client::{default_socket_path, Client, ClientError};
+pub use client::{Client, ClientError};
 pub use protocol::{Command, ErrorBody, ErrorCode, HistoryEntry, Status};

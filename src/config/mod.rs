@@ -266,8 +266,9 @@ pub struct Config {
     #[arg(long = "proxy-allow-from", value_name = "STRING", default_value = "127.0.0.1,::1", value_parser = parse_allow_ips)]
     pub proxy_allow_from: AllowIps,
 
-    /// Control socket path [default: $RUNTIME_DIRECTORY/rgun.ctl, else
-    /// $XDG_RUNTIME_DIR/rgun.ctl, else ./rgun.ctl].
+    /// Control socket path [default: $RUNTIME_DIRECTORY/rgun.ctl under systemd, else
+    /// one named after the first listener in $XDG_RUNTIME_DIR/rgun/, else in
+    /// /tmp/rgun-UID/, e.g. /tmp/rgun-1000/127.0.0.1:8000.ctl].
     #[arg(long = "control-socket", value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 
@@ -435,16 +436,14 @@ impl Config {
         Duration::from_secs(self.graceful_timeout)
     }
 
-    /// Where the control socket goes, or None with `--no-control-socket`.
+    /// Where the control socket is: `--control-socket`, or the default the master chose
+    /// from its first listener (`master::listeners::open_control`); None with
+    /// `--no-control-socket` or before the master has chosen.
     pub fn control_socket_path(&self) -> Option<PathBuf> {
         if self.no_control_socket {
             return None;
         }
-        Some(
-            self.control_socket
-                .clone()
-                .unwrap_or_else(rgunctl::default_socket_path),
-        )
+        self.control_socket.clone()
     }
 
     /// The effective settings under Gunicorn's names, for `rgunctl config`.

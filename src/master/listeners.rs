@@ -1,5 +1,6 @@
 //! Opening the listening sockets, once, in the master. Workers inherit them across
 //! fork and accept on them directly; nothing is proxied and nothing is per-worker.
+//! Also the control socket, whose default path is named after the first listener.
 
 use std::net::ToSocketAddrs;
 use std::os::fd::FromRawFd;
@@ -9,6 +10,7 @@ use anyhow::{bail, Context};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::config::{BindAddress, Config};
+use crate::control::ControlServer;
 use crate::net::{Listener, Local};
 
 pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
@@ -107,6 +109,85 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
         }
     }
     Ok(out)
+}
+
+/// Opens the control socket (none with `--no-control-socket`, or yet for a new master
+/// that takes the old one's over once ready). Without `--control-socket` the path is
+/// the default for the first listener (`rgunctl::socket_path`), written into `cfg` so
+/// that `config` and a later takeover see it; failing to open a default socket is a
+/// warning, not a reason to refuse to serve, since nobody asked for it.
+pub fn open_control(
+    cfg: &mut Config,
+    listeners: &[Listener],
+    deferred_takeover: bool,
+    registry: &mio::Registry,
+) -> anyhow::Result<Option<ControlServer>> {
+    if cfg.no_control_socket {
+        return Ok(None);
+    }
+    let chosen = cfg.control_socket.is_some();
+    let path = match &cfg.control_socket {
+        Some(path) => path.clone(),
+        None => {
+            let first = listeners.first().map_or_else(String::new, instance_name);
+            rgunctl::socket_path::instance_socket_path(&first)
+        }
+    };
+    cfg.control_socket = Some(path.clone());
+    if deferred_takeover {
+        return Ok(None);
+    }
+    let opened = private_dir_for(&path, chosen)
+        .and_then(|()| ControlServer::bind(&path, cfg.control_socket_mode, registry));
+    match opened {
+        Ok(server) => Ok(Some(server)),
+        Err(e) if chosen => Err(e),
+        Err(e) => {
+            tracing::warn!("no control socket: {e:#}; choose a path with --control-socket");
+            cfg.control_socket = None;
+            Ok(None)
+        }
+    }
+}
+
+/// What a listener is called in its default control socket's name: `127.0.0.1:8000`,
+/// `[::1]:8000`, `unix:/run/app.sock`.
+fn instance_name(l: &Listener) -> String {
+    match l.socket.local_addr() {
+        Ok(addr) => match (addr.as_socket(), addr.as_pathname()) {
+            (Some(sa), _) => sa.to_string(),
+            (None, Some(path)) => format!("unix:{}", path.display()),
+            (None, None) => l.display.clone(),
+        },
+        Err(_) => l.display.clone(),
+    }
+}
+
+/// The default directory of control sockets (`/tmp/rgun-UID`, `$XDG_RUNTIME_DIR/rgun`)
+/// is made private to this user; an existing one must already be (owned by us, no
+/// access for others), since anyone could have made it in /tmp.
+fn private_dir_for(path: &std::path::Path, chosen: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = rgunctl::socket_path::default_socket_dir();
+    if chosen || path.parent() != Some(dir.as_path()) {
+        return Ok(());
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(&dir)
+        .with_context(|| format!("cannot inspect {}", dir.display()))?;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "{} is not a directory of ours that only we can use (uid {me}, mode 0700)",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// How many times an address in use is tried, a second apart, as Gunicorn does: a

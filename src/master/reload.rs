@@ -246,6 +246,8 @@ impl Arbiter {
             tracing::warn!("bind changes need a restart (or USR2); keeping the current sockets");
         }
         fresh.bind = self.cfg.bind.clone();
+        // The control socket stays where it was opened, as the listeners do.
+        fresh.control_socket = self.cfg.control_socket.clone();
         super::tls::load(&mut fresh).map_err(|e| ErrorBody::new(ErrorCode::Failed, e))?;
         Ok(fresh)
     }

@@ -10,13 +10,12 @@ use mio::Poll;
 use nix::sys::wait::{waitpid, WaitStatus};
 use serde_json::json;
 
-use super::listeners::bind_all;
+use super::listeners::{bind_all, open_control};
 use super::metrics::server::MetricsServer;
 use super::metrics::Ledger;
 use super::notify::Notifier;
 use super::{hooks, tls, upgrade, Arbiter, Phase, Totals, SIGNAL_TOKEN, UPGRADE_FROM_ENV};
 use crate::config::Config;
-use crate::control::ControlServer;
 use crate::python::Forked;
 use crate::scoreboard::Scoreboard;
 use crate::signals::SignalPipe;
@@ -149,14 +148,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     let notifier = Notifier::from_env();
     let poll = Poll::new()?;
     signals.register(poll.registry(), SIGNAL_TOKEN)?;
-    let control = match cfg.control_socket_path().filter(|_| !deferred_takeover) {
-        Some(path) => Some(ControlServer::bind(
-            &path,
-            cfg.control_socket_mode,
-            poll.registry(),
-        )?),
-        None => None,
-    };
+    let control = open_control(&mut cfg, &listeners, deferred_takeover, poll.registry())?;
 
     let metrics = match &cfg.observability.metrics_bind {
         Some(addr) => Some(MetricsServer::bind(addr, cfg.backlog, poll.registry())?),

@@ -530,6 +530,7 @@ impl Drop for Daemon {
 
 mod bad_input;
 mod commands;
+mod default_socket;
 mod reload;
 mod reload_config;
 mod reload_probe;
