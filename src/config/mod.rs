@@ -52,12 +52,13 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str =
 #[command(
     name = "rgun",
     version,
-    about = "A pre-fork HTTP server for Python WSGI applications (a drop-in Gunicorn replacement)",
+    about = "A pre-fork HTTP server for Python WSGI and ASGI applications (a drop-in Gunicorn replacement)",
     args_override_self = true
 )]
 pub struct Config {
-    /// The WSGI application: MODULE[:CALLABLE], e.g. `myproject.wsgi:application` or
-    /// `app:create_app()`. The callable defaults to `application`.
+    /// The application (WSGI; ASGI with -k asgi): MODULE[:CALLABLE], e.g.
+    /// `myproject.wsgi:application` or `app:create_app()`. The callable defaults to
+    /// `application`.
     #[arg(value_name = "MODULE:CALLABLE", default_value = "")]
     pub app: String,
 
