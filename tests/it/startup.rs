@@ -165,6 +165,53 @@ fn server_software_is_in_os_environ_as_in_gunicorn() {
     );
 }
 
+/// The environ keys Gunicorn sets that rgun does not, and why.
+const ENVIRON_KEYS_NOT_SET: [(&str, &str); 2] = [
+    (
+        "gunicorn.socket",
+        "the client socket belongs to rgun's event loop in Rust; there is no Python socket",
+    ),
+    ("wsgi.early_hints", "103 Early Hints are not sent (yet)"),
+];
+
+#[test]
+fn os_environ_and_environ_keys_are_gunicorns() {
+    // The review of what an application finds: every name in os.environ (at import
+    // and while serving) and in a request's environ, rgun's against Gunicorn's.
+    let rgun = ServerBuilder::new("environ_keys:application").start();
+    let gunicorn = ServerBuilder::new("environ_keys:application")
+        .gunicorn()
+        .start();
+    let path = "/a/b?c=d";
+    let (ours, theirs) = (rgun.get(path).json(), gunicorn.get(path).json());
+    let names = |v: &serde_json::Value, k: &str| -> std::collections::BTreeSet<String> {
+        v[k].as_array()
+            .unwrap_or_else(|| panic!("{k}: {v}"))
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect()
+    };
+    for key in ["import", "now"] {
+        assert_eq!(
+            names(&ours, key),
+            names(&theirs, key),
+            "os.environ at {key}"
+        );
+    }
+    let (ours, theirs) = (names(&ours, "environ"), names(&theirs, "environ"));
+    let extra: Vec<_> = ours.difference(&theirs).collect();
+    assert!(
+        extra.is_empty(),
+        "environ keys Gunicorn does not set: {extra:?}"
+    );
+    let missing: Vec<_> = theirs.difference(&ours).cloned().collect();
+    let known: Vec<String> = ENVIRON_KEYS_NOT_SET
+        .iter()
+        .map(|(k, _)| (*k).to_owned())
+        .collect();
+    assert_eq!(missing, known, "environ keys rgun does not set");
+}
+
 #[test]
 fn negative_numbers_after_a_space_are_range_errors_as_in_gunicorn() {
     // Regression: `--threads -1` read `-1` as an unknown flag ("unexpected argument").
