@@ -1,5 +1,6 @@
 //! Process hygiene, Gunicorn-style: daemon mode, the pidfile, the umask, and the
-//! privilege drop workers do before importing the application.
+//! privilege drop workers do before importing the application; what /proc says about a
+//! process (threads, resident memory).
 
 use std::path::{Path, PathBuf};
 
@@ -298,4 +299,28 @@ pub fn thread_count() -> usize {
                 .and_then(|n| n.trim().parse().ok())
         })
         .unwrap_or(1)
+}
+
+/// A process's resident memory in bytes, from /proc.
+pub fn rss_bytes(pid: i32) -> u64 {
+    rss_pages(pid) * page_size()
+}
+
+/// A process's resident memory in pages, from /proc (0 if it cannot tell).
+pub fn rss_pages(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The size of a memory page in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
 }

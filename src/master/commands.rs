@@ -75,18 +75,7 @@ impl Arbiter {
             Command::Config => Ok(Some(self.cfg.settings_json(self.target))),
             Command::History => Ok(Some(json!({"entries": self.history}))),
             Command::Metrics => Ok(Some(json!({"text": self.metrics_text()}))),
-            Command::Watch => {
-                if let Some(c) = self.control.as_mut() {
-                    c.subscribe(conn);
-                }
-                Ok(Some(json!({
-                    "time": (unix_now() * 1000.0).round() / 1000.0,
-                    "pid": std::process::id(),
-                    "generation": self.generation,
-                    "workers": self.workers.len(),
-                    "workers_target": self.target,
-                })))
-            }
+            Command::Watch => Ok(Some(self.watch(conn))),
             Command::ReopenLogs => {
                 self.reopen_logs();
                 Ok(Some(json!({})))
@@ -113,27 +102,7 @@ impl Arbiter {
             }
             Command::Kill { pid } => self.kill_worker(pid).map(Some),
             Command::Stack { pid } => self.request_stacks(conn, id.clone(), pid).map(|()| None),
-            Command::Scale { target, wait } => {
-                let previous = self.target;
-                let new = match target {
-                    ScaleTarget::Workers(n) => i64::from(n),
-                    ScaleTarget::Delta(d) => previous as i64 + i64::from(d),
-                };
-                if !(1..=i64::from(MAX_WORKERS)).contains(&new) {
-                    Err(ErrorBody::new(
-                        ErrorCode::BadRequest,
-                        format!("scale: {new} workers is out of range 1..={MAX_WORKERS}"),
-                    ))
-                } else {
-                    self.set_target(new as usize, trigger);
-                    if wait {
-                        self.scale_waiters.push((conn, id.clone(), previous));
-                        Ok(None)
-                    } else {
-                        Ok(Some(json!({"previous": previous, "target": new})))
-                    }
-                }
-            }
+            Command::Scale { target, wait } => self.scale(conn, &id, target, wait, trigger),
             Command::Reload { wait } => {
                 let waiter = wait.then(|| (conn, id.clone()));
                 match self.request_reload(trigger, waiter) {
@@ -153,6 +122,49 @@ impl Arbiter {
             Ok(Some(result)) => self.reply_ok(conn, &id, result),
             Ok(None) => {}
             Err(error) => self.reply_error(conn, &id, &error),
+        }
+    }
+
+    /// `watch`: the connection becomes a subscriber; the answer is where things stand.
+    fn watch(&mut self, conn: usize) -> Value {
+        if let Some(c) = self.control.as_mut() {
+            c.subscribe(conn);
+        }
+        json!({
+            "time": (unix_now() * 1000.0).round() / 1000.0,
+            "pid": std::process::id(),
+            "generation": self.generation,
+            "workers": self.workers.len(),
+            "workers_target": self.target,
+        })
+    }
+
+    /// `scale`: a new target (with `--wait`, answered once it is reached).
+    fn scale(
+        &mut self,
+        conn: usize,
+        id: &Value,
+        target: ScaleTarget,
+        wait: bool,
+        trigger: String,
+    ) -> Result<Option<Value>, ErrorBody> {
+        let previous = self.target;
+        let new = match target {
+            ScaleTarget::Workers(n) => i64::from(n),
+            ScaleTarget::Delta(d) => previous as i64 + i64::from(d),
+        };
+        if !(1..=i64::from(MAX_WORKERS)).contains(&new) {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("scale: {new} workers is out of range 1..={MAX_WORKERS}"),
+            ));
+        }
+        self.set_target(new as usize, trigger);
+        if wait {
+            self.scale_waiters.push((conn, id.clone(), previous));
+            Ok(None)
+        } else {
+            Ok(Some(json!({"previous": previous, "target": new})))
         }
     }
 
@@ -229,7 +241,7 @@ impl Arbiter {
 
     fn status(&self) -> Status {
         let now_ms = monotonic_ms();
-        let page = page_size();
+        let page = crate::process::page_size();
         let started_at = self
             .started_at
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -255,7 +267,7 @@ impl Arbiter {
                         .saturating_sub(slot.heartbeat_ms.load(Ordering::Relaxed))
                         as f64
                         / 1000.0,
-                    rss_bytes: rss_pages(w.pid.as_raw()) * page,
+                    rss_bytes: crate::process::rss_pages(w.pid.as_raw()) * page,
                     cpu_s: cpu_seconds(w.pid.as_raw()),
                 }
             })
@@ -317,40 +329,6 @@ fn result_value(value: serde_json::Result<Value>, command: &str) -> Result<Value
     })
 }
 
-/// A process's resident memory in bytes, from /proc.
-pub(super) fn rss_bytes(pid: i32) -> u64 {
-    rss_pages(pid) * page_size()
-}
-
-fn rss_pages(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
-        .unwrap_or(0)
-}
-
-/// A process's CPU time (user + system) in seconds, from /proc/PID/stat.
-fn cpu_seconds(pid: i32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name's closing parenthesis: state is field 3, utime 14, stime 15.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as u64
-    } else {
-        4096
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,4 +344,16 @@ mod tests {
             json!({"a": 1})
         );
     }
+}
+
+/// A process's CPU time (user + system) in seconds, from /proc/PID/stat.
+fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name's closing parenthesis: state is field 3, utime 14, stime 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }

@@ -45,70 +45,77 @@ pub fn bind_all(cfg: &Config) -> anyhow::Result<Vec<Listener>> {
     let mut out = Vec::new();
     for bind in cfg.binds() {
         match &bind {
-            BindAddress::Tcp(addr) => {
-                let addrs: Vec<_> = addr
-                    .to_socket_addrs()
-                    .with_context(|| format!("cannot resolve {addr}"))?
-                    .collect();
-                if addrs.is_empty() {
-                    bail!("{addr} resolves to no address");
-                }
-                for sa in addrs {
-                    let socket = Socket::new(Domain::for_address(sa), Type::STREAM, None)?;
-                    socket.set_reuse_address(true)?;
-                    if cfg.reuse_port {
-                        socket.set_reuse_port(true)?;
-                    }
-                    if sa.is_ipv6() {
-                        socket.set_only_v6(true)?;
-                    }
-                    bind_patiently(&socket, &sa.into(), &sa.to_string())?;
-                    socket.listen(cfg.backlog)?;
-                    socket.set_nonblocking(true)?;
-                    let local_addr = socket.local_addr()?.as_socket().unwrap_or(sa);
-                    out.push(Listener {
-                        socket,
-                        local: Local {
-                            name: local_addr.ip().to_string(),
-                            port: local_addr.port().to_string(),
-                        },
-                        display: format!("{scheme}://{local_addr}"),
-                        unix_path: None,
-                    });
-                }
-            }
-            BindAddress::Unix(path) => {
-                if let Ok(meta) = std::fs::symlink_metadata(path) {
-                    use std::os::unix::fs::FileTypeExt;
-                    if !meta.file_type().is_socket() {
-                        bail!(
-                            "cannot bind to unix:{}: the path exists and is not a socket",
-                            path.display()
-                        );
-                    }
-                    std::fs::remove_file(path).with_context(|| {
-                        format!("cannot remove stale socket {}", path.display())
-                    })?;
-                }
-                let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-                let name = format!("unix:{}", path.display());
-                bind_patiently(&socket, &SockAddr::unix(path)?, &name)?;
-                socket.listen(cfg.backlog)?;
-                socket.set_nonblocking(true)?;
-                out.push(Listener {
-                    socket,
-                    local: Local {
-                        name: "localhost".into(),
-                        port: String::new(),
-                    },
-                    display: format!("unix:{}", path.display()),
-                    unix_path: Some(path.clone()),
-                });
-            }
+            BindAddress::Tcp(addr) => out.extend(bind_tcp(cfg, addr, scheme)?),
+            BindAddress::Unix(path) => out.push(bind_unix(cfg, path)?),
             BindAddress::Fd(fd) => out.push(adopt_fd(*fd, cfg.backlog, format!("fd://{fd}"))?),
         }
     }
     Ok(out)
+}
+
+/// `HOST:PORT`: a listener on every address the name resolves to.
+fn bind_tcp(cfg: &Config, addr: &str, scheme: &str) -> anyhow::Result<Vec<Listener>> {
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {addr}"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("{addr} resolves to no address");
+    }
+    let mut out = Vec::new();
+    for sa in addrs {
+        let socket = Socket::new(Domain::for_address(sa), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        if cfg.reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        if sa.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        bind_patiently(&socket, &sa.into(), &sa.to_string())?;
+        socket.listen(cfg.backlog)?;
+        socket.set_nonblocking(true)?;
+        let local_addr = socket.local_addr()?.as_socket().unwrap_or(sa);
+        out.push(Listener {
+            socket,
+            local: Local {
+                name: local_addr.ip().to_string(),
+                port: local_addr.port().to_string(),
+            },
+            display: format!("{scheme}://{local_addr}"),
+            unix_path: None,
+        });
+    }
+    Ok(out)
+}
+
+/// `unix:PATH`, replacing a stale socket there (never another kind of file).
+fn bind_unix(cfg: &Config, path: &std::path::Path) -> anyhow::Result<Listener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            bail!(
+                "cannot bind to unix:{}: the path exists and is not a socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    let name = format!("unix:{}", path.display());
+    bind_patiently(&socket, &SockAddr::unix(path)?, &name)?;
+    socket.listen(cfg.backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(Listener {
+        socket,
+        local: Local {
+            name: "localhost".into(),
+            port: String::new(),
+        },
+        display: format!("unix:{}", path.display()),
+        unix_path: Some(path.to_path_buf()),
+    })
 }
 
 /// Opens the control socket (none with `--no-control-socket`, or yet for a new master

@@ -151,28 +151,7 @@ impl Arbiter {
 
     /// Starts booting the next generation.
     fn begin_reload(&mut self, trigger: String) -> Result<u32, ErrorBody> {
-        // As Gunicorn's HUP: the new generation gets the configuration as it is now
-        // (with --preload the new master reads it itself).
-        let (cfg, target, workers_changed) = if self.cfg.preload {
-            (None, self.target, false)
-        } else {
-            let fresh = self.reread_config()?;
-            let workers = fresh.worker_count().map_err(|e| {
-                ErrorBody::new(
-                    ErrorCode::Failed,
-                    format!("the configuration cannot be read: {e}"),
-                )
-            })?;
-            // A count set at run time (scale, TTIN/TTOU) stands until the configured
-            // one changes.
-            let changed = self.cfg.worker_count().ok() != Some(workers);
-            let target = if changed {
-                workers as usize
-            } else {
-                self.target
-            };
-            (Some(Box::new(fresh)), target, changed)
-        };
+        let (cfg, target, workers_changed) = self.next_config()?;
         let generation = self.generation + 1;
         self.call_hook("on_reload", json!({}));
         self.notifier.reloading();
@@ -221,6 +200,32 @@ impl Arbiter {
             }
         }
         Ok(generation)
+    }
+
+    /// As Gunicorn's HUP: the new generation gets the configuration as it is now (with
+    /// --preload the new master reads it itself). Returns it, the new generation's
+    /// worker count, and whether the configured count changed.
+    #[allow(clippy::type_complexity)]
+    fn next_config(&mut self) -> Result<(Option<Box<Config>>, usize, bool), ErrorBody> {
+        if self.cfg.preload {
+            return Ok((None, self.target, false));
+        }
+        let fresh = self.reread_config()?;
+        let workers = fresh.worker_count().map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::Failed,
+                format!("the configuration cannot be read: {e}"),
+            )
+        })?;
+        // A count set at run time (scale, TTIN/TTOU) stands until the configured
+        // one changes.
+        let changed = self.cfg.worker_count().ok() != Some(workers);
+        let target = if changed {
+            workers as usize
+        } else {
+            self.target
+        };
+        Ok((Some(Box::new(fresh)), target, changed))
     }
 
     /// Re-reads the configuration file, environment and command line for the next

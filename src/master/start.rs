@@ -16,6 +16,7 @@ use super::metrics::Ledger;
 use super::notify::Notifier;
 use super::{hooks, tls, upgrade, Arbiter, Phase, Totals, SIGNAL_TOKEN, UPGRADE_FROM_ENV};
 use crate::config::Config;
+use crate::control::ControlServer;
 use crate::python::Forked;
 use crate::scoreboard::Scoreboard;
 use crate::signals::SignalPipe;
@@ -70,7 +71,7 @@ fn preload(cfg: &Config) -> Result<crate::worker::Preloaded, String> {
             .and_then(|()| {
                 if asgi {
                     // The event loop is made in each worker, after fork.
-                    crate::wsgi::App::import_callable(py, &cfg.app)
+                    crate::loader::import_callable(py, &cfg.app)
                         .map(|c| Preloaded::Asgi(c.unbind()))
                 } else {
                     crate::wsgi::App::load(py, &cfg.app, cfg.threads > 1, workers > 1)
@@ -84,38 +85,8 @@ fn preload(cfg: &Config) -> Result<crate::worker::Preloaded, String> {
 /// Runs the server until it stops; returns the process exit status.
 pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     let (target, sized) = cfg.worker_count_explained().map_err(anyhow::Error::msg)?;
-    // SAFETY: umask only sets this process's creation mask.
-    unsafe { libc::umask(cfg.umask as libc::mode_t) };
-    let identity = crate::process::Identity::resolve(
-        cfg.user.as_deref(),
-        cfg.group.as_deref(),
-        cfg.initgroups,
-    )?;
-    if let Some(dir) = &cfg.chdir {
-        std::env::set_current_dir(dir)
-            .with_context(|| format!("cannot chdir to {}", dir.display()))?;
-    }
-    tls::load(&mut cfg).map_err(anyhow::Error::msg)?;
-    let mut hook_host = match hooks::HookHost::start(&cfg) {
-        Ok(host) => host,
-        Err(e) => {
-            tracing::error!(
-                "cannot start the hook host: {e:#}; the master hooks of {} will not run",
-                cfg.config.as_deref().unwrap_or("the configuration file")
-            );
-            None
-        }
-    };
-    if let Some(h) = hook_host.as_mut() {
-        // As Gunicorn: the worker count is set (from nothing) before on_starting.
-        let wait = &mut crate::config::file::poll_readable;
-        h.call(
-            "nworkers_changed",
-            json!({"new": target, "old": null}),
-            wait,
-        );
-        h.call("on_starting", json!({}), wait);
-    }
+    let identity = prepare_process(&mut cfg)?;
+    let hook_host = start_hook_host(&cfg, target);
     let listeners = bind_all(&cfg)?;
     let mut old_master = upgrade::pipe_to_old_master();
     let deferred_takeover = std::env::var_os(UPGRADE_FROM_ENV).is_some();
@@ -141,55 +112,21 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         None
     };
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
-    use signal_hook::consts::*;
-    let signals = SignalPipe::install(&[
-        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD,
-    ])?;
-    let notifier = Notifier::from_env();
-    let poll = Poll::new()?;
-    signals.register(poll.registry(), SIGNAL_TOKEN)?;
-    let control = open_control(&mut cfg, &listeners, deferred_takeover, poll.registry())?;
-
-    let metrics = match &cfg.observability.metrics_bind {
-        Some(addr) => Some(MetricsServer::bind(addr, cfg.backlog, poll.registry())?),
-        None => None,
-    };
+    let sockets = MasterSockets::open(&mut cfg, &listeners, deferred_takeover)?;
     crate::statsd::start(&cfg.observability);
     crate::syslog::start(&cfg.observability, cfg.proc_name());
-
-    crate::process::set_title(&format!("rgun: master [{}]", cfg.proc_name()));
-    tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
-    for l in &listeners {
-        tracing::info!("Listening at: {} ({})", l.display, std::process::id());
-    }
-    if let Some(c) = &control {
-        tracing::info!("Control socket: {}", c.path().display());
-    }
-    if let Some(m) = &metrics {
-        tracing::info!("Metrics at: {}", m.display);
-    }
-    if let Ok(old) = std::env::var(UPGRADE_FROM_ENV) {
-        tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");
-        std::env::remove_var(UPGRADE_FROM_ENV);
-    }
-    match cfg.worker_kind() {
-        crate::config::WorkerKind::Wsgi => {
-            tracing::info!("Using worker: rgun (threads: {})", cfg.threads)
-        }
-        crate::config::WorkerKind::Asgi => tracing::info!("Using worker: rgun asgi"),
-    }
+    log_start(&cfg, &listeners, &sockets);
     let memory_limit = log_sizing(&cfg, target, sized);
     let mut arbiter = Arbiter {
-        cfg,
         listeners,
         scoreboard,
-        poll,
-        signals,
-        control,
-        metrics,
+        poll: sockets.poll,
+        signals: sockets.signals,
+        control: sockets.control,
+        metrics: sockets.metrics,
         ledger: Ledger::default(),
         gauges_sent: Instant::now(),
-        notifier,
+        notifier: Notifier::from_env(),
         identity,
         pidfile,
         upgraded_to: None,
@@ -224,10 +161,116 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         next_spawn: Instant::now(),
         threads_warned: 1,
         exit_code: 0,
+        cfg,
     };
     arbiter.call_hook("when_ready", json!({}));
     arbiter.run();
     Ok(arbiter.exit_code)
+}
+
+/// What applies to the whole process before anything is opened: the umask, the
+/// user to become (resolved, applied by each worker), `--chdir`, the TLS files.
+fn prepare_process(cfg: &mut Config) -> anyhow::Result<crate::process::Identity> {
+    // SAFETY: umask only sets this process's creation mask.
+    unsafe { libc::umask(cfg.umask as libc::mode_t) };
+    let identity = crate::process::Identity::resolve(
+        cfg.user.as_deref(),
+        cfg.group.as_deref(),
+        cfg.initgroups,
+    )?;
+    if let Some(dir) = &cfg.chdir {
+        std::env::set_current_dir(dir)
+            .with_context(|| format!("cannot chdir to {}", dir.display()))?;
+    }
+    tls::load(cfg).map_err(anyhow::Error::msg)?;
+    Ok(identity)
+}
+
+/// The master hooks' host, after `nworkers_changed` and `on_starting` ran in it; `None`
+/// when there are no hooks or it could not start (logged: the server runs without).
+fn start_hook_host(cfg: &Config, target: u32) -> Option<hooks::HookHost> {
+    let mut hook_host = match hooks::HookHost::start(cfg) {
+        Ok(host) => host,
+        Err(e) => {
+            tracing::error!(
+                "cannot start the hook host: {e:#}; the master hooks of {} will not run",
+                cfg.config.as_deref().unwrap_or("the configuration file")
+            );
+            None
+        }
+    };
+    if let Some(h) = hook_host.as_mut() {
+        // As Gunicorn: the worker count is set (from nothing) before on_starting.
+        let wait = &mut crate::config::file::poll_readable;
+        h.call(
+            "nworkers_changed",
+            json!({"new": target, "old": null}),
+            wait,
+        );
+        h.call("on_starting", json!({}), wait);
+    }
+    hook_host
+}
+
+/// The master's own descriptors in its poll: the signal pipe, the control socket (not
+/// yet for an upgraded master, which takes it over later) and `--metrics-bind`.
+struct MasterSockets {
+    poll: Poll,
+    signals: SignalPipe,
+    control: Option<ControlServer>,
+    metrics: Option<MetricsServer>,
+}
+
+impl MasterSockets {
+    fn open(
+        cfg: &mut Config,
+        listeners: &[crate::net::Listener],
+        deferred_takeover: bool,
+    ) -> anyhow::Result<MasterSockets> {
+        use signal_hook::consts::*;
+        let signals = SignalPipe::install(&[
+            SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD,
+        ])?;
+        let poll = Poll::new()?;
+        signals.register(poll.registry(), SIGNAL_TOKEN)?;
+        let control = open_control(cfg, listeners, deferred_takeover, poll.registry())?;
+        let metrics = match &cfg.observability.metrics_bind {
+            Some(addr) => Some(MetricsServer::bind(addr, cfg.backlog, poll.registry())?),
+            None => None,
+        };
+        Ok(MasterSockets {
+            poll,
+            signals,
+            control,
+            metrics,
+        })
+    }
+}
+
+/// Gunicorn's start-up lines: version, listeners, worker class (and ours: the control
+/// and metrics sockets, the master this one upgraded from).
+fn log_start(cfg: &Config, listeners: &[crate::net::Listener], sockets: &MasterSockets) {
+    crate::process::set_title(&format!("rgun: master [{}]", cfg.proc_name()));
+    tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
+    for l in listeners {
+        tracing::info!("Listening at: {} ({})", l.display, std::process::id());
+    }
+    if let Some(c) = &sockets.control {
+        tracing::info!("Control socket: {}", c.path().display());
+    }
+    if let Some(m) = &sockets.metrics {
+        tracing::info!("Metrics at: {}", m.display);
+    }
+    if let Ok(old) = std::env::var(UPGRADE_FROM_ENV) {
+        tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");
+        std::env::remove_var(UPGRADE_FROM_ENV);
+    }
+    match cfg.worker_kind() {
+        crate::config::WorkerKind::Wsgi => {
+            tracing::info!("Using worker: rgun (threads: {})", cfg.threads)
+        }
+        crate::config::WorkerKind::Asgi => tracing::info!("Using worker: rgun asgi"),
+    }
 }
 
 /// Says how `workers = "auto"` and `--max-worker-rss auto` were derived; returns the

@@ -18,9 +18,7 @@ use crate::config::MaxWorkerRss;
 use crate::python::Forked;
 use serde_json::json;
 
-use super::{
-    commands, describe_exit, Arbiter, ExitReason, Phase, WorkerProc, ABORT_GRACE, MAX_BACKOFF,
-};
+use super::{describe_exit, Arbiter, ExitReason, Phase, WorkerProc, ABORT_GRACE, MAX_BACKOFF};
 use crate::worker::{self, exit, WorkerInit};
 
 impl Arbiter {
@@ -91,7 +89,7 @@ impl Arbiter {
             .workers
             .values()
             .filter(|w| w.ready && !w.retiring && w.generation == self.generation)
-            .map(|w| (w.slot, w.pid, commands::rss_bytes(w.pid.as_raw())))
+            .map(|w| (w.slot, w.pid, crate::process::rss_bytes(w.pid.as_raw())))
             .filter(|(_, _, rss)| *rss > limit)
             .collect();
         for (slot, pid, rss) in bloated {
@@ -137,19 +135,7 @@ impl Arbiter {
             json!({"worker": {"pid": null, "age": self.totals.spawned}}),
         );
         // After the hook: while it ran, the control socket may have accepted clients.
-        let mut master_fds: Vec<i32> = self.workers.values().map(|w| w.pipe.as_raw_fd()).collect();
-        master_fds.push(master_end.as_raw_fd());
-        master_fds.extend(self.signals.fds());
-        master_fds.push(self.poll.as_raw_fd());
-        if let Some(c) = &self.control {
-            master_fds.extend(c.fds());
-        }
-        if let Some(h) = &self.hooks {
-            master_fds.extend(h.fds());
-        }
-        if let Some(m) = &self.metrics {
-            master_fds.extend(m.fds());
-        }
+        let master_fds = self.master_fds(&master_end);
         // SAFETY: the master is single-threaded, so the child inherits no lock held by
         // another thread; the child only runs `worker::run`, which never returns.
         let master_pid = nix::unistd::getpid();
@@ -168,7 +154,7 @@ impl Arbiter {
                 peers: crate::scoreboard::Peers::new(self.scoreboard, slot),
                 to_master: worker_end,
                 master_signals: self.signals.ids(),
-                signals,
+                signals: Some(signals),
                 identity: &self.identity,
                 age: self.totals.spawned,
                 preloaded: self.preloaded.as_ref(),
@@ -176,49 +162,80 @@ impl Arbiter {
             }),
             Forked::Parent(child) => {
                 drop(worker_end);
-                self.scoreboard.assign(slot, child.as_raw());
-                // Into the table first: whatever happens next, the master tracks (and
-                // reaps) every worker it forked.
-                let registered = self.poll.registry().register(
-                    &mut SourceFd(&master_end.as_raw_fd()),
-                    Token(slot),
-                    Interest::READABLE,
-                );
-                self.workers.insert(
-                    slot,
-                    WorkerProc {
-                        pid: child,
-                        slot,
-                        generation,
-                        pipe: master_end,
-                        inbox: Vec::new(),
-                        ready: false,
-                        spawned: Instant::now(),
-                        retiring: false,
-                        age: self.totals.spawned,
-                        aborted: None,
-                        leaving: None,
-                    },
-                );
-                self.totals.spawned += 1;
-                if let Err(e) = registered {
-                    // Its ready message could never be read: stop it (it is reaped
-                    // like any other) rather than leave it half-known.
-                    tracing::error!("cannot watch worker {child}'s pipe: {e}; stopping it");
-                    if let Some(w) = self.workers.get_mut(&slot) {
-                        w.retiring = true;
-                    }
-                    let _ = kill(child, Signal::SIGKILL);
-                    return Err(anyhow::Error::new(e).context("cannot watch a new worker"));
-                }
-                tracing::debug!("spawned worker {child} (generation {generation}) in slot {slot}");
-                self.emit(
-                    "worker_spawned",
-                    json!({"pid": child.as_raw(), "generation": generation, "slot": slot}),
-                );
-                Ok(())
+                self.adopt_worker(slot, child, generation, master_end)
             }
         }
+    }
+
+    /// The master's own descriptors, which a worker closes right after fork: every
+    /// worker's pipe (and the new one's master end), the signal pipe, the poll, the
+    /// control, hook and metrics sockets.
+    fn master_fds(&self, master_end: &UnixStream) -> Vec<i32> {
+        let mut master_fds: Vec<i32> = self.workers.values().map(|w| w.pipe.as_raw_fd()).collect();
+        master_fds.push(master_end.as_raw_fd());
+        master_fds.extend(self.signals.fds());
+        master_fds.push(self.poll.as_raw_fd());
+        if let Some(c) = &self.control {
+            master_fds.extend(c.fds());
+        }
+        if let Some(h) = &self.hooks {
+            master_fds.extend(h.fds());
+        }
+        if let Some(m) = &self.metrics {
+            master_fds.extend(m.fds());
+        }
+        master_fds
+    }
+
+    /// A worker just forked: into the scoreboard, the table and the poll.
+    fn adopt_worker(
+        &mut self,
+        slot: usize,
+        child: Pid,
+        generation: u32,
+        master_end: UnixStream,
+    ) -> anyhow::Result<()> {
+        self.scoreboard.assign(slot, child.as_raw());
+        // Into the table first: whatever happens next, the master tracks (and
+        // reaps) every worker it forked.
+        let registered = self.poll.registry().register(
+            &mut SourceFd(&master_end.as_raw_fd()),
+            Token(slot),
+            Interest::READABLE,
+        );
+        self.workers.insert(
+            slot,
+            WorkerProc {
+                pid: child,
+                slot,
+                generation,
+                pipe: master_end,
+                inbox: Vec::new(),
+                ready: false,
+                spawned: Instant::now(),
+                retiring: false,
+                age: self.totals.spawned,
+                aborted: None,
+                leaving: None,
+            },
+        );
+        self.totals.spawned += 1;
+        if let Err(e) = registered {
+            // Its ready message could never be read: stop it (it is reaped
+            // like any other) rather than leave it half-known.
+            tracing::error!("cannot watch worker {child}'s pipe: {e}; stopping it");
+            if let Some(w) = self.workers.get_mut(&slot) {
+                w.retiring = true;
+            }
+            let _ = kill(child, Signal::SIGKILL);
+            return Err(anyhow::Error::new(e).context("cannot watch a new worker"));
+        }
+        tracing::debug!("spawned worker {child} (generation {generation}) in slot {slot}");
+        self.emit(
+            "worker_spawned",
+            json!({"pid": child.as_raw(), "generation": generation, "slot": slot}),
+        );
+        Ok(())
     }
 
     /// `--preload`: importing the application may have started threads (APM agents,
@@ -294,20 +311,7 @@ impl Arbiter {
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
                 _ => continue,
             };
-            if self.hooks.as_ref().is_some_and(|h| h.pid == pid) {
-                tracing::error!(
-                    "the hook host exited ({code:?}, {signal:?}); master hooks will not run"
-                );
-                self.hooks = None;
-                continue;
-            }
-            if self.upgraded_to == Some(pid.as_raw() as u32) {
-                tracing::warn!("the new master {pid} has exited; this master may upgrade again");
-                self.upgraded_to = None;
-                continue;
-            }
-            if self.is_upgrade_child(pid) {
-                self.on_new_master_exited(code);
+            if self.reap_helper(pid, code, signal) {
                 continue;
             }
             let Some(slot) = self
@@ -321,91 +325,144 @@ impl Arbiter {
                 tracing::debug!("reaped process {pid}, not a worker ({code:?}, {signal:?})");
                 continue;
             };
-            let mut w = self.workers.remove(&slot).expect("present");
-            self.read_remaining(&mut w);
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
-            self.totals.requests_of_exited += self
-                .scoreboard
-                .slot(slot)
-                .requests
-                .load(std::sync::atomic::Ordering::Relaxed);
-            self.totals.exited += 1;
-            let reason = self.exit_reason(&w, code);
-            self.ledger
-                .retire_slot(slot, self.scoreboard.slot(slot), reason);
-            self.emit(
-                "worker_exited",
-                json!({
-                    "pid": pid.as_raw(),
-                    "generation": w.generation,
-                    "reason": reason.label(),
-                    "code": code,
-                    "signal": signal.map(|s| s.as_str()),
-                }),
+            let (w, boot_error) = self.forget_worker(slot, code, signal);
+            self.log_worker_exit(&w, code, signal);
+            self.judge_exit(&w, code, signal, boot_error);
+        }
+    }
+
+    /// A child of the master that is not a worker: the hook host, a new master after
+    /// an upgrade, or one still starting. `false` when `pid` is none of them.
+    fn reap_helper(&mut self, pid: Pid, code: Option<i32>, signal: Option<Signal>) -> bool {
+        if self.hooks.as_ref().is_some_and(|h| h.pid == pid) {
+            tracing::error!(
+                "the hook host exited ({code:?}, {signal:?}); master hooks will not run"
             );
-            self.scoreboard.release(slot);
-            self.call_hook(
-                "child_exit",
-                json!({"worker": {"pid": pid.as_raw(), "age": w.age}}),
+            self.hooks = None;
+            return true;
+        }
+        if self.upgraded_to == Some(pid.as_raw() as u32) {
+            tracing::warn!("the new master {pid} has exited; this master may upgrade again");
+            self.upgraded_to = None;
+            return true;
+        }
+        if self.is_upgrade_child(pid) {
+            self.on_new_master_exited(code);
+            return true;
+        }
+        false
+    }
+
+    /// Takes an exited worker out of the table, the poll and its scoreboard slot, with
+    /// its tallies kept in the ledger, the `worker_exited` event and `child_exit`.
+    /// Returns it with the boot error it reported, if any (logged here).
+    fn forget_worker(
+        &mut self,
+        slot: usize,
+        code: Option<i32>,
+        signal: Option<Signal>,
+    ) -> (WorkerProc, Option<String>) {
+        let mut w = self.workers.remove(&slot).expect("present");
+        self.read_remaining(&mut w);
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&w.pipe.as_raw_fd()));
+        self.totals.requests_of_exited += self
+            .scoreboard
+            .slot(slot)
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.totals.exited += 1;
+        let reason = self.exit_reason(&w, code);
+        self.ledger
+            .retire_slot(slot, self.scoreboard.slot(slot), reason);
+        self.emit(
+            "worker_exited",
+            json!({
+                "pid": w.pid.as_raw(),
+                "generation": w.generation,
+                "reason": reason.label(),
+                "code": code,
+                "signal": signal.map(|s| s.as_str()),
+            }),
+        );
+        self.scoreboard.release(slot);
+        self.call_hook(
+            "child_exit",
+            json!({"worker": {"pid": w.pid.as_raw(), "age": w.age}}),
+        );
+        let boot_error = (w.inbox.first() == Some(&b'E'))
+            .then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
+        if let Some(text) = &boot_error {
+            tracing::error!("{text}");
+        }
+        (w, boot_error)
+    }
+
+    /// Gunicorn's line for a worker's exit: quiet when it was asked to go.
+    fn log_worker_exit(&self, w: &WorkerProc, code: Option<i32>, signal: Option<Signal>) {
+        let pid = w.pid;
+        let asked = matches!(self.phase, Phase::Stopping { .. }) || w.retiring;
+        match (code, signal) {
+            (Some(0), _) if asked => tracing::debug!("worker {pid} exited"),
+            (Some(0), _) => tracing::info!("Worker exiting (pid: {pid})"),
+            (Some(c), _) => tracing::error!("Worker (pid:{pid}) exited with code {c}"),
+            (_, Some(sig)) if asked && sig == Signal::SIGKILL => {
+                tracing::warn!("Worker (pid:{pid}) was killed")
+            }
+            (_, Some(sig)) => tracing::error!("Worker (pid:{pid}) was sent {sig}!"),
+            _ => {}
+        }
+    }
+
+    /// What an exit means for the server: a reload whose worker died booting fails; a
+    /// boot failure while starting stops the server; an early crash backs off.
+    fn judge_exit(
+        &mut self,
+        w: &WorkerProc,
+        code: Option<i32>,
+        signal: Option<Signal>,
+        boot_error: Option<String>,
+    ) {
+        if matches!(self.phase, Phase::Stopping { .. }) {
+            return;
+        }
+        if self
+            .reload
+            .as_ref()
+            .is_some_and(|r| r.generation == w.generation)
+            && !w.ready
+            && !w.retiring
+        {
+            self.new_worker_died(w, code, signal, boot_error);
+            return;
+        }
+        let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
+        self.boot_failing |= failed_boot && w.generation == self.generation;
+        if failed_boot && self.phase == Phase::Starting {
+            let reason = if code == Some(exit::APP_LOAD_ERROR) {
+                "App failed to load."
+            } else {
+                "Worker failed to boot."
+            };
+            tracing::error!("Shutting down: {reason}");
+            self.exit_code = code.unwrap_or(1);
+            self.begin_stop(false);
+            return;
+        }
+        // A clean exit (max-requests, a retired worker) is not a crash. One that never
+        // became ready is a crash loop in the making; one that served is replaced
+        // at once, as Gunicorn does.
+        let crashed = code != Some(0) && !w.retiring;
+        if failed_boot || (crashed && !w.ready) {
+            self.note_failure();
+            tracing::warn!(
+                "Worker failed early; next spawn in {:.1}s",
+                self.next_spawn
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
             );
-            let boot_error = (w.inbox.first() == Some(&b'E'))
-                .then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
-            if let Some(text) = &boot_error {
-                tracing::error!("{text}");
-            }
-            let stopping = matches!(self.phase, Phase::Stopping { .. });
-            match (code, signal) {
-                (Some(0), _) if stopping || w.retiring => tracing::debug!("worker {pid} exited"),
-                (Some(0), _) => tracing::info!("Worker exiting (pid: {pid})"),
-                (Some(c), _) => tracing::error!("Worker (pid:{pid}) exited with code {c}"),
-                (_, Some(sig)) if (stopping || w.retiring) && sig == Signal::SIGKILL => {
-                    tracing::warn!("Worker (pid:{pid}) was killed")
-                }
-                (_, Some(sig)) => tracing::error!("Worker (pid:{pid}) was sent {sig}!"),
-                _ => {}
-            }
-            if stopping {
-                continue;
-            }
-            if self
-                .reload
-                .as_ref()
-                .is_some_and(|r| r.generation == w.generation)
-                && !w.ready
-                && !w.retiring
-            {
-                self.new_worker_died(&w, code, signal, boot_error);
-                continue;
-            }
-            let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
-            self.boot_failing |= failed_boot && w.generation == self.generation;
-            if failed_boot && self.phase == Phase::Starting {
-                let reason = if code == Some(exit::APP_LOAD_ERROR) {
-                    "App failed to load."
-                } else {
-                    "Worker failed to boot."
-                };
-                tracing::error!("Shutting down: {reason}");
-                self.exit_code = code.unwrap_or(1);
-                self.begin_stop(false);
-                continue;
-            }
-            // A clean exit (max-requests, a retired worker) is not a crash. One that never
-            // became ready is a crash loop in the making; one that served is replaced
-            // at once, as Gunicorn does.
-            let crashed = code != Some(0) && !w.retiring;
-            if failed_boot || (crashed && !w.ready) {
-                self.note_failure();
-                tracing::warn!(
-                    "Worker failed early; next spawn in {:.1}s",
-                    self.next_spawn
-                        .saturating_duration_since(Instant::now())
-                        .as_secs_f64()
-                );
-            }
         }
     }
 

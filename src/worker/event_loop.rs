@@ -297,7 +297,6 @@ impl<'a> EventLoop<'a> {
     }
 
     fn accept_batch(&mut self, exec: Exec<'_>, index: usize) {
-        let listener = &self.listening.listeners()[index];
         // Bounded, so one busy listener cannot starve the rest of the loop; the
         // listener is level-triggered and wakes us again for what is left. Beyond the
         // first connection, only while no other worker holds fewer: a burst of new
@@ -309,20 +308,10 @@ impl<'a> EventLoop<'a> {
             if taken > 0 && self.listening.lead(self.open) > 0 {
                 return;
             }
-            if self.open >= self.shared.settings.max_connections {
-                // At the limit, make room only for a client that is there: after the
-                // last one of a burst, evicting would close an idle connection (or
-                // back off) for nobody.
-                if !self.listening.clients_waiting() {
-                    return;
-                }
-                if !self.evict_idle() {
-                    // Leave the rest in the kernel's backlog until a connection frees up.
-                    self.listening.back_off(&self.poll);
-                    return;
-                }
+            if self.open >= self.shared.settings.max_connections && !self.make_room() {
+                return;
             }
-            let (sock, addr) = match listener.socket.accept() {
+            let (sock, addr) = match self.listening.listeners()[index].socket.accept() {
                 Ok(pair) => {
                     self.shared.slot.accept_worked();
                     pair
@@ -335,87 +324,120 @@ impl<'a> EventLoop<'a> {
                 // The client gave up while in the backlog: the next one may be fine.
                 Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
                 Err(e) => {
-                    match e.raw_os_error() {
-                        Some(
-                            errno @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM),
-                        ) => {
-                            // The master logs the episode once, not each retry.
-                            self.shared.slot.accept_failed(errno);
-                            self.listening.back_off(&self.poll);
-                        }
-                        _ => tracing::debug!("accept failed: {e}"),
-                    }
+                    self.accept_failed(&e);
                     return;
                 }
             };
-            if sock.set_nonblocking(true).is_err() {
-                continue;
+            if let Some(conn) = self.open_conn(index, sock, &addr) {
+                self.admit(exec, conn);
             }
-            let settings = &self.shared.settings;
-            let proxy = match addr.as_socket() {
-                Some(sa) if !settings.proxy_allow_from.allows(sa.ip()) => None,
-                _ if settings.proxy_mode == crate::http::proxy::ProxyMode::Off => None,
-                _ => Some(settings.proxy_mode),
-            };
-            let peer = match addr.as_socket() {
-                Some(sa) => {
-                    let _ = sock.set_nodelay(true);
-                    Peer {
-                        addr: sa.ip().to_canonical().to_string(),
-                        port: sa.port().to_string(),
-                        trusted: self.shared.settings.forwarded_allow_ips.allows(sa.ip()),
-                    }
-                }
-                None => Peer {
-                    addr: String::new(),
-                    port: String::new(),
-                    trusted: true,
-                },
-            };
-            let transport = match &self.shared.settings.tls {
-                Some(tls) => match Transport::tls(sock, tls) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::error!("cannot start a TLS session: {e}");
-                        continue;
-                    }
-                },
-                None => Transport::new(sock),
-            };
-            let mut conn = Conn::new(
-                transport,
-                peer,
-                proxy,
-                Arc::clone(&self.locals[index]),
-                self.shared.settings.request_timeout,
-            );
-            let key = match self.free.pop() {
-                Some(k) => k,
-                None => {
-                    self.conns.push(None);
-                    self.conns.len() - 1
-                }
-            };
-            conn.key = key;
-            let interest = Interest::READABLE;
-            if self
-                .poll
-                .registry()
-                .register(&mut SourceFd(&conn.fd()), Token(key), interest)
-                .is_err()
-            {
-                self.free.push(key);
-                continue;
-            }
-            self.conns[key] = Some(conn);
-            self.open += 1;
-            self.publish_open();
-            self.shared
-                .slot
-                .accepted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.drive(exec, key, Input::Event);
         }
+    }
+
+    /// At `--worker-connections`: room for a client that is there (after the last one
+    /// of a burst, evicting would close an idle connection, or back off, for nobody).
+    /// `false` leaves the rest in the kernel's backlog until a connection frees up.
+    fn make_room(&mut self) -> bool {
+        if !self.listening.clients_waiting() {
+            return false;
+        }
+        if !self.evict_idle() {
+            self.listening.back_off(&self.poll);
+            return false;
+        }
+        true
+    }
+
+    /// Out of descriptors or memory: pause accepting for a while; anything else is the
+    /// one client's problem.
+    fn accept_failed(&mut self, e: &std::io::Error) {
+        match e.raw_os_error() {
+            Some(errno @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                // The master logs the episode once, not each retry.
+                self.shared.slot.accept_failed(errno);
+                self.listening.back_off(&self.poll);
+            }
+            _ => tracing::debug!("accept failed: {e}"),
+        }
+    }
+
+    /// A new client's connection: who it is (a trusted proxy's PROXY header expected?
+    /// `--forwarded-allow-ips`?), over TLS or not. `None` when it cannot be served.
+    fn open_conn(
+        &self,
+        index: usize,
+        sock: socket2::Socket,
+        addr: &socket2::SockAddr,
+    ) -> Option<Conn> {
+        sock.set_nonblocking(true).ok()?;
+        let settings = &self.shared.settings;
+        let proxy = match addr.as_socket() {
+            Some(sa) if !settings.proxy_allow_from.allows(sa.ip()) => None,
+            _ if settings.proxy_mode == crate::http::proxy::ProxyMode::Off => None,
+            _ => Some(settings.proxy_mode),
+        };
+        let peer = match addr.as_socket() {
+            Some(sa) => {
+                let _ = sock.set_nodelay(true);
+                Peer {
+                    addr: sa.ip().to_canonical().to_string(),
+                    port: sa.port().to_string(),
+                    trusted: settings.forwarded_allow_ips.allows(sa.ip()),
+                }
+            }
+            None => Peer {
+                addr: String::new(),
+                port: String::new(),
+                trusted: true,
+            },
+        };
+        let transport = match &settings.tls {
+            Some(tls) => match Transport::tls(sock, tls) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!("cannot start a TLS session: {e}");
+                    return None;
+                }
+            },
+            None => Transport::new(sock),
+        };
+        Some(Conn::new(
+            transport,
+            peer,
+            proxy,
+            Arc::clone(&self.locals[index]),
+            settings.request_timeout,
+        ))
+    }
+
+    /// A connection into the table and the poll, counted, and driven at once (its
+    /// request may already be there).
+    fn admit(&mut self, exec: Exec<'_>, mut conn: Conn) {
+        let key = match self.free.pop() {
+            Some(k) => k,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        conn.key = key;
+        if self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&conn.fd()), Token(key), Interest::READABLE)
+            .is_err()
+        {
+            self.free.push(key);
+            return;
+        }
+        self.conns[key] = Some(conn);
+        self.open += 1;
+        self.publish_open();
+        self.shared
+            .slot
+            .accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.drive(exec, key, Input::Event);
     }
 
     fn drive(&mut self, exec: Exec<'_>, key: usize, input: Input) {

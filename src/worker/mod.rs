@@ -189,8 +189,8 @@ pub struct WorkerInit<'a> {
     pub to_master: UnixStream,
     pub master_signals: Vec<signal_hook::SigId>,
     /// The master's signal mask before it blocked every signal around fork; restored
-    /// once the worker's own handlers are in place.
-    pub signals: crate::python::BlockedSignals,
+    /// once the worker's own handlers are in place (taken then).
+    pub signals: Option<crate::python::BlockedSignals>,
     /// Who to become before importing the application.
     pub identity: &'a crate::process::Identity,
     /// How many workers the master had spawned before this one (Gunicorn's `age`).
@@ -210,7 +210,7 @@ pub fn check_app(cfg: &Config) -> i32 {
                 .worker_kind()
             {
                 WorkerKind::Wsgi => App::load(py, &cfg.app, cfg.threads > 1, true).map(drop),
-                WorkerKind::Asgi => App::import_callable(py, &cfg.app).map(drop),
+                WorkerKind::Asgi => crate::loader::import_callable(py, &cfg.app).map(drop),
             });
         match loaded {
             Ok(_) => 0,
@@ -236,13 +236,47 @@ pub fn run(init: WorkerInit<'_>) -> ! {
     std::process::exit(code);
 }
 
+/// After fork: take the process over from the master, load the application, open
+/// what the loop needs, tell the master we are ready, serve until stopped.
 fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
+    let cfg = init.cfg;
+    let signals = take_over_process(&mut init)?;
+    let service = Arc::new(load_service(&mut init)?);
+    let access_log = open_access_log(cfg)
+        .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?;
+    let shared = Arc::new(Shared {
+        settings: Settings::from_config(cfg),
+        lanes: abort::Lanes::new(cfg.threads as usize, init.slot),
+        slot: init.slot,
+        peers: init.peers,
+        access_log: access_log.map(Mutex::new),
+        served: AtomicU64::new(0),
+        stopping: AtomicBool::new(false),
+    });
+    let mut worker = start_loop(&mut init, signals, &shared, &service)?;
+    init.slot.set_state(WorkerState::Idle);
+    init.slot.heartbeat();
+    if init.to_master.write_all(b"R\n").is_err() {
+        return Err(exit::BOOT_ERROR);
+    }
+    serve(&mut worker, &service, cfg);
+    if let Some(h) = &service.hooks {
+        Python::with_gil(|py| h.call(py, "worker_exit", Vec::new()));
+    }
+    Ok(())
+}
+
+/// The process-wide part of the set-up: the master's signal handlers go and ours come,
+/// the statsd and syslog senders, dying with the master, the environment (`-e`), the
+/// descriptor limit and the user to run as. Returns this worker's signal pipe.
+fn take_over_process(init: &mut WorkerInit<'_>) -> Result<SignalPipe, i32> {
     for id in init.master_signals.drain(..) {
         signal_hook::low_level::unregister(id);
     }
+    let cfg = init.cfg;
     // This worker's own statsd and syslog senders (the master's, inherited, close).
-    crate::statsd::start(&init.cfg.observability);
-    crate::syslog::start(&init.cfg.observability, init.cfg.proc_name());
+    crate::statsd::start(&cfg.observability);
+    crate::syslog::start(&cfg.observability, cfg.proc_name());
     // Die with the master (SIGTERM: finish what is in flight); if it is already gone,
     // stop now rather than serve as an orphan.
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
@@ -250,7 +284,6 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     if nix::unistd::getppid() != init.master_pid {
         return Err(exit::BOOT_ERROR);
     }
-    let cfg = init.cfg;
     crate::process::set_title(&format!("rgun: worker [{}]", cfg.proc_name()));
     // Before anything of the application runs, as in Gunicorn.
     tracing::info!("Booting worker with pid: {}", std::process::id());
@@ -270,7 +303,9 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     // Signals were blocked since before fork: a TERM sent to a worker that was just
     // forked (`scale +1` then `scale -1`) is delivered now, to the worker's handler,
     // instead of to the master's inherited one, which would have lost it.
-    init.signals.release();
+    if let Some(blocked) = init.signals.take() {
+        blocked.release();
+    }
     Python::with_gil(|py| crate::python::set_environ(py, &cfg.env)).map_err(|e| {
         boot_failure(
             &mut init.to_master,
@@ -279,7 +314,6 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         )
     })?;
     raise_fd_limit();
-    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     if let Err(e) = init.identity.drop_privileges() {
         return Err(boot_failure(
             &mut init.to_master,
@@ -287,32 +321,22 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             exit::BOOT_ERROR,
         ));
     }
-    let workers = cfg.worker_count().unwrap_or(1);
-    let age = init.age;
+    Ok(signals)
+}
+
+/// The application and the server hooks (`post_fork`, `post_worker_init` run here),
+/// then an ASGI application's lifespan startup and the `--reload-probe` request.
+fn load_service(init: &mut WorkerInit<'_>) -> Result<Service, i32> {
+    let cfg = init.cfg;
     let loaded = Python::with_gil(|py| {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
         crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())?;
         loggers::set_up(py, cfg)?;
-        let hooks = crate::hooks::Hooks::load(py, cfg, age)?;
+        let hooks = crate::hooks::Hooks::load(py, cfg, init.age)?;
         if let Some(h) = &hooks {
             h.call(py, "post_fork", Vec::new());
         }
-        let app = match (cfg.worker_kind(), init.preloaded) {
-            (WorkerKind::Wsgi, Some(Preloaded::Wsgi(app))) => Application::Wsgi(app.clone_ref(py)),
-            (WorkerKind::Wsgi, _) => {
-                Application::Wsgi(App::load(py, &cfg.app, cfg.threads > 1, workers > 1)?)
-            }
-            (WorkerKind::Asgi, preloaded) => Application::Asgi(AsgiApp::new(
-                py,
-                match preloaded {
-                    Some(Preloaded::Asgi(callable)) => callable.bind(py).clone(),
-                    _ => App::import_callable(py, &cfg.app)?,
-                },
-                &cfg.root_path,
-                &cfg.asgi_loop,
-                cfg.websocket_max_message_size,
-                Duration::from_secs(cfg.asgi_disconnect_grace_period),
-            )?),
-        };
+        let app = load_app(py, cfg, init.preloaded)?;
         if let Some(h) = &hooks {
             h.call(py, "post_worker_init", Vec::new());
         }
@@ -320,10 +344,10 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         // cyclic collector's way, so full collections stay short (and pages shared
         // with a --preload master are not dirtied by GC bookkeeping).
         py.import("gc")?.call_method0("freeze")?;
-        Ok::<_, PyErr>((app, hooks))
+        Ok::<_, PyErr>(Service { app, hooks })
     });
-    let (mut app, hooks) = match loaded {
-        Ok(pair) => pair,
+    let mut service = match loaded {
+        Ok(service) => service,
         Err(e) => {
             let text = Python::with_gil(|py| crate::python::format_exception(py, &e));
             return Err(boot_failure(
@@ -333,13 +357,13 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             ));
         }
     };
-    if let Application::Asgi(asgi) = &mut app {
+    if let Application::Asgi(asgi) = &mut service.app {
         lifespan_startup(asgi, LifespanMode::parse(&cfg.asgi_lifespan))
             .map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
     }
     if let Some(p) = cfg.probe.probe() {
         let local = init.listeners.first().map(|l| l.local.clone());
-        let checked = match &app {
+        let checked = match &service.app {
             Application::Wsgi(wsgi) => Python::with_gil(|py| {
                 let local = local.unwrap_or_default();
                 probe::check(py, wsgi, &p, &local, &cfg.head_limits())
@@ -348,54 +372,83 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         };
         checked.map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
     }
+    Ok(service)
+}
 
-    // With --log-syslog the access log goes there even without a file, as in Gunicorn.
+/// The application this worker serves: the master's `--preload`ed one, or imported now.
+fn load_app(py: Python<'_>, cfg: &Config, preloaded: Option<&Preloaded>) -> PyResult<Application> {
+    let workers = cfg.worker_count().unwrap_or(1);
+    Ok(match (cfg.worker_kind(), preloaded) {
+        (WorkerKind::Wsgi, Some(Preloaded::Wsgi(app))) => Application::Wsgi(app.clone_ref(py)),
+        (WorkerKind::Wsgi, _) => {
+            Application::Wsgi(App::load(py, &cfg.app, cfg.threads > 1, workers > 1)?)
+        }
+        (WorkerKind::Asgi, preloaded) => Application::Asgi(AsgiApp::new(
+            py,
+            match preloaded {
+                Some(Preloaded::Asgi(callable)) => callable.bind(py).clone(),
+                _ => crate::loader::import_callable(py, &cfg.app)?,
+            },
+            &cfg.root_path,
+            &cfg.asgi_loop,
+            cfg.websocket_max_message_size,
+            Duration::from_secs(cfg.asgi_disconnect_grace_period),
+        )?),
+    })
+}
+
+/// `--access-logfile`; with `--log-syslog` the access log goes there even without a
+/// file, as in Gunicorn.
+fn open_access_log(cfg: &Config) -> std::io::Result<Option<AccessLog>> {
     let syslog_access = cfg.observability.access_to_syslog();
-    let access_log = match cfg
+    match cfg
         .access_logfile
         .as_deref()
         .or(syslog_access.then_some(""))
     {
-        Some(path) => Some(
-            AccessLog::open(
-                path,
-                &cfg.access_log_format,
-                cfg.observability.access_log_json,
-                cfg.observability.access_log_wrap.clone(),
-            )
-            .map_err(|e| boot_failure(&mut init.to_master, &e.to_string(), exit::BOOT_ERROR))?,
-        ),
-        None => None,
-    };
-    let settings = Settings {
-        limits: cfg.head_limits(),
-        keepalive: cfg.keepalive(),
-        request_timeout: Duration::from_secs(if cfg.timeout == 0 { 30 } else { cfg.timeout }),
-        sweep_every: sweep_interval(cfg.timeout),
-        max_connections: cfg.worker_connections as usize,
-        max_requests: jittered(cfg.max_requests, cfg.max_requests_jitter),
-        forwarded_allow_ips: cfg.forwarded_allow_ips.clone(),
-        proxy_mode: cfg.proxy_mode(),
-        proxy_allow_from: cfg.proxy_allow_from.clone(),
-        reload: cfg.reload,
-        error_logfile: cfg.error_logfile.clone(),
-        secure_scheme_headers: cfg.secure_scheme_headers(),
-        tls: cfg.tls_server.clone(),
-        http2_cleartext: cfg.http2.http2_cleartext,
-        http2: cfg.http2.settings(),
-    };
-    let app_kind = cfg.worker_kind();
-    let service = Arc::new(Service { app, hooks });
-    let shared = Arc::new(Shared {
-        settings,
-        lanes: abort::Lanes::new(cfg.threads as usize, init.slot),
-        slot: init.slot,
-        peers: init.peers,
-        access_log: access_log.map(Mutex::new),
-        served: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-    });
-    Python::with_gil(|py| abort::watch(py, Arc::clone(&shared), Arc::clone(&service))).map_err(
+        Some(path) => AccessLog::open(
+            path,
+            &cfg.access_log_format,
+            cfg.observability.access_log_json,
+            cfg.observability.access_log_wrap.clone(),
+        )
+        .map(Some),
+        None => Ok(None),
+    }
+}
+
+impl Settings {
+    fn from_config(cfg: &Config) -> Settings {
+        Settings {
+            limits: cfg.head_limits(),
+            keepalive: cfg.keepalive(),
+            request_timeout: Duration::from_secs(if cfg.timeout == 0 { 30 } else { cfg.timeout }),
+            sweep_every: sweep_interval(cfg.timeout),
+            max_connections: cfg.worker_connections as usize,
+            max_requests: jittered(cfg.max_requests, cfg.max_requests_jitter),
+            forwarded_allow_ips: cfg.forwarded_allow_ips.clone(),
+            proxy_mode: cfg.proxy_mode(),
+            proxy_allow_from: cfg.proxy_allow_from.clone(),
+            reload: cfg.reload,
+            error_logfile: cfg.error_logfile.clone(),
+            secure_scheme_headers: cfg.secure_scheme_headers(),
+            tls: cfg.tls_server.clone(),
+            http2_cleartext: cfg.http2.http2_cleartext,
+            http2: cfg.http2.settings(),
+        }
+    }
+}
+
+/// The time-out watcher, the event loop on the listeners and `rgunctl stack`'s
+/// answerer.
+fn start_loop<'a>(
+    init: &mut WorkerInit<'a>,
+    signals: SignalPipe,
+    shared: &Arc<Shared>,
+    service: &Arc<Service>,
+) -> Result<EventLoop<'a>, i32> {
+    let cfg = init.cfg;
+    Python::with_gil(|py| abort::watch(py, Arc::clone(shared), Arc::clone(service))).map_err(
         |e| {
             let text = Python::with_gil(|py| crate::python::format_exception(py, &e));
             boot_failure(
@@ -405,13 +458,13 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
             )
         },
     )?;
-    let mut worker = EventLoop::new(
+    let worker = EventLoop::new(
         init.listeners,
         signals,
-        Arc::clone(&shared),
-        Arc::clone(&service),
+        Arc::clone(shared),
+        Arc::clone(service),
         // The ASGI worker's concurrency is its event loop: no pool.
-        match app_kind {
+        match cfg.worker_kind() {
             WorkerKind::Wsgi => cfg.threads as usize,
             WorkerKind::Asgi => 1,
         },
@@ -427,45 +480,41 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     let answers = init
         .to_master
         .try_clone()
-        .and_then(|pipe| stack::serve(Arc::clone(&shared), pipe));
+        .and_then(|pipe| stack::serve(Arc::clone(shared), pipe));
     if let Err(e) = answers {
         // The worker serves without: `rgunctl stack` then names the error.
         tracing::warn!("rgunctl stack will not reach this worker: {e}");
     }
-    init.slot.set_state(WorkerState::Idle);
-    init.slot.heartbeat();
-    if init.to_master.write_all(b"R\n").is_err() {
-        return Err(exit::BOOT_ERROR);
-    }
-    match &service.app {
-        Application::Wsgi(_) => worker.run(),
-        Application::Asgi(asgi) => {
-            Python::with_gil(|py| {
-                if let Err(e) = asyncio_driver::serve(py, &mut worker, &service, asgi) {
-                    tracing::error!(
-                        "the event loop failed\n{}",
-                        crate::python::format_exception(py, &e)
-                    );
-                }
-                let limit = worker
-                    .stop_deadline()
-                    .map(|t| t.saturating_duration_since(std::time::Instant::now()))
-                    .unwrap_or(cfg.graceful_timeout());
-                match asgi.shutdown(py, limit) {
-                    Ok(None) => {}
-                    Ok(Some(message)) => tracing::error!("Application shutdown failed. {message}"),
-                    Err(e) => tracing::error!(
-                        "Application shutdown failed.\n{}",
-                        crate::python::format_exception(py, &e)
-                    ),
-                }
-            });
+    Ok(worker)
+}
+
+/// Serves until the worker stops: the blocking loop for WSGI; for ASGI, asyncio's
+/// loop driving ours, then the lifespan shutdown within the graceful time left.
+fn serve(worker: &mut EventLoop<'_>, service: &Service, cfg: &Config) {
+    let Application::Asgi(asgi) = &service.app else {
+        worker.run();
+        return;
+    };
+    Python::with_gil(|py| {
+        if let Err(e) = asyncio_driver::serve(py, worker, service, asgi) {
+            tracing::error!(
+                "the event loop failed\n{}",
+                crate::python::format_exception(py, &e)
+            );
         }
-    }
-    if let Some(h) = &service.hooks {
-        Python::with_gil(|py| h.call(py, "worker_exit", Vec::new()));
-    }
-    Ok(())
+        let limit = worker
+            .stop_deadline()
+            .map(|t| t.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or(cfg.graceful_timeout());
+        match asgi.shutdown(py, limit) {
+            Ok(None) => {}
+            Ok(Some(message)) => tracing::error!("Application shutdown failed. {message}"),
+            Err(e) => tracing::error!(
+                "Application shutdown failed.\n{}",
+                crate::python::format_exception(py, &e)
+            ),
+        }
+    });
 }
 
 /// Runs the ASGI lifespan startup; `Err` is the text the master logs before it stops.

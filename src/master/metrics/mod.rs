@@ -14,7 +14,8 @@ use std::sync::atomic::Ordering;
 use crate::scoreboard::{Slot, WorkerState, DURATION_BOUNDS_US};
 use rgunctl::protocol::Traffic;
 
-use super::{commands::rss_bytes, Arbiter, Phase};
+use super::{Arbiter, Phase};
+use crate::process::rss_bytes;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const BUCKETS: usize = DURATION_BOUNDS_US.len() + 1;

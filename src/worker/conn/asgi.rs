@@ -16,17 +16,17 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::{Conn, State, Step, KEPT_OUT_BYTES};
-use crate::asgi::cycle::{Cycle, Progress, RequestBody};
+use crate::asgi::cycle::{Cycle, Progress};
 use crate::asgi::scope::ScopeInfo;
 use crate::asgi::sink::Sink;
 use crate::asgi::websocket::WsCycle;
 use crate::asgi::AsgiApp;
+use crate::http::body::Body;
 use crate::http::framer::Http1Response;
 use crate::http::response::RequestFacts;
 use crate::http::websocket;
 use crate::net::outbox::Outbox;
 use crate::worker::{Service, Shared};
-use crate::wsgi::input::Body;
 
 /// A WebSocket connection's protocol state beside its application cycle.
 pub struct WsConn {
@@ -38,15 +38,6 @@ impl WsConn {
     /// The connection closes under it: the application hears a disconnect.
     pub(super) fn abandon(&self) {
         Python::with_gil(|py| self.cycle.borrow_mut(py).detach(py));
-    }
-}
-
-/// A complete request body as `receive()` hands it out.
-pub(super) fn request_body(body: Body) -> RequestBody {
-    match body {
-        Body::Empty => RequestBody::Empty,
-        Body::Memory(data) => RequestBody::Memory(data),
-        Body::File(file) => RequestBody::File(file),
     }
 }
 
@@ -88,7 +79,6 @@ impl Conn {
             local: &self.local,
             https,
         };
-        let body = request_body(body);
         let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
         if let Some(upgrade) = websocket::upgrade_request(&self.head, &self.head_bytes) {
             let facts = RequestFacts {
@@ -263,18 +253,14 @@ impl Conn {
                 return Step::WaitWrite;
             }
             Err(_) => {
-                c.detach(py);
-                let status = c.status;
                 drop(c);
-                self.end_asgi(py, service, ctx, (status, Vec::new(), 0));
+                self.end_ws(py, service, ctx, &cycle);
                 return Step::Close;
             }
         }
         if c.is_closed() {
-            c.detach(py);
-            let status = c.status;
             drop(c);
-            self.end_asgi(py, service, ctx, (status, Vec::new(), 0));
+            self.end_ws(py, service, ctx, &cycle);
             return self.shutdown_and_drain();
         }
         if ctx.stopping() && c.is_open() {
@@ -300,21 +286,35 @@ impl Conn {
                 return Step::Wait;
             }
             _ => {
-                let mut c = cycle.borrow_mut(py);
-                c.detach(py);
-                let status = c.status;
-                drop(c);
-                self.end_asgi(py, service, ctx, (status, Vec::new(), 0));
+                self.end_ws(py, service, ctx, &cycle);
                 return Step::Close;
             }
         }
+        self.decode_ws(py, &cycle);
+        self.compact();
+        Step::Continue
+    }
+
+    /// The WebSocket is over (closed, or its client gone): detached from the
+    /// connection, counted, logged, `post_request`.
+    fn end_ws(&mut self, py: Python<'_>, service: &Service, ctx: &Shared, cycle: &Py<WsCycle>) {
+        let mut c = cycle.borrow_mut(py);
+        c.detach(py);
+        let status = c.status;
+        drop(c);
+        self.end_asgi(py, service, ctx, (status, Vec::new(), 0));
+    }
+
+    /// The client's frames read so far, decoded into messages for the application
+    /// while it takes them; a bad frame closes with its code.
+    fn decode_ws(&mut self, py: Python<'_>, cycle: &Py<WsCycle>) {
         let mut c = cycle.borrow_mut(py);
         if !c.is_open() {
             // The client must wait for the handshake's answer: keep what it sent.
-            return Step::Continue;
+            return;
         }
         let State::WebSocket(ws) = &mut self.state else {
-            unreachable!()
+            return;
         };
         ws.decoder.set_deflate(c.deflate());
         loop {
@@ -336,9 +336,6 @@ impl Conn {
                 }
             }
         }
-        drop(c);
-        self.compact();
-        Step::Continue
     }
 
     /// When the HTTP request the application is running began (not for WebSockets; an

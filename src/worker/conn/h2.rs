@@ -24,6 +24,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use h2::server::{Connection, Handshake};
 
+use super::h2_asgi::call_stream_asgi;
 use super::h2_stream::{run_stream, Exchange, Progress, StreamCtx, StreamJob};
 use super::{Conn, Exec, State, Step, READ_CHUNK_BYTES};
 use crate::http::h2::H2Response;
@@ -31,7 +32,7 @@ use crate::http::head::RequestHead;
 use crate::log::AccessRecord;
 use crate::net::pipe::Pipe;
 use crate::worker::body::BodyReader;
-use crate::worker::Shared;
+use crate::worker::{Application, Shared};
 use crate::wsgi::response::WsgiSource;
 
 /// The client connection preface (RFC 9113 3.4) a prior-knowledge client opens with.
@@ -171,30 +172,7 @@ impl Conn {
             for ex in &mut h.exchanges {
                 moved |= ex.advance(&mut cx, exec, ctx.settings.request_timeout);
             }
-            if h.exchanges.iter().any(Exchange::needs_python) {
-                let facts = self.stream_ctx();
-                match exec {
-                    Exec::Inline(py, service) => {
-                        for ex in h.exchanges.iter_mut().filter(|e| e.needs_python()) {
-                            run_stream(py, service, ctx, ex, &facts, 0);
-                        }
-                    }
-                    Exec::Pool => {
-                        let (ready, kept): (Vec<_>, Vec<_>) =
-                            h.exchanges.drain(..).partition(Exchange::needs_python);
-                        h.exchanges = kept;
-                        h.away += ready.len();
-                        for exchange in ready {
-                            h.outgoing.push(StreamJob {
-                                conn_id: h.id,
-                                exchange,
-                                facts: self.stream_ctx(),
-                            });
-                        }
-                    }
-                }
-                moved = true;
-            }
+            moved |= self.call_ready_streams(h, exec, ctx);
             moved |= self.end_exchanges(h, ctx);
             if let Exec::Inline(py, _) = exec {
                 for mut source in h.unclosed.drain(..) {
@@ -216,25 +194,7 @@ impl Conn {
             if moved || h.woken.0.load(Ordering::Relaxed) {
                 continue;
             }
-            self.in_request = !h.exchanges.is_empty() || h.away > 0;
-            if h.away > 0 {
-                // In the application, not waiting for the client: --timeout bounds it.
-                self.deadline = Instant::now() + ctx.settings.request_timeout;
-            }
-            if let Some(first) = h.exchanges.iter().map(|e| e.deadline).min() {
-                // The streams' own deadlines (an ASGI application's long-poll has a
-                // long one), never later than the pool's.
-                self.deadline = if h.away > 0 {
-                    self.deadline.min(first)
-                } else {
-                    first
-                };
-            }
-            if let Exec::Inline(py, _) = exec {
-                for ex in &h.exchanges {
-                    ex.arm(py);
-                }
-            }
+            self.settle(h, exec, ctx);
             return if h.finished && !blocked && h.away == 0 {
                 Step::Close
             } else if blocked {
@@ -242,6 +202,66 @@ impl Conn {
             } else {
                 Step::Wait
             };
+        }
+    }
+
+    /// The streams whose application must run (or produce more): here with the GIL,
+    /// or handed to the pool one by one. True when there were any.
+    fn call_ready_streams(&mut self, h: &mut H2Conn, exec: Exec<'_>, ctx: &Shared) -> bool {
+        if !h.exchanges.iter().any(Exchange::needs_python) {
+            return false;
+        }
+        let facts = self.stream_ctx();
+        match exec {
+            Exec::Inline(py, service) => {
+                for ex in h.exchanges.iter_mut().filter(|e| e.needs_python()) {
+                    match &service.app {
+                        // Its task runs in the asyncio loop: no lane, nothing to produce here.
+                        Application::Asgi(app) => {
+                            call_stream_asgi(py, app, service, ctx, ex, &facts)
+                        }
+                        Application::Wsgi(_) => run_stream(py, service, ctx, ex, &facts, 0),
+                    }
+                }
+            }
+            Exec::Pool => {
+                let (ready, kept): (Vec<_>, Vec<_>) =
+                    h.exchanges.drain(..).partition(Exchange::needs_python);
+                h.exchanges = kept;
+                h.away += ready.len();
+                for exchange in ready {
+                    h.outgoing.push(StreamJob {
+                        conn_id: h.id,
+                        exchange,
+                        facts: self.stream_ctx(),
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    /// Nothing moved in a pass: the connection's deadline is the streams' earliest (or
+    /// `--timeout` while the pool runs some), and each waiting ASGI cycle is armed.
+    fn settle(&mut self, h: &H2Conn, exec: Exec<'_>, ctx: &Shared) {
+        self.in_request = !h.exchanges.is_empty() || h.away > 0;
+        if h.away > 0 {
+            // In the application, not waiting for the client: --timeout bounds it.
+            self.deadline = Instant::now() + ctx.settings.request_timeout;
+        }
+        if let Some(first) = h.exchanges.iter().map(|e| e.deadline).min() {
+            // The streams' own deadlines (an ASGI application's long-poll has a
+            // long one), never later than the pool's.
+            self.deadline = if h.away > 0 {
+                self.deadline.min(first)
+            } else {
+                first
+            };
+        }
+        if let Exec::Inline(py, _) = exec {
+            for ex in &h.exchanges {
+                ex.arm(py);
+            }
         }
     }
 

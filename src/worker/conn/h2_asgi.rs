@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use pyo3::prelude::*;
 
-use super::asgi::{request_body, APP_WAIT};
+use super::asgi::APP_WAIT;
 use super::h2_stream::{
     answer_error, send_within_window, stream_request, Exchange, Progress, StreamCtx, StreamEnd,
 };
@@ -71,7 +71,7 @@ pub(super) fn call_stream_asgi(
         slot.request_begin();
     }
     let sink = Sink::Http2(H2Response::new(is_head));
-    match app.call(py, &info, request_body(body), sink, request, facts.key) {
+    match app.call(py, &info, body, sink, request, facts.key) {
         Ok((cycle, scope)) => {
             let wanted = service.hooks.as_ref().is_some_and(|h| h.post_request);
             ex.hook_request = hook_req

@@ -15,17 +15,17 @@ use h2::{RecvStream, SendStream};
 use pyo3::prelude::*;
 
 use super::app::HIGH_WATER_BYTES;
-use super::h2_asgi::call_stream_asgi;
 use super::Exec;
 use crate::asgi::cycle::Cycle;
+use crate::http::body::Body;
 use crate::http::framer::ResponseSink;
 use crate::http::h2::{request_head, H2Response};
 use crate::http::head::RequestHead;
 use crate::http::response::RequestFacts;
+use crate::http::scheme::is_https;
 use crate::worker::body::BodyReader;
 use crate::worker::{Application, Service, Shared};
-use crate::wsgi::environ::{is_https, RequestInfo};
-use crate::wsgi::input::Body;
+use crate::wsgi::environ::RequestInfo;
 use crate::wsgi::response::WsgiSource;
 
 /// Where one stream's exchange is.
@@ -278,7 +278,8 @@ pub(super) fn send_within_window(
     Sent { moved, end: None }
 }
 
-/// With the GIL: runs a ready stream's application, or produces more of its response.
+/// With the GIL: runs a ready stream's WSGI application, or produces more of its
+/// response.
 pub(super) fn run_stream(
     py: Python<'_>,
     service: &Service,
@@ -287,10 +288,6 @@ pub(super) fn run_stream(
     facts: &StreamCtx,
     lane: usize,
 ) {
-    if let Application::Asgi(app) = &service.app {
-        // Its task runs in the asyncio loop: no lane, nothing to produce here.
-        return call_stream_asgi(py, app, service, ctx, ex, facts);
-    }
     let what = ex.head.method.start..ex.head.target.end;
     let what = ex.head_bytes.get(what).unwrap_or_default().to_vec();
     ctx.lanes

@@ -25,13 +25,13 @@ pub use self::app::Responding;
 pub use self::h2_stream::StreamJob;
 use super::body::{BodyError, BodyReader};
 use super::{Application, Service, Shared};
+use crate::http::body::Body;
 use crate::http::head::RequestHead;
 use crate::http::proxy::{self, ProxyMode};
 use crate::http::scan::HeadScan;
 use crate::http::HttpError;
 use crate::net::transport::Transport;
 use crate::net::{Local, Peer};
-use crate::wsgi::input::Body;
 
 /// Blank-line bytes tolerated before a request.
 const MAX_BLANK_BYTES: usize = 1024;
@@ -279,37 +279,50 @@ impl Conn {
                 return step;
             }
         } else if self.read_start < self.read_buf.len() {
-            // Blank lines before a request are allowed (RFC 9112 2.2) but consumed
-            // here, and only so many, or a client could grow the buffer forever.
-            let blank = self.read_buf[self.read_start..]
-                .iter()
-                .take_while(|b| matches!(b, b'\r' | b'\n'))
-                .count();
-            if blank > 0 {
-                self.read_start += blank;
-                self.scan = HeadScan::default();
-                self.blank_bytes += blank;
-                if self.blank_bytes > MAX_BLANK_BYTES {
-                    return self.fail(&HttpError::Malformed(
-                        "too many blank lines before a request",
-                    ));
-                }
-                return Step::Continue;
-            }
-            let buf = &self.read_buf[self.read_start..];
-            match self.scan.parse(buf, &ctx.settings.limits, &mut self.head) {
-                Ok(Some(n)) => {
-                    self.scan = HeadScan::default();
-                    self.blank_bytes = 0;
-                    self.head_bytes.clear();
-                    self.head_bytes.extend_from_slice(&buf[..n]);
-                    self.read_start += n;
-                    return self.on_head(exec, ctx);
-                }
-                Ok(None) => {}
-                Err(e) => return self.fail(&e),
+            if let Some(step) = self.parse_head(exec, ctx) {
+                return step;
             }
         }
+        self.read_head(ctx)
+    }
+
+    /// The buffered bytes as (the start of) a request head: blank lines before it
+    /// skipped, a complete head handed on. `None`: more bytes needed.
+    fn parse_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Option<Step> {
+        // Blank lines before a request are allowed (RFC 9112 2.2) but consumed
+        // here, and only so many, or a client could grow the buffer forever.
+        let blank = self.read_buf[self.read_start..]
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        if blank > 0 {
+            self.read_start += blank;
+            self.scan = HeadScan::default();
+            self.blank_bytes += blank;
+            if self.blank_bytes > MAX_BLANK_BYTES {
+                return Some(self.fail(&HttpError::Malformed(
+                    "too many blank lines before a request",
+                )));
+            }
+            return Some(Step::Continue);
+        }
+        let buf = &self.read_buf[self.read_start..];
+        match self.scan.parse(buf, &ctx.settings.limits, &mut self.head) {
+            Ok(Some(n)) => {
+                self.scan = HeadScan::default();
+                self.blank_bytes = 0;
+                self.head_bytes.clear();
+                self.head_bytes.extend_from_slice(&buf[..n]);
+                self.read_start += n;
+                Some(self.on_head(exec, ctx))
+            }
+            Ok(None) => None,
+            Err(e) => Some(self.fail(&e)),
+        }
+    }
+
+    /// Reads more of a head; its first byte starts the request's deadline.
+    fn read_head(&mut self, ctx: &Shared) -> Step {
         let was_empty = self.read_start == self.read_buf.len();
         match self.fill() {
             Ok(0) => Step::Close,
