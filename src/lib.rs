@@ -11,6 +11,7 @@ pub mod control;
 mod entry;
 pub mod hooks;
 pub mod http;
+pub mod loader;
 pub mod log;
 pub mod master;
 pub mod net;

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod client;
+mod clock;
 pub mod protocol;
 pub mod socket_path;
 mod top;

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::cli::format_time;
 use crate::client::Client;
+use crate::clock::format_time;
 
 /// Prints the subscription's first line (from the `watch` answer), then every event.
 pub fn follow(client: &mut Client, subscribed: &Value, json: bool) -> ExitCode {

@@ -23,6 +23,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 
 use super::sink::Sink;
 use super::wake::Wakeups;
+use crate::http::body::Body;
 use crate::http::framer::{Http1Response, ResponseSink};
 use crate::http::h2::H2Response;
 use crate::http::response::{reason_phrase, RequestFacts};
@@ -63,13 +64,6 @@ impl Kit {
     }
 }
 
-/// A complete request body, as the connection read it.
-pub enum RequestBody {
-    Empty,
-    Memory(Vec<u8>),
-    File(File),
-}
-
 /// Where the response is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -99,7 +93,7 @@ pub enum Progress {
 pub struct Cycle {
     sink: Sink,
     facts: RequestFacts,
-    body: Option<RequestBody>,
+    body: Option<Body>,
     start: Option<(u16, Headers)>,
     /// The headers of the head framed (for a `post_request` hook's `resp`).
     sent_headers: Headers,
@@ -126,7 +120,7 @@ impl Cycle {
         py: Python<'_>,
         sink: Sink,
         facts: RequestFacts,
-        body: RequestBody,
+        body: Body,
         wake: (Arc<Wakeups>, usize),
         kit: &Kit,
     ) -> Cycle {
@@ -300,9 +294,9 @@ impl Cycle {
 
     fn next_body_message<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (chunk, more) = match self.body.take() {
-            None | Some(RequestBody::Empty) => (Vec::new(), false),
-            Some(RequestBody::Memory(data)) => (data, false),
-            Some(RequestBody::File(mut file)) => {
+            None | Some(Body::Empty) => (Vec::new(), false),
+            Some(Body::Memory(data)) => (data, false),
+            Some(Body::File(mut file)) => {
                 let mut chunk = Vec::with_capacity(RECEIVE_CHUNK_BYTES);
                 (&mut file)
                     .take(RECEIVE_CHUNK_BYTES as u64)
@@ -312,7 +306,7 @@ impl Cycle {
                     })?;
                 let more = chunk.len() == RECEIVE_CHUNK_BYTES;
                 if more {
-                    self.body = Some(RequestBody::File(file));
+                    self.body = Some(Body::File(file));
                 }
                 (chunk, more)
             }

@@ -20,11 +20,12 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
-use self::cycle::{Cycle, Kit, RequestBody};
+use self::cycle::{Cycle, Kit};
 use self::scope::{ScopeBuilder, ScopeInfo};
 use self::sink::Sink;
 use self::wake::Wakeups;
 use self::websocket::WsCycle;
+use crate::http::body::Body;
 use crate::http::response::RequestFacts;
 use crate::net::outbox::Outbox;
 
@@ -198,7 +199,7 @@ impl AsgiApp {
         &self,
         py: Python<'py>,
         req: &ScopeInfo<'_>,
-        body: RequestBody,
+        body: Body,
         sink: Sink,
         facts: RequestFacts,
         key: usize,

@@ -10,7 +10,7 @@
 use serde_json::{Map, Value};
 
 use super::logformat::{compile, LineFormat};
-use super::observability::{facility_code, SyslogAddress};
+use super::syslog_target::{facility_code, SyslogAddress};
 
 /// Where one logger writes.
 #[derive(Debug, Clone, PartialEq)]

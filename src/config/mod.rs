@@ -12,6 +12,7 @@ pub mod observability;
 mod print;
 mod probe;
 pub mod reference;
+mod syslog_target;
 mod tls;
 mod values;
 

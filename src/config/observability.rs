@@ -10,6 +10,7 @@ use clap::Args;
 use super::bind::{self, BindAddress};
 use super::logconfig::{self, LogPlan, SyslogRecords};
 use super::logformat::LineFormat;
+pub use super::syslog_target::{facility_code, SyslogAddress};
 
 #[derive(Debug, Clone, Default, Args)]
 pub struct Observability {
@@ -153,35 +154,6 @@ impl Observability {
     }
 }
 
-/// Where syslog messages go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SyslogAddress {
-    Udp(String),
-    Tcp(String),
-    /// `stream`: `#stream` given (else a datagram socket, or a stream one if that is
-    /// what the path is).
-    Unix {
-        path: PathBuf,
-        stream: bool,
-    },
-}
-
-impl Default for SyslogAddress {
-    fn default() -> Self {
-        SyslogAddress::Udp("localhost:514".into())
-    }
-}
-
-impl std::fmt::Display for SyslogAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SyslogAddress::Udp(a) => write!(f, "udp://{a}"),
-            SyslogAddress::Tcp(a) => write!(f, "tcp://{a}"),
-            SyslogAddress::Unix { path, .. } => write!(f, "unix://{}", path.display()),
-        }
-    }
-}
-
 /// Gunicorn's `syslog_addr` spellings.
 fn parse_syslog_address(s: &str) -> Result<SyslogAddress, String> {
     if let Some(rest) = s.strip_prefix("unix://") {
@@ -227,33 +199,6 @@ fn parse_facility(s: &str) -> Result<String, String> {
     facility_code(s)
         .map(|_| s.to_ascii_lowercase())
         .ok_or_else(|| format!("unknown syslog facility {s:?} (user, daemon, local0..local7, ...)"))
-}
-
-/// Gunicorn's facility names.
-pub fn facility_code(name: &str) -> Option<u8> {
-    Some(match name.to_ascii_lowercase().as_str() {
-        "kern" => 0,
-        "user" => 1,
-        "mail" => 2,
-        "daemon" => 3,
-        "auth" | "security" => 4,
-        "syslog" => 5,
-        "lpr" => 6,
-        "news" => 7,
-        "uucp" => 8,
-        "cron" => 9,
-        "authpriv" => 10,
-        "ftp" => 11,
-        "local0" => 16,
-        "local1" => 17,
-        "local2" => 18,
-        "local3" => 19,
-        "local4" => 20,
-        "local5" => 21,
-        "local6" => 22,
-        "local7" => 23,
-        _ => return None,
-    })
 }
 
 /// Where statsd packets go.

@@ -1,6 +1,7 @@
 //! The HTTP/1.1 protocol, sans I/O: request-head parsing, chunked body decoding and
 //! response-head assembly. Sockets live in `worker::conn`; nothing here knows Python.
 
+pub mod body;
 pub mod chunked;
 pub mod framer;
 pub mod h2;
@@ -8,6 +9,7 @@ pub mod head;
 pub mod proxy;
 pub mod response;
 pub mod scan;
+pub mod scheme;
 pub mod websocket;
 pub mod ws_deflate;
 

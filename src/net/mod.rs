@@ -7,6 +7,7 @@
 
 pub mod outbox;
 pub mod pipe;
+mod sys;
 pub mod tickets;
 pub mod tls;
 pub mod tls_setup;

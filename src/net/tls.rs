@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rustls::{ServerConfig, ServerConnection};
 
-use super::transport::{recv, send, send_vectored};
+use super::sys::{recv, send, send_vectored};
 
 /// Ciphertext and not-yet-encrypted plaintext rustls holds for the socket before a
 /// write returns `WouldBlock`: what a response may buffer beyond the socket's own.

@@ -5,10 +5,10 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 
+use crate::http::body::Body;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::head::BodyFraming;
 use crate::http::HttpError;
-use crate::wsgi::input::Body;
 
 /// Bodies up to this size stay in memory; larger ones go to a temporary file.
 pub const SPILL_THRESHOLD_BYTES: usize = 1024 * 1024;

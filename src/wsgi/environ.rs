@@ -12,7 +12,6 @@ use pyo3::types::{PyDict, PyString};
 use rustc_hash::FxHashMap;
 
 use crate::http::head::RequestHead;
-use crate::http::HttpError;
 use crate::net::{Local, Peer};
 
 /// Everything the environ needs about one request.
@@ -386,34 +385,6 @@ fn split_host(h: &[u8]) -> (&[u8], &[u8]) {
         Some(i) => (&h[..i], &h[i + 1..]),
         None => (h, &h[h.len()..]),
     }
-}
-
-/// Gunicorn's `secure_scheme_headers`: from a trusted peer, these headers say whether
-/// the original request was HTTPS. Disagreeing headers are a 400, as in Gunicorn.
-pub fn is_https(
-    head_bytes: &[u8],
-    head: &RequestHead,
-    trusted: bool,
-    secure: &[(String, String)],
-) -> Result<bool, HttpError> {
-    if !trusted {
-        return Ok(false);
-    }
-    let mut verdict = None;
-    for (name, value) in &head.headers {
-        let name = &head_bytes[name.clone()];
-        let value = &head_bytes[value.clone()];
-        for (secure_name, secure_value) in secure {
-            if name.eq_ignore_ascii_case(secure_name.as_bytes()) {
-                let is_secure = value.eq_ignore_ascii_case(secure_value.as_bytes());
-                if verdict.is_some_and(|v| v != is_secure) {
-                    return Err(HttpError::Malformed("contradictory scheme headers"));
-                }
-                verdict = Some(is_secure);
-            }
-        }
-    }
-    Ok(verdict.unwrap_or(false))
 }
 
 /// Bytes as a latin-1 `str` (every byte maps to the code point of the same value).

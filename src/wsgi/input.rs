@@ -11,14 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-/// A complete request body.
-#[derive(Debug, Default)]
-pub enum Body {
-    #[default]
-    Empty,
-    Memory(Vec<u8>),
-    File(File),
-}
+use crate::http::body::Body;
 
 enum Source {
     Memory { data: Vec<u8>, pos: usize },

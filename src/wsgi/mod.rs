@@ -16,8 +16,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
 use self::environ::{EnvironBuilder, RequestInfo};
-use self::input::{Body, Input};
+use self::input::Input;
 use self::start_response::StartResponse;
+use crate::http::body::Body;
 
 const BOOTSTRAP: &str = include_str!("bootstrap.py");
 
@@ -41,7 +42,7 @@ pub struct AppResponse {
 }
 
 impl App {
-    /// Imports `spec` (`MODULE:CALLABLE`, factories allowed) the way Gunicorn does.
+    /// Imports `spec` (`crate::loader`) and makes the per-worker state to call it.
     pub fn load(
         py: Python<'_>,
         spec: &str,
@@ -54,7 +55,7 @@ impl App {
             c"rgun_bootstrap.py",
             c"rgun_bootstrap",
         )?;
-        let callable = bootstrap.getattr("import_wsgi_app")?.call1((spec,))?;
+        let callable = crate::loader::import_wsgi_callable(py, spec)?;
         let file_wrapper = bootstrap.getattr("FileWrapper")?;
         let environ = EnvironBuilder::new(py, multithread, multiprocess, &file_wrapper)?;
         Ok(App {
@@ -64,18 +65,6 @@ impl App {
             sendfile_fd: bootstrap.getattr("sendfile_fd")?.unbind(),
             empty_input: Py::new(py, Input::new(Body::Empty))?,
         })
-    }
-
-    /// Imports `spec` with Gunicorn's rules, whatever kind of application it is (the
-    /// ASGI worker's loader).
-    pub fn import_callable<'py>(py: Python<'py>, spec: &str) -> PyResult<Bound<'py, PyAny>> {
-        let bootstrap = PyModule::from_code(
-            py,
-            &std::ffi::CString::new(BOOTSTRAP).expect("no NUL in bootstrap"),
-            c"rgun_bootstrap.py",
-            c"rgun_bootstrap",
-        )?;
-        bootstrap.getattr("import_app")?.call1((spec,))
     }
 
     /// Another handle on the same application (a preloaded app in a forked worker).

@@ -15,13 +15,14 @@ use std::time::Instant;
 use pyo3::prelude::*;
 
 use super::{Conn, Exec, State, Step, KEPT_OUT_BYTES};
+use crate::http::body::Body;
 use crate::http::framer::Http1Response;
 use crate::http::response::RequestFacts;
+use crate::http::scheme::is_https;
 use crate::log::AccessRecord;
 use crate::net::outbox::Outbox;
 use crate::worker::{Application, Service, Shared};
-use crate::wsgi::environ::{is_https, RequestInfo};
-use crate::wsgi::input::Body;
+use crate::wsgi::environ::RequestInfo;
 use crate::wsgi::response::WsgiSource;
 use crate::wsgi::App;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::harness::{answered, conn as pair, drive_stream, shared};
 use super::{Conn, Drive, Exec, State};
-use crate::wsgi::input::Body;
+use crate::http::body::Body;
 
 fn conn() -> (Conn, std::os::unix::net::UnixStream) {
     let (c, client) = pair();
