@@ -139,10 +139,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         deferred: VecDeque::new(),
         deferred_requests: VecDeque::new(),
         target: target as usize,
-        generation: std::env::var(upgrade::GENERATION_ENV)
-            .ok()
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(1),
+        generation: inherited_generation(),
         reload: None,
         queued_reload: None,
         accept_watch: Default::default(),
@@ -166,6 +163,14 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     arbiter.call_hook("when_ready", json!({}));
     arbiter.run();
     Ok(arbiter.exit_code)
+}
+
+/// The generation an upgraded master's workers continue from (1 for a fresh start).
+fn inherited_generation() -> u32 {
+    std::env::var(upgrade::GENERATION_ENV)
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or(1)
 }
 
 /// What applies to the whole process before anything is opened: the umask, the
