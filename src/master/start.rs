@@ -116,7 +116,6 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     crate::statsd::start(&cfg.observability);
     crate::syslog::start(&cfg.observability, cfg.proc_name());
     log_start(&cfg, &listeners, &sockets);
-    let memory_limit = log_sizing(&cfg, target, sized);
     let mut arbiter = Arbiter {
         listeners,
         scoreboard,
@@ -153,7 +152,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         stop_deadline: None,
         failures: 0,
         boot_failing: false,
-        memory_limit,
+        memory_limit: log_sizing(&cfg, target, sized),
         last_rss_check: Instant::now(),
         next_spawn: Instant::now(),
         threads_warned: 1,
