@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::clock::format_time;
 use crate::protocol::{ErrorCode, HistoryEntry, Status};
 use crate::socket_path::find_default_socket;
+use crate::stacks::print_stacks;
 use crate::{Client, ClientError};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{json, Map, Value};
@@ -391,40 +392,6 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
         }
         Cmd::Generate { .. } => {}
     }
-}
-
-/// One worker's `stack` answer: each thread, the request it serves, its stack.
-pub(crate) fn print_stacks(out: &mut String, worker: &Value) {
-    w!(out, "worker {}", worker["pid"]);
-    if let Some(error) = worker["error"].as_str() {
-        w!(out, "  cannot get its stacks: {error}");
-        return;
-    }
-    for t in worker["threads"].as_array().into_iter().flatten() {
-        let r = &t["request"];
-        let serving = if r.is_object() {
-            format!(
-                ", serving {} {} for {} ({} s)",
-                r["method"].as_str().unwrap_or(""),
-                r["path"].as_str().unwrap_or(""),
-                r["client"]
-                    .as_str()
-                    .filter(|c| !c.is_empty())
-                    .unwrap_or("a local client"),
-                r["age_s"]
-            )
-        } else {
-            String::new()
-        };
-        w!(
-            out,
-            "\nThread {} ({}){serving}, most recent call last:",
-            t["name"].as_str().unwrap_or("?"),
-            t["ident"]
-        );
-        out.push_str(t["stack"].as_str().unwrap_or(""));
-    }
-    w!(out, "");
 }
 
 fn print_status(out: &mut String, s: &Status) {

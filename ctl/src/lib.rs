@@ -7,6 +7,7 @@ pub mod client;
 mod clock;
 pub mod protocol;
 pub mod socket_path;
+mod stacks;
 mod top;
 mod watch;
 

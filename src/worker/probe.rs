@@ -14,10 +14,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyModule, PyString};
 
 use crate::config::Probe;
+use crate::http::body::Body;
 use crate::http::head::{parse_head, HeadLimits, RequestHead};
 use crate::net::{Local, Peer};
 use crate::wsgi::environ::RequestInfo;
-use crate::wsgi::input::Body;
 use crate::wsgi::App;
 
 const PROBE_PY: &str = include_str!("probe.py");

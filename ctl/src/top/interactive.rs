@@ -174,7 +174,7 @@ fn handle_key(view: &mut View, key: KeyCode, path: &Path, tx: &Sender<Update>) -
                 act(path, tx, "stack", json!({"pid": pid}), move |r| match r {
                     Ok(v) => {
                         let mut text = String::new();
-                        crate::cli::print_stacks(&mut text, &v);
+                        crate::stacks::print_stacks(&mut text, &v);
                         Update::Overlay {
                             title: format!("stacks of worker {pid}"),
                             text,
