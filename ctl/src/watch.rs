@@ -12,12 +12,7 @@ use crate::clock::format_time;
 
 /// Prints the subscription's first line (from the `watch` answer), then every event.
 pub fn follow(client: &mut Client, subscribed: &Value, json: bool) -> ExitCode {
-    let mut first = serde_json::Map::new();
-    first.insert("event".into(), "watching".into());
-    if let Value::Object(fields) = subscribed {
-        first.extend(fields.clone());
-    }
-    let mut event = Value::Object(first);
+    let mut event = watching(subscribed);
     loop {
         let line = if json {
             event.to_string()
@@ -41,6 +36,16 @@ pub fn follow(client: &mut Client, subscribed: &Value, json: bool) -> ExitCode {
             }
         };
     }
+}
+
+/// The `watching` event made from the `watch` answer.
+pub(crate) fn watching(subscribed: &Value) -> Value {
+    let mut first = serde_json::Map::new();
+    first.insert("event".into(), "watching".into());
+    if let Value::Object(fields) = subscribed {
+        first.extend(fields.clone());
+    }
+    Value::Object(first)
 }
 
 /// One event as a sentence, with its time.

@@ -249,7 +249,11 @@ fn follow_events(path: PathBuf, tx: Sender<Update>) {
         let Ok(mut client) = Client::connect(&path, None) else {
             return;
         };
-        if !matches!(client.call("watch", Map::new()), Ok(Ok(_))) {
+        let Ok(Ok(subscribed)) = client.call("watch", Map::new()) else {
+            return;
+        };
+        let first = crate::watch::describe(&crate::watch::watching(&subscribed));
+        if tx.send(Update::Event(first)).is_err() {
             return;
         }
         while let Ok(Some(event)) = client.next_event() {

@@ -172,3 +172,51 @@ pub fn plain(frame: &Frame, column: Column) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pid: i32, requests: u64, cpu: Option<f64>) -> Row {
+        Row {
+            pid,
+            generation: 1,
+            state: "idle".into(),
+            requests_per_s: None,
+            requests,
+            current_s: None,
+            rss_bytes: 0,
+            cpu_percent: cpu,
+            connections: 0,
+            request: None,
+        }
+    }
+
+    #[test]
+    fn figures_sort_largest_first_and_pids_ascending() {
+        let frame = Frame {
+            header: Vec::new(),
+            interval_s: None,
+            requests_per_s: None,
+            class_per_s: None,
+            p50_s: None,
+            p99_s: None,
+            in_flight: None,
+            backlog: None,
+            workers: vec![
+                row(3, 10, None),
+                row(1, 30, Some(5.0)),
+                row(2, 20, Some(9.0)),
+            ],
+        };
+        let pids = |rows: Vec<Row>| rows.iter().map(|r| r.pid).collect::<Vec<_>>();
+        assert_eq!(pids(sorted(&frame, Column::Pid, false)), [1, 2, 3]);
+        assert_eq!(pids(sorted(&frame, Column::Requests, false)), [1, 2, 3]);
+        assert_eq!(pids(sorted(&frame, Column::Requests, true)), [3, 2, 1]);
+        // A figure not known yet sorts last.
+        assert_eq!(pids(sorted(&frame, Column::Cpu, false)), [2, 1, 3]);
+        let text = plain(&frame, Column::Pid);
+        assert!(text.contains("PID      GEN  STATE"), "{text}");
+        assert!(text.contains("req/s -"), "{text}");
+    }
+}

@@ -229,6 +229,21 @@ fn rgunctl_top_in_tmux_shows_the_status_figures_and_its_keys_work() {
         s.contains("spawned (generation 1") && s.contains("workers: 3 ")
     });
 
+    // `-`: one fewer; `>` moves the sort to the next columns (TOTAL, largest first).
+    tmux.keys("-");
+    tmux.wait_for("the scale down", |s| s.contains("workers: 3 -> 2"));
+    for _ in 0..4 {
+        tmux.keys(">");
+    }
+    let by_total = tmux.wait_for("the table sorted by total", |s| {
+        s.contains("sorted by total") && s.contains("TOTALv")
+    });
+    let pids: Vec<i64> = workers(&server.status()).iter().map(|w| w.0).collect();
+    let totals: Vec<u64> = rows(&by_total, &pids).iter().map(|r| r.3).collect();
+    assert!(totals.windows(2).all(|w| w[0] >= w[1]), "{by_total}");
+    tmux.keys("<");
+    tmux.wait_for("sorted by req/s", |s| s.contains("sorted by req/s"));
+
     // `r`: a reload, its result, then a broken deploy's traceback.
     tmux.keys("r");
     tmux.wait_for("the reload result", |s| {
@@ -253,7 +268,7 @@ fn rgunctl_top_in_tmux_shows_the_status_figures_and_its_keys_work() {
     // (the one selected then is alive: the rolled-back generation has gone).
     tmux.wait_for("the serving workers alone", |s| {
         let pids: Vec<i64> = workers(&server.status()).iter().map(|w| w.0).collect();
-        s.contains("phase running") && rows(s, &pids).len() == 3 && !s.contains("booting")
+        s.contains("phase running") && rows(s, &pids).len() == pids.len() && !s.contains("booting")
     });
     tmux.keys("s");
     tmux.wait_for("a worker's stacks", |s| {
