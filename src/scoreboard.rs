@@ -44,6 +44,9 @@ pub struct Slot {
     pub accept_errors: AtomicU32,
     /// The errno of the last such failure while it lasts; 0 once an accept works.
     pub accept_errno: AtomicI32,
+    /// Set by the master during a shutdown delay: each response closes its
+    /// connection (`Connection: close`, HTTP/2 GOAWAY) while the worker keeps accepting.
+    pub closing: AtomicU32,
     /// Responses by status class and duration, for `/metrics` (its own cache lines:
     /// peers read the line above).
     pub tally: Tally,
@@ -131,6 +134,7 @@ impl Slot {
         self.accepted.store(0, Ordering::Relaxed);
         self.accept_errors.store(0, Ordering::Relaxed);
         self.accept_errno.store(0, Ordering::Relaxed);
+        self.closing.store(0, Ordering::Relaxed);
         self.tally.reset();
     }
 

@@ -125,6 +125,10 @@ pub(crate) fn describe(e: &Value) -> String {
                 "quick"
             }
         ),
+        "draining" => format!(
+            "draining: not ready, still serving for {}s before stopping",
+            s("shutdown_delay_s")
+        ),
         "events_lost" => format!("{} events lost: this watcher read too slowly", s("count")),
         _ => e.to_string(),
     };

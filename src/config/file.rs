@@ -39,6 +39,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ),
     ("timeout", "--timeout", "int"),
     ("graceful_timeout", "--graceful-timeout", "int"),
+    ("shutdown_delay", "--shutdown-delay", "int"),
     ("keepalive", "--keep-alive", "int"),
     ("limit_request_line", "--limit-request-line", "int"),
     ("limit_request_fields", "--limit-request-fields", "int"),

@@ -119,6 +119,12 @@ pub struct Config {
     #[arg(long = "graceful-timeout", value_name = "INT", default_value_t = 30, allow_negative_numbers = true, value_parser = non_negative(MAX_DURATION_SECS))]
     pub graceful_timeout: u64,
 
+    /// On TERM, seconds to keep serving, with /readyz answering 503 and keep-alive
+    /// responses closing, before the graceful stop begins (so that load balancers and
+    /// Kubernetes take the server out first). A second TERM or INT cuts it short.
+    #[arg(long = "shutdown-delay", value_name = "INT", default_value_t = 0, allow_negative_numbers = true, value_parser = non_negative(MAX_DURATION_SECS))]
+    pub shutdown_delay: u64,
+
     /// Seconds to wait for the next request on a keep-alive connection.
     #[arg(long = "keep-alive", value_name = "INT", default_value_t = 2, allow_negative_numbers = true, value_parser = non_negative(MAX_DURATION_SECS))]
     pub keepalive: u64,
@@ -438,6 +444,10 @@ impl Config {
         Duration::from_secs(self.graceful_timeout)
     }
 
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_secs(self.shutdown_delay)
+    }
+
     /// Where the control socket is: `--control-socket`, or the default the master chose
     /// from its first listener (`master::listeners::open_control`); None with
     /// `--no-control-socket` or before the master has chosen.
@@ -467,6 +477,7 @@ impl Config {
             "threads": self.threads,
             "timeout": self.timeout,
             "graceful_timeout": self.graceful_timeout,
+            "shutdown_delay": self.shutdown_delay,
             "keepalive": self.keepalive,
             "limit_request_line": self.limit_request_line,
             "limit_request_fields": self.limit_request_fields,

@@ -274,6 +274,7 @@ impl Arbiter {
             .collect();
         let live_requests: u64 = workers.iter().map(|w| w.requests).sum();
         let state = match self.phase {
+            Phase::Stopping { .. } if self.draining() => "draining",
             Phase::Stopping { .. } => "stopping",
             _ if self.reload.is_some() => "reloading",
             Phase::Starting => "starting",

@@ -17,6 +17,7 @@ mod metrics;
 mod notify;
 mod probes;
 mod reload;
+mod shutdown_delay;
 mod stacks;
 mod start;
 mod tls;
@@ -182,6 +183,8 @@ pub struct Arbiter {
     started: Instant,
     started_at: SystemTime,
     stop_deadline: Option<Instant>,
+    /// During `--shutdown-delay`: when the workers are to be told to stop.
+    shutdown_delay_until: Option<Instant>,
     /// Young deaths in a row, for back-off; reset when a worker becomes ready.
     failures: u32,
     /// The last worker to exit failed to boot (`/readyz` says so); cleared when a
@@ -228,6 +231,11 @@ impl Arbiter {
                 }
                 if self.stop_deadline.is_some_and(|d| Instant::now() >= d) {
                     self.signal_all(Signal::SIGKILL);
+                }
+                if self.draining() {
+                    // Still serving: time-outs apply as before, then the delay ends.
+                    self.kill_stale();
+                    self.check_shutdown_delay(None);
                 }
             } else {
                 self.notifier.tick(self.ready_workers());
@@ -305,7 +313,7 @@ impl Arbiter {
 
     fn next_wakeup(&self) -> Duration {
         let mut wake = Instant::now() + Duration::from_secs(1);
-        if let Some(d) = self.stop_deadline {
+        if let Some(d) = self.stop_deadline.or(self.shutdown_delay_until) {
             wake = wake.min(d);
         }
         if let Some(d) = self.notifier.next_deadline() {
@@ -375,11 +383,13 @@ impl Arbiter {
 
     fn begin_stop(&mut self, graceful: bool) {
         if let Phase::Stopping { graceful: already } = self.phase {
-            if already && !graceful {
-                // A quick stop overrides a graceful one in progress.
+            if graceful && self.draining() {
+                self.check_shutdown_delay(Some("a second TERM"));
+            } else if already && !graceful {
+                // A quick stop overrides a graceful one in progress (and its delay).
+                self.shutdown_delay_until = None;
                 self.phase = Phase::Stopping { graceful: false };
-                self.signal_all(Signal::SIGQUIT);
-                self.stop_deadline = Some(Instant::now() + QUICK_STOP_GRACE);
+                self.stop_workers(false);
             }
             return;
         }
@@ -389,13 +399,9 @@ impl Arbiter {
         self.fail_reload("the server is stopping");
         self.fail_queued_reload("the server is stopping");
         self.notifier.stopping();
-        let (sig, grace) = if graceful {
-            (Signal::SIGTERM, self.cfg.graceful_timeout())
-        } else {
-            (Signal::SIGQUIT, QUICK_STOP_GRACE)
-        };
-        self.signal_all(sig);
-        self.stop_deadline = Some(Instant::now() + grace);
+        if !(graceful && self.begin_shutdown_delay()) {
+            self.stop_workers(graceful);
+        }
     }
 
     /// Signals every worker, and a `--preload` reload's new master while it is not

@@ -18,6 +18,9 @@ impl Arbiter {
     /// `/readyz`: `Ok` while at least one worker of the serving generation is ready
     /// and the server is not stopping; otherwise why not, in one line.
     pub(super) fn readiness(&self) -> Result<String, String> {
+        if self.draining() {
+            return Err("draining: shutdown delay, still serving".into());
+        }
         if let Phase::Stopping { .. } = self.phase {
             return Err("draining: the server is stopping".into());
         }

@@ -150,6 +150,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         started: Instant::now(),
         started_at: SystemTime::now(),
         stop_deadline: None,
+        shutdown_delay_until: None,
         failures: 0,
         boot_failing: false,
         memory_limit: log_sizing(&cfg, target, sized),

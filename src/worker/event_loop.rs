@@ -218,6 +218,7 @@ impl<'a> EventLoop<'a> {
             self.check_parent();
             self.check_accept_recovery();
             self.check_sources();
+            self.check_closing();
             self.next_sweep = now + self.shared.settings.sweep_every;
         }
         if let Some(deadline) = self.stop_by {

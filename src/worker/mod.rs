@@ -157,6 +157,12 @@ impl Shared {
         self.stopping.load(Ordering::Relaxed)
     }
 
+    /// Connections end after their current response: the worker is stopping, or the
+    /// master is in its shutdown delay (`Slot::closing`).
+    pub fn closing(&self) -> bool {
+        self.stopping() || self.slot.closing.load(Ordering::Relaxed) != 0
+    }
+
     pub fn log_access(&self, record: &AccessRecord<'_>) {
         if let Some(log) = &self.access_log {
             log.lock().unwrap_or_else(|e| e.into_inner()).write(record);

@@ -115,7 +115,7 @@ impl Conn {
             minor_version: self.head.minor_version,
             is_head: self.head.is_head_method(&self.head_bytes),
             close: self.head.wants_close
-                || ctx.stopping()
+                || ctx.closing()
                 || ctx.last_request()
                 || ctx.settings.keepalive.is_zero(),
             known_length: None,

@@ -457,7 +457,7 @@ impl H2Conn {
         let Phase::Serving(conn) = &mut self.phase else {
             return true;
         };
-        if ctx.stopping() && !self.goaway {
+        if ctx.closing() && !self.goaway {
             conn.graceful_shutdown();
             self.goaway = true;
         }

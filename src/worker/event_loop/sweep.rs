@@ -41,6 +41,24 @@ impl EventLoop<'_> {
         }
     }
 
+    /// The master's shutdown delay (`Shared::closing`): the worker keeps accepting, and
+    /// each HTTP/2 connection gets a turn to send GOAWAY (HTTP/1 responses carry
+    /// `Connection: close` as they are framed).
+    pub(super) fn check_closing(&mut self) {
+        if self.shared.stopping() || !self.shared.closing() {
+            return;
+        }
+        let h2: Vec<usize> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| c.as_ref().filter(|c| c.is_http2()).map(|_| k))
+            .collect();
+        for key in h2 {
+            self.wake(key);
+        }
+    }
+
     /// `--reload`: a changed source file means this worker's code is stale.
     pub(super) fn check_sources(&mut self) {
         let Some(watch) = self.watch.as_mut() else {

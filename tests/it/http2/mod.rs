@@ -102,7 +102,7 @@ where
 }
 
 /// One request; returns the status, the headers and the whole body.
-async fn fetch(
+pub(crate) async fn fetch(
     send: &mut SendRequest<Bytes>,
     method: &str,
     path: &str,
