@@ -135,6 +135,17 @@ impl AsgiApp {
         self.event_loop.bind(py)
     }
 
+    /// The application and the scope a request would get, for a call made outside a
+    /// connection (the reload probe's, `worker::probe`).
+    pub fn callable_and_scope<'py>(
+        &self,
+        py: Python<'py>,
+        req: &ScopeInfo<'_>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
+        let scope = self.scope.build(py, req, self.state.bind(py))?;
+        Ok((self.callable.bind(py).clone(), scope))
+    }
+
     /// Runs the lifespan startup to its answer (before the worker reports ready).
     pub fn startup(&mut self, py: Python<'_>, mode: LifespanMode) -> PyResult<Startup> {
         if mode == LifespanMode::Off {

@@ -9,7 +9,7 @@ pub struct ProbeArgs {
     /// replacement), it calls the application once with `GET PATH` (a path, with an
     /// optional query) and must get --reload-probe-status; otherwise it fails to boot and
     /// a reload is rolled back, with the probe's answer and the errors the application
-    /// logged as the reason. WSGI workers only.
+    /// logged as the reason.
     #[arg(long = "reload-probe", value_name = "PATH", value_parser = parse_path)]
     pub reload_probe: Option<String>,
 

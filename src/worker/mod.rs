@@ -369,14 +369,13 @@ fn load_service(init: &mut WorkerInit<'_>) -> Result<Service, i32> {
     }
     if let Some(p) = cfg.probe.probe() {
         let local = init.listeners.first().map(|l| l.local.clone());
-        let checked = match &service.app {
-            Application::Wsgi(wsgi) => Python::with_gil(|py| {
-                let local = local.unwrap_or_default();
-                probe::check(py, wsgi, &p, &local, &cfg.head_limits())
-            }),
-            Application::Asgi(_) => Err("--reload-probe is not yet supported with -k asgi".into()),
+        let target = match &service.app {
+            Application::Wsgi(wsgi) => probe::Target::Wsgi(wsgi),
+            Application::Asgi(asgi) => probe::Target::Asgi(asgi),
         };
-        checked.map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
+        let local = local.unwrap_or_default();
+        Python::with_gil(|py| probe::check(py, target, &p, &local, &cfg.head_limits()))
+            .map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
     }
     Ok(service)
 }

@@ -1,5 +1,5 @@
 """The reload probe's Python side (worker/probe.rs): drain a WSGI response as a server
-does, and collect the errors the application logs while it answers, since frameworks
+does, run an ASGI application's answer to its end, and collect the errors the application logs while it answers, since frameworks
 (Django's `django.request`) turn an exception into a 500 and log the traceback rather
 than raise it."""
 
@@ -37,3 +37,20 @@ def drain(result):
         if close is not None:
             close()
     return size
+
+
+def asgi_status(event_loop, app, scope):
+    """Runs the ASGI application on `scope` with an empty body until it returns; the
+    status of its `http.response.start` (None when it sent none)."""
+    sent = []
+
+    async def receive():
+        if sent and sent[-1].get("type") == "http.response.body" and not sent[-1].get("more_body"):
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    event_loop.run_until_complete(app(scope, receive, send))
+    return next((m.get("status") for m in sent if m.get("type") == "http.response.start"), None)

@@ -13,12 +13,20 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyModule, PyString};
 
+use crate::asgi::scope::ScopeInfo;
+use crate::asgi::AsgiApp;
 use crate::config::Probe;
 use crate::http::body::Body;
 use crate::http::head::{parse_head, HeadLimits, RequestHead};
 use crate::net::{Local, Peer};
 use crate::wsgi::environ::RequestInfo;
 use crate::wsgi::App;
+
+/// The application a probe calls.
+pub enum Target<'a> {
+    Wsgi(&'a App),
+    Asgi(&'a AsgiApp),
+}
 
 const PROBE_PY: &str = include_str!("probe.py");
 
@@ -28,7 +36,7 @@ const PROBE_PY: &str = include_str!("probe.py");
 /// traceback).
 pub fn check(
     py: Python<'_>,
-    app: &App,
+    app: Target<'_>,
     probe: &Probe,
     local: &Local,
     limits: &HeadLimits,
@@ -82,11 +90,11 @@ pub fn check(
     }
 }
 
-/// The application's answer to the probe, its body drained and closed: the status code
-/// (`None` when it never called `start_response`).
+/// The application's answer to the probe, its body drained and closed (WSGI) or run to
+/// its end (ASGI): the status code (`None` when it never started a response).
 fn answer(
     py: Python<'_>,
-    app: &App,
+    app: Target<'_>,
     module: &Bound<'_, PyModule>,
     head_bytes: &[u8],
     head: &RequestHead,
@@ -96,6 +104,24 @@ fn answer(
         addr: "127.0.0.1".into(),
         port: "0".into(),
         trusted: false,
+    };
+    let app = match app {
+        Target::Wsgi(app) => app,
+        Target::Asgi(asgi) => {
+            let info = ScopeInfo {
+                head_bytes,
+                head,
+                peer: &peer,
+                local,
+                https: false,
+            };
+            let (callable, scope) = asgi.callable_and_scope(py, &info)?;
+            let status =
+                module
+                    .getattr("asgi_status")?
+                    .call1((asgi.event_loop(py), callable, scope))?;
+            return status.extract();
+        }
     };
     let remote = (
         PyString::new(py, &peer.addr).unbind(),

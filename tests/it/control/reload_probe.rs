@@ -2,7 +2,7 @@
 //! application whose views are imported by the first request) passes the plain reload
 //! gate and serves 500s; with the probe, each new worker calls the application before
 //! it counts as ready, and the broken deploy is rolled back with the traceback as
-//! `rgunctl reload`'s answer.
+//! `rgunctl reload`'s answer. The same for an ASGI application.
 
 use std::path::Path;
 use std::time::Duration;
@@ -134,4 +134,37 @@ fn the_probe_sends_its_host_and_checks_the_status() {
         .env("LAZY_HOST", "app.example")
         .start();
     assert_eq!(get_with_host(&server, "app.example"), (200, "v1".into()));
+}
+
+#[test]
+fn an_asgi_deploy_that_fails_lazily_is_rolled_back_too() {
+    let views = tempfile::tempdir().unwrap();
+    write_views(views.path(), GOOD_V1);
+    let server = ServerBuilder::new("lazy_asgi_app:application")
+        .args(["-k", "asgi", "--reload-probe", "/"])
+        .env("PYTHONPATH", views.path().to_str().unwrap())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .start();
+    assert_eq!(server.get("/").text(), "v1");
+    write_views(views.path(), BROKEN);
+    let run = ctl(&server, &["reload"]);
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    for needle in [
+        "was answered 500, not 200",
+        "lazy.request: Internal Server Error: /",
+        "SyntaxError",
+    ] {
+        assert!(run.stderr.contains(needle), "{needle}: {}", run.stderr);
+    }
+    assert_eq!(server.get("/").text(), "v1");
+    write_views(views.path(), GOOD_V3);
+    ctl(&server, &["reload"]).assert_ok("reload of the fixed deploy");
+    let mut last = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            last = server.get("/").text();
+            last == "v3"
+        }),
+        "{last}"
+    );
 }
