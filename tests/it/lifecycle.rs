@@ -317,7 +317,7 @@ fn max_worker_rss_replaces_a_bloated_worker_gracefully() {
     let before = s.worker_pids();
     assert_eq!(s.get("/grow").text(), "grown");
     s.wait_for_log(
-        "over --max-worker-rss 45; replacing it",
+        "over --max-worker-rss 45 (45 MiB); replacing it",
         Duration::from_secs(10),
     );
     assert!(
