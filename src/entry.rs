@@ -73,7 +73,8 @@ fn run() -> i32 {
         }
         return 0;
     }
-    if cfg.daemon {
+    // A master re-executed in place (`--preload` reload) is daemonized already.
+    if cfg.daemon && std::env::var_os(crate::master::REEXEC_ENV).is_none() {
         if let Err(e) = crate::process::daemonize(cfg.error_logfile == "-") {
             eprintln!("rgun: cannot daemonize: {e:#}");
             return 1;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +31,29 @@ const MAX_WATCH_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Identifies one client connection, for answers sent later.
 pub type ConnId = usize;
+
+/// A client connection a master re-executing in place leaves open for its new image.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct HandedConn {
+    pub fd: RawFd,
+    /// A request line partly read, and answer bytes not yet sent.
+    pub inbuf: Vec<u8>,
+    pub outbuf: Vec<u8>,
+    /// The request ids of the reloads it waits for.
+    pub waiting: Vec<Value>,
+}
+
+/// A descriptor the old image left open, owned from now on (and closed on the next
+/// `execve`).
+fn take_fd(fd: RawFd) -> std::os::fd::OwnedFd {
+    // SAFETY: the old image left `fd` open for us alone, and nothing else owns it.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    owned
+}
 
 /// A request ready for the arbiter.
 pub struct Request {
@@ -81,7 +104,7 @@ impl ControlServer {
         Self::bind_at(path, path, mode, registry)
     }
 
-    /// A new master (after USR2 or a `--preload` reload) takes the socket over from the
+    /// A new master (after USR2) takes the socket over from the
     /// old one: bound beside it, then renamed over it, so clients never find no socket.
     pub fn take_over(path: &Path, mode: u32, registry: &Registry) -> anyhow::Result<ControlServer> {
         let mut tmp = path.as_os_str().to_owned();
@@ -127,6 +150,64 @@ impl ControlServer {
         &self.path
     }
 
+    /// The listening descriptor (a master re-executing in place keeps it open).
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Every client connection but `watch` subscribers (which a new image could not
+    /// resume: they are closed, and their client sees the stream end), for a master
+    /// re-executing in place, with what it read and has not sent.
+    pub fn handover(&self) -> Vec<(ConnId, HandedConn)> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.watching)
+            .map(|(&id, c)| {
+                let handed = HandedConn {
+                    fd: c.stream.as_raw_fd(),
+                    inbuf: c.inbuf.clone(),
+                    outbuf: c.outbuf.clone(),
+                    waiting: Vec::new(),
+                };
+                (id, handed)
+            })
+            .collect()
+    }
+
+    /// In a master re-executed in place: the socket and the client connections the old
+    /// image left open (`handover`). Returns the server and each connection's id, in
+    /// order.
+    pub fn adopt(
+        listener_fd: RawFd,
+        path: &Path,
+        conns: &[HandedConn],
+        registry: &Registry,
+    ) -> anyhow::Result<(ControlServer, Vec<ConnId>)> {
+        let std_listener = std::os::unix::net::UnixListener::from(take_fd(listener_fd));
+        std_listener.set_nonblocking(true)?;
+        let mut listener = UnixListener::from_std(std_listener);
+        registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
+        let mut server = ControlServer {
+            listener,
+            path: path.to_owned(),
+            conns: BTreeMap::new(),
+            next: TOKEN_BASE + 1,
+            daemon_uid: nix::unistd::geteuid().as_raw(),
+        };
+        let mut ids = Vec::new();
+        for handed in conns {
+            let std_stream = std::os::unix::net::UnixStream::from(take_fd(handed.fd));
+            std_stream.set_nonblocking(true)?;
+            let id = server.add_conn(UnixStream::from_std(std_stream), registry);
+            if let Some(c) = server.conns.get_mut(&id) {
+                c.inbuf.clone_from(&handed.inbuf);
+                c.outbuf.clone_from(&handed.outbuf);
+            }
+            ids.push(id);
+        }
+        Ok((server, ids))
+    }
+
     /// Descriptors a forked worker must close.
     pub fn fds(&self) -> Vec<RawFd> {
         std::iter::once(self.listener.as_raw_fd())
@@ -154,7 +235,7 @@ impl ControlServer {
 
     fn accept(&mut self, registry: &Registry) {
         loop {
-            let (mut stream, _) = match self.listener.accept() {
+            let (stream, _) = match self.listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -165,20 +246,25 @@ impl ControlServer {
             if self.conns.len() >= MAX_CONNECTIONS {
                 continue; // dropped: the client sees a closed connection
             }
-            let uid = peer_uid(&stream).unwrap_or(u32::MAX);
-            let allowed = uid == 0 || uid == self.daemon_uid;
-            let id = self.next;
-            self.next += 1;
-            if registry
-                .register(
-                    &mut stream,
-                    Token(id),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .is_err()
-            {
-                continue;
-            }
+            self.add_conn(stream, registry);
+        }
+    }
+
+    /// Registers a client connection; its id (a connection that cannot be registered
+    /// is dropped: the client sees it close).
+    fn add_conn(&mut self, mut stream: UnixStream, registry: &Registry) -> ConnId {
+        let uid = peer_uid(&stream).unwrap_or(u32::MAX);
+        let allowed = uid == 0 || uid == self.daemon_uid;
+        let id = self.next;
+        self.next += 1;
+        if registry
+            .register(
+                &mut stream,
+                Token(id),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_ok()
+        {
             self.conns.insert(
                 id,
                 Conn {
@@ -193,6 +279,7 @@ impl ControlServer {
                 },
             );
         }
+        id
     }
 
     /// Queues a response line for a connection (if it is still there) and tries to send.

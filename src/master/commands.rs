@@ -84,7 +84,7 @@ impl Arbiter {
                 self.begin_stop(!quick);
                 // What was asked may not be what happens: a stop already under way
                 // goes on (a quick one is never made graceful again).
-                let graceful = matches!(self.phase, Phase::Stopping { graceful: true });
+                let graceful = self.phase != Phase::Stopping { graceful: false };
                 let left = self
                     .stop_deadline
                     .map_or(0.0, |d| {
@@ -273,13 +273,7 @@ impl Arbiter {
             })
             .collect();
         let live_requests: u64 = workers.iter().map(|w| w.requests).sum();
-        let state = match self.phase {
-            Phase::Stopping { .. } if self.draining() => "draining",
-            Phase::Stopping { .. } => "stopping",
-            _ if self.reload.is_some() => "reloading",
-            Phase::Starting => "starting",
-            Phase::Running => "running",
-        };
+        let state = self.phase.label();
         Status {
             master: MasterStatus {
                 pid: std::process::id() as i32,

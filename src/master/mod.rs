@@ -12,10 +12,12 @@ mod accept_watch;
 mod commands;
 mod events;
 mod hooks;
+mod lifecycle;
 pub mod listeners;
 mod metrics;
 mod notify;
 mod probes;
+mod reexec;
 mod reload;
 mod shutdown_delay;
 mod stacks;
@@ -24,6 +26,7 @@ mod tls;
 mod upgrade;
 mod workers;
 
+pub use self::reexec::REEXEC_ENV;
 pub use self::start::{check_config, run};
 pub use self::upgrade::UPGRADE_FROM_ENV;
 use self::upgrade::{UpgradeChild, UPGRADE_TOKEN};
@@ -41,6 +44,7 @@ use nix::unistd::Pid;
 use rgunctl::protocol::HistoryEntry;
 use serde_json::json;
 
+use self::lifecycle::{Event, Phase, Step};
 use self::metrics::server::{MetricsServer, TOKEN_BASE as METRICS_TOKENS};
 use self::metrics::{ExitReason, Ledger};
 use self::notify::Notifier;
@@ -62,17 +66,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// Entries kept for `history`.
 const HISTORY_LEN: usize = 20;
-
-/// The master's life, logged on every change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Booting the first workers; a boot failure now halts the server.
-    Starting,
-    Running,
-    Stopping {
-        graceful: bool,
-    },
-}
 
 /// What a signal asks for; the loop reasons about these, not signal numbers.
 #[derive(Debug, Clone, Copy)]
@@ -120,6 +113,9 @@ struct WorkerProc {
     aborted: Option<Instant>,
     /// Why the master told it to stop, for `rgun_worker_exits_total`.
     leaving: Option<ExitReason>,
+    /// Forked by this master's previous image (`--preload` reload): its heartbeat is
+    /// on that image's scoreboard, which this one cannot read.
+    adopted: bool,
 }
 
 /// Counters for `status`.
@@ -148,7 +144,7 @@ pub struct Arbiter {
     notifier: Notifier,
     identity: crate::process::Identity,
     pidfile: Option<crate::process::PidFile>,
-    /// The pid of the new master (USR2 or a `--preload` reload) once it is ready.
+    /// The pid of the new master (USR2) once it is ready.
     upgraded_to: Option<u32>,
     /// A new master we started and wait for.
     upgrade_child: Option<UpgradeChild>,
@@ -169,6 +165,8 @@ pub struct Arbiter {
     /// The generation serving traffic.
     generation: u32,
     reload: Option<Reload>,
+    /// A `--preload` reload re-executes the master at the loop's next turn.
+    reexec_pending: bool,
     /// Episodes of failing `accept` in the workers.
     accept_watch: accept_watch::AcceptWatch,
     /// Reloads asked for while `reload` runs: one more, started when it ends.
@@ -223,9 +221,8 @@ impl Arbiter {
             self.watch_accept_errors();
             self.sweep_metrics();
             self.answer_stack_waiters();
-            if let Phase::Stopping { .. } = self.phase {
-                let reload_master = self.upgrade_child.as_ref().is_some_and(|c| c.for_reload);
-                if self.workers.is_empty() && !reload_master {
+            if self.phase.is_stopping() {
+                if self.workers.is_empty() && self.step(Event::WorkersGone) == Step::Exit {
                     self.cleanup();
                     return;
                 }
@@ -235,14 +232,13 @@ impl Arbiter {
                 if self.draining() {
                     // Still serving: time-outs apply as before, then the delay ends.
                     self.kill_stale();
-                    self.check_shutdown_delay(None);
+                    self.check_shutdown_delay();
                 }
             } else {
                 self.notifier.tick(self.ready_workers());
                 self.kill_stale();
                 self.recycle_bloated();
                 self.check_reload();
-                self.start_queued_reload();
                 self.manage_workers();
                 self.answer_scale_waiters();
             }
@@ -326,13 +322,6 @@ impl Arbiter {
             .max(Duration::from_millis(5))
     }
 
-    fn set_phase(&mut self, phase: Phase) {
-        if self.phase != phase {
-            tracing::debug!("master phase: {:?} -> {:?}", self.phase, phase);
-            self.phase = phase;
-        }
-    }
-
     fn handle_intent(&mut self, intent: Intent) {
         match intent {
             Intent::GracefulStop => {
@@ -356,8 +345,14 @@ impl Arbiter {
             Intent::ReopenLogs => self.reopen_logs(),
             Intent::Upgrade => {
                 tracing::info!("Handling signal: usr2");
-                if let Err(e) = self.upgrade(false) {
-                    tracing::error!("cannot upgrade: {e}");
+                match self.step(Event::UpgradeAsked) {
+                    Step::NewMaster => {
+                        if let Err(e) = self.upgrade() {
+                            tracing::error!("cannot upgrade: {e}");
+                        }
+                    }
+                    Step::Refuse(why) => tracing::warn!("USR2 ignored: {why}"),
+                    _ => {}
                 }
             }
             Intent::StopWorkers if self.cfg.daemon => {
@@ -381,38 +376,50 @@ impl Arbiter {
         self.emit("logs_reopened", json!({}));
     }
 
+    /// TERM, INT, QUIT or `rgunctl stop`.
     fn begin_stop(&mut self, graceful: bool) {
-        if let Phase::Stopping { graceful: already } = self.phase {
-            if graceful && self.draining() {
-                self.check_shutdown_delay(Some("a second TERM"));
-            } else if already && !graceful {
-                // A quick stop overrides a graceful one in progress (and its delay).
-                self.shutdown_delay_until = None;
-                self.phase = Phase::Stopping { graceful: false };
-                self.stop_workers(false);
-            }
-            return;
-        }
-        tracing::info!("Stopping ({})", if graceful { "graceful" } else { "quick" });
-        self.emit("stopping", json!({"graceful": graceful}));
-        self.set_phase(Phase::Stopping { graceful });
-        self.fail_reload("the server is stopping");
-        self.fail_queued_reload("the server is stopping");
-        self.notifier.stopping();
-        if !(graceful && self.begin_shutdown_delay()) {
-            self.stop_workers(graceful);
-        }
+        self.stop_for(Event::Stop { graceful }, None);
     }
 
-    /// Signals every worker, and a `--preload` reload's new master while it is not
-    /// yet serving: until then it and its workers are part of this server, and stop
-    /// with it.
+    /// The stop path for `event` (a stop asked for, a first worker that cannot boot,
+    /// the end of the shutdown delay), as `lifecycle::decide` has it: into `Draining`
+    /// or `Stopping`, or on from there; the first step abandons any reload. `why`
+    /// replaces the "Stopping" line. Whether the master is now on its way out because
+    /// of this event.
+    fn stop_for(&mut self, event: Event, why: Option<&str>) -> bool {
+        let was = self.phase;
+        let step = self.step(event);
+        if !matches!(step, Step::Drain | Step::Stop { .. }) {
+            return false;
+        }
+        let graceful = !matches!(step, Step::Stop { graceful: false });
+        if !was.is_stopping() {
+            match why {
+                Some(why) => tracing::error!("Shutting down: {why}"),
+                None => {
+                    tracing::info!("Stopping ({})", if graceful { "graceful" } else { "quick" })
+                }
+            }
+            self.emit("stopping", json!({"graceful": graceful}));
+            self.fail_reload(lifecycle::STOPPING);
+            self.fail_queued_reload(lifecycle::STOPPING);
+            self.notifier.stopping();
+        }
+        match step {
+            Step::Drain => self.begin_shutdown_delay(),
+            _ => {
+                if was == Phase::Draining {
+                    self.end_shutdown_delay(event);
+                }
+                self.stop_workers(graceful);
+            }
+        }
+        true
+    }
+
     fn signal_all(&self, sig: Signal) {
         for w in self.workers.values() {
             let _ = kill(w.pid, sig);
-        }
-        if let Some(child) = self.upgrade_child.as_ref().filter(|c| c.for_reload) {
-            let _ = kill(child.pid, sig);
         }
     }
 
@@ -473,9 +480,6 @@ impl Arbiter {
                 Err(e) => tracing::error!("{e:#}"),
             }
         }
-        // A reload's new master no longer stops with the old one: it serves now.
-        // SAFETY: prctl(PR_SET_PDEATHSIG, 0) only changes this process's setting.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
         if let Some(mut pipe) = self.old_master.take() {
             let _ = std::io::Write::write_all(&mut pipe, b"R");
         }

@@ -9,20 +9,19 @@ use super::{Arbiter, Phase};
 impl Arbiter {
     /// `/livez`: the loop answered, so the master runs; once it stops, 503.
     pub(super) fn liveness(&self) -> Result<String, String> {
-        match self.phase {
-            Phase::Stopping { .. } => Err("stopping".into()),
-            _ => Ok(format!("live: master {}", std::process::id())),
+        if self.phase.is_stopping() {
+            return Err("stopping".into());
         }
+        Ok(format!("live: master {}", std::process::id()))
     }
 
     /// `/readyz`: `Ok` while at least one worker of the serving generation is ready
     /// and the server is not stopping; otherwise why not, in one line.
     pub(super) fn readiness(&self) -> Result<String, String> {
-        if self.draining() {
-            return Err("draining: shutdown delay, still serving".into());
-        }
-        if let Phase::Stopping { .. } = self.phase {
-            return Err("draining: the server is stopping".into());
+        match self.phase {
+            Phase::Draining => return Err("draining: shutdown delay, still serving".into()),
+            Phase::Stopping { .. } => return Err("draining: the server is stopping".into()),
+            _ => {}
         }
         let ready = self.ready_workers();
         if ready > 0 {

@@ -20,7 +20,7 @@ use rgunctl::protocol::{ErrorBody, ErrorCode, HistoryEntry};
 use serde_json::{json, Value};
 
 use super::metrics::ExitReason;
-use super::{unix_now, Arbiter, Phase};
+use super::{unix_now, Arbiter, Event, Step};
 use crate::config::Config;
 
 /// A reload in progress.
@@ -30,11 +30,9 @@ pub struct Reload {
     started: Instant,
     /// Clients waiting for the outcome: (connection, request id).
     pub waiters: Vec<(usize, Value)>,
-    /// Done by a new master (`--preload`) rather than new workers of this one.
-    via_new_master: bool,
     /// Its `history` entry, to fill in at the end.
     history_started_at: f64,
-    /// The configuration the new generation runs (None when a new master reads it).
+    /// The configuration the new generation runs (None when a re-executed master reads it).
     pub cfg: Option<Box<Config>>,
     /// How many workers the new generation boots.
     target: usize,
@@ -49,6 +47,37 @@ pub struct Reload {
 const BOOT_RETRIES: u32 = 3;
 
 impl Reload {
+    /// The reload a master re-executed in place (`--preload`) goes on with: the new
+    /// image has read the configuration itself, so it has none of its own.
+    pub fn resumed(
+        handoff: &ReloadHandoff,
+        started: Instant,
+        waiters: Vec<(usize, Value)>,
+    ) -> Reload {
+        Reload {
+            generation: handoff.previous + 1,
+            previous: handoff.previous,
+            started,
+            waiters,
+            history_started_at: handoff.history_started_at,
+            cfg: None,
+            target: handoff.target,
+            workers_changed: handoff.workers_changed,
+            boot_retries: 0,
+        }
+    }
+
+    /// What of it the re-executed master needs (`reexec::Handoff`).
+    pub fn handoff(&self) -> ReloadHandoff {
+        ReloadHandoff {
+            previous: self.previous,
+            history_started_at: self.history_started_at,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+            target: self.target,
+            workers_changed: self.workers_changed,
+        }
+    }
+
     /// One more boot after a worker was killed by a signal, if any are left.
     pub fn take_retry(&mut self) -> bool {
         if self.boot_retries >= BOOT_RETRIES {
@@ -57,6 +86,20 @@ impl Reload {
         self.boot_retries += 1;
         true
     }
+}
+
+/// A reload in progress, as a master re-executing in place hands it to its new image.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ReloadHandoff {
+    /// The serving generation; the reload boots the next one.
+    pub previous: u32,
+    /// Its `history` entry's key.
+    pub history_started_at: f64,
+    pub elapsed_ms: u64,
+    /// How many workers the new generation boots, and whether that is a new configured
+    /// count.
+    pub target: usize,
+    pub workers_changed: bool,
 }
 
 /// Reloads asked for while another runs: one reload, started when it ends.
@@ -77,7 +120,7 @@ pub enum ReloadTicket {
 }
 
 /// Longest a new generation may take to become ready (at least 30 s, or `--timeout`).
-fn boot_timeout(timeout_secs: u64) -> Duration {
+pub(super) fn boot_timeout(timeout_secs: u64) -> Duration {
     Duration::from_secs(timeout_secs.max(30))
 }
 
@@ -89,20 +132,22 @@ impl Arbiter {
         trigger: String,
         waiter: Option<(usize, Value)>,
     ) -> Result<ReloadTicket, ErrorBody> {
-        if matches!(self.phase, Phase::Stopping { .. }) {
-            return Err(ErrorBody::new(ErrorCode::Failed, "the server is stopping"));
-        }
-        if self.reload.is_some() || self.phase == Phase::Starting {
-            let running = match &self.reload {
-                Some(r) => format!("generation {} is still booting", r.generation),
-                None => "the first workers are still booting".into(),
-            };
-            tracing::info!("Reload queued ({trigger}): {running}; it starts when that ends");
-            self.emit("reload_queued", json!({"trigger": trigger}));
-            let queued = self.queued_reload.get_or_insert_with(QueuedReload::default);
-            queued.triggers.push(trigger);
-            queued.waiters.extend(waiter);
-            return Ok(ReloadTicket::Queued);
+        match self.step(Event::ReloadAsked) {
+            Step::Reload => {}
+            Step::Queue => {
+                let running = match &self.reload {
+                    Some(r) => format!("generation {} is still booting", r.generation),
+                    None => "the first workers are still booting".into(),
+                };
+                tracing::info!("Reload queued ({trigger}): {running}; it starts when that ends");
+                self.emit("reload_queued", json!({"trigger": trigger}));
+                let queued = self.queued_reload.get_or_insert_with(QueuedReload::default);
+                queued.triggers.push(trigger);
+                queued.waiters.extend(waiter);
+                return Ok(ReloadTicket::Queued);
+            }
+            Step::Refuse(why) => return Err(ErrorBody::new(ErrorCode::Failed, why)),
+            other => unreachable!("a reload request cannot lead to {other:?}"),
         }
         let generation = self.begin_reload(trigger)?;
         if let (Some(r), Some(w)) = (self.reload.as_mut(), waiter) {
@@ -111,14 +156,26 @@ impl Arbiter {
         Ok(ReloadTicket::Started(generation))
     }
 
-    /// Starts the queued reload once nothing else runs (the loop calls this each turn).
-    pub(super) fn start_queued_reload(&mut self) {
-        if self.reload.is_some() || self.phase != Phase::Running {
-            return;
+    /// The reload (or the first boot) is over: the master serves, and the queued
+    /// reload starts if there is one (`lifecycle::decide`).
+    pub(super) fn reload_over(&mut self) {
+        if let Step::Serve { then_reload: true } = self.step(Event::ReloadEnded) {
+            self.start_queued_reload();
         }
+    }
+
+    /// Starts the queued reload (its turn came: `Step::Serve { then_reload }`).
+    pub(super) fn start_queued_reload(&mut self) {
         let Some(queued) = self.queued_reload.take() else {
             return;
         };
+        if let Step::Refuse(why) = self.step(Event::ReloadAsked) {
+            let error = ErrorBody::new(ErrorCode::Failed, format!("reload not started: {why}"));
+            for (conn, id) in queued.waiters {
+                self.reply_error(conn, &id, &error);
+            }
+            return;
+        }
         let trigger = match queued.triggers.as_slice() {
             [one] => one.clone(),
             [first, rest @ ..] => format!("{first} (+{} queued)", rest.len()),
@@ -149,9 +206,16 @@ impl Arbiter {
         }
     }
 
-    /// Starts booting the next generation.
+    /// Starts booting the next generation (the master is `Reloading`); on an error
+    /// the reload is over before it began.
     fn begin_reload(&mut self, trigger: String) -> Result<u32, ErrorBody> {
-        let (cfg, target, workers_changed) = self.next_config()?;
+        let (cfg, target, workers_changed) = match self.next_config() {
+            Ok(next) => next,
+            Err(e) => {
+                self.reload_over();
+                return Err(e);
+            }
+        };
         let generation = self.generation + 1;
         self.call_hook("on_reload", json!({}));
         self.notifier.reloading();
@@ -175,7 +239,6 @@ impl Arbiter {
             previous: self.generation,
             started: Instant::now(),
             waiters: Vec::new(),
-            via_new_master: self.cfg.preload,
             history_started_at: started_at,
             cfg,
             target,
@@ -183,11 +246,10 @@ impl Arbiter {
             boot_retries: 0,
         });
         if self.cfg.preload {
-            // The application lives in this master: new code needs a new master.
-            if let Err(e) = self.upgrade(true) {
-                self.fail_reload(&e);
-                return Err(ErrorBody::new(ErrorCode::Failed, e));
-            }
+            // The application lives in this master: new code needs a new image. The
+            // re-executed master answers the waiting clients; `request_reload` adds
+            // them first, so this waits for the loop's next turn.
+            self.reexec_pending = true;
             return Ok(generation);
         }
         for _ in 0..target.max(1) {
@@ -202,14 +264,13 @@ impl Arbiter {
         Ok(generation)
     }
 
-    /// As Gunicorn's HUP: the new generation gets the configuration as it is now (with
-    /// --preload the new master reads it itself). Returns it, the new generation's
-    /// worker count, and whether the configured count changed.
+    /// As Gunicorn's HUP: the new generation gets the configuration as it is now.
+    /// Returns it, the new generation's worker count, and whether the configured count
+    /// changed. With `--preload` the re-executed master reads it again itself (so it
+    /// is `None`): it is read here all the same, so that a configuration that cannot
+    /// be read fails the reload before the master re-executes, not after.
     #[allow(clippy::type_complexity)]
     fn next_config(&mut self) -> Result<(Option<Box<Config>>, usize, bool), ErrorBody> {
-        if self.cfg.preload {
-            return Ok((None, self.target, false));
-        }
         let fresh = self.reread_config()?;
         let workers = fresh.worker_count().map_err(|e| {
             ErrorBody::new(
@@ -225,7 +286,8 @@ impl Arbiter {
         } else {
             self.target
         };
-        Ok((Some(Box::new(fresh)), target, changed))
+        let fresh = (!self.cfg.preload).then(|| Box::new(fresh));
+        Ok((fresh, target, changed))
     }
 
     /// Re-reads the configuration file, environment and command line for the next
@@ -272,15 +334,13 @@ impl Arbiter {
 
     /// Swaps generations once the new one is ready; fails the reload on boot time-out.
     pub(super) fn check_reload(&mut self) {
-        let Some(reload) = &self.reload else { return };
-        if reload.via_new_master {
-            if reload.started.elapsed() > boot_timeout(self.cfg.timeout) {
-                if let Some(pid) = self.upgrade_child.as_ref().map(|c| c.pid) {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
+        if std::mem::take(&mut self.reexec_pending) && self.reload.is_some() {
+            if let Err(e) = self.reexec_for_reload() {
+                self.fail_reload(&e);
             }
-            return; // the new master's pipe or exit decides
+            return;
         }
+        let Some(reload) = &self.reload else { return };
         let generation = reload.generation;
         let new: Vec<bool> = self
             .workers
@@ -334,6 +394,7 @@ impl Arbiter {
         for (conn, id) in reload.waiters {
             self.reply_ok(conn, &id, result.clone());
         }
+        self.reload_over();
     }
 
     /// Tears down the new generation; the serving one, and the configuration it runs,
@@ -354,7 +415,7 @@ impl Arbiter {
         }
         let duration_ms = reload.started.elapsed().as_millis() as u64;
         self.ledger.reload_finished(false);
-        let stopping = matches!(self.phase, Phase::Stopping { .. });
+        let stopping = self.phase.is_stopping();
         let outcome = if stopping {
             format!("reload to generation {} abandoned", reload.generation)
         } else {
@@ -379,6 +440,7 @@ impl Arbiter {
         for (conn, id) in reload.waiters {
             self.reply_error(conn, &id, &error);
         }
+        self.reload_over();
     }
 
     fn finish_history(

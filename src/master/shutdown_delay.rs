@@ -4,7 +4,7 @@
 //! begin. During the delay `/readyz` answers 503, `status` says `draining`, and every
 //! worker's `Slot::closing` makes each response end its connection (`Connection:
 //! close`, HTTP/2 GOAWAY), so clients move to the servers that stay. A second TERM, or
-//! INT/QUIT, cuts the delay short.
+//! INT/QUIT, cuts the delay short (`lifecycle::decide`).
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -12,16 +12,13 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-use super::Arbiter;
+use super::{Arbiter, Event, Phase};
 
 impl Arbiter {
-    /// Starts the delay (a graceful stop with `--shutdown-delay` and workers to drain);
-    /// false when there is none and the workers should be stopped now.
-    pub(super) fn begin_shutdown_delay(&mut self) -> bool {
+    /// The master enters `Draining` (a graceful stop with `--shutdown-delay` and
+    /// workers to drain): not ready, still serving, every response closing.
+    pub(super) fn begin_shutdown_delay(&mut self) {
         let delay = self.cfg.shutdown_delay();
-        if delay.is_zero() || self.workers.is_empty() {
-            return false;
-        }
         tracing::info!(
             "Draining: not ready, still serving for {}s (shutdown_delay) before stopping the workers",
             delay.as_secs()
@@ -34,22 +31,28 @@ impl Arbiter {
                 .store(1, Ordering::Relaxed);
         }
         self.shutdown_delay_until = Some(Instant::now() + delay);
-        true
     }
 
-    /// Ends the delay when it is over (called every loop turn while stopping), or
-    /// at once when `cut_short` (a second TERM, INT, QUIT).
-    pub(super) fn check_shutdown_delay(&mut self, cut_short: Option<&str>) {
-        let Some(until) = self.shutdown_delay_until else {
-            return;
-        };
-        match cut_short {
-            Some(why) => tracing::info!("Shutdown delay cut short by {why}"),
-            None if Instant::now() < until => return,
-            None => tracing::info!("Shutdown delay over; stopping the workers"),
+    /// Every loop turn while draining: once the delay is over, the graceful stop.
+    pub(super) fn check_shutdown_delay(&mut self) {
+        if self
+            .shutdown_delay_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.stop_for(Event::DelayOver, None);
         }
+    }
+
+    /// The delay ends (`event` left `Draining`): said how.
+    pub(super) fn end_shutdown_delay(&mut self, event: Event) {
         self.shutdown_delay_until = None;
-        self.stop_workers(true);
+        match event {
+            Event::DelayOver => tracing::info!("Shutdown delay over; stopping the workers"),
+            Event::Stop { graceful: true } => {
+                tracing::info!("Shutdown delay cut short by a second TERM")
+            }
+            _ => tracing::info!("Shutdown delay cut short by a quick stop"),
+        }
     }
 
     /// TERM (graceful) or QUIT (quick) to every worker, with the time they have.
@@ -63,8 +66,8 @@ impl Arbiter {
         self.stop_deadline = Some(Instant::now() + grace);
     }
 
-    /// The master's state for `status`: `draining` during the delay.
+    /// `Draining`: the delay runs.
     pub(super) fn draining(&self) -> bool {
-        self.shutdown_delay_until.is_some()
+        self.phase == Phase::Draining
     }
 }

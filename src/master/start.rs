@@ -14,7 +14,7 @@ use super::listeners::{bind_all, open_control};
 use super::metrics::server::MetricsServer;
 use super::metrics::Ledger;
 use super::notify::Notifier;
-use super::{hooks, tls, upgrade, Arbiter, Phase, Totals, SIGNAL_TOKEN, UPGRADE_FROM_ENV};
+use super::{hooks, reexec, tls, upgrade, Arbiter, Phase, Totals, SIGNAL_TOKEN, UPGRADE_FROM_ENV};
 use crate::config::Config;
 use crate::control::ControlServer;
 use crate::python::Forked;
@@ -82,11 +82,47 @@ fn preload(cfg: &Config) -> Result<crate::worker::Preloaded, String> {
     })
 }
 
+/// `--preload`'s import: `Err` is the exit status of a master that cannot load the
+/// application. A master re-executed in place by a reload imports with a stop able to
+/// cut it short (`reexec::guarded_import`), and a failure fails the reload instead.
+fn preload_app(
+    cfg: &Config,
+    reexecuted: bool,
+    old_master: &mut Option<std::os::unix::net::UnixStream>,
+) -> Result<(Option<crate::worker::Preloaded>, reexec::Then), i32> {
+    use reexec::{Import, Then};
+    if !cfg.preload {
+        return Ok((None, Then::Boot));
+    }
+    let limit = super::reload::boot_timeout(cfg.timeout);
+    let imported = if reexecuted {
+        reexec::guarded_import(limit, || preload(cfg))
+    } else {
+        preload(cfg).map_or_else(Import::Failed, Import::Done)
+    };
+    match imported {
+        Import::Done(app) => Ok((Some(app), Then::Boot)),
+        Import::Stopped => Ok((None, Then::Hold)),
+        Import::Failed(text) => {
+            tracing::error!("Exception while preloading the application\n{text}");
+            if reexecuted {
+                // The old image's workers serve on; the reload fails with the traceback.
+                return Ok((None, Then::Fail(text)));
+            }
+            upgrade::report_failure(old_master, &text);
+            tracing::error!("Shutting down: App failed to load.");
+            Err(exit::APP_LOAD_ERROR)
+        }
+    }
+}
+
 /// Runs the server until it stops; returns the process exit status.
 pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     let (target, sized) = cfg.worker_count_explained().map_err(anyhow::Error::msg)?;
     let identity = prepare_process(&mut cfg)?;
     let hook_host = start_hook_host(&cfg, target);
+    // A `--preload` reload re-executed this master in place: what the old image left.
+    let handoff = reexec::take_handoff();
     let listeners = bind_all(&cfg)?;
     let mut old_master = upgrade::pipe_to_old_master();
     let deferred_takeover = std::env::var_os(UPGRADE_FROM_ENV).is_some();
@@ -98,24 +134,17 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     if asgi && cfg.threads > 1 {
         tracing::warn!("--threads is ignored by -k asgi: its concurrency is the event loop");
     }
-    let preloaded = if cfg.preload {
-        match preload(&cfg) {
-            Ok(app) => Some(app),
-            Err(text) => {
-                tracing::error!("Exception while preloading the application\n{text}");
-                upgrade::report_failure(&mut old_master, &text);
-                tracing::error!("Shutting down: App failed to load.");
-                return Ok(exit::APP_LOAD_ERROR);
-            }
-        }
-    } else {
-        None
+    let (preloaded, then) = match preload_app(&cfg, handoff.is_some(), &mut old_master) {
+        Ok(imported) => imported,
+        Err(code) => return Ok(code),
     };
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
-    let sockets = MasterSockets::open(&mut cfg, &listeners, deferred_takeover)?;
+    let mut sockets =
+        MasterSockets::open(&mut cfg, &listeners, deferred_takeover, handoff.as_ref())?;
     crate::statsd::start(&cfg.observability);
     crate::syslog::start(&cfg.observability, cfg.proc_name());
     log_start(&cfg, &listeners, &sockets);
+    let waiters = std::mem::take(&mut sockets.waiters);
     let mut arbiter = Arbiter {
         listeners,
         scoreboard,
@@ -140,13 +169,19 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         target: target as usize,
         generation: inherited_generation(),
         reload: None,
+        reexec_pending: false,
         queued_reload: None,
         accept_watch: Default::default(),
         scale_waiters: Vec::new(),
         stack_waiters: Vec::new(),
         history: VecDeque::new(),
         totals: Totals::default(),
-        phase: Phase::Starting,
+        // A master re-executed in place goes on with the reload it was running.
+        phase: if handoff.is_some() {
+            Phase::Reloading
+        } else {
+            Phase::Starting
+        },
         started: Instant::now(),
         started_at: SystemTime::now(),
         stop_deadline: None,
@@ -160,6 +195,9 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         exit_code: 0,
         cfg,
     };
+    if let Some(h) = handoff {
+        arbiter.resume_after_reexec(h, waiters, then);
+    }
     arbiter.call_hook("when_ready", json!({}));
     arbiter.run();
     Ok(arbiter.exit_code)
@@ -224,6 +262,8 @@ struct MasterSockets {
     signals: SignalPipe,
     control: Option<ControlServer>,
     metrics: Option<MetricsServer>,
+    /// After a re-execution in place: the clients waiting for the reload.
+    waiters: Vec<(usize, serde_json::Value)>,
 }
 
 impl MasterSockets {
@@ -231,14 +271,30 @@ impl MasterSockets {
         cfg: &mut Config,
         listeners: &[crate::net::Listener],
         deferred_takeover: bool,
+        handoff: Option<&reexec::Handoff>,
     ) -> anyhow::Result<MasterSockets> {
         use signal_hook::consts::*;
         let signals = SignalPipe::install(&[
             SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD,
         ])?;
+        if handoff.is_some() {
+            // Blocked across execve; anything sent meanwhile is handled now.
+            reexec::release_signals();
+        }
         let poll = Poll::new()?;
         signals.register(poll.registry(), SIGNAL_TOKEN)?;
-        let control = open_control(cfg, listeners, deferred_takeover, poll.registry())?;
+        // A master re-executed in place keeps the socket it had (and its waiting clients).
+        let adopt = handoff.and_then(|h| h.control_fd.map(|fd| (h, fd)));
+        let adopting = deferred_takeover || adopt.is_some();
+        let mut control = open_control(cfg, listeners, adopting, poll.registry())?;
+        let mut waiters = Vec::new();
+        if let (Some((h, fd)), Some(path)) = (adopt, cfg.control_socket.clone()) {
+            let (server, ids) = ControlServer::adopt(fd, &path, &h.conns, poll.registry())?;
+            for (conn, handed) in ids.into_iter().zip(&h.conns) {
+                waiters.extend(handed.waiting.iter().map(|id| (conn, id.clone())));
+            }
+            control = Some(server);
+        }
         let metrics = match &cfg.observability.metrics_bind {
             Some(addr) => Some(MetricsServer::bind(addr, cfg.backlog, poll.registry())?),
             None => None,
@@ -248,6 +304,7 @@ impl MasterSockets {
             signals,
             control,
             metrics,
+            waiters,
         })
     }
 }

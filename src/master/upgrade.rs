@@ -5,10 +5,7 @@
 //!   takes over the control socket and the pidfile, and the old master keeps serving
 //!   until it is told to stop (`TERM`), as in Gunicorn. Under systemd the old master
 //!   hands `MAINPID` over.
-//! - A reload with `--preload`: the application lives in the master, so new code needs
-//!   a new master. Same mechanism; when the new master is ready the old one answers the
-//!   reload and stops gracefully. If the new master cannot import the application, it
-//!   says why on the pipe and exits, and the old master keeps serving.
+//! - (A reload with `--preload` re-executes the master in place instead: `reexec.rs`.)
 //!
 //! Old and new master talk over a socketpair: the new one writes `R` when its workers
 //! are ready, or `E<text>` before it exits on a boot failure.
@@ -40,8 +37,6 @@ pub struct UpgradeChild {
     pub pid: Pid,
     pipe: UnixStream,
     inbox: Vec<u8>,
-    /// Started by a reload (`--preload`): we stop once it is ready.
-    pub for_reload: bool,
 }
 
 /// In a new master: the pipe to the old one, taken from the environment.
@@ -65,9 +60,8 @@ pub fn report_failure(pipe: &mut Option<UnixStream>, text: &str) {
 }
 
 impl Arbiter {
-    /// Starts a new master. `for_reload`: a `--preload` reload, which ends with this
-    /// master stopping.
-    pub(super) fn upgrade(&mut self, for_reload: bool) -> Result<(), String> {
+    /// Starts a new master (USR2).
+    pub(super) fn upgrade(&mut self) -> Result<(), String> {
         if self.upgraded_to.is_some() || self.upgrade_child.is_some() {
             return Err("a new master is already running".into());
         }
@@ -96,27 +90,13 @@ impl Arbiter {
         if let Some(path) = self.notifier.socket_path() {
             cmd.env("NOTIFY_SOCKET", path);
         }
-        // A reload's new master is part of this server until it serves: if this
-        // master dies first (even by SIGKILL), it is told to stop (SIGTERM) rather than
-        // serve on alone; it clears that once it takes over.
-        let parent = std::process::id() as libc::pid_t;
         // SAFETY: between fork and exec the child only clears FD_CLOEXEC on the
-        // descriptors it must keep and sets its parent-death signal (fcntl, prctl and
-        // getppid are async-signal-safe).
+        // descriptors it must keep (fcntl is async-signal-safe).
         unsafe {
             cmd.pre_exec(move || {
                 for fd in &keep {
                     if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
                         return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if for_reload {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // The old master died before the prctl: nobody waits for us.
-                    if libc::getppid() != parent {
-                        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                     }
                 }
                 Ok(())
@@ -149,7 +129,6 @@ impl Arbiter {
             pid,
             pipe: ours,
             inbox: Vec::new(),
-            for_reload,
         });
         Ok(())
     }
@@ -180,30 +159,6 @@ impl Arbiter {
         self.notifier
             .send(&format!("MAINPID={}\nREADY=1", child.pid));
         tracing::info!("New master {} is ready", child.pid);
-        if child.for_reload {
-            self.finish_reload();
-            self.hand_queued_reload_to(child.pid);
-            self.begin_stop(true);
-        }
-    }
-
-    /// A reload queued behind a `--preload` reload belongs to the new master, which
-    /// now serves: it gets a HUP (loading the code as it is now), and the clients
-    /// waiting here are told so, since this master stops.
-    fn hand_queued_reload_to(&mut self, new_master: Pid) {
-        let Some(queued) = self.queued_reload.take() else {
-            return;
-        };
-        tracing::info!("Handing the queued reload to the new master {new_master}");
-        let _ = nix::sys::signal::kill(new_master, nix::sys::signal::Signal::SIGHUP);
-        let result = serde_json::json!({
-            "queued": true,
-            "serving_generation": self.generation,
-            "handed_to_master": new_master.as_raw(),
-        });
-        for (conn, id) in queued.waiters {
-            self.reply_ok(conn, &id, result.clone());
-        }
     }
 
     /// The new master exited; before it was ready, that is a failed upgrade.
@@ -223,17 +178,10 @@ impl Arbiter {
             Some(b'E') => String::from_utf8_lossy(&child.inbox[1..]).into_owned(),
             _ => format!("the new master exited with {code:?} before it was ready"),
         };
-        if matches!(self.phase, super::Phase::Stopping { .. }) {
-            tracing::info!("The new master {} has stopped", child.pid);
-        } else {
-            tracing::error!(
-                "The new master {} failed; this master keeps serving: {why}",
-                child.pid
-            );
-        }
-        if child.for_reload {
-            self.fail_reload(&why);
-        }
+        tracing::error!(
+            "The new master {} failed; this master keeps serving: {why}",
+            child.pid
+        );
     }
 
     pub(super) fn is_upgrade_child(&self, pid: Pid) -> bool {

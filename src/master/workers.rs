@@ -18,7 +18,9 @@ use crate::config::MaxWorkerRss;
 use crate::python::Forked;
 use serde_json::json;
 
-use super::{describe_exit, Arbiter, ExitReason, Phase, WorkerProc, ABORT_GRACE, MAX_BACKOFF};
+use super::{
+    describe_exit, Arbiter, Event, ExitReason, Phase, Step, WorkerProc, ABORT_GRACE, MAX_BACKOFF,
+};
 use crate::worker::{self, exit, WorkerInit};
 
 impl Arbiter {
@@ -39,7 +41,7 @@ impl Arbiter {
                 }
                 continue;
             }
-            if !w.ready {
+            if !w.ready || w.adopted {
                 continue;
             }
             let slot = self.scoreboard.slot(w.slot);
@@ -217,6 +219,7 @@ impl Arbiter {
                 age: self.totals.spawned,
                 aborted: None,
                 leaving: None,
+                adopted: false,
             },
         );
         self.totals.spawned += 1;
@@ -271,13 +274,24 @@ impl Arbiter {
             });
             self.emit("worker_ready", ready);
             if self.phase == Phase::Starting && self.ready_workers() >= self.target {
-                tracing::info!("All {} workers ready", self.target);
-                self.set_phase(Phase::Running);
-                self.take_over_from_old_master();
-                self.notifier.ready(&self.status_line());
+                self.first_workers_ready();
             }
         }
         self.read_stacks(slot);
+    }
+
+    /// `Starting` is over: the master serves (and takes over from the old master after
+    /// USR2); a reload asked for meanwhile starts now.
+    fn first_workers_ready(&mut self) {
+        let Step::Serve { then_reload } = self.step(Event::FirstWorkersReady) else {
+            return;
+        };
+        tracing::info!("All {} workers ready", self.target);
+        self.take_over_from_old_master();
+        self.notifier.ready(&self.status_line());
+        if then_reload {
+            self.start_queued_reload();
+        }
     }
 
     /// After ready, a worker sends only `S<json>\n` lines: its stacks for `stack`.
@@ -403,7 +417,7 @@ impl Arbiter {
     /// Gunicorn's line for a worker's exit: quiet when it was asked to go.
     fn log_worker_exit(&self, w: &WorkerProc, code: Option<i32>, signal: Option<Signal>) {
         let pid = w.pid;
-        let asked = matches!(self.phase, Phase::Stopping { .. }) || w.retiring;
+        let asked = self.phase.is_stopping() || w.retiring;
         match (code, signal) {
             (Some(0), _) if asked => tracing::debug!("worker {pid} exited"),
             (Some(0), _) => tracing::info!("Worker exiting (pid: {pid})"),
@@ -425,7 +439,7 @@ impl Arbiter {
         signal: Option<Signal>,
         boot_error: Option<String>,
     ) {
-        if matches!(self.phase, Phase::Stopping { .. }) {
+        if self.phase.is_stopping() {
             return;
         }
         if self
@@ -440,16 +454,17 @@ impl Arbiter {
         }
         let failed_boot = matches!(code, Some(exit::BOOT_ERROR) | Some(exit::APP_LOAD_ERROR));
         self.boot_failing |= failed_boot && w.generation == self.generation;
-        if failed_boot && self.phase == Phase::Starting {
+        if failed_boot {
             let reason = if code == Some(exit::APP_LOAD_ERROR) {
                 "App failed to load."
             } else {
                 "Worker failed to boot."
             };
-            tracing::error!("Shutting down: {reason}");
-            self.exit_code = code.unwrap_or(1);
-            self.begin_stop(false);
-            return;
+            // While starting, that stops the server.
+            if self.stop_for(Event::BootFailed, Some(reason)) {
+                self.exit_code = code.unwrap_or(1);
+                return;
+            }
         }
         // A clean exit (max-requests, a retired worker) is not a crash. One that never
         // became ready is a crash loop in the making; one that served is replaced

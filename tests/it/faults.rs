@@ -292,14 +292,23 @@ fn a_stopped_worker_is_killed_within_timeout_plus_a_second() {
             .unwrap_or(true)
     };
     assert!(wait_until(Duration::from_secs(15), gone), "{}", s.log());
-    let took = stopped.elapsed();
-    eprintln!("a stopped worker with --timeout 3 was killed {took:?} after SIGSTOP");
-    assert!(
-        took < Duration::from_millis(4500),
-        "killed {took:?} after it stopped\n{}",
-        s.log()
+    // Not timed (the machine may be loaded): the bound is the master's, which kills a
+    // stopped worker at its time-out with SIGKILL, without SIGABRT's 2 s grace first.
+    eprintln!(
+        "a stopped worker with --timeout 3 was killed {:?} after SIGSTOP",
+        stopped.elapsed()
     );
-    assert!(s.log().contains("stopped; killing it"), "{}", s.log());
+    let log = s.log();
+    assert!(
+        log.contains(&format!(
+            "WORKER TIMEOUT (pid:{victim}): stopped; killing it"
+        )),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("WORKER TIMEOUT (pid:{victim})\n")),
+        "SIGABRT first: {log}"
+    );
     assert_eq!(s.get("/").status, 200);
 }
 
@@ -327,16 +336,19 @@ fn is_gone(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
-/// A `--preload` server whose application takes 3 s to import once `slow` exists, in
-/// the middle of a reload (the new master importing) when `signal` reaches the master.
-/// Returns every process of the tree seen, the reload's `rgunctl` output, and the
-/// server (its master already signalled).
-fn signal_during_a_preload_reload(signal: i32) -> (Vec<i32>, std::process::Output, Server) {
+/// A `--preload` server whose application takes `import_s` seconds to import once
+/// `slow` exists, in the middle of a reload (the re-executed master importing) when
+/// `signal` reaches the master. Returns every process of the tree seen, the reload's
+/// `rgunctl` output, and the server (its master already signalled).
+fn signal_during_a_preload_reload(
+    signal: i32,
+    import_s: u32,
+) -> (Vec<i32>, std::process::Output, Server) {
     let dir = tempfile::tempdir().unwrap();
     write_file(
         dir.path(),
         "booted.py",
-        &BOOT_APP.replace("sleep(2)", "sleep(3)"),
+        &BOOT_APP.replace("sleep(2)", &format!("sleep({import_s})")),
     );
     let s = ServerBuilder::new("booted:application")
         .workers(2)
@@ -346,10 +358,10 @@ fn signal_during_a_preload_reload(signal: i32) -> (Vec<i32>, std::process::Outpu
         .start();
     write_file(dir.path(), "slow", "");
     let reload = reload_in_background(&s);
-    s.wait_for_log("Starting a new master", Duration::from_secs(20));
+    s.wait_for_log("Re-executing the master", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
     let seen = tree_of(s.pid());
-    assert!(seen.len() >= 4, "master, 2 workers, new master: {seen:?}");
+    assert!(seen.len() >= 3, "master and 2 workers: {seen:?}");
     s.signal(signal);
     let out = reload.join().unwrap();
     // The directory must outlive the processes that import from it.
@@ -377,15 +389,31 @@ fn assert_tree_gone(seen: &[i32], s: &Server, limit: Duration) {
     );
 }
 
-/// Regression (issue 25, item 1): TERM during a `--preload` reload stopped the old
-/// master, and the new one then served on alone (a stopped service that answers;
+/// Regression (issue 25, item 1): TERM during a `--preload` reload (now: while the
+/// re-executed master imports the new code) stopped the old master, and the new one
+/// then served on alone (a stopped service that answers;
 /// "address already in use" at the next start); the reload said generation 1 kept
 /// serving.
 #[test]
 fn term_during_a_preload_reload_stops_the_whole_tree_and_the_reload_says_so() {
-    let (seen, out, mut s) = signal_during_a_preload_reload(libc::SIGTERM);
+    let (seen, out, mut s) = signal_during_a_preload_reload(libc::SIGTERM, 3);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("reload to generation 2 abandoned: the server is stopping"),
+        "{stderr}"
+    );
+    assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0), "{}", s.log());
+    // graceful timeout (5 s) + 5 s
+    assert_tree_gone(&seen, &s, Duration::from_secs(10));
+}
+
+/// A stop always stops: TERM during a `--preload` reload whose import hangs (an hour's
+/// sleep) cuts the import short rather than waiting for it.
+#[test]
+fn term_during_a_preload_reload_whose_import_hangs_still_stops_the_tree() {
+    let (seen, out, mut s) = signal_during_a_preload_reload(libc::SIGTERM, 3600);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("reload to generation 2 abandoned: the server is stopping"),
         "{stderr}"
@@ -399,11 +427,135 @@ fn term_during_a_preload_reload_stops_the_whole_tree_and_the_reload_says_so() {
 /// half-started new master serving on its own.
 #[test]
 fn kill_of_the_master_during_a_preload_reload_leaves_no_process() {
-    let (seen, _out, mut s) = signal_during_a_preload_reload(libc::SIGKILL);
+    let (seen, _out, mut s) = signal_during_a_preload_reload(libc::SIGKILL, 3);
     assert_eq!(
         s.wait_exit(Duration::from_secs(10)),
         None,
         "killed, no status"
     );
     assert_tree_gone(&seen, &s, Duration::from_secs(10));
+}
+
+/// Regression (issue 25, item 0), in a container: rgun as PID 1 of a PID namespace
+/// stays PID 1 through a `--preload` reload (it used to exit, ending the container,
+/// while a new master served as a child of nobody).
+#[test]
+fn a_preload_reload_keeps_pid_1_in_a_pid_namespace() {
+    if !crate::support::running_as_root("a_preload_reload_keeps_pid_1_in_a_pid_namespace") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "booted.py", BOOT_APP);
+    let mut s = ServerBuilder::new("booted:application")
+        .workers(2)
+        // `unshare`, the process that starts rgun, waits for it (and kills it if it
+        // dies itself).
+        .wrapped_in(&["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"])
+        .args(["--preload"])
+        .arg("--chdir")
+        .arg(dir.path().to_str().unwrap())
+        .start();
+    let pid = |s: &Server| status(s)["master"]["pid"].clone();
+    assert_eq!(pid(&s), 1, "{}", status(&s));
+    write_file(dir.path(), "slow", "");
+    let out = reload_in_background(&s).join().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    assert_eq!(pid(&s), 1, "{}", status(&s));
+    assert_eq!(status(&s)["master"]["generation"], 2);
+    // `unshare`, which started rgun and waits for it, saw it run throughout.
+    assert!(s.child.try_wait().unwrap().is_none(), "{}", s.log());
+    assert_eq!(s.get("/").status, 200);
+    // (`unshare` ignores TERM while it waits: stop through the control socket.)
+    let stop = Command::new(rgunctl_bin())
+        .arg("-s")
+        .arg(&s.ctl_path)
+        .arg("stop")
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{stop:?}");
+    assert_eq!(s.wait_exit(Duration::from_secs(15)), Some(0), "{}", s.log());
+}
+
+// ---------------------------------------------------------------------------------
+// The master's state machine (`master/lifecycle.rs`) over real processes
+// ---------------------------------------------------------------------------------
+
+/// Waits (bounded) until `status` says the master is in `state`.
+fn wait_for_state(s: &Server, state: &str) {
+    assert!(
+        wait_until(Duration::from_secs(20), || status(s)["master"]["state"]
+            == state),
+        "never {state}: {}\n{}",
+        status(s),
+        s.log()
+    );
+}
+
+/// Once draining, nothing brings the server back: a reload is refused, USR2 starts no
+/// second master; and a quick stop overtakes the graceful one (the delay is 60 s).
+#[test]
+fn draining_refuses_reloads_and_usr2_and_a_quick_stop_overtakes_it() {
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .args(["--shutdown-delay", "60"])
+        .start();
+    let workers = s.worker_pids();
+    s.signal(libc::SIGTERM);
+    wait_for_state(&s, "draining");
+    let reload = reload_in_background(&s).join().unwrap();
+    let stderr = String::from_utf8_lossy(&reload.stderr);
+    assert_eq!(reload.status.code(), Some(1), "{reload:?}");
+    assert!(stderr.contains("the server is stopping"), "{stderr}");
+    s.signal(libc::SIGUSR2);
+    s.wait_for_log(
+        "USR2 ignored: the server is stopping",
+        Duration::from_secs(20),
+    );
+    let mut children = s.worker_pids();
+    children.sort_unstable();
+    let mut expected = workers.clone();
+    expected.sort_unstable();
+    assert_eq!(children, expected, "no second master, no new worker");
+    assert_eq!(status(&s)["master"]["state"], "draining");
+    s.signal(libc::SIGINT);
+    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(0), "{}", s.log());
+    assert!(
+        s.log().contains("Shutdown delay cut short by a quick stop"),
+        "{}",
+        s.log()
+    );
+    for w in workers {
+        assert!(is_gone(w), "worker {w} outlived its master");
+    }
+}
+
+/// A stop abandons the reload in progress and the one queued behind it: each waiting
+/// `rgunctl reload` is answered (failed: the server is stopping), and the server exits.
+#[test]
+fn a_stop_answers_the_running_and_the_queued_reload_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = boot_server(dir.path());
+    write_file(dir.path(), "slow", "");
+    let first = reload_in_background(&s);
+    wait_for_state(&s, "reloading");
+    let second = reload_in_background(&s);
+    s.wait_for_log("Reload queued", Duration::from_secs(20));
+    s.signal(libc::SIGTERM);
+    let first = first.join().unwrap();
+    let second = second.join().unwrap();
+    let (e1, e2) = (
+        String::from_utf8_lossy(&first.stderr),
+        String::from_utf8_lossy(&second.stderr),
+    );
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    assert!(
+        e1.contains("reload to generation 2 abandoned: the server is stopping"),
+        "{e1}"
+    );
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert!(
+        e2.contains("reload not started: the server is stopping"),
+        "{e2}"
+    );
+    assert_eq!(s.wait_exit(Duration::from_secs(40)), Some(0), "{}", s.log());
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use crate::scoreboard::{Slot, WorkerState, DURATION_BOUNDS_US};
 use rgunctl::protocol::Traffic;
 
-use super::{Arbiter, Phase};
+use super::Arbiter;
 use crate::process::rss_bytes;
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -501,7 +501,7 @@ impl Arbiter {
 
     /// Why a worker that just exited left.
     pub(super) fn exit_reason(&self, w: &super::WorkerProc, code: Option<i32>) -> ExitReason {
-        if matches!(self.phase, Phase::Stopping { .. }) {
+        if self.phase.is_stopping() {
             ExitReason::Shutdown
         } else if w.aborted.is_some() {
             ExitReason::Timeout
