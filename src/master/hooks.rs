@@ -80,6 +80,13 @@ impl HookHost {
         match unsafe { crate::python::fork_interpreter(inherit) }.context("fork")? {
             Forked::Child(signals) => {
                 signals.release();
+                // A master re-executed in place starts it with every signal still
+                // blocked (`reexec`): the host's signals are its own.
+                let _ = nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&nix::sys::signal::SigSet::empty()),
+                    None,
+                );
                 // Already closed by the fork (`Inherit::Only`).
                 std::mem::forget(ours);
                 // A hook that never returns must not outlive the master.

@@ -76,6 +76,8 @@ pub struct Context {
     pub queued: bool,
     /// A graceful stop would drain first (`--shutdown-delay`, and workers to drain).
     pub delay: bool,
+    /// A new master (USR2) is starting or has taken over.
+    pub new_master: bool,
 }
 
 /// What to do about an event; each names the phase it leads to.
@@ -115,6 +117,8 @@ impl Step {
 }
 
 pub const STOPPING: &str = "the server is stopping";
+const NEW_MASTER: &str =
+    "a new master (USR2) is starting or has taken over: reload that one, or stop it first";
 
 /// The master's transitions, all of them.
 pub fn decide(phase: Phase, event: Event, ctx: Context) -> Step {
@@ -142,12 +146,20 @@ pub fn decide(phase: Phase, event: Event, ctx: Context) -> Step {
             then_reload: ctx.queued,
         },
         (P::Starting | P::Reloading, E::ReloadAsked) => Step::Queue,
+        // The new master owns the control socket (or is about to): reload that one.
+        (P::Running, E::ReloadAsked) if ctx.new_master => Step::Refuse(NEW_MASTER),
         (P::Running, E::ReloadAsked) => Step::Reload,
         (P::Reloading, E::ReloadEnded) => Step::Serve {
             then_reload: ctx.queued,
         },
         (P::Starting, E::UpgradeAsked) => Step::Refuse("the first workers are still booting"),
-        (P::Running | P::Reloading, E::UpgradeAsked) => Step::NewMaster,
+        // One change at a time: a second master started mid-reload would serve a
+        // configuration and code the reload has not vetted (with `--preload` the
+        // master is about to re-execute under it).
+        (P::Reloading, E::UpgradeAsked) => {
+            Step::Refuse("a reload is in progress; send USR2 again once it ends")
+        }
+        (P::Running, E::UpgradeAsked) => Step::NewMaster,
         (
             P::Running | P::Reloading,
             E::BootFailed | E::FirstWorkersReady | E::DelayOver | E::ReloadEnded,
@@ -163,6 +175,7 @@ impl Arbiter {
         let ctx = Context {
             queued: self.queued_reload.is_some(),
             delay: !self.cfg.shutdown_delay().is_zero() && !self.workers.is_empty(),
+            new_master: self.upgrade_child.is_some() || self.upgraded_to.is_some(),
         };
         let step = decide(self.phase, event, ctx);
         let next = step.phase_after(self.phase);
@@ -296,9 +309,20 @@ mod tests {
     }
 
     #[test]
-    fn a_new_master_starts_only_from_a_serving_one() {
+    fn a_new_master_starts_only_from_a_serving_one_and_then_takes_the_reloads() {
         assert_eq!(at(Phase::Running, Event::UpgradeAsked), Step::NewMaster);
-        assert_eq!(at(Phase::Reloading, Event::UpgradeAsked), Step::NewMaster);
+        assert!(matches!(
+            at(Phase::Reloading, Event::UpgradeAsked),
+            Step::Refuse(_)
+        ));
+        let upgraded = Context {
+            new_master: true,
+            ..Context::default()
+        };
+        assert_eq!(
+            decide(Phase::Running, Event::ReloadAsked, upgraded),
+            Step::Refuse(NEW_MASTER)
+        );
         assert!(matches!(
             at(Phase::Starting, Event::UpgradeAsked),
             Step::Refuse(_)

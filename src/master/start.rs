@@ -264,6 +264,8 @@ struct MasterSockets {
     metrics: Option<MetricsServer>,
     /// After a re-execution in place: the clients waiting for the reload.
     waiters: Vec<(usize, serde_json::Value)>,
+    /// This master was re-executed in place (a `--preload` reload).
+    reexecuted: bool,
 }
 
 impl MasterSockets {
@@ -305,6 +307,7 @@ impl MasterSockets {
             control,
             metrics,
             waiters,
+            reexecuted: handoff.is_some(),
         })
     }
 }
@@ -322,6 +325,9 @@ fn log_start(cfg: &Config, listeners: &[crate::net::Listener], sockets: &MasterS
     }
     if let Some(m) = &sockets.metrics {
         tracing::info!("Metrics at: {}", m.display);
+    }
+    if sockets.reexecuted {
+        tracing::info!("Re-executed in place for a reload; the workers serve on meanwhile");
     }
     if let Ok(old) = std::env::var(UPGRADE_FROM_ENV) {
         tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");

@@ -531,6 +531,7 @@ fn draining_refuses_reloads_and_usr2_and_a_quick_stop_overtakes_it() {
 
 /// A stop abandons the reload in progress and the one queued behind it: each waiting
 /// `rgunctl reload` is answered (failed: the server is stopping), and the server exits.
+/// USR2 during the reload is refused.
 #[test]
 fn a_stop_answers_the_running_and_the_queued_reload_and_exits() {
     let dir = tempfile::tempdir().unwrap();
@@ -540,6 +541,12 @@ fn a_stop_answers_the_running_and_the_queued_reload_and_exits() {
     wait_for_state(&s, "reloading");
     let second = reload_in_background(&s);
     s.wait_for_log("Reload queued", Duration::from_secs(20));
+    // One change at a time: no second master in the middle of a reload.
+    s.signal(libc::SIGUSR2);
+    s.wait_for_log(
+        "USR2 ignored: a reload is in progress",
+        Duration::from_secs(20),
+    );
     s.signal(libc::SIGTERM);
     let first = first.join().unwrap();
     let second = second.join().unwrap();

@@ -108,6 +108,19 @@ fn usr2_starts_a_new_master_on_the_same_sockets_without_failed_requests() {
             .unwrap()
             .contains(&old_pid.to_string())
     );
+    // The new master owns the control socket now: a HUP to the old one is refused
+    // (`lifecycle::decide`), and its workers stay.
+    let sorted = |mut pids: Vec<i32>| {
+        pids.sort_unstable();
+        pids
+    };
+    let workers = sorted(s.worker_pids());
+    s.signal(libc::SIGHUP);
+    s.wait_for_log(
+        "reload not started: a new master (USR2) is starting or has taken over",
+        Duration::from_secs(20),
+    );
+    assert_eq!(sorted(s.worker_pids()), workers);
     // The old master stops; the new one goes on serving on the same sockets.
     s.signal(libc::SIGTERM);
     assert_eq!(s.wait_exit(Duration::from_secs(15)), Some(0));
