@@ -49,6 +49,20 @@ impl Notifier {
         self.path.as_deref()
     }
 
+    /// The variables `from_env` took, for this master re-executed in place (the same
+    /// pid: the watchdog goes on).
+    pub fn env_for_reexec(&self) -> Vec<(&'static str, String)> {
+        let mut env = Vec::new();
+        if let Some(path) = &self.path {
+            env.push(("NOTIFY_SOCKET", path.clone()));
+        }
+        if let Some(every) = self.watchdog {
+            env.push(("WATCHDOG_USEC", every.as_micros().to_string()));
+            env.push(("WATCHDOG_PID", std::process::id().to_string()));
+        }
+        env
+    }
+
     pub fn send(&self, message: &str) {
         if let Some((sock, addr)) = &self.target {
             if let Err(e) = sock.send_to_addr(message.as_bytes(), addr) {

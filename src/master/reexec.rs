@@ -253,6 +253,12 @@ impl Arbiter {
             .collect();
         env.push((INHERIT_ENV.into(), inherit.join(";").into()));
         env.push((REEXEC_ENV.into(), file.as_raw_fd().to_string().into()));
+        env.extend(
+            self.notifier
+                .env_for_reexec()
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into())),
+        );
         let env_bytes: Vec<Vec<u8>> = env
             .iter()
             .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())

@@ -9,6 +9,17 @@ use crate::support::{read_response, wait_until, ServerBuilder};
 
 #[test]
 fn systemd_notify_messages_arrive_in_order() {
+    notify_messages_in_order(&[]);
+}
+
+/// The same across a `--preload` reload, which re-executes the master in place: the
+/// new image goes on notifying (and pinging the watchdog) for the same pid.
+#[test]
+fn systemd_notify_messages_arrive_in_order_across_a_preload_reload() {
+    notify_messages_in_order(&["--preload"]);
+}
+
+fn notify_messages_in_order(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
@@ -18,6 +29,7 @@ fn systemd_notify_messages_arrive_in_order() {
         .workers(2)
         .env("NOTIFY_SOCKET", path.to_str().unwrap())
         .env("WATCHDOG_USEC", "400000")
+        .args(args.iter().copied())
         .start();
     let mut messages: Vec<String> = Vec::new();
     let next = |skip_watchdog: bool| loop {
@@ -49,6 +61,11 @@ fn systemd_notify_messages_arrive_in_order() {
     assert!(
         messages[1].starts_with("READY=1\nSTATUS=generation 2"),
         "{messages:?}"
+    );
+    assert_eq!(
+        next(false),
+        "WATCHDOG=1",
+        "the watchdog is still pinged after the reload"
     );
     s.signal(libc::SIGTERM);
     assert_eq!(next(true), "STOPPING=1");
