@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod client;
 mod clock;
+pub mod gunicorn;
 pub mod protocol;
 pub mod socket_path;
 mod stacks;

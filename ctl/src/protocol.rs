@@ -41,6 +41,9 @@ impl ErrorBody {
 pub enum ScaleTarget {
     Workers(u32),
     Delta(i32),
+    /// Up to this many fewer, keeping one (Gunicorn's `worker remove`; not in v1's
+    /// JSON lines).
+    Fewer(u32),
 }
 
 /// Most workers `scale` accepts.

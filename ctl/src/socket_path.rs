@@ -93,6 +93,21 @@ pub fn find_default_socket() -> Result<PathBuf, String> {
     }
 }
 
+/// Where Gunicorn puts its control socket when none is named, and where `gunicornc`
+/// looks without `-s`: `$XDG_RUNTIME_DIR/gunicorn.ctl` when that directory exists, else
+/// `~/.gunicorn/gunicorn.ctl`. rgun links its own socket there (when nothing else
+/// answers there) so that `gunicornc` finds it too.
+pub fn gunicorn_default_socket() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(dir);
+        if dir.is_dir() {
+            return Some(dir.join("gunicorn.ctl"));
+        }
+    }
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty())?;
+    Some(PathBuf::from(home).join(".gunicorn").join("gunicorn.ctl"))
+}
+
 /// The `*.ctl` sockets in `dir` that a daemon answers on, sorted.
 fn live_sockets(dir: &Path) -> Vec<PathBuf> {
     let mut live: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -96,6 +96,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("umask", "--umask", "octal"),
     ("control_socket", "--control-socket", "str"),
     ("control_socket_mode", "--control-socket-mode", "octal"),
+    ("control_socket_disable", "--no-control-socket", "bool"),
+    ("http_parser", "--http-parser", "str"),
     ("certfile", "--certfile", "str"),
     ("keyfile", "--keyfile", "str"),
     ("ca_certs", "--ca-certs", "str"),

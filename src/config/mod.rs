@@ -9,6 +9,7 @@ mod layers;
 pub mod logconfig;
 pub mod logformat;
 pub mod observability;
+mod parser;
 mod print;
 mod probe;
 pub mod reference;
@@ -24,6 +25,7 @@ use clap::Parser;
 pub use self::bind::BindAddress;
 pub use self::http2::Http2Args;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
+pub use self::parser::ParserArgs;
 pub use self::probe::{Probe, ProbeArgs};
 pub use self::tls::TlsArgs;
 use self::values::{
@@ -84,6 +86,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub probe: ProbeArgs,
+
+    #[command(flatten)]
+    pub parser: ParserArgs,
 
     /// The TLS configuration the master built from `tls` (filled in after parsing).
     #[arg(skip)]
@@ -284,8 +289,8 @@ pub struct Config {
     #[arg(long = "control-socket-mode", value_name = "MODE", default_value = "0600", value_parser = parse_mode)]
     pub control_socket_mode: u32,
 
-    /// Do not open a control socket.
-    #[arg(long = "no-control-socket", conflicts_with = "control_socket")]
+    /// Do not open a control socket (it wins over --control-socket, as in Gunicorn).
+    #[arg(long = "no-control-socket")]
     pub no_control_socket: bool,
 
     /// Write the master's pid to this file (refused if it names a live process).
@@ -507,6 +512,7 @@ impl Config {
             "reuse_port": self.reuse_port,
             "control_socket": self.control_socket_path(),
             "control_socket_mode": format!("{:04o}", self.control_socket_mode),
+            "control_socket_disable": self.no_control_socket,
             "pidfile": self.pidfile,
             "daemon": self.daemon,
             "user": self.user,
@@ -546,6 +552,7 @@ impl Config {
             all.extend(self.observability.settings_json());
             all.extend(self.http2.settings_json());
             all.extend(self.probe.settings_json());
+            all.extend(self.parser.settings_json());
         }
         settings
     }

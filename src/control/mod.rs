@@ -4,7 +4,8 @@
 //!
 //! Framing and validation are `rgunctl::protocol`'s; what each command does is the
 //! arbiter's (`master::control`). A bad line gets an error and the connection stays
-//! usable; a client that vanishes costs nothing.
+//! usable; a client that vanishes costs nothing. A client whose first byte is zero
+//! speaks Gunicorn's length-prefixed protocol instead (`gunicornc`, see `gunicorn.rs`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -17,6 +18,8 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use rgunctl::protocol::{error_line, parse_request, Command, ErrorBody, ErrorCode, MAX_LINE_BYTES};
 use serde_json::Value;
+
+mod gunicorn;
 
 /// Tokens at and above this belong to the control server.
 pub const TOKEN_BASE: usize = 1 << 40;
@@ -64,8 +67,21 @@ pub struct Request {
     pub uid: u32,
 }
 
+/// Which protocol a client speaks, known from its first byte.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Unknown,
+    /// rgun's JSON lines.
+    Lines,
+    /// Gunicorn's length-prefixed JSON.
+    Gunicorn,
+}
+
 struct Conn {
     stream: UnixStream,
+    dialect: Dialect,
+    /// Gunicorn requests handed to the arbiter, waiting for its answers.
+    pending: gunicorn::Pending,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     uid: u32,
@@ -81,6 +97,8 @@ struct Conn {
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    /// A symbolic link to `path` where Gunicorn's `gunicornc` looks by default.
+    alias: Option<PathBuf>,
     conns: BTreeMap<ConnId, Conn>,
     next: ConnId,
     daemon_uid: u32,
@@ -140,6 +158,7 @@ impl ControlServer {
         Ok(ControlServer {
             listener,
             path: path.to_owned(),
+            alias: None,
             conns: BTreeMap::new(),
             next: TOKEN_BASE + 1,
             daemon_uid: nix::unistd::geteuid().as_raw(),
@@ -187,9 +206,13 @@ impl ControlServer {
         std_listener.set_nonblocking(true)?;
         let mut listener = UnixListener::from_std(std_listener);
         registry.register(&mut listener, LISTENER_TOKEN, Interest::READABLE)?;
+        // The link for gunicornc the old image made, if it made one, is this image's.
+        let alias = rgunctl::socket_path::gunicorn_default_socket()
+            .filter(|alias| std::fs::read_link(alias).is_ok_and(|target| target == path));
         let mut server = ControlServer {
             listener,
             path: path.to_owned(),
+            alias,
             conns: BTreeMap::new(),
             next: TOKEN_BASE + 1,
             daemon_uid: nix::unistd::geteuid().as_raw(),
@@ -269,6 +292,8 @@ impl ControlServer {
                 id,
                 Conn {
                     stream,
+                    dialect: Dialect::Unknown,
+                    pending: gunicorn::Pending::new(),
                     inbuf: Vec::new(),
                     outbuf: Vec::new(),
                     uid,
@@ -287,7 +312,11 @@ impl ControlServer {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.outbuf.extend_from_slice(line.as_bytes());
+        if c.dialect == Dialect::Gunicorn {
+            c.answer_gunicorn(line);
+        } else {
+            c.outbuf.extend_from_slice(line.as_bytes());
+        }
         if !c.flush() {
             self.drop_conn(conn, registry);
         }
@@ -337,6 +366,34 @@ impl ControlServer {
 
     pub fn remove_socket(&self) {
         let _ = std::fs::remove_file(&self.path);
+        if let Some(alias) = &self.alias {
+            if std::fs::read_link(alias).is_ok_and(|target| target == self.path) {
+                let _ = std::fs::remove_file(alias);
+            }
+        }
+    }
+
+    /// Links `alias` to this socket, unless a live socket (another server's) is there;
+    /// a stale file or link is replaced. Its directory is created (0700) if missing.
+    pub fn link_alias(&mut self, alias: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        if std::fs::symlink_metadata(alias).is_ok() {
+            if std::os::unix::net::UnixStream::connect(alias).is_ok() {
+                bail!("another server answers on {}", alias.display());
+            }
+            std::fs::remove_file(alias)
+                .with_context(|| format!("cannot remove stale {}", alias.display()))?;
+        }
+        if let Some(dir) = alias.parent().filter(|d| !d.exists()) {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::os::unix::fs::symlink(&self.path, alias)
+            .with_context(|| format!("cannot link {} to the control socket", alias.display()))?;
+        self.alias = Some(alias.to_owned());
+        Ok(())
     }
 }
 
@@ -354,6 +411,23 @@ impl Conn {
                 Err(_) => return false,
             }
         }
+        true
+    }
+
+    /// Turns what arrived into requests, in the protocol the client's first byte
+    /// chose. False when the stream cannot be followed any further.
+    fn take_input(&mut self, id: ConnId, out: &mut Vec<Request>) -> bool {
+        if self.dialect == Dialect::Unknown {
+            match self.inbuf.first() {
+                None => return true,
+                Some(&b) if rgunctl::gunicorn::opens_message(b) => self.dialect = Dialect::Gunicorn,
+                Some(_) => self.dialect = Dialect::Lines,
+            }
+        }
+        if self.dialect == Dialect::Gunicorn {
+            return self.take_messages(id, out);
+        }
+        self.take_lines(id, out);
         true
     }
 
@@ -431,11 +505,15 @@ impl Conn {
             }
             // Edge-triggered: read until the socket is empty, handling complete lines
             // as they come so the buffer stays small.
-            if self.inbuf.len() > 4 * MAX_LINE_BYTES {
-                self.take_lines(id, out);
+            if self.inbuf.len() > 4 * MAX_LINE_BYTES && !self.take_input(id, out) {
+                let _ = self.flush();
+                return false;
             }
         }
-        self.take_lines(id, out);
+        if !self.take_input(id, out) {
+            let _ = self.flush();
+            return false;
+        }
         if self.outbuf.len() > MAX_PENDING_REPLY_BYTES {
             return false; // a client that sends but never reads its answers
         }

@@ -152,6 +152,7 @@ impl Arbiter {
         let new = match target {
             ScaleTarget::Workers(n) => i64::from(n),
             ScaleTarget::Delta(d) => previous as i64 + i64::from(d),
+            ScaleTarget::Fewer(n) => (previous as i64 - i64::from(n)).max(1),
         };
         if !(1..=i64::from(MAX_WORKERS)).contains(&new) {
             return Err(ErrorBody::new(

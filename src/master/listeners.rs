@@ -147,6 +147,10 @@ pub fn open_control(
     let opened = private_dir_for(&path, chosen)
         .and_then(|()| ControlServer::bind(&path, cfg.control_socket_mode, registry));
     match opened {
+        Ok(mut server) if !chosen => {
+            link_gunicorn_default(&mut server);
+            Ok(Some(server))
+        }
         Ok(server) => Ok(Some(server)),
         Err(e) if chosen => Err(e),
         Err(e) => {
@@ -154,6 +158,18 @@ pub fn open_control(
             cfg.control_socket = None;
             Ok(None)
         }
+    }
+}
+
+/// Without `--control-socket`, Gunicorn's default path (where `gunicornc` looks) is
+/// linked to rgun's own default socket, unless another server answers there.
+fn link_gunicorn_default(server: &mut ControlServer) {
+    let Some(alias) = rgunctl::socket_path::gunicorn_default_socket() else {
+        return;
+    };
+    match server.link_alias(&alias) {
+        Ok(()) => tracing::info!("Control socket also at {} (for gunicornc)", alias.display()),
+        Err(e) => tracing::info!("Control socket not linked for gunicornc: {e:#}"),
     }
 }
 

@@ -162,3 +162,56 @@ fn a_socket_directory_others_can_enter_is_not_used() {
     assert!(!log.contains("Control socket: "), "{log}");
     assert_eq!(std::fs::read_dir(&sockets).unwrap().count(), 0);
 }
+
+/// `gunicornc` without `-s` looks at Gunicorn's default path
+/// (`$XDG_RUNTIME_DIR/gunicorn.ctl`): the first instance links its socket there, a
+/// second leaves the link to the first, and the link goes with the instance.
+#[test]
+fn gunicornc_finds_rgun_at_gunicorns_default_path() {
+    let project = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let alias = runtime.path().join("gunicorn.ctl");
+    let gunicornc = || {
+        let mut cmd = Command::new(crate::support::venv().join("bin").join("gunicornc"));
+        cmd.args(["-c", "show stats", "-j"])
+            .current_dir("/")
+            .env("XDG_RUNTIME_DIR", runtime.path());
+        run_bounded(cmd, Duration::from_secs(60))
+    };
+
+    let first = Instance::start(project.path(), runtime.path(), "first");
+    let second = Instance::start(project.path(), runtime.path(), "second");
+    assert!(
+        first
+            .log()
+            .contains(&format!("Control socket also at {}", alias.display())),
+        "{}",
+        first.log()
+    );
+    assert!(
+        second
+            .log()
+            .contains("Control socket not linked for gunicornc"),
+        "{}",
+        second.log()
+    );
+    let stats = gunicornc();
+    stats.assert_ok("gunicornc show stats");
+    assert_eq!(
+        stats.json()["pid"],
+        serde_json::json!(first.child.id()),
+        "{}",
+        stats.stdout
+    );
+
+    drop(second);
+    assert!(
+        std::fs::symlink_metadata(&alias).is_ok(),
+        "the second took the first's link"
+    );
+    drop(first);
+    assert!(
+        std::fs::symlink_metadata(&alias).is_err(),
+        "the link outlived its instance"
+    );
+}

@@ -531,6 +531,7 @@ impl Drop for Daemon {
 mod bad_input;
 mod commands;
 mod default_socket;
+mod gunicornc;
 mod reload;
 mod reload_config;
 mod reload_probe;
