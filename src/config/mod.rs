@@ -323,7 +323,8 @@ pub struct Config {
     pub reload: bool,
 
     /// Import the application in the master before forking workers (copy-on-write
-    /// memory). A reload then re-executes the master to bring in new code.
+    /// memory). A reload then re-executes the master in place (same pid) to bring in
+    /// new code.
     #[arg(long = "preload")]
     pub preload: bool,
 
