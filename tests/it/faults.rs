@@ -566,3 +566,47 @@ fn a_stop_answers_the_running_and_the_queued_reload_and_exits() {
     );
     assert_eq!(s.wait_exit(Duration::from_secs(40)), Some(0), "{}", s.log());
 }
+
+/// A `--preload` reload reads the configuration file before the master re-executes:
+/// a broken one fails the reload with its error and nothing changes (a re-executed
+/// master that could not read it would have had to exit, and the server with it).
+#[test]
+fn a_preload_reload_with_a_broken_configuration_file_fails_and_the_server_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(&conf, "workers = 2\n").unwrap();
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .args(["--preload", "-c", conf.to_str().unwrap()])
+        .start();
+    let master = status(&s)["master"]["pid"].clone();
+    let workers = {
+        let mut w = s.worker_pids();
+        w.sort_unstable();
+        w
+    };
+    std::fs::write(&conf, "workers = 2\nthis is not python\n").unwrap();
+    let out = reload_in_background(&s).join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr.contains("the configuration cannot be read") && stderr.contains("gunicorn.conf.py"),
+        "{stderr}"
+    );
+    assert!(!s.log().contains("Re-executing the master"), "{}", s.log());
+    let st = status(&s);
+    assert_eq!(st["master"]["pid"], master, "{st}");
+    assert_eq!(st["master"]["generation"], 1, "{st}");
+    assert_eq!(st["master"]["state"], "running", "{st}");
+    let mut now = s.worker_pids();
+    now.sort_unstable();
+    assert_eq!(now, workers);
+    assert_eq!(s.get("/").status, 200);
+    // Mended, the next reload goes through, in place.
+    std::fs::write(&conf, "workers = 2\n").unwrap();
+    let out = reload_in_background(&s).join().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    let st = status(&s);
+    assert_eq!(st["master"]["pid"], master, "{st}");
+    assert_eq!(st["master"]["generation"], 2, "{st}");
+    assert!(s.child.try_wait().unwrap().is_none());
+}
