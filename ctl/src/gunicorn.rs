@@ -64,7 +64,7 @@ pub fn error_message(id: &Value, error: &str) -> Value {
 }
 
 /// What `show` shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Show {
     All,
     Workers,
@@ -74,8 +74,9 @@ pub enum Show {
     Listeners,
 }
 
-/// A Gunicorn control command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A Gunicorn control command (serializable: a master re-executing in place hands
+/// the ones still awaiting an answer to its new image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GCommand {
     Show(Show),
     WorkerAdd(u32),

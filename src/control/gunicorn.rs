@@ -115,10 +115,11 @@ fn encode(id: &Value, data: Result<Value, String>) -> Vec<u8> {
 }
 
 /// A request's answer, in request order: awaited from the arbiter, or ready to send.
-pub(super) enum Answer {
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub enum Answer {
     Waiting(GCommand),
     Ready(Vec<u8>),
 }
 
 /// The connection's Gunicorn requests whose answers have not been sent, oldest first.
-pub(super) type Pending = std::collections::VecDeque<(Value, Answer)>;
+pub type Pending = std::collections::VecDeque<(Value, Answer)>;

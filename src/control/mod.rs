@@ -39,6 +39,9 @@ pub type ConnId = usize;
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct HandedConn {
     pub fd: RawFd,
+    dialect: Dialect,
+    /// A Gunicorn client's requests still awaiting their answers, in order.
+    gunicorn_pending: gunicorn::Pending,
     /// A request line partly read, and answer bytes not yet sent.
     pub inbuf: Vec<u8>,
     pub outbuf: Vec<u8>,
@@ -68,8 +71,8 @@ pub struct Request {
 }
 
 /// Which protocol a client speaks, known from its first byte.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dialect {
+#[derive(Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Dialect {
     Unknown,
     /// rgun's JSON lines.
     Lines,
@@ -184,6 +187,8 @@ impl ControlServer {
             .map(|(&id, c)| {
                 let handed = HandedConn {
                     fd: c.stream.as_raw_fd(),
+                    dialect: c.dialect,
+                    gunicorn_pending: c.pending.clone(),
                     inbuf: c.inbuf.clone(),
                     outbuf: c.outbuf.clone(),
                     waiting: Vec::new(),
@@ -223,6 +228,8 @@ impl ControlServer {
             std_stream.set_nonblocking(true)?;
             let id = server.add_conn(UnixStream::from_std(std_stream), registry);
             if let Some(c) = server.conns.get_mut(&id) {
+                c.dialect = handed.dialect;
+                c.pending.clone_from(&handed.gunicorn_pending);
                 c.inbuf.clone_from(&handed.inbuf);
                 c.outbuf.clone_from(&handed.outbuf);
             }

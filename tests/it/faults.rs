@@ -610,3 +610,39 @@ fn a_preload_reload_with_a_broken_configuration_file_fails_and_the_server_serves
     assert_eq!(st["master"]["generation"], 2, "{st}");
     assert!(s.child.try_wait().unwrap().is_none());
 }
+
+/// Gunicorn's own `gunicornc` asking a `--preload` rgun to reload: answered, and the
+/// master re-executes in place (its pid kept) with the new generation serving.
+#[test]
+fn gunicornc_reload_of_a_preload_server_keeps_the_master() {
+    let gunicornc = crate::support::venv().join("bin").join("gunicornc");
+    assert!(gunicornc.exists(), "{} is missing", gunicornc.display());
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .args(["--preload"])
+        .start();
+    let master = status(&s)["master"]["pid"].clone();
+    let out = Command::new(&gunicornc)
+        .arg("-s")
+        .arg(&s.ctl_path)
+        .args(["-c", "reload", "-j"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reloading"),
+        "{out:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let st = status(&s);
+            st["master"]["generation"] == 2 && st["master"]["state"] == "running"
+        }),
+        "{}\n{}",
+        status(&s),
+        s.log()
+    );
+    assert_eq!(status(&s)["master"]["pid"], master);
+    assert_eq!(s.get("/").status, 200);
+}
