@@ -491,6 +491,10 @@ impl Arbiter {
         if !w.ready {
             return "booting";
         }
+        if w.adopted {
+            // Serving, from a scoreboard this image cannot read (`reexec`): ready.
+            return "idle";
+        }
         match self.scoreboard.slot(w.slot).state.load(Ordering::Relaxed) {
             s if s == WorkerState::Busy as u32 => "busy",
             s if s == WorkerState::Stopping as u32 => "stopping",

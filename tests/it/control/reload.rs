@@ -334,6 +334,10 @@ fn preload_reload_brings_new_code_without_failures() {
     );
     assert_eq!(version_of(&server), "p2");
     assert_eq!(status(&server.ctl_path)["master"]["pid"], json!(master));
+    // The workers serving on were adopted across execve: shown as ready, not stopping.
+    let shown = ctl(&server, &["status"]);
+    let rgunctl_status = &shown.assert_ok("status").stdout;
+    assert!(rgunctl_status.contains("workers 2/2"), "{rgunctl_status}");
     // Fixed again: the next reload brings it in.
     write_deploy(code.path(), "p3", &hook);
     ctl(&server, &["reload"]).assert_ok("reload after a broken deploy");
