@@ -42,3 +42,9 @@ def post_1m(environ, start_response):
 def sleep10ms(environ, start_response):
     time.sleep(0.01)
     return _plain(start_response, b"slept 10ms\n")
+
+
+def sleep20ms(environ, start_response):
+    """A request that waits 20 ms on I/O (bench/burst.py's endpoint)."""
+    time.sleep(0.02)
+    return _plain(start_response, b"slept 20ms\n")

@@ -6,6 +6,7 @@
 //! ARCHITECTURE.md for the map.
 
 pub mod asgi;
+pub mod autoscale;
 pub mod config;
 pub mod control;
 mod entry;

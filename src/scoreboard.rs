@@ -44,13 +44,18 @@ pub struct Slot {
     pub accept_errors: AtomicU32,
     /// The errno of the last such failure while it lasts; 0 once an accept works.
     pub accept_errno: AtomicI32,
-    /// Set by the master during a shutdown delay: each response closes its
-    /// connection (`Connection: close`, HTTP/2 GOAWAY) while the worker keeps accepting.
+    /// Set by the master: `CLOSE_ALL` during a shutdown delay, each response closing
+    /// its connection (`Connection: close`, HTTP/2 GOAWAY) while the worker keeps
+    /// accepting; otherwise how many connections autoscaling's rebalancing asks it to
+    /// end that way (`take_close` counts them down).
     pub closing: AtomicU32,
     /// Responses by status class and duration, for `/metrics` (its own cache lines:
     /// peers read the line above).
     pub tally: Tally,
 }
+
+/// `Slot::closing` when every connection is to close after its response.
+pub const CLOSE_ALL: u32 = u32::MAX;
 
 /// Upper bounds of the request-duration histogram's buckets, in microseconds
 /// (Prometheus's default buckets, 5 ms to 10 s); one more bucket holds the rest.
@@ -136,6 +141,24 @@ impl Slot {
         self.accept_errno.store(0, Ordering::Relaxed);
         self.closing.store(0, Ordering::Relaxed);
         self.tally.reset();
+    }
+
+    /// Whether this response is to end its connection: always under `CLOSE_ALL`;
+    /// otherwise while the rebalancing budget lasts, each yes taking one from it (a
+    /// lost race with another thread is a no, which only keeps a connection open).
+    pub fn take_close(&self) -> bool {
+        let n = self.closing.load(Ordering::Relaxed);
+        n != 0
+            && (n == CLOSE_ALL
+                || self
+                    .closing
+                    .compare_exchange(n, n - 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok())
+    }
+
+    /// Some connections are to end after their response (`take_close` may say yes).
+    pub fn close_pending(&self) -> bool {
+        self.closing.load(Ordering::Relaxed) != 0
     }
 
     /// An `accept` failed for want of `errno` (descriptors, memory): the master logs

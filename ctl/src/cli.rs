@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::clock::format_time;
-use crate::protocol::{ErrorCode, HistoryEntry, Status};
+use crate::protocol::{ErrorCode, HistoryEntry, MasterStatus, Status};
 use crate::socket_path::find_default_socket;
 use crate::stacks::print_stacks;
 use crate::{Client, ClientError};
@@ -61,9 +61,10 @@ struct Cli {
 enum Cmd {
     /// Master and per-worker state.
     Status,
-    /// Set the number of workers: N, +N or -N.
+    /// Set the number of workers: N, +N or -N (with autoscaling, this pins the count),
+    /// or auto: autoscaling decides again.
     Scale {
-        #[arg(allow_hyphen_values = true, value_name = "N|+N|-N")]
+        #[arg(allow_hyphen_values = true, value_name = "N|+N|-N|auto")]
         count: String,
         /// Return once that many workers are ready.
         #[arg(long)]
@@ -233,7 +234,7 @@ fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, 
         Cmd::Scale { count, wait } => {
             let args = parse_scale(count).map(|(key, n)| {
                 let mut m = Map::new();
-                m.insert(key.into(), json!(n));
+                m.insert(key.into(), n);
                 m.insert("wait".into(), json!(wait));
                 m
             });
@@ -266,8 +267,11 @@ fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, 
     }
 }
 
-/// `8` → workers 8; `+2`/`-1` → delta.
-fn parse_scale(count: &str) -> Result<(&'static str, i64), String> {
+/// `8` → workers 8; `+2`/`-1` → delta; `auto` → autoscaling resumes.
+fn parse_scale(count: &str) -> Result<(&'static str, Value), String> {
+    if count == "auto" {
+        return Ok(("auto", json!(true)));
+    }
     let relative = count.starts_with('+') || count.starts_with('-');
     let n: i64 = count
         .parse()
@@ -276,11 +280,11 @@ fn parse_scale(count: &str) -> Result<(&'static str, i64), String> {
         if n == 0 {
             return Err("scale: a change of 0 does nothing".into());
         }
-        Ok(("delta", n))
+        Ok(("delta", json!(n)))
     } else if n < 1 {
         Err("scale: the number of workers must be at least 1".into())
     } else {
-        Ok(("workers", n))
+        Ok(("workers", json!(n)))
     }
 }
 
@@ -325,6 +329,19 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
             }
             Err(_) => w!(out, "{result}"),
         },
+        Cmd::Scale { count, .. } if count == "auto" => w!(
+            out,
+            "autoscaling resumed between {} and {} workers (target {})",
+            result["workers_min"],
+            result["workers_max"],
+            result["target"]
+        ),
+        Cmd::Scale { .. } if result["autoscale"] == json!("paused") => w!(
+            out,
+            "workers: {} -> {} (autoscaling paused until `rgunctl scale auto`)",
+            result["previous"],
+            result["target"]
+        ),
         Cmd::Scale { .. } => w!(
             out,
             "workers: {} -> {}",
@@ -394,6 +411,30 @@ fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
     }
 }
 
+/// Autoscaling's line in `status`: bounds, target, and the last decision.
+fn print_autoscale(out: &mut String, m: &MasterStatus) {
+    let (Some(state), Some(floor), Some(ceiling)) = (&m.autoscale, m.workers_min, m.workers_max)
+    else {
+        return;
+    };
+    let last = match &m.last_decision {
+        Some(d) => format!(
+            "; last {} {} -> {} at {}: {}",
+            d.direction,
+            d.from,
+            d.to,
+            format_time(d.time),
+            d.reason
+        ),
+        None => "; no decision yet".into(),
+    };
+    w!(
+        out,
+        "autoscale {state}  floor {floor}  ceiling {ceiling}  target {}{last}",
+        m.workers_target
+    );
+}
+
 fn print_status(out: &mut String, s: &Status) {
     let m = &s.master;
     let ready = s
@@ -414,6 +455,7 @@ fn print_status(out: &mut String, s: &Status) {
         format_age(m.uptime_s)
     );
     w!(out, "binds  {}", m.binds.join(" "));
+    print_autoscale(out, m);
     if let Some(a) = &m.accept_failing {
         w!(
             out,

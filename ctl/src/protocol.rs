@@ -44,6 +44,8 @@ pub enum ScaleTarget {
     /// Up to this many fewer, keeping one (Gunicorn's `worker remove`; not in v1's
     /// JSON lines).
     Fewer(u32),
+    /// Autoscaling decides again (after a count pinned it).
+    Auto,
 }
 
 /// Most workers `scale` accepts.
@@ -104,7 +106,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Value, Command), (Value, ErrorBody)
 fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBody> {
     let known: &[&str] = match cmd {
         "ping" | "status" | "reopen_logs" | "config" | "history" | "metrics" | "watch" => &[],
-        "scale" => &["workers", "delta", "wait"],
+        "scale" => &["workers", "delta", "auto", "wait"],
         "reload" => &["wait"],
         "stop" => &["mode"],
         "kill" => &["pid"],
@@ -132,7 +134,14 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         "watch" => Command::Watch,
         "scale" => {
             let wait = opt_bool(obj, "wait", false)?;
+            let auto = opt_bool(obj, "auto", false)?;
             let target = match (obj.get("workers"), obj.get("delta")) {
+                (Some(_), _) | (_, Some(_)) if auto => {
+                    return Err(bad_arg(
+                        "scale: give \"workers\", \"delta\" or \"auto\", not two",
+                    ))
+                }
+                (None, None) if auto => ScaleTarget::Auto,
                 (Some(_), Some(_)) => {
                     return Err(bad_arg("scale: give \"workers\" or \"delta\", not both"))
                 }
@@ -153,7 +162,11 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
                         })?;
                     ScaleTarget::Delta(d as i32)
                 }
-                (None, None) => return Err(bad_arg("scale: needs \"workers\" or \"delta\"")),
+                (None, None) => {
+                    return Err(bad_arg(
+                        "scale: needs \"workers\", \"delta\" or \"auto\": true",
+                    ))
+                }
             };
             Command::Scale { target, wait }
         }
@@ -294,6 +307,32 @@ pub struct MasterStatus {
     /// when, how many accepts failed, and why. Absent from older masters.
     #[serde(default)]
     pub accept_failing: Option<AcceptFailing>,
+    /// Autoscaling's floor and ceiling (`--workers-min`/`--workers-max`); absent when
+    /// it is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers_min: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers_max: Option<u32>,
+    /// `on`, or `paused` while an operator's `scale N` pins the count; absent when
+    /// autoscaling is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<String>,
+    /// Autoscaling's last change of the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<ScaleDecision>,
+}
+
+/// One autoscaling decision, in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleDecision {
+    /// Unix seconds.
+    pub time: f64,
+    /// `up` or `down`.
+    pub direction: String,
+    pub from: u32,
+    pub to: u32,
+    /// Why, in words (`busy 0.97 for 0.5 s (saturated)`).
+    pub reason: String,
 }
 
 /// An episode of failing `accept` calls, in `status`.

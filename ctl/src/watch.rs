@@ -116,6 +116,25 @@ pub(crate) fn describe(e: &Value) -> String {
             s("target"),
             s("trigger")
         ),
+        "autoscale" => match e["state"].as_str() {
+            Some("paused") => format!("autoscaling paused by {}", s("trigger")),
+            Some("on") => format!(
+                "autoscaling resumed between {} and {} workers",
+                s("workers_min"),
+                s("workers_max")
+            ),
+            _ => format!(
+                "autoscaling between {} and {} workers ({})",
+                s("workers_min"),
+                s("workers_max"),
+                s("trigger")
+            ),
+        },
+        "rebalance" => format!(
+            "rebalancing {} connections: {} end some after their next response",
+            s("connections"),
+            e["closing"].as_object().map_or(0, |m| m.len())
+        ),
         "logs_reopened" => "logs reopened".into(),
         "stopping" => format!(
             "stopping ({})",

@@ -13,6 +13,7 @@ mod parser;
 mod print;
 mod probe;
 pub mod reference;
+mod scaling;
 mod syslog_target;
 mod tls;
 mod values;
@@ -27,6 +28,7 @@ pub use self::http2::Http2Args;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
 pub use self::parser::ParserArgs;
 pub use self::probe::{Probe, ProbeArgs};
+pub use self::scaling::{ScalingArgs, ScalingPlan};
 pub use self::tls::TlsArgs;
 use self::values::{
     non_negative, parse_allow_ips, parse_env, parse_max_worker_rss, parse_mode, parse_worker_class,
@@ -103,6 +105,9 @@ pub struct Config {
     /// quota and affinity mask, rounded up) [default: $WEB_CONCURRENCY, else 1].
     #[arg(short = 'w', long = "workers", value_name = "INT|auto", allow_negative_numbers = true, value_parser = parse_workers)]
     pub workers: Option<Workers>,
+
+    #[command(flatten)]
+    pub scaling: ScalingArgs,
 
     /// Python threads per worker.
     #[arg(long = "threads", value_name = "INT", default_value_t = 1, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -554,6 +559,7 @@ impl Config {
             all.extend(self.http2.settings_json());
             all.extend(self.probe.settings_json());
             all.extend(self.parser.settings_json());
+            all.extend(self.scaling.settings_json());
         }
         settings
     }

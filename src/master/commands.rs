@@ -153,6 +153,7 @@ impl Arbiter {
             ScaleTarget::Workers(n) => i64::from(n),
             ScaleTarget::Delta(d) => previous as i64 + i64::from(d),
             ScaleTarget::Fewer(n) => (previous as i64 - i64::from(n)).max(1),
+            ScaleTarget::Auto => return self.resume_autoscaling().map(Some),
         };
         if !(1..=i64::from(MAX_WORKERS)).contains(&new) {
             return Err(ErrorBody::new(
@@ -160,10 +161,15 @@ impl Arbiter {
                 format!("scale: {new} workers is out of range 1..={MAX_WORKERS}"),
             ));
         }
+        let pinned = self.pin_autoscaling(&trigger);
         self.set_target(new as usize, trigger);
         if wait {
             self.scale_waiters.push((conn, id.clone(), previous));
             Ok(None)
+        } else if pinned {
+            Ok(Some(
+                json!({"previous": previous, "target": new, "autoscale": "paused"}),
+            ))
         } else {
             Ok(Some(json!({"previous": previous, "target": new})))
         }
@@ -287,6 +293,13 @@ impl Arbiter {
                 workers_target: self.target as u32,
                 state: state.into(),
                 accept_failing: self.accept_failing(),
+                workers_min: self.scaling.as_ref().map(|s| s.floor as u32),
+                workers_max: self.scaling.as_ref().map(|s| s.ceiling as u32),
+                autoscale: self
+                    .scaling
+                    .as_ref()
+                    .map(|s| if s.paused { "paused" } else { "on" }.into()),
+                last_decision: self.scaling.as_ref().and_then(|s| s.last.clone()),
             },
             workers,
             totals: Totals {

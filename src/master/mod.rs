@@ -19,6 +19,7 @@ mod notify;
 mod probes;
 mod reexec;
 mod reload;
+mod scaling;
 mod shutdown_delay;
 mod stacks;
 mod start;
@@ -194,6 +195,8 @@ pub struct Arbiter {
     next_spawn: Instant,
     /// The master's thread count last warned about (`--preload`).
     threads_warned: usize,
+    /// Autoscaling (`--workers-min`/`--workers-max`), when on.
+    scaling: Option<scaling::Scaling>,
     exit_code: i32,
 }
 
@@ -239,6 +242,7 @@ impl Arbiter {
                 self.kill_stale();
                 self.recycle_bloated();
                 self.check_reload();
+                self.autoscale();
                 self.manage_workers();
                 self.answer_scale_waiters();
             }
@@ -318,6 +322,9 @@ impl Arbiter {
         if self.live_workers() < self.target {
             wake = wake.min(self.next_spawn);
         }
+        if let Some(d) = self.scaling.as_ref().and_then(|s| s.next_wakeup()) {
+            wake = wake.min(d);
+        }
         wake.saturating_duration_since(Instant::now())
             .max(Duration::from_millis(5))
     }
@@ -338,6 +345,8 @@ impl Arbiter {
                     tracing::warn!("reload not started: {}", e.message);
                 }
             }
+            Intent::MoreWorkers if self.scaling.is_some() => self.move_floor(1, "signal TTIN"),
+            Intent::FewerWorkers if self.scaling.is_some() => self.move_floor(-1, "signal TTOU"),
             Intent::MoreWorkers => self.set_target(self.target + 1, "signal TTIN".into()),
             Intent::FewerWorkers => {
                 self.set_target(self.target.saturating_sub(1), "signal TTOU".into())
@@ -361,6 +370,9 @@ impl Arbiter {
                 tracing::info!("Handling signal: winch; stopping all workers");
                 let old = self.target;
                 self.target = 0;
+                if let Some(scaling) = self.scaling.as_mut() {
+                    scaling.paused = true;
+                }
                 self.call_hook("nworkers_changed", json!({"new": 0, "old": old}));
             }
             Intent::StopWorkers => tracing::info!("SIGWINCH ignored: not daemonized"),

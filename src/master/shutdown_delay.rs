@@ -28,7 +28,7 @@ impl Arbiter {
             self.scoreboard
                 .slot(w.slot)
                 .closing
-                .store(1, Ordering::Relaxed);
+                .store(crate::scoreboard::CLOSE_ALL, Ordering::Relaxed);
         }
         self.shutdown_delay_until = Some(Instant::now() + delay);
     }

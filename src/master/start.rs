@@ -25,7 +25,7 @@ use crate::worker::{self, exit};
 /// `--check-config`: the settings parsed; now import the application in a child
 /// process (the master never imports it) and report. Returns the exit status.
 pub fn check_config(cfg: &Config) -> i32 {
-    if let Err(e) = cfg.worker_count() {
+    if let Err(e) = cfg.worker_count().and_then(|_| cfg.scaling_plan()) {
         eprintln!("rgun: {e}");
         return 1;
     }
@@ -118,7 +118,11 @@ fn preload_app(
 
 /// Runs the server until it stops; returns the process exit status.
 pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
-    let (target, sized) = cfg.worker_count_explained().map_err(anyhow::Error::msg)?;
+    let (mut target, sized) = cfg.worker_count_explained().map_err(anyhow::Error::msg)?;
+    let plan = cfg.scaling_plan().map_err(anyhow::Error::msg)?;
+    if let Some(plan) = &plan {
+        target = plan.start;
+    }
     let identity = prepare_process(&mut cfg)?;
     let hook_host = start_hook_host(&cfg, target);
     // A `--preload` reload re-executed this master in place: what the old image left.
@@ -145,6 +149,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     crate::syslog::start(&cfg.observability, cfg.proc_name());
     log_start(&cfg, &listeners, &sockets);
     let waiters = std::mem::take(&mut sockets.waiters);
+    let scaling = plan.map(|p| log_scaling(&p, cfg.scaling.workers_idle));
     let mut arbiter = Arbiter {
         listeners,
         scoreboard,
@@ -192,6 +197,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         last_rss_check: Instant::now(),
         next_spawn: Instant::now(),
         threads_warned: 1,
+        scaling,
         exit_code: 0,
         cfg,
     };
@@ -343,6 +349,21 @@ fn log_start(cfg: &Config, listeners: &[crate::net::Listener], sockets: &MasterS
 
 /// Says how `workers = "auto"` and `--max-worker-rss auto` were derived; returns the
 /// cgroup memory limit `auto` divides (None: no limit, or not asked for).
+/// Autoscaling's state, its range said once at start.
+fn log_scaling(plan: &crate::config::ScalingPlan, idle_secs: u64) -> super::scaling::Scaling {
+    let how = plan
+        .ceiling_how
+        .as_ref()
+        .map_or(String::new(), |h| format!(" (ceiling: {h})"));
+    tracing::info!(
+        "Autoscaling between {} and {} workers{how}, starting with {}; idle after {idle_secs}s",
+        plan.floor,
+        plan.ceiling,
+        plan.start
+    );
+    super::scaling::Scaling::new(plan, idle_secs)
+}
+
 fn log_sizing(cfg: &Config, workers: u32, sized: Option<String>) -> Option<u64> {
     if let Some(how) = sized {
         tracing::info!("workers = auto: {workers} ({how})");

@@ -157,10 +157,16 @@ impl Shared {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Connections end after their current response: the worker is stopping, or the
-    /// master is in its shutdown delay (`Slot::closing`).
+    /// This connection ends after its current response: the worker is stopping, the
+    /// master is in its shutdown delay, or rebalancing asks for some connections
+    /// (`Slot::take_close`: a yes is counted, so ask once per connection).
     pub fn closing(&self) -> bool {
-        self.stopping() || self.slot.closing.load(Ordering::Relaxed) != 0
+        self.stopping() || self.slot.take_close()
+    }
+
+    /// Some connections are to end after their response (nothing taken).
+    pub fn close_pending(&self) -> bool {
+        self.stopping() || self.slot.close_pending()
     }
 
     pub fn log_access(&self, record: &AccessRecord<'_>) {

@@ -297,6 +297,7 @@ impl Arbiter {
             "Workers the master keeps running.",
         );
         o.sample("rgun_workers_target", &[], self.target);
+        self.autoscale_metrics(o);
         o.family(
             "rgun_generation",
             "gauge",
@@ -399,6 +400,30 @@ impl Arbiter {
         );
     }
 
+    /// Autoscaling's bounds, whether it is paused, and its decisions (only when on).
+    fn autoscale_metrics(&self, o: &mut Exposition) {
+        let Some(scaling) = &self.scaling else {
+            return;
+        };
+        let gauges = [
+            ("rgun_workers_min", "Autoscaling's floor.", scaling.floor),
+            ("rgun_workers_max", "Autoscaling's ceiling.", scaling.ceiling),
+            (
+                "rgun_autoscale_paused",
+                "1 while an operator's scale pins the worker count.",
+                usize::from(scaling.paused),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            o.family(name, "gauge", help);
+            o.sample(name, &[], value);
+        }
+        let name = "rgun_autoscale_decisions_total";
+        o.family(name, "counter", "Autoscaling's changes of the worker target.");
+        o.sample(name, &[("direction", "up")], scaling.decisions_up);
+        o.sample(name, &[("direction", "down")], scaling.decisions_down);
+    }
+
     fn render_backlog(&self, o: &mut Exposition) {
         o.family(
             "rgun_listen_backlog",
@@ -470,6 +495,11 @@ impl Arbiter {
         if self.gauges_sent.elapsed() >= std::time::Duration::from_secs(1) {
             self.gauges_sent = std::time::Instant::now();
             crate::statsd::gauge("gunicorn.workers", self.workers.len() as u64);
+            crate::statsd::gauge("rgun.workers.target", self.target as u64);
+            if let Some(scaling) = &self.scaling {
+                crate::statsd::gauge("rgun.workers.min", scaling.floor as u64);
+                crate::statsd::gauge("rgun.workers.max", scaling.ceiling as u64);
+            }
             if self.cfg.observability.enable_backlog_metric {
                 let backlog: u64 = self
                     .listeners

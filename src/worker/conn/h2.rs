@@ -457,7 +457,7 @@ impl H2Conn {
         let Phase::Serving(conn) = &mut self.phase else {
             return true;
         };
-        if ctx.closing() && !self.goaway {
+        if !self.goaway && ctx.closing() {
             conn.graceful_shutdown();
             self.goaway = true;
         }

@@ -41,11 +41,12 @@ impl EventLoop<'_> {
         }
     }
 
-    /// The master's shutdown delay (`Shared::closing`): the worker keeps accepting, and
-    /// each HTTP/2 connection gets a turn to send GOAWAY (HTTP/1 responses carry
-    /// `Connection: close` as they are framed).
+    /// The master's shutdown delay or rebalancing (`Shared::close_pending`): the
+    /// worker keeps accepting, and each HTTP/2 connection gets a turn to send GOAWAY
+    /// if it is one to end (HTTP/1 responses carry `Connection: close` as they are
+    /// framed).
     pub(super) fn check_closing(&mut self) {
-        if self.shared.stopping() || !self.shared.closing() {
+        if self.shared.stopping() || !self.shared.close_pending() {
             return;
         }
         let h2: Vec<usize> = self

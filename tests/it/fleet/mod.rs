@@ -1,10 +1,11 @@
 //! What a fleet behind Kubernetes or a load balancer needs, against a real daemon:
 //! the master's probes on the operations listener (`probes`), the worker count and
 //! memory limit from the cgroup (`sizing`), rgun as a container's PID 1 (`pid1`), the
-//! shutdown delay (`shutdown_delay`).
+//! shutdown delay (`shutdown_delay`), workers that size themselves (`autoscale`).
 //!
 //! Every wait is bounded; nothing sleeps for readiness.
 
+mod autoscale;
 mod pid1;
 mod probes;
 mod shutdown_delay;
