@@ -148,11 +148,7 @@ impl Autoscaler {
     pub fn observe(&mut self, sample: Sample, target: usize, bounds: Bounds) -> Option<Decision> {
         let now = sample.at_ms;
         let keep = bounds.idle_window_ms.max(UP_WINDOW_MS);
-        while self
-            .samples
-            .front()
-            .is_some_and(|s| s.at_ms + keep < now)
-        {
+        while self.samples.front().is_some_and(|s| s.at_ms + keep < now) {
             self.samples.pop_front();
         }
         let ready = sample.workers.len();
@@ -165,7 +161,10 @@ impl Autoscaler {
         if std::mem::take(&mut self.unsettled) {
             self.settled_at_ms = now;
         }
-        let ceiling = bounds.ceiling.min(memory.unwrap_or(usize::MAX)).max(bounds.floor);
+        let ceiling = bounds
+            .ceiling
+            .min(memory.unwrap_or(usize::MAX))
+            .max(bounds.floor);
         let decision = self
             .scale_up(now, target, ceiling)
             .or_else(|| self.scale_down(now, target, bounds))
@@ -185,7 +184,10 @@ impl Autoscaler {
             return None;
         }
         let window: Vec<&Sample> = self.samples.iter().filter(|s| s.at_ms > from).collect();
-        let covered = self.samples.iter().any(|s| s.at_ms <= from + SAMPLE_EVERY_MS);
+        let covered = self
+            .samples
+            .iter()
+            .any(|s| s.at_ms <= from + SAMPLE_EVERY_MS);
         (covered && !window.is_empty()).then_some(window)
     }
 

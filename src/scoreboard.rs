@@ -52,6 +52,11 @@ pub struct Slot {
     /// Responses by status class and duration, for `/metrics` (its own cache lines:
     /// peers read the line above).
     pub tally: Tally,
+    /// An ASGI worker's loop: microseconds spent waiting in its selector, for
+    /// autoscaling (counted only when it is on; non-zero once counting), and since
+    /// when (`monotonic_us`) it has been waiting there now (0: it is not).
+    pub loop_idle_us: AtomicU64,
+    pub loop_waiting_since_us: AtomicU64,
 }
 
 /// `Slot::closing` when every connection is to close after its response.
@@ -140,6 +145,8 @@ impl Slot {
         self.accept_errors.store(0, Ordering::Relaxed);
         self.accept_errno.store(0, Ordering::Relaxed);
         self.closing.store(0, Ordering::Relaxed);
+        self.loop_idle_us.store(0, Ordering::Relaxed);
+        self.loop_waiting_since_us.store(0, Ordering::Relaxed);
         self.tally.reset();
     }
 
@@ -320,6 +327,13 @@ pub fn ms_at(at: Instant) -> u64 {
         Some(later) => ms + later.as_millis() as u64,
         None => ms.saturating_sub(instant.duration_since(at).as_millis() as u64),
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds: comparable across processes on one machine.
+pub fn monotonic_us() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
+    ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1000
 }
 
 /// CLOCK_MONOTONIC in milliseconds: comparable across processes on one machine.

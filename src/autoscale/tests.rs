@@ -133,7 +133,11 @@ fn burst_reaches_four_workers_within_three_seconds_and_returns_to_the_floor() {
     assert_eq!(trace.ready_at(9_900), 1, "idle stays at the floor");
     let four = trace.first_time_with(10_000, 4).expect("reached 4 workers");
     assert!(four <= 13_000, "4 workers at {four} ms");
-    assert_eq!(trace.max_ready_between(10_000, 40_000), 6, "up to the ceiling");
+    assert_eq!(
+        trace.max_ready_between(10_000, 40_000),
+        6,
+        "up to the ceiling"
+    );
     let floor_at = trace
         .ready
         .iter()

@@ -131,7 +131,10 @@ mod tests {
     fn default_ceiling_by_worker_kind() {
         assert_eq!(default_ceiling(WorkerKind::Wsgi, 2).0, 5);
         assert_eq!(default_ceiling(WorkerKind::Asgi, 2).0, 2);
-        let p = parse(&["--workers-min", "1"]).scaling_plan().unwrap().unwrap();
+        let p = parse(&["--workers-min", "1"])
+            .scaling_plan()
+            .unwrap()
+            .unwrap();
         assert!(p.ceiling >= 3, "at least 2 × 1 CPU + 1: {p:?}");
         assert!(p.ceiling_how.unwrap().contains("is not a CPU"));
     }

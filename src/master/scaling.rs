@@ -10,6 +10,7 @@
 //! Operators stay in charge: `rgunctl scale N` pins the count (`paused`) until
 //! `rgunctl scale auto`; TTIN/TTOU move the floor.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use crate::autoscale::{
     STUCK_MS,
 };
 use crate::config::{ScalingPlan, WorkerKind};
-use crate::scoreboard::{monotonic_ms, CLOSE_ALL};
+use crate::scoreboard::{monotonic_ms, monotonic_us, CLOSE_ALL};
 
 /// How long a rebalancing budget lasts: connections idle that long are left alone.
 const REBALANCE_FOR: Duration = Duration::from_secs(3);
@@ -54,6 +55,17 @@ pub(super) struct Scaling {
     rebalance_due: bool,
     /// Slots given a closing budget, and until when.
     rebalancing: Option<(Vec<usize>, Instant)>,
+    /// Each ASGI worker's last idle-time reading: slot → (pid, when, idle µs).
+    idle_seen: HashMap<usize, IdleReading>,
+}
+
+/// An ASGI loop's idle time at one instant (`Slot::loop_idle_us`, with the wait in
+/// progress counted).
+#[derive(Clone, Copy)]
+struct IdleReading {
+    pid: i32,
+    at_us: u64,
+    idle_us: u64,
 }
 
 impl Scaling {
@@ -75,6 +87,7 @@ impl Scaling {
             memory_checked: None,
             rebalance_due: false,
             rebalancing: None,
+            idle_seen: HashMap::new(),
         }
     }
 
@@ -125,8 +138,10 @@ impl Arbiter {
             return;
         }
         self.refresh_memory_ceiling();
-        let sample = self.sample();
+        let previous = std::mem::take(&mut scaling_of(self).idle_seen);
+        let (sample, idle_seen) = self.sample(&previous);
         let scaling = self.scaling.as_mut().expect("checked");
+        scaling.idle_seen = idle_seen;
         let bounds = scaling.bounds();
         if let Some(decision) = scaling.rule.observe(sample, self.target, bounds) {
             self.act(decision);
@@ -141,7 +156,9 @@ impl Arbiter {
         };
         if !scaling.paused {
             scaling.paused = true;
-            tracing::info!("Autoscaling paused by {trigger}: the count is pinned until `rgunctl scale auto`");
+            tracing::info!(
+                "Autoscaling paused by {trigger}: the count is pinned until `rgunctl scale auto`"
+            );
             self.emit("autoscale", json!({"state": "paused", "trigger": trigger}));
         }
         true
@@ -160,7 +177,10 @@ impl Arbiter {
         let (floor, ceiling) = (scaling.floor, scaling.ceiling);
         if was_paused {
             tracing::info!("Autoscaling resumed between {floor} and {ceiling} workers");
-            self.emit("autoscale", json!({"state": "on", "workers_min": floor, "workers_max": ceiling}));
+            self.emit(
+                "autoscale",
+                json!({"state": "on", "workers_min": floor, "workers_max": ceiling}),
+            );
         }
         Ok(json!({
             "previous": self.target,
@@ -189,8 +209,12 @@ impl Arbiter {
         }
     }
 
-    /// What the rule sees now.
-    fn sample(&self) -> Sample {
+    /// What the rule sees now, and the ASGI loops' idle readings for next time.
+    fn sample(
+        &self,
+        previous: &HashMap<usize, IdleReading>,
+    ) -> (Sample, HashMap<usize, IdleReading>) {
+        let mut idle_seen = HashMap::new();
         let now = monotonic_ms();
         let asgi = self.cfg.worker_kind() == WorkerKind::Asgi;
         let threads = self.cfg.threads.max(1);
@@ -215,9 +239,29 @@ impl Arbiter {
                 now.saturating_sub(started)
             };
             workers.push(if asgi {
-                // The loop's lag: requests waiting while it has not turned.
+                let at_us = monotonic_us();
+                let idle_us = slot.loop_idle_us.load(Ordering::Relaxed);
+                let since = slot.loop_waiting_since_us.load(Ordering::Relaxed);
+                let waiting = if since == 0 {
+                    0
+                } else {
+                    at_us.saturating_sub(since)
+                };
+                let reading = IdleReading {
+                    pid: w.pid.as_raw(),
+                    at_us,
+                    idle_us: idle_us + waiting,
+                };
+                let before = previous.get(&w.slot).filter(|r| r.pid == reading.pid);
+                idle_seen.insert(w.slot, reading);
+                let busy = match before {
+                    // The loop's busy share: the time it did not wait in its selector.
+                    Some(b) if idle_us > 0 => loop_busy(b, &reading),
+                    // Not measured (uvloop): requests waiting while it has not turned.
+                    _ => f64::from(u8::from(in_flight > 0 && silent_ms >= ASGI_LAG_MS)),
+                };
                 WorkerLoad {
-                    busy: f64::from(u8::from(in_flight > 0 && silent_ms >= ASGI_LAG_MS)),
+                    busy,
                     stuck: silent_ms > STUCK_MS,
                 }
             } else {
@@ -230,13 +274,14 @@ impl Arbiter {
             .filter_map(|l| super::metrics::listen_queue(&l.socket))
             .map(|q| q.waiting)
             .sum();
-        Sample {
+        let sample = Sample {
             at_ms: now,
             workers,
             booting,
             queued,
             memory_ceiling: self.scaling.as_ref().and_then(|s| s.memory_ceiling),
-        }
+        };
+        (sample, idle_seen)
     }
 
     /// The most workers the cgroup memory limit holds at the workers' mean RSS, once
@@ -333,7 +378,11 @@ impl Arbiter {
             .filter(|w| w.ready && !w.retiring && w.generation == self.generation)
             .map(|w| {
                 let slot = self.scoreboard.slot(w.slot);
-                (w.slot, w.pid.as_raw(), slot.connections.load(Ordering::Relaxed))
+                (
+                    w.slot,
+                    w.pid.as_raw(),
+                    slot.connections.load(Ordering::Relaxed),
+                )
             })
             .collect();
         let total: u32 = held.iter().map(|(_, _, c)| c).sum();
@@ -362,6 +411,20 @@ impl Arbiter {
             scaling.rebalancing = Some((slots, Instant::now() + REBALANCE_FOR));
         }
     }
+}
+
+fn scaling_of(arbiter: &mut Arbiter) -> &mut Scaling {
+    arbiter.scaling.as_mut().expect("autoscaling is on")
+}
+
+/// The share of the time between two readings the loop spent outside its selector.
+fn loop_busy(before: &IdleReading, now: &IdleReading) -> f64 {
+    let span_us = now.at_us.saturating_sub(before.at_us) as f64;
+    if span_us <= 0.0 {
+        return 0.0;
+    }
+    let idle_us = now.idle_us.saturating_sub(before.idle_us) as f64;
+    (1.0 - idle_us / span_us).clamp(0.0, 1.0)
 }
 
 /// A sync or gthread worker's load: its threads in use. One stuck on a request

@@ -74,6 +74,9 @@ pub fn serve(
         driver.call_soon.clone_ref(py),
         turn.clone_ref(py).into_any(),
     );
+    if let Some(slot) = driver.core.idle_clock_slot() {
+        IdleClock::install(&aio, slot);
+    }
     let fd = driver.core.poll_fd();
     aio.call_method1("add_reader", (fd, turn.bind(py)))?;
     // The first turn: connections may already wait on the listeners.
@@ -86,6 +89,48 @@ pub fn serve(
         let _ = handle.bind(py).call_method0("cancel");
     }
     result
+}
+
+/// The asyncio selector's `select`, wrapped to count the time the loop waits in it
+/// (`Slot::loop_idle_us`): one minus that share of the time is how busy the loop is,
+/// for autoscaling (`--workers-min`/`--workers-max` only). A loop without asyncio's
+/// `_selector` (uvloop) is not measured; the master then reads its heartbeat.
+#[pyclass(unsendable, module = "rgun")]
+struct IdleClock {
+    select: Py<PyAny>,
+    slot: &'static crate::scoreboard::Slot,
+}
+
+#[pymethods]
+impl IdleClock {
+    fn __call__(&self, py: Python<'_>, timeout: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        use crate::scoreboard::monotonic_us;
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = monotonic_us();
+        self.slot.loop_waiting_since_us.store(start, Relaxed);
+        let ready = self.select.call1(py, (timeout,));
+        let waited = monotonic_us().saturating_sub(start);
+        self.slot.loop_idle_us.fetch_add(waited, Relaxed);
+        self.slot.loop_waiting_since_us.store(0, Relaxed);
+        ready
+    }
+}
+
+impl IdleClock {
+    fn install(aio: &Bound<'_, PyAny>, slot: &'static crate::scoreboard::Slot) {
+        let py = aio.py();
+        let installed = aio.getattr("_selector").and_then(|selector| {
+            let select = selector.getattr("select")?.unbind();
+            let clock = Py::new(py, IdleClock { select, slot })?;
+            selector.setattr("select", clock)
+        });
+        match installed {
+            Ok(()) => slot
+                .loop_idle_us
+                .store(1, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => tracing::debug!("the loop's idle time is not measured: {e}"),
+        }
+    }
 }
 
 trait Turning {

@@ -162,6 +162,15 @@ impl<'a> EventLoop<'a> {
     }
 
     /// The epoll descriptor: readable when `poll_ready` has events.
+    /// The slot an ASGI driver counts its loop's idle time in, when autoscaling wants
+    /// it (`Settings::measure_loop_idle`).
+    pub fn idle_clock_slot(&self) -> Option<&'static crate::scoreboard::Slot> {
+        self.shared
+            .settings
+            .measure_loop_idle
+            .then_some(self.shared.slot)
+    }
+
     pub fn poll_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;
         self.poll.as_raw_fd()

@@ -74,6 +74,9 @@ pub struct Settings {
     /// `--http2-cleartext`: a plain connection opening with the HTTP/2 preface speaks it.
     pub http2_cleartext: bool,
     pub http2: crate::http::h2::H2Settings,
+    /// Autoscaling is on: an ASGI worker counts the time its loop waits in its
+    /// selector (`Slot::loop_idle_us`).
+    pub measure_loop_idle: bool,
 }
 
 /// The application side, called with the GIL: the application and the server hooks
@@ -446,6 +449,7 @@ impl Settings {
             tls: cfg.tls_server.clone(),
             http2_cleartext: cfg.http2.http2_cleartext,
             http2: cfg.http2.settings(),
+            measure_loop_idle: cfg.scaling_plan().is_ok_and(|p| p.is_some()),
         }
     }
 }

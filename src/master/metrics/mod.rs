@@ -407,7 +407,11 @@ impl Arbiter {
         };
         let gauges = [
             ("rgun_workers_min", "Autoscaling's floor.", scaling.floor),
-            ("rgun_workers_max", "Autoscaling's ceiling.", scaling.ceiling),
+            (
+                "rgun_workers_max",
+                "Autoscaling's ceiling.",
+                scaling.ceiling,
+            ),
             (
                 "rgun_autoscale_paused",
                 "1 while an operator's scale pins the worker count.",
@@ -419,7 +423,11 @@ impl Arbiter {
             o.sample(name, &[], value);
         }
         let name = "rgun_autoscale_decisions_total";
-        o.family(name, "counter", "Autoscaling's changes of the worker target.");
+        o.family(
+            name,
+            "counter",
+            "Autoscaling's changes of the worker target.",
+        );
         o.sample(name, &[("direction", "up")], scaling.decisions_up);
         o.sample(name, &[("direction", "down")], scaling.decisions_down);
     }

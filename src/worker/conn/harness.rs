@@ -39,6 +39,7 @@ pub fn shared() -> Shared {
             tls: None,
             http2_cleartext: false,
             http2: Default::default(),
+            measure_loop_idle: false,
         },
         lanes: Lanes::new(1, board.slot(0)),
         slot: board.slot(0),

@@ -182,7 +182,10 @@ fn burst_scenario(server: &Server, path: &str) {
         spread.iter().filter(|(_, c)| *c > 0).count() >= 3,
         "the clients stayed where they were: {spread:?}"
     );
-    assert!(newest.1 > 0, "the newest worker holds no client: {spread:?}");
+    assert!(
+        newest.1 > 0,
+        "the newest worker holds no client: {spread:?}"
+    );
 
     // Idle: back to the floor within the idle window (5 s here) and its settling.
     let mut last = Value::Null;
@@ -190,7 +193,11 @@ fn burst_scenario(server: &Server, path: &str) {
         last = server.status();
         master(&last)["workers_target"] == 1 && serving(&last).len() == 1
     });
-    assert!(floor, "not back to 1 worker: {last}\nlog:\n{}", server.log());
+    assert!(
+        floor,
+        "not back to 1 worker: {last}\nlog:\n{}",
+        server.log()
+    );
     println!("back to 1 worker {:?} after the burst", ended.elapsed());
     let d = &master(&last)["last_decision"];
     assert_eq!(d["direction"], "down", "{last}");
@@ -212,7 +219,14 @@ fn burst_scenario(server: &Server, path: &str) {
 fn a_sync_burst_adds_workers_spreads_clients_and_returns_to_the_floor() {
     let server = ServerBuilder::new("lifecycle_app:application")
         .workers(1)
-        .args(["--workers-min", "1", "--workers-max", "6", "--workers-idle", "5"])
+        .args([
+            "--workers-min",
+            "1",
+            "--workers-max",
+            "6",
+            "--workers-idle",
+            "5",
+        ])
         .args(["--keep-alive", "30"])
         .start();
     burst_scenario(&server, "/sleep?0.02");
@@ -246,7 +260,14 @@ fn control(server: &Server, request: &str) -> Value {
 fn operators_pin_resume_and_move_the_floor_and_every_view_shows_it() {
     let server = ServerBuilder::new("lifecycle_app:application")
         .workers(1)
-        .args(["--workers-min", "1", "--workers-max", "4", "--workers-idle", "1"])
+        .args([
+            "--workers-min",
+            "1",
+            "--workers-max",
+            "4",
+            "--workers-idle",
+            "1",
+        ])
         .start();
     // A watcher from the start.
     let mut watch = UnixStream::connect(&server.ctl_path).unwrap();
@@ -272,7 +293,11 @@ fn operators_pin_resume_and_move_the_floor_and_every_view_shows_it() {
         master(&last)["workers_target"] == 1
     });
     assert!(floor, "{last}");
-    assert_eq!(master(&last)["last_decision"]["direction"], "down", "{last}");
+    assert_eq!(
+        master(&last)["last_decision"]["direction"],
+        "down",
+        "{last}"
+    );
 
     // TTIN raises the floor, and the target with it.
     server.signal(libc::SIGTTIN);
@@ -339,7 +364,10 @@ fn operators_pin_resume_and_move_the_floor_and_every_view_shows_it() {
 }
 
 /// Event lines until one matches `done` (bounded by the socket's read time-out).
-fn read_events_until(mut events: BufReader<UnixStream>, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+fn read_events_until(
+    mut events: BufReader<UnixStream>,
+    done: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
     events
         .get_ref()
         .set_read_timeout(Some(Duration::from_secs(10)))
