@@ -34,6 +34,7 @@ use rgunctl::protocol::HistoryEntry;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::metrics::Ledger;
 use super::reload::{Reload, ReloadHandoff};
 use super::upgrade::{GENERATION_ENV, INHERIT_ENV};
 use super::{Arbiter, WorkerProc};
@@ -62,8 +63,11 @@ pub struct Handoff {
     pub history: Vec<HistoryEntry>,
     pub started_at_unix: f64,
     pub uptime_ms: u64,
-    /// spawned, exited, timeouts, reloads, requests of exited workers.
+    /// spawned, exited, timeouts, reloads, requests (of exited workers, and of the
+    /// live ones so far).
     pub totals: [u64; 5],
+    /// `/metrics`' counters, with what the workers have counted so far folded in.
+    pub ledger: Ledger,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -304,6 +308,7 @@ impl Arbiter {
             generation: self.generation,
             target: self.target,
             reload: reload.handoff(),
+            ledger: self.ledger_for_handoff(),
             history: self.history.iter().cloned().collect(),
             started_at_unix: self
                 .started_at
@@ -315,7 +320,8 @@ impl Arbiter {
                 self.totals.exited,
                 self.totals.timeouts,
                 self.totals.reloads,
-                self.totals.requests_of_exited,
+                // Counted on this scoreboard, which the new image cannot read.
+                self.totals.requests_of_exited + self.requests_of_live_workers(),
             ],
         }
     }
@@ -340,6 +346,7 @@ impl Arbiter {
         self.totals.timeouts = timeouts;
         self.totals.reloads = reloads;
         self.totals.requests_of_exited = requests;
+        self.ledger = handoff.ledger;
         let now = Instant::now();
         self.started = now
             .checked_sub(Duration::from_millis(handoff.uptime_ms))
@@ -365,6 +372,27 @@ impl Arbiter {
                 }
             }
         }
+    }
+
+    fn requests_of_live_workers(&self) -> u64 {
+        self.workers
+            .values()
+            .map(|w| {
+                let slot = self.scoreboard.slot(w.slot);
+                slot.requests.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    }
+
+    /// The ledger with every worker's tallies so far: the new image cannot read this
+    /// scoreboard, so its counters go on from here (what the adopted workers count
+    /// after `execve` is not seen).
+    fn ledger_for_handoff(&self) -> Ledger {
+        let mut ledger = self.ledger.clone();
+        for w in self.workers.values() {
+            ledger.fold_slot(w.slot, self.scoreboard.slot(w.slot));
+        }
+        ledger
     }
 
     /// A worker of the old image: still our child, not on our scoreboard's clock.

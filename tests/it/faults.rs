@@ -646,3 +646,45 @@ fn gunicornc_reload_of_a_preload_server_keeps_the_master() {
     assert_eq!(status(&s)["master"]["pid"], master);
     assert_eq!(s.get("/").status, 200);
 }
+
+/// The sum of a counter family's samples in a Prometheus exposition.
+fn counter_sum(metrics: &str, family: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) || l.starts_with(&format!("{family} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Counters only grow, also across a `--preload` reload's re-execution: `status`'s
+/// request total and `/metrics`' `rgun_requests_total` and `rgun_reloads_total` go on
+/// from where the old image left them.
+#[test]
+fn counters_go_on_across_a_preload_reload() {
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .args(["--preload"])
+        .start();
+    for _ in 0..30 {
+        assert_eq!(s.get("/").status, 200);
+    }
+    let before = metrics_text(&s);
+    let served = counter_sum(&before, "rgun_requests_total");
+    assert!(served >= 30, "{before}");
+    assert!(status(&s)["totals"]["requests"].as_u64() >= Some(30));
+    let out = reload_in_background(&s).join().unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", s.log());
+    let after = metrics_text(&s);
+    assert!(
+        counter_sum(&after, "rgun_requests_total") >= served,
+        "{before}\n{after}"
+    );
+    assert!(
+        after.contains("rgun_reloads_total{result=\"ok\"} 1"),
+        "{after}"
+    );
+    let st = status(&s);
+    assert!(st["totals"]["requests"].as_u64() >= Some(served), "{st}");
+    assert_eq!(st["totals"]["reloads"], 1, "{st}");
+}

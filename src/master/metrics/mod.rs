@@ -21,7 +21,9 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const BUCKETS: usize = DURATION_BOUNDS_US.len() + 1;
 
 /// Why a worker left, as `rgun_worker_exits_total` counts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum ExitReason {
     /// Killed for `--timeout`.
     Timeout,
@@ -59,8 +61,9 @@ impl ExitReason {
     }
 }
 
-/// Counts that outlive the workers they describe, so every counter only grows.
-#[derive(Debug, Default)]
+/// Counts that outlive the workers they describe, so every counter only grows (also
+/// across a `--preload` reload's re-execution, which hands it over).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Ledger {
     /// Per scoreboard slot: responses by status class of the workers that have left it.
     retired_by_class: BTreeMap<usize, [u64; 5]>,
@@ -74,6 +77,13 @@ pub struct Ledger {
 impl Ledger {
     /// A worker left `slot`: keep its tally before the slot is reused.
     pub fn retire_slot(&mut self, slot: usize, s: &Slot, reason: ExitReason) {
+        self.fold_slot(slot, s);
+        *self.exits.entry(reason).or_default() += 1;
+    }
+
+    /// Adds what the worker in `slot` has counted so far (when it leaves, or when the
+    /// master re-executes and will not read this scoreboard again).
+    pub fn fold_slot(&mut self, slot: usize, s: &Slot) {
         let by_class = self.retired_by_class.entry(slot).or_default();
         for (sum, c) in by_class.iter_mut().zip(&s.tally.by_class) {
             *sum += c.load(Ordering::Relaxed);
@@ -86,7 +96,6 @@ impl Ledger {
             *sum += c.load(Ordering::Relaxed);
         }
         self.retired_sum_us += s.tally.duration_sum_us.load(Ordering::Relaxed);
-        *self.exits.entry(reason).or_default() += 1;
     }
 
     pub fn reload_finished(&mut self, ok: bool) {
