@@ -226,16 +226,21 @@ fn ten_overlapping_reloads(args: &[&str]) {
     assert_no_failures(&stats, &server);
     let st = status(&server.ctl_path);
     let serving = st["master"]["generation"].clone();
-    // Later requests are carried by the same or a later generation, the last by the
-    // one serving; the ten cost fewer generations than deploys.
+    // The latest generation answered serves now; the ten cost fewer generations than
+    // deploys. (Not asserted: that answers grow in the order the clients were
+    // started, which a loaded machine may not keep: 0.3 s apart, a client started
+    // later can connect first.)
     let generations: Vec<u64> = answers
         .iter()
         .map(|a| a["generation"].as_u64().expect("generation"))
         .collect();
     eprintln!("ten overlapping reloads: answered with generations {generations:?}");
-    assert!(generations.windows(2).all(|w| w[0] <= w[1]), "{answers:?}");
-    assert_eq!(json!(generations[9]), serving, "{answers:?}");
-    assert!(generations[9] < 11, "nothing was coalesced: {answers:?}");
+    let latest = generations.iter().max().copied();
+    assert_eq!(json!(latest), serving, "{answers:?}");
+    assert!(
+        latest.is_some_and(|g| g < 11),
+        "nothing was coalesced: {answers:?}"
+    );
     assert!(server.log().contains("Reload queued"), "{}", server.log());
 }
 
