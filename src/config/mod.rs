@@ -359,6 +359,19 @@ pub const DEFAULT_SECURE_SCHEME_HEADERS: [(&str, &str); 3] = [
 ];
 
 impl Config {
+    /// The access log is in Uvicorn's format: Gunicorn running a Uvicorn worker class
+    /// writes the lines Uvicorn logs, unless `--access-logformat` chose another format.
+    pub fn uvicorn_access_log(&self) -> bool {
+        matches!(
+            self.worker_class.as_deref(),
+            Some(
+                "uvicorn.workers.UvicornWorker"
+                    | "uvicorn_worker.UvicornWorker"
+                    | "uvicorn.workers.UvicornH11Worker"
+            )
+        ) && self.access_log_format == DEFAULT_ACCESS_LOG_FORMAT
+    }
+
     /// The worker `-k` selects (an unknown value never gets this far: the flag's
     /// parser refuses it).
     pub fn worker_kind(&self) -> WorkerKind {

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use super::response::{write_head, RequestFacts, ResponseError, ResponseFraming};
+use super::response::{is_hop_by_hop, write_head, RequestFacts, ResponseError, ResponseFraming};
 use crate::net::outbox::{Outbox, SharedBytes};
 
 /// Where a response source puts what it produces: one head, then body data, then the
@@ -45,6 +45,8 @@ pub struct Http1Response {
     /// The connection closes after this response.
     close_after: bool,
     terminated: bool,
+    /// The application's headers, when the access log shows response headers.
+    kept_head: Option<Vec<u8>>,
 }
 
 impl Http1Response {
@@ -57,7 +59,20 @@ impl Http1Response {
             body_bytes: 0,
             close_after: facts.close,
             terminated: false,
+            kept_head: None,
         }
+    }
+
+    /// Keeps a copy of the application's headers when the head is written
+    /// (`kept_head`).
+    pub fn keep_head(&mut self) {
+        self.kept_head = Some(Vec::new());
+    }
+
+    /// The application's header lines (`Name: value\r\n`, the hop-by-hop ones left
+    /// out as the head leaves them out), if kept.
+    pub fn take_kept_head(&mut self) -> Option<Vec<u8>> {
+        self.kept_head.take()
     }
 
     pub fn framing(&self) -> ResponseFraming {
@@ -96,6 +111,9 @@ impl ResponseSink for Http1Response {
         headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
         facts: RequestFacts,
     ) -> Result<(), ResponseError> {
+        if let Some(kept) = &mut self.kept_head {
+            keep_headers(kept, headers.clone());
+        }
         let written = write_head(&mut self.outbox.buf, status, headers, facts)?;
         self.framing = written.framing;
         self.status = written.status;
@@ -158,6 +176,18 @@ impl ResponseSink for Http1Response {
 
     fn buffered(&self) -> usize {
         self.outbox.buffered()
+    }
+}
+
+/// The application's header lines as the access log sees them (as Gunicorn's
+/// `resp.headers`): what it gave, less the hop-by-hop headers the server owns.
+fn keep_headers<'h>(kept: &mut Vec<u8>, headers: impl Iterator<Item = (&'h [u8], &'h [u8])>) {
+    kept.clear();
+    for (name, value) in headers.filter(|(name, _)| !is_hop_by_hop(name)) {
+        kept.extend_from_slice(name);
+        kept.extend_from_slice(b": ");
+        kept.extend_from_slice(value);
+        kept.extend_from_slice(b"\r\n");
     }
 }
 

@@ -112,6 +112,9 @@ pub struct H2Response {
     pub ended: bool,
     /// A HEAD request: the body is counted nowhere and sent never.
     is_head: bool,
+    /// The header lines (`name: value\r\n`), when the access log shows response
+    /// headers.
+    pub kept_head: Option<Vec<u8>>,
 }
 
 impl H2Response {
@@ -120,6 +123,16 @@ impl H2Response {
             is_head,
             ..H2Response::default()
         }
+    }
+
+    /// Keeps the header lines when the head is made (`kept_head`).
+    pub fn keep_head(&mut self) {
+        self.kept_head = Some(Vec::new());
+    }
+
+    /// The head's header lines, if kept.
+    pub fn kept_head(&self) -> &[u8] {
+        self.kept_head.as_deref().unwrap_or_default()
     }
 }
 
@@ -148,6 +161,15 @@ impl ResponseSink for H2Response {
             let value = HeaderValue::from_bytes(value)
                 .map_err(|_| ResponseError::BadHeaderValue(name.to_string()))?;
             map.append(name, value);
+        }
+        if let Some(kept) = &mut self.kept_head {
+            kept.clear();
+            for (name, value) in response.headers() {
+                kept.extend_from_slice(name.as_str().as_bytes());
+                kept.extend_from_slice(b": ");
+                kept.extend_from_slice(value.as_bytes());
+                kept.extend_from_slice(b"\r\n");
+            }
         }
         self.status = code.as_u16();
         self.head = Some(response);

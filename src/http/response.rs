@@ -242,7 +242,7 @@ fn parse_status(status: &str) -> Result<u16, ResponseError> {
     Ok(status[..3].parse().unwrap_or(500))
 }
 
-fn is_hop_by_hop(name: &[u8]) -> bool {
+pub(super) fn is_hop_by_hop(name: &[u8]) -> bool {
     const HOP: [&[u8]; 8] = [
         b"connection",
         b"keep-alive",

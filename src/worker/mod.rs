@@ -33,7 +33,7 @@ use crate::asgi::{AsgiApp, LifespanMode, Startup};
 use crate::config::WorkerKind;
 use crate::config::{AllowIps, Config};
 use crate::http::head::HeadLimits;
-use crate::log::{AccessLog, AccessRecord};
+use crate::log::{AccessFormat, AccessLog, AccessRecord};
 use crate::net::Listener;
 use crate::scoreboard::{Peers, Slot, WorkerState};
 use crate::signals::SignalPipe;
@@ -109,6 +109,8 @@ pub struct Shared {
     /// `--access-logfile`; whether there is one is fixed at boot, so a worker without
     /// one takes no lock per request.
     access_log: Option<Mutex<AccessLog>>,
+    /// The access log's format shows response headers: responses keep their heads.
+    pub keep_response_heads: bool,
     served: AtomicU64,
     stopping: AtomicBool,
 }
@@ -264,6 +266,9 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
         lanes: abort::Lanes::new(cfg.threads as usize, init.slot),
         slot: init.slot,
         peers: init.peers,
+        keep_response_heads: access_log
+            .as_ref()
+            .is_some_and(AccessLog::wants_response_headers),
         access_log: access_log.map(Mutex::new),
         served: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
@@ -422,7 +427,11 @@ fn open_access_log(cfg: &Config) -> std::io::Result<Option<AccessLog>> {
     {
         Some(path) => AccessLog::open(
             path,
-            &cfg.access_log_format,
+            if cfg.uvicorn_access_log() {
+                AccessFormat::Uvicorn
+            } else {
+                AccessFormat::Gunicorn(&cfg.access_log_format)
+            },
             cfg.observability.access_log_json,
             cfg.observability.access_log_wrap.clone(),
         )

@@ -3,7 +3,8 @@
 /raise_mid after the head and some body went out; /loggers describes the
 `gunicorn.error` and `gunicorn.access` loggers as JSON, /app_logger logs through a
 logger that borrowed their handlers (the Flask idiom); /empty answers 200 with no
-body; anything else "ok". Importing it logs "compat_app imported" to gunicorn.error."""
+body; anything else "ok". Importing it logs "compat_app imported" to gunicorn.error.
+`asgi` is an ASGI application answering "ok", for the Uvicorn worker classes."""
 
 import json
 import logging
@@ -78,3 +79,17 @@ def application(environ, start_response):
         return []
     start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
     return [b"ok"]
+
+
+async def asgi(scope, receive, send):
+    """The ASGI twin for the Uvicorn worker classes: "ok" for every request."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].rsplit(".", 1)[-1]
+            await send({"type": "lifespan." + kind + ".complete"})
+            if kind == "shutdown":
+                return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok"})

@@ -196,6 +196,9 @@ impl Conn {
             Outbox::with_buffer(std::mem::take(&mut self.spare_out)),
             &facts,
         );
+        if ctx.keep_response_heads {
+            http.keep_head();
+        }
         match WsgiSource::start(py, app, response, facts, &mut http) {
             Ok(source) => {
                 self.state = State::Responding(Box::new(Responding {
@@ -298,8 +301,11 @@ impl Conn {
         let State::Responding(r) = std::mem::replace(&mut self.state, State::Head) else {
             unreachable!()
         };
-        let Responding { http, .. } = *r;
+        let Responding { mut http, .. } = *r;
         let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
+        if let Some(head) = http.take_kept_head() {
+            self.response_head = head;
+        }
         let out = http.outbox.into_buffer();
         if out.capacity() <= KEPT_OUT_BYTES {
             self.spare_out = out;
@@ -328,7 +334,9 @@ impl Conn {
             status,
             body_bytes,
             elapsed,
+            response_headers: &self.response_head,
         });
+        self.response_head.clear();
         ended
     }
 }

@@ -115,7 +115,11 @@ impl Conn {
         {
             slot.request_begin();
         }
-        let sink = Sink::Http1(Http1Response::new(outbox, &facts));
+        let mut http = Http1Response::new(outbox, &facts);
+        if ctx.keep_response_heads {
+            http.keep_head();
+        }
+        let sink = Sink::Http1(http);
         match app.call(py, &info, body, sink, facts, self.key) {
             Ok((cycle, scope)) => {
                 self.hook_request = keep(&scope);
@@ -162,10 +166,13 @@ impl Conn {
             return self.watch_client(py, &cycle, service, ctx);
         }
         let headers = self.hook_headers(&c);
-        let http = c.finish(py);
+        let mut http = c.finish(py);
         drop(c);
         self.state = State::Head;
         let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
+        if let Some(head) = http.take_kept_head() {
+            self.response_head = head;
+        }
         let out = http.outbox.into_buffer();
         if out.capacity() <= KEPT_OUT_BYTES {
             self.spare_out = out;

@@ -407,6 +407,7 @@ impl Conn {
                     status: ex.response.status,
                     body_bytes: ex.response.body_bytes,
                     elapsed,
+                    response_headers: ex.response.kept_head(),
                 });
             }
         }

@@ -70,7 +70,11 @@ pub(super) fn call_stream_asgi(
     {
         slot.request_begin();
     }
-    let sink = Sink::Http2(H2Response::new(is_head));
+    let mut response = H2Response::new(is_head);
+    if ctx.keep_response_heads {
+        response.keep_head();
+    }
+    let sink = Sink::Http2(response);
     match app.call(py, &info, body, sink, request, facts.key) {
         Ok((cycle, scope)) => {
             let wanted = service.hooks.as_ref().is_some_and(|h| h.post_request);
@@ -137,6 +141,7 @@ impl Exchange {
             Some(StreamEnd::Complete) => {
                 self.response.status = status;
                 self.response.body_bytes = body_bytes;
+                self.response.kept_head = c.stream().and_then(|r| r.kept_head.take());
                 c.detach(py);
                 if let (Some(h), Some((req, scope))) = (&service.hooks, self.hook_request.take()) {
                     let line = format!("{status} {}", crate::http::response::reason_phrase(status));

@@ -333,6 +333,9 @@ fn call_stream_app(
         known_length: None,
     };
     ex.response = H2Response::new(is_head);
+    if ctx.keep_response_heads {
+        ex.response.keep_head();
+    }
     // Gunicorn's order: pre_request before the application, post_request once its
     // response is all produced (`produce`).
     let hook_req = service

@@ -45,6 +45,7 @@ pub fn shared() -> Shared {
         slot: board.slot(0),
         peers: Peers::new(board, 0),
         access_log: None,
+        keep_response_heads: false,
         served: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
     }

@@ -102,6 +102,9 @@ pub struct Conn {
     /// The last response's output buffer, emptied, for the next response: no
     /// allocation and regrowth per request.
     spare_out: Vec<u8>,
+    /// The finished response's head when `Shared::keep_response_heads`, for the access
+    /// log's `%({name}o)s`.
+    response_head: Vec<u8>,
     state: State,
     /// When the current state gives up (idle keep-alive, slow head, stalled I/O).
     pub deadline: Instant,
@@ -150,6 +153,7 @@ impl Conn {
             scan: HeadScan::default(),
             head_bytes: Vec::new(),
             spare_out: Vec::new(),
+            response_head: Vec::new(),
             state: State::Head,
             deadline: Instant::now() + first_byte_timeout,
             in_request: false,

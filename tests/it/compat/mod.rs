@@ -3,6 +3,7 @@
 //! observation of both over real sockets, and compares. These are the rows
 //! docs/gunicorn-compat.md may call "same".
 
+mod access_log;
 mod errors;
 mod logging;
 mod startup;
