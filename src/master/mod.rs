@@ -82,6 +82,23 @@ enum Intent {
     ChildExited,
 }
 
+/// A signal's name as Gunicorn logs it (`Handling signal: ttin`); none for CHLD.
+fn signal_name(sig: i32) -> Option<&'static str> {
+    use signal_hook::consts::*;
+    Some(match sig {
+        SIGTERM => "term",
+        SIGINT => "int",
+        SIGQUIT => "quit",
+        SIGHUP => "hup",
+        SIGTTIN => "ttin",
+        SIGTTOU => "ttou",
+        SIGUSR1 => "usr1",
+        SIGUSR2 => "usr2",
+        SIGWINCH => "winch",
+        _ => return None,
+    })
+}
+
 fn intent(sig: i32) -> Option<Intent> {
     use signal_hook::consts::*;
     Some(match sig {
@@ -254,6 +271,10 @@ impl Arbiter {
             SIGNAL_TOKEN => {
                 for sig in self.signals.take() {
                     if let Some(i) = intent(sig) {
+                        if let Some(name) = signal_name(sig) {
+                            // Gunicorn's arbiter logs every signal it handles so.
+                            tracing::info!("Handling signal: {name}");
+                        }
                         self.handle_intent(i);
                     }
                 }
@@ -331,16 +352,10 @@ impl Arbiter {
 
     fn handle_intent(&mut self, intent: Intent) {
         match intent {
-            Intent::GracefulStop => {
-                tracing::info!("Handling signal: term");
-                self.begin_stop(true)
-            }
-            Intent::QuickStop => {
-                tracing::info!("Handling signal: int");
-                self.begin_stop(false)
-            }
+            Intent::GracefulStop => self.begin_stop(true),
+            Intent::QuickStop => self.begin_stop(false),
             Intent::Reload => {
-                tracing::info!("Handling signal: hup");
+                tracing::info!("Hang up: Master");
                 if let Err(e) = self.request_reload("signal HUP".into(), None) {
                     tracing::warn!("reload not started: {}", e.message);
                 }
@@ -352,22 +367,19 @@ impl Arbiter {
                 self.set_target(self.target.saturating_sub(1), "signal TTOU".into())
             }
             Intent::ReopenLogs => self.reopen_logs(),
-            Intent::Upgrade => {
-                tracing::info!("Handling signal: usr2");
-                match self.step(Event::UpgradeAsked) {
-                    Step::NewMaster => {
-                        if let Err(e) = self.upgrade() {
-                            tracing::error!("cannot upgrade: {e}");
-                        }
+            Intent::Upgrade => match self.step(Event::UpgradeAsked) {
+                Step::NewMaster => {
+                    if let Err(e) = self.upgrade() {
+                        tracing::error!("cannot upgrade: {e}");
                     }
-                    Step::Refuse(why) => tracing::warn!("USR2 ignored: {why}"),
-                    _ => {}
                 }
-            }
+                Step::Refuse(why) => tracing::warn!("USR2 ignored: {why}"),
+                _ => {}
+            },
             Intent::StopWorkers if self.cfg.daemon => {
                 // Gunicorn's WINCH: keep the master (and its sockets), stop the workers;
                 // TTIN or `scale` brings them back.
-                tracing::info!("Handling signal: winch; stopping all workers");
+                tracing::info!("graceful stop of workers");
                 let old = self.target;
                 self.target = 0;
                 if let Some(scaling) = self.scaling.as_mut() {
@@ -375,7 +387,7 @@ impl Arbiter {
                 }
                 self.call_hook("nworkers_changed", json!({"new": 0, "old": old}));
             }
-            Intent::StopWorkers => tracing::info!("SIGWINCH ignored: not daemonized"),
+            Intent::StopWorkers => tracing::debug!("SIGWINCH ignored. Not daemonized"),
             Intent::ChildExited => {}
         }
     }

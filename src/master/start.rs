@@ -339,12 +339,11 @@ fn log_start(cfg: &Config, listeners: &[crate::net::Listener], sockets: &MasterS
         tracing::info!("Upgraded from master {old}; it keeps serving until it is stopped");
         std::env::remove_var(UPGRADE_FROM_ENV);
     }
-    match cfg.worker_kind() {
-        crate::config::WorkerKind::Wsgi => {
-            tracing::info!("Using worker: rgun (threads: {})", cfg.threads)
-        }
-        crate::config::WorkerKind::Asgi => tracing::info!("Using worker: rgun asgi"),
-    }
+    // Gunicorn's line names the class as given (`sync` when none is).
+    tracing::info!(
+        "Using worker: {}",
+        cfg.worker_class.as_deref().unwrap_or("sync")
+    );
 }
 
 /// Says how `workers = "auto"` and `--max-worker-rss auto` were derived; returns the

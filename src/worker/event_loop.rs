@@ -249,6 +249,7 @@ impl<'a> EventLoop<'a> {
         for sig in self.signals.take() {
             match sig {
                 SIGINT | SIGQUIT => {
+                    tracing::info!("Worker exiting (pid: {})", std::process::id());
                     if let Some(h) = &self.service.hooks {
                         Python::with_gil(|py| {
                             h.call(py, "worker_int", Vec::new());

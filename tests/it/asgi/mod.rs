@@ -41,7 +41,11 @@ fn every_asgi_worker_name_serves_an_asgi_app() {
         let r = s.get("/");
         assert_eq!(r.status, 200, "-k {class}");
         assert_eq!(r.text(), "Hello, ASGI!", "-k {class}");
-        assert!(s.log().contains("Using worker: rgun asgi"), "{}", s.log());
+        assert!(
+            s.log().contains(&format!("Using worker: {class}\n")),
+            "{}",
+            s.log()
+        );
     }
 }
 

@@ -1,0 +1,139 @@
+//! A server's life in its error log, beside Gunicorn's: start-up, TTIN, TTOU, USR1
+//! and each way to stop (TERM, INT, QUIT), for the WSGI worker classes. Every record
+//! is compared in order by level, by who wrote it (master or worker) and by text, with
+//! numbers (pids, ports, versions) left out and rgun's own additional records set
+//! aside (`RGUN_ONLY`, each with why).
+
+use std::time::Duration;
+
+use super::{records, APP};
+use crate::support::{wait_until, Server, ServerBuilder};
+
+/// Records rgun writes that Gunicorn does not, all of them additions beside
+/// Gunicorn's records (a parser of Gunicorn's lines meets each of those too).
+const RGUN_ONLY: [(&str, &str); 4] = [
+    (
+        "All N workers ready",
+        "the moment the generation is ready (systemd's READY=1), which Gunicorn does not know",
+    ),
+    (
+        "Stopping (",
+        "whether the stop is graceful or quick, said once by the master",
+    ),
+    (
+        "Number of workers: ",
+        "TTIN/TTOU's new target (Gunicorn logs it only as a statsd gauge at debug level)",
+    ),
+    (
+        "Control socket: ",
+        "where rgunctl finds this instance (Gunicorn 27's control socket is off in its run)",
+    ),
+];
+
+/// Records Gunicorn 27 writes that rgun does not.
+const GUNICORN_ONLY: [(&str, &str); 2] = [
+    (
+        "Worker (pid:N) was sent SIGTERM!",
+        "Gunicorn's gthread worker ends by the TERM it was sent, and Gunicorn says so; \
+         rgun's workers finish their requests and exit with status 0",
+    ),
+    (
+        "Worker (pid:N) was sent SIGUSRN!",
+        "Gunicorn warns, for each worker, that it passed USR1 on; rgun passes it on quietly \
+     (a warning for a routine log rotation would count in gunicorn.log.warning)",
+    ),
+];
+
+/// `(who, level, text)` for each record, numbers as `N` and the server's name and
+/// version as `SERVER`.
+fn shapes(server: &Server) -> Vec<(String, String, String)> {
+    let master = u32::try_from(server.pid()).unwrap();
+    records(&server.log())
+        .into_iter()
+        .map(|r| {
+            let who = if r.pid == master { "master" } else { "worker" };
+            let mut text = String::new();
+            for c in r.lines.join("\n").chars() {
+                if !c.is_ascii_digit() {
+                    text.push(c);
+                } else if !text.ends_with('N') {
+                    text.push('N');
+                }
+            }
+            for name in ["Starting rgun N.N.N", "Starting gunicorn N.N.N"] {
+                text = text.replace(name, "Starting SERVER");
+            }
+            (who.to_owned(), r.level, text)
+        })
+        .filter(|(_, _, text)| {
+            let set_aside = RGUN_ONLY.iter().chain(&GUNICORN_ONLY);
+            !set_aside.into_iter().any(|(s, _)| text.starts_with(s))
+        })
+        .collect()
+}
+
+/// How many records of `server`'s log start with `text`.
+fn count(server: &Server, text: &str) -> usize {
+    records(&server.log())
+        .iter()
+        .filter(|r| r.lines[0].starts_with(text))
+        .count()
+}
+
+/// Runs one life: start, TTIN, TTOU, USR1, then `stop`; the records' shapes.
+fn one_life(args: &[&str], gunicorn: bool, stop: i32) -> Vec<(String, String, String)> {
+    let mut builder = ServerBuilder::new(APP)
+        .own_bind()
+        .workers(1)
+        .args(["-b", "127.0.0.1:0"])
+        .args(args.iter().copied());
+    if gunicorn {
+        builder = builder.gunicorn();
+    }
+    let mut server = builder.start();
+    let limit = Duration::from_secs(30);
+    let imported = |n| wait_until(limit, || count(&server, "compat_app imported") == n);
+    assert!(imported(1), "{}", server.log());
+    server.signal(libc::SIGTTIN);
+    let grew = wait_until(limit, || count(&server, "Booting worker with pid") == 2);
+    assert!(grew && imported(2), "TTIN: {}", server.log());
+    server.signal(libc::SIGTTOU);
+    let shrank = wait_until(limit, || count(&server, "Worker exiting (pid") == 1);
+    assert!(shrank, "TTOU: {}", server.log());
+    server.signal(libc::SIGUSR1);
+    let reopened = wait_until(limit, || count(&server, "Handling signal: usr1") == 1);
+    assert!(reopened, "USR1: {}", server.log());
+    server.signal(stop);
+    assert_eq!(server.wait_exit(limit), Some(0), "{}", server.log());
+    shapes(&server)
+}
+
+#[test]
+fn start_up_signals_and_stops_log_as_in_gunicorn() {
+    for (args, class) in [
+        (&[][..], "sync"),
+        (&["-k", "gthread", "--threads", "2"][..], "gthread"),
+    ] {
+        for (stop, name) in [
+            (libc::SIGTERM, "term"),
+            (libc::SIGINT, "int"),
+            (libc::SIGQUIT, "quit"),
+        ] {
+            let rgun = one_life(args, false, stop);
+            let gunicorn = one_life(args, true, stop);
+            assert_eq!(rgun, gunicorn, "-k {class}, stopped by {name}");
+            let master = |text: &str| ("master".into(), "INFO".into(), text.to_owned());
+            // What the comparison covered, in rgun's words.
+            for line in [
+                master("Starting SERVER"),
+                master(&format!("Using worker: {class}")),
+                master("Handling signal: ttin"),
+                master("Handling signal: ttou"),
+                master(&format!("Handling signal: {name}")),
+                master("Shutting down: Master"),
+            ] {
+                assert!(rgun.contains(&line), "{line:?} in {rgun:#?}");
+            }
+        }
+    }
+}
