@@ -46,7 +46,7 @@ pub struct Slot {
     pub accept_errno: AtomicI32,
     /// Set by the master: `CLOSE_ALL` during a shutdown delay, each response closing
     /// its connection (`Connection: close`, HTTP/2 GOAWAY) while the worker keeps
-    /// accepting; otherwise how many connections autoscaling's rebalancing asks it to
+    /// accepting; `STOP_ALL` the same once the whole server stops; otherwise how many connections autoscaling's rebalancing asks it to
     /// end that way (`take_close` counts them down).
     pub closing: AtomicU32,
     /// Responses by status class and duration, for `/metrics` (its own cache lines:
@@ -61,6 +61,11 @@ pub struct Slot {
 
 /// `Slot::closing` when every connection is to close after its response.
 pub const CLOSE_ALL: u32 = u32::MAX;
+/// `Slot::closing` once the whole server stops gracefully: every connection closes, as
+/// under `CLOSE_ALL`, and no other process will serve the listeners after this one, so
+/// a stopping worker takes the clients waiting in their backlog before it exits
+/// (`worker::EventLoop`'s `take_the_backlog`).
+pub const STOP_ALL: u32 = u32::MAX - 1;
 
 /// Upper bounds of the request-duration histogram's buckets, in microseconds
 /// (Prometheus's default buckets, 5 ms to 10 s); one more bucket holds the rest.
@@ -150,13 +155,14 @@ impl Slot {
         self.tally.reset();
     }
 
-    /// Whether this response is to end its connection: always under `CLOSE_ALL`;
+    /// Whether this response is to end its connection: always under `CLOSE_ALL` (and
+    /// `STOP_ALL`);
     /// otherwise while the rebalancing budget lasts, each yes taking one from it (a
     /// lost race with another thread is a no, which only keeps a connection open).
     pub fn take_close(&self) -> bool {
         let n = self.closing.load(Ordering::Relaxed);
         n != 0
-            && (n == CLOSE_ALL
+            && (n >= STOP_ALL
                 || self
                     .closing
                     .compare_exchange(n, n - 1, Ordering::Relaxed, Ordering::Relaxed)

@@ -23,7 +23,7 @@ use crate::autoscale::{
     STUCK_MS,
 };
 use crate::config::{ScalingPlan, WorkerKind};
-use crate::scoreboard::{monotonic_ms, monotonic_us, CLOSE_ALL};
+use crate::scoreboard::{monotonic_ms, monotonic_us, STOP_ALL};
 
 /// How long a rebalancing budget lasts: connections idle that long are left alone.
 const REBALANCE_FOR: Duration = Duration::from_secs(3);
@@ -361,7 +361,7 @@ impl Arbiter {
                 for slot in slots {
                     let closing = &self.scoreboard.slot(slot).closing;
                     let _ = closing.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        (n != CLOSE_ALL).then_some(0)
+                        (n < STOP_ALL).then_some(0)
                     });
                 }
             }

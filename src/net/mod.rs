@@ -29,6 +29,24 @@ pub struct Listener {
     pub unix_path: Option<PathBuf>,
 }
 
+impl Listener {
+    /// Drops this process's hold on the socket while keeping its descriptor number
+    /// taken (it then refers to `/dev/null`, so nothing that still has the number can
+    /// reach another file). The kernel closes a listening socket, resetting every
+    /// client waiting in its backlog, only once no process holds it; a process that
+    /// lets go early leaves that moment to those still serving it.
+    pub fn let_go(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let null = std::fs::File::open("/dev/null")?;
+        // SAFETY: both descriptors are open and ours; dup2 atomically makes the
+        // listener's number refer to /dev/null, and `null`'s own copy closes on drop.
+        if unsafe { libc::dup2(null.as_raw_fd(), self.socket.as_raw_fd()) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// Who is on the other end of a connection, formatted once per connection.
 #[derive(Debug, Clone, Default)]
 pub struct Peer {

@@ -22,9 +22,9 @@ use super::{Service, Shared};
 use crate::net::transport::Transport;
 use crate::net::Listener;
 use crate::net::{Local, Peer};
-use crate::scoreboard::WorkerState;
 use crate::signals::SignalPipe;
 
+mod stop;
 mod sweep;
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
@@ -231,8 +231,12 @@ impl<'a> EventLoop<'a> {
             self.next_sweep = now + self.shared.settings.sweep_every;
         }
         if let Some(deadline) = self.stop_by {
-            if self.open == 0 || Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 return None;
+            }
+            if self.open == 0 {
+                // Done, unless clients wait in the backlog that only we may serve.
+                return self.take_the_backlog(exec).then(Instant::now);
             }
         }
         if !self.runnable.is_empty() {
@@ -265,35 +269,6 @@ impl<'a> EventLoop<'a> {
                 }
                 _ => {}
             }
-        }
-    }
-
-    /// Stop accepting and finish what is in flight. Keep-alive connections are not cut
-    /// while a client may be sending on them: a request that still arrives is served
-    /// with `Connection: close`, and idle ones close at their usual keep-alive deadline,
-    /// the moment clients already expect a server to close.
-    fn begin_stop(&mut self) {
-        self.accepting = false;
-        self.stop_by = Some(Instant::now() + self.graceful_timeout);
-        self.shared
-            .stopping
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.shared.slot.set_state(WorkerState::Stopping);
-        self.listening.stop(&self.poll);
-        // Open WebSockets have no natural end to wait for: they get a turn now, to
-        // close with 1001 (going away). HTTP/2 connections get one to send GOAWAY.
-        let sockets: Vec<usize> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(k, c)| {
-                c.as_ref()
-                    .filter(|c| c.is_websocket() || c.is_http2())
-                    .map(|_| k)
-            })
-            .collect();
-        for key in sockets {
-            self.wake(key);
         }
     }
 

@@ -174,6 +174,12 @@ impl Shared {
         self.stopping() || self.slot.close_pending()
     }
 
+    /// The whole server stops gracefully: a stopping worker serves the listeners'
+    /// backlog before it exits (`Slot::closing` is `STOP_ALL`).
+    pub fn server_stopping(&self) -> bool {
+        self.slot.closing.load(Ordering::Relaxed) == crate::scoreboard::STOP_ALL
+    }
+
     pub fn log_access(&self, record: &AccessRecord<'_>) {
         if let Some(log) = &self.access_log {
             log.lock().unwrap_or_else(|e| e.into_inner()).write(record);

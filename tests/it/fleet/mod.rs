@@ -1,12 +1,14 @@
 //! What a fleet behind Kubernetes or a load balancer needs, against a real daemon:
 //! the master's probes on the operations listener (`probes`), the worker count and
 //! memory limit from the cgroup (`sizing`), rgun as a container's PID 1 (`pid1`), the
-//! shutdown delay (`shutdown_delay`), workers that size themselves (`autoscale`), and
-//! the Kubernetes manifests (`kubernetes`).
+//! shutdown delay (`shutdown_delay`), workers that size themselves (`autoscale`), the
+//! listen backlog served rather than reset on a stop (`backlog`), and the Kubernetes
+//! manifests (`kubernetes`).
 //!
 //! Every wait is bounded; nothing sleeps for readiness.
 
 mod autoscale;
+mod backlog;
 mod kubernetes;
 mod pid1;
 mod probes;
