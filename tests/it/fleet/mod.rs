@@ -2,8 +2,9 @@
 //! the master's probes on the operations listener (`probes`), the worker count and
 //! memory limit from the cgroup (`sizing`), rgun as a container's PID 1 (`pid1`), the
 //! shutdown delay (`shutdown_delay`), workers that size themselves (`autoscale`), the
-//! listen backlog served rather than reset on a stop (`backlog`), and the Kubernetes
-//! manifests (`kubernetes`).
+//! listen backlog served rather than reset on a stop (`backlog`), the Kubernetes
+//! manifests (`kubernetes`), and a rolling deploy of three instances behind HAProxy
+//! under load (`rolling`).
 //!
 //! Every wait is bounded; nothing sleeps for readiness.
 
@@ -12,6 +13,7 @@ mod backlog;
 mod kubernetes;
 mod pid1;
 mod probes;
+mod rolling;
 mod shutdown_delay;
 mod sizing;
 
