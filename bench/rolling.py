@@ -9,7 +9,7 @@ as Kubernetes does: start the new one, wait until HAProxy sees it UP, TERM the o
 one, wait until it has exited.
 
   rgun      HAProxy checks /readyz on the operations listener (--metrics-bind);
-            --shutdown-delay 2: not ready at once on TERM, still serving meanwhile
+            --shutdown-delay 3: not ready at once on TERM, still serving meanwhile
   gunicorn  HAProxy checks an application view (/healthz) on the serving port;
             Gunicorn has no shutdown delay: on TERM it closes its listeners
 
@@ -36,7 +36,7 @@ APPS = os.path.join(ROOT, "tests", "apps")
 HAPROXY = "/usr/sbin/haproxy"
 FLEET = 3
 CHECK_INTERVAL_MS = 200
-SHUTDOWN_DELAY_S = 2
+SHUTDOWN_DELAY_S = 3
 UPLOAD = bytes((i * 7) % 251 for i in range(1 << 20))
 UPLOAD_ANSWER = "%d %s" % (len(UPLOAD), hashlib.sha256(UPLOAD).hexdigest())
 

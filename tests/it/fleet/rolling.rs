@@ -22,9 +22,10 @@ use crate::support::{pass_as_fd3, read_response, skip, wait_until, Server, Serve
 
 const FLEET: usize = 3;
 /// HAProxy checks every server this often (`inter`), and one failed check marks it
-/// DOWN (`fall 1`): the shutdown delay must outlast that.
+/// DOWN (`fall 1`): the shutdown delay must outlast that, with room for a loaded
+/// machine.
 const CHECK_INTERVAL_MS: u64 = 200;
-const SHUTDOWN_DELAY_S: &str = "2";
+const SHUTDOWN_DELAY_S: &str = "3";
 const UPLOAD_BYTES: usize = 1 << 20;
 
 /// HAProxy in the foreground on an inherited listener (`bind fd@3`), its runtime API
