@@ -31,8 +31,8 @@ pub use self::probe::{Probe, ProbeArgs};
 pub use self::scaling::{ScalingArgs, ScalingPlan};
 pub use self::tls::TlsArgs;
 use self::values::{
-    non_negative, parse_allow_ips, parse_env, parse_max_worker_rss, parse_mode, parse_worker_class,
-    parse_workers,
+    non_negative, parse_allow_ips, parse_env, parse_header_map, parse_max_worker_rss, parse_mode,
+    parse_worker_class, parse_workers,
 };
 pub use self::values::{worker_kind, AllowIps, MaxWorkerRss, WorkerKind, Workers};
 use crate::http::head::HeadLimits;
@@ -233,6 +233,12 @@ pub struct Config {
     pub capture_output: bool,
     #[arg(long = "no-sendfile", hide = true)]
     pub no_sendfile: bool,
+    /// Python's stdout and stderr always go to the error log.
+    #[arg(short = 'R', long = "enable-stdio-inheritance", hide = true)]
+    pub enable_stdio_inheritance: bool,
+    /// Header names with `_` are always dropped: `drop` only.
+    #[arg(long = "header-map", value_name = "drop", hide = true, value_parser = parse_header_map)]
+    pub header_map: Option<String>,
     /// The name in process titles (`rgun: master [NAME]`, `rgun: worker [NAME]`) and
     /// `ps` [default: the application].
     #[arg(short = 'n', long = "name", value_name = "STRING")]

@@ -22,6 +22,17 @@ pub(super) fn parse_worker_class(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--header-map`: rgun always drops header names with `_` (Gunicorn's default).
+pub(super) fn parse_header_map(s: &str) -> Result<String, String> {
+    match s {
+        "drop" => Ok(s.to_owned()),
+        _ => Err(format!(
+            "{s:?}: rgun drops header names containing '_' (Gunicorn's `drop`); \
+             `refuse` and `dangerous` are not supported"
+        )),
+    }
+}
+
 pub(super) fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0o"), 8)
         .ok()

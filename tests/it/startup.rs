@@ -381,3 +381,56 @@ fn a_quick_restart_gets_the_port_once_it_is_free() {
     assert_eq!(get(port, "/").map(|r| r.status), Some(200));
     assert!(rgun.child_alive());
 }
+
+#[test]
+fn procfile_command_lines_are_accepted_as_by_gunicorn() {
+    // Flags seen in Procfiles and start scripts of real apps: each is accepted by
+    // both servers (rgun ignores those it has no use for).
+    for args in [
+        &["--log-file", "-"][..],
+        &[
+            "--access-logfile=-",
+            "--error-logfile=-",
+            "--log-level=info",
+        ],
+        &["--enable-stdio-inheritance"],
+        &["-R", "--capture-output"],
+        &["--worker-tmp-dir", "/dev/shm", "--no-sendfile"],
+        &["--header-map", "drop"],
+        &[
+            "--forwarded-allow-ips=*",
+            "--timeout",
+            "120",
+            "--keep-alive",
+            "5",
+        ],
+        &["--workers=3", "--threads=2", "--worker-class=gthread"],
+        &[
+            "--max-requests",
+            "1000",
+            "--max-requests-jitter",
+            "50",
+            "--preload",
+        ],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--check-config", "demo.app:application"]);
+        let (code, err) = run(rgun_cmd(), &all);
+        assert_eq!(code, Some(0), "rgun {args:?}: {err}");
+        let (code, err) = run(gunicorn(), &all);
+        assert_eq!(code, Some(0), "gunicorn {args:?}: {err}");
+    }
+    // A header map rgun does not do is one line naming it.
+    let (code, err) = run(
+        rgun_cmd(),
+        &[
+            "--header-map",
+            "refuse",
+            "--check-config",
+            "demo.app:application",
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("refuse"), "{err}");
+}
