@@ -47,6 +47,8 @@ pub struct HandedConn {
     pub outbuf: Vec<u8>,
     /// The request ids of the reloads it waits for.
     pub waiting: Vec<Value>,
+    /// `scale --wait` requests it waits for: (request id, the target before).
+    pub scale_waiting: Vec<(Value, usize)>,
 }
 
 /// A descriptor the old image left open, owned from now on (and closed on the next
@@ -192,6 +194,7 @@ impl ControlServer {
                     inbuf: c.inbuf.clone(),
                     outbuf: c.outbuf.clone(),
                     waiting: Vec::new(),
+                    scale_waiting: Vec::new(),
                 };
                 (id, handed)
             })

@@ -32,7 +32,6 @@ use pyo3::prelude::*;
 use pyo3::types::PyCFunction;
 use rgunctl::protocol::HistoryEntry;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::metrics::Ledger;
 use super::reload::{Reload, ReloadHandoff};
@@ -229,6 +228,9 @@ impl Arbiter {
     /// The old image's side: hand over and `execve`. Returns only on failure (with
     /// everything as it was).
     pub(super) fn reexec_for_reload(&mut self) -> Result<(), String> {
+        // A `stack` request is not carried (its workers answer this image's pipes):
+        // answered now with what came (its answer leaves with the connection).
+        self.answer_stack_waiters_now();
         let Some(reload) = self.reload.as_ref() else {
             return Ok(());
         };
@@ -292,6 +294,11 @@ impl Arbiter {
                 handed.waiting.push(id.clone());
             }
         }
+        for (conn, id, previous) in &self.scale_waiters {
+            if let Some((_, handed)) = conns.iter_mut().find(|(c, _)| c == conn) {
+                handed.scale_waiting.push((id.clone(), *previous));
+            }
+        }
         Handoff {
             control_fd: self.control.as_ref().map(|c| c.listener_fd()),
             conns: conns.into_iter().map(|(_, handed)| handed).collect(),
@@ -331,7 +338,7 @@ impl Arbiter {
     pub(super) fn resume_after_reexec(
         &mut self,
         handoff: Handoff,
-        waiters: Vec<(usize, Value)>,
+        conns: &[crate::control::ConnId],
         then: Then,
     ) {
         for a in &handoff.workers {
@@ -356,6 +363,13 @@ impl Arbiter {
         let started = now
             .checked_sub(Duration::from_millis(handoff.reload.elapsed_ms))
             .unwrap_or(now);
+        let mut waiters = Vec::new();
+        for (&conn, handed) in conns.iter().zip(&handoff.conns) {
+            waiters.extend(handed.waiting.iter().map(|id| (conn, id.clone())));
+            let scales = handed.scale_waiting.iter();
+            self.scale_waiters
+                .extend(scales.map(|(id, previous)| (conn, id.clone(), *previous)));
+        }
         let reload = Reload::resumed(&handoff.reload, started, waiters);
         let (generation, target) = (reload.generation, handoff.reload.target);
         self.reload = Some(reload);

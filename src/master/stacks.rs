@@ -83,6 +83,15 @@ impl Arbiter {
     }
 
     /// Answers the requests whose workers have all replied, or whose time is up.
+    /// Answers every `stack` request now, with what its workers have sent so far.
+    pub(super) fn answer_stack_waiters_now(&mut self) {
+        let now = Instant::now();
+        for w in &mut self.stack_waiters {
+            w.deadline = now;
+        }
+        self.answer_stack_waiters();
+    }
+
     pub(super) fn answer_stack_waiters(&mut self) {
         let now = Instant::now();
         let (done, waiting): (Vec<StackWaiter>, Vec<StackWaiter>) =

@@ -148,7 +148,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     crate::statsd::start(&cfg.observability);
     crate::syslog::start(&cfg.observability, cfg.proc_name());
     log_start(&cfg, &listeners, &sockets);
-    let waiters = std::mem::take(&mut sockets.waiters);
+    let adopted_conns = std::mem::take(&mut sockets.adopted_conns);
     let scaling = plan.map(|p| log_scaling(&p, cfg.scaling.workers_idle));
     let mut arbiter = Arbiter {
         listeners,
@@ -202,7 +202,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         cfg,
     };
     if let Some(h) = handoff {
-        arbiter.resume_after_reexec(h, waiters, then);
+        arbiter.resume_after_reexec(h, &adopted_conns, then);
     }
     arbiter.call_hook("when_ready", json!({}));
     arbiter.run();
@@ -268,8 +268,9 @@ struct MasterSockets {
     signals: SignalPipe,
     control: Option<ControlServer>,
     metrics: Option<MetricsServer>,
-    /// After a re-execution in place: the clients waiting for the reload.
-    waiters: Vec<(usize, serde_json::Value)>,
+    /// After a re-execution in place: the ids of the control connections handed over,
+    /// in the handoff's order.
+    adopted_conns: Vec<crate::control::ConnId>,
     /// This master was re-executed in place (a `--preload` reload).
     reexecuted: bool,
 }
@@ -295,12 +296,10 @@ impl MasterSockets {
         let adopt = handoff.and_then(|h| h.control_fd.map(|fd| (h, fd)));
         let adopting = deferred_takeover || adopt.is_some();
         let mut control = open_control(cfg, listeners, adopting, poll.registry())?;
-        let mut waiters = Vec::new();
+        let mut adopted_conns = Vec::new();
         if let (Some((h, fd)), Some(path)) = (adopt, cfg.control_socket.clone()) {
             let (server, ids) = ControlServer::adopt(fd, &path, &h.conns, poll.registry())?;
-            for (conn, handed) in ids.into_iter().zip(&h.conns) {
-                waiters.extend(handed.waiting.iter().map(|id| (conn, id.clone())));
-            }
+            adopted_conns = ids;
             control = Some(server);
         }
         let metrics = match &cfg.observability.metrics_bind {
@@ -312,7 +311,7 @@ impl MasterSockets {
             signals,
             control,
             metrics,
-            waiters,
+            adopted_conns,
             reexecuted: handoff.is_some(),
         })
     }

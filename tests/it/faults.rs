@@ -688,3 +688,52 @@ fn counters_go_on_across_a_preload_reload() {
     assert!(st["totals"]["requests"].as_u64() >= Some(served), "{st}");
     assert_eq!(st["totals"]["reloads"], 1, "{st}");
 }
+
+/// A `scale --wait` still waiting when a `--preload` reload re-executes the master is
+/// carried across `execve` and answered once the count is reached (workers become
+/// ready only once the file `go` exists, made after the master re-executed).
+#[test]
+fn a_scale_wait_pending_across_a_preload_reload_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gunicorn.conf.py");
+    let go = dir.path().join("go");
+    std::fs::write(
+        &conf,
+        format!(
+            "import os, time\ndef post_worker_init(worker):\n    while not os.path.exists({go:?}):\n        time.sleep(0.05)\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(&go, "").unwrap();
+    let s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .args(["--preload", "-c", conf.to_str().unwrap()])
+        .start();
+    std::fs::remove_file(&go).unwrap();
+    let master = status(&s)["master"]["pid"].clone();
+    let mut scale = Command::new(rgunctl_bin());
+    scale
+        .arg("-s")
+        .arg(&s.ctl_path)
+        // Bounded: unanswered, it would wait for ever.
+        .args(["--timeout", "60", "scale", "3", "--wait"])
+        .stdin(std::process::Stdio::null());
+    let scale = std::thread::spawn(move || scale.output().expect("run rgunctl scale"));
+    assert!(
+        wait_until(Duration::from_secs(20), || status(&s)["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.len() == 3)),
+        "{}",
+        status(&s)
+    );
+    let reload = reload_in_background(&s);
+    s.wait_for_log("Re-executing the master", Duration::from_secs(20));
+    std::fs::write(&go, "").unwrap();
+    let scaled = scale.join().unwrap();
+    assert!(scaled.status.success(), "{scaled:?}\n{}", s.log());
+    let reloaded = reload.join().unwrap();
+    assert!(reloaded.status.success(), "{reloaded:?}");
+    let st = status(&s);
+    assert_eq!(st["master"]["pid"], master, "{st}");
+    assert_eq!(st["master"]["workers_target"], 3, "{st}");
+}
