@@ -392,3 +392,156 @@ fn worker_classes_rgun_cannot_run_are_refused() {
         assert_eq!(code, 0, "{class}: {err}");
     }
 }
+
+/// The README's bullet that begins with `start`, up to the next bullet.
+fn section<'a>(text: &'a str, start: &str) -> &'a str {
+    let from = text.find(start).unwrap_or_else(|| panic!("no {start:?}"));
+    let rest = &text[from + start.len()..];
+    &rest[..rest.find("\n- **").unwrap_or(rest.len())]
+}
+
+/// The `--long` flags named in backquotes in `text` (`-b/--bind` gives `--bind`).
+fn named_flags(text: &str) -> Vec<&str> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.starts_with('-'))
+        .flat_map(|s| s.split('/'))
+        .filter_map(|s| s.split_whitespace().next())
+        .filter(|s| s.starts_with("--"))
+        .collect()
+}
+
+/// The backquoted spans of `text` (its code), in order.
+fn quoted(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+#[test]
+fn readme_and_migration_guide_describe_what_rgun_does() {
+    let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap();
+    let (readme, guide) = (read("README.md"), read("docs/migrating-from-gunicorn.md"));
+
+    // Every flag the README's "What works today" names, rgun's --help has.
+    let (_, help, _) = rgun(&["--help"]);
+    let flags = named_flags(section(
+        &readme,
+        "- **Gunicorn's command line and config files.**",
+    ));
+    assert!(flags.len() > 30, "{flags:?}");
+    for flag in ["--bind", "--workers", "--log-config-json", "--help"] {
+        assert!(flags.contains(&flag), "{flag} not found in {flags:?}");
+    }
+    for flag in &flags {
+        let spelled = help
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[')
+            .any(|word| word == *flag);
+        assert!(spelled, "README names {flag}, --help does not");
+    }
+
+    // Every worker class the README names runs its kind of application, and the
+    // guide names it too; the classes it says are refused are refused, naming them.
+    let workers = section(&readme, "- **WSGI and ASGI workers.**");
+    let classes: Vec<&str> = quoted(workers)
+        .into_iter()
+        .map(|s| s.strip_prefix("-k ").unwrap_or(s))
+        .filter(|s| {
+            s.ends_with("Worker")
+                || s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            "sync",
+            "gthread",
+            "asgi",
+            "uvicorn.workers.UvicornWorker",
+            "uvicorn_worker.UvicornWorker",
+            "uvicorn.workers.UvicornH11Worker",
+            "gevent",
+            "eventlet",
+        ],
+        "the README's worker classes"
+    );
+    for class in classes {
+        let asgi = class == "asgi" || class.contains("vicorn");
+        let app = if asgi {
+            "asgi_app:app"
+        } else {
+            "demo.app:application"
+        };
+        let args = [
+            "-k",
+            class,
+            "--pythonpath",
+            "tests/apps",
+            "--check-config",
+            app,
+        ];
+        let (code, _, err) = rgun(&args);
+        if class == "gevent" || class == "eventlet" {
+            assert_ne!(code, 0, "-k {class}");
+            assert!(
+                err.contains(class) && err.trim_end().lines().count() == 1,
+                "{err}"
+            );
+        } else {
+            assert_eq!(code, 0, "README's -k {class}: {err}");
+            assert!(
+                guide.contains(&format!("`{class}`")),
+                "the guide omits {class}"
+            );
+        }
+    }
+
+    // The flags the guide says are accepted and ignored are, as it spells them.
+    let (_, rest) = guide
+        .split_once("On the command line, ")
+        .expect("the guide's accepted-and-ignored flags");
+    let (ignored, _) = rest
+        .split_once(" are accepted and ignored")
+        .expect("the guide's accepted-and-ignored flags");
+    let ignored = quoted(ignored);
+    assert!(ignored.len() >= 5, "{ignored:?}");
+    for spelling in ignored.iter().flat_map(|s| s.split('/')) {
+        let mut args: Vec<&str> = spelling.split_whitespace().collect();
+        if args == ["--worker-tmp-dir"] {
+            args.push("/dev/shm");
+        }
+        args.extend(["--check-config", "demo.app:application"]);
+        let (code, _, err) = rgun(&args);
+        assert_eq!(code, 0, "the guide says {spelling} is accepted: {err}");
+    }
+    // --log-config-json works, as the guide says; --log-config is one line naming it.
+    let json = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(json.path(), r#"{"version": 1}"#).unwrap();
+    let json = json.path().to_str().unwrap();
+    let args = [
+        "--log-config-json",
+        json,
+        "--check-config",
+        "demo.app:application",
+    ];
+    let (code, _, err) = rgun(&args);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = rgun(&["--log-config", "x.ini", "demo.app:application"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--log-config-json"), "{err}");
+    assert!(
+        guide.contains("`--log-config-json`"),
+        "the guide's --log-config-json"
+    );
+
+    // pyproject.toml's description says what the README's first line says.
+    let pyproject = read("pyproject.toml");
+    let description = pyproject
+        .lines()
+        .find_map(|l| l.strip_prefix("description = "))
+        .expect("pyproject.toml's description");
+    for word in ["WSGI", "ASGI", "HTTP/2", "WebSockets", "TLS", "Gunicorn"] {
+        assert!(description.contains(word), "its description: {word}");
+    }
+}
