@@ -81,6 +81,11 @@ pub struct RequestHead {
     pub wants_close: bool,
     /// `Expect: 100-continue`.
     pub expects_continue: bool,
+    /// The request came in a uwsgi packet (`http::uwsgi`), not an HTTP/1 head: its
+    /// response is never chunked, and its scheme is `uwsgi_https`, not headers'.
+    pub uwsgi: bool,
+    /// The uwsgi front end said the request came over HTTPS (`HTTPS=on`).
+    pub uwsgi_https: bool,
 }
 
 impl RequestHead {

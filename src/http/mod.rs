@@ -1,5 +1,6 @@
 //! The HTTP/1.1 protocol, sans I/O: request-head parsing, chunked body decoding and
-//! response-head assembly. Sockets live in `worker::conn`; nothing here knows Python.
+//! response-head assembly; uwsgi packets parsed into the same request head. Sockets
+//! live in `worker::conn`; nothing here knows Python.
 
 pub mod body;
 pub mod chunked;
@@ -10,6 +11,7 @@ pub mod proxy;
 pub mod response;
 pub mod scan;
 pub mod scheme;
+pub mod uwsgi;
 pub mod websocket;
 pub mod ws_deflate;
 

@@ -14,6 +14,10 @@ pub fn is_https(
     trusted: bool,
     secure: &[(String, String)],
 ) -> Result<bool, HttpError> {
+    // uwsgi carries the scheme in its own variables; Gunicorn reads no headers for it.
+    if head.uwsgi {
+        return Ok(head.uwsgi_https);
+    }
     if !trusted {
         return Ok(false);
     }
