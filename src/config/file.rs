@@ -85,6 +85,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "int",
     ),
     ("proxy_allow_ips", "--proxy-allow-from", "csv"),
+    ("protocol", "--protocol", "str"),
+    ("uwsgi_allow_ips", "--uwsgi-allow-from", "csv"),
     ("reuse_port", "--reuse-port", "bool"),
     ("pidfile", "--pid", "str"),
     ("preload_app", "--preload", "bool"),

@@ -16,6 +16,7 @@ pub mod reference;
 mod scaling;
 mod syslog_target;
 mod tls;
+mod uwsgi;
 mod values;
 
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub use self::parser::ParserArgs;
 pub use self::probe::{Probe, ProbeArgs};
 pub use self::scaling::{ScalingArgs, ScalingPlan};
 pub use self::tls::TlsArgs;
+pub use self::uwsgi::ProtocolArgs;
 use self::values::{
     non_negative, parse_allow_ips, parse_env, parse_header_map, parse_max_worker_rss, parse_mode,
     parse_worker_class, parse_workers,
@@ -91,6 +93,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub parser: ParserArgs,
+
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
 
     /// The TLS configuration the master built from `tls` (filled in after parsing).
     #[arg(skip)]
@@ -578,6 +583,7 @@ impl Config {
             all.extend(self.http2.settings_json());
             all.extend(self.probe.settings_json());
             all.extend(self.parser.settings_json());
+            all.extend(self.protocol.settings_json());
             all.extend(self.scaling.settings_json());
         }
         settings

@@ -348,7 +348,8 @@ impl<'a> EventLoop<'a> {
     }
 
     /// A new client's connection: who it is (a trusted proxy's PROXY header expected?
-    /// `--forwarded-allow-ips`?), over TLS or not. `None` when it cannot be served.
+    /// `--forwarded-allow-ips`?), over TLS or not. `None` when it cannot be served, or
+    /// may not be: a uwsgi peer outside `--uwsgi-allow-from` is closed unanswered.
     fn open_conn(
         &self,
         index: usize,
@@ -357,6 +358,15 @@ impl<'a> EventLoop<'a> {
     ) -> Option<Conn> {
         sock.set_nonblocking(true).ok()?;
         let settings = &self.shared.settings;
+        if let (Some(allowed), Some(sa)) = (&settings.uwsgi, addr.as_socket()) {
+            if !allowed.allows(sa.ip()) {
+                tracing::warn!(
+                    "uwsgi connection from {} refused: not in --uwsgi-allow-from",
+                    sa.ip().to_canonical()
+                );
+                return None;
+            }
+        }
         let proxy = match addr.as_socket() {
             Some(sa) if !settings.proxy_allow_from.allows(sa.ip()) => None,
             _ if settings.proxy_mode == crate::http::proxy::ProxyMode::Off => None,

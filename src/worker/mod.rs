@@ -10,7 +10,7 @@ mod conn;
 /// The connection state machine without a worker around it, for the fuzz targets.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use super::conn::harness::{drive_stream, Outcome};
+    pub use super::conn::harness::{drive_stream, drive_uwsgi_stream, Outcome};
 }
 mod event_loop;
 mod listening;
@@ -62,6 +62,9 @@ pub struct Settings {
     pub forwarded_allow_ips: AllowIps,
     pub proxy_mode: crate::http::proxy::ProxyMode,
     pub proxy_allow_from: AllowIps,
+    /// `--protocol uwsgi`: every connection speaks uwsgi, and only these peers may
+    /// (`--uwsgi-allow-from`). None: HTTP.
+    pub uwsgi: Option<AllowIps>,
     /// `--reload`: watch the application's source files.
     pub reload: bool,
     /// `--error-logfile`, reopened on USR1.
@@ -458,6 +461,7 @@ impl Settings {
             forwarded_allow_ips: cfg.forwarded_allow_ips.clone(),
             proxy_mode: cfg.proxy_mode(),
             proxy_allow_from: cfg.proxy_allow_from.clone(),
+            uwsgi: cfg.protocol.uwsgi_peers(),
             reload: cfg.reload,
             error_logfile: cfg.error_logfile.clone(),
             secure_scheme_headers: cfg.secure_scheme_headers(),

@@ -21,4 +21,5 @@ mod observability;
 mod packaging;
 mod startup;
 mod tls;
+mod uwsgi;
 mod wsgi;

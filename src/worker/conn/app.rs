@@ -112,7 +112,13 @@ impl Conn {
             || self.transport.is_tls();
         ctx.scoreboard_begin();
         let facts = RequestFacts {
-            minor_version: self.head.minor_version,
+            // A uwsgi response is framed as HTTP/1.0's: never chunked (nginx would
+            // pass the chunks on as body), closing when it has no length.
+            minor_version: if self.head.uwsgi {
+                0
+            } else {
+                self.head.minor_version
+            },
             is_head: self.head.is_head_method(&self.head_bytes),
             close: self.head.wants_close
                 || ctx.closing()

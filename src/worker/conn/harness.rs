@@ -33,6 +33,7 @@ pub fn shared() -> Shared {
             forwarded_allow_ips: AllowIps::List(Vec::new()),
             proxy_mode: ProxyMode::Off,
             proxy_allow_from: AllowIps::List(Vec::new()),
+            uwsgi: None,
             reload: false,
             error_logfile: "-".into(),
             secure_scheme_headers: Vec::new(),
@@ -94,7 +95,21 @@ pub fn drive_stream(stream: &[u8], cuts: &[usize]) -> Outcome {
     // One for the process: a fuzzer calls this millions of times, and each scoreboard
     // is a mapping that lives as long as the process.
     static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
-    let ctx = SHARED.get_or_init(shared);
+    drive(SHARED.get_or_init(shared), stream, cuts)
+}
+
+/// `drive_stream` for a worker that speaks uwsgi (`--protocol uwsgi`).
+pub fn drive_uwsgi_stream(stream: &[u8], cuts: &[usize]) -> Outcome {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    let ctx = SHARED.get_or_init(|| {
+        let mut ctx = shared();
+        ctx.settings.uwsgi = Some(AllowIps::Any);
+        ctx
+    });
+    drive(ctx, stream, cuts)
+}
+
+fn drive(ctx: &Shared, stream: &[u8], cuts: &[usize]) -> Outcome {
     let (mut c, mut client) = conn();
     client.set_nonblocking(true).expect("non-blocking");
     let mut points: Vec<usize> = cuts.iter().map(|&p| p.min(stream.len())).collect();

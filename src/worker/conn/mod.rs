@@ -14,6 +14,7 @@ mod h2_stream;
 pub mod harness;
 #[cfg(test)]
 mod tests;
+mod uwsgi;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -257,6 +258,9 @@ impl Conn {
     }
 
     fn step_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
+        if ctx.settings.uwsgi.is_some() {
+            return self.step_packet(exec, ctx);
+        }
         // HTTP/2 by ALPN, or with prior knowledge when allowed: either way the client
         // opens with the preface.
         let h2 = if self.transport.is_tls() {

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use super::harness::{answered, conn as pair, drive_stream, shared};
+use super::harness::{answered, conn as pair, drive_stream, drive_uwsgi_stream, shared};
 use super::{Conn, Drive, Exec, State};
 use crate::http::body::Body;
 
@@ -162,4 +162,34 @@ fn the_fuzz_harness_counts_requests_and_sees_errors_answered() {
     let out = drive_stream(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", &[1]);
     assert_eq!(out.dispatched, 0);
     assert!(String::from_utf8_lossy(&out.answered).starts_with("HTTP/1.1 400 "));
+}
+
+#[test]
+fn uwsgi_packets_with_bodies_cut_anywhere_are_served_in_turn() {
+    let mut stream = crate::http::uwsgi::packet(&[
+        ("REQUEST_METHOD", "POST"),
+        ("PATH_INFO", "/a"),
+        ("CONTENT_LENGTH", "5"),
+    ]);
+    stream.extend_from_slice(b"hello");
+    stream.extend(crate::http::uwsgi::packet(&[("PATH_INFO", "/b")]));
+    for cut in 0..stream.len() {
+        let out = drive_uwsgi_stream(&stream, &[cut]);
+        assert_eq!(out.dispatched, 2, "cut at {cut}");
+        assert!(out.answered.is_empty(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_malformed_uwsgi_packet_closes_unanswered() {
+    let mut good = crate::http::uwsgi::packet(&[("PATH_INFO", "/a")]);
+    // A variable whose value runs past the packet's end.
+    good.extend_from_slice(&[0, 4, 0, 0, 1, 0, b'A', 9]);
+    let out = drive_uwsgi_stream(&good, &[]);
+    assert_eq!(out.dispatched, 1);
+    assert!(out.closed && out.answered.is_empty());
+    // An HTTP request to a uwsgi worker: modifier1 `G`.
+    let out = drive_uwsgi_stream(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", &[]);
+    assert_eq!(out.dispatched, 0);
+    assert!(out.closed && out.answered.is_empty());
 }
