@@ -179,6 +179,12 @@ impl AsgiApp {
     }
 
     /// Runs the lifespan shutdown for at most `limit`; the failure's message, if any.
+    /// The application took part in the lifespan protocol's startup (so its shutdown
+    /// is sent too).
+    pub fn has_lifespan(&self) -> bool {
+        self.lifespan.is_some()
+    }
+
     pub fn shutdown(&self, py: Python<'_>, limit: std::time::Duration) -> PyResult<Option<String>> {
         let Some(lifespan) = &self.lifespan else {
             return Ok(None);

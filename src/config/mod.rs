@@ -373,6 +373,13 @@ impl Config {
     /// The access log is in Uvicorn's format: Gunicorn running a Uvicorn worker class
     /// writes the lines Uvicorn logs, unless `--access-logformat` chose another format.
     pub fn uvicorn_access_log(&self) -> bool {
+        self.uvicorn_class() && self.access_log_format == DEFAULT_ACCESS_LOG_FORMAT
+    }
+
+    /// `-k` names one of Uvicorn's worker classes: under Gunicorn such a worker writes
+    /// Uvicorn's records (its access lines, `Started server process [PID]`,
+    /// `Shutting down`, `Finished server process [PID]`), and so do rgun's.
+    pub fn uvicorn_class(&self) -> bool {
         matches!(
             self.worker_class.as_deref(),
             Some(
@@ -380,7 +387,7 @@ impl Config {
                     | "uvicorn_worker.UvicornWorker"
                     | "uvicorn.workers.UvicornH11Worker"
             )
-        ) && self.access_log_format == DEFAULT_ACCESS_LOG_FORMAT
+        )
     }
 
     /// The worker `-k` selects (an unknown value never gets this far: the flag's

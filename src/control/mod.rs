@@ -174,6 +174,11 @@ impl ControlServer {
         &self.path
     }
 
+    /// Where Gunicorn's `gunicornc` finds this socket too, if it was linked there.
+    pub fn alias(&self) -> Option<&Path> {
+        self.alias.as_deref()
+    }
+
     /// The listening descriptor (a master re-executing in place keeps it open).
     pub fn listener_fd(&self) -> RawFd {
         self.listener.as_raw_fd()

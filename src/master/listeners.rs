@@ -167,9 +167,9 @@ fn link_gunicorn_default(server: &mut ControlServer) {
     let Some(alias) = rgunctl::socket_path::gunicorn_default_socket() else {
         return;
     };
-    match server.link_alias(&alias) {
-        Ok(()) => tracing::info!("Control socket also at {} (for gunicornc)", alias.display()),
-        Err(e) => tracing::info!("Control socket not linked for gunicornc: {e:#}"),
+    // Where it is linked is logged with the start-up records (`ControlServer::alias`).
+    if let Err(e) = server.link_alias(&alias) {
+        tracing::info!("Control socket not linked for gunicornc: {e:#}");
     }
 }
 

@@ -127,6 +127,11 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     let hook_host = start_hook_host(&cfg, target);
     // A `--preload` reload re-executed this master in place: what the old image left.
     let handoff = reexec::take_handoff();
+    // Gunicorn's first record, before the binds' records (an address in use) and the
+    // workers'; with `--preload`, after the import, as Gunicorn logs it.
+    if !cfg.preload {
+        log_starting(&cfg);
+    }
     let listeners = bind_all(&cfg)?;
     let mut old_master = upgrade::pipe_to_old_master();
     let deferred_takeover = std::env::var_os(UPGRADE_FROM_ENV).is_some();
@@ -142,6 +147,9 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         Ok(imported) => imported,
         Err(code) => return Ok(code),
     };
+    if cfg.preload {
+        log_starting(&cfg);
+    }
     let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
     let mut sockets =
         MasterSockets::open(&mut cfg, &listeners, deferred_takeover, handoff.as_ref())?;
@@ -317,16 +325,23 @@ impl MasterSockets {
     }
 }
 
-/// Gunicorn's start-up lines: version, listeners, worker class (and ours: the control
-/// and metrics sockets, the master this one upgraded from).
-fn log_start(cfg: &Config, listeners: &[crate::net::Listener], sockets: &MasterSockets) {
+/// Gunicorn's first start-up record, with the master's process title.
+fn log_starting(cfg: &Config) {
     crate::process::set_title(&format!("rgun: master [{}]", cfg.proc_name()));
     tracing::info!("Starting rgun {}", env!("CARGO_PKG_VERSION"));
+}
+
+/// Gunicorn's start-up lines after the first: listeners, worker class (and ours: the
+/// control and metrics sockets, the master this one upgraded from).
+fn log_start(cfg: &Config, listeners: &[crate::net::Listener], sockets: &MasterSockets) {
     for l in listeners {
         tracing::info!("Listening at: {} ({})", l.display, std::process::id());
     }
     if let Some(c) = &sockets.control {
         tracing::info!("Control socket: {}", c.path().display());
+        if let Some(alias) = c.alias() {
+            tracing::info!("Control socket also at {} (for gunicornc)", alias.display());
+        }
     }
     if let Some(m) = &sockets.metrics {
         tracing::info!("Metrics at: {}", m.display);

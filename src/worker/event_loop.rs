@@ -264,7 +264,11 @@ impl<'a> EventLoop<'a> {
                 }
                 SIGUSR1 => self.shared.reopen_logs(),
                 SIGTERM if self.stop_by.is_none() => {
-                    tracing::info!("Worker exiting (pid: {})", std::process::id());
+                    if self.shared.settings.uvicorn_records {
+                        tracing::info!("Shutting down");
+                    } else {
+                        tracing::info!("Worker exiting (pid: {})", std::process::id());
+                    }
                     self.begin_stop();
                 }
                 _ => {}

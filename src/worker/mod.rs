@@ -80,6 +80,9 @@ pub struct Settings {
     /// Autoscaling is on: an ASGI worker counts the time its loop waits in its
     /// selector (`Slot::loop_idle_us`).
     pub measure_loop_idle: bool,
+    /// A Uvicorn worker class (`Config::uvicorn_class`): a stop is logged as Uvicorn
+    /// logs it (`Shutting down`), not `Worker exiting (pid: N)`.
+    pub uvicorn_records: bool,
 }
 
 /// The application side, called with the GIL: the application and the server hooks
@@ -387,6 +390,9 @@ fn load_service(init: &mut WorkerInit<'_>) -> Result<Service, i32> {
         }
     };
     if let Application::Asgi(asgi) = &mut service.app {
+        if cfg.uvicorn_class() {
+            tracing::info!("Started server process [{}]", std::process::id());
+        }
         lifespan_startup(asgi, LifespanMode::parse(&cfg.asgi_lifespan))
             .map_err(|text| boot_failure(&mut init.to_master, &text, exit::APP_LOAD_ERROR))?;
     }
@@ -469,6 +475,7 @@ impl Settings {
             http2_cleartext: cfg.http2.http2_cleartext,
             http2: cfg.http2.settings(),
             measure_loop_idle: cfg.scaling_plan().is_ok_and(|p| p.is_some()),
+            uvicorn_records: cfg.uvicorn_class(),
         }
     }
 }
@@ -540,7 +547,11 @@ fn serve(worker: &mut EventLoop<'_>, service: &Service, cfg: &Config) {
             .stop_deadline()
             .map(|t| t.saturating_duration_since(std::time::Instant::now()))
             .unwrap_or(cfg.graceful_timeout());
+        if asgi.has_lifespan() {
+            tracing::info!("Waiting for application shutdown.");
+        }
         match asgi.shutdown(py, limit) {
+            Ok(None) if asgi.has_lifespan() => tracing::info!("Application shutdown complete."),
             Ok(None) => {}
             Ok(Some(message)) => tracing::error!("Application shutdown failed. {message}"),
             Err(e) => tracing::error!(
@@ -549,6 +560,9 @@ fn serve(worker: &mut EventLoop<'_>, service: &Service, cfg: &Config) {
             ),
         }
     });
+    if cfg.uvicorn_class() {
+        tracing::info!("Finished server process [{}]", std::process::id());
+    }
 }
 
 /// Runs the ASGI lifespan startup; `Err` is the text the master logs before it stops.

@@ -355,6 +355,11 @@ fn an_address_in_use_is_tried_five_times_as_in_gunicorn() {
         5,
         "{theirs}"
     );
+    // Both say who starts before the attempts.
+    for log in [&log, &theirs] {
+        let first = log.lines().next().unwrap_or_default();
+        assert!(first.contains("] [INFO] Starting "), "{log}");
+    }
     drop(held);
 }
 

@@ -41,6 +41,7 @@ pub fn shared() -> Shared {
             http2_cleartext: false,
             http2: Default::default(),
             measure_loop_idle: false,
+            uvicorn_records: false,
         },
         lanes: Lanes::new(1, board.slot(0)),
         slot: board.slot(0),

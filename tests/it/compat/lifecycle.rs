@@ -1,5 +1,6 @@
 //! A server's life in its error log, beside Gunicorn's: start-up, TTIN, TTOU, USR1
-//! and each way to stop (TERM, INT, QUIT), for the WSGI worker classes. Every record
+//! and each way to stop (TERM, INT, QUIT), for the WSGI worker classes; start-up and
+//! TERM for a Uvicorn worker class. Every record
 //! is compared in order by level, by who wrote it (master or worker) and by text, with
 //! numbers (pids, ports, versions) left out and rgun's own additional records set
 //! aside (`RGUN_ONLY`, each with why).
@@ -136,4 +137,50 @@ fn start_up_signals_and_stops_log_as_in_gunicorn() {
             }
         }
     }
+}
+
+/// A Uvicorn worker class's life: under Gunicorn the worker writes Uvicorn's records
+/// (`Started server process [N]`, the lifespan's, `Shutting down`, `Finished server
+/// process [N]`) where a sync worker writes `Worker exiting`; rgun writes the same.
+#[test]
+fn a_uvicorn_worker_class_logs_uvicorns_records_as_in_gunicorn() {
+    let life = |gunicorn: bool| {
+        let mut builder = ServerBuilder::new("compat_app:asgi")
+            .workers(1)
+            .args(["-k", "uvicorn.workers.UvicornWorker"]);
+        if gunicorn {
+            builder = builder.gunicorn();
+        }
+        let mut server = builder.start();
+        let limit = Duration::from_secs(30);
+        let started = wait_until(limit, || {
+            count(&server, "Application startup complete.") == 1
+        });
+        assert!(started, "{}", server.log());
+        assert_eq!(server.get("/").status, 200);
+        server.signal(libc::SIGTERM);
+        assert_eq!(server.wait_exit(limit), Some(0), "{}", server.log());
+        // (The harness hands rgun its listener as fd://N: `Listening at` is compared
+        // by start_up_signals_and_stops_log_as_in_gunicorn.)
+        let mut life = shapes(&server);
+        life.retain(|(_, _, text)| !text.starts_with("Listening at: "));
+        life
+    };
+    let rgun = life(false);
+    assert_eq!(rgun, life(true), "rgun, then gunicorn");
+    let worker = |text: &str| ("worker".into(), "INFO".into(), text.to_owned());
+    // What the comparison covered, in rgun's words, in this order.
+    let expected = [
+        worker("Booting worker with pid: N"),
+        worker("compat_app imported"),
+        worker("Started server process [N]"),
+        worker("Waiting for application startup."),
+        worker("Application startup complete."),
+        worker("Shutting down"),
+        worker("Waiting for application shutdown."),
+        worker("Application shutdown complete."),
+        worker("Finished server process [N]"),
+    ];
+    let seen: Vec<_> = rgun.iter().filter(|r| r.0 == "worker").cloned().collect();
+    assert_eq!(seen, expected, "{rgun:#?}");
 }
