@@ -215,6 +215,9 @@ pub struct Arbiter {
     /// Autoscaling (`--workers-min`/`--workers-max`), when on.
     scaling: Option<scaling::Scaling>,
     exit_code: i32,
+    /// Why the master stops with a failure (a first worker that cannot boot): the
+    /// `Reason:` record under `Shutting down: Master`, both errors, as in Gunicorn.
+    halt_reason: Option<&'static str>,
 }
 
 impl Arbiter {
@@ -410,7 +413,7 @@ impl Arbiter {
     /// or `Stopping`, or on from there; the first step abandons any reload. `why`
     /// replaces the "Stopping" line. Whether the master is now on its way out because
     /// of this event.
-    fn stop_for(&mut self, event: Event, why: Option<&str>) -> bool {
+    fn stop_for(&mut self, event: Event, why: Option<&'static str>) -> bool {
         let was = self.phase;
         let step = self.step(event);
         if !matches!(step, Step::Drain | Step::Stop { .. }) {
@@ -419,7 +422,8 @@ impl Arbiter {
         let graceful = !matches!(step, Step::Stop { graceful: false });
         if !was.is_stopping() {
             match why {
-                Some(why) => tracing::error!("Shutting down: {why}"),
+                // Said when the master is down (`cleanup`).
+                Some(why) => self.halt_reason = Some(why),
                 None => {
                     tracing::info!("Stopping ({})", if graceful { "graceful" } else { "quick" })
                 }
@@ -553,7 +557,13 @@ impl Arbiter {
             p.remove();
         }
         self.call_hook("on_exit", json!({}));
-        tracing::info!("Shutting down: Master");
+        match self.halt_reason {
+            Some(why) => {
+                tracing::error!("Shutting down: Master");
+                tracing::error!("Reason: {why}");
+            }
+            None => tracing::info!("Shutting down: Master"),
+        }
         crate::statsd::flush_now();
     }
 }

@@ -207,6 +207,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         threads_warned: 1,
         scaling,
         exit_code: 0,
+        halt_reason: None,
         cfg,
     };
     if let Some(h) = handoff {

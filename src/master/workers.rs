@@ -406,11 +406,9 @@ impl Arbiter {
             "child_exit",
             json!({"worker": {"pid": w.pid.as_raw(), "age": w.age}}),
         );
+        // (The worker logged it.)
         let boot_error = (w.inbox.first() == Some(&b'E'))
             .then(|| String::from_utf8_lossy(&w.inbox[1..]).into_owned());
-        if let Some(text) = &boot_error {
-            tracing::error!("{text}");
-        }
         (w, boot_error)
     }
 
@@ -421,7 +419,7 @@ impl Arbiter {
         match (code, signal) {
             (Some(0), _) if asked => tracing::debug!("worker {pid} exited"),
             (Some(0), _) => tracing::info!("Worker exiting (pid: {pid})"),
-            (Some(c), _) => tracing::error!("Worker (pid:{pid}) exited with code {c}"),
+            (Some(c), _) => tracing::error!("Worker (pid:{pid}) exited with code {c}."),
             (_, Some(sig)) if asked && sig == Signal::SIGKILL => {
                 tracing::warn!("Worker (pid:{pid}) was killed")
             }

@@ -590,14 +590,16 @@ fn lifespan_startup(asgi: &mut AsgiApp, mode: LifespanMode) -> Result<(), String
     })
 }
 
-/// Tells the master why boot failed (the text is its to log) and picks the exit code.
+/// Logs why boot failed and tells the master (a failed reload answers with the text);
+/// the exit code. The records are the worker's own, as in Gunicorn.
 fn boot_failure(to_master: &mut UnixStream, text: &str, code: i32) -> i32 {
+    tracing::error!("{text}");
     let mut msg = Vec::with_capacity(text.len() + 2);
     msg.push(b'E');
     msg.extend_from_slice(text.as_bytes());
-    if to_master.write_all(&msg).is_err() {
-        tracing::error!("{text}");
-    }
+    // Without the master (gone already) there is no one to answer.
+    let _ = to_master.write_all(&msg);
+    tracing::info!("Worker exiting (pid: {})", std::process::id());
     code
 }
 

@@ -184,3 +184,94 @@ fn a_uvicorn_worker_class_logs_uvicorns_records_as_in_gunicorn() {
     let seen: Vec<_> = rgun.iter().filter(|r| r.0 == "worker").cloned().collect();
     assert_eq!(seen, expected, "{rgun:#?}");
 }
+
+/// The records from the worker's boot on, each as (who, level, first line with
+/// numbers as N), and the exit status, of a server whose worker cannot load `app`.
+fn failed_start(app: &str, gunicorn: bool) -> (Option<i32>, Vec<(String, String, String)>) {
+    let mut builder = ServerBuilder::new(app).no_wait().workers(1);
+    if gunicorn {
+        builder = builder.gunicorn();
+    }
+    let mut server = builder.start();
+    let code = server.wait_exit(Duration::from_secs(60));
+    let master = u32::try_from(server.pid()).unwrap();
+    let digits = |text: &str| {
+        let mut out = String::new();
+        for c in text.chars() {
+            if !c.is_ascii_digit() {
+                out.push(c);
+            } else if !out.ends_with('N') {
+                out.push('N');
+            }
+        }
+        out
+    };
+    let all = records(&server.log());
+    let booted = all
+        .iter()
+        .position(|r| r.lines[0].starts_with("Booting worker"))
+        .unwrap_or_else(|| panic!("no boot in {}", server.log()));
+    let seen = all[booted..]
+        .iter()
+        .map(|r| {
+            let who = if r.pid == master { "master" } else { "worker" };
+            (who.to_owned(), r.level.clone(), digits(&r.lines[0]))
+        })
+        .collect();
+    (code, seen)
+}
+
+/// A worker that cannot load the application stops the server: the worker's records,
+/// then the master's `exited with code N.`, `Shutting down: Master`, `Reason: ...`,
+/// all errors, as in Gunicorn; the exit status is the worker's.
+#[test]
+fn a_worker_that_cannot_load_the_application_stops_the_server_as_in_gunicorn() {
+    let record = |who: &str, level: &str, text: &str| (who.into(), level.into(), text.into());
+    let tail = |code: &str, reason: &str| {
+        vec![
+            record("worker", "INFO", "Worker exiting (pid: N)"),
+            record(
+                "master",
+                "ERROR",
+                &format!("Worker (pid:N) exited with code {code}."),
+            ),
+            record("master", "ERROR", "Shutting down: Master"),
+            record("master", "ERROR", &format!("Reason: {reason}")),
+        ]
+    };
+    // The callable is not in the module: the same status, reason and records after
+    // the import (Gunicorn prints its message bare, rgun logs it with the traceback).
+    let (code, rgun) = failed_start("compat_app:no_such_callable", false);
+    let (their_code, theirs) = failed_start("compat_app:no_such_callable", true);
+    assert_eq!((code, their_code), (Some(4), Some(4)));
+    let after_import = |seen: &[(String, String, String)]| {
+        let at = seen
+            .iter()
+            .position(|r| r.2 == "compat_app imported")
+            .unwrap();
+        seen[at + 1..]
+            .iter()
+            .filter(|r| r.2 != "Exception in worker process")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(after_import(&rgun), after_import(&theirs), "{rgun:#?}");
+    assert_eq!(after_import(&rgun), tail("N", "App failed to load."));
+    // The module raises on import: the worker's record and traceback, then the same
+    // master records, except the status: Gunicorn tells an import that raised
+    // (3, "Worker failed to boot.") from a callable not found (4); rgun's 4 means the
+    // application failed to load either way (docs/gunicorn-compat.md).
+    let (code, rgun) = failed_start("broken_app:application", false);
+    let (their_code, theirs) = failed_start("broken_app:application", true);
+    assert_eq!((code, their_code), (Some(4), Some(3)));
+    let mut expected = vec![
+        record("worker", "INFO", "Booting worker with pid: N"),
+        record("worker", "ERROR", "Exception in worker process"),
+    ];
+    assert_eq!(
+        rgun,
+        [expected.clone(), tail("N", "App failed to load.")].concat()
+    );
+    expected.extend(tail("N", "Worker failed to boot."));
+    assert_eq!(theirs, expected);
+}
