@@ -17,7 +17,14 @@ fn app_frames(record: &Record) -> Vec<String> {
 
 #[test]
 fn an_exception_is_logged_with_its_traceback_as_gunicorn_logs_it() {
-    let servers = both(APP, &[]);
+    // At the default level and at debug (the traceback was missing at both).
+    for args in [&[][..], &["--log-level", "debug"]] {
+        exception_records(&both(APP, args));
+    }
+}
+
+/// Each way an application's request can fail, the record rgun and Gunicorn write.
+fn exception_records(servers: &[(&str, crate::support::Server); 2]) {
     // path, what raised, whether the head went out first
     let cases = [
         ("/raise?x=1", "ValueError: boom in the call", false),
@@ -26,7 +33,7 @@ fn an_exception_is_logged_with_its_traceback_as_gunicorn_logs_it() {
     ];
     for (path, exception, head_sent) in cases {
         let mut seen = Vec::new();
-        for (name, server) in &servers {
+        for (name, server) in servers {
             let raw = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
             // Read until the server closes: after a failure mid-body both close
             // without ending the body.
