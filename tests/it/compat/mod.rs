@@ -7,6 +7,7 @@ mod access_log;
 mod errors;
 mod lifecycle;
 mod logging;
+mod procfile;
 mod startup;
 
 use crate::support::{Server, ServerBuilder};
