@@ -11,6 +11,7 @@ builds (or two apps) compare to the instruction. Kernel time is not counted.
     bench/.venv/bin/python bench/callgrind.py --app apps:k64  # any app in bench/
     bench/.venv/bin/python bench/callgrind.py --tls           # the same over TLS 1.3
     bench/.venv/bin/python bench/callgrind.py --tls --fresh   # a new connection (handshake) each
+    bench/.venv/bin/python bench/callgrind.py --uwsgi         # --protocol uwsgi, nginx's packet
     bench/.venv/bin/python bench/callgrind.py -k asgi --app asgi_apps:sleep10ms --connections 256
 
 With --connections N, N keep-alive connections each send a request, then every answer
@@ -47,6 +48,28 @@ REQUESTS = {
         "X-Forwarded-Proto: https\r\nX-Real-IP: 203.0.113.7\r\n\r\n"
     ),
 }
+# --uwsgi: the variables nginx sends for wrk's request through Debian's uwsgi_params
+# (empty ones too), in its order.
+UWSGI_VARS = [
+    ("QUERY_STRING", ""), ("REQUEST_METHOD", "GET"), ("CONTENT_TYPE", ""),
+    ("CONTENT_LENGTH", ""), ("REQUEST_URI", "{path}"), ("PATH_INFO", "{path}"),
+    ("DOCUMENT_ROOT", "/usr/share/nginx/html"), ("SERVER_PROTOCOL", "HTTP/1.1"),
+    ("REQUEST_SCHEME", "http"), ("REMOTE_ADDR", "127.0.0.1"), ("REMOTE_PORT", "51234"),
+    ("SERVER_PORT", "80"), ("SERVER_NAME", "localhost"), ("HTTP_HOST", "127.0.0.1"),
+]
+UWSGI = []  # [True] with --uwsgi
+
+
+def uwsgi_packet(path, close=False):
+    """A uwsgi request packet of UWSGI_VARS for `path`."""
+    pairs = UWSGI_VARS + ([("HTTP_CONNECTION", "close")] if close else [])
+    data = b""
+    for key, value in pairs:
+        key, value = key.encode(), value.format(path=path).encode()
+        data += len(key).to_bytes(2, "little") + key + len(value).to_bytes(2, "little") + value
+    return b"\0" + len(data).to_bytes(2, "little") + b"\0" + data
+
+
 # pip-installed by bench/run; $RGUN for another install.
 RGUN = os.environ.get("RGUN") or os.path.join(ROOT, "bench", ".venv", "bin", "rgun")
 EXTRA_ARGS = []  # --rgun-args
@@ -75,7 +98,7 @@ def wait_listening(port, proc, limit=120):
             sys.exit(f"rgun exited with {proc.returncode} before serving")
         try:
             with connect(port, 30) as s:
-                s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+                s.sendall(uwsgi_packet("/", close=True) if UWSGI else b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
                 if s.recv(16).startswith(b"HTTP/1.1"):
                     return
         except OSError:
@@ -109,7 +132,10 @@ def read_response(sock, buf):
 def fresh_requests(port, request, requests):
     """`requests` GETs, each on a new connection that asks to be closed after it (with
     --tls, a full handshake each: what bench's tls_handshakes measures)."""
-    request = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    if UWSGI:
+        request = uwsgi_packet(UWSGI[0], close=True)
+    else:
+        request = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
     for _ in range(requests):
         with connect(port, 60) as s:
             s.sendall(request)
@@ -136,7 +162,7 @@ def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", co
         )
         try:
             wait_listening(port, proc)
-            request = REQUESTS[kind].format(path=path, port=port).encode()
+            request = uwsgi_packet(path) if UWSGI else REQUESTS[kind].format(path=path, port=port).encode()
             if fresh:
                 fresh_requests(port, request, requests)
             socks = [connect(port, 60) for _ in range(0 if fresh else connections)]
@@ -187,9 +213,13 @@ def main():
     ap.add_argument("--connections", type=int, default=1, help="connections sending in lockstep")
     ap.add_argument("--fresh", action="store_true", help="a new connection for each request (Connection: close)")
     ap.add_argument("--keep", help="directory to keep the profiles in (for callgrind_annotate)")
+    ap.add_argument("--uwsgi", action="store_true", help="--protocol uwsgi: each request a uwsgi packet, as nginx's uwsgi_pass sends wrk's")
     ap.add_argument("--rgun-args", default="", help="more rgun flags, e.g. '--metrics-bind 127.0.0.1:9100'")
     args = ap.parse_args()
     EXTRA_ARGS.extend(args.rgun_args.split())
+    if args.uwsgi:
+        EXTRA_ARGS.extend(["--protocol", "uwsgi"])
+        UWSGI.append(args.path)
     if args.tls:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import tls as tls_bench  # bench/tls.py
@@ -202,7 +232,7 @@ def main():
     run = lambda n: worker_instructions(args.app, n, args.path, args.request, args.worker_class, args.connections, args.keep, args.fresh)
     short, long = run(args.short), run(args.long)
     per_request = (long - short) / (args.long - args.short)
-    print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {args.request} request{' over TLS' if args.tls else ''}{', a new connection each' if args.fresh else ''}: {per_request:,.0f} instructions per request "
+    print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {'a uwsgi packet (nginx, wrk)' if args.uwsgi else args.request + ' request'}{' over TLS' if args.tls else ''}{', a new connection each' if args.fresh else ''}: {per_request:,.0f} instructions per request "
           f"(worker: {short:,} at {args.short} requests, {long:,} at {args.long})")
 
 

@@ -511,3 +511,34 @@ fn uwsgi_keep_alive_and_unchunked_responses() {
     assert_eq!(second.header("connection"), Some("close"));
     assert_eq!(second.body.len(), 2 * 65536);
 }
+
+/// The same requests through nginx to Gunicorn 27 (`--protocol uwsgi`, the venv's) and
+/// to rgun: the application sees the same method, path, query, scheme, protocol,
+/// header variables, body and client address.
+#[test]
+fn the_environ_behind_nginx_is_gunicorns() {
+    let test = "the_environ_behind_nginx_is_gunicorns";
+    let seen_by = |gunicorn: bool| {
+        let mut builder = ServerBuilder::new(APP).args(["--protocol", "uwsgi"]);
+        if gunicorn {
+            builder = builder.gunicorn();
+        }
+        let server = builder.start();
+        let nginx = Nginx::start(test, &format!("127.0.0.1:{}", server.port))?;
+        let get = nginx.request(
+            b"GET /a%20b/c?x=1&y=%41&z HTTP/1.1\r\nHost: localhost:8080\r\n\
+              X-Forwarded-For: 203.0.113.7\r\nAccept: */*\r\nX-Two: 1\r\nX-Two: 2\r\n\
+              Connection: close\r\n\r\n",
+        );
+        let post = nginx.post(
+            "/form?q",
+            "application/x-www-form-urlencoded",
+            b"a=1&b=%C3%BC",
+        );
+        Some([get.json(), post.json()])
+    };
+    let (Some(rgun), Some(gunicorn)) = (seen_by(false), seen_by(true)) else {
+        return;
+    };
+    assert_eq!(rgun, gunicorn);
+}
