@@ -103,6 +103,23 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("control_socket_mode", "--control-socket-mode", "octal"),
     ("control_socket_disable", "--no-control-socket", "bool"),
     ("http_parser", "--http-parser", "str"),
+    (
+        "permit_obsolete_folding",
+        "--permit-obsolete-folding",
+        "bool",
+    ),
+    ("strip_header_spaces", "--strip-header-spaces", "bool"),
+    (
+        "permit_unconventional_http_method",
+        "--permit-unconventional-http-method",
+        "bool",
+    ),
+    (
+        "permit_unconventional_http_version",
+        "--permit-unconventional-http-version",
+        "bool",
+    ),
+    ("casefold_http_method", "--casefold-http-method", "bool"),
     ("certfile", "--certfile", "str"),
     ("keyfile", "--keyfile", "str"),
     ("ca_certs", "--ca-certs", "str"),

@@ -464,6 +464,7 @@ impl Config {
             request_line_bytes: or(self.limit_request_line, 8190),
             fields: or(self.limit_request_fields, 32768),
             field_bytes: or(self.limit_request_field_size, 8190),
+            lenient: self.parser.leniency(),
         }
     }
 

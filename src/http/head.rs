@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
+use super::lenient::Leniency;
 use super::HttpError;
 
 /// Limits on the request head, Gunicorn's `--limit-request-*` settings.
@@ -22,6 +23,8 @@ pub struct HeadLimits {
     pub fields: usize,
     /// Longest header line in bytes (`--limit-request-field_size`).
     pub field_bytes: usize,
+    /// Gunicorn's lenient-parsing switches (all off by default).
+    pub lenient: Leniency,
 }
 
 impl Default for HeadLimits {
@@ -30,6 +33,7 @@ impl Default for HeadLimits {
             request_line_bytes: 4094,
             fields: 100,
             field_bytes: 8190,
+            lenient: Leniency::default(),
         }
     }
 }
@@ -71,6 +75,9 @@ pub struct RequestHead {
     pub query: Range<usize>,
     /// HTTP minor version: 0 or 1.
     pub minor_version: u8,
+    /// The version the client wrote when `permit_unconventional_http_version` let an
+    /// unconventional one through (served as 1.0 or 1.1, by `minor_version`).
+    pub unconventional_version: Option<(u8, u8)>,
     /// The request came on an HTTP/2 stream (its head made by `http::h2`).
     pub http2: bool,
     /// Header (name, value) ranges; values are trimmed of surrounding whitespace.
@@ -170,7 +177,7 @@ pub fn parse_head(
         Err(_) => return Err(HttpError::Malformed("invalid request line")),
     }
     let method = req.method.unwrap_or_default().as_bytes();
-    validate_method(method)?;
+    validate_method(method, &limits.lenient)?;
     let target = req.path.unwrap_or_default().as_bytes();
     let base = head.as_ptr() as usize;
     let range_of = |s: &[u8]| {
@@ -180,6 +187,7 @@ pub fn parse_head(
     out.method = range_of(method);
     out.target = range_of(target);
     out.minor_version = req.version.unwrap_or(1);
+    out.unconventional_version = None;
     let (path, query) = split_target(method, target)?;
     out.path = range_of(path);
     out.query = range_of(query);
@@ -301,11 +309,17 @@ fn reject_bare_lf(head: &[u8]) -> Result<(), HttpError> {
 }
 
 /// Gunicorn's default method rule: a token of 3 to 20 characters with no lower-case
-/// letters and no `#`.
-fn validate_method(method: &[u8]) -> Result<(), HttpError> {
+/// letters and no `#`. With `permit_unconventional_http_method`, any token (httparse
+/// checked that), except one in lower case when `casefold_http_method` will upper-case
+/// it (`lenient::rewrite`).
+fn validate_method(method: &[u8], lenient: &Leniency) -> Result<(), HttpError> {
     let ok = (3..=20).contains(&method.len())
         && method.iter().all(|b| !b.is_ascii_lowercase() && *b != b'#');
-    if ok {
+    let permitted = || {
+        lenient.unconventional_method
+            && !(lenient.casefold_method && method.iter().any(u8::is_ascii_lowercase))
+    };
+    if ok || permitted() {
         Ok(())
     } else {
         Err(HttpError::Malformed("invalid method"))

@@ -7,6 +7,7 @@ pub mod chunked;
 pub mod framer;
 pub mod h2;
 pub mod head;
+pub mod lenient;
 pub mod proxy;
 pub mod response;
 pub mod scan;

@@ -113,6 +113,7 @@ mod tests {
             request_line_bytes: 40,
             fields: 3,
             field_bytes: 30,
+            ..HeadLimits::default()
         };
         let long_field = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "v".repeat(40));
         let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "p".repeat(60));

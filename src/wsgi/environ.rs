@@ -251,6 +251,8 @@ impl EnvironBuilder {
         env.set_item(&k.raw_uri, latin1(py, &bytes[head.target.clone()]))?;
         if head.http2 {
             env.set_item(&k.server_protocol, &k.http2)?;
+        } else if let Some((major, minor)) = head.unconventional_version {
+            env.set_item(&k.server_protocol, format!("HTTP/{major}.{minor}"))?;
         } else if head.minor_version == 0 {
             env.set_item(&k.server_protocol, &k.http10)?;
         }

@@ -3,7 +3,9 @@
 //!
 //! A valid case must reach the application as the listed requests; an invalid case must
 //! get a 4xx or a closed connection without reaching it, and the server must keep
-//! serving. Cases needing settings rgun does not have are reported as skipped.
+//! serving. Cases needing settings rgun does not have are reported as skipped. The
+//! vectors run again with every lenient-parsing switch on, beside a set of smuggling
+//! attempts hidden behind folded and spaced fields, with the switches off and on.
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Write};
@@ -24,6 +26,16 @@ fn flags_for(settings: &serde_json::Map<String, Value>) -> Option<Vec<String>> {
             "proxy_protocol" => {
                 flags.push("--proxy-protocol".into());
                 flags.push(v.as_str()?.to_owned());
+                continue;
+            }
+            "permit_obsolete_folding"
+            | "strip_header_spaces"
+            | "permit_unconventional_http_method"
+            | "permit_unconventional_http_version"
+            | "casefold_http_method" => {
+                if v.as_bool()? {
+                    flags.push(format!("--{}", k.replace('_', "-")));
+                }
                 continue;
             }
             "forwarded_allow_ips" => {
@@ -146,6 +158,17 @@ fn check_valid(server: &Server, case: &Value, raw: &[u8]) -> Result<(), String> 
     Ok(())
 }
 
+/// An invalid case a lenient switch accepts: it reaches the application (200).
+fn check_accepted(server: &Server, raw: &[u8]) -> Result<(), String> {
+    let mut s = server.connect();
+    s.write_all(raw).map_err(|e| e.to_string())?;
+    match read_response(&mut BufReader::new(s), false) {
+        Some(r) if r.status == 200 => Ok(()),
+        Some(r) => Err(format!("status {} {}", r.status, r.text())),
+        None => Err("no response".into()),
+    }
+}
+
 fn check_invalid(server: &Server, raw: &[u8]) -> Result<(), String> {
     let mut s = server.connect();
     let _ = s.write_all(raw);
@@ -163,8 +186,43 @@ fn check_invalid(server: &Server, raw: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Gunicorn's lenient-parsing switches, all on.
+const LENIENT: [&str; 5] = [
+    "--permit-obsolete-folding",
+    "--strip-header-spaces",
+    "--permit-unconventional-http-method",
+    "--permit-unconventional-http-version",
+    "--casefold-http-method",
+];
+
+/// Cases checked only as accepted (200) with every switch on: the invalid ones the
+/// switches are there to accept — a 2-character method, a space before the colon, a
+/// folded field, `HTTP/2.0` — exactly those Gunicorn 27 accepts with the same switches
+/// (of the invalid cases without settings of their own); and one valid case whose
+/// listed method is in lower case, which `--casefold-http-method` upper-cases.
+/// Every other invalid case stays refused with all on.
+const LENIENT_ACCEPTS: &[&str] = &[
+    "invalid/003c",
+    "invalid/020",
+    "invalid/obs_fold_01",
+    "invalid/version_02",
+    "valid/031compat2",
+];
+
 #[test]
 fn gunicorn_request_vectors_over_tcp() {
+    replay_vectors(&[], &[]);
+}
+
+/// The same vectors with every lenient switch on: the valid ones still reach the
+/// application as Gunicorn's listed requests, and every invalid one but those the
+/// switches exist for is still refused (the smuggling rules above all).
+#[test]
+fn gunicorn_request_vectors_with_every_lenient_switch_on() {
+    replay_vectors(&LENIENT, LENIENT_ACCEPTS);
+}
+
+fn replay_vectors(extra_flags: &[&str], now_valid: &[&str]) {
     let data: Value = serde_json::from_str(include_str!("../data/gunicorn-requests.json")).unwrap();
     let cases = data["cases"].as_array().unwrap();
     let mut groups: BTreeMap<Vec<String>, Vec<&Value>> = BTreeMap::new();
@@ -177,7 +235,14 @@ fn gunicorn_request_vectors_over_tcp() {
             continue;
         }
         match flags_for(case["settings"].as_object().unwrap()) {
-            Some(flags) => groups.entry(flags).or_default().push(case),
+            Some(mut flags) => {
+                for f in extra_flags {
+                    if !flags.iter().any(|have| have == f) {
+                        flags.push(f.to_string());
+                    }
+                }
+                groups.entry(flags).or_default().push(case)
+            }
             None => skipped.push(name.to_owned()),
         }
     }
@@ -192,7 +257,9 @@ fn gunicorn_request_vectors_over_tcp() {
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(case["raw_b64"].as_str().unwrap())
                 .unwrap();
-            let result = if case["kind"] == "valid" {
+            let result = if now_valid.contains(&name) {
+                check_accepted(&server, &raw)
+            } else if case["kind"] == "valid" {
                 check_valid(&server, case, &raw)
             } else {
                 check_invalid(&server, &raw)
@@ -231,4 +298,62 @@ fn gunicorn_request_vectors_over_tcp() {
         cases.len(),
         "every case ran or was skipped"
     );
+}
+
+/// Request-smuggling attempts, each with a second request hidden behind it: refused
+/// (400 or closed) without the hidden request ever reaching the application, with the
+/// lenient switches off and with all of them on — no switch loosens Content-Length
+/// with Transfer-Encoding, a duplicate Content-Length, chunked not last, bare LF, or a
+/// control byte in a value, however the field is folded or spaced.
+#[test]
+fn smuggling_attempts_are_refused_with_the_lenient_switches_off_and_on() {
+    const HIDDEN: &str = "GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    let attempts: &[&str] = &[
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // Folded into another field, or folded itself.
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n ,identity\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length:\r\n 4\r\nContent-Length: 40\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding\r\n : chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        // Spaces before the colon.
+        "POST / HTTP/1.1\r\nHost: h\r\nContent-Length : 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding\t: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        // Bare LF, CR and NUL, folded or not.
+        "POST / HTTP/1.1\r\nHost: h\r\nX: a\n Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\nHost: h\r\nContent-Length: 4\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\rTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\0c\r\nContent-Length: 4\r\n\r\n",
+        // An unconventional method or version does not make the framing looser.
+        "post / HTTP/1.5\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "GET / HTTP/0.9\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for flags in [&[][..], &LENIENT[..]] {
+        let server = ServerBuilder::new("echo:application")
+            .args(flags.iter().copied())
+            .start();
+        for attempt in attempts {
+            let raw = format!("{attempt}{HIDDEN}");
+            let mut s = server.connect();
+            let _ = s.write_all(raw.as_bytes());
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut reader = BufReader::new(s);
+            let first = read_response(&mut reader, false);
+            assert!(
+                first.as_ref().is_none_or(|r| r.status == 400),
+                "{flags:?} {attempt:?}: {:?}",
+                first.map(|r| (r.status, r.text()))
+            );
+            assert!(
+                read_response(&mut reader, false).is_none(),
+                "{flags:?} {attempt:?}: a second response"
+            );
+        }
+        let seen = server.access_log();
+        assert!(!seen.contains("/smuggled"), "{flags:?}: {seen}");
+        assert_eq!(server.get("/after").status, 200);
+    }
 }

@@ -315,18 +315,38 @@ impl Conn {
             return Some(Step::Continue);
         }
         let buf = &self.read_buf[self.read_start..];
-        match self.scan.parse(buf, &ctx.settings.limits, &mut self.head) {
+        let parsed = match self.scan.parse(buf, &ctx.settings.limits, &mut self.head) {
+            Err(e) => self.parse_lenient(ctx).ok_or(e).map(Some),
+            parsed => parsed,
+        };
+        match parsed {
             Ok(Some(n)) => {
                 self.scan = HeadScan::default();
                 self.blank_bytes = 0;
                 self.head_bytes.clear();
-                self.head_bytes.extend_from_slice(&buf[..n]);
+                self.head_bytes
+                    .extend_from_slice(&self.read_buf[self.read_start..self.read_start + n]);
                 self.read_start += n;
                 Some(self.on_head(exec, ctx))
             }
             Ok(None) => None,
             Err(e) => Some(self.fail(&e)),
         }
+    }
+
+    /// A head the strict parser refused, parsed again once Gunicorn's lenient switches
+    /// (when on) have rewritten it (`http::lenient`). None: still refused.
+    #[cold]
+    fn parse_lenient(&mut self, ctx: &Shared) -> Option<usize> {
+        let limits = &ctx.settings.limits;
+        if !limits.lenient.any() {
+            return None;
+        }
+        let buf = &mut self.read_buf[self.read_start..];
+        let rewritten = crate::http::lenient::rewrite(buf, &limits.lenient)?;
+        let parsed = crate::http::head::parse_head(buf, limits, &mut self.head).ok()??;
+        self.head.unconventional_version = rewritten.version;
+        Some(parsed)
     }
 
     /// Reads more of a head; its first byte starts the request's deadline.

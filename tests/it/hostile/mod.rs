@@ -6,7 +6,8 @@
 //! connection that managed to hold the worker would show up as an honest request that
 //! waits (we assert < 3 s, a bound that tolerates a loaded CI machine yet is far below
 //! how long the hostile clients keep going, and print the latency). Covered:
-//! - slowloris: 60 connections dribbling a request head byte by byte;
+//! - slowloris: 60 connections dribbling a request head byte by byte (and again with
+//!   Gunicorn's lenient-parsing switches on, the heads folded);
 //! - a 100 KB POST body dribbled a few KB at a time, which must still arrive intact;
 //! - 3,000 idle connections (more than `--worker-connections`' default of 1000);
 //! - a 200 MiB streamed upload, hashed by the app in `read(65536)` pieces, with the
@@ -151,8 +152,27 @@ fn parse_digest(text: &str) -> (u64, String, u64) {
 /// afterwards every slowloris connection, once it completes its head, is served too
 /// (which proves the server really held them open the whole time).
 fn slowloris_heads_do_not_block_honest_requests(threads: u32) {
+    slowloris(start(threads), b"\r\nConnection: close\r\n\r\n");
+}
+
+/// The same with Gunicorn's lenient-parsing switches all on, the slow heads folded:
+/// each goes through the lenient path once complete, and is served.
+#[test]
+fn slowloris_with_every_lenient_switch_on() {
+    let server = ServerBuilder::new("hostile_app:application")
+        .workers(1)
+        .args(["--permit-obsolete-folding", "--strip-header-spaces"])
+        .args([
+            "--permit-unconventional-http-method",
+            "--casefold-http-method",
+        ])
+        .arg("--permit-unconventional-http-version")
+        .start();
+    slowloris(server, b"\r\n  folded\r\nConnection : close\r\n\r\n");
+}
+
+fn slowloris(server: Server, finish: &'static [u8]) {
     const SLOW: usize = 60;
-    let server = start(threads);
     let mut slow: Vec<TcpStream> = (0..SLOW)
         .map(|_| {
             let mut s = server.connect();
@@ -208,8 +228,7 @@ fn slowloris_heads_do_not_block_honest_requests(threads: u32) {
 
     // Now complete every slowloris head: each must get its answer.
     for s in &mut slow {
-        s.write_all(b"\r\nConnection: close\r\n\r\n")
-            .expect("finish the slow head");
+        s.write_all(finish).expect("finish the slow head");
     }
     for (i, s) in slow.into_iter().enumerate() {
         let resp = read_response(&mut BufReader::new(s), false).unwrap_or_else(|| {
