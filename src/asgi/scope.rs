@@ -8,6 +8,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
+use crate::http::forwarder::ForwarderHeaders;
 use crate::http::head::RequestHead;
 use crate::net::{Local, Peer};
 
@@ -19,6 +20,9 @@ pub struct ScopeInfo<'a> {
     pub local: &'a Local,
     /// The request came over HTTPS (`secure_scheme_headers` from a trusted peer).
     pub https: bool,
+    /// The names with `_` a trusted peer may set (`--forwarder-headers`): kept in the
+    /// scope's headers, as Gunicorn's ASGI worker keeps them.
+    pub forwarder_headers: &'a ForwarderHeaders,
 }
 
 macro_rules! keys {
@@ -168,6 +172,15 @@ impl ScopeBuilder {
                     PyBytes::new(py, &bytes[value.clone()]),
                 ],
             )?)?;
+        }
+        if req.peer.trusted && !head.underscored.is_empty() {
+            for (name, value) in req.forwarder_headers.forwarded(bytes, head) {
+                let name = name.to_ascii_lowercase();
+                headers.append(PyTuple::new(
+                    py,
+                    [PyBytes::new(py, &name), PyBytes::new(py, value)],
+                )?)?;
+            }
         }
         scope.set_item(&k.headers, headers)?;
         if req.peer.addr.is_empty() {

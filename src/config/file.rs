@@ -59,6 +59,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("errorlog", "--error-logfile", "str"),
     ("loglevel", "--log-level", "str"),
     ("forwarded_allow_ips", "--forwarded-allow-ips", "csv"),
+    ("forwarder_headers", "--forwarder-headers", "csv"),
     ("secure_scheme_headers", "--secure-scheme-header", "dict"),
     ("worker_connections", "--worker-connections", "int"),
     ("max_requests", "--max-requests", "int"),

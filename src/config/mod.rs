@@ -37,6 +37,7 @@ use self::values::{
     parse_worker_class, parse_workers,
 };
 pub use self::values::{worker_kind, AllowIps, MaxWorkerRss, WorkerKind, Workers};
+use crate::http::forwarder::ForwarderHeaders;
 use crate::http::head::HeadLimits;
 
 /// The longest `--timeout`, `--graceful-timeout` and `--keep-alive`, in seconds (about
@@ -254,6 +255,12 @@ pub struct Config {
     #[arg(long = "forwarded-allow-ips", value_name = "STRING", default_value = "127.0.0.1,::1", value_parser = parse_allow_ips)]
     pub forwarded_allow_ips: AllowIps,
 
+    /// Header names with `_` a trusted front end (--forwarded-allow-ips) may set,
+    /// comma-separated: each reaches the application as HTTP_*, and SCRIPT_NAME sets
+    /// the environ's SCRIPT_NAME (PATH_INFO is the rest of the path). `*`: any.
+    #[arg(long = "forwarder-headers", value_name = "LIST", default_value = "SCRIPT_NAME,PATH_INFO", value_parser = parse_forwarder_headers)]
+    pub forwarder_headers: ForwarderHeaders,
+
     /// Most simultaneous connections per worker.
     #[arg(long = "worker-connections", value_name = "INT", default_value_t = 1000, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub worker_connections: u32,
@@ -368,6 +375,11 @@ pub const DEFAULT_SECURE_SCHEME_HEADERS: [(&str, &str); 3] = [
     ("X-FORWARDED-PROTO", "https"),
     ("X-FORWARDED-SSL", "on"),
 ];
+
+/// `--forwarder-headers`: any comma-separated list of names (`*`: any).
+fn parse_forwarder_headers(s: &str) -> Result<ForwarderHeaders, String> {
+    Ok(ForwarderHeaders::parse(s))
+}
 
 impl Config {
     /// The access log is in Uvicorn's format: Gunicorn running a Uvicorn worker class
@@ -593,6 +605,10 @@ impl Config {
             all.extend(self.parser.settings_json());
             all.extend(self.protocol.settings_json());
             all.extend(self.scaling.settings_json());
+            all.insert(
+                "forwarder_headers".into(),
+                self.forwarder_headers.to_text().into(),
+            );
         }
         settings
     }

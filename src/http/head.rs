@@ -81,8 +81,11 @@ pub struct RequestHead {
     /// The request came on an HTTP/2 stream (its head made by `http::h2`).
     pub http2: bool,
     /// Header (name, value) ranges; values are trimmed of surrounding whitespace.
-    /// Header names containing `_` are dropped (Gunicorn's `header_map = "drop"`).
+    /// Header names containing `_` are not here (Gunicorn's `header_map = "drop"`).
     pub headers: Vec<(Range<usize>, Range<usize>)>,
+    /// The fields whose names contain `_`, set aside: only `forwarder_headers` from a
+    /// trusted peer reach the application (`http::forwarder`).
+    pub underscored: Vec<(Range<usize>, Range<usize>)>,
     pub framing: BodyFraming,
     /// `Connection: close` (or HTTP/1.0 without `Connection: keep-alive`).
     pub wants_close: bool,
@@ -193,6 +196,7 @@ pub fn parse_head(
     out.query = range_of(query);
 
     out.headers.clear();
+    out.underscored.clear();
     out.framing = BodyFraming::None;
     out.expects_continue = false;
     let mut keep_alive_token = false;
@@ -210,6 +214,7 @@ pub fn parse_head(
             return Err(HttpError::HeaderFieldTooLarge);
         }
         if name.contains(&b'_') {
+            out.underscored.push((range_of(name), range_of(value)));
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -263,7 +268,7 @@ fn shift(out: &mut RequestHead, by: usize) {
     mv(&mut out.target);
     mv(&mut out.path);
     mv(&mut out.query);
-    for (n, v) in out.headers.iter_mut() {
+    for (n, v) in out.headers.iter_mut().chain(out.underscored.iter_mut()) {
         mv(n);
         mv(v);
     }

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod chunked;
+pub mod forwarder;
 pub mod framer;
 pub mod h2;
 pub mod head;

@@ -60,6 +60,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_requests: u64,
     pub forwarded_allow_ips: AllowIps,
+    /// Names with `_` a trusted peer may set (`--forwarder-headers`).
+    pub forwarder_headers: crate::http::forwarder::ForwarderHeaders,
     pub proxy_mode: crate::http::proxy::ProxyMode,
     pub proxy_allow_from: AllowIps,
     /// `--protocol uwsgi`: every connection speaks uwsgi, and only these peers may
@@ -465,6 +467,7 @@ impl Settings {
             max_connections: cfg.worker_connections as usize,
             max_requests: jittered(cfg.max_requests, cfg.max_requests_jitter),
             forwarded_allow_ips: cfg.forwarded_allow_ips.clone(),
+            forwarder_headers: cfg.forwarder_headers.clone(),
             proxy_mode: cfg.proxy_mode(),
             proxy_allow_from: cfg.proxy_allow_from.clone(),
             uwsgi: cfg.protocol.uwsgi_peers(),

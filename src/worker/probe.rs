@@ -114,6 +114,7 @@ fn answer(
                 peer: &peer,
                 local,
                 https: false,
+                forwarder_headers: &crate::http::forwarder::ForwarderHeaders::Names(Vec::new()),
             };
             let (callable, scope) = asgi.callable_and_scope(py, &info)?;
             let status =
@@ -135,6 +136,8 @@ fn answer(
         https: false,
         client_subject: None,
         remote: &remote,
+        // The probe is no front end: nothing it sends is forwarded.
+        forwarder_headers: &crate::http::forwarder::ForwarderHeaders::Names(Vec::new()),
     };
     let response = app.call(py, &info, Body::Empty)?;
     module

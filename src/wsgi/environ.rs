@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use rustc_hash::FxHashMap;
 
+use crate::http::forwarder::ForwarderHeaders;
 use crate::http::head::RequestHead;
 use crate::net::{Local, Peer};
 
@@ -25,6 +26,8 @@ pub struct RequestInfo<'a> {
     pub client_subject: Option<&'a str>,
     /// REMOTE_ADDR and REMOTE_PORT as Python strings, made once per connection.
     pub remote: &'a (Py<PyString>, Py<PyString>),
+    /// The names with `_` a trusted peer may set (`--forwarder-headers`).
+    pub forwarder_headers: &'a ForwarderHeaders,
 }
 
 /// Settings and interned strings shared by every request of a worker.
@@ -302,6 +305,9 @@ impl EnvironBuilder {
                 env.set_item(key, joined)?;
             }
         }
+        if req.peer.trusted && !head.underscored.is_empty() {
+            self.add_forwarded(py, &env, req)?;
+        }
         let (server_name, server_port) = match host {
             Some(h) => split_host(h),
             None => (req.local.name.as_bytes(), req.local.port.as_bytes()),
@@ -316,6 +322,35 @@ impl EnvironBuilder {
         };
         env.set_item(&k.server_port, port)?;
         Ok(env)
+    }
+}
+
+impl EnvironBuilder {
+    /// The `forwarder_headers` fields a trusted peer sent, as `HTTP_*` (Gunicorn's
+    /// names); a forwarded `SCRIPT_NAME` also becomes `SCRIPT_NAME`, and the rest of
+    /// the path `PATH_INFO` (`begin_call` refused a path outside it).
+    #[cold]
+    fn add_forwarded(
+        &self,
+        py: Python<'_>,
+        env: &Bound<'_, PyDict>,
+        req: &RequestInfo<'_>,
+    ) -> PyResult<()> {
+        let (bytes, head) = (req.head_bytes, req.head);
+        for (name, value) in req.forwarder_headers.forwarded(bytes, head) {
+            let key = PyString::new(py, &http_key(name));
+            let value = latin1(py, value);
+            let stored = set_default(env, &key, &value)?;
+            if !stored.is(&value) {
+                let joined = format!("{},{}", stored.extract::<String>()?, value.to_cow()?);
+                env.set_item(key, joined)?;
+            }
+        }
+        if let Ok(Some((script, rest))) = req.forwarder_headers.script_name(bytes, head) {
+            env.set_item(&self.k.script_name, latin1(py, script))?;
+            env.set_item(&self.k.path_info, latin1(py, &percent_decode(rest)))?;
+        }
+        Ok(())
     }
 }
 

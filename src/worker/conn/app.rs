@@ -110,6 +110,14 @@ impl Conn {
         )
         .map_err(|e| self.fail(&e))?
             || self.transport.is_tls();
+        if self.peer.trusted && !self.head.underscored.is_empty() {
+            let forwarder = &ctx.settings.forwarder_headers;
+            if forwarder.script_name(&self.head_bytes, &self.head).is_err() {
+                // Gunicorn's ConfigurationProblem: the front end's fault, a 500.
+                tracing::warn!("request path outside the SCRIPT_NAME its front end forwarded");
+                return Err(self.fail_status(500, "Internal Server Error"));
+            }
+        }
         ctx.scoreboard_begin();
         let facts = RequestFacts {
             // A uwsgi response is framed as HTTP/1.0's: never chunked (nginx would
@@ -180,6 +188,7 @@ impl Conn {
             local: &self.local,
             https,
             client_subject: self.transport.peer_subject(),
+            forwarder_headers: &ctx.settings.forwarder_headers,
         };
         let hook_req = service
             .hooks

@@ -78,6 +78,7 @@ impl Conn {
             peer: &self.peer,
             local: &self.local,
             https,
+            forwarder_headers: &ctx.settings.forwarder_headers,
         };
         let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
         if let Some(upgrade) = websocket::upgrade_request(&self.head, &self.head_bytes) {

@@ -47,6 +47,7 @@ pub(super) fn call_stream_asgi(
         peer: &facts.peer,
         local: &facts.local,
         https,
+        forwarder_headers: &ctx.settings.forwarder_headers,
     };
     let is_head = ex.head.is_head_method(&ex.head_bytes);
     let request = RequestFacts {

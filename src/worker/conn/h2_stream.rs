@@ -324,6 +324,7 @@ fn call_stream_app(
         local: &facts.local,
         https,
         client_subject: facts.client_subject.as_deref(),
+        forwarder_headers: &ctx.settings.forwarder_headers,
     };
     let is_head = ex.head.is_head_method(&ex.head_bytes);
     let request = RequestFacts {

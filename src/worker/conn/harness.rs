@@ -31,6 +31,7 @@ pub fn shared() -> Shared {
             max_connections: 1000,
             max_requests: 0,
             forwarded_allow_ips: AllowIps::List(Vec::new()),
+            forwarder_headers: Default::default(),
             proxy_mode: ProxyMode::Off,
             proxy_allow_from: AllowIps::List(Vec::new()),
             uwsgi: None,

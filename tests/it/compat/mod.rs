@@ -5,6 +5,7 @@
 
 mod access_log;
 mod errors;
+mod forwarder;
 mod lifecycle;
 mod logging;
 mod procfile;
