@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::{hex, honest_ping, parse_digest, sha256_hex, start, ByteGen, HONEST_LIMIT};
+use super::{hex, honest_ping, parse_digest, sha256_hex, start, ByteGen, Mode, HONEST_LIMIT};
 use crate::support::{read_response, rss_bytes, Server};
 
 /// Sums the RSS of the given pids.
@@ -20,11 +20,11 @@ fn rss_sum(pids: &[i32]) -> u64 {
 
 /// A 200 MiB upload streamed from a generator arrives intact (length and SHA-256 from
 /// the app's `read(65536)` loop) while master + worker RSS grows by less than 64 MiB.
-fn huge_upload_is_streamed_with_bounded_memory(threads: u32) {
+fn huge_upload_is_streamed_with_bounded_memory(mode: Mode) {
     const TOTAL: u64 = 200 * 1024 * 1024;
     const CHUNK: usize = 256 * 1024;
     const MAX_GROWTH: u64 = 64 * 1024 * 1024;
-    let server = start(threads);
+    let server = start(mode);
     let workers = server.worker_pids();
     assert_eq!(workers.len(), 1, "expected one worker, got {workers:?}");
     let mut pids = vec![server.pid()];
@@ -163,9 +163,9 @@ pub(super) fn wait_closed(server: &Server, tag: &str) -> serde_json::Value {
 /// Clients that send a request and vanish before reading a large streamed response
 /// (256 MiB, far more than socket buffers hold): the worker notices, calls the
 /// iterable's `close()` without producing the whole body, and keeps serving.
-fn client_gone_mid_stream_closes_iterable_and_server_keeps_serving(threads: u32) {
+fn client_gone_mid_stream_closes_iterable_and_server_keeps_serving(mode: Mode) {
     const CHUNKS: u64 = 4096; // 64 KiB each: 256 MiB
-    let server = start(threads);
+    let server = start(mode);
 
     // 1. Reads the head and a little of the body, then closes (unread data: RST).
     let mut s = server.connect();
@@ -223,9 +223,9 @@ fn client_gone_mid_stream_closes_iterable_and_server_keeps_serving(threads: u32)
 /// the moment it has the previous answer) gets one request per turn of the worker's
 /// loop, not the loop: an honest request sent after the whole pipeline is answered
 /// while most of the pipeline is still pending.
-fn pipelining_client_does_not_hold_the_worker(threads: u32) {
+fn pipelining_client_does_not_hold_the_worker(mode: Mode) {
     const PIPELINED: usize = 300;
-    let server = start(threads);
+    let server = start(mode);
     let mut greedy = server.connect();
     greedy
         .set_write_timeout(Some(Duration::from_secs(5)))

@@ -1,8 +1,9 @@
 //! Slow-client immunity: hostile or merely slow clients must not stop one worker with one
 //! thread from answering an honest client promptly, and must not cost unbounded memory.
 //!
-//! Every test runs `tests/apps/hostile_app.py` with one worker, under `--threads 1` and
-//! again under `--threads 4`, so a single
+//! Every test runs `tests/apps/hostile_app.py` with one worker, under `--threads 1`,
+//! again under `--threads 4`, and once more with every one of Gunicorn's lenient-parsing
+//! switches on (`Mode::lenient`), so a single
 //! connection that managed to hold the worker would show up as an honest request that
 //! waits (we assert < 3 s, a bound that tolerates a loaded CI machine yet is far below
 //! how long the hostile clients keep going, and print the latency). Covered:
@@ -35,26 +36,60 @@ use crate::support::{read_response, Server, ServerBuilder};
 /// The bound an honest request must be answered within, whatever the other clients do.
 const HONEST_LIMIT: Duration = Duration::from_secs(3);
 
-fn start(threads: u32) -> Server {
-    ServerBuilder::new("hostile_app:application")
-        .workers(1)
-        .arg("--threads")
-        .arg(threads.to_string())
-        .start()
+/// Gunicorn's lenient-parsing switches, all of them.
+const LENIENT: [&str; 5] = [
+    "--permit-obsolete-folding",
+    "--strip-header-spaces",
+    "--permit-unconventional-http-method",
+    "--casefold-http-method",
+    "--permit-unconventional-http-version",
+];
+
+/// How a scenario's server runs: its `--threads`, and whether every lenient-parsing
+/// switch is on.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Mode {
+    pub threads: u32,
+    pub lenient: bool,
 }
 
-/// Each scenario runs twice: with `--threads 1` (the application on the event loop's
-/// thread) and with `--threads 4` (a pool of Python threads beside the loop).
+impl Mode {
+    /// `hostile_app` with one worker in this mode.
+    fn builder(self) -> ServerBuilder {
+        let builder = ServerBuilder::new("hostile_app:application")
+            .workers(1)
+            .args(["--threads", &self.threads.to_string()]);
+        if self.lenient {
+            builder.args(LENIENT)
+        } else {
+            builder
+        }
+    }
+}
+
+fn start(mode: Mode) -> Server {
+    mode.builder().start()
+}
+
+/// Each scenario runs three times: with `--threads 1` (the application on the event
+/// loop's thread), with `--threads 4` (a pool of Python threads beside the loop), and
+/// with `--threads 1` and every lenient-parsing switch on (no switch may cost the
+/// server its immunity).
 macro_rules! both_thread_modes {
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
+            use super::Mode;
             #[test]
             fn threads_1() {
-                super::$scenario(1)
+                super::$scenario(Mode { threads: 1, lenient: false })
             }
             #[test]
             fn threads_4() {
-                super::$scenario(4)
+                super::$scenario(Mode { threads: 4, lenient: false })
+            }
+            #[test]
+            fn lenient_switches_on() {
+                super::$scenario(Mode { threads: 1, lenient: true })
             }
         }
     )*};
@@ -151,23 +186,18 @@ fn parse_digest(text: &str) -> (u64, String, u64) {
 /// connection every ~150 ms; the honest client is still answered in under a second, and
 /// afterwards every slowloris connection, once it completes its head, is served too
 /// (which proves the server really held them open the whole time).
-fn slowloris_heads_do_not_block_honest_requests(threads: u32) {
-    slowloris(start(threads), b"\r\nConnection: close\r\n\r\n");
+fn slowloris_heads_do_not_block_honest_requests(mode: Mode) {
+    slowloris(start(mode), b"\r\nConnection: close\r\n\r\n");
 }
 
 /// The same with Gunicorn's lenient-parsing switches all on, the slow heads folded:
 /// each goes through the lenient path once complete, and is served.
 #[test]
 fn slowloris_with_every_lenient_switch_on() {
-    let server = ServerBuilder::new("hostile_app:application")
-        .workers(1)
-        .args(["--permit-obsolete-folding", "--strip-header-spaces"])
-        .args([
-            "--permit-unconventional-http-method",
-            "--casefold-http-method",
-        ])
-        .arg("--permit-unconventional-http-version")
-        .start();
+    let server = start(Mode {
+        threads: 1,
+        lenient: true,
+    });
     slowloris(server, b"\r\n  folded\r\nConnection : close\r\n\r\n");
 }
 
@@ -247,10 +277,10 @@ fn slowloris(server: Server, finish: &'static [u8]) {
 
 /// A 100 KB POST body dribbled 4 KB at a time: honest requests are answered meanwhile,
 /// and the slow upload then arrives intact (length and SHA-256 checked by the app).
-fn slow_post_body_does_not_block_honest_requests(threads: u32) {
+fn slow_post_body_does_not_block_honest_requests(mode: Mode) {
     const BODY: usize = 100 * 1024;
     const PIECE: usize = 4 * 1024;
-    let server = start(threads);
+    let server = start(mode);
     let mut body = vec![0u8; BODY];
     ByteGen(0x5eed_0001).fill(&mut body);
     let want = sha256_hex(&body);
@@ -336,14 +366,14 @@ pub(crate) fn raise_nofile() -> u64 {
 
 /// 3,000 connections that connect and send nothing (three times the default
 /// `--worker-connections`): an honest request is still answered within `HONEST_LIMIT`.
-fn three_thousand_idle_connections_do_not_block_honest_requests(threads: u32) {
+fn three_thousand_idle_connections_do_not_block_honest_requests(mode: Mode) {
     const IDLE: usize = 3000;
     let limit = raise_nofile();
     assert!(
         limit >= IDLE as u64 + 200,
         "RLIMIT_NOFILE hard limit is {limit}: too low to hold {IDLE} client sockets (raise it with ulimit -Hn)"
     );
-    let server = start(threads);
+    let server = start(mode);
     let started = Instant::now();
     let mut idle = Vec::with_capacity(IDLE);
     let mut slowest = Duration::ZERO;

@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::heavy::wait_closed;
-use super::{honest_ping, start};
-use crate::support::{read_response, rss_bytes, ServerBuilder};
+use super::{honest_ping, start, Mode};
+use crate::support::{read_response, rss_bytes};
 
 /// How long an honest request may take while the readers stall.
 const STALLED_LIMIT: Duration = Duration::from_secs(1);
@@ -18,8 +18,9 @@ const STALLED_LIMIT: Duration = Duration::from_secs(1);
 /// client would be 128 MiB; a whole generated body 64 MiB each).
 const GROWTH_LIMIT: u64 = 24 << 20;
 
-fn slow_readers_hold_no_python_thread(threads: u32) {
-    let server = start(threads);
+fn slow_readers_hold_no_python_thread(mode: Mode) {
+    let threads = mode.threads;
+    let server = start(mode);
     let worker = server.worker_pids()[0];
     // The app's 32 MiB body exists from import on; warm the path once.
     assert!(honest_ping(&server) < STALLED_LIMIT * 3);
@@ -103,11 +104,8 @@ fn slow_readers_hold_no_python_thread(threads: u32) {
 /// A client that stops reading is the connection's business (its deadline closes it),
 /// not the application's: the master's `--timeout` clock, shown by `status` as the
 /// request's `current_request_s`, does not run for it, and the worker is not aborted.
-fn a_stalled_reader_is_not_a_worker_timeout(threads: u32) {
-    let server = ServerBuilder::new("hostile_app:application")
-        .workers(1)
-        .args(["--threads", &threads.to_string(), "-t", "2"])
-        .start();
+fn a_stalled_reader_is_not_a_worker_timeout(mode: Mode) {
+    let server = mode.builder().args(["-t", "2"]).start();
     let worker = server.worker_pids();
     let mut stalled = server.connect();
     stalled
