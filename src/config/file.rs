@@ -92,6 +92,8 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("pidfile", "--pid", "str"),
     ("preload_app", "--preload", "bool"),
     ("reload", "--reload", "bool"),
+    ("reload_engine", "--reload-engine", "str"),
+    ("reload_extra_files", "--reload-extra-file", "list"),
     ("reload_probe", "--reload-probe", "str"),
     ("reload_probe_host", "--reload-probe-host", "str"),
     ("reload_probe_status", "--reload-probe-status", "int"),

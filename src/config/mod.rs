@@ -13,6 +13,7 @@ mod parser;
 mod print;
 mod probe;
 pub mod reference;
+pub mod reloader;
 mod scaling;
 mod syslog_target;
 mod tls;
@@ -97,6 +98,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub protocol: ProtocolArgs,
+
+    #[command(flatten)]
+    pub reloader: reloader::ReloaderArgs,
 
     /// The TLS configuration the master built from `tls` (filled in after parsing).
     #[arg(skip)]
@@ -341,7 +345,7 @@ pub struct Config {
     pub umask: u32,
 
     /// Development: restart workers when a Python source file of the application
-    /// changes (checked every second).
+    /// (or a --reload-extra-file) changes.
     #[arg(long = "reload")]
     pub reload: bool,
 
@@ -604,6 +608,7 @@ impl Config {
             all.extend(self.probe.settings_json());
             all.extend(self.parser.settings_json());
             all.extend(self.protocol.settings_json());
+            all.extend(self.reloader.settings_json());
             all.extend(self.scaling.settings_json());
             all.insert(
                 "forwarder_headers".into(),

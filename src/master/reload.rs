@@ -316,6 +316,9 @@ impl Arbiter {
         // The control socket stays where it was opened, as the listeners do.
         fresh.control_socket = self.cfg.control_socket.clone();
         super::tls::load(&mut fresh).map_err(|e| ErrorBody::new(ErrorCode::Failed, e))?;
+        if fresh.reload {
+            fresh.reloader.warn_of_patterns_matching_nothing();
+        }
         Ok(fresh)
     }
 

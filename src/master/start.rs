@@ -347,6 +347,9 @@ fn log_start(cfg: &Config, listeners: &[crate::net::Listener], sockets: &MasterS
     if let Some(m) = &sockets.metrics {
         tracing::info!("Metrics at: {}", m.display);
     }
+    if cfg.reload {
+        cfg.reloader.warn_of_patterns_matching_nothing();
+    }
     if sockets.reexecuted {
         tracing::info!("Re-executed in place for a reload; the workers serve on meanwhile");
     }

@@ -29,6 +29,8 @@ mod sweep;
 
 const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 const WAKER_TOKEN: Token = Token(usize::MAX - 2);
+/// `--reload` with the inotify engine: its descriptor has events.
+const WATCH_TOKEN: Token = Token(usize::MAX - 3);
 /// Most connections accepted per listener wake-up.
 const ACCEPT_BATCH: usize = 64;
 
@@ -91,7 +93,14 @@ impl<'a> EventLoop<'a> {
         } else {
             None
         };
-        let shared_reload = shared.settings.reload;
+        let watch =
+            shared.settings.reload.as_ref().map(|r| {
+                super::watch::SourceWatch::new(r.reload_engine, r.reload_extra_files.clone())
+            });
+        if let Some(fd) = watch.as_ref().and_then(super::watch::SourceWatch::fd) {
+            poll.registry()
+                .register(&mut SourceFd(&fd), WATCH_TOKEN, Interest::READABLE)?;
+        }
         let sweep_every = shared.settings.sweep_every;
         let locals = listeners
             .iter()
@@ -113,7 +122,7 @@ impl<'a> EventLoop<'a> {
             stop_by: None,
             // SAFETY: getppid has no preconditions.
             parent: unsafe { libc::getppid() },
-            watch: shared_reload.then(super::watch::SourceWatch::default),
+            watch,
             graceful_timeout,
             next_sweep: Instant::now() + sweep_every,
         })
@@ -203,6 +212,7 @@ impl<'a> EventLoop<'a> {
             match event.token() {
                 SIGNAL_TOKEN => self.handle_signals(),
                 WAKER_TOKEN => self.collect_finished(exec),
+                WATCH_TOKEN => self.check_watch_events(),
                 Token(t) if t >= LISTENER_BASE => self.accept(exec, t - LISTENER_BASE),
                 Token(t) => self.drive(exec, t, Input::Event),
             }

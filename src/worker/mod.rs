@@ -67,8 +67,8 @@ pub struct Settings {
     /// `--protocol uwsgi`: every connection speaks uwsgi, and only these peers may
     /// (`--uwsgi-allow-from`). None: HTTP.
     pub uwsgi: Option<AllowIps>,
-    /// `--reload`: watch the application's source files.
-    pub reload: bool,
+    /// `--reload`: watch the application's source files (and the extra ones) this way.
+    pub reload: Option<crate::config::reloader::ReloaderArgs>,
     /// `--error-logfile`, reopened on USR1.
     pub error_logfile: String,
     /// Header/value pairs that mark a request from a trusted proxy as HTTPS.
@@ -471,7 +471,7 @@ impl Settings {
             proxy_mode: cfg.proxy_mode(),
             proxy_allow_from: cfg.proxy_allow_from.clone(),
             uwsgi: cfg.protocol.uwsgi_peers(),
-            reload: cfg.reload,
+            reload: cfg.reload.then(|| cfg.reloader.clone()),
             error_logfile: cfg.error_logfile.clone(),
             secure_scheme_headers: cfg.secure_scheme_headers(),
             tls: cfg.tls_server.clone(),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{read_response, wait_until, ServerBuilder};
 
+mod dev_reload;
 mod upgrade;
 
 #[test]

@@ -35,7 +35,7 @@ pub fn shared() -> Shared {
             proxy_mode: ProxyMode::Off,
             proxy_allow_from: AllowIps::List(Vec::new()),
             uwsgi: None,
-            reload: false,
+            reload: None,
             error_logfile: "-".into(),
             secure_scheme_headers: Vec::new(),
             tls: None,

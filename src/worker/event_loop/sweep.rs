@@ -66,10 +66,21 @@ impl EventLoop<'_> {
             return;
         };
         if let Some(path) = Python::with_gil(|py| watch.changed(py)) {
-            if self.accepting {
-                tracing::info!("Worker reloading: {} modified", path.display());
-                self.begin_stop();
-            }
+            self.reload_for(&path);
+        }
+    }
+
+    /// `--reload` with inotify: the kernel reported events on the watched directories.
+    pub(super) fn check_watch_events(&mut self) {
+        if let Some(path) = self.watch.as_mut().and_then(|w| w.events_ready()) {
+            self.reload_for(&path);
+        }
+    }
+
+    fn reload_for(&mut self, path: &std::path::Path) {
+        if self.accepting {
+            tracing::info!("Worker reloading: {} modified", path.display());
+            self.begin_stop();
         }
     }
 
