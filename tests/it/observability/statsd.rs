@@ -1,5 +1,6 @@
 //! `--statsd-host`: Gunicorn's metric names and types, with the prefix and dogstatsd
-//! tags, for 2xx, 4xx and 5xx requests, over UDP and a Unix datagram socket.
+//! tags, for 2xx, 4xx and 5xx requests, over UDP and a Unix datagram socket; and
+//! autoscaling's bounds, target and decisions.
 
 use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
@@ -154,4 +155,55 @@ fn no_statsd_server_listening_costs_nothing_visible() {
         assert_eq!(server.get("/").status, 200);
     }
     assert!(!server.log().contains("panicked"), "{}", server.log());
+}
+
+/// Autoscaling on statsd: the floor, ceiling and target as gauges beside
+/// `gunicorn.workers`, and each decision counted (`rgun.autoscale.down` here: three idle
+/// workers past a one-second idle window go back to the floor).
+#[test]
+fn statsd_carries_autoscalings_bounds_target_and_decisions() {
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let addr = sink.local_addr().unwrap().to_string();
+    let server = observed(
+        3,
+        &[
+            "--statsd-host",
+            &addr,
+            "--workers-min",
+            "1",
+            "--workers-max",
+            "3",
+            "--workers-idle",
+            "1",
+        ],
+    );
+    let start = Instant::now();
+    let mut lines: Vec<String> = Vec::new();
+    let mut buf = [0u8; 65536];
+    let wanted = [
+        "rgun.autoscale.down:1|c|@1.0",
+        "rgun.workers.target:1|g",
+        "gunicorn.workers:1|g",
+        "rgun.workers.min:1|g",
+        "rgun.workers.max:3|g",
+    ];
+    while start.elapsed() < Duration::from_secs(30)
+        && !wanted.iter().all(|w| lines.iter().any(|l| l == w))
+    {
+        if let Ok(n) = sink.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            lines.extend(text.split('\n').map(str::to_owned));
+        }
+    }
+    for w in wanted {
+        assert!(
+            lines.iter().any(|l| l == w),
+            "{w} missing from {lines:#?}\n{}",
+            server.log()
+        );
+    }
+    assert_eq!(counted(&lines, "rgun.autoscale.down", ""), 1, "{lines:#?}");
+    assert_eq!(counted(&lines, "rgun.autoscale.up", ""), 0, "{lines:#?}");
 }
