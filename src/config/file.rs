@@ -153,6 +153,16 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("statsd_prefix", "--statsd-prefix", "str"),
     ("dogstatsd_tags", "--dogstatsd-tags", "str"),
     ("enable_backlog_metric", "--enable-backlog-metric", "bool"),
+    // Accepted and ignored, as on the command line: what they ask for, rgun does anyway.
+    ("worker_tmp_dir", "--worker-tmp-dir", "str"),
+    ("capture_output", "--capture-output", "bool"),
+    (
+        "enable_stdio_inheritance",
+        "--enable-stdio-inheritance",
+        "bool",
+    ),
+    ("sendfile", "--no-sendfile", "bool_off"),
+    ("header_map", "--header-map", "str"),
 ];
 
 /// Gunicorn's server hooks, each with the `__qualname__` of Gunicorn's default, which

@@ -94,6 +94,11 @@ def convert(name, flag, kind, value):
         if not isinstance(value, bool):
             bad("True or False")
         return [flag] if value else []
+    if kind == "bool_off":
+        # The flag says False (`sendfile = False` is --no-sendfile); None is the default.
+        if value is not None and not isinstance(value, bool):
+            bad("True, False or None")
+        return [flag] if value is False else []
     if kind == "str":
         if value is None:
             return []

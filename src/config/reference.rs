@@ -95,5 +95,24 @@ pub fn config_reference() -> String {
             help.replace('\n', " ").replace('|', "\\|")
         );
     }
+    // Gunicorn's settings for what rgun does anyway: accepted, not in --help.
+    let ignored: Vec<String> = cmd
+        .get_arguments()
+        .filter(|arg| arg.is_hide_set())
+        .filter_map(|arg| {
+            let long = format!("--{}", arg.get_long()?);
+            let (name, _, _) = file::SETTINGS.iter().find(|(_, f, _)| *f == long)?;
+            // (`--wsgi-app` is the positional MODULE:CALLABLE's name in a file.)
+            (*name != "wsgi_app").then(|| format!("`{name}` (`{long}`)"))
+        })
+        .collect();
+    if !ignored.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nAccepted and ignored, because rgun does what they ask anyway (see \
+             [gunicorn-compat.md](gunicorn-compat.md)): {}.",
+            ignored.join(", ")
+        );
+    }
     out
 }

@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    apps_dir, gunicorn_bin, read_response, repo_root, wait_until, Response, ServerBuilder,
+    apps_dir, gunicorn_bin, has_setting, read_response, repo_root, wait_until, Response,
+    ServerBuilder,
 };
 
 /// The venv's Gunicorn for its command line alone (no control socket: several run at
@@ -438,4 +439,60 @@ fn procfile_command_lines_are_accepted_as_by_gunicorn() {
     assert_eq!(code, Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("refuse"), "{err}");
+}
+
+#[test]
+fn a_configuration_file_with_what_rgun_does_anyway_is_accepted_as_by_gunicorn() {
+    // Settings from real apps' gunicorn.conf.py that ask for what rgun does anyway:
+    // accepted by both, and rgun warns about none of them.
+    let dir = config_dir(
+        "worker_tmp_dir = '/dev/shm'\ncapture_output = True\nenable_stdio_inheritance = True\n\
+         sendfile = False\nheader_map = 'drop'\nworkers = 2\n",
+    );
+    let conf = dir.path().join("gunicorn.conf.py");
+    let args = [
+        "-c",
+        conf.to_str().unwrap(),
+        "--check-config",
+        "demo.app:application",
+    ];
+    let (code, ours) = run(rgun_cmd(), &args);
+    assert_eq!(code, Some(0), "{ours}");
+    assert!(!ours.contains("warning"), "{ours}");
+    let (code, theirs) = run(gunicorn(), &args);
+    assert_eq!(code, Some(0), "{theirs}");
+    // The effective values, by Gunicorn's names.
+    let out = rgun_cmd()
+        .args([
+            "-c",
+            conf.to_str().unwrap(),
+            "--print-config",
+            "demo.app:application",
+        ])
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for (name, value) in [
+        ("worker_tmp_dir", "/dev/shm"),
+        ("capture_output", "True"),
+        ("sendfile", "False"),
+    ] {
+        assert!(has_setting(&printed, name, value), "{name}: {printed}");
+    }
+    // A header map rgun does not do is the file's error, naming the setting.
+    let dir = config_dir("header_map = 'refuse'\n");
+    let conf = dir.path().join("gunicorn.conf.py");
+    let args = [
+        "-c",
+        conf.to_str().unwrap(),
+        "--check-config",
+        "demo.app:application",
+    ];
+    let (code, ours) = run(rgun_cmd(), &args);
+    assert_eq!(code, Some(1), "{ours}");
+    assert!(
+        ours.contains("header_map") && ours.contains("refuse"),
+        "{ours}"
+    );
 }
