@@ -9,7 +9,8 @@ import runpy
 import sys
 import time
 
-WORKER_HOOKS = ("post_fork", "post_worker_init", "pre_request", "post_request", "worker_int", "worker_abort", "worker_exit")
+WORKER_HOOKS = ("post_fork", "post_worker_init", "pre_request", "post_request", "worker_int", "worker_abort", "worker_exit",
+                "dirty_post_fork", "dirty_worker_init")
 
 
 def _logger():
@@ -98,9 +99,9 @@ class Hooks:
         if fn is None:
             return
         try:
-            if name == "worker_exit":
-                fn(self.server, self.worker)
-            elif name == "post_fork":
+            if name in ("worker_exit", "post_fork", "dirty_post_fork"):
+                # dirty_post_fork's first argument is Gunicorn's dirty arbiter; in
+                # rgun the master supervises the pool, so it is the server object.
                 fn(self.server, self.worker)
             else:
                 fn(self.worker, *args)
@@ -108,17 +109,20 @@ class Hooks:
             _logger().exception("Exception in %s hook", name)
 
 
-MASTER_HOOKS = ("on_starting", "on_reload", "when_ready", "pre_fork", "pre_exec", "child_exit", "nworkers_changed", "on_exit")
+MASTER_HOOKS = ("on_starting", "on_reload", "when_ready", "pre_fork", "pre_exec", "child_exit", "nworkers_changed", "on_exit",
+                "on_dirty_starting", "dirty_worker_exit")
 
 
 class MasterWorker:
     """The `worker` argument of master-side hooks: what the master knows of it."""
 
-    def __init__(self, pid, age, settings):
+    def __init__(self, pid, age, settings, app_paths=None):
         self.pid = pid
         self.age = age
         self.cfg = Config(settings)
         self.log = _logger()
+        if app_paths is not None:
+            self.app_paths = app_paths
 
     def __repr__(self):
         return "<Worker %s>" % self.pid
@@ -144,9 +148,9 @@ def serve_master_hooks(location, settings, fd):
         if fn is not None:
             try:
                 w = request.get("worker")
-                worker = MasterWorker(w["pid"], w["age"], settings) if w else None
+                worker = MasterWorker(w["pid"], w["age"], settings, w.get("app_paths")) if w else None
                 name = request["hook"]
-                if name in ("pre_fork", "child_exit"):
+                if name in ("pre_fork", "child_exit", "dirty_worker_exit"):
                     fn(server, worker)
                 elif name == "nworkers_changed":
                     fn(server, request["new"], request["old"])

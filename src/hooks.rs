@@ -9,7 +9,9 @@ use pyo3::types::{PyList, PyTuple};
 
 pub const HOOKS_PY: &str = include_str!("hooks.py");
 
-/// The hooks rgun calls (in workers); `hooks.py` lists the same names.
+/// The hooks rgun calls in workers as Gunicorn does (`dirty_worker_init` in dirty
+/// workers); `hooks.py` lists them, and `dirty_post_fork`, which a dirty worker calls
+/// where Gunicorn's dirty arbiter would.
 pub const WORKER_HOOKS: &[&str] = &[
     "post_fork",
     "post_worker_init",
@@ -18,6 +20,7 @@ pub const WORKER_HOOKS: &[&str] = &[
     "worker_int",
     "worker_abort",
     "worker_exit",
+    "dirty_worker_init",
 ];
 
 pub struct Hooks {
@@ -62,6 +65,17 @@ impl Hooks {
             post_request: names.iter().any(|n| n == "post_request"),
             inner: inner.unbind(),
         }))
+    }
+
+    /// Sets an attribute of the `worker` object hooks receive (a dirty worker's
+    /// `app_paths`).
+    pub fn set_worker_attr(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        value: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.inner.bind(py).getattr("worker")?.setattr(name, value)
     }
 
     /// Calls a hook by name with extra arguments after the worker.

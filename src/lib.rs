@@ -9,6 +9,7 @@ pub mod asgi;
 pub mod autoscale;
 pub mod config;
 pub mod control;
+pub mod dirty;
 mod entry;
 pub mod hooks;
 pub mod http;

@@ -111,6 +111,15 @@ pub fn increment(name: &str) {
     }
 }
 
+/// A counter of `n` (`gunicorn.dirty.calls`, sent as a sum since the last send).
+pub fn count(name: &str, n: u64) {
+    if ENABLED.load(Ordering::Relaxed) && n > 0 {
+        let mut buf = itoa::Buffer::new();
+        let n = buf.format(n);
+        with_sender(|s| s.line(&[name, ":", n, "|c|@1.0"]));
+    }
+}
+
 /// A gauge (`gunicorn.workers`).
 pub fn gauge(name: &str, value: u64) {
     if ENABLED.load(Ordering::Relaxed) {

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::clock::format_time;
-use crate::protocol::{ErrorCode, HistoryEntry, MasterStatus, Status};
+use crate::protocol::{DirtyStatus, ErrorCode, HistoryEntry, MasterStatus, Status};
 use crate::socket_path::find_default_socket;
 use crate::stacks::print_stacks;
 use crate::{Client, ClientError};
@@ -69,6 +69,9 @@ enum Cmd {
         /// Return once that many workers are ready.
         #[arg(long)]
         wait: bool,
+        /// Scale the dirty pool's workers instead (--dirty-workers).
+        #[arg(long)]
+        dirty: bool,
     },
     /// Rolling reload: boot a new generation, then retire the old one.
     Reload {
@@ -231,11 +234,14 @@ fn request_for(cmd: &Cmd) -> (&'static str, Result<Map<String, Value>, String>, 
     };
     match cmd {
         Cmd::Status => ("status", Ok(Map::new()), false),
-        Cmd::Scale { count, wait } => {
+        Cmd::Scale { count, wait, dirty } => {
             let args = parse_scale(count).map(|(key, n)| {
                 let mut m = Map::new();
                 m.insert(key.into(), n);
                 m.insert("wait".into(), json!(wait));
+                if *dirty {
+                    m.insert("pool".into(), json!("dirty"));
+                }
                 m
             });
             ("scale", args, *wait)
@@ -494,6 +500,9 @@ fn print_status(out: &mut String, s: &Status) {
             format!("{:.1} MiB", w.rss_bytes as f64 / 1048576.0)
         );
     }
+    if let Some(d) = &s.dirty {
+        print_dirty(out, d);
+    }
     let t = &s.totals;
     w!(
         out,
@@ -505,6 +514,47 @@ fn print_status(out: &mut String, s: &Status) {
         t.reloads,
         t.accept_errors
     );
+}
+
+/// The dirty pool's rows: each worker and the apps it holds.
+fn print_dirty(out: &mut String, d: &DirtyStatus) {
+    let ready = d.workers.iter().filter(|w| w.state == "ready").count();
+    let calls = |k: &str| d.calls.get(k).and_then(Value::as_u64).unwrap_or(0);
+    w!(
+        out,
+        "dirty  router {}  workers {}/{}  calls {}  errors {}  timeouts {}  queued {}  socket {}",
+        d.router_pid.map_or("-".into(), |p| p.to_string()),
+        ready,
+        d.target,
+        calls("calls"),
+        calls("errors"),
+        calls("timeouts"),
+        calls("queued"),
+        d.socket
+    );
+    w!(
+        out,
+        "{:<8} {:>4} {:<9} {:>8} {:>9} {:>10}  APPS",
+        "DIRTY",
+        "GEN",
+        "STATE",
+        "AGE",
+        "HEARTBEAT",
+        "RSS"
+    );
+    for w in &d.workers {
+        w!(
+            out,
+            "{:<8} {:>4} {:<9} {:>8} {:>9} {:>10}  {}",
+            w.pid,
+            w.generation,
+            w.state,
+            format_age(w.age_s),
+            format!("{:.1}s", w.last_heartbeat_s),
+            format!("{:.1} MiB", w.rss_bytes as f64 / 1048576.0),
+            w.apps.join(" ")
+        );
+    }
 }
 
 fn format_age(secs: f64) -> String {

@@ -1,8 +1,9 @@
 //! Gunicorn's control protocol (what Gunicorn 25+'s `gunicornc` speaks), on rgun's
 //! control socket beside rgun's own JSON lines: framing, requests, and answers with
 //! Gunicorn's field names. Each Gunicorn command maps onto one rgun [`Command`] (or,
-//! for `help` and the absent dirty arbiter, is answered here); its answer is built from
-//! rgun's result. No I/O, so it is tested in memory.
+//! for `help`, is answered here); its answer is built from rgun's result. The dirty
+//! pool's commands (`show dirty`, `dirty add|remove`) read `status`'s `dirty` block
+//! and scale the pool. No I/O, so it is tested in memory.
 //!
 //! A message is a 4-byte big-endian length, then that many bytes of JSON. A request is
 //! `{"id", "command": "worker add", "args": ["2"]}`; an answer `{"id", "status": "ok",
@@ -82,8 +83,10 @@ pub enum GCommand {
     WorkerAdd(u32),
     WorkerRemove(u32),
     WorkerKill(i32),
-    /// `dirty add|remove`: rgun has no dirty arbiter.
-    Dirty,
+    /// `dirty add [N]`: the dirty pool's target up by N.
+    DirtyAdd(u32),
+    /// `dirty remove [N]`: down by N, keeping one.
+    DirtyRemove(u32),
     Reload,
     Reopen,
     Shutdown {
@@ -148,10 +151,8 @@ fn parse_words(words: &[String]) -> Result<GCommand, String> {
                 .ok_or_else(|| format!("Invalid argument: {pid:?} is not a process id"))?,
         ),
         ("worker", ["kill"]) => return Err("Invalid argument: worker kill needs a PID".into()),
-        ("dirty", ["add" | "remove", n @ ..]) => {
-            count(n)?;
-            GCommand::Dirty
-        }
+        ("dirty", ["add", n @ ..]) => GCommand::DirtyAdd(count(n)?),
+        ("dirty", ["remove", n @ ..]) => GCommand::DirtyRemove(count(n)?),
         ("reload", []) => GCommand::Reload,
         ("reopen", []) => GCommand::Reopen,
         ("shutdown", [] | ["graceful"]) => GCommand::Shutdown { quick: false },
@@ -192,15 +193,27 @@ impl GCommand {
     pub fn rgun_command(self) -> Option<Command> {
         Some(match self {
             GCommand::Show(Show::Config) => Command::Config,
-            GCommand::Show(Show::Dirty) | GCommand::Dirty | GCommand::Help => return None,
+            GCommand::Help => return None,
             GCommand::Show(_) => Command::Status,
+            GCommand::DirtyAdd(n) => Command::Scale {
+                target: ScaleTarget::Delta(i32::try_from(n).unwrap_or(i32::MAX)),
+                wait: false,
+                dirty: true,
+            },
+            GCommand::DirtyRemove(n) => Command::Scale {
+                target: ScaleTarget::Fewer(n),
+                wait: false,
+                dirty: true,
+            },
             GCommand::WorkerAdd(n) => Command::Scale {
                 target: ScaleTarget::Delta(i32::try_from(n).unwrap_or(i32::MAX)),
                 wait: false,
+                dirty: false,
             },
             GCommand::WorkerRemove(n) => Command::Scale {
                 target: ScaleTarget::Fewer(n),
                 wait: false,
+                dirty: false,
             },
             GCommand::WorkerKill(pid) => Command::Kill { pid },
             GCommand::Reload => Command::Reload { wait: false },
@@ -209,13 +222,9 @@ impl GCommand {
         })
     }
 
-    /// The data of a command answered without the arbiter.
+    /// The data of a command answered without the arbiter (`help`).
     pub fn local_answer(self) -> Value {
-        match self {
-            GCommand::Help => help(),
-            GCommand::Dirty => json!({"success": false, "error": "rgun has no dirty arbiter"}),
-            _ => json!({"enabled": false, "pid": null, "workers": [], "apps": []}),
-        }
+        help()
     }
 
     /// Gunicorn's answer data from rgun's outcome (its result, or its error).
@@ -225,6 +234,9 @@ impl GCommand {
                 return Ok(
                     json!({"success": false, "error": format!("Worker {pid}: {}", e.message)}),
                 )
+            }
+            (GCommand::DirtyAdd(_) | GCommand::DirtyRemove(_), Err(e)) => {
+                return Ok(json!({"success": false, "error": e.message}))
             }
             (_, Err(e)) => return Err(e.message.clone()),
             (_, Ok(result)) => result,
@@ -240,6 +252,17 @@ impl GCommand {
             GCommand::Show(Show::All) => show_all(&status()?),
             GCommand::Show(Show::Stats) => stats(&status()?),
             GCommand::Show(Show::Listeners) => listeners(&status()?),
+            GCommand::Show(Show::Dirty) => show_dirty(&status()?),
+            GCommand::DirtyAdd(n) | GCommand::DirtyRemove(n) => {
+                let previous = result["previous"].as_i64().unwrap_or(0);
+                let target = result["target"].as_i64().unwrap_or(0);
+                let (operation, key, changed) = match self {
+                    GCommand::DirtyAdd(_) => ("add", "spawned", target - previous),
+                    _ => ("remove", "removed", previous - target),
+                };
+                json!({"success": true, "operation": operation, "requested": n, key: changed,
+                       "total_workers": previous, "target_workers": target})
+            }
             GCommand::Show(Show::Config) => config(result),
             GCommand::WorkerAdd(_) | GCommand::WorkerRemove(_) => {
                 let previous = result["previous"].as_i64().unwrap_or(0);
@@ -256,7 +279,7 @@ impl GCommand {
             GCommand::Shutdown { quick } => {
                 json!({"status": "shutting_down", "mode": if quick { "quick" } else { "graceful" }})
             }
-            GCommand::Show(Show::Dirty) | GCommand::Dirty | GCommand::Help => self.local_answer(),
+            GCommand::Help => self.local_answer(),
         })
     }
 }
@@ -291,10 +314,55 @@ fn show_all(status: &Status) -> Value {
         "arbiter": {"pid": status.master.pid, "type": "arbiter", "role": "master"},
         "web_worker_count": web.len(),
         "web_workers": web,
-        "dirty_arbiter": null,
-        "dirty_workers": [],
-        "dirty_worker_count": 0,
+        "dirty_arbiter": status.dirty.as_ref().and_then(|d| d.router_pid).map(|pid| {
+            json!({"pid": pid, "type": "dirty_arbiter", "role": "dirty master"})
+        }),
+        "dirty_worker_count": dirty_workers(status).len(),
+        "dirty_workers": dirty_workers(status),
     })
+}
+
+/// The dirty workers as Gunicorn's dirty arbiter describes them (`age`: the index
+/// that decides which apps a worker holds).
+fn dirty_workers(status: &Status) -> Vec<Value> {
+    status
+        .dirty
+        .iter()
+        .flat_map(|d| &d.workers)
+        .map(|w| {
+            json!({
+                "pid": w.pid,
+                "age": w.index,
+                "apps": w.apps,
+                "booted": w.state != "booting",
+                "last_heartbeat": (w.last_heartbeat_s * 100.0).round() / 100.0,
+            })
+        })
+        .collect()
+}
+
+/// `show dirty`: the router (Gunicorn's dirty arbiter), the workers, and each app with
+/// the workers holding it.
+fn show_dirty(status: &Status) -> Value {
+    let Some(d) = &status.dirty else {
+        return json!({"enabled": false, "pid": null, "workers": [], "apps": []});
+    };
+    let mut apps: Vec<(String, Vec<i32>)> = Vec::new();
+    for w in &d.workers {
+        for app in &w.apps {
+            match apps.iter_mut().find(|(a, _)| a == app) {
+                Some((_, pids)) => pids.push(w.pid),
+                None => apps.push((app.clone(), vec![w.pid])),
+            }
+        }
+    }
+    let apps: Vec<Value> = apps
+        .into_iter()
+        .map(|(path, pids)| {
+            json!({"import_path": path, "worker_count": null, "current_workers": pids.len(), "worker_pids": pids})
+        })
+        .collect();
+    json!({"enabled": true, "pid": d.router_pid, "workers": dirty_workers(status), "apps": apps})
 }
 
 fn stats(status: &Status) -> Value {
@@ -306,7 +374,7 @@ fn stats(status: &Status) -> Value {
         "workers_spawned": status.totals.workers_spawned,
         "workers_killed": status.totals.workers_exited,
         "reloads": status.totals.reloads,
-        "dirty_arbiter_pid": null,
+        "dirty_arbiter_pid": status.dirty.as_ref().and_then(|d| d.router_pid),
     })
 }
 
@@ -361,7 +429,9 @@ fn help() -> Value {
     json!({"commands": {
         "show all": "The master and its workers",
         "show workers": "Each worker: pid, age, booted, last heartbeat",
-        "show dirty": "Dirty workers (rgun has none)",
+        "show dirty": "The dirty pool: its router, workers and the apps each holds",
+        "dirty add [N]": "Raise the dirty pool's target by N (1)",
+        "dirty remove [N]": "Lower the dirty pool's target by N (1), keeping one",
         "show config": "The main settings in force",
         "show stats": "Uptime, worker counts, reloads",
         "show listeners": "The listening sockets",

@@ -58,6 +58,8 @@ pub enum Command {
     Scale {
         target: ScaleTarget,
         wait: bool,
+        /// The dirty pool's workers (`"pool": "dirty"`) rather than HTTP workers.
+        dirty: bool,
     },
     Reload {
         wait: bool,
@@ -106,7 +108,7 @@ pub fn parse_request(line: &[u8]) -> Result<(Value, Command), (Value, ErrorBody)
 fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBody> {
     let known: &[&str] = match cmd {
         "ping" | "status" | "reopen_logs" | "config" | "history" | "metrics" | "watch" => &[],
-        "scale" => &["workers", "delta", "auto", "wait"],
+        "scale" => &["workers", "delta", "auto", "wait", "pool"],
         "reload" => &["wait"],
         "stop" => &["mode"],
         "kill" => &["pid"],
@@ -135,6 +137,11 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         "scale" => {
             let wait = opt_bool(obj, "wait", false)?;
             let auto = opt_bool(obj, "auto", false)?;
+            let dirty = match obj.get("pool").map(|p| p.as_str()) {
+                None | Some(Some("http")) => false,
+                Some(Some("dirty")) => true,
+                Some(_) => return Err(bad_arg("scale: \"pool\" is \"http\" or \"dirty\"")),
+            };
             let target = match (obj.get("workers"), obj.get("delta")) {
                 (Some(_), _) | (_, Some(_)) if auto => {
                     return Err(bad_arg(
@@ -168,7 +175,11 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
                     ))
                 }
             };
-            Command::Scale { target, wait }
+            Command::Scale {
+                target,
+                wait,
+                dirty,
+            }
         }
         "reload" => Command::Reload {
             wait: opt_bool(obj, "wait", true)?,
@@ -263,6 +274,39 @@ pub struct Status {
     /// TCP listeners' accept queues (an addition to v1; Unix sockets are not listed).
     #[serde(default)]
     pub listeners: Vec<ListenerStatus>,
+    /// The dirty pool, when one runs (an addition to v1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<DirtyStatus>,
+}
+
+/// `status`'s dirty pool: the router, the workers and what each holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirtyStatus {
+    /// The socket `gunicorn.dirty` clients reach (`GUNICORN_DIRTY_SOCKET`).
+    pub socket: String,
+    pub router_pid: Option<i32>,
+    pub target: u32,
+    pub workers: Vec<DirtyWorkerStatus>,
+    /// Calls past `--dirty-timeout` whose workers were aborted.
+    pub timeouts: u64,
+    /// The router's counters: `calls`, `errors`, `timeouts`, `call_us` (summed
+    /// durations), `queued`, `in_flight`.
+    #[serde(default)]
+    pub calls: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirtyWorkerStatus {
+    pub pid: i32,
+    pub generation: u32,
+    /// Its place in the pool: which apps it is allotted.
+    pub index: u32,
+    /// `booting`, `ready` or `stopping`.
+    pub state: String,
+    pub apps: Vec<String>,
+    pub age_s: f64,
+    pub last_heartbeat_s: f64,
+    pub rss_bytes: u64,
 }
 
 /// Every response the server has sent (exited workers' included), as `/metrics`
@@ -408,7 +452,8 @@ mod tests {
             cmd,
             Command::Scale {
                 target: ScaleTarget::Delta(-2),
-                wait: false
+                wait: false,
+                dirty: false
             }
         );
         let (_, cmd) = parse_request(br#"{"cmd": "reload"}"#).unwrap();

@@ -153,6 +153,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("statsd_prefix", "--statsd-prefix", "str"),
     ("dogstatsd_tags", "--dogstatsd-tags", "str"),
     ("enable_backlog_metric", "--enable-backlog-metric", "bool"),
+    ("dirty_apps", "--dirty-app", "list"),
+    ("dirty_workers", "--dirty-workers", "int"),
+    ("dirty_timeout", "--dirty-timeout", "int"),
+    ("dirty_threads", "--dirty-threads", "int"),
+    ("dirty_graceful_timeout", "--dirty-graceful-timeout", "int"),
     // Accepted and ignored, as on the command line: what they ask for, rgun does anyway.
     ("worker_tmp_dir", "--worker-tmp-dir", "str"),
     ("capture_output", "--capture-output", "bool"),
@@ -184,6 +189,10 @@ pub const HOOKS: &[(&str, &str)] = &[
     ("nworkers_changed", "NumWorkersChanged.nworkers_changed"),
     ("on_exit", "OnExit.on_exit"),
     ("ssl_context", "NewSSLContext.ssl_context"),
+    ("on_dirty_starting", "OnDirtyStarting.on_dirty_starting"),
+    ("dirty_post_fork", "DirtyPostFork.dirty_post_fork"),
+    ("dirty_worker_init", "DirtyWorkerInit.dirty_worker_init"),
+    ("dirty_worker_exit", "DirtyWorkerExit.dirty_worker_exit"),
 ];
 
 /// What a configuration file amounts to.
@@ -193,6 +202,8 @@ pub struct FileSettings {
     /// Names that are neither settings rgun knows nor hooks.
     pub unknown: Vec<String>,
     pub hooks: Vec<String>,
+    /// Where each setting was assigned in the file (line numbers), for errors.
+    pub lines: Vec<(String, u64)>,
 }
 
 /// Longest a configuration file may take to evaluate; then its child is killed and
@@ -375,9 +386,16 @@ fn parse_reply(text: &str) -> Result<FileSettings, String> {
             .filter_map(|s| s.as_str().map(String::from))
             .collect()
     };
+    let lines = v["lines"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, line)| Some((name.clone(), line.as_u64()?)))
+        .collect();
     Ok(FileSettings {
         args: strings("args"),
         unknown: strings("unknown"),
         hooks: strings("hooks"),
+        lines,
     })
 }

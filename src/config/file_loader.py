@@ -5,6 +5,7 @@ command-line arguments the file's settings amount to, warnings about names rgun 
 not know, and the hooks it defines. Type errors name the setting.
 """
 
+import ast
 import importlib
 import json
 import runpy
@@ -68,7 +69,28 @@ def to_args(location, table_json, hooks_json):
             continue
         flag, kind = entry
         args.extend(convert(name, flag, kind, value))
-    return json.dumps({"args": args, "unknown": sorted(unknown), "hooks": sorted(hooks)})
+    return json.dumps({"args": args, "unknown": sorted(unknown), "hooks": sorted(hooks),
+                       "lines": assignment_lines(location)})
+
+
+def assignment_lines(location):
+    """The line of each top-level name's last assignment in a configuration file (a
+    bad value is reported there); empty for python:MODULE or a file that fails to
+    parse (it ran, so that cannot be)."""
+    if location.startswith("python:"):
+        return {}
+    try:
+        with open(location, "rb") as f:
+            tree = ast.parse(f.read(), location)
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    lines = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        for t in targets:
+            if isinstance(t, ast.Name):
+                lines[t.id] = node.lineno
+    return lines
 
 
 def convert(name, flag, kind, value):

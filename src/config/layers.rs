@@ -89,9 +89,10 @@ impl std::fmt::Display for LayerError {
     }
 }
 
-/// A configuration file's bad value, as one line naming the Gunicorn setting:
-/// `setting 'timeout': invalid value '...' for '--timeout <INT>': ...`.
-fn file_setting_error(e: &clap::Error) -> String {
+/// A configuration file's bad value, as one line naming the file, the line and the
+/// Gunicorn setting: `FILE, line 3: setting 'timeout': invalid value '...' for
+/// '--timeout <INT>': ...`.
+fn file_setting_error(e: &clap::Error, loc: &str, lines: &[(String, u64)]) -> String {
     let rendered = e.render().to_string();
     let first = rendered
         .lines()
@@ -106,8 +107,11 @@ fn file_setting_error(e: &clap::Error) -> String {
         _ => String::new(),
     };
     match file::SETTINGS.iter().find(|(_, f, _)| *f == flag) {
-        Some((name, _, _)) => format!("setting '{name}': {first}"),
-        None => first,
+        Some((name, _, _)) => match lines.iter().find(|(n, _)| n == name) {
+            Some((_, line)) => format!("{loc}, line {line}: setting '{name}': {first}"),
+            None => format!("{loc}: setting '{name}': {first}"),
+        },
+        None => format!("{loc}: {first}"),
     }
 }
 
@@ -204,10 +208,7 @@ impl Config {
             let mut file_argv = vec![prog.clone()];
             file_argv.extend(file.args.iter().map(Into::into));
             if let Err(e) = Config::try_parse_from(&file_argv) {
-                return Err(LayerError::File(format!(
-                    "{loc}: {}",
-                    file_setting_error(&e)
-                )));
+                return Err(LayerError::File(file_setting_error(&e, loc, &file.lines)));
             }
         }
         let mut argv = vec![prog.clone()];
@@ -237,6 +238,9 @@ impl Config {
             }
             if let Some(env) = higher.get_many::<(String, String)>("env") {
                 cfg.env = env.cloned().collect();
+            }
+            if let Some(apps) = higher.get_many::<super::DirtyAppSpec>("dirty_apps") {
+                cfg.dirty.dirty_apps = apps.cloned().collect();
             }
         }
         if cfg.bind.is_empty() {

@@ -3,6 +3,7 @@
 //! forks or touches Python.
 
 pub mod bind;
+mod dirty;
 pub mod file;
 mod http2;
 mod layers;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use clap::Parser;
 
 pub use self::bind::BindAddress;
+pub use self::dirty::{DirtyAppSpec, DirtyArgs};
 pub use self::http2::Http2Args;
 pub use self::layers::{split_args, LayerError, ARGS_ENV_VARS};
 pub use self::parser::ParserArgs;
@@ -101,6 +103,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub reloader: reloader::ReloaderArgs,
+
+    #[command(flatten)]
+    pub dirty: DirtyArgs,
 
     /// The TLS configuration the master built from `tls` (filled in after parsing).
     #[arg(skip)]
@@ -614,6 +619,7 @@ impl Config {
                 "forwarder_headers".into(),
                 self.forwarder_headers.to_text().into(),
             );
+            all.extend(self.dirty.settings_json());
         }
         settings
     }

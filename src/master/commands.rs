@@ -102,7 +102,12 @@ impl Arbiter {
             }
             Command::Kill { pid } => self.kill_worker(pid).map(Some),
             Command::Stack { pid } => self.request_stacks(conn, id.clone(), pid).map(|()| None),
-            Command::Scale { target, wait } => self.scale(conn, &id, target, wait, trigger),
+            Command::Scale {
+                target,
+                dirty: true,
+                ..
+            } => self.scale_dirty(target, trigger).map(Some),
+            Command::Scale { target, wait, .. } => self.scale(conn, &id, target, wait, trigger),
             Command::Reload { wait } => {
                 let waiter = wait.then(|| (conn, id.clone()));
                 match self.request_reload(trigger, waiter) {
@@ -322,6 +327,7 @@ impl Arbiter {
                     })
                 })
                 .collect(),
+            dirty: serde_json::from_value(self.dirty_status()).ok(),
         }
     }
 }

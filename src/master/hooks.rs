@@ -40,6 +40,8 @@ pub const MASTER_HOOKS: &[&str] = &[
     "child_exit",
     "nworkers_changed",
     "on_exit",
+    "on_dirty_starting",
+    "dirty_worker_exit",
 ];
 
 pub struct HookHost {

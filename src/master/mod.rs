@@ -10,6 +10,7 @@
 
 mod accept_watch;
 mod commands;
+mod dirty;
 mod events;
 mod hooks;
 mod lifecycle;
@@ -175,6 +176,8 @@ pub struct Arbiter {
     /// `--preload`: the application, imported in this process.
     preloaded: Option<crate::worker::Preloaded>,
     workers: BTreeMap<usize, WorkerProc>,
+    /// The dirty pool (`--dirty-app`), when configured.
+    dirty: Option<dirty::DirtyPool>,
     /// Events seen during `wait_readable`, for the loop to handle next.
     deferred: VecDeque<Token>,
     /// Control requests that arrived during `wait_readable`, other than read-only ones.
@@ -245,7 +248,11 @@ impl Arbiter {
             self.sweep_metrics();
             self.answer_stack_waiters();
             if self.phase.is_stopping() {
-                if self.workers.is_empty() && self.step(Event::WorkersGone) == Step::Exit {
+                self.stop_dirty();
+                if self.workers.is_empty()
+                    && self.dirty_gone()
+                    && self.step(Event::WorkersGone) == Step::Exit
+                {
                     self.cleanup();
                     return;
                 }
@@ -260,10 +267,12 @@ impl Arbiter {
             } else {
                 self.notifier.tick(self.ready_workers());
                 self.kill_stale();
+                self.kill_stale_dirty();
                 self.recycle_bloated();
                 self.check_reload();
                 self.autoscale();
                 self.manage_workers();
+                self.manage_dirty();
                 self.answer_scale_waiters();
             }
         }
@@ -286,6 +295,7 @@ impl Arbiter {
             WAIT_TOKEN => {} // a wait that has ended
             Token(t) if t >= CONTROL_TOKENS => self.handle_control_event(Token(t)),
             Token(t) if t >= METRICS_TOKENS => self.handle_metrics_event(Token(t)),
+            Token(t) if t >= dirty::TOKEN_BASE => self.handle_dirty_event(Token(t)),
             Token(slot) => self.read_worker(slot),
         }
     }
@@ -449,6 +459,19 @@ impl Arbiter {
         for w in self.workers.values() {
             let _ = kill(w.pid, sig);
         }
+        // A graceful stop lets the HTTP workers finish first (their requests may still
+        // call dirty apps), then the dirty workers, then the router (`stop_dirty`); a
+        // quick stop or the last resort reaches them at once.
+        if sig != Signal::SIGTERM {
+            for pid in self.dirty.iter().flat_map(|d| d.workers().map(|w| w.pid)) {
+                let _ = kill(pid, sig);
+            }
+        }
+        if sig == Signal::SIGKILL {
+            for pid in self.dirty.iter().flat_map(|d| d.pids()) {
+                let _ = kill(pid, sig);
+            }
+        }
     }
 
     /// Workers of the serving generation that are meant to stay.
@@ -583,4 +606,8 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-const _: () = assert!(MAX_SLOTS < METRICS_TOKENS && METRICS_TOKENS < CONTROL_TOKENS);
+const _: () = assert!(
+    MAX_SLOTS < dirty::TOKEN_BASE
+        && dirty::TOKEN_BASE < METRICS_TOKENS
+        && METRICS_TOKENS < CONTROL_TOKENS
+);

@@ -279,8 +279,13 @@ impl Arbiter {
         if let Some(h) = &self.hooks {
             let _ = kill(h.pid, Signal::SIGKILL);
         }
+        // So is the dirty pool: the new image starts its own.
+        self.end_dirty_for_exec();
         let error = exec_keeping(&keep, &argv, &envp);
         self.hooks = None;
+        if let Err(e) = self.start_dirty() {
+            tracing::error!("cannot restart the dirty pool: {e:#}");
+        }
         Err(format!("cannot re-execute the master: {error}"))
     }
 

@@ -261,6 +261,11 @@ impl Arbiter {
                 ));
             }
         }
+        if let Err(e) = self.dirty_begin_reload(generation) {
+            let why = format!("cannot spawn a dirty worker: {e:#}");
+            self.fail_reload(&why);
+            return Err(ErrorBody::new(ErrorCode::Failed, why));
+        }
         Ok(generation)
     }
 
@@ -351,7 +356,7 @@ impl Arbiter {
             .filter(|w| w.generation == generation && !w.retiring)
             .map(|w| w.ready)
             .collect();
-        if !new.is_empty() && new.iter().all(|r| *r) {
+        if !new.is_empty() && new.iter().all(|r| *r) && self.dirty_reload_ready(generation) {
             self.finish_reload();
         } else if reload.started.elapsed() > boot_timeout(self.cfg.timeout) {
             let secs = boot_timeout(self.cfg.timeout).as_secs();
@@ -376,6 +381,7 @@ impl Arbiter {
         if let Some(cfg) = reload.cfg {
             self.cfg = *cfg;
         }
+        self.dirty_switch(reload.generation);
         if reload.workers_changed {
             self.set_target(reload.target, "reload (configured workers)".into());
         }
@@ -416,6 +422,7 @@ impl Arbiter {
             // Booting workers serve nothing yet: no need to be gentle.
             let _ = kill(w.pid, Signal::SIGKILL);
         }
+        self.dirty_abandon(reload.generation);
         let duration_ms = reload.started.elapsed().as_millis() as u64;
         self.ledger.reload_finished(false);
         let stopping = self.phase.is_stopping();

@@ -177,6 +177,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         preloaded,
         hooks: hook_host,
         workers: BTreeMap::new(),
+        dirty: None,
         deferred: VecDeque::new(),
         deferred_requests: VecDeque::new(),
         target: target as usize,
@@ -210,6 +211,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         halt_reason: None,
         cfg,
     };
+    arbiter.start_dirty()?;
     if let Some(h) = handoff {
         arbiter.resume_after_reexec(h, &adopted_conns, then);
     }

@@ -103,6 +103,7 @@ impl Arbiter {
             );
             self.retire(slot, ExitReason::MaxRss);
         }
+        self.recycle_bloated_dirty(limit);
     }
 
     /// `--max-worker-rss` in bytes (0: off). `auto`: 80% of the cgroup memory limit
@@ -186,6 +187,7 @@ impl Arbiter {
         if let Some(m) = &self.metrics {
             master_fds.extend(m.fds());
         }
+        master_fds.extend(self.dirty_fds());
         master_fds
     }
 
@@ -273,11 +275,20 @@ impl Arbiter {
                 "boot_ms": w.spawned.elapsed().as_millis() as u64,
             });
             self.emit("worker_ready", ready);
-            if self.phase == Phase::Starting && self.ready_workers() >= self.target {
-                self.first_workers_ready();
-            }
+            self.maybe_running();
         }
         self.read_stacks(slot);
+    }
+
+    /// Starting ends when every worker of the first generation is ready, dirty
+    /// workers included.
+    pub(super) fn maybe_running(&mut self) {
+        if self.phase == Phase::Starting
+            && self.ready_workers() >= self.target
+            && self.dirty_ready()
+        {
+            self.first_workers_ready();
+        }
     }
 
     /// `Starting` is over: the master serves (and takes over from the old master after
@@ -353,6 +364,9 @@ impl Arbiter {
                 "the hook host exited ({code:?}, {signal:?}); master hooks will not run"
             );
             self.hooks = None;
+            return true;
+        }
+        if self.reap_dirty(pid, code, signal) {
             return true;
         }
         if self.upgraded_to == Some(pid.as_raw() as u32) {

@@ -18,6 +18,8 @@ mod loggers;
 mod pool;
 mod probe;
 pub mod stack;
+pub use self::abort::thread_stacks;
+pub use self::loggers::set_up as set_up_loggers;
 mod watch;
 
 use std::io::Write;

@@ -9,6 +9,7 @@ mod compat;
 mod config;
 mod conformance;
 mod control;
+mod dirty;
 mod faults;
 mod fleet;
 mod frameworks;
