@@ -9,7 +9,6 @@ mod compat;
 mod config;
 mod conformance;
 mod control;
-mod dirty;
 mod faults;
 mod fleet;
 mod frameworks;

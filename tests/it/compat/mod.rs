@@ -4,6 +4,7 @@
 //! docs/gunicorn-compat.md may call "same".
 
 mod access_log;
+mod dirty;
 mod errors;
 mod forwarder;
 mod lifecycle;

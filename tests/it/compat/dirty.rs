@@ -1,7 +1,8 @@
 //! Dirty arbiters (`--dirty-app`): `tests/apps/dirty_example.py`, an application
 //! written for Gunicorn's `gunicorn.dirty`, run under rgun and under Gunicorn 27 with
 //! the same flags and asked the same things over real sockets; then what only rgun
-//! does (a time-out's stacks in the log, replacements, gated reloads, `status`).
+//! does (a time-out's stacks in the log, replacements, gated reloads, `status`,
+//! `scale --dirty`, metrics, `gunicornc`'s dirty commands).
 
 use std::time::Duration;
 
