@@ -459,19 +459,7 @@ impl Arbiter {
         for w in self.workers.values() {
             let _ = kill(w.pid, sig);
         }
-        // A graceful stop lets the HTTP workers finish first (their requests may still
-        // call dirty apps), then the dirty workers, then the router (`stop_dirty`); a
-        // quick stop or the last resort reaches them at once.
-        if sig != Signal::SIGTERM {
-            for pid in self.dirty.iter().flat_map(|d| d.workers().map(|w| w.pid)) {
-                let _ = kill(pid, sig);
-            }
-        }
-        if sig == Signal::SIGKILL {
-            for pid in self.dirty.iter().flat_map(|d| d.pids()) {
-                let _ = kill(pid, sig);
-            }
-        }
+        self.signal_dirty(sig);
     }
 
     /// Workers of the serving generation that are meant to stay.
