@@ -145,15 +145,22 @@ fn the_example_answers_as_under_gunicorn() {
 fn a_timed_out_call_fails_alone_and_logs_its_stack() {
     let rgun = start_rgun(2);
     let gunicorn = start_gunicorn(2);
-    for server in [&rgun, &gunicorn] {
-        let slow = server.get("/sleep?s=6").json();
-        assert_eq!(
-            slow["error"],
-            serde_json::json!({"type": "DirtyTimeoutError", "message": "Worker timeout", "details": ["timeout"]}),
-            "{}",
-            server.log()
-        );
-    }
+    let arbiter_timeout = serde_json::json!({"type": "DirtyTimeoutError", "message": "Worker timeout", "details": ["timeout"]});
+    let slow = rgun.get("/sleep?s=6").json();
+    assert_eq!(slow["error"], arbiter_timeout, "{}", rgun.log());
+    // Gunicorn 27 times the call out twice, in its arbiter and in its dirty worker,
+    // both after --dirty-timeout: whichever answers first wins, the arbiter's
+    // DirtyTimeoutError (usually) or the worker's DirtyAppError.
+    let slow = gunicorn.get("/sleep?s=6").json();
+    let workers_timeout = slow["error"]["type"] == "DirtyAppError"
+        && slow["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Execution of dirty_example:ToolsApp.sleep timed out"));
+    assert!(
+        slow["error"] == arbiter_timeout || workers_timeout,
+        "{slow}\n{}",
+        gunicorn.log()
+    );
     // The next calls on the same HTTP worker get their own answers, never the late
     // one of the call that timed out, and at once: the stuck worker is gone. (Under
     // Gunicorn 27 the stuck call keeps its worker's only thread, so a call routed
