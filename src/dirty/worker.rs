@@ -28,7 +28,7 @@ use crate::worker::exit;
 
 const WORKER_PY: &str = include_str!("worker.py");
 /// How often the I/O thread tells the master it is alive.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long the abort path waits for the GIL to format Python stacks.
 const GIL_WAIT: Duration = Duration::from_millis(800);
 

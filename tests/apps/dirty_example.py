@@ -132,6 +132,11 @@ class ToolsApp(DirtyApp):
     def bad_result(self):
         return object()
 
+    def bloat(self, mib):
+        """Keeps `mib` MiB written (so resident) for the rest of this worker's life."""
+        self.ballast = b"x" * (mib << 20)
+        return os.getpid()
+
 
 def _error(e):
     return {"type": type(e).__name__, "message": getattr(e, "message", str(e)),
@@ -206,6 +211,8 @@ def route(path, q):
         return client.execute(TOOLS, "crash")
     if path == "/boom":
         return client.execute(TOOLS, "boom")
+    if path == "/bloat":
+        return client.execute(TOOLS, "bloat", int(q.get("mib", "64")))
     if path == "/bad_result":
         return client.execute(TOOLS, "bad_result")
     if path == "/unknown_app":

@@ -14,10 +14,15 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use super::pool::{DirtyProc, ROUTER_TOKEN, TOKEN_BASE};
+use crate::dirty::worker::HEARTBEAT;
 use crate::master::lifecycle::Event;
 use crate::master::metrics::ExitReason;
 use crate::master::workers::drain;
 use crate::master::{Arbiter, ABORT_GRACE, MAX_BACKOFF};
+
+/// Heartbeats a dirty worker may miss before it counts as wedged, whatever
+/// `--dirty-timeout` says.
+const SILENT_BEATS: u32 = 3;
 
 impl Arbiter {
     /// Spawns or retires dirty workers of the serving generation to match the
@@ -192,9 +197,12 @@ impl Arbiter {
 
     /// `--dirty-timeout` for a silent worker (its I/O thread beats every second even
     /// while a call runs, so silence means the process is wedged): SIGKILL. And the
-    /// SIGKILL that follows an abort's grace.
+    /// SIGKILL that follows an abort's grace. Silence counts from `SILENT_BEATS`
+    /// missed heartbeats at least: a time-out shorter than that (`--dirty-timeout 1`)
+    /// would take one late beat for a wedged worker and kill an idle one.
     pub(in crate::master) fn kill_stale_dirty(&mut self) {
         let timeout = self.cfg.dirty.dirty_timeout;
+        let silence = Duration::from_secs(timeout).max(SILENT_BEATS * HEARTBEAT);
         let Some(pool) = self.dirty.as_mut() else {
             return;
         };
@@ -205,10 +213,11 @@ impl Arbiter {
                 }
                 continue;
             }
-            if timeout > 0 && w.ready && w.last_beat.elapsed() > Duration::from_secs(timeout) {
+            if timeout > 0 && w.ready && w.last_beat.elapsed() > silence {
                 tracing::error!(
-                    "DIRTY WORKER TIMEOUT (pid:{}): no heartbeat for {timeout} s",
-                    w.pid
+                    "DIRTY WORKER TIMEOUT (pid:{}): no heartbeat for {} s",
+                    w.pid,
+                    silence.as_secs()
                 );
                 let _ = kill(w.pid, Signal::SIGKILL);
                 w.aborted = Some(Instant::now());

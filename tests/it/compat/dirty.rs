@@ -207,6 +207,95 @@ fn a_crashed_worker_fails_its_call_and_is_replaced() {
     }
 }
 
+/// A call that ends just after `--dirty-timeout` answers (if at all) after the router
+/// gave its caller `DirtyTimeoutError`: that late answer is dropped, and the next call
+/// on the same HTTP worker (and the same client connection) gets its own answer. Tried
+/// at several margins around the deadline, so the late answer arrives before, during
+/// and after the abort of its worker.
+#[test]
+fn a_timed_out_call_never_answers_the_next_caller() {
+    let rgun = ServerBuilder::new("dirty_example:app")
+        .args(dirty_args(1))
+        .args(["--log-level", "debug"])
+        .start();
+    let echo = rgun.get("/echo").json();
+    assert!(echo.get("ok").is_some(), "{echo}");
+    let mut timed_out = 0;
+    for margin_ms in [1, 2, 4, 8, 15, 30, 100, 300] {
+        let seconds = 1.0 + f64::from(margin_ms) / 1000.0;
+        let slow = rgun.get(&format!("/sleep?s={seconds}")).json();
+        // So close to the deadline the call may still make it.
+        if slow["error"]["type"] == "DirtyTimeoutError" {
+            timed_out += 1;
+        } else {
+            assert_eq!(
+                slow["ok"],
+                format!("slept {seconds}"),
+                "{margin_ms} ms: {slow}\n{}",
+                rgun.log()
+            );
+        }
+        assert_eq!(rgun.get("/echo").json(), echo, "{margin_ms} ms");
+        assert_eq!(
+            rgun.get("/fibonacci?n=10").json()["ok"]["result"],
+            55,
+            "{margin_ms} ms"
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || dirty_ready(&rgun) == 2),
+            "{}",
+            rgun.log()
+        );
+    }
+    assert!(timed_out >= 2, "only {timed_out} calls timed out");
+    let dropped = rgun.log().matches("dropped a late answer").count();
+    eprintln!("{timed_out} calls timed out; the router dropped {dropped} late answers");
+}
+
+/// `--max-worker-rss` applies to dirty workers: one grown past it is replaced (its
+/// replacement holds the same apps), and calls go on.
+#[test]
+fn a_bloated_dirty_worker_is_replaced() {
+    let rgun = ServerBuilder::new("dirty_example:app")
+        .args(dirty_args(30))
+        .args(["--max-worker-rss", "150"])
+        .start();
+    let before: Vec<i64> = dirty_pids(&rgun);
+    let pid = rgun.get("/bloat?mib=200").json()["ok"].as_i64().unwrap();
+    assert!(before.contains(&pid), "{pid} in {before:?}");
+    rgun.wait_for_log(
+        &format!("Dirty worker (pid:{pid}) uses"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let now = dirty_pids(&rgun);
+            !now.contains(&pid) && dirty_ready(&rgun) == 2
+        }),
+        "{}",
+        rgun.log()
+    );
+    assert_eq!(
+        rgun.get("/alloc").json()["ok"],
+        serde_json::json!({"light_workers": 2, "heavy_workers": 1})
+    );
+    // The HTTP worker was not touched.
+    let log = rgun.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("] Worker (pid:") && l.contains("over --max-worker-rss")),
+        "{log}"
+    );
+}
+
+/// The dirty workers' pids, per `status`.
+fn dirty_pids(server: &Server) -> Vec<i64> {
+    server.status()["result"]["dirty"]["workers"]
+        .as_array()
+        .map(|ws| ws.iter().filter_map(|w| w["pid"].as_i64()).collect())
+        .unwrap_or_default()
+}
+
 /// Gunicorn 27's stash answers `get(table, missing_key, default)` with `StashError`
 /// (its arbiter sends the error as a plain `DirtyError`); rgun sends the class the
 /// client expects, so `get` returns the default, as Gunicorn documents.
