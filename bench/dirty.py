@@ -54,6 +54,10 @@ def start(server, workdir):
             "--pythonpath", workdir, "--dirty-app", "dirty_bench:Echo", "--dirty-workers", "2",
             "--error-logfile", log]
     args += ["--no-control-socket"]
+    if server == "gunicorn":
+        # Gunicorn keeps its dirty arbiter's pid in /tmp/gunicorn-dirty-NAME.pid and,
+        # starting, kills the "orphan" it names: a name of our own spares others.
+        args += ["--name", "dirty-bench-%d" % os.getpid()]
     proc = subprocess.Popen(args, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
     while time.time() < deadline:
