@@ -58,10 +58,14 @@ fn start_rgun(timeout: u32) -> Server {
 /// and, starting, kills the "orphan" it names — another instance's arbiter when two
 /// run the same application (as these tests do, in parallel).
 fn start_gunicorn(timeout: u32) -> Server {
+    start_gunicorn_with(ServerBuilder::new("dirty_example:app"), timeout)
+}
+
+fn start_gunicorn_with(builder: ServerBuilder, timeout: u32) -> Server {
     static INSTANCES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("dirty-test-{}-{n}", std::process::id());
-    let server = ServerBuilder::new("dirty_example:app")
+    let server = builder
         .args(dirty_args(timeout))
         .args(["--name", name.as_str()])
         .gunicorn()
@@ -294,6 +298,89 @@ fn dirty_pids(server: &Server) -> Vec<i64> {
         .as_array()
         .map(|ws| ws.iter().filter_map(|w| w["pid"].as_i64()).collect())
         .unwrap_or_default()
+}
+
+/// The four dirty hooks, from a configuration file, under both servers: at start-up
+/// `on_dirty_starting`, then for each dirty worker `dirty_post_fork` and
+/// `dirty_worker_init` (with the apps it holds); a worker that crashes goes through
+/// `dirty_worker_exit` (with its apps) and its replacement through the first two.
+#[test]
+fn the_dirty_hooks_run_as_under_gunicorn() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_file(
+        dir.path(),
+        "hooks.conf.py",
+        "import os\n\n\
+         def _note(*words):\n    with open(os.environ['HOOK_LOG'], 'a') as f:\n        f.write(' '.join(words) + '\\n')\n\n\
+         def on_dirty_starting(server):\n    _note('on_dirty_starting')\n\n\
+         def dirty_post_fork(server, worker):\n    _note('dirty_post_fork')\n\n\
+         def dirty_worker_init(worker):\n    _note('dirty_worker_init', str(len(worker.app_paths)))\n\n\
+         def dirty_worker_exit(server, worker):\n    _note('dirty_worker_exit', str(len(worker.app_paths)))\n",
+    );
+    let noted = |log: &std::path::Path| -> Vec<String> {
+        let mut lines: Vec<String> = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let builder = |log: &std::path::Path| {
+        ServerBuilder::new("dirty_example:app")
+            .env("HOOK_LOG", log.to_str().unwrap())
+            .args(["-c", conf.to_str().unwrap()])
+    };
+    let (rgun_log, gunicorn_log) = (dir.path().join("rgun.log"), dir.path().join("gunicorn.log"));
+    let rgun = builder(&rgun_log).args(dirty_args(30)).start();
+    let gunicorn = start_gunicorn_with(builder(&gunicorn_log), 30);
+    let booted = [
+        "dirty_post_fork",
+        "dirty_post_fork",
+        "dirty_worker_init 4",
+        "dirty_worker_init 5",
+        "on_dirty_starting",
+    ];
+    for (server, log) in [(&rgun, &rgun_log), (&gunicorn, &gunicorn_log)] {
+        assert!(
+            wait_until(Duration::from_secs(20), || noted(log) == booted),
+            "{:?}\n{}",
+            noted(log),
+            server.log()
+        );
+        // ToolsApp is on both workers: either may crash; its exit and its
+        // replacement's boot follow.
+        assert_eq!(
+            server.get("/crash").json()["error"]["type"],
+            "DirtyWorkerError"
+        );
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let lines = noted(log);
+                lines.len() == 8
+                    && lines.iter().filter(|l| *l == "dirty_post_fork").count() == 3
+                    && lines.iter().any(|l| l.starts_with("dirty_worker_exit "))
+            }),
+            "{:?}\n{}",
+            noted(log),
+            server.log()
+        );
+    }
+    // Under both, the replacement holds what the crashed worker held (which of the
+    // two crashed is each server's routing).
+    for log in [&rgun_log, &gunicorn_log] {
+        let lines = noted(log);
+        let count = |prefix: &str| -> Vec<&str> {
+            lines
+                .iter()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .collect()
+        };
+        let lost = count("dirty_worker_exit ");
+        let mut want = vec!["4", "5", lost[0]];
+        want.sort();
+        assert_eq!(count("dirty_worker_init "), want, "{lines:?}");
+    }
 }
 
 /// Gunicorn 27's stash answers `get(table, missing_key, default)` with `StashError`
