@@ -593,6 +593,9 @@ impl Config {
             "print_config": self.print_config,
             "worker_tmp_dir": self.worker_tmp_dir,
             "capture_output": self.capture_output,
+            "enable_stdio_inheritance": self.enable_stdio_inheritance,
+            // Gunicorn's default; the only value rgun takes.
+            "header_map": self.header_map.as_deref().unwrap_or("drop"),
             // Gunicorn's default is None (use it); --no-sendfile is False.
             "sendfile": self.no_sendfile.then_some(false),
             "proc_name": self.proc_name_setting,
