@@ -120,6 +120,16 @@ pub fn count(name: &str, n: u64) {
     }
 }
 
+/// A timing in milliseconds, to the microsecond (`gunicorn.dirty.duration`).
+pub fn timing(name: &str, us: u64) {
+    if ENABLED.load(Ordering::Relaxed) {
+        let (mut whole, mut frac) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let whole = whole.format(us / 1000);
+        let frac = &frac.format(1000 + us % 1000)[1..]; // three digits, zero-padded
+        with_sender(|s| s.line(&[name, ":", whole, ".", frac, "|ms"]));
+    }
+}
+
 /// A gauge (`gunicorn.workers`).
 pub fn gauge(name: &str, value: u64) {
     if ENABLED.load(Ordering::Relaxed) {

@@ -41,8 +41,8 @@ pub(in crate::master) struct DirtyPool {
     pub(super) next_spawn: Instant,
     /// The router's last counters (calls, errors, time-outs, queue).
     pub(super) counters: Value,
-    /// The counters as last sent to statsd (calls, errors, time-outs).
-    pub(super) statsd_sent: [u64; 3],
+    /// The counters as last sent to statsd (calls, errors, time-outs, call time).
+    pub(super) statsd_sent: [u64; 4],
 }
 
 pub(super) struct RouterProc {
@@ -99,7 +99,7 @@ impl DirtyPool {
             failures: 0,
             next_spawn: Instant::now(),
             counters: json!({}),
-            statsd_sent: [0; 3],
+            statsd_sent: [0; 4],
         })
     }
 

@@ -33,8 +33,10 @@ impl Arbiter {
         })
     }
 
-    /// Once a second: the pool's gauges, and its counters as sums since the last send
-    /// (`gunicorn.dirty.*`).
+    /// Once a second: the pool's gauges, its counters as sums since the last send
+    /// (`gunicorn.dirty.*`), and the mean time of the calls answered since then
+    /// (`gunicorn.dirty.duration`, one timing per send: the router counts, it does not
+    /// keep each call's time).
     pub(in crate::master) fn dirty_statsd(&mut self) {
         let Some(d) = self.dirty_metrics() else {
             return;
@@ -43,7 +45,11 @@ impl Arbiter {
         crate::statsd::gauge("gunicorn.dirty.queued", d.queued);
         crate::statsd::gauge("gunicorn.dirty.in_flight", d.in_flight);
         let pool = self.dirty.as_mut().expect("present");
-        let now = [d.calls, d.errors, d.timeouts];
+        let now = [d.calls, d.errors, d.timeouts, d.call_us];
+        let since = |i: usize| now[i].checked_sub(pool.statsd_sent[i]).unwrap_or(now[i]);
+        if since(0) > 0 {
+            crate::statsd::timing("gunicorn.dirty.duration", since(3) / since(0));
+        }
         for (i, name) in [
             "gunicorn.dirty.calls",
             "gunicorn.dirty.errors",
@@ -52,9 +58,8 @@ impl Arbiter {
         .into_iter()
         .enumerate()
         {
-            // A new router counts from zero again: send its whole count.
-            let since = now[i].checked_sub(pool.statsd_sent[i]).unwrap_or(now[i]);
-            crate::statsd::count(name, since);
+            // A new router counts from zero again (`since`): send its whole count.
+            crate::statsd::count(name, since(i));
         }
         pool.statsd_sent = now;
     }

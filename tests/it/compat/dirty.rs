@@ -553,6 +553,12 @@ fn dirty_calls_are_counted_in_prometheus_and_statsd() {
         "{text}"
     );
     assert_eq!(metric(&text, "rgun_dirty_workers"), Some(2.0), "{text}");
+    assert!(
+        metric(&text, "rgun_dirty_call_seconds_total").is_some_and(|s| s > 0.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "rgun_dirty_queued"), Some(0.0), "{text}");
+    assert_eq!(metric(&text, "rgun_dirty_in_flight"), Some(0.0), "{text}");
     let mut lines = String::new();
     let mut buf = [0u8; 65536];
     let counted = |lines: &str, name: &str| -> u64 {
@@ -571,8 +577,22 @@ fn dirty_calls_are_counted_in_prometheus_and_statsd() {
             lines.push_str(&String::from_utf8_lossy(&buf[..n]));
             lines.push('\n');
         }
-        counted(&lines, "gunicorn.dirty.calls") >= 4 && lines.contains("gunicorn.dirty.workers:2|g")
+        counted(&lines, "gunicorn.dirty.calls") >= 4
+            && lines.contains("gunicorn.dirty.workers:2|g")
+            && lines.contains("gunicorn.dirty.duration:")
     });
+    // The mean of the calls answered since the last send, in ms: more than nothing.
+    let duration = lines
+        .split('\n')
+        .find_map(|l| {
+            l.strip_prefix("gunicorn.dirty.duration:")?
+                .strip_suffix("|ms")?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{lines}"));
+    assert!(duration > 0.0, "{lines}");
+    assert!(lines.contains("gunicorn.dirty.queued:0|g"), "{lines}");
     assert!(counted(&lines, "gunicorn.dirty.calls") >= 4, "{lines}");
     assert!(counted(&lines, "gunicorn.dirty.errors") >= 1, "{lines}");
     assert!(lines.contains("gunicorn.dirty.workers:2|g"), "{lines}");

@@ -4,7 +4,7 @@
 //! every second while it serves traffic and rolls back a broken deploy, whose HTTP API
 //! answers the request rate, the p99 from `histogram_quantile`, the failed reload (and
 //! the alert it fires), and every query of the Grafana dashboard
-//! (`packaging/grafana/rgun.json`) with data.
+//! (`packaging/grafana/rgun.json`) with data; and the dirty pool's families scraped.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -327,4 +327,47 @@ fn a_real_prometheus_scrapes_rgun_and_answers_the_dashboard_and_alerts() {
         assert!(!result.is_empty(), "panel {title:?} has no data: {expr}");
     }
     assert!(rate > 0.0);
+}
+
+/// With a dirty pool (`--dirty-app`), a real Prometheus scrapes its families: the
+/// workers ready, the calls answered and failed, their mean time, the queue.
+#[test]
+fn a_real_prometheus_scrapes_the_dirty_pool() {
+    let test = "a_real_prometheus_scrapes_the_dirty_pool";
+    let Some(binary) = tool(test, "prometheus") else {
+        return;
+    };
+    let server = ServerBuilder::new("dirty_example:app")
+        .args([
+            "--dirty-app",
+            "dirty_example:ComputeApp",
+            "--dirty-app",
+            "dirty_example:ToolsApp",
+            "--dirty-workers",
+            "2",
+            "--metrics-bind",
+            "127.0.0.1:0",
+        ])
+        .start();
+    let data = tempfile::tempdir().unwrap();
+    let prom = Prometheus::start(&binary, data.path(), metrics_port(&server));
+    for n in 0..5 {
+        let fib = server.get(&format!("/fibonacci?n={n}")).json();
+        assert!(fib["ok"]["result"].is_u64(), "{fib}");
+    }
+    assert_eq!(server.get("/boom").json()["error"]["type"], "DirtyAppError");
+    let limit = Duration::from_secs(20);
+    prom.wait_for("rgun_dirty_workers", limit, |v| v == 2.0);
+    prom.wait_for("rgun_dirty_calls_total", limit, |v| v == 6.0);
+    prom.wait_for("rgun_dirty_errors_total", limit, |v| v == 1.0);
+    prom.wait_for("rgun_dirty_timeouts_total", limit, |v| v == 0.0);
+    let mean = prom.wait_for(
+        "rgun_dirty_call_seconds_total / rgun_dirty_calls_total",
+        limit,
+        |v| v > 0.0,
+    );
+    assert!(mean < 5.0, "a trivial call's mean {mean} s");
+    prom.wait_for("rgun_dirty_queued + rgun_dirty_in_flight", limit, |v| {
+        v == 0.0
+    });
 }
