@@ -68,7 +68,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("backlog", "--backlog", "int"),
     ("proxy_protocol", "--proxy-protocol", "proxy"),
     ("http_protocols", "--http-protocols", "csv"),
-    ("http2_cleartext", "--http2-cleartext", "bool"),
+    ("http2_cleartext", "--http2-cleartext", "h2c"),
     (
         "http2_max_concurrent_streams",
         "--http2-max-concurrent-streams",
@@ -158,16 +158,31 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("dirty_timeout", "--dirty-timeout", "int"),
     ("dirty_threads", "--dirty-threads", "int"),
     ("dirty_graceful_timeout", "--dirty-graceful-timeout", "int"),
-    // Accepted and ignored, as on the command line: what they ask for, rgun does anyway.
+    ("check_config", "--check-config", "bool"),
+    ("print_config", "--print-config", "bool"),
+    ("default_proc_name", "--default-proc-name", "str"),
+    // Accepted for Gunicorn's configurations, with no effect (docs/gunicorn-compat.md).
     ("worker_tmp_dir", "--worker-tmp-dir", "str"),
     ("capture_output", "--capture-output", "bool"),
+    ("sendfile", "--no-sendfile", "bool_off"),
     (
         "enable_stdio_inheritance",
         "--enable-stdio-inheritance",
         "bool",
     ),
-    ("sendfile", "--no-sendfile", "bool_off"),
     ("header_map", "--header-map", "str"),
+    ("tmp_upload_dir", "--tmp-upload-dir", "str"),
+];
+
+/// Gunicorn settings rgun does not provide (docs/gunicorn-compat.md says why), with
+/// Gunicorn's default: a configuration file setting one to anything else gets a
+/// warning that says so, not "unknown".
+pub const NOT_PROVIDED: &[(&str, &str)] = &[
+    ("spew", "False"),
+    ("logger_class", "gunicorn.glogging.Logger"),
+    ("logconfig", "None"),
+    ("paste", "None"),
+    ("raw_paste_global_conf", "[]"),
 ];
 
 /// Gunicorn's server hooks, each with the `__qualname__` of Gunicorn's default, which
@@ -337,6 +352,12 @@ fn evaluate(location: &str) -> String {
             let table: serde_json::Map<String, serde_json::Value> = SETTINGS
                 .iter()
                 .map(|(n, f, k)| ((*n).to_owned(), serde_json::json!([f, k])))
+                .chain(NOT_PROVIDED.iter().map(|(n, default)| {
+                    (
+                        (*n).to_owned(),
+                        serde_json::json!([default, "not_provided"]),
+                    )
+                }))
                 .collect();
             let hooks: Vec<&str> = HOOKS.iter().map(|(name, _)| *name).collect();
             module

@@ -1,8 +1,8 @@
 """Reads a Gunicorn configuration file for rgun (in a short-lived child process).
 
 Input: the path (or "python:module"), rgun's table of settings and the hook names. Output: the
-command-line arguments the file's settings amount to, warnings about names rgun does
-not know, and the hooks it defines. Type errors name the setting.
+command-line arguments the file's settings amount to, the names rgun does not know (or
+does not provide, set to more than Gunicorn's default), and the hooks it defines. Type errors name the setting.
 """
 
 import ast
@@ -63,11 +63,18 @@ def to_args(location, table_json, hooks_json):
             hooks.append(name)
             continue
         entry = table.get(name)
+        if name == "config":
+            continue  # the file being read; as in Gunicorn, naming it changes nothing
         if entry is None:
             if not callable(value):
                 unknown.append(name)
             continue
         flag, kind = entry
+        if kind == "not_provided":
+            # `flag` holds Gunicorn's default (as text): that value asks for nothing.
+            if value and str(value) != flag and repr(value) != flag:
+                unknown.append(name)
+            continue
         args.extend(convert(name, flag, kind, value))
     return json.dumps({"args": args, "unknown": sorted(unknown), "hooks": sorted(hooks),
                        "lines": assignment_lines(location)})
@@ -117,10 +124,17 @@ def convert(name, flag, kind, value):
             bad("True or False")
         return [flag] if value else []
     if kind == "bool_off":
-        # The flag says False (`sendfile = False` is --no-sendfile); None is the default.
+        # Gunicorn's `sendfile`: None (the default) and True use it, False is the flag.
         if value is not None and not isinstance(value, bool):
             bad("True, False or None")
         return [flag] if value is False else []
+    if kind == "h2c":
+        # Gunicorn 27 names the mechanism; rgun serves prior knowledge only.
+        if value in (False, None, "off"):
+            return []
+        if value in (True, "prior-knowledge"):
+            return [flag]
+        bad('"off" or "prior-knowledge" (rgun has no h2c upgrade), or True/False')
     if kind == "str":
         if value is None:
             return []

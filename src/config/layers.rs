@@ -196,11 +196,24 @@ impl Config {
             }
             None => file::FileSettings::default(),
         };
-        if let (Some(loc), false) = (&location, file.unknown.is_empty()) {
-            eprintln!(
-                "rgun: warning: {loc}: unknown setting(s) ignored: {}",
-                file.unknown.join(", ")
-            );
+        if let Some(loc) = &location {
+            let (not_provided, unknown): (Vec<&str>, Vec<&str>) = file
+                .unknown
+                .iter()
+                .map(String::as_str)
+                .partition(|name| file::NOT_PROVIDED.iter().any(|(n, _)| n == name));
+            if !not_provided.is_empty() {
+                eprintln!(
+                    "rgun: warning: {loc}: Gunicorn setting(s) rgun does not provide, ignored: {} (see docs/gunicorn-compat.md)",
+                    not_provided.join(", ")
+                );
+            }
+            if !unknown.is_empty() {
+                eprintln!(
+                    "rgun: warning: {loc}: unknown setting(s) ignored: {}",
+                    unknown.join(", ")
+                );
+            }
         }
         if let Some(loc) = &location {
             // The file's values on their own first, so that a bad one is the file's

@@ -241,19 +241,32 @@ pub struct Config {
     )]
     pub asgi_disconnect_grace_period: u64,
 
-    /// Gunicorn options rgun accepts for compatibility and ignores.
+    // Gunicorn options rgun accepts for compatibility and ignores (hidden from --help;
+    // the configuration reference lists them apart).
+    /// Accepted, no effect: heartbeats go through a shared-memory scoreboard, not
+    /// temporary files.
     #[arg(long = "worker-tmp-dir", value_name = "DIR", hide = true)]
     pub worker_tmp_dir: Option<String>,
+    /// Accepted, no effect: Python's stdout and stderr always go to the error log.
     #[arg(long = "capture-output", hide = true)]
     pub capture_output: bool,
+    /// Accepted, no effect: `wsgi.file_wrapper` files always go out with sendfile(2).
     #[arg(long = "no-sendfile", hide = true)]
     pub no_sendfile: bool,
-    /// Python's stdout and stderr always go to the error log.
+    /// Accepted, no effect: Python's stdout and stderr always go to the error log.
     #[arg(short = 'R', long = "enable-stdio-inheritance", hide = true)]
     pub enable_stdio_inheritance: bool,
-    /// Header names with `_` are always dropped: `drop` only.
+    /// Accepted, `drop` only: header names with `_` are always dropped (but for
+    /// --forwarder-headers from a trusted front end).
     #[arg(long = "header-map", value_name = "drop", hide = true, value_parser = parse_header_map)]
     pub header_map: Option<String>,
+    /// Accepted, no effect: large request bodies spill to anonymous files in $TMPDIR
+    /// (Gunicorn 27 does not use the setting either).
+    #[arg(long = "tmp-upload-dir", value_name = "DIR", hide = true)]
+    pub tmp_upload_dir: Option<String>,
+    /// The process titles' name when -n gives none [default: the application].
+    #[arg(long = "default-proc-name", value_name = "STRING", hide = true)]
+    pub default_proc_name: Option<String>,
     /// The name in process titles (`rgun: master [NAME]`, `rgun: worker [NAME]`) and
     /// `ps` [default: the application].
     #[arg(short = 'n', long = "name", value_name = "STRING")]
@@ -419,7 +432,10 @@ impl Config {
 
     /// Gunicorn's `proc_name`, else its `default_proc_name`: the application.
     pub fn proc_name(&self) -> &str {
-        self.proc_name_setting.as_deref().unwrap_or(&self.app)
+        self.proc_name_setting
+            .as_deref()
+            .or(self.default_proc_name.as_deref())
+            .unwrap_or(&self.app)
     }
 
     /// Binds in effect (Gunicorn's default when none given).
@@ -598,6 +614,10 @@ impl Config {
             "header_map": self.header_map.as_deref().unwrap_or("drop"),
             // Gunicorn's default is None (use it); --no-sendfile is False.
             "sendfile": self.no_sendfile.then_some(false),
+            "enable_stdio_inheritance": self.enable_stdio_inheritance,
+            "header_map": self.header_map.as_deref().unwrap_or("drop"),
+            "tmp_upload_dir": self.tmp_upload_dir,
+            "default_proc_name": self.default_proc_name.as_deref().unwrap_or(&self.app),
             "proc_name": self.proc_name_setting,
         });
         let more = match (more, self.tls.settings_json()) {

@@ -41,7 +41,8 @@ pub fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// `docs/configuration.md`: every setting with its flag, config-file name, default and
-/// description.
+/// description; then the Gunicorn settings accepted with no effect (hidden from
+/// `--help`).
 pub fn config_reference() -> String {
     let cmd = Config::command();
     let mut out = String::from(
@@ -51,68 +52,67 @@ pub fn config_reference() -> String {
          (`-c`, Gunicorn's names) < `GUNICORN_CMD_ARGS`/`RGUN_CMD_ARGS` < command line.\n\n\
          | flag | config file | default | description |\n| --- | --- | --- | --- |\n",
     );
-    for arg in cmd.get_arguments() {
-        if arg.is_hide_set() || arg.get_id() == "help" || arg.get_id() == "version" {
-            continue;
-        }
-        let flag = match (arg.get_short(), arg.get_long()) {
-            (Some(s), Some(l)) => format!("`-{s}`, `--{l}`"),
-            (None, Some(l)) => format!("`--{l}`"),
-            _ => format!(
-                "`{}`",
-                arg.get_value_names()
-                    .map(|v| v.join(" "))
-                    .unwrap_or_default()
-            ),
-        };
-        let long = arg.get_long().map(|l| format!("--{l}"));
-        let setting = file::SETTINGS
-            .iter()
-            .find(|(_, f, _)| {
-                long.as_deref() == Some(*f) || (arg.get_id() == "app" && *f == "--wsgi-app")
-            })
-            .map(|(n, _, _)| format!("`{n}`"))
-            .unwrap_or_else(|| "—".into());
-        let default = arg
-            .get_default_values()
-            .iter()
-            .map(|v| v.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let default = if default.is_empty() {
-            "—".to_owned()
-        } else {
-            format!("`{}`", default.replace('|', "\\|"))
-        };
-        let help = arg
-            .get_long_help()
-            .or(arg.get_help())
-            .map(|h| h.to_string())
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "| {flag} | {setting} | {default} | {} |",
-            help.replace('\n', " ").replace('|', "\\|")
-        );
+    let shown = |arg: &&clap::Arg| {
+        !arg.is_hide_set() && arg.get_id() != "help" && arg.get_id() != "version"
+    };
+    for arg in cmd.get_arguments().filter(shown) {
+        row(&mut out, arg);
     }
-    // Gunicorn's settings for what rgun does anyway: accepted, not in --help.
-    let ignored: Vec<String> = cmd
-        .get_arguments()
-        .filter(|arg| arg.is_hide_set())
-        .filter_map(|arg| {
-            let long = format!("--{}", arg.get_long()?);
-            let (name, _, _) = file::SETTINGS.iter().find(|(_, f, _)| *f == long)?;
-            // (`--wsgi-app` is the positional MODULE:CALLABLE's name in a file.)
-            (*name != "wsgi_app").then(|| format!("`{name}` (`{long}`)"))
-        })
-        .collect();
-    if !ignored.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nAccepted and ignored, because rgun does what they ask anyway (see \
-             [gunicorn-compat.md](gunicorn-compat.md)): {}.",
-            ignored.join(", ")
-        );
+    out.push_str(
+        "\nAccepted for Gunicorn's configurations and command lines, not listed by `--help`:\n\n\
+         | flag | config file | default | description |\n| --- | --- | --- | --- |\n",
+    );
+    for arg in cmd.get_arguments().filter(|a| a.is_hide_set()) {
+        let long = arg.get_long().map(|l| format!("--{l}"));
+        if file::SETTINGS
+            .iter()
+            .any(|(_, f, _)| long.as_deref() == Some(*f))
+        {
+            row(&mut out, arg);
+        }
     }
     out
+}
+
+/// One argument's line in the reference's table.
+fn row(out: &mut String, arg: &clap::Arg) {
+    let flag = match (arg.get_short(), arg.get_long()) {
+        (Some(s), Some(l)) => format!("`-{s}`, `--{l}`"),
+        (None, Some(l)) => format!("`--{l}`"),
+        _ => format!(
+            "`{}`",
+            arg.get_value_names()
+                .map(|v| v.join(" "))
+                .unwrap_or_default()
+        ),
+    };
+    let long = arg.get_long().map(|l| format!("--{l}"));
+    let setting = file::SETTINGS
+        .iter()
+        .find(|(_, f, _)| {
+            long.as_deref() == Some(*f) || (arg.get_id() == "app" && *f == "--wsgi-app")
+        })
+        .map(|(n, _, _)| format!("`{n}`"))
+        .unwrap_or_else(|| "—".into());
+    let default = arg
+        .get_default_values()
+        .iter()
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let default = if default.is_empty() {
+        "—".to_owned()
+    } else {
+        format!("`{}`", default.replace('|', "\\|"))
+    };
+    let help = arg
+        .get_long_help()
+        .or(arg.get_help())
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "| {flag} | {setting} | {default} | {} |",
+        help.replace('\n', " ").replace('|', "\\|")
+    );
 }

@@ -10,6 +10,7 @@ mod forwarder;
 mod lifecycle;
 mod logging;
 mod procfile;
+mod settings;
 mod startup;
 
 use crate::support::{Server, ServerBuilder};
