@@ -13,6 +13,7 @@ builds (or two apps) compare to the instruction. Kernel time is not counted.
     bench/.venv/bin/python bench/callgrind.py --tls --fresh   # a new connection (handshake) each
     bench/.venv/bin/python bench/callgrind.py --uwsgi         # --protocol uwsgi, nginx's packet
     bench/.venv/bin/python bench/callgrind.py -k asgi --app asgi_apps:sleep10ms --connections 256
+    bench/.venv/bin/python bench/callgrind.py --h2             # HTTP/2 in the clear (h2c), one stream at a time
 
 With --connections N, N keep-alive connections each send a request, then every answer
 is read, round after round (requests counts them all), so a turn of the worker's loop
@@ -129,6 +130,46 @@ def read_response(sock, buf):
     return rest[length:]
 
 
+def h2_frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def h2_requests(port, path, requests):
+    """`requests` GETs over one h2c connection with prior knowledge, one stream at a
+    time (each waits for its response's END_STREAM). The HPACK block is the same for
+    every request (indexed :method, :scheme, :path /; a literal :authority without
+    indexing), so each costs the server the same."""
+    with connect(port, 60) as s:
+        # The preface, empty SETTINGS, and the connection window opened wide at once,
+        # so no WINDOW_UPDATE per response is needed.
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0)
+                  + h2_frame(8, 0, 0, (0x7FFF0000).to_bytes(4, "big")))
+        authority = b"127.0.0.1"
+        block = b"\x82\x86" + (b"\x84" if path == "/" else b"\x04" + bytes([len(path)]) + path.encode())
+        block += b"\x01" + bytes([len(authority)]) + authority
+        buf = b""
+        for i in range(requests):
+            stream = 2 * i + 1
+            s.sendall(h2_frame(1, 0x5, stream, block))  # HEADERS, END_STREAM | END_HEADERS
+            done = False
+            while not done:
+                while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        sys.exit("the server closed the HTTP/2 connection")
+                    buf += chunk
+                length = int.from_bytes(buf[:3], "big")
+                kind, flags = buf[3], buf[4]
+                sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                buf = buf[9 + length:]
+                if kind == 4 and not flags & 1:  # the server's SETTINGS: acknowledged
+                    s.sendall(h2_frame(4, 1, 0))
+                elif kind == 3 or kind == 7:  # RST_STREAM, GOAWAY
+                    sys.exit(f"the server sent frame type {kind}")
+                elif sid == stream and kind in (0, 1) and flags & 1:
+                    done = True
+
+
 def fresh_requests(port, request, requests):
     """`requests` GETs, each on a new connection that asks to be closed after it (with
     --tls, a full handshake each: what bench's tls_handshakes measures)."""
@@ -142,7 +183,7 @@ def fresh_requests(port, request, requests):
             read_response(s, b"")
 
 
-def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", connections=1, keep=None, fresh=False):
+def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", connections=1, keep=None, fresh=False, h2=False):
     """Instructions the worker process executed while serving `requests` GETs over
     `connections` connections in lockstep (or each on a new connection: `fresh`)."""
     with tempfile.TemporaryDirectory(prefix="rgun-callgrind-") as out:
@@ -154,7 +195,7 @@ def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", co
             "valgrind", "--tool=callgrind", "--trace-children=yes", "--quiet",
             RGUN, "-k", worker_class, "-w", "1", "--worker-connections", str(max(1000, 2 * connections)), "-b", f"127.0.0.1:{port}", "--no-control-socket",
             "--pythonpath", os.path.join(ROOT, "bench"), app, *EXTRA_ARGS,
-        ] + (["--certfile", TLS["cert"], "--keyfile", TLS["key"]] if TLS else [])
+        ] + (["--certfile", TLS["cert"], "--keyfile", TLS["key"]] if TLS else []) + (["--http2-cleartext"] if h2 else [])
         # A fixed hash seed: with random ones, dict probing differs from run to run.
         env = dict(os.environ, PYTHONHASHSEED="0")
         proc = subprocess.Popen(
@@ -165,7 +206,9 @@ def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", co
             request = uwsgi_packet(path) if UWSGI else REQUESTS[kind].format(path=path, port=port).encode()
             if fresh:
                 fresh_requests(port, request, requests)
-            socks = [connect(port, 60) for _ in range(0 if fresh else connections)]
+            if h2:
+                h2_requests(port, path, requests)
+            socks = [connect(port, 60) for _ in range(0 if fresh or h2 else connections)]
             try:
                 bufs = [b""] * connections
                 for _ in range(len(socks) and requests // connections):
@@ -212,6 +255,7 @@ def main():
     ap.add_argument("-k", "--worker-class", default="sync", help="rgun's -k (sync, asgi)")
     ap.add_argument("--connections", type=int, default=1, help="connections sending in lockstep")
     ap.add_argument("--fresh", action="store_true", help="a new connection for each request (Connection: close)")
+    ap.add_argument("--h2", action="store_true", help="HTTP/2 with prior knowledge in the clear (--http2-cleartext)")
     ap.add_argument("--keep", help="directory to keep the profiles in (for callgrind_annotate)")
     ap.add_argument("--uwsgi", action="store_true", help="--protocol uwsgi: each request a uwsgi packet, as nginx's uwsgi_pass sends wrk's")
     ap.add_argument("--rgun-args", default="", help="more rgun flags, e.g. '--metrics-bind 127.0.0.1:9100'")
@@ -229,10 +273,10 @@ def main():
         TLS["client"].minimum_version = ssl.TLSVersion.TLSv1_3
     if not os.path.exists(RGUN):
         sys.exit(f"{RGUN} is missing: bench/run installs rgun into bench/.venv")
-    run = lambda n: worker_instructions(args.app, n, args.path, args.request, args.worker_class, args.connections, args.keep, args.fresh)
+    run = lambda n: worker_instructions(args.app, n, args.path, args.request, args.worker_class, args.connections, args.keep, args.fresh, args.h2)
     short, long = run(args.short), run(args.long)
     per_request = (long - short) / (args.long - args.short)
-    print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {'a uwsgi packet (nginx, wrk)' if args.uwsgi else args.request + ' request'}{' over TLS' if args.tls else ''}{', a new connection each' if args.fresh else ''}: {per_request:,.0f} instructions per request "
+    print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {'a uwsgi packet (nginx, wrk)' if args.uwsgi else args.request + ' request'}{' over TLS' if args.tls else ''}{', a new connection each' if args.fresh else ''}{', HTTP/2 (h2c)' if args.h2 else ''}: {per_request:,.0f} instructions per request "
           f"(worker: {short:,} at {args.short} requests, {long:,} at {args.long})")
 
 
