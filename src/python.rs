@@ -179,3 +179,23 @@ pub unsafe fn fork_interpreter(inherit: Inherit<'_>) -> nix::Result<Forked> {
         }
     }
 }
+
+/// Declares `struct Keys`: interned Python strings (`field = "text"`) made once per
+/// worker, the keys of a WSGI environ or an ASGI scope. The module using it imports
+/// `Py`, `PyString` and `Python`.
+macro_rules! interned_keys {
+    ($($field:ident = $name:literal),* $(,)?) => {
+        struct Keys { $($field: Py<PyString>,)* }
+        impl Keys {
+            fn new(py: Python<'_>) -> Keys {
+                Keys { $($field: PyString::intern(py, $name).unbind(),)* }
+            }
+            /// Another handle on the same strings (a preloaded app's forked worker).
+            #[allow(dead_code)]
+            fn clone_ref(&self, py: Python<'_>) -> Keys {
+                Keys { $($field: self.$field.clone_ref(py),)* }
+            }
+        }
+    };
+}
+pub(crate) use interned_keys;

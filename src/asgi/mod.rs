@@ -21,11 +21,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
 use self::cycle::{Cycle, Kit};
-use self::scope::{ScopeBuilder, ScopeInfo};
+use self::scope::ScopeBuilder;
 use self::sink::Sink;
 use self::wake::Wakeups;
 use self::websocket::WsCycle;
 use crate::http::body::Body;
+use crate::http::request::RequestInfo;
 use crate::http::response::RequestFacts;
 use crate::net::outbox::Outbox;
 
@@ -140,7 +141,7 @@ impl AsgiApp {
     pub fn callable_and_scope<'py>(
         &self,
         py: Python<'py>,
-        req: &ScopeInfo<'_>,
+        req: &RequestInfo<'_>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
         let scope = self.scope.build(py, req, self.state.bind(py))?;
         Ok((self.callable.bind(py).clone(), scope))
@@ -215,7 +216,7 @@ impl AsgiApp {
     pub fn call<'py>(
         &self,
         py: Python<'py>,
-        req: &ScopeInfo<'_>,
+        req: &RequestInfo<'_>,
         body: Body,
         sink: Sink,
         facts: RequestFacts,
@@ -251,7 +252,7 @@ impl AsgiApp {
     pub fn call_websocket<'py>(
         &self,
         py: Python<'py>,
-        req: &ScopeInfo<'_>,
+        req: &RequestInfo<'_>,
         upgrade: crate::http::websocket::UpgradeRequest,
         outbox: Outbox,
         facts: RequestFacts,

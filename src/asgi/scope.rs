@@ -8,35 +8,9 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::http::forwarder::ForwarderHeaders;
-use crate::http::head::RequestHead;
-use crate::net::{Local, Peer};
+use crate::http::request::RequestInfo;
 
-/// Everything the scope needs about one request.
-pub struct ScopeInfo<'a> {
-    pub head_bytes: &'a [u8],
-    pub head: &'a RequestHead,
-    pub peer: &'a Peer,
-    pub local: &'a Local,
-    /// The request came over HTTPS (`secure_scheme_headers` from a trusted peer).
-    pub https: bool,
-    /// The names with `_` a trusted peer may set (`--forwarder-headers`): kept in the
-    /// scope's headers, as Gunicorn's ASGI worker keeps them.
-    pub forwarder_headers: &'a ForwarderHeaders,
-}
-
-macro_rules! keys {
-    ($($field:ident = $name:literal),* $(,)?) => {
-        struct Keys { $($field: Py<PyString>,)* }
-        impl Keys {
-            fn new(py: Python<'_>) -> Keys {
-                Keys { $($field: PyString::intern(py, $name).unbind(),)* }
-            }
-        }
-    };
-}
-
-keys! {
+crate::python::interned_keys! {
     type_ = "type",
     asgi = "asgi",
     http_version = "http_version",
@@ -95,7 +69,7 @@ impl ScopeBuilder {
     pub fn build_websocket<'py>(
         &self,
         py: Python<'py>,
-        req: &ScopeInfo<'_>,
+        req: &RequestInfo<'_>,
         state: &Bound<'py, PyDict>,
         subprotocols: &[String],
     ) -> PyResult<Bound<'py, PyDict>> {
@@ -114,7 +88,7 @@ impl ScopeBuilder {
     pub fn build<'py>(
         &self,
         py: Python<'py>,
-        req: &ScopeInfo<'_>,
+        req: &RequestInfo<'_>,
         state: &Bound<'py, PyDict>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let k = &self.k;

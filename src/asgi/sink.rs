@@ -63,4 +63,30 @@ impl ResponseSink for Sink {
             Sink::Http2(s) => s.buffered(),
         }
     }
+
+    fn body_bytes(&self) -> u64 {
+        match self {
+            Sink::Http1(s) => s.body_bytes(),
+            Sink::Http2(s) => s.body_bytes,
+        }
+    }
+
+    fn keep_head(&mut self) {
+        match self {
+            Sink::Http1(s) => s.keep_head(),
+            Sink::Http2(s) => s.keep_head(),
+        }
+    }
+}
+
+impl From<Http1Response> for Sink {
+    fn from(response: Http1Response) -> Sink {
+        Sink::Http1(response)
+    }
+}
+
+impl From<H2Response> for Sink {
+    fn from(response: H2Response) -> Sink {
+        Sink::Http2(response)
+    }
 }

@@ -2,9 +2,9 @@
 //! data delimited as the head decided — Content-Length accounting (never more than
 //! declared), chunked coding, close-delimited, or no body — queued in an `Outbox`.
 //!
-//! A response *source* (the WSGI iterable today; an ASGI send queue later) talks to a
-//! `ResponseSink` and never knows the wire format; `Http1Response` is HTTP/1's sink.
-//! An HTTP/2 stream would be another.
+//! A response *source* (a WSGI iterable, an ASGI cycle's `send()`) talks to a
+//! `ResponseSink` and never knows the wire format; `Http1Response` is HTTP/1's sink,
+//! `h2::H2Response` an HTTP/2 stream's.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -32,6 +32,10 @@ pub trait ResponseSink {
     fn end(&mut self);
     /// Body bytes produced and not yet taken by the socket (backpressure).
     fn buffered(&self) -> usize;
+    /// Body bytes produced so far (the access log's `%(B)s`, `post_request`'s).
+    fn body_bytes(&self) -> u64;
+    /// Keep the head's header lines for the access log's `%({name}o)s`.
+    fn keep_head(&mut self);
 }
 
 /// An HTTP/1 response on its way: the framing state and its outbox.
@@ -176,6 +180,14 @@ impl ResponseSink for Http1Response {
 
     fn buffered(&self) -> usize {
         self.outbox.buffered()
+    }
+
+    fn body_bytes(&self) -> u64 {
+        Http1Response::body_bytes(self)
+    }
+
+    fn keep_head(&mut self) {
+        Http1Response::keep_head(self)
     }
 }
 

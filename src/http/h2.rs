@@ -205,6 +205,14 @@ impl ResponseSink for H2Response {
     fn buffered(&self) -> usize {
         self.body.len()
     }
+
+    fn body_bytes(&self) -> u64 {
+        self.body_bytes
+    }
+
+    fn keep_head(&mut self) {
+        H2Response::keep_head(self)
+    }
 }
 
 fn lossy(b: &[u8]) -> String {

@@ -1,6 +1,8 @@
-//! The HTTP/1.1 protocol, sans I/O: request-head parsing, chunked body decoding and
-//! response-head assembly; uwsgi packets parsed into the same request head. Sockets
-//! live in `worker::conn`; nothing here knows Python.
+//! HTTP, sans I/O: HTTP/1.1 request-head parsing, chunked body decoding and
+//! response framing; uwsgi packets parsed into the same request head; an HTTP/2
+//! stream's request head and response buffer (`h2`); what every request shares
+//! whatever carried it (`body::Body`, `request::RequestInfo`, the scheme decision).
+//! Sockets live in `worker::conn`; nothing here knows Python.
 
 pub mod body;
 pub mod chunked;
@@ -10,6 +12,7 @@ pub mod h2;
 pub mod head;
 pub mod lenient;
 pub mod proxy;
+pub mod request;
 pub mod response;
 pub mod scan;
 pub mod scheme;
@@ -30,6 +33,9 @@ pub enum HttpError {
     HeadersTooLarge,
     #[error("bad request: {0}")]
     Malformed(&'static str),
+    /// Gunicorn's ConfigurationProblem: the front end's fault, a 500.
+    #[error("request path outside the SCRIPT_NAME its front end forwarded")]
+    OutsideScriptName,
 }
 
 impl HttpError {
@@ -41,6 +47,7 @@ impl HttpError {
             | HttpError::HeaderFieldTooLarge
             | HttpError::HeadersTooLarge => (431, "Request Header Fields Too Large"),
             HttpError::Malformed(_) => (400, "Bad Request"),
+            HttpError::OutsideScriptName => (500, "Internal Server Error"),
         }
     }
 }

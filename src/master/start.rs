@@ -135,14 +135,8 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     let listeners = bind_all(&cfg)?;
     let mut old_master = upgrade::pipe_to_old_master();
     let deferred_takeover = std::env::var_os(UPGRADE_FROM_ENV).is_some();
-    let pidfile = match &cfg.pidfile {
-        Some(path) if !deferred_takeover => Some(crate::process::PidFile::create(path)?),
-        _ => None,
-    };
-    let asgi = cfg.worker_kind() == crate::config::WorkerKind::Asgi;
-    if asgi && cfg.threads > 1 {
-        tracing::warn!("--threads is ignored by -k asgi: its concurrency is the event loop");
-    }
+    let pidfile = open_pidfile(&cfg, deferred_takeover)?;
+    warn_ignored_threads(&cfg);
     let (preloaded, then) = match preload_app(&cfg, handoff.is_some(), &mut old_master) {
         Ok(imported) => imported,
         Err(code) => return Ok(code),
@@ -218,6 +212,25 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     arbiter.call_hook("when_ready", json!({}));
     arbiter.run();
     Ok(arbiter.exit_code)
+}
+
+/// `--pidfile`, written now unless a deferred takeover writes it once the old master
+/// has let go.
+fn open_pidfile(
+    cfg: &Config,
+    deferred_takeover: bool,
+) -> anyhow::Result<Option<crate::process::PidFile>> {
+    Ok(match &cfg.pidfile {
+        Some(path) if !deferred_takeover => Some(crate::process::PidFile::create(path)?),
+        _ => None,
+    })
+}
+
+/// `--threads` means nothing to an ASGI worker: said once, at start.
+fn warn_ignored_threads(cfg: &Config) {
+    if cfg.worker_kind() == crate::config::WorkerKind::Asgi && cfg.threads > 1 {
+        tracing::warn!("--threads is ignored by -k asgi: its concurrency is the event loop");
+    }
 }
 
 /// The generation an upgraded master's workers continue from (1 for a fresh start).

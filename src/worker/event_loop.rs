@@ -534,7 +534,7 @@ impl<'a> EventLoop<'a> {
         if let Some(mut conn) = self.conns[key].take() {
             let _ = self.poll.registry().deregister(&mut SourceFd(&conn.fd()));
             if conn.in_request {
-                conn.abandon(&self.shared);
+                conn.abandon(&self.shared, Some(&self.service));
             }
             // Without the GIL here, a pool thread calls the abandoned iterable's close().
             if let Some(pool) = &self.pool {

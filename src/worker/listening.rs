@@ -31,7 +31,8 @@
 //! listeners for good.
 //!
 //! Per-worker `SO_REUSEPORT` sockets would balance by hash instead, but every
-//! generation and a USR2 master inherit one set of listeners (DESIGN.md).
+//! generation and a USR2 master inherit the one set of listeners the first master
+//! bound.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};

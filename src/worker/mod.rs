@@ -12,7 +12,9 @@ mod conn;
 pub mod fuzzing {
     pub use super::conn::harness::{drive_stream, drive_uwsgi_stream, Outcome};
 }
+mod bridge;
 mod event_loop;
+mod exchange;
 mod listening;
 mod loggers;
 mod pool;

@@ -13,13 +13,12 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyModule, PyString};
 
-use crate::asgi::scope::ScopeInfo;
 use crate::asgi::AsgiApp;
 use crate::config::Probe;
 use crate::http::body::Body;
 use crate::http::head::{parse_head, HeadLimits, RequestHead};
+use crate::http::request::RequestInfo;
 use crate::net::{Local, Peer};
-use crate::wsgi::environ::RequestInfo;
 use crate::wsgi::App;
 
 /// The application a probe calls.
@@ -105,17 +104,19 @@ fn answer(
         port: "0".into(),
         trusted: false,
     };
+    let info = RequestInfo {
+        head_bytes,
+        head,
+        peer: &peer,
+        local,
+        https: false,
+        client_subject: None,
+        // The probe is no front end: nothing it sends is forwarded.
+        forwarder_headers: &crate::http::forwarder::ForwarderHeaders::Names(Vec::new()),
+    };
     let app = match app {
         Target::Wsgi(app) => app,
         Target::Asgi(asgi) => {
-            let info = ScopeInfo {
-                head_bytes,
-                head,
-                peer: &peer,
-                local,
-                https: false,
-                forwarder_headers: &crate::http::forwarder::ForwarderHeaders::Names(Vec::new()),
-            };
             let (callable, scope) = asgi.callable_and_scope(py, &info)?;
             let status =
                 module
@@ -128,18 +129,7 @@ fn answer(
         PyString::new(py, &peer.addr).unbind(),
         PyString::new(py, &peer.port).unbind(),
     );
-    let info = RequestInfo {
-        head_bytes,
-        head,
-        peer: &peer,
-        local,
-        https: false,
-        client_subject: None,
-        remote: &remote,
-        // The probe is no front end: nothing it sends is forwarded.
-        forwarder_headers: &crate::http::forwarder::ForwarderHeaders::Names(Vec::new()),
-    };
-    let response = app.call(py, &info, Body::Empty)?;
+    let response = app.call(py, &info, &remote, Body::Empty)?;
     module
         .getattr("drain")?
         .call1((response.result.bind(py),))?;

@@ -11,24 +11,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use rustc_hash::FxHashMap;
 
-use crate::http::forwarder::ForwarderHeaders;
-use crate::http::head::RequestHead;
-use crate::net::{Local, Peer};
+use crate::http::request::RequestInfo;
 
-/// Everything the environ needs about one request.
-pub struct RequestInfo<'a> {
-    pub head_bytes: &'a [u8],
-    pub head: &'a RequestHead,
-    pub peer: &'a Peer,
-    pub local: &'a Local,
-    pub https: bool,
-    /// The TLS client certificate's subject (RFC 4514), as `SSL_CLIENT_S_DN`.
-    pub client_subject: Option<&'a str>,
-    /// REMOTE_ADDR and REMOTE_PORT as Python strings, made once per connection.
-    pub remote: &'a (Py<PyString>, Py<PyString>),
-    /// The names with `_` a trusted peer may set (`--forwarder-headers`).
-    pub forwarder_headers: &'a ForwarderHeaders,
-}
+/// REMOTE_ADDR and REMOTE_PORT as Python strings (an HTTP/1 connection makes them
+/// once for all its requests).
+pub type Remote = (Py<PyString>, Py<PyString>);
 
 /// Settings and interned strings shared by every request of a worker.
 pub struct EnvironBuilder {
@@ -95,21 +82,7 @@ const COMMON_HEADERS: &[&str] = &[
     "priority",
 ];
 
-macro_rules! keys {
-    ($($field:ident = $name:literal),* $(,)?) => {
-        struct Keys { $($field: Py<PyString>,)* }
-        impl Keys {
-            fn new(py: Python<'_>) -> Keys {
-                Keys { $($field: PyString::intern(py, $name).unbind(),)* }
-            }
-            fn clone_ref(&self, py: Python<'_>) -> Keys {
-                Keys { $($field: self.$field.clone_ref(py),)* }
-            }
-        }
-    };
-}
-
-keys! {
+crate::python::interned_keys! {
     request_method = "REQUEST_METHOD",
     script_name = "SCRIPT_NAME",
     path_info = "PATH_INFO",
@@ -218,6 +191,7 @@ impl EnvironBuilder {
         &self,
         py: Python<'py>,
         req: &RequestInfo<'_>,
+        remote: &Remote,
         input: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let k = &self.k;
@@ -259,8 +233,8 @@ impl EnvironBuilder {
         } else if head.minor_version == 0 {
             env.set_item(&k.server_protocol, &k.http10)?;
         }
-        env.set_item(&k.remote_addr, req.remote.0.bind(py))?;
-        env.set_item(&k.remote_port, req.remote.1.bind(py))?;
+        env.set_item(&k.remote_addr, remote.0.bind(py))?;
+        env.set_item(&k.remote_port, remote.1.bind(py))?;
         if req.https {
             env.set_item(&k.url_scheme, &k.https_)?;
         }

@@ -1,9 +1,9 @@
 //! The WSGI bridge: loading the application and calling it for one request.
 //!
-//! Everything that touches Python objects for a request lives under `wsgi::`; the
-//! connection (`worker::conn`) hands it a parsed request and a complete body, and gets
-//! back the application's result iterable with its `start_response` state. Nothing
-//! here does socket I/O.
+//! `worker::bridge` hands it a request (`http::request::RequestInfo`) and a complete
+//! body, and gets back the application's result iterable with its `start_response`
+//! state, which `response::WsgiSource` turns into a response through any
+//! `ResponseSink`. It knows no HTTP version and does no socket I/O.
 
 pub mod environ;
 pub mod input;
@@ -15,10 +15,11 @@ pub use environ::SERVER_SOFTWARE;
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
-use self::environ::{EnvironBuilder, RequestInfo};
+use self::environ::{EnvironBuilder, Remote};
 use self::input::Input;
 use self::start_response::StartResponse;
 use crate::http::body::Body;
+use crate::http::request::RequestInfo;
 
 const BOOTSTRAP: &str = include_str!("bootstrap.py");
 
@@ -79,12 +80,18 @@ impl App {
     }
 
     /// Calls the application. An `Err` is an exception raised by the call itself.
-    pub fn call(&self, py: Python<'_>, req: &RequestInfo<'_>, body: Body) -> PyResult<AppResponse> {
+    pub fn call(
+        &self,
+        py: Python<'_>,
+        req: &RequestInfo<'_>,
+        remote: &Remote,
+        body: Body,
+    ) -> PyResult<AppResponse> {
         let input = match body {
             Body::Empty => self.empty_input.bind(py).clone().into_any(),
             body => Bound::new(py, Input::new(body))?.into_any(),
         };
-        let environ = self.environ.build(py, req, input)?;
+        let environ = self.environ.build(py, req, remote, input)?;
         let start_response = Py::new(py, StartResponse::default())?;
         let result = self
             .callable

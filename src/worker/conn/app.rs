@@ -1,6 +1,8 @@
-//! The application side of a connection: calling the application with a complete
-//! request, producing its response (`WsgiSource` into an `Http1Response`) and, when
-//! the socket has taken it all, the access log and the scoreboard.
+//! The application side of an HTTP/1 connection: a complete request's `Exchange`
+//! begins and its application is called through `worker::bridge` with an
+//! `Http1Response` as the sink (`run_request`); a WSGI response is produced into it
+//! and sent, and once the socket has taken it all the exchange finishes (the access
+//! log, the scoreboard). An ASGI response is sent by `conn::asgi`.
 //!
 //! Production needs the GIL; sending does not. With `--threads 1` both run on the
 //! loop's thread, back to back. With `--threads N` a pool thread runs the application
@@ -18,16 +20,10 @@ use super::{Conn, Exec, State, Step, KEPT_OUT_BYTES};
 use crate::http::body::Body;
 use crate::http::framer::Http1Response;
 use crate::http::response::RequestFacts;
-use crate::http::scheme::is_https;
-use crate::log::AccessRecord;
 use crate::net::outbox::Outbox;
-use crate::worker::{Application, Service, Shared};
-use crate::wsgi::environ::RequestInfo;
+use crate::worker::bridge::{self, Origin, Produced, Running};
+use crate::worker::{Service, Shared};
 use crate::wsgi::response::WsgiSource;
-use crate::wsgi::App;
-
-/// Stop producing once this much is waiting for the socket.
-pub const HIGH_WATER_BYTES: usize = 64 * 1024;
 
 /// A response on its way: where its body comes from and how it goes on the wire.
 pub struct Responding {
@@ -57,10 +53,7 @@ impl Conn {
         lane: usize,
     ) -> bool {
         let step = match self.pending_body.take() {
-            Some(body) => match &service.app {
-                Application::Wsgi(app) => self.run_app(py, app, service, ctx, body, lane),
-                Application::Asgi(_) => Step::Close,
-            },
+            Some(body) => self.run_request(py, service, ctx, body, lane),
             None if matches!(self.state, State::Responding(_)) => {
                 self.produce_more(py, service, ctx, lane)
             }
@@ -83,58 +76,68 @@ impl Conn {
         }
     }
 
-    pub(super) fn run_app(
+    /// A complete request, here or on a pool thread (`lane`): its exchange begins,
+    /// the application is called through the bridge, and a WSGI response's first
+    /// part is produced. An ASGI WebSocket upgrade goes its own way (`conn::asgi`).
+    pub(super) fn run_request(
         &mut self,
         py: Python<'_>,
-        app: &App,
         service: &Service,
         ctx: &Shared,
         body: Body,
         lane: usize,
     ) -> Step {
-        self.in_app(ctx, lane, false, |c| {
-            c.call_app(py, app, service, ctx, body)
-        })
+        // On record in the lane before it counts in flight: whoever sees it in
+        // flight (`rgunctl stack`) finds the thread serving it.
+        if bridge::holds_thread(service) {
+            self.in_app(ctx, lane, false, |c| {
+                c.begin_and_call(py, service, ctx, body)
+            })
+        } else {
+            self.begin_and_call(py, service, ctx, body)
+        }
     }
 
-    /// What either bridge needs before it calls the application: whether the request
-    /// came over HTTPS (our own TLS, or a trusted proxy's headers; disagreeing ones
-    /// are a 400, the `Err` step) and the facts that shape the response head. Counts
-    /// the request in flight on the scoreboard.
-    pub(super) fn begin_call(&mut self, ctx: &Shared) -> Result<(bool, RequestFacts), Step> {
-        let https = is_https(
-            &self.head_bytes,
-            &self.head,
-            self.peer.trusted,
-            &ctx.settings.secure_scheme_headers,
-        )
-        .map_err(|e| self.fail(&e))?
-            || self.transport.is_tls();
-        if self.peer.trusted && !self.head.underscored.is_empty() {
-            let forwarder = &ctx.settings.forwarder_headers;
-            if forwarder.script_name(&self.head_bytes, &self.head).is_err() {
-                // Gunicorn's ConfigurationProblem: the front end's fault, a 500.
-                tracing::warn!("request path outside the SCRIPT_NAME its front end forwarded");
-                return Err(self.fail_status(500, "Internal Server Error"));
-            }
+    fn begin_and_call(
+        &mut self,
+        py: Python<'_>,
+        service: &Service,
+        ctx: &Shared,
+        body: Body,
+    ) -> Step {
+        let facts = match self.begin_request(ctx) {
+            Ok(facts) => facts,
+            Err(refused) => return refused,
+        };
+        if let Some(step) = self.try_websocket(py, service, ctx, facts) {
+            return step;
         }
-        ctx.scoreboard_begin();
-        let facts = RequestFacts {
+        self.call(py, service, ctx, body, facts)
+    }
+
+    /// The exchange's `begin` (the scheme decision and the forwarded SCRIPT_NAME:
+    /// a refusal is the `Err` step; counted in flight) and the facts that shape the
+    /// response head.
+    fn begin_request(&mut self, ctx: &Shared) -> Result<RequestFacts, Step> {
+        let tls = self.transport.is_tls();
+        if let Err(e) = self.ex.begin(ctx, &self.peer, tls) {
+            return Err(self.fail(&e));
+        }
+        Ok(RequestFacts {
             // A uwsgi response is framed as HTTP/1.0's: never chunked (nginx would
             // pass the chunks on as body), closing when it has no length.
-            minor_version: if self.head.uwsgi {
+            minor_version: if self.ex.head.uwsgi {
                 0
             } else {
-                self.head.minor_version
+                self.ex.head.minor_version
             },
-            is_head: self.head.is_head_method(&self.head_bytes),
-            close: self.head.wants_close
+            is_head: self.ex.head.is_head_method(&self.ex.head_bytes),
+            close: self.ex.head.wants_close
                 || ctx.closing()
                 || ctx.last_request()
                 || ctx.settings.keepalive.is_zero(),
             known_length: None,
-        };
-        Ok((https, facts))
+        })
     }
 
     /// Runs `f`, which calls into the application, with this request on record in
@@ -146,15 +149,15 @@ impl Conn {
         on_wire: bool,
         f: impl FnOnce(&mut Self) -> Step,
     ) -> Step {
-        let what = self.head.method.start..self.head.target.end;
-        let (fd, since) = (self.fd(), self.request_started);
+        let what = self.ex.head.method.start..self.ex.head.target.end;
+        let (fd, since) = (self.fd(), self.ex.started);
         ctx.lanes.enter(
             lane,
             fd,
             // The watcher thread cannot speak TLS: for it, a TLS client gets a close.
             on_wire || self.transport.is_tls(),
             since,
-            &self.head_bytes[what],
+            &self.ex.head_bytes[what],
             &self.peer.addr,
         );
         let step = f(self);
@@ -162,60 +165,26 @@ impl Conn {
         step
     }
 
-    fn call_app(
+    /// The bridge's call with this connection's response sink.
+    fn call(
         &mut self,
         py: Python<'_>,
-        app: &App,
         service: &Service,
         ctx: &Shared,
         body: Body,
+        facts: RequestFacts,
     ) -> Step {
-        let (https, facts) = match self.begin_call(ctx) {
-            Ok(pair) => pair,
-            Err(refused) => return refused,
-        };
-        let remote = self.remote_py.get_or_insert_with(|| {
-            (
-                pyo3::types::PyString::new(py, &self.peer.addr).unbind(),
-                pyo3::types::PyString::new(py, &self.peer.port).unbind(),
-            )
-        });
-        let info = RequestInfo {
-            remote,
-            head_bytes: &self.head_bytes,
-            head: &self.head,
+        let origin = Origin {
+            key: self.key,
             peer: &self.peer,
             local: &self.local,
-            https,
             client_subject: self.transport.peer_subject(),
-            forwarder_headers: &ctx.settings.forwarder_headers,
+            remote: &mut self.remote_py,
         };
-        let hook_req = service
-            .hooks
-            .as_ref()
-            .and_then(|h| h.begin_request(py, &self.head_bytes, &self.head, &self.peer.addr));
-        let response = match app.call(py, &info, body) {
-            Ok(r) => r,
-            Err(e) => {
-                self.log_app_error(&crate::python::format_exception(py, &e));
-                self.end_request(ctx, 500, 0);
-                return self.fail_status(500, "Internal Server Error");
-            }
-        };
-        if let (Some(h), Some(req)) = (&service.hooks, hook_req) {
-            if h.post_request {
-                self.hook_request = Some((req.unbind(), response.environ.clone_ref(py).into_any()));
-            }
-        }
-        let mut http = Http1Response::new(
-            Outbox::with_buffer(std::mem::take(&mut self.spare_out)),
-            &facts,
-        );
-        if ctx.keep_response_heads {
-            http.keep_head();
-        }
-        match WsgiSource::start(py, app, response, facts, &mut http) {
-            Ok(source) => {
+        let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
+        let sink = Http1Response::new(outbox, &facts);
+        match bridge::call(py, service, ctx, &mut self.ex, origin, body, sink, facts) {
+            Some(Running::Wsgi(source, http)) => {
                 self.state = State::Responding(Box::new(Responding {
                     source,
                     http,
@@ -226,9 +195,11 @@ impl Conn {
                 // meanwhile), and it sets the next one.
                 self.produce(py, service)
             }
-            Err(e) => {
-                self.log_app_error(&e.to_string());
-                self.hook_request = None;
+            Some(Running::Asgi(cycle)) => {
+                self.state = State::Asgi(cycle);
+                Step::Continue
+            }
+            None => {
                 self.end_request(ctx, 500, 0);
                 self.fail_status(500, "Internal Server Error")
             }
@@ -246,38 +217,15 @@ impl Conn {
         self.in_app(ctx, lane, true, |c| c.produce(py, service))
     }
 
-    /// Pulls the body up to the high-water mark; once it is all produced, `close()`
-    /// and the `post_request` hook run (the rest is sending, which needs no Python).
+    /// Pulls the body up to the high-water mark (`bridge::produce`: at its end
+    /// `close()` and `post_request`; the rest is sending, which needs no Python).
     fn produce(&mut self, py: Python<'_>, service: &Service) -> Step {
         let State::Responding(r) = &mut self.state else {
-            unreachable!()
+            return Step::Continue;
         };
-        if let Err(e) = r.source.produce(py, &mut r.http, HIGH_WATER_BYTES) {
-            r.source.close(py);
-            r.failed = true;
-            self.hook_request = None;
-            self.log_app_error(&e.to_string());
-            return Step::Continue;
-        }
-        if !r.source.is_done() || !r.source.needs_close() {
-            return Step::Continue;
-        }
-        r.source.close(py);
-        if let (Some(h), Some((req, environ))) = (&service.hooks, self.hook_request.take()) {
-            let (status, headers) = r.source.head_text(py);
-            if let Some(resp) = h.response_or_log(py, &status, headers, r.http.body_bytes()) {
-                h.call(
-                    py,
-                    "post_request",
-                    vec![req.into_bound(py), environ.into_bound(py), resp],
-                );
-            }
-        }
+        let produced = bridge::produce(py, service, &mut self.ex, &mut r.source, &mut r.http);
+        r.failed |= produced == Produced::Failed;
         Step::Continue
-    }
-
-    fn log_app_error(&self, traceback: &str) {
-        crate::log::request_error(&self.head_bytes, &self.head, traceback);
     }
 
     /// Sends what the response has produced; asks for more (here with the GIL, or
@@ -319,7 +267,7 @@ impl Conn {
         let Responding { mut http, .. } = *r;
         let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
         if let Some(head) = http.take_kept_head() {
-            self.response_head = head;
+            self.ex.response_head = head;
         }
         let out = http.outbox.into_buffer();
         if out.capacity() <= KEPT_OUT_BYTES {
@@ -334,24 +282,10 @@ impl Conn {
         self.after_response(ctx)
     }
 
-    /// Counts and logs the request; returns when it ended.
+    /// The exchange's `finish` (counted, logged); returns when it ended.
     pub(super) fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) -> Instant {
-        let ended = Instant::now();
         self.served += 1;
         self.in_request = false;
-        ctx.scoreboard_end();
-        let elapsed = ended.saturating_duration_since(self.request_started);
-        ctx.count_response(status, elapsed);
-        ctx.log_access(&AccessRecord {
-            head_bytes: &self.head_bytes,
-            head: &self.head,
-            peer: &self.peer,
-            status,
-            body_bytes,
-            elapsed,
-            response_headers: &self.response_head,
-        });
-        self.response_head.clear();
-        ended
+        self.ex.finish(ctx, &self.peer, status, body_bytes)
     }
 }

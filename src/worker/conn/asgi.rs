@@ -1,7 +1,9 @@
-//! The ASGI side of a connection: calling the application with a complete request
-//! (`run_asgi`), sending what its `send()` calls framed, and watching the client while
-//! the application runs (`step_asgi`), so that `http.disconnect` reaches it when the
-//! client leaves.
+//! The ASGI side of an HTTP/1 connection: sending what the application's `send()`
+//! calls framed (the call itself is `worker::bridge`'s, from `conn::app`), watching
+//! the client while the application runs (`step_asgi`), so that `http.disconnect`
+//! reaches it when the client leaves, and the request's end (`end_asgi`, also when
+//! the connection is abandoned); and WebSockets, from the upgrade request
+//! (`try_websocket`) to the close.
 //!
 //! The response lives in the request's `asgi::cycle::Cycle`, filled by the
 //! application's task between the loop's turns; this file is where it meets the
@@ -17,28 +19,19 @@ use pyo3::prelude::*;
 
 use super::{Conn, State, Step, KEPT_OUT_BYTES};
 use crate::asgi::cycle::{Cycle, Progress};
-use crate::asgi::scope::ScopeInfo;
-use crate::asgi::sink::Sink;
 use crate::asgi::websocket::WsCycle;
-use crate::asgi::AsgiApp;
-use crate::http::body::Body;
-use crate::http::framer::Http1Response;
+use crate::http::request::RequestInfo;
 use crate::http::response::RequestFacts;
 use crate::http::websocket;
 use crate::net::outbox::Outbox;
-use crate::worker::{Service, Shared};
+use crate::worker::bridge;
+use crate::worker::exchange::status_line;
+use crate::worker::{Application, Service, Shared};
 
 /// A WebSocket connection's protocol state beside its application cycle.
 pub struct WsConn {
     cycle: Py<WsCycle>,
     decoder: websocket::Decoder,
-}
-
-impl WsConn {
-    /// The connection closes under it: the application hears a disconnect.
-    pub(super) fn abandon(&self) {
-        Python::with_gil(|py| self.cycle.borrow_mut(py).detach(py));
-    }
 }
 
 /// How long a connection waits for an application that neither sends nor ends.
@@ -47,48 +40,41 @@ pub(super) const APP_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 const WATCH_LIMIT_BYTES: usize = 64 * 1024;
 
 impl Conn {
-    pub(super) fn run_asgi(
+    /// An ASGI worker's WebSocket upgrade request: its application is called with a
+    /// `websocket` scope and the connection becomes a WebSocket. `None`: not one.
+    pub(super) fn try_websocket(
         &mut self,
         py: Python<'_>,
-        app: &AsgiApp,
         service: &Service,
         ctx: &Shared,
-        body: Body,
-    ) -> Step {
-        let (https, facts) = match self.begin_call(ctx) {
-            Ok(pair) => pair,
-            Err(refused) => return refused,
+        facts: RequestFacts,
+    ) -> Option<Step> {
+        let Application::Asgi(app) = &service.app else {
+            return None;
         };
-        // Gunicorn's ASGI worker calls pre_request before the application, and
-        // post_request once its response is over (`end_asgi`).
-        let hook_req = service
-            .hooks
-            .as_ref()
-            .and_then(|h| h.begin_request(py, &self.head_bytes, &self.head, &self.peer.addr));
-        let keep = |scope: &Bound<'_, pyo3::types::PyDict>| {
-            let wanted = service.hooks.as_ref().is_some_and(|h| h.post_request);
-            hook_req
-                .as_ref()
-                .filter(|_| wanted)
-                .map(|req| (req.clone().unbind(), scope.clone().into_any().unbind()))
-        };
-        let info = ScopeInfo {
-            head_bytes: &self.head_bytes,
-            head: &self.head,
+        let upgrade = websocket::upgrade_request(&self.ex.head, &self.ex.head_bytes)?;
+        // Gunicorn's ASGI order: pre_request before the application, post_request
+        // once the WebSocket is over (`end_ws`).
+        let hook_req = self.ex.pre_request(py, service, &self.peer);
+        let info = RequestInfo {
+            head_bytes: &self.ex.head_bytes,
+            head: &self.ex.head,
             peer: &self.peer,
             local: &self.local,
-            https,
+            https: self.ex.https,
+            client_subject: None,
             forwarder_headers: &ctx.settings.forwarder_headers,
         };
         let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
-        if let Some(upgrade) = websocket::upgrade_request(&self.head, &self.head_bytes) {
-            let facts = RequestFacts {
-                close: true,
-                ..facts
-            };
-            return match app.call_websocket(py, &info, upgrade, outbox, facts, self.key) {
+        let facts = RequestFacts {
+            close: true,
+            ..facts
+        };
+        Some(
+            match app.call_websocket(py, &info, upgrade, outbox, facts, self.key) {
                 Ok((cycle, scope)) => {
-                    self.hook_request = keep(&scope);
+                    self.ex
+                        .keep_for_post_request(service, hook_req, scope.as_any());
                     self.state = State::WebSocket(Box::new(WsConn {
                         cycle,
                         decoder: websocket::Decoder::new(app.ws_max_message_bytes),
@@ -98,42 +84,14 @@ impl Conn {
                 Err(e) => {
                     tracing::error!(
                         "Error handling WebSocket {}\n{}",
-                        String::from_utf8_lossy(&self.head_bytes[self.head.target.clone()]),
+                        String::from_utf8_lossy(&self.ex.head_bytes[self.ex.head.target.clone()]),
                         crate::python::format_exception(py, &e)
                     );
                     self.end_request(ctx, 500, 0);
                     self.fail_status(500, "Internal Server Error")
                 }
-            };
-        }
-        // `rgunctl status` shows a request's age; the sweep keeps it on the oldest
-        // (`EventLoop::publish_oldest_asgi_request`).
-        let slot = &ctx.slot;
-        if slot
-            .request_started_ms
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == 0
-        {
-            slot.request_begin();
-        }
-        let mut http = Http1Response::new(outbox, &facts);
-        if ctx.keep_response_heads {
-            http.keep_head();
-        }
-        let sink = Sink::Http1(http);
-        match app.call(py, &info, body, sink, facts, self.key) {
-            Ok((cycle, scope)) => {
-                self.hook_request = keep(&scope);
-                self.state = State::Asgi(cycle);
-                Step::Continue
-            }
-            Err(e) => {
-                let traceback = crate::python::format_exception(py, &e);
-                crate::log::request_error(&self.head_bytes, &self.head, &traceback);
-                self.end_request(ctx, 500, 0);
-                self.fail_status(500, "Internal Server Error")
-            }
-        }
+            },
+        )
     }
 
     /// Sends what the application framed; once the response is complete, finishes the
@@ -153,9 +111,8 @@ impl Conn {
             Err(e) => {
                 tracing::debug!("client went away mid-response: {e}");
                 c.client_gone(py);
-                let (status, headers) = (c.http().status, self.hook_headers(&c));
-                drop(c);
-                self.end_asgi(py, service, ctx, (status, headers, 0));
+                let status = c.http().status;
+                self.end_asgi(py, service, ctx, &c, (status, 0));
                 return Step::Close;
             }
         }
@@ -166,19 +123,18 @@ impl Conn {
             self.deadline = Instant::now() + APP_WAIT;
             return self.watch_client(py, &cycle, service, ctx);
         }
-        let headers = self.hook_headers(&c);
         let mut http = c.finish(py);
-        drop(c);
         self.state = State::Head;
         let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
         if let Some(head) = http.take_kept_head() {
-            self.response_head = head;
+            self.ex.response_head = head;
         }
         let out = http.outbox.into_buffer();
         if out.capacity() <= KEPT_OUT_BYTES {
             self.spare_out = out;
         }
-        let ended = self.end_asgi(py, service, ctx, (status, headers, bytes));
+        let ended = self.end_asgi(py, service, ctx, &c, (status, bytes));
+        drop(c);
         if close || progress == Progress::Broken {
             return self.shutdown_and_drain();
         }
@@ -205,43 +161,26 @@ impl Conn {
             _ => {
                 let mut c = cycle.borrow_mut(py);
                 c.client_gone(py);
-                let (status, headers) = (c.http().status, self.hook_headers(&c));
-                drop(c);
-                self.end_asgi(py, service, ctx, (status, headers, 0));
+                let status = c.http().status;
+                self.end_asgi(py, service, ctx, &c, (status, 0));
                 Step::Close
             }
         }
     }
 
-    /// The response's headers for a pending `post_request` hook (none to make otherwise).
-    fn hook_headers(&self, cycle: &Cycle) -> Vec<(String, String)> {
-        match self.hook_request {
-            Some(_) => cycle.response_headers(),
-            None => Vec::new(),
-        }
-    }
-
-    /// An ASGI request is over: its `post_request` hook (with the scope as the
-    /// environ), then the access log and the scoreboard. `response`: status,
-    /// headers, body bytes sent.
+    /// An ASGI request is over (complete, or cut short): its `post_request` hook
+    /// (`bridge::asgi_over`), then the exchange's `finish`. `response`: status, body
+    /// bytes sent.
     fn end_asgi(
         &mut self,
         py: Python<'_>,
         service: &Service,
         ctx: &Shared,
-        response: (u16, Vec<(String, String)>, u64),
+        cycle: &Cycle,
+        response: (u16, u64),
     ) -> Instant {
-        let (status, headers, bytes) = response;
-        if let (Some(h), Some((req, scope))) = (&service.hooks, self.hook_request.take()) {
-            let line = format!("{status} {}", crate::http::response::reason_phrase(status));
-            if let Some(resp) = h.response_or_log(py, &line, headers, bytes) {
-                h.call(
-                    py,
-                    "post_request",
-                    vec![req.into_bound(py), scope.into_bound(py), resp],
-                );
-            }
-        }
+        let (status, bytes) = response;
+        bridge::asgi_over(py, service, &mut self.ex, cycle, status, bytes);
         self.end_request(ctx, status, bytes)
     }
 
@@ -310,7 +249,9 @@ impl Conn {
         c.detach(py);
         let status = c.status;
         drop(c);
-        self.end_asgi(py, service, ctx, (status, Vec::new(), 0));
+        self.ex
+            .post_request(py, service, || (status_line(status), Vec::new()), 0);
+        self.end_request(ctx, status, 0);
     }
 
     /// The client's frames read so far, decoded into messages for the application
@@ -350,7 +291,7 @@ impl Conn {
     /// HTTP/2 connection's oldest ASGI stream).
     pub fn asgi_request_started(&self) -> Option<Instant> {
         match self.state {
-            State::Asgi(_) => Some(self.request_started),
+            State::Asgi(_) => Some(self.ex.started),
             State::Http2(_) => self.oldest_asgi_stream(),
             _ => None,
         }
@@ -362,8 +303,22 @@ impl Conn {
     }
 
     /// The connection closes with the application still running: it learns the
-    /// client left.
-    pub(super) fn abandon_asgi(cycle: &Py<Cycle>) {
-        Python::with_gil(|py| cycle.borrow_mut(py).client_gone(py));
+    /// client left, and the request ends as any other (`post_request`, the access
+    /// log, the scoreboard).
+    pub(super) fn abandon_asgi(&mut self, service: &Service, ctx: &Shared) {
+        Python::with_gil(|py| match &self.state {
+            State::Asgi(cycle) => {
+                let cycle = cycle.clone_ref(py);
+                let mut c = cycle.borrow_mut(py);
+                c.client_gone(py);
+                let status = c.http().status;
+                self.end_asgi(py, service, ctx, &c, (status, 0));
+            }
+            State::WebSocket(ws) => {
+                let cycle = ws.cycle.clone_ref(py);
+                self.end_ws(py, service, ctx, &cycle);
+            }
+            _ => {}
+        });
     }
 }

@@ -24,15 +24,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use h2::server::{Connection, Handshake};
 
-use super::h2_asgi::call_stream_asgi;
-use super::h2_stream::{run_stream, Exchange, Progress, StreamCtx, StreamJob};
+use super::h2_stream::{run_stream, Progress, Stream, StreamCtx, StreamJob};
 use super::{Conn, Exec, State, Step, READ_CHUNK_BYTES};
-use crate::http::h2::H2Response;
-use crate::http::head::RequestHead;
-use crate::log::AccessRecord;
 use crate::net::pipe::Pipe;
-use crate::worker::body::BodyReader;
-use crate::worker::{Application, Shared};
+use crate::worker::{Service, Shared};
 use crate::wsgi::response::WsgiSource;
 
 /// The client connection preface (RFC 9113 3.4) a prior-knowledge client opens with.
@@ -72,7 +67,7 @@ pub struct H2Conn {
     phase: Phase,
     woken: Arc<Flag>,
     waker: Waker,
-    exchanges: Vec<Exchange>,
+    streams: Vec<Stream>,
     /// Streams for pool threads, taken by the event loop after `drive`.
     outgoing: Vec<StreamJob>,
     /// Streams away on pool threads.
@@ -137,7 +132,7 @@ impl Conn {
             phase: Phase::Handshake(Box::pin(handshake)),
             waker: Waker::from(woken.clone()),
             woken,
-            exchanges: Vec::new(),
+            streams: Vec::new(),
             goaway: false,
             finished: false,
         }));
@@ -154,7 +149,11 @@ impl Conn {
         let step = self.h2_passes(&mut h, exec, ctx);
         self.state = State::Http2(h);
         if matches!(step, Step::Close) {
-            self.abandon(ctx);
+            let service = match exec {
+                Exec::Inline(_, service) => Some(service),
+                Exec::Pool => None,
+            };
+            self.abandon(ctx, service);
         }
         step
     }
@@ -169,11 +168,11 @@ impl Conn {
             moved |= h.poll_connection(ctx);
             let waker = h.waker.clone();
             let mut cx = Context::from_waker(&waker);
-            for ex in &mut h.exchanges {
-                moved |= ex.advance(&mut cx, exec, ctx.settings.request_timeout);
+            for st in &mut h.streams {
+                moved |= st.advance(&mut cx, exec, ctx.settings.request_timeout);
             }
             moved |= self.call_ready_streams(h, exec, ctx);
-            moved |= self.end_exchanges(h, ctx);
+            moved |= self.end_exchanges(h, exec, ctx);
             if let Exec::Inline(py, _) = exec {
                 for mut source in h.unclosed.drain(..) {
                     source.close(py);
@@ -185,7 +184,7 @@ impl Conn {
             };
             if moved {
                 self.deadline = Instant::now()
-                    + if h.exchanges.is_empty() && h.away == 0 {
+                    + if h.streams.is_empty() && h.away == 0 {
                         ctx.settings.keepalive.max(ctx.settings.request_timeout)
                     } else {
                         ctx.settings.request_timeout
@@ -208,31 +207,25 @@ impl Conn {
     /// The streams whose application must run (or produce more): here with the GIL,
     /// or handed to the pool one by one. True when there were any.
     fn call_ready_streams(&mut self, h: &mut H2Conn, exec: Exec<'_>, ctx: &Shared) -> bool {
-        if !h.exchanges.iter().any(Exchange::needs_python) {
+        if !h.streams.iter().any(Stream::needs_python) {
             return false;
         }
         let facts = self.stream_ctx();
         match exec {
             Exec::Inline(py, service) => {
-                for ex in h.exchanges.iter_mut().filter(|e| e.needs_python()) {
-                    match &service.app {
-                        // Its task runs in the asyncio loop: no lane, nothing to produce here.
-                        Application::Asgi(app) => {
-                            call_stream_asgi(py, app, service, ctx, ex, &facts)
-                        }
-                        Application::Wsgi(_) => run_stream(py, service, ctx, ex, &facts, 0),
-                    }
+                for st in h.streams.iter_mut().filter(|s| s.needs_python()) {
+                    run_stream(py, service, ctx, st, &facts, 0);
                 }
             }
             Exec::Pool => {
                 let (ready, kept): (Vec<_>, Vec<_>) =
-                    h.exchanges.drain(..).partition(Exchange::needs_python);
-                h.exchanges = kept;
+                    h.streams.drain(..).partition(Stream::needs_python);
+                h.streams = kept;
                 h.away += ready.len();
-                for exchange in ready {
+                for stream in ready {
                     h.outgoing.push(StreamJob {
                         conn_id: h.id,
-                        exchange,
+                        stream,
                         facts: self.stream_ctx(),
                     });
                 }
@@ -244,12 +237,12 @@ impl Conn {
     /// Nothing moved in a pass: the connection's deadline is the streams' earliest (or
     /// `--timeout` while the pool runs some), and each waiting ASGI cycle is armed.
     fn settle(&mut self, h: &H2Conn, exec: Exec<'_>, ctx: &Shared) {
-        self.in_request = !h.exchanges.is_empty() || h.away > 0;
+        self.in_request = !h.streams.is_empty() || h.away > 0;
         if h.away > 0 {
             // In the application, not waiting for the client: --timeout bounds it.
             self.deadline = Instant::now() + ctx.settings.request_timeout;
         }
-        if let Some(first) = h.exchanges.iter().map(|e| e.deadline).min() {
+        if let Some(first) = h.streams.iter().map(|e| e.deadline).min() {
             // The streams' own deadlines (an ASGI application's long-poll has a
             // long one), never later than the pool's.
             self.deadline = if h.away > 0 {
@@ -259,8 +252,8 @@ impl Conn {
             };
         }
         if let Exec::Inline(py, _) = exec {
-            for ex in &h.exchanges {
-                ex.arm(py);
+            for st in &h.streams {
+                st.arm(py);
             }
         }
     }
@@ -328,13 +321,13 @@ impl Conn {
             return false;
         };
         let mut reset = false;
-        for ex in h.exchanges.iter_mut().filter(|e| e.deadline <= now) {
+        for st in h.streams.iter_mut().filter(|s| s.deadline <= now) {
             tracing::debug!("HTTP/2 stream stalled past the request deadline: reset");
-            match &mut ex.send {
+            match &mut st.send {
                 Some(stream) => stream.send_reset(h2::Reason::CANCEL),
-                None => ex.respond.send_reset(h2::Reason::CANCEL),
+                None => st.respond.send_reset(h2::Reason::CANCEL),
             }
-            ex.done();
+            st.done();
             reset = true;
         }
         if reset {
@@ -357,9 +350,9 @@ impl Conn {
         let State::Http2(h) = &mut self.state else {
             return Vec::new();
         };
-        for ex in &mut h.exchanges {
-            ex.done();
-            h.unclosed.extend(ex.unclosed.take().map(|s| *s));
+        for st in &mut h.streams {
+            st.done();
+            h.unclosed.extend(st.unclosed.take().map(|s| *s));
         }
         std::mem::take(&mut h.unclosed)
     }
@@ -378,7 +371,7 @@ impl Conn {
         match &mut self.state {
             State::Http2(h) if h.id == job.conn_id => {
                 h.away -= 1;
-                h.exchanges.push(job.exchange);
+                h.streams.push(job.stream);
                 Ok(())
             }
             _ => Err(job),
@@ -386,44 +379,41 @@ impl Conn {
     }
 
     /// Logs and counts the exchanges that are over, and forgets them.
-    fn end_exchanges(&mut self, h: &mut H2Conn, ctx: &Shared) -> bool {
-        let before = h.exchanges.len();
+    fn end_exchanges(&mut self, h: &mut H2Conn, exec: Exec<'_>, ctx: &Shared) -> bool {
+        let before = h.streams.len();
         let mut kept = Vec::with_capacity(before);
-        for mut ex in h.exchanges.drain(..) {
-            if !matches!(ex.progress, Progress::Done) {
-                kept.push(ex);
+        for mut st in h.streams.drain(..) {
+            if !matches!(st.progress, Progress::Done) {
+                kept.push(st);
                 continue;
             }
-            h.unclosed.extend(ex.unclosed.take().map(|s| *s));
-            if ex.counted {
-                let elapsed = ex.started.elapsed();
-                self.served += 1;
-                ctx.scoreboard_end();
-                ctx.count_response(ex.response.status, elapsed);
-                ctx.log_access(&AccessRecord {
-                    head_bytes: &ex.head_bytes,
-                    head: &ex.head,
-                    peer: &self.peer,
-                    status: ex.response.status,
-                    body_bytes: ex.response.body_bytes,
-                    elapsed,
-                    response_headers: ex.response.kept_head(),
-                });
+            h.unclosed.extend(st.unclosed.take().map(|s| *s));
+            if let Exec::Inline(py, service) = exec {
+                st.post_request_gone(py, service);
             }
+            if st.ex.is_counted() {
+                self.served += 1;
+            }
+            if let Some(head) = st.response.kept_head.take() {
+                st.ex.response_head = head;
+            }
+            let (status, bytes) = (st.response.status, st.response.body_bytes);
+            st.ex.finish(ctx, &self.peer, status, bytes);
         }
-        h.exchanges = kept;
-        h.exchanges.len() != before
+        h.streams = kept;
+        h.streams.len() != before
     }
 
     /// The connection closes with streams unfinished: the scoreboard forgets them (once:
     /// they are uncounted), and ASGI applications still running hear `http.disconnect`.
-    pub(super) fn abandon_h2(h: &mut H2Conn, ctx: &Shared) {
-        for ex in &mut h.exchanges {
-            if std::mem::take(&mut ex.counted) {
-                ctx.scoreboard_end();
-            }
-            if matches!(ex.progress, Progress::Asgi(_)) {
-                ex.done();
+    pub(super) fn abandon_h2(h: &mut H2Conn, ctx: &Shared, service: Option<&Service>) {
+        for st in &mut h.streams {
+            st.ex.forget(ctx);
+            if matches!(st.progress, Progress::Asgi(_)) {
+                st.done();
+                if let Some(service) = service {
+                    pyo3::Python::with_gil(|py| st.post_request_gone(py, service));
+                }
             }
         }
     }
@@ -432,7 +422,7 @@ impl Conn {
     /// called.
     pub(super) fn oldest_asgi_stream(&self) -> Option<Instant> {
         match &self.state {
-            State::Http2(h) => h.exchanges.iter().filter_map(Exchange::asgi_started).min(),
+            State::Http2(h) => h.streams.iter().filter_map(Stream::asgi_started).min(),
             _ => None,
         }
     }
@@ -467,21 +457,9 @@ impl H2Conn {
             match conn.poll_accept(&mut cx) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
                     let (parts, recv) = request.into_parts();
-                    self.exchanges.push(Exchange {
-                        parts,
-                        body: Some(BodyReader::framed()),
-                        progress: Progress::Receiving(recv),
-                        respond,
-                        send: None,
-                        response: H2Response::default(),
-                        head_bytes: Vec::new(),
-                        head: RequestHead::default(),
-                        started: Instant::now(),
-                        deadline: Instant::now() + ctx.settings.request_timeout,
-                        counted: false,
-                        hook_request: None,
-                        unclosed: None,
-                    });
+                    let deadline = Instant::now() + ctx.settings.request_timeout;
+                    self.streams
+                        .push(Stream::new(parts, recv, respond, deadline));
                     moved = true;
                 }
                 Poll::Ready(Some(Err(e))) => {

@@ -1,8 +1,9 @@
-//! One HTTP/2 stream's exchange (`conn::h2` drives the connection): its request body
-//! as it comes, the application call (`run_stream`, with the GIL: a WSGI one inline
-//! or on a pool thread as a `StreamJob`, an ASGI one through `h2_asgi`), its response
-//! produced into an `H2Response` and sent within the stream's window
-//! (`Exchange::advance`, `send_within_window`). Nothing here reads or writes the
+//! One HTTP/2 stream (`conn::h2` drives the connection): its request body as it
+//! comes, then its `Exchange` begun and the application called through
+//! `worker::bridge` (`run_stream`, with the GIL: inline, or on a pool thread as a
+//! `StreamJob`), its response produced into an `H2Response` (a WSGI iterable here, an
+//! ASGI cycle's `send()`s through `h2_asgi`) and sent within the stream's window
+//! (`Stream::advance`, `send_within_window`). Nothing here reads or writes the
 //! socket.
 
 use std::sync::Arc;
@@ -14,18 +15,16 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use pyo3::prelude::*;
 
-use super::app::HIGH_WATER_BYTES;
 use super::Exec;
 use crate::asgi::cycle::Cycle;
 use crate::http::body::Body;
 use crate::http::framer::ResponseSink;
 use crate::http::h2::{request_head, H2Response};
-use crate::http::head::RequestHead;
 use crate::http::response::RequestFacts;
-use crate::http::scheme::is_https;
 use crate::worker::body::BodyReader;
-use crate::worker::{Application, Service, Shared};
-use crate::wsgi::environ::RequestInfo;
+use crate::worker::bridge::{self, Origin, Produced, Running, HIGH_WATER_BYTES};
+use crate::worker::exchange::Exchange;
+use crate::worker::{Service, Shared};
 use crate::wsgi::response::WsgiSource;
 
 /// Where one stream's exchange is.
@@ -45,7 +44,10 @@ pub(super) enum Progress {
     Done,
 }
 
-pub(super) struct Exchange {
+/// One stream: its part of the HTTP/2 connection beside the request's `Exchange`.
+pub(super) struct Stream {
+    /// The request in flight: its head (made from `parts`), start, scheme, hooks.
+    pub(super) ex: Exchange,
     pub(super) parts: http::request::Parts,
     /// The request body as it comes (spilled to a file past `SPILL_THRESHOLD_BYTES`),
     /// then `None` once handed to the application.
@@ -54,18 +56,14 @@ pub(super) struct Exchange {
     pub(super) respond: SendResponse<Bytes>,
     pub(super) send: Option<SendStream<Bytes>>,
     pub(super) response: H2Response,
-    pub(super) head_bytes: Vec<u8>,
-    pub(super) head: RequestHead,
-    pub(super) started: Instant,
     /// When the stream is reset if it has not moved: its body stopped coming, or its
     /// client stopped opening the window (the request deadline).
     pub(super) deadline: Instant,
-    /// On the scoreboard as a request in flight.
-    pub(super) counted: bool,
-    /// `req` and environ kept for a `post_request` hook.
-    pub(super) hook_request: Option<(Py<PyAny>, Py<PyAny>)>,
     /// A response source that ended early (reset, client gone), owed its `close()`.
     pub(super) unclosed: Option<Box<WsgiSource>>,
+    /// An ASGI application whose stream ended early (reset, client gone, the
+    /// application failed mid-body), owed its `post_request` (`post_request_gone`).
+    pub(super) gone: Option<Py<Cycle>>,
 }
 
 /// What a stream's application call needs to know about its connection.
@@ -83,36 +81,58 @@ pub(super) struct StreamCtx {
 /// streams of one connection run concurrently.
 pub struct StreamJob {
     pub(super) conn_id: u64,
-    pub(super) exchange: Exchange,
+    pub(super) stream: Stream,
     pub(super) facts: StreamCtx,
 }
 
 impl StreamJob {
     /// On a pool thread, with the GIL: runs the application or produces more.
     pub fn run(&mut self, py: Python<'_>, service: &Service, ctx: &Shared, lane: usize) {
-        run_stream(py, service, ctx, &mut self.exchange, &self.facts, lane);
+        run_stream(py, service, ctx, &mut self.stream, &self.facts, lane);
     }
 
     /// Its connection is gone: the scoreboard forgets the request.
     pub fn abandon(self, py: Python<'_>, ctx: &Shared) {
-        let mut ex = self.exchange;
-        if let Progress::Producing(source) = &mut ex.progress {
+        let mut st = self.stream;
+        if let Progress::Producing(source) = &mut st.progress {
             source.close(py);
         }
-        if ex.counted {
-            ctx.scoreboard_end();
-        }
+        st.ex.forget(ctx);
     }
 }
 
-impl Exchange {
+impl Stream {
+    /// A stream `h2` accepted, its body still to come.
+    pub(super) fn new(
+        parts: http::request::Parts,
+        recv: RecvStream,
+        respond: SendResponse<Bytes>,
+        deadline: Instant,
+    ) -> Stream {
+        Stream {
+            ex: Exchange::new(Instant::now()),
+            parts,
+            body: Some(BodyReader::framed()),
+            progress: Progress::Receiving(recv),
+            respond,
+            send: None,
+            response: H2Response::default(),
+            deadline,
+            unclosed: None,
+            gone: None,
+        }
+    }
+
     /// Over: a response source not yet closed is kept for `close()` with the GIL; an
     /// ASGI application still running hears `http.disconnect` (an ASGI worker's loop
     /// thread holds the GIL, so taking it here costs nothing).
     pub(super) fn done(&mut self) {
         match std::mem::replace(&mut self.progress, Progress::Done) {
             Progress::Producing(source) => self.unclosed = Some(source),
-            Progress::Asgi(cycle) => Python::with_gil(|py| cycle.borrow_mut(py).client_gone(py)),
+            Progress::Asgi(cycle) => {
+                Python::with_gil(|py| cycle.borrow_mut(py).client_gone(py));
+                self.gone = Some(cycle);
+            }
             _ => {}
         }
     }
@@ -278,168 +298,127 @@ pub(super) fn send_within_window(
     Sent { moved, end: None }
 }
 
-/// With the GIL: runs a ready stream's WSGI application, or produces more of its
-/// response.
+/// With the GIL: calls a ready stream's application, or produces more of its WSGI
+/// response (on record in `lane` while a WSGI call holds the thread).
 pub(super) fn run_stream(
     py: Python<'_>,
     service: &Service,
     ctx: &Shared,
-    ex: &mut Exchange,
+    st: &mut Stream,
     facts: &StreamCtx,
     lane: usize,
 ) {
-    let what = ex.head.method.start..ex.head.target.end;
-    let what = ex.head_bytes.get(what).unwrap_or_default().to_vec();
-    ctx.lanes
-        .enter(lane, facts.fd, true, ex.started, &what, &facts.peer.addr);
-    if matches!(ex.progress, Progress::Ready) {
-        call_stream_app(py, service, ctx, ex, facts);
+    let holds = bridge::holds_thread(service);
+    if holds {
+        let what = st.ex.head.method.start..st.ex.head.target.end;
+        let what = st.ex.head_bytes.get(what).unwrap_or_default().to_vec();
+        ctx.lanes
+            .enter(lane, facts.fd, true, st.ex.started, &what, &facts.peer.addr);
     }
-    produce(py, service, ex);
-    ctx.lanes.leave(lane);
+    if matches!(st.progress, Progress::Ready) {
+        call_stream(py, service, ctx, st, facts);
+    }
+    produce(py, service, st);
+    if holds {
+        ctx.lanes.leave(lane);
+    }
 }
 
-fn call_stream_app(
+/// The stream's exchange begins and its application is called through the bridge
+/// with the stream's `H2Response` as the sink.
+fn call_stream(
     py: Python<'_>,
     service: &Service,
     ctx: &Shared,
-    ex: &mut Exchange,
+    st: &mut Stream,
     facts: &StreamCtx,
 ) {
-    let Application::Wsgi(app) = &service.app else {
-        return answer_error(ex, 500, "Internal Server Error");
-    };
-    let Some((https, body)) = stream_request(ctx, ex, facts) else {
+    let Some(body) = stream_request(ctx, st, facts) else {
         return;
     };
-    let remote = (
-        pyo3::types::PyString::new(py, &facts.peer.addr).unbind(),
-        pyo3::types::PyString::new(py, &facts.peer.port).unbind(),
-    );
-    let info = RequestInfo {
-        remote: &remote,
-        head_bytes: &ex.head_bytes,
-        head: &ex.head,
-        peer: &facts.peer,
-        local: &facts.local,
-        https,
-        client_subject: facts.client_subject.as_deref(),
-        forwarder_headers: &ctx.settings.forwarder_headers,
-    };
-    let is_head = ex.head.is_head_method(&ex.head_bytes);
+    let is_head = st.ex.head.is_head_method(&st.ex.head_bytes);
     let request = RequestFacts {
         minor_version: 1,
         is_head,
         close: false,
         known_length: None,
     };
-    ex.response = H2Response::new(is_head);
-    if ctx.keep_response_heads {
-        ex.response.keep_head();
-    }
-    // Gunicorn's order: pre_request before the application, post_request once its
-    // response is all produced (`produce`).
-    let hook_req = service
-        .hooks
-        .as_ref()
-        .and_then(|h| h.begin_request(py, &ex.head_bytes, &ex.head, &facts.peer.addr));
-    let started = app
-        .call(py, &info, body)
-        .map_err(|e| crate::python::format_exception(py, &e));
-    if let (Ok(response), Some(h), Some(req)) = (&started, &service.hooks, hook_req) {
-        if h.post_request {
-            ex.hook_request = Some((req.unbind(), response.environ.clone_ref(py).into_any()));
+    let mut remote = None;
+    let origin = Origin {
+        key: facts.key,
+        peer: &facts.peer,
+        local: &facts.local,
+        client_subject: facts.client_subject.as_deref(),
+        remote: &mut remote,
+    };
+    let sink = H2Response::new(is_head);
+    match bridge::call(py, service, ctx, &mut st.ex, origin, body, sink, request) {
+        Some(Running::Wsgi(source, response)) => {
+            st.response = response;
+            st.progress = Progress::Producing(Box::new(source));
         }
-    }
-    let source = started.and_then(|response| {
-        WsgiSource::start(py, app, response, request, &mut ex.response).map_err(|e| e.to_string())
-    });
-    match source {
-        Ok(source) => ex.progress = Progress::Producing(Box::new(source)),
-        Err(detail) => {
-            crate::log::request_error(&ex.head_bytes, &ex.head, &detail);
-            answer_error(ex, 500, "Internal Server Error");
-        }
+        Some(Running::Asgi(cycle)) => st.progress = Progress::Asgi(cycle),
+        None => answer_error(st, 500, "Internal Server Error"),
     }
 }
 
-/// Pulls the stream's response up to the high-water mark; closes the iterable at its
-/// end. An application that fails mid-body gets the stream reset (the head is sent).
-fn produce(py: Python<'_>, service: &Service, ex: &mut Exchange) {
-    let Progress::Producing(source) = &mut ex.progress else {
+/// Pulls the stream's WSGI response up to the high-water mark (`bridge::produce`).
+/// An application that fails mid-body gets the stream reset (the head is sent).
+fn produce(py: Python<'_>, service: &Service, st: &mut Stream) {
+    let Progress::Producing(source) = &mut st.progress else {
         return;
     };
-    if let Err(e) = source.produce(py, &mut ex.response, HIGH_WATER_BYTES) {
-        source.close(py);
-        crate::log::request_error(&ex.head_bytes, &ex.head, &e.to_string());
-        if let Some(stream) = &mut ex.send {
-            stream.send_reset(h2::Reason::INTERNAL_ERROR);
-        }
-        ex.hook_request = None;
-        ex.progress = Progress::Done;
-        return;
-    }
-    if source.is_done() {
-        source.close(py);
-        if let (Some(h), Some((req, environ))) = (&service.hooks, ex.hook_request.take()) {
-            let (status, headers) = source.head_text(py);
-            if let Some(resp) = h.response_or_log(py, &status, headers, ex.response.body_bytes) {
-                h.call(
-                    py,
-                    "post_request",
-                    vec![req.into_bound(py), environ.into_bound(py), resp],
-                );
+    match bridge::produce(py, service, &mut st.ex, source, &mut st.response) {
+        Produced::More => {}
+        Produced::Done => st.progress = Progress::Sending,
+        Produced::Failed => {
+            if let Some(stream) = &mut st.send {
+                stream.send_reset(h2::Reason::INTERNAL_ERROR);
             }
+            st.progress = Progress::Done;
         }
-        ex.progress = Progress::Sending;
     }
 }
 
-/// A ready stream's request for its application, WSGI or ASGI: on the scoreboard,
-/// its HTTP/1 head made and parsed (`ex.head`), whether it came over HTTPS, and its
-/// body. `None` when it was refused (the stream then answers 400, or 500).
-pub(super) fn stream_request(
-    ctx: &Shared,
-    ex: &mut Exchange,
-    facts: &StreamCtx,
-) -> Option<(bool, Body)> {
-    ctx.scoreboard_begin();
-    ex.counted = true;
-    let received = ex.body.as_ref().map_or(0, BodyReader::received);
+/// A ready stream's request: its HTTP/1 head made and parsed (`st.ex.head`), the
+/// exchange begun (the scheme decision; counted in flight), and its body. `None`
+/// when it was refused (the stream then answers 400, or 500).
+fn stream_request(ctx: &Shared, st: &mut Stream, facts: &StreamCtx) -> Option<Body> {
+    let received = st.body.as_ref().map_or(0, BodyReader::received);
+    let ex = &mut st.ex;
     if let Err(e) = request_head(
-        &ex.parts,
+        &st.parts,
         received,
         &ctx.settings.limits,
         &mut ex.head_bytes,
         &mut ex.head,
     ) {
         tracing::debug!("HTTP/2 request refused: {e}");
-        answer_error(ex, 400, "Bad Request");
+        // Counted and logged: the head `h2` accepted is not one of ours.
+        ex.count(ctx);
+        answer_error(st, 400, "Bad Request");
         return None;
     }
-    let https = facts.tls
-        || is_https(
-            &ex.head_bytes,
-            &ex.head,
-            facts.peer.trusted,
-            &ctx.settings.secure_scheme_headers,
-        )
-        .unwrap_or(false);
-    let body = match ex.body.take().map(BodyReader::finish) {
-        _ if received == 0 => Body::Empty,
-        Some(Ok(body)) => body,
+    if let Err(e) = ex.begin(ctx, &facts.peer, facts.tls) {
+        tracing::debug!("HTTP/2 request refused: {e}");
+        let (code, reason) = e.status();
+        answer_error(st, code, reason);
+        return None;
+    }
+    match st.body.take().map(BodyReader::finish) {
+        _ if received == 0 => Some(Body::Empty),
+        Some(Ok(body)) => Some(body),
         Some(Err(e)) => {
             tracing::error!("{e}");
-            answer_error(ex, 500, "Internal Server Error");
-            return None;
+            answer_error(st, 500, "Internal Server Error");
+            None
         }
-        None => Body::Empty,
-    };
-    Some((https, body))
+        None => Some(Body::Empty),
+    }
 }
 
 /// A server-made response: `code` with its reason as a short text body.
-pub(super) fn answer_error(ex: &mut Exchange, code: u16, reason: &str) {
+pub(super) fn answer_error(st: &mut Stream, code: u16, reason: &str) {
     let facts = RequestFacts {
         minor_version: 1,
         is_head: false,
@@ -448,9 +427,9 @@ pub(super) fn answer_error(ex: &mut Exchange, code: u16, reason: &str) {
     };
     let status = format!("{code} {reason}");
     let headers: [(&[u8], &[u8]); 1] = [(b"content-type", b"text/plain")];
-    ex.response = H2Response::new(false);
-    let _ = ex.response.head(&status, headers.into_iter(), facts);
-    ex.response.data(reason.as_bytes());
-    ex.response.end();
-    ex.progress = Progress::Sending;
+    st.response = H2Response::new(false);
+    let _ = st.response.head(&status, headers.into_iter(), facts);
+    st.response.data(reason.as_bytes());
+    st.response.end();
+    st.progress = Progress::Sending;
 }

@@ -156,14 +156,19 @@ fn step(c: &mut Conn, ctx: &Shared, client: &mut UnixStream, out: &mut Outcome) 
         }
         match c.drive(Exec::Pool, ctx) {
             Drive::Dispatch => {
-                let head_len = c.head_bytes.len();
-                for r in [&c.head.method, &c.head.target, &c.head.path, &c.head.query] {
+                let head_len = c.ex.head_bytes.len();
+                for r in [
+                    &c.ex.head.method,
+                    &c.ex.head.target,
+                    &c.ex.head.path,
+                    &c.ex.head.query,
+                ] {
                     assert!(
                         r.start <= r.end && r.end <= head_len,
                         "a range outside the head"
                     );
                 }
-                for (name, value) in &c.head.headers {
+                for (name, value) in &c.ex.head.headers {
                     assert!(name.end <= head_len && value.end <= head_len);
                 }
                 out.dispatched += 1;

@@ -25,14 +25,15 @@ use pyo3::prelude::*;
 pub use self::app::Responding;
 pub use self::h2_stream::StreamJob;
 use super::body::{BodyError, BodyReader};
-use super::{Application, Service, Shared};
+use super::exchange::Exchange;
+use super::{Service, Shared};
 use crate::http::body::Body;
-use crate::http::head::RequestHead;
 use crate::http::proxy::{self, ProxyMode};
 use crate::http::scan::HeadScan;
 use crate::http::HttpError;
 use crate::net::transport::Transport;
 use crate::net::{Local, Peer};
+use crate::wsgi::environ::Remote;
 
 /// Blank-line bytes tolerated before a request.
 const MAX_BLANK_BYTES: usize = 1024;
@@ -96,22 +97,18 @@ pub struct Conn {
     local: std::sync::Arc<Local>,
     read_buf: Vec<u8>,
     read_start: usize,
-    head: RequestHead,
+    /// The request in flight (or the last one): its head, start, scheme, hook state.
+    ex: Exchange,
     /// How far the incoming head has been scanned (from `read_start`).
     scan: HeadScan,
-    head_bytes: Vec<u8>,
     /// The last response's output buffer, emptied, for the next response: no
     /// allocation and regrowth per request.
     spare_out: Vec<u8>,
-    /// The finished response's head when `Shared::keep_response_heads`, for the access
-    /// log's `%({name}o)s`.
-    response_head: Vec<u8>,
     state: State,
     /// When the current state gives up (idle keep-alive, slow head, stalled I/O).
     pub deadline: Instant,
     /// A request is between its first byte and its last response byte.
     pub in_request: bool,
-    request_started: Instant,
     served: u64,
     /// The body of a request waiting for a pool thread.
     pending_body: Option<Body>,
@@ -128,11 +125,9 @@ pub struct Conn {
     /// Blank-line bytes skipped before the current request.
     blank_bytes: usize,
     /// REMOTE_ADDR/REMOTE_PORT as Python strings, made at the first request.
-    remote_py: Option<(Py<pyo3::types::PyString>, Py<pyo3::types::PyString>)>,
+    remote_py: Option<Remote>,
     /// A PROXY protocol header may still come first (`--proxy-protocol`).
     proxy_pending: Option<ProxyMode>,
-    /// `req` and environ kept for a `post_request` hook.
-    hook_request: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
 impl Conn {
@@ -150,18 +145,14 @@ impl Conn {
             local,
             read_buf: Vec::new(),
             read_start: 0,
-            head: RequestHead::default(),
+            ex: Exchange::new(Instant::now()),
             scan: HeadScan::default(),
-            head_bytes: Vec::new(),
             spare_out: Vec::new(),
-            response_head: Vec::new(),
             state: State::Head,
             deadline: Instant::now() + first_byte_timeout,
             in_request: false,
-            request_started: Instant::now(),
             served: 0,
             pending_body: None,
-            hook_request: None,
             proxy_pending,
             remote_py: None,
             blank_bytes: 0,
@@ -226,30 +217,23 @@ impl Conn {
         }
     }
 
-    /// The connection is closed with a request unfinished: the scoreboard forgets it.
-    pub fn abandon(&mut self, ctx: &Shared) {
-        match &mut self.state {
-            State::Responding(_) => ctx.scoreboard_end(),
-            State::Asgi(cycle) => {
-                ctx.scoreboard_end();
-                Conn::abandon_asgi(cycle);
+    /// The connection is closed with a request unfinished: the scoreboard forgets it;
+    /// an ASGI application hears that its client left and its request ends
+    /// (`post_request` included: an ASGI worker always has `service`).
+    pub fn abandon(&mut self, ctx: &Shared, service: Option<&Service>) {
+        match (&mut self.state, service) {
+            (State::Asgi(_) | State::WebSocket(_), Some(service)) => {
+                self.abandon_asgi(service, ctx)
             }
-            State::WebSocket(ws) => {
-                ctx.scoreboard_end();
-                ws.abandon();
-            }
-            State::Http2(h) => Conn::abandon_h2(h, ctx),
-            _ => {}
+            (State::Http2(h), _) => Conn::abandon_h2(h, ctx, service),
+            _ => self.ex.forget(ctx),
         }
     }
 
     /// A complete request: run it here, or hand it to a pool thread.
     fn request_ready(&mut self, exec: Exec<'_>, ctx: &Shared, body: Body) -> Step {
         match exec {
-            Exec::Inline(py, service) => match &service.app {
-                Application::Wsgi(app) => self.run_app(py, app, service, ctx, body, 0),
-                Application::Asgi(app) => self.run_asgi(py, app, service, ctx, body),
-            },
+            Exec::Inline(py, service) => self.run_request(py, service, ctx, body, 0),
             Exec::Pool => {
                 self.pending_body = Some(body);
                 Step::Dispatch
@@ -315,7 +299,10 @@ impl Conn {
             return Some(Step::Continue);
         }
         let buf = &self.read_buf[self.read_start..];
-        let parsed = match self.scan.parse(buf, &ctx.settings.limits, &mut self.head) {
+        let parsed = match self
+            .scan
+            .parse(buf, &ctx.settings.limits, &mut self.ex.head)
+        {
             Err(e) => self.parse_lenient(ctx).ok_or(e).map(Some),
             parsed => parsed,
         };
@@ -323,8 +310,9 @@ impl Conn {
             Ok(Some(n)) => {
                 self.scan = HeadScan::default();
                 self.blank_bytes = 0;
-                self.head_bytes.clear();
-                self.head_bytes
+                self.ex.head_bytes.clear();
+                self.ex
+                    .head_bytes
                     .extend_from_slice(&self.read_buf[self.read_start..self.read_start + n]);
                 self.read_start += n;
                 Some(self.on_head(exec, ctx))
@@ -344,8 +332,8 @@ impl Conn {
         }
         let buf = &mut self.read_buf[self.read_start..];
         let rewritten = crate::http::lenient::rewrite(buf, &limits.lenient)?;
-        let parsed = crate::http::head::parse_head(buf, limits, &mut self.head).ok()??;
-        self.head.unconventional_version = rewritten.version;
+        let parsed = crate::http::head::parse_head(buf, limits, &mut self.ex.head).ok()??;
+        self.ex.head.unconventional_version = rewritten.version;
         Some(parsed)
     }
 
@@ -358,8 +346,8 @@ impl Conn {
                 if was_empty {
                     // The first byte of a request: the whole head must now arrive in time.
                     self.in_request = true;
-                    self.request_started = Instant::now();
-                    self.deadline = self.request_started + ctx.settings.request_timeout;
+                    self.ex.started = Instant::now();
+                    self.deadline = self.ex.started + ctx.settings.request_timeout;
                 }
                 Step::Continue
             }
@@ -415,13 +403,13 @@ impl Conn {
     fn on_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
         if !self.in_request {
             self.in_request = true;
-            self.request_started = Instant::now();
+            self.ex.started = Instant::now();
         }
-        match BodyReader::new(self.head.framing) {
+        match BodyReader::new(self.ex.head.framing) {
             None => self.request_ready(exec, ctx, Body::Empty),
             Some(reader) => {
-                if self.head.expects_continue
-                    && self.head.minor_version >= 1
+                if self.ex.head.expects_continue
+                    && self.ex.head.minor_version >= 1
                     && self.read_start == self.read_buf.len()
                 {
                     // Best effort: a full socket buffer here means the client is not

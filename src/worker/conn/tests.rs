@@ -20,7 +20,7 @@ fn conn() -> (Conn, std::os::unix::net::UnixStream) {
 }
 
 fn target(c: &Conn) -> String {
-    String::from_utf8_lossy(&c.head_bytes[c.head.target.clone()]).into_owned()
+    String::from_utf8_lossy(&c.ex.head_bytes[c.ex.head.target.clone()]).into_owned()
 }
 
 fn body(c: &mut Conn) -> Vec<u8> {

@@ -24,7 +24,7 @@ impl Conn {
     /// The buffered bytes as (the start of) a packet. `None`: more bytes needed.
     fn parse_packet(&mut self, exec: Exec<'_>, ctx: &Shared) -> Option<Step> {
         let buf = &self.read_buf[self.read_start..];
-        match parse_packet(buf, &mut self.head, &mut self.head_bytes) {
+        match parse_packet(buf, &mut self.ex.head, &mut self.ex.head_bytes) {
             Ok(Some(n)) => {
                 self.read_start += n;
                 Some(self.on_head(exec, ctx))

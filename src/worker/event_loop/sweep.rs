@@ -118,7 +118,7 @@ impl EventLoop<'_> {
 
     /// An ASGI worker's scoreboard shows the age of its oldest HTTP request in flight
     /// (`rgunctl status`'s current request; WebSockets are not requests that end).
-    /// `Conn::run_asgi` starts the clock when none runs; this keeps it on the oldest.
+    /// `bridge::call` starts the clock for an ASGI request when none runs; this keeps it on the oldest.
     /// The master does not time an ASGI worker out on it: its `--timeout` watches the
     /// loop's heartbeat.
     pub(super) fn publish_oldest_asgi_request(&self, now: Instant) {

@@ -7,6 +7,7 @@
 
 mod asgi;
 mod attacks;
+mod exchange;
 mod retire;
 mod tls;
 

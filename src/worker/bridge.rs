@@ -1,0 +1,183 @@
+//! The application bridge: one interface over WSGI and ASGI for every protocol
+//! driver. `call` runs an `Exchange`'s application with a response sink (an HTTP/1
+//! connection's `Http1Response`, an HTTP/2 stream's `H2Response`) and answers what
+//! now produces the response: a WSGI iterable pulled into that sink (`produce`,
+//! then `close`), or an ASGI cycle whose `send()`s frame into it. `asgi_over`
+//! ends an ASGI response, complete or cut short.
+//!
+//! Knows sinks, never HTTP versions; the drivers know `Running`, never WSGI or ASGI
+//! calls.
+
+use std::sync::atomic::Ordering;
+
+use pyo3::prelude::*;
+
+use super::exchange::{status_line, Exchange};
+use super::{Application, Service, Shared};
+use crate::asgi::cycle::Cycle;
+use crate::asgi::sink::Sink;
+use crate::http::body::Body;
+use crate::http::framer::ResponseSink;
+use crate::http::request::RequestInfo;
+use crate::http::response::RequestFacts;
+use crate::net::{Local, Peer};
+use crate::wsgi::environ::Remote;
+use crate::wsgi::response::WsgiSource;
+
+/// Stop producing a WSGI response once this much waits for the client.
+pub const HIGH_WATER_BYTES: usize = 64 * 1024;
+
+/// The connection's side of a request: what the application is told about it
+/// besides the head.
+pub(super) struct Origin<'a> {
+    /// The connection's key in the event loop (an ASGI cycle wakes it by key).
+    pub(super) key: usize,
+    pub(super) peer: &'a Peer,
+    pub(super) local: &'a Local,
+    pub(super) client_subject: Option<&'a str>,
+    /// REMOTE_ADDR/REMOTE_PORT as Python strings, made by the first WSGI request
+    /// that needs them and kept where the connection keeps them.
+    pub(super) remote: &'a mut Option<Remote>,
+}
+
+/// What produces a called application's response.
+pub(super) enum Running<S> {
+    /// A WSGI iterable, pulled into its sink by `produce`.
+    Wsgi(WsgiSource, S),
+    /// An ASGI application's task; its sink is in the cycle.
+    Asgi(Py<Cycle>),
+}
+
+/// How far `produce` got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Produced {
+    /// Up to the high-water mark: more to come.
+    More,
+    /// The body is all produced; `close()` and `post_request` ran.
+    Done,
+    /// The application raised mid-body (logged): the response cannot end properly.
+    Failed,
+}
+
+/// The application's call holds the calling thread until its response is produced
+/// (WSGI): the driver records the request in a lane for `--timeout`
+/// (`abort::Lanes`). An ASGI call returns at its first `await`.
+pub(super) fn holds_thread(service: &Service) -> bool {
+    matches!(service.app, Application::Wsgi(_))
+}
+
+/// Calls the application for a begun exchange: `pre_request`, the environ or scope,
+/// the call, what `post_request` will need. `None`: it raised (logged by
+/// `Exchange::fail`); the driver answers 500 and finishes the exchange.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn call<S: ResponseSink + Into<Sink>>(
+    py: Python<'_>,
+    service: &Service,
+    ctx: &Shared,
+    ex: &mut Exchange,
+    origin: Origin<'_>,
+    body: Body,
+    mut sink: S,
+    facts: RequestFacts,
+) -> Option<Running<S>> {
+    if ctx.keep_response_heads {
+        sink.keep_head();
+    }
+    let hook_req = ex.pre_request(py, service, origin.peer);
+    let info = RequestInfo {
+        head_bytes: &ex.head_bytes,
+        head: &ex.head,
+        peer: origin.peer,
+        local: origin.local,
+        https: ex.https,
+        client_subject: origin.client_subject,
+        forwarder_headers: &ctx.settings.forwarder_headers,
+    };
+    let called = match &service.app {
+        Application::Wsgi(app) => {
+            let remote = origin
+                .remote
+                .get_or_insert_with(|| remote_strings(py, origin.peer));
+            app.call(py, &info, remote, body)
+                .map_err(|e| crate::python::format_exception(py, &e))
+                .and_then(|response| {
+                    let environ = response.environ.clone_ref(py).into_bound(py).into_any();
+                    WsgiSource::start(py, app, response, facts, &mut sink)
+                        .map(|source| (Running::Wsgi(source, sink), environ))
+                        .map_err(|e| e.to_string())
+                })
+        }
+        Application::Asgi(app) => {
+            // `rgunctl status` shows a request's age; the sweep keeps it on the
+            // oldest (`EventLoop::publish_oldest_asgi_request`).
+            let slot = &ctx.slot;
+            if slot.request_started_ms.load(Ordering::Relaxed) == 0 {
+                slot.request_begin();
+            }
+            app.call(py, &info, body, sink.into(), facts, origin.key)
+                .map(|(cycle, scope)| (Running::Asgi(cycle), scope.into_any()))
+                .map_err(|e| crate::python::format_exception(py, &e))
+        }
+    };
+    match called {
+        Ok((running, environ)) => {
+            ex.keep_for_post_request(service, hook_req, &environ);
+            Some(running)
+        }
+        Err(traceback) => {
+            ex.fail(&traceback);
+            None
+        }
+    }
+}
+
+fn remote_strings(py: Python<'_>, peer: &Peer) -> Remote {
+    (
+        pyo3::types::PyString::new(py, &peer.addr).unbind(),
+        pyo3::types::PyString::new(py, &peer.port).unbind(),
+    )
+}
+
+/// Pulls a WSGI response into its sink up to `HIGH_WATER_BYTES`; at its end the
+/// iterable's `close()` and `post_request`. An application that raises is closed and
+/// logged, and gets no `post_request` (as before the Exchange).
+pub(super) fn produce<S: ResponseSink>(
+    py: Python<'_>,
+    service: &Service,
+    ex: &mut Exchange,
+    source: &mut WsgiSource,
+    sink: &mut S,
+) -> Produced {
+    if let Err(e) = source.produce(py, sink, HIGH_WATER_BYTES) {
+        source.close(py);
+        ex.fail(&e.to_string());
+        return Produced::Failed;
+    }
+    if !source.is_done() {
+        return Produced::More;
+    }
+    if source.needs_close() {
+        source.close(py);
+        let bytes = sink.body_bytes();
+        ex.post_request(py, service, || source.head_text(py), bytes);
+    }
+    Produced::Done
+}
+
+/// An ASGI response is over (complete, or cut short because the client left or the
+/// application failed): its `post_request`, with the scope as the environ.
+pub(super) fn asgi_over(
+    py: Python<'_>,
+    service: &Service,
+    ex: &mut Exchange,
+    cycle: &Cycle,
+    status: u16,
+    body_bytes: u64,
+) {
+    ex.post_request(
+        py,
+        service,
+        || (status_line(status), cycle.response_headers()),
+        body_bytes,
+    );
+}
