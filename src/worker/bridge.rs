@@ -93,19 +93,23 @@ pub(super) fn call<S: ResponseSink + Into<Sink>>(
         client_subject: origin.client_subject,
         forwarder_headers: &ctx.settings.forwarder_headers,
     };
+    // What `post_request` needs is kept as soon as the call answered (a failure
+    // after it, `Exchange::fail`, forgets it again).
     let called = match &service.app {
         Application::Wsgi(app) => {
             let remote = origin
                 .remote
                 .get_or_insert_with(|| remote_strings(py, origin.peer));
-            app.call(py, &info, remote, body)
-                .map_err(|e| crate::python::format_exception(py, &e))
-                .and_then(|response| {
-                    let environ = response.environ.clone_ref(py).into_bound(py).into_any();
+            match app.call(py, &info, remote, body) {
+                Ok(response) => {
+                    let environ = response.environ.bind(py).as_any();
+                    ex.keep_for_post_request(service, hook_req, environ);
                     WsgiSource::start(py, app, response, facts, &mut sink)
-                        .map(|source| (Running::Wsgi(source, sink), environ))
+                        .map(|source| Running::Wsgi(source, sink))
                         .map_err(|e| e.to_string())
-                })
+                }
+                Err(e) => Err(crate::python::format_exception(py, &e)),
+            }
         }
         Application::Asgi(app) => {
             // `rgunctl status` shows a request's age; the sweep keeps it on the
@@ -114,16 +118,17 @@ pub(super) fn call<S: ResponseSink + Into<Sink>>(
             if slot.request_started_ms.load(Ordering::Relaxed) == 0 {
                 slot.request_begin();
             }
-            app.call(py, &info, body, sink.into(), facts, origin.key)
-                .map(|(cycle, scope)| (Running::Asgi(cycle), scope.into_any()))
-                .map_err(|e| crate::python::format_exception(py, &e))
+            match app.call(py, &info, body, sink.into(), facts, origin.key) {
+                Ok((cycle, scope)) => {
+                    ex.keep_for_post_request(service, hook_req, scope.as_any());
+                    Ok(Running::Asgi(cycle))
+                }
+                Err(e) => Err(crate::python::format_exception(py, &e)),
+            }
         }
     };
     match called {
-        Ok((running, environ)) => {
-            ex.keep_for_post_request(service, hook_req, &environ);
-            Some(running)
-        }
+        Ok(running) => Some(running),
         Err(traceback) => {
             ex.fail(&traceback);
             None

@@ -264,7 +264,16 @@ impl Conn {
         let State::Responding(r) = std::mem::replace(&mut self.state, State::Head) else {
             unreachable!()
         };
-        let Responding { mut http, .. } = *r;
+        let Responding { http, .. } = *r;
+        let (status, bytes, close) = self.take_back(http);
+        let ended = self.end_request(ctx, status, bytes);
+        self.next_request(ctx, ended, close)
+    }
+
+    /// A sent response taken back from its WSGI or ASGI source: its output buffer
+    /// kept for the next response (when small), its head for the access log. Returns
+    /// its status, body bytes and whether the connection closes after it.
+    pub(super) fn take_back(&mut self, mut http: Http1Response) -> (u16, u64, bool) {
         let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
         if let Some(head) = http.take_kept_head() {
             self.ex.response_head = head;
@@ -273,7 +282,11 @@ impl Conn {
         if out.capacity() <= KEPT_OUT_BYTES {
             self.spare_out = out;
         }
-        let ended = self.end_request(ctx, status, bytes);
+        (status, bytes, close)
+    }
+
+    /// After a finished exchange: close, or keep alive for the next request.
+    pub(super) fn next_request(&mut self, ctx: &Shared, ended: Instant, close: bool) -> Step {
         if close {
             return self.shutdown_and_drain();
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use super::{Conn, State, Step, KEPT_OUT_BYTES};
+use super::{Conn, State, Step};
 use crate::asgi::cycle::{Cycle, Progress};
 use crate::asgi::websocket::WsCycle;
 use crate::http::request::RequestInfo;
@@ -123,24 +123,12 @@ impl Conn {
             self.deadline = Instant::now() + APP_WAIT;
             return self.watch_client(py, &cycle, service, ctx);
         }
-        let mut http = c.finish(py);
+        let http = c.finish(py);
         self.state = State::Head;
-        let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
-        if let Some(head) = http.take_kept_head() {
-            self.ex.response_head = head;
-        }
-        let out = http.outbox.into_buffer();
-        if out.capacity() <= KEPT_OUT_BYTES {
-            self.spare_out = out;
-        }
+        let (status, bytes, close) = self.take_back(http);
         let ended = self.end_asgi(py, service, ctx, &c, (status, bytes));
         drop(c);
-        if close || progress == Progress::Broken {
-            return self.shutdown_and_drain();
-        }
-        self.deadline = ended + ctx.settings.keepalive;
-        self.compact();
-        self.after_response(ctx)
+        self.next_request(ctx, ended, close || progress == Progress::Broken)
     }
 
     /// While the application runs: read what the client sends (pipelined requests,
