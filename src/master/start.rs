@@ -100,29 +100,30 @@ fn preload_app(
     } else {
         preload(cfg).map_or_else(Import::Failed, Import::Done)
     };
-    match imported {
-        Import::Done(app) => Ok((Some(app), Then::Boot)),
-        Import::Stopped => Ok((None, Then::Hold)),
+    let answer = match imported {
+        Import::Done(app) => (Some(app), Then::Boot),
+        Import::Stopped => (None, Then::Hold),
         Import::Failed(text) => {
             tracing::error!("Exception while preloading the application\n{text}");
-            if reexecuted {
-                // The old image's workers serve on; the reload fails with the traceback.
-                return Ok((None, Then::Fail(text)));
+            if !reexecuted {
+                upgrade::report_failure(old_master, &text);
+                tracing::error!("Shutting down: App failed to load.");
+                return Err(exit::APP_LOAD_ERROR);
             }
-            upgrade::report_failure(old_master, &text);
-            tracing::error!("Shutting down: App failed to load.");
-            Err(exit::APP_LOAD_ERROR)
+            // The old image's workers serve on; the reload fails with the traceback.
+            (None, Then::Fail(text))
         }
-    }
+    };
+    // With `--preload`, Gunicorn's first record comes after the import.
+    log_starting(cfg);
+    Ok(answer)
 }
 
 /// Runs the server until it stops; returns the process exit status.
 pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
-    let (mut target, sized) = cfg.worker_count_explained().map_err(anyhow::Error::msg)?;
+    let (target, sized) = cfg.worker_count_explained().map_err(anyhow::Error::msg)?;
     let plan = cfg.scaling_plan().map_err(anyhow::Error::msg)?;
-    if let Some(plan) = &plan {
-        target = plan.start;
-    }
+    let target = plan.as_ref().map_or(target, |plan| plan.start);
     let identity = prepare_process(&mut cfg)?;
     let hook_host = start_hook_host(&cfg, target);
     // A `--preload` reload re-executed this master in place: what the old image left.
@@ -141,20 +142,12 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         Ok(imported) => imported,
         Err(code) => return Ok(code),
     };
-    if cfg.preload {
-        log_starting(&cfg);
-    }
-    let scoreboard = Scoreboard::new().context("cannot map the scoreboard")?;
-    let mut sockets =
-        MasterSockets::open(&mut cfg, &listeners, deferred_takeover, handoff.as_ref())?;
-    crate::statsd::start(&cfg.observability);
-    crate::syslog::start(&cfg.observability, cfg.proc_name());
-    log_start(&cfg, &listeners, &sockets);
-    let adopted_conns = std::mem::take(&mut sockets.adopted_conns);
+    let sockets = MasterSockets::open(&mut cfg, &listeners, deferred_takeover, handoff.as_ref())?;
+    start_reporting(&cfg, &listeners, &sockets);
     let scaling = plan.map(|p| log_scaling(&p, cfg.scaling.workers_idle));
     let mut arbiter = Arbiter {
         listeners,
-        scoreboard,
+        scoreboard: Scoreboard::new().context("cannot map the scoreboard")?,
         poll: sockets.poll,
         signals: sockets.signals,
         control: sockets.control,
@@ -184,12 +177,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
         stack_waiters: Vec::new(),
         history: VecDeque::new(),
         totals: Totals::default(),
-        // A master re-executed in place goes on with the reload it was running.
-        phase: if handoff.is_some() {
-            Phase::Reloading
-        } else {
-            Phase::Starting
-        },
+        phase: first_phase(handoff.is_some()),
         started: Instant::now(),
         started_at: SystemTime::now(),
         stop_deadline: None,
@@ -207,11 +195,20 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     };
     arbiter.start_dirty()?;
     if let Some(h) = handoff {
-        arbiter.resume_after_reexec(h, &adopted_conns, then);
+        arbiter.resume_after_reexec(h, &sockets.adopted_conns, then);
     }
     arbiter.call_hook("when_ready", json!({}));
     arbiter.run();
     Ok(arbiter.exit_code)
+}
+
+/// A master re-executed in place goes on with the reload it was running.
+fn first_phase(reexecuted: bool) -> Phase {
+    if reexecuted {
+        Phase::Reloading
+    } else {
+        Phase::Starting
+    }
 }
 
 /// `--pidfile`, written now unless a deferred takeover writes it once the old master
@@ -339,6 +336,13 @@ impl MasterSockets {
             reexecuted: handoff.is_some(),
         })
     }
+}
+
+/// The statsd and syslog senders, then the start-up lines.
+fn start_reporting(cfg: &Config, listeners: &[crate::net::Listener], sockets: &MasterSockets) {
+    crate::statsd::start(&cfg.observability);
+    crate::syslog::start(&cfg.observability, cfg.proc_name());
+    log_start(cfg, listeners, sockets);
 }
 
 /// Gunicorn's first start-up record, with the master's process title.
