@@ -53,6 +53,21 @@ pub struct Http1Response {
     kept_head: Option<Vec<u8>>,
 }
 
+/// An empty response (no buffer): what is left where a response was taken away.
+impl Default for Http1Response {
+    fn default() -> Http1Response {
+        Http1Response {
+            outbox: Outbox::default(),
+            framing: ResponseFraming::NoBody,
+            status: 0,
+            body_bytes: 0,
+            close_after: false,
+            terminated: false,
+            kept_head: None,
+        }
+    }
+}
+
 impl Http1Response {
     /// A response to a request with these facts, queued in `outbox`.
     pub fn new(outbox: Outbox, facts: &RequestFacts) -> Http1Response {

@@ -87,9 +87,11 @@ impl Outbox {
     }
 
     /// Gives the buffer back (emptied) for the connection's next response.
-    pub fn into_buffer(mut self) -> Vec<u8> {
-        self.buf.clear();
-        self.buf
+    pub fn take_buffer(&mut self) -> Vec<u8> {
+        self.pos = 0;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf
     }
 
     /// Sends until everything is gone (`Ok`) or the socket is full (`WouldBlock`).

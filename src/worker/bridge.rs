@@ -41,10 +41,10 @@ pub(super) struct Origin<'a> {
 }
 
 /// What produces a called application's response.
-pub(super) enum Running<S> {
-    /// A WSGI iterable, pulled into its sink by `produce`.
-    Wsgi(WsgiSource, S),
-    /// An ASGI application's task; its sink is in the cycle.
+pub(super) enum Running {
+    /// A WSGI iterable, pulled into the driver's sink by `produce`.
+    Wsgi(WsgiSource),
+    /// An ASGI application's task; the sink was moved into its cycle.
     Asgi(Py<Cycle>),
 }
 
@@ -62,24 +62,27 @@ pub(super) enum Produced {
 /// The application's call holds the calling thread until its response is produced
 /// (WSGI): the driver records the request in a lane for `--timeout`
 /// (`abort::Lanes`). An ASGI call returns at its first `await`.
+#[inline]
 pub(super) fn holds_thread(service: &Service) -> bool {
     matches!(service.app, Application::Wsgi(_))
 }
 
 /// Calls the application for a begun exchange: `pre_request`, the environ or scope,
-/// the call, what `post_request` will need. `None`: it raised (logged by
-/// `Exchange::fail`); the driver answers 500 and finishes the exchange.
+/// the call, what `post_request` will need. A WSGI response starts in `sink`, which
+/// stays the driver's; an ASGI cycle takes it (leaving an empty one). `None`: it
+/// raised (logged by `Exchange::fail`); the driver answers 500 and finishes the
+/// exchange.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn call<S: ResponseSink + Into<Sink>>(
+pub(super) fn call<S: ResponseSink + Default + Into<Sink>>(
     py: Python<'_>,
     service: &Service,
     ctx: &Shared,
     ex: &mut Exchange,
     origin: Origin<'_>,
     body: Body,
-    mut sink: S,
+    sink: &mut S,
     facts: RequestFacts,
-) -> Option<Running<S>> {
+) -> Option<Running> {
     if ctx.keep_response_heads {
         sink.keep_head();
     }
@@ -104,8 +107,8 @@ pub(super) fn call<S: ResponseSink + Into<Sink>>(
                 Ok(response) => {
                     let environ = response.environ.bind(py).as_any();
                     ex.keep_for_post_request(service, hook_req, environ);
-                    WsgiSource::start(py, app, response, facts, &mut sink)
-                        .map(|source| Running::Wsgi(source, sink))
+                    WsgiSource::start(py, app, response, facts, sink)
+                        .map(Running::Wsgi)
                         .map_err(|e| e.to_string())
                 }
                 Err(e) => Err(crate::python::format_exception(py, &e)),
@@ -118,7 +121,14 @@ pub(super) fn call<S: ResponseSink + Into<Sink>>(
             if slot.request_started_ms.load(Ordering::Relaxed) == 0 {
                 slot.request_begin();
             }
-            match app.call(py, &info, body, sink.into(), facts, origin.key) {
+            match app.call(
+                py,
+                &info,
+                body,
+                std::mem::take(sink).into(),
+                facts,
+                origin.key,
+            ) {
                 Ok((cycle, scope)) => {
                     ex.keep_for_post_request(service, hook_req, scope.as_any());
                     Ok(Running::Asgi(cycle))
@@ -146,6 +156,7 @@ fn remote_strings(py: Python<'_>, peer: &Peer) -> Remote {
 /// Pulls a WSGI response into its sink up to `HIGH_WATER_BYTES`; at its end the
 /// iterable's `close()` and `post_request`. An application that raises is closed and
 /// logged, and gets no `post_request` (as before the Exchange).
+#[inline]
 pub(super) fn produce<S: ResponseSink>(
     py: Python<'_>,
     service: &Service,
@@ -171,6 +182,7 @@ pub(super) fn produce<S: ResponseSink>(
 
 /// An ASGI response is over (complete, or cut short because the client left or the
 /// application failed): its `post_request`, with the scope as the environ.
+#[inline]
 pub(super) fn asgi_over(
     py: Python<'_>,
     service: &Service,

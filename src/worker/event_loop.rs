@@ -15,9 +15,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use pyo3::prelude::*;
 
-use super::conn::{Conn, Drive, Exec};
+use super::conn::{Conn, Drive, Exec, StreamJob};
 use super::listening::{Listening, LISTENER_BASE};
-use super::pool::Pool;
+use super::pool::{Pool, Work};
 use super::{Service, Shared};
 use crate::net::transport::Transport;
 use crate::net::Listener;
@@ -467,7 +467,7 @@ impl<'a> EventLoop<'a> {
         let drive = conn.drive(exec, &self.shared);
         if let Some(pool) = &self.pool {
             for job in conn.take_stream_jobs() {
-                pool.submit_stream(key, job);
+                pool.run(key, Work::Stream(Box::new(job)));
             }
             pool.close_sources(conn.take_unclosed());
         }
@@ -498,35 +498,50 @@ impl<'a> EventLoop<'a> {
             Drive::Dispatch => {
                 let conn = self.conns[key].take().expect("present");
                 if let Some(pool) = &self.pool {
-                    pool.submit(key, conn);
+                    pool.run(key, Work::Conn(conn));
                 }
             }
         }
         self.check_max_requests();
     }
 
-    /// Connections whose response the pool has sent come home.
+    /// Work back from the pool: connections whose response it produced come home;
+    /// streams go back to their connection (or, when it is gone, are forgotten).
     fn collect_finished(&mut self, exec: Exec<'_>) {
         let Some(pool) = &self.pool else { return };
-        let streams: Vec<_> = pool.finished_streams().collect();
         let finished: Vec<_> = pool.finished().collect();
-        for (key, job) in streams {
-            match self.conns[key].as_mut() {
-                Some(conn) => match conn.return_stream(job) {
-                    Ok(()) => self.drive(exec, key, Input::Event),
-                    Err(job) => pool_abandon(&self.pool, job),
-                },
-                None => pool_abandon(&self.pool, job),
+        for (key, work, keep) in finished {
+            match work {
+                Work::Stream(job) => {
+                    let returned = match self.conns[key].as_mut() {
+                        Some(conn) => conn.return_stream(job),
+                        None => Err(job),
+                    };
+                    match returned {
+                        Ok(()) => self.drive(exec, key, Input::Event),
+                        Err(job) => self.forget_stream(*job),
+                    }
+                }
+                Work::Conn(conn) => {
+                    self.conns[key] = Some(conn);
+                    if keep {
+                        // Events that came while it was away were dropped: read as
+                        // after one.
+                        self.drive(exec, key, Input::Event);
+                    } else {
+                        self.close(key);
+                    }
+                }
             }
         }
-        for (key, conn, keep) in finished {
-            self.conns[key] = Some(conn);
-            if keep {
-                // Events that came while it was away were dropped: read as after one.
-                self.drive(exec, key, Input::Event);
-            } else {
-                self.close(key);
-            }
+    }
+
+    /// A stream back from the pool whose connection is gone: the scoreboard forgets
+    /// it; a pool thread closes its response.
+    fn forget_stream(&self, job: StreamJob) {
+        let source = job.abandon(&self.shared);
+        if let Some(pool) = &self.pool {
+            pool.close_sources(source.into_iter().collect());
         }
     }
 
@@ -538,10 +553,9 @@ impl<'a> EventLoop<'a> {
             }
             // Without the GIL here, a pool thread calls the abandoned iterable's close().
             if let Some(pool) = &self.pool {
-                if let Some(response) = conn.take_unfinished() {
-                    pool.dispose(response);
-                }
-                pool.close_sources(conn.take_all_sources());
+                let mut sources = conn.take_all_sources();
+                sources.extend(conn.take_unfinished());
+                pool.close_sources(sources);
             }
             self.free.push(key);
             self.open -= 1;
@@ -558,14 +572,6 @@ impl<'a> EventLoop<'a> {
             .slot
             .connections
             .store(open, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A stream back from the pool whose connection is gone: the pool forgets it (its
-/// iterable's `close()` needs the GIL).
-fn pool_abandon(pool: &Option<Pool>, job: Box<crate::worker::conn::StreamJob>) {
-    if let Some(pool) = pool {
-        pool.abandon_stream(job);
     }
 }
 

@@ -85,6 +85,7 @@ impl Exchange {
 
     /// Counted in flight (and so logged by `finish`) without `begin`: an HTTP/2 stream
     /// whose head is refused is answered and logged like a served one.
+    #[inline]
     pub(super) fn count(&mut self, ctx: &Shared) {
         if !self.counted {
             ctx.scoreboard_begin();
@@ -97,6 +98,7 @@ impl Exchange {
     }
 
     /// Gunicorn's `pre_request`, before the application; its `req` for `post_request`.
+    #[inline]
     pub(super) fn pre_request<'py>(
         &self,
         py: Python<'py>,
@@ -111,6 +113,7 @@ impl Exchange {
 
     /// Keeps what `post_request` will need, when there is such a hook: `req` and the
     /// environ (WSGI) or scope (ASGI) the application was called with.
+    #[inline]
     pub(super) fn keep_for_post_request(
         &mut self,
         service: &Service,
@@ -126,6 +129,7 @@ impl Exchange {
     /// Gunicorn's `post_request` once the response is over (sent, or cut short), at
     /// most once: `response` gives the status line and the headers (asked only when
     /// the hook waits), `body_bytes` what was produced.
+    #[inline]
     pub(super) fn post_request(
         &mut self,
         py: Python<'_>,
@@ -177,6 +181,7 @@ impl Exchange {
 
     /// The request is dropped unanswered (its connection went away): the scoreboard
     /// forgets it, nothing is logged.
+    #[inline]
     pub(super) fn forget(&mut self, ctx: &Shared) {
         if std::mem::take(&mut self.counted) {
             ctx.scoreboard_end();

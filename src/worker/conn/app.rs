@@ -26,19 +26,12 @@ use crate::worker::{Service, Shared};
 use crate::wsgi::response::WsgiSource;
 
 /// A response on its way: where its body comes from and how it goes on the wire.
-pub struct Responding {
+pub(super) struct Responding {
     source: WsgiSource,
     http: Http1Response,
     /// The application raised mid-body: what it produced goes out, then the
     /// connection closes, since the body cannot end properly.
     failed: bool,
-}
-
-impl Responding {
-    /// Abandons the response: `close()` on the application's iterable. With the GIL.
-    pub fn dispose(mut self, py: Python<'_>) {
-        self.source.close(py);
-    }
 }
 
 impl Conn {
@@ -62,17 +55,15 @@ impl Conn {
         !matches!(step, Step::Close)
     }
 
-    /// A response whose `close()` is still owed, taken out of a connection that is
-    /// being closed, so that it can be disposed of where the GIL is.
-    pub fn take_unfinished(&mut self) -> Option<Box<Responding>> {
-        match &self.state {
-            State::Responding(r) if r.source.needs_close() => {
-                match std::mem::replace(&mut self.state, State::Draining) {
-                    State::Responding(r) => Some(r),
-                    _ => unreachable!(),
-                }
+    /// A response source whose `close()` is still owed, taken out of a connection
+    /// that is being closed, so that it can be closed where the GIL is.
+    pub fn take_unfinished(&mut self) -> Option<WsgiSource> {
+        match std::mem::replace(&mut self.state, State::Draining) {
+            State::Responding(r) if r.source.needs_close() => Some(r.source),
+            other => {
+                self.state = other;
+                None
             }
-            _ => None,
         }
     }
 
@@ -182,9 +173,18 @@ impl Conn {
             remote: &mut self.remote_py,
         };
         let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
-        let sink = Http1Response::new(outbox, &facts);
-        match bridge::call(py, service, ctx, &mut self.ex, origin, body, sink, facts) {
-            Some(Running::Wsgi(source, http)) => {
+        let mut http = Http1Response::new(outbox, &facts);
+        match bridge::call(
+            py,
+            service,
+            ctx,
+            &mut self.ex,
+            origin,
+            body,
+            &mut http,
+            facts,
+        ) {
+            Some(Running::Wsgi(source)) => {
                 self.state = State::Responding(Box::new(Responding {
                     source,
                     http,
@@ -261,11 +261,10 @@ impl Conn {
             self.end_request(ctx, status, 0);
             return Step::Close;
         }
-        let State::Responding(r) = std::mem::replace(&mut self.state, State::Head) else {
+        let State::Responding(mut r) = std::mem::replace(&mut self.state, State::Head) else {
             unreachable!()
         };
-        let Responding { http, .. } = *r;
-        let (status, bytes, close) = self.take_back(http);
+        let (status, bytes, close) = self.take_back(&mut r.http);
         let ended = self.end_request(ctx, status, bytes);
         self.next_request(ctx, ended, close)
     }
@@ -273,12 +272,13 @@ impl Conn {
     /// A sent response taken back from its WSGI or ASGI source: its output buffer
     /// kept for the next response (when small), its head for the access log. Returns
     /// its status, body bytes and whether the connection closes after it.
-    pub(super) fn take_back(&mut self, mut http: Http1Response) -> (u16, u64, bool) {
+    #[inline]
+    pub(super) fn take_back(&mut self, http: &mut Http1Response) -> (u16, u64, bool) {
         let (status, bytes, close) = (http.status, http.body_bytes(), http.close_after());
         if let Some(head) = http.take_kept_head() {
             self.ex.response_head = head;
         }
-        let out = http.outbox.into_buffer();
+        let out = http.outbox.take_buffer();
         if out.capacity() <= KEPT_OUT_BYTES {
             self.spare_out = out;
         }
@@ -286,6 +286,7 @@ impl Conn {
     }
 
     /// After a finished exchange: close, or keep alive for the next request.
+    #[inline]
     pub(super) fn next_request(&mut self, ctx: &Shared, ended: Instant, close: bool) -> Step {
         if close {
             return self.shutdown_and_drain();
@@ -296,6 +297,7 @@ impl Conn {
     }
 
     /// The exchange's `finish` (counted, logged); returns when it ended.
+    #[inline]
     pub(super) fn end_request(&mut self, ctx: &Shared, status: u16, body_bytes: u64) -> Instant {
         self.served += 1;
         self.in_request = false;

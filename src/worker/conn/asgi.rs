@@ -123,9 +123,9 @@ impl Conn {
             self.deadline = Instant::now() + APP_WAIT;
             return self.watch_client(py, &cycle, service, ctx);
         }
-        let http = c.finish(py);
+        let mut http = c.finish(py);
         self.state = State::Head;
-        let (status, bytes, close) = self.take_back(http);
+        let (status, bytes, close) = self.take_back(&mut http);
         let ended = self.end_asgi(py, service, ctx, &c, (status, bytes));
         drop(c);
         self.next_request(ctx, ended, close || progress == Progress::Broken)

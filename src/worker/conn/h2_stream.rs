@@ -91,13 +91,15 @@ impl StreamJob {
         run_stream(py, service, ctx, &mut self.stream, &self.facts, lane);
     }
 
-    /// Its connection is gone: the scoreboard forgets the request.
-    pub fn abandon(self, py: Python<'_>, ctx: &Shared) {
+    /// Its connection is gone: the scoreboard forgets the request. Returns a
+    /// response source owed its `close()`.
+    pub fn abandon(self, ctx: &Shared) -> Option<WsgiSource> {
         let mut st = self.stream;
-        if let Progress::Producing(source) = &mut st.progress {
-            source.close(py);
-        }
         st.ex.forget(ctx);
+        match st.progress {
+            Progress::Producing(source) => Some(*source),
+            _ => None,
+        }
     }
 }
 
@@ -351,12 +353,18 @@ fn call_stream(
         client_subject: facts.client_subject.as_deref(),
         remote: &mut remote,
     };
-    let sink = H2Response::new(is_head);
-    match bridge::call(py, service, ctx, &mut st.ex, origin, body, sink, request) {
-        Some(Running::Wsgi(source, response)) => {
-            st.response = response;
-            st.progress = Progress::Producing(Box::new(source));
-        }
+    st.response = H2Response::new(is_head);
+    match bridge::call(
+        py,
+        service,
+        ctx,
+        &mut st.ex,
+        origin,
+        body,
+        &mut st.response,
+        request,
+    ) {
+        Some(Running::Wsgi(source)) => st.progress = Progress::Producing(Box::new(source)),
         Some(Running::Asgi(cycle)) => st.progress = Progress::Asgi(cycle),
         None => answer_error(st, 500, "Internal Server Error"),
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-pub use self::app::Responding;
+use self::app::Responding;
 pub use self::h2_stream::StreamJob;
 use super::body::{BodyError, BodyReader};
 use super::exchange::Exchange;
