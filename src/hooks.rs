@@ -40,12 +40,7 @@ impl Hooks {
         if cfg.hooks.is_empty() {
             return Ok(None);
         }
-        let module = PyModule::from_code(
-            py,
-            &std::ffi::CString::new(HOOKS_PY).expect("no NUL"),
-            c"rgun_hooks.py",
-            c"rgun_hooks",
-        )?;
+        let module = crate::python::embedded_module(py, HOOKS_PY, "rgun_hooks")?;
         let settings = py.import("json")?.call_method1(
             "loads",
             (cfg.settings_json(cfg.worker_count().unwrap_or(1) as usize)

@@ -9,12 +9,7 @@ use pyo3::types::PyModule;
 const LOADER: &str = include_str!("loader.py");
 
 fn loader(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    PyModule::from_code(
-        py,
-        &std::ffi::CString::new(LOADER).expect("no NUL in loader.py"),
-        c"rgun_loader.py",
-        c"rgun_loader",
-    )
+    crate::python::embedded_module(py, LOADER, "rgun_loader")
 }
 
 /// Imports `spec`, whatever kind of application it is (the ASGI worker's loader).

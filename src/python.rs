@@ -180,15 +180,23 @@ pub unsafe fn fork_interpreter(inherit: Inherit<'_>) -> nix::Result<Forked> {
     }
 }
 
-/// Declares `struct Keys`: interned Python strings (`field = "text"`) made once per
-/// worker, the keys of a WSGI environ or an ASGI scope. The module using it imports
-/// `Py`, `PyString` and `Python`.
+/// Declares `struct Keys`: interned Python strings made once per worker, the keys of
+/// a WSGI environ or an ASGI scope: `field = "text"`, or `field` alone for the text
+/// `"field"`. The module using it imports `Py`, `PyString` and `Python`.
 macro_rules! interned_keys {
-    ($($field:ident = $name:literal),* $(,)?) => {
+    (@text $field:ident) => { stringify!($field) };
+    (@text $field:ident $text:literal) => { $text };
+    ($($field:ident $(= $text:literal)?),* $(,)?) => {
         struct Keys { $($field: Py<PyString>,)* }
         impl Keys {
             fn new(py: Python<'_>) -> Keys {
-                Keys { $($field: PyString::intern(py, $name).unbind(),)* }
+                Keys {
+                    $($field: PyString::intern(
+                        py,
+                        $crate::python::interned_keys!(@text $field $($text)?),
+                    )
+                    .unbind(),)*
+                }
             }
             /// Another handle on the same strings (a preloaded app's forked worker).
             #[allow(dead_code)]
@@ -199,3 +207,18 @@ macro_rules! interned_keys {
     };
 }
 pub(crate) use interned_keys;
+
+/// One of rgun's own Python files, run as module `name` (`name.py` in tracebacks).
+pub fn embedded_module<'py>(
+    py: Python<'py>,
+    source: &str,
+    name: &str,
+) -> PyResult<Bound<'py, PyModule>> {
+    let c = |s: String| std::ffi::CString::new(s).expect("no NUL in an embedded module");
+    PyModule::from_code(
+        py,
+        &c(source.to_owned()),
+        &c(format!("{name}.py")),
+        &c(name.to_owned()),
+    )
+}

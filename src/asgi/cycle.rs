@@ -382,19 +382,8 @@ impl Cycle {
     }
 
     fn response_body(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {
-        let py = message.py();
-        let more = match message.get_item(intern!(py, "more_body"))? {
-            Some(m) => m.is_truthy()?,
-            None => false,
-        };
-        let body = message.get_item(intern!(py, "body"))?;
-        let body = match &body {
-            Some(b) => b
-                .downcast::<PyBytes>()
-                .map_err(|_| PyTypeError::new_err("http.response.body 'body' must be bytes"))?
-                .as_bytes(),
-            None => b"",
-        };
+        let (body, more) = body_and_more(message, "http.response.body 'body' must be bytes")?;
+        let body = body.as_ref().map_or(&b""[..], |b| b.as_bytes());
         if self.phase == Phase::Started {
             self.write_head((!more).then_some(body.len() as u64))?;
         }
@@ -542,6 +531,27 @@ impl Ready {
             None => Ok(None),
         }
     }
+}
+
+/// A response body message's `body` (bytes, if any; else `not_bytes` is the error)
+/// and `more_body`.
+pub(super) fn body_and_more<'py>(
+    message: &Bound<'py, PyDict>,
+    not_bytes: &'static str,
+) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
+    let py = message.py();
+    let more = match message.get_item(intern!(py, "more_body"))? {
+        Some(m) => m.is_truthy()?,
+        None => false,
+    };
+    let body = match message.get_item(intern!(py, "body"))? {
+        Some(b) => Some(
+            b.downcast_into::<PyBytes>()
+                .map_err(|_| PyTypeError::new_err(not_bytes))?,
+        ),
+        None => None,
+    };
+    Ok((body, more))
 }
 
 fn required<'py>(

@@ -89,12 +89,7 @@ impl AsgiApp {
         ws_max_message_bytes: u64,
         disconnect_grace: std::time::Duration,
     ) -> PyResult<AsgiApp> {
-        let bridge = PyModule::from_code(
-            py,
-            &std::ffi::CString::new(BRIDGE).expect("no NUL in bridge"),
-            c"rgun_asgi.py",
-            c"rgun_asgi",
-        )?;
+        let bridge = crate::python::embedded_module(py, BRIDGE, "rgun_asgi")?;
         let event_loop = bridge.getattr("new_event_loop")?.call1((loop_choice,))?;
         py.import("asyncio")?
             .call_method1("set_event_loop", (&event_loop,))?;

@@ -14,7 +14,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
-use super::cycle::{task_error, Kit, Ready, SEND_HIGH_WATER_BYTES};
+use super::cycle::{body_and_more, task_error, Kit, Ready, SEND_HIGH_WATER_BYTES};
 use super::wake::Wakeups;
 use crate::http::framer::{Http1Response, ResponseSink};
 use crate::http::response::RequestFacts;
@@ -375,7 +375,6 @@ impl WsCycle {
     /// `websocket.http.response.body`: framed as an HTTP response; the connection
     /// closes after it.
     fn denial_body(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {
-        let py = message.py();
         let Some(Denial {
             status,
             headers,
@@ -386,18 +385,8 @@ impl WsCycle {
                 "websocket.http.response.body before websocket.http.response.start",
             ));
         };
-        let more = match message.get_item(intern!(py, "more_body"))? {
-            Some(m) => m.is_truthy()?,
-            None => false,
-        };
-        let body = message.get_item(intern!(py, "body"))?;
-        let body = match &body {
-            Some(b) => b
-                .downcast::<PyBytes>()
-                .map_err(|_| PyTypeError::new_err("'body' must be bytes"))?
-                .as_bytes(),
-            None => b"",
-        };
+        let (body, more) = body_and_more(message, "'body' must be bytes")?;
+        let body = body.as_ref().map_or(&b""[..], |b| b.as_bytes());
         let http = match http {
             Some(http) => http,
             None => {

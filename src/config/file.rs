@@ -343,12 +343,7 @@ fn evaluate(location: &str) -> String {
             py.import("sys")?
                 .getattr("path")?
                 .call_method1("insert", (0, cwd.to_string_lossy().as_ref()))?;
-            let module = PyModule::from_code(
-                py,
-                &std::ffi::CString::new(LOADER).expect("no NUL"),
-                c"rgun_config_loader.py",
-                c"rgun_config_loader",
-            )?;
+            let module = crate::python::embedded_module(py, LOADER, "rgun_config_loader")?;
             let table: serde_json::Map<String, serde_json::Value> = SETTINGS
                 .iter()
                 .map(|(n, f, k)| ((*n).to_owned(), serde_json::json!([f, k])))

@@ -216,7 +216,6 @@ impl super::Arbiter {
 /// The hook host's main: the configuration file, then a request loop.
 fn serve(cfg: &Config, location: &str, fd: i32) -> i32 {
     use pyo3::prelude::*;
-    use pyo3::types::PyModule;
     crate::process::set_title(&format!("rgun: hooks [{}]", cfg.proc_name()));
     let settings = cfg
         .settings_json(cfg.worker_count().unwrap_or(1) as usize)
@@ -225,12 +224,7 @@ fn serve(cfg: &Config, location: &str, fd: i32) -> i32 {
         let run = || -> PyResult<()> {
             let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
             crate::python::configure_sys(py, &cwd, &cfg.pythonpath_dirs())?;
-            let module = PyModule::from_code(
-                py,
-                &std::ffi::CString::new(crate::hooks::HOOKS_PY).expect("no NUL"),
-                c"rgun_hooks.py",
-                c"rgun_hooks",
-            )?;
+            let module = crate::python::embedded_module(py, crate::hooks::HOOKS_PY, "rgun_hooks")?;
             let settings = py.import("json")?.call_method1("loads", (settings,))?;
             module
                 .getattr("serve_master_hooks")?

@@ -52,14 +52,9 @@ pub fn check(
     if !matches!(parse_head(raw.as_bytes(), limits, &mut head), Ok(Some(_))) {
         return Err(format!("{what} is not a request rgun accepts"));
     }
-    let module = PyModule::from_code(
-        py,
-        &std::ffi::CString::new(PROBE_PY).expect("no NUL in probe.py"),
-        c"rgun_probe.py",
-        c"rgun_probe",
-    )
-    .and_then(|m| Ok((m.getattr("Errors")?.call0()?, m)))
-    .map_err(|e| crate::python::format_exception(py, &e));
+    let module = crate::python::embedded_module(py, PROBE_PY, "rgun_probe")
+        .and_then(|m| Ok((m.getattr("Errors")?.call0()?, m)))
+        .map_err(|e| crate::python::format_exception(py, &e));
     let (errors, module) = module?;
     let _ = errors.call_method0("__enter__");
     let outcome = answer(py, app, &module, raw.as_bytes(), &head, local);

@@ -13,7 +13,6 @@ pub mod start_response;
 pub use environ::SERVER_SOFTWARE;
 
 use pyo3::prelude::*;
-use pyo3::types::PyModule;
 
 use self::environ::{EnvironBuilder, Remote};
 use self::input::Input;
@@ -50,12 +49,7 @@ impl App {
         multithread: bool,
         multiprocess: bool,
     ) -> PyResult<App> {
-        let bootstrap = PyModule::from_code(
-            py,
-            &std::ffi::CString::new(BOOTSTRAP).expect("no NUL in bootstrap"),
-            c"rgun_bootstrap.py",
-            c"rgun_bootstrap",
-        )?;
+        let bootstrap = crate::python::embedded_module(py, BOOTSTRAP, "rgun_bootstrap")?;
         let callable = crate::loader::import_wsgi_callable(py, spec)?;
         let file_wrapper = bootstrap.getattr("FileWrapper")?;
         let environ = EnvironBuilder::new(py, multithread, multiprocess, &file_wrapper)?;
