@@ -88,6 +88,83 @@ pub fn rgunctl_bin() -> PathBuf {
 }
 
 /// Gunicorn, pinned in tests/requirements.txt, to compare with.
+/// What a finished `rgunctl` run said.
+#[derive(Debug)]
+pub struct CtlRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlRun {
+    pub fn from(out: std::process::Output) -> CtlRun {
+        CtlRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+    pub fn assert_ok(&self, what: &str) -> &CtlRun {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "{what}: exit {:?}\nstdout: {}\nstderr: {}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("--json output is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// Runs a prepared `rgunctl` command with a time limit (killing it by pid on overrun).
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> CtlRun {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn rgunctl");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => CtlRun::from(out.expect("wait for rgunctl")),
+        Err(_) => {
+            // SAFETY: killing the rgunctl process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("rgunctl {cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+/// `rgunctl [-s SOCKET] ARGS`, the environment's socket removed.
+pub fn rgunctl_cmd(socket: Option<&Path>, args: &[&str]) -> Command {
+    with_rgunctl_args(Command::new(rgunctl_bin()), socket, args)
+}
+
+/// `cmd` (an `rgunctl`) with `-s SOCKET` and `args`, the environment's socket removed.
+pub fn with_rgunctl_args(mut cmd: Command, socket: Option<&Path>, args: &[&str]) -> Command {
+    cmd.env_remove("RGUN_CONTROL_SOCKET");
+    if let Some(s) = socket {
+        cmd.arg("-s").arg(s);
+    }
+    cmd.args(args);
+    cmd
+}
+
+/// `rgunctl -s <server's socket> ARGS`, in at most 90 s.
+pub fn ctl(server: &Server, args: &[&str]) -> CtlRun {
+    run_bounded(
+        rgunctl_cmd(Some(&server.ctl_path), args),
+        Duration::from_secs(90),
+    )
+}
+
 pub fn gunicorn_bin() -> PathBuf {
     venv().join("bin").join("gunicorn")
 }
@@ -644,4 +721,51 @@ pub fn running_as_root(test: &str) -> bool {
         skip(test, "it needs root");
     }
     root
+}
+
+/// An h2c client that announces a zero stream window and never opens it, and the
+/// response head it waited for; the stream stays open while this lives.
+pub struct ZeroWindowClient {
+    _held: (
+        h2::client::SendRequest<bytes::Bytes>,
+        http::Response<h2::RecvStream>,
+    ),
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Asks for `path` over h2c with a zero stream window, waits (10 s at most) for the
+/// response head, which must be a 200, then for `hold` more.
+pub fn zero_window_get(port: u16, path: &str, hold: Duration) -> ZeroWindowClient {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let uri = format!("http://127.0.0.1{path}");
+    let held = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut send = send.ready().await.unwrap();
+        let req = http::Request::get(uri).body(()).unwrap();
+        let (response, _) = send.send_request(req, true).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("the head comes despite the zero window")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(hold).await;
+        (send, response)
+    });
+    ZeroWindowClient {
+        _held: held,
+        _runtime: runtime,
+    }
 }

@@ -15,7 +15,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,69 +24,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::{
-    apps_dir, children_of, read_response, repo_root, rgunctl_bin, wait_until, Server, ServerBuilder,
+    apps_dir, children_of, ctl, read_response, repo_root, rgunctl_cmd, run_bounded, wait_until,
+    with_rgunctl_args, CtlRun, Server, ServerBuilder,
 };
 
 // ---------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------
-
-/// What a finished `rgunctl` run said.
-struct CtlRun {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl CtlRun {
-    fn from(out: Output) -> CtlRun {
-        CtlRun {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-    fn assert_ok(&self, what: &str) -> &CtlRun {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "{what}: exit {:?}\nstdout: {}\nstderr: {}",
-            self.code,
-            self.stdout,
-            self.stderr
-        );
-        self
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("--json output is not JSON ({e}): {}", self.stdout))
-    }
-}
-
-/// Runs a prepared `rgunctl` command with a time limit (killing it by pid on overrun).
-fn run_bounded(mut cmd: Command, limit: Duration) -> CtlRun {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("spawn rgunctl");
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => CtlRun::from(out.expect("wait for rgunctl")),
-        Err(_) => {
-            // SAFETY: killing the rgunctl process this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("rgunctl {cmd:?} did not finish within {limit:?}");
-        }
-    }
-}
-
-fn rgunctl_cmd(socket: Option<&Path>, args: &[&str]) -> Command {
-    with_rgunctl_args(Command::new(rgunctl_bin()), socket, args)
-}
 
 /// The native `rgunctl` binary (crate `ctl`, built by cargo beside this test binary),
 /// for a client that runs as another uid: the console script's interpreter may live
@@ -114,23 +58,6 @@ fn native_rgunctl() -> &'static Path {
         assert!(bin.exists(), "rgunctl not found at {}", bin.display());
         bin
     })
-}
-
-fn with_rgunctl_args(mut cmd: Command, socket: Option<&Path>, args: &[&str]) -> Command {
-    cmd.env_remove("RGUN_CONTROL_SOCKET");
-    if let Some(s) = socket {
-        cmd.arg("-s").arg(s);
-    }
-    cmd.args(args);
-    cmd
-}
-
-/// `rgunctl -s <server's socket> ARGS`.
-fn ctl(server: &Server, args: &[&str]) -> CtlRun {
-    run_bounded(
-        rgunctl_cmd(Some(&server.ctl_path), args),
-        Duration::from_secs(90),
-    )
 }
 
 /// A raw control connection: newline-delimited JSON.

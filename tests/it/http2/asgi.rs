@@ -8,11 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rustls::pki_types::ServerName;
 
 use super::{fetch, h2c_server_of, wait_for_access_log, with_h2, with_h2_over, Kind, ASGI_APP};
-use crate::support::{wait_until, ServerBuilder};
+use crate::support::{wait_until, zero_window_get, ServerBuilder};
 use crate::tls::Pki;
 
 fn h2c_asgi(extra: &[&str]) -> crate::support::Server {
@@ -207,36 +206,12 @@ fn a_client_that_opens_no_window_suspends_the_asgi_apps_send() {
     // serves others meanwhile.
     let server = h2c_asgi(&[]);
     let port = server.port;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let stalled = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut send = send.ready().await.unwrap();
-        let req = http::Request::get("http://127.0.0.1/big?n=8388608&tag=stalled")
-            .body(())
-            .unwrap();
-        let (response, _) = send.send_request(req, true).unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(10), response)
-            .await
-            .expect("the head comes despite the zero window")
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        // Give the application every chance to run ahead.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        (send, response)
-    });
+    // Give the application every chance to run ahead.
+    let stalled = zero_window_get(
+        port,
+        "/big?n=8388608&tag=stalled",
+        Duration::from_millis(700),
+    );
     let counters = server.get("/counters").json();
     let sent = counters["stalled"].as_u64().unwrap_or(0);
     assert!(

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::client::SendRequest;
 
-use crate::support::{Server, ServerBuilder};
+use crate::support::{zero_window_get, Server, ServerBuilder};
 
 /// The client connection preface (RFC 9113 3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -299,34 +299,7 @@ fn a_stream_whose_client_opens_no_window_holds_no_python_thread() {
     // served at once.
     let server = h2c_server(&[]);
     let port = server.port;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let stalled = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let mut send = send.ready().await.unwrap();
-        let req = http::Request::get("http://127.0.0.1/big?n=8388608")
-            .body(())
-            .unwrap();
-        let (response, _) = send.send_request(req, true).unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(10), response)
-            .await
-            .expect("the head comes despite the zero window")
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        (send, response)
-    });
+    let stalled = zero_window_get(port, "/big?n=8388608", Duration::ZERO);
     let r = server.get("/echo");
     assert_eq!(r.status, 201);
     let with_h2_too = with_h2(port, |mut send| async move {

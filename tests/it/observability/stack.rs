@@ -1,22 +1,12 @@
 //! `rgunctl stack`: a live worker's Python stacks with source lines and the request
 //! each thread serves; the worker keeps serving.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use super::observed;
-use crate::support::{rgunctl_bin, Server};
-
-fn ctl(server: &Server, args: &[&str]) -> std::process::Output {
-    Command::new(rgunctl_bin())
-        .arg("-s")
-        .arg(&server.ctl_path)
-        .args(args)
-        .output()
-        .expect("run rgunctl")
-}
+use crate::support::ctl;
 
 /// The thread serving `path` in one worker's answer.
 fn serving<'a>(worker: &'a Value, path: &str) -> &'a Value {
@@ -54,8 +44,8 @@ fn stack_shows_a_sleeping_request_and_leaves_the_worker_serving() {
         let pid = server.worker_pids()[0];
 
         let out = ctl(&server, &["--json", "stack", &pid.to_string()]);
-        assert!(out.status.success(), "{out:?}");
-        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.code, Some(0), "{out:?}");
+        let answer: Value = out.json();
         assert_eq!(answer["pid"], pid);
         let t = serving(&answer, "/sleep?2");
         assert_eq!(t["request"]["method"], "GET");
@@ -69,8 +59,8 @@ fn stack_shows_a_sleeping_request_and_leaves_the_worker_serving() {
         assert!(stack.contains(SLEEP_LINE), "{stack}");
 
         let human = ctl(&server, &["stack", &pid.to_string()]);
-        let text = String::from_utf8_lossy(&human.stdout);
-        assert!(human.status.success(), "{human:?}");
+        let text = &human.stdout;
+        assert_eq!(human.code, Some(0), "{human:?}");
         assert!(
             text.contains("serving GET /sleep?2 for 127.0.0.1 ("),
             "{text}"
@@ -78,8 +68,8 @@ fn stack_shows_a_sleeping_request_and_leaves_the_worker_serving() {
         assert!(text.contains(SLEEP_LINE), "{text}");
 
         let all = ctl(&server, &["--json", "stack", "--all"]);
-        assert!(all.status.success(), "{all:?}");
-        let all: Value = serde_json::from_slice(&all.stdout).unwrap();
+        assert_eq!(all.code, Some(0), "{all:?}");
+        let all: Value = all.json();
         assert_eq!(all["workers"].as_array().map(Vec::len), Some(1), "{all:#}");
         serving(&all["workers"][0], "/sleep?2");
 
@@ -94,8 +84,8 @@ fn stack_shows_a_sleeping_request_and_leaves_the_worker_serving() {
 fn stack_of_no_such_worker_is_an_error() {
     let server = observed(1, &[]);
     let out = ctl(&server, &["stack", "999999"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no worker with pid 999999"));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("no worker with pid 999999"));
     let out = ctl(&server, &["stack"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.code, Some(2), "{out:?}");
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::observed;
-use crate::support::{rgunctl_bin, KillOnDrop, Server};
+use crate::support::{ctl, rgunctl_bin, KillOnDrop, Server};
 
 /// A running `rgunctl watch` and the lines it prints.
 struct Watcher {
@@ -84,14 +84,9 @@ impl Watcher {
     }
 }
 
-fn ctl(server: &Server, args: &[&str]) {
-    let out = Command::new(rgunctl_bin())
-        .arg("-s")
-        .arg(&server.ctl_path)
-        .args(args)
-        .output()
-        .expect("run rgunctl");
-    assert!(out.status.success(), "rgunctl {args:?}: {out:?}");
+/// `rgunctl ARGS`, which must succeed.
+fn ctl_ok(server: &Server, args: &[&str]) {
+    ctl(server, args).assert_ok(&format!("rgunctl {args:?}"));
 }
 
 fn is(event: &Value, name: &str) -> bool {
@@ -104,8 +99,8 @@ fn watch_prints_spawn_ready_exit_and_reload_events() {
     let mut json = Watcher::start(&server, true);
     let mut human = Watcher::start(&server, false);
 
-    ctl(&server, &["scale", "2", "--wait"]);
-    ctl(&server, &["reload"]);
+    ctl_ok(&server, &["scale", "2", "--wait"]);
+    ctl_ok(&server, &["reload"]);
     let ten = Duration::from_secs(10);
     // The old generation's two workers leave after the new one serves.
     let exited_for_reload = |l: &str| l.contains("\"worker_exited\"") && l.contains("\"reload\"");
@@ -183,7 +178,7 @@ fn watch_prints_spawn_ready_exit_and_reload_events() {
     );
 
     // USR1's twin over the control socket.
-    ctl(&server, &["reopen-logs"]);
+    ctl_ok(&server, &["reopen-logs"]);
     json.wait_for(|l| l.contains("\"logs_reopened\""), ten);
 }
 
@@ -206,7 +201,7 @@ fn a_watcher_that_half_closed_still_gets_events_and_a_stalled_one_costs_nothing(
         .write_all(b"{\"id\":1,\"cmd\":\"watch\"}\n")
         .unwrap();
     for n in ["2", "1", "2", "1"] {
-        ctl(&server, &["scale", n, "--wait"]);
+        ctl_ok(&server, &["scale", n, "--wait"]);
     }
     let mut scales = 0;
     while scales < 4 {
