@@ -128,8 +128,7 @@ pub fn run(mut cfg: Config) -> anyhow::Result<i32> {
     let hook_host = start_hook_host(&cfg, target);
     // A `--preload` reload re-executed this master in place: what the old image left.
     let handoff = reexec::take_handoff();
-    // Gunicorn's first record, before the binds' records (an address in use) and the
-    // workers'; with `--preload`, after the import, as Gunicorn logs it.
+    // Gunicorn's first record precedes the binds' (`--preload`: it follows the import).
     if !cfg.preload {
         log_starting(&cfg);
     }
