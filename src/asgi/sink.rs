@@ -4,9 +4,9 @@
 
 use std::os::fd::OwnedFd;
 
-use crate::http::framer::{Http1Response, ResponseSink};
+use crate::http::framer::{Fields, Framed, Http1Response, ResponseSink};
 use crate::http::h2::H2Response;
-use crate::http::response::{RequestFacts, ResponseError};
+use crate::http::response::RequestFacts;
 use crate::net::outbox::SharedBytes;
 
 /// Where `send()` frames the response: an HTTP/1 connection's outbox, or an HTTP/2
@@ -17,12 +17,7 @@ pub enum Sink {
 }
 
 impl ResponseSink for Sink {
-    fn head<'h>(
-        &mut self,
-        status: &str,
-        headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
-        facts: RequestFacts,
-    ) -> Result<(), ResponseError> {
+    fn head<'h>(&mut self, status: &str, headers: impl Fields<'h>, facts: RequestFacts) -> Framed {
         match self {
             Sink::Http1(s) => s.head(status, headers, facts),
             Sink::Http2(s) => s.head(status, headers, facts),

@@ -12,15 +12,20 @@ use std::os::fd::OwnedFd;
 use super::response::{is_hop_by_hop, write_head, RequestFacts, ResponseError, ResponseFraming};
 use crate::net::outbox::{Outbox, SharedBytes};
 
+/// A response's header fields, name and value as the application gave them (walked
+/// twice when the head is kept for the access log).
+pub trait Fields<'h>: Iterator<Item = (&'h [u8], &'h [u8])> + Clone {}
+
+impl<'h, I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone> Fields<'h> for I {}
+
+/// What `ResponseSink::head` answers: the head is framed, or the application's status
+/// or a header was refused.
+pub type Framed = Result<(), ResponseError>;
+
 /// Where a response source puts what it produces: one head, then body data, then the
 /// end. After `shared` or `file`, only more `shared` and `end` may follow.
 pub trait ResponseSink {
-    fn head<'h>(
-        &mut self,
-        status: &str,
-        headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
-        facts: RequestFacts,
-    ) -> Result<(), ResponseError>;
+    fn head<'h>(&mut self, status: &str, headers: impl Fields<'h>, facts: RequestFacts) -> Framed;
     /// Body bytes, copied.
     fn data(&mut self, data: &[u8]);
     /// Body bytes sent from where they are when the framing allows (copied otherwise).
@@ -124,12 +129,7 @@ impl Http1Response {
 }
 
 impl ResponseSink for Http1Response {
-    fn head<'h>(
-        &mut self,
-        status: &str,
-        headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
-        facts: RequestFacts,
-    ) -> Result<(), ResponseError> {
+    fn head<'h>(&mut self, status: &str, headers: impl Fields<'h>, facts: RequestFacts) -> Framed {
         if let Some(kept) = &mut self.kept_head {
             keep_headers(kept, headers.clone());
         }

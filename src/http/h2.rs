@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 
 use http::header::{HeaderName, HeaderValue};
 
-use super::framer::ResponseSink;
+use super::framer::{Fields, Framed, ResponseSink};
 use super::head::{parse_head, HeadLimits, RequestHead};
 use super::response::{RequestFacts, ResponseError};
 use super::HttpError;
@@ -137,12 +137,7 @@ impl H2Response {
 }
 
 impl ResponseSink for H2Response {
-    fn head<'h>(
-        &mut self,
-        status: &str,
-        headers: impl Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
-        _facts: RequestFacts,
-    ) -> Result<(), ResponseError> {
+    fn head<'h>(&mut self, status: &str, headers: impl Fields<'h>, _facts: RequestFacts) -> Framed {
         let code = status
             .get(..3)
             .and_then(|c| c.parse::<u16>().ok())
