@@ -242,11 +242,8 @@ impl Conn {
     }
 
     fn step_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
-        if ctx.settings.uwsgi.is_some() {
-            return self.step_packet(exec, ctx);
-        }
         // HTTP/2 by ALPN, or with prior knowledge when allowed: either way the client
-        // opens with the preface.
+        // opens with the preface (never on a uwsgi listener).
         let h2 = if self.transport.is_tls() {
             self.transport.negotiated_h2()
         } else {
@@ -256,6 +253,7 @@ impl Conn {
             && self.served == 0
             && self.proxy_pending.is_none()
             && self.read_start < self.read_buf.len()
+            && ctx.settings.uwsgi.is_none()
         {
             self.opens_with_preface()
         } else {
@@ -278,9 +276,24 @@ impl Conn {
         self.read_head(ctx)
     }
 
-    /// The buffered bytes as (the start of) a request head: blank lines before it
-    /// skipped, a complete head handed on. `None`: more bytes needed.
+    /// The buffered bytes as (the start of) a request head, or a uwsgi packet
+    /// (`conn::uwsgi`): a complete one handed on. `None`: more bytes needed.
     fn parse_head(&mut self, exec: Exec<'_>, ctx: &Shared) -> Option<Step> {
+        let taken = if ctx.settings.uwsgi.is_some() {
+            self.take_packet()
+        } else {
+            self.take_head(ctx)
+        };
+        // One call site for both: the HTTP path keeps `on_head` inlined.
+        match taken? {
+            Ok(()) => Some(self.on_head(exec, ctx)),
+            Err(step) => Some(step),
+        }
+    }
+
+    /// The buffered bytes as (the start of) an HTTP head: blank lines before it
+    /// skipped. `Some(Ok)`: a complete head taken; `Some(Err)`: the step instead.
+    fn take_head(&mut self, ctx: &Shared) -> Option<Result<(), Step>> {
         // Blank lines before a request are allowed (RFC 9112 2.2) but consumed
         // here, and only so many, or a client could grow the buffer forever.
         let blank = self.read_buf[self.read_start..]
@@ -292,11 +305,11 @@ impl Conn {
             self.scan = HeadScan::default();
             self.blank_bytes += blank;
             if self.blank_bytes > MAX_BLANK_BYTES {
-                return Some(self.fail(&HttpError::Malformed(
+                return Some(Err(self.fail(&HttpError::Malformed(
                     "too many blank lines before a request",
-                )));
+                ))));
             }
-            return Some(Step::Continue);
+            return Some(Err(Step::Continue));
         }
         let buf = &self.read_buf[self.read_start..];
         let parsed = match self
@@ -315,10 +328,10 @@ impl Conn {
                     .head_bytes
                     .extend_from_slice(&self.read_buf[self.read_start..self.read_start + n]);
                 self.read_start += n;
-                Some(self.on_head(exec, ctx))
+                Some(Ok(()))
             }
             Ok(None) => None,
-            Err(e) => Some(self.fail(&e)),
+            Err(e) => Some(Err(self.fail(&e))),
         }
     }
 
