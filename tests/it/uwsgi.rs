@@ -23,7 +23,8 @@ const APP: &str = "uwsgi_app:application";
 const ASGI_APP: &str = "uwsgi_app:app";
 
 /// nginx in the foreground on an inherited listener, its files in its own directory;
-/// stopped by pid on drop.
+/// stopped on drop by TERM to its master, which stops its worker first (a KILL would
+/// leave the worker running).
 struct Nginx {
     child: Child,
     port: u16,
@@ -32,7 +33,14 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let exited = wait_until(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
