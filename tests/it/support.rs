@@ -466,6 +466,21 @@ impl Server {
         serde_json::from_str(&line).unwrap_or(serde_json::Value::Null)
     }
 
+    /// A reload is answered once the new generation serves; the old workers, told then to
+    /// stop, may still take a client that connects at once (a worker woken for it serves
+    /// it before it goes). Waits (bounded) until only the serving generation is left.
+    pub fn wait_for_the_old_workers_to_go(&self) {
+        let mut last = serde_json::Value::Null;
+        let only_new = wait_until(Duration::from_secs(30), || {
+            last = self.status();
+            let serving = &last["result"]["master"]["generation"];
+            last["result"]["workers"]
+                .as_array()
+                .is_some_and(|ws| !ws.is_empty() && ws.iter().all(|w| &w["generation"] == serving))
+        });
+        assert!(only_new, "the old workers stayed: {last}\n{}", self.log());
+    }
+
     /// Waits (bounded) until some worker is inside a request, as the control socket's
     /// `status` reports it: a request sent just before is then past the backlog.
     pub fn wait_for_request_in_flight(&self, limit: Duration) {

@@ -220,7 +220,9 @@ fn ten_overlapping_reloads(args: &[&str]) {
         })
         .collect();
     // Every answer came once the generation carrying its code served, so the last
-    // deploy serves now, without waiting for anything more.
+    // deploy serves once the old workers are gone (one woken for a client that
+    // connected at once serves it before it goes).
+    server.wait_for_the_old_workers_to_go();
     assert_eq!(version_of(&server), "v10", "{answers:?}");
     let stats = load.finish();
     assert_no_failures(&stats, &server);

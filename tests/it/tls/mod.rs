@@ -19,7 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use crate::support::{read_response, wait_until, Response, Server, ServerBuilder};
+use crate::support::{read_response, Response, Server, ServerBuilder};
 
 /// A CA, a server certificate for localhost/127.0.0.1 and a client certificate for
 /// `CN=alice,O=rgun tests`, all as PEM files in a temporary directory.
@@ -349,21 +349,6 @@ fn sessions_resume_across_workers() {
     }
 }
 
-/// A reload is answered once the new generation serves; the old workers, told then to
-/// stop, may still take a client that connects at once (a worker woken for it serves
-/// it before it goes). Waits (bounded) until only the serving generation is left.
-fn wait_for_the_old_workers_to_go(server: &Server) {
-    let mut last = serde_json::Value::Null;
-    let only_new = wait_until(Duration::from_secs(30), || {
-        last = server.status();
-        let serving = &last["result"]["master"]["generation"];
-        last["result"]["workers"]
-            .as_array()
-            .is_some_and(|ws| !ws.is_empty() && ws.iter().all(|w| &w["generation"] == serving))
-    });
-    assert!(only_new, "the old workers stayed: {last}\n{}", server.log());
-}
-
 #[test]
 fn a_renewed_certificate_is_served_after_rgunctl_reload() {
     let mut pki = Pki::new();
@@ -385,7 +370,7 @@ fn a_renewed_certificate_is_served_after_rgunctl_reload() {
         "reload: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for_the_old_workers_to_go(&server);
+    server.wait_for_the_old_workers_to_go();
     let mut after = connect(&server, &config).unwrap();
     assert_eq!(after.conn.peer_certificates().unwrap()[0], pki.server_der);
     assert_eq!(get(&mut after, "/").unwrap().status, 200);
@@ -571,7 +556,7 @@ fn sessions_resume_across_a_reload() {
         "reload: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for_the_old_workers_to_go(&server);
+    server.wait_for_the_old_workers_to_go();
     // A ticket from the old generation opens in the new one (the keys are the master's).
     let mut tls = connect(&server, &config).unwrap();
     let pid = get(&mut tls, "/").unwrap().json()["pid"].clone();
