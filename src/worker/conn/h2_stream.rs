@@ -391,7 +391,7 @@ fn produce(py: Python<'_>, service: &Service, st: &mut Stream) {
 /// A ready stream's request: its HTTP/1 head made and parsed (`st.ex.head`), the
 /// exchange begun (the scheme decision; counted in flight), and its body. `None`
 /// when it was refused (the stream then answers 400, or 500).
-fn stream_request(ctx: &Shared, st: &mut Stream, facts: &StreamCtx) -> Option<Body> {
+pub(super) fn stream_request(ctx: &Shared, st: &mut Stream, facts: &StreamCtx) -> Option<Body> {
     let received = st.body.as_ref().map_or(0, BodyReader::received);
     let ex = &mut st.ex;
     if let Err(e) = request_head(

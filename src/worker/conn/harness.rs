@@ -1,7 +1,14 @@
 //! Driving a `Conn` without a worker around it: a socketpair, a `Shared` with default
 //! settings and no Python, and `Exec::Pool`, which stops at each complete request
-//! (where the application would take over). Used by the unit tests and by the
-//! connection fuzz target (`fuzz/fuzz_targets/connection.rs`).
+//! (where the application would take over): an HTTP/1 request at `Drive::Dispatch`,
+//! an HTTP/2 stream as a `StreamJob` taken after `drive` (`answer_streams` stands in
+//! for the pool thread). Used by the unit tests and by the connection fuzz target
+//! (`fuzz/fuzz_targets/connection.rs`).
+//!
+//! The transport is an in-process socketpair, not an in-memory one: `Transport` is a
+//! file descriptor, and a second, memory-backed kind would be a branch on every read
+//! and write of the hot path. The socketpair makes the same syscalls as production,
+//! with no process and no network.
 
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -10,8 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::h2_stream::{answer_error, stream_request};
 use super::{Conn, Drive, Exec, State};
 use crate::config::AllowIps;
+use crate::http::body::Body;
 use crate::http::head::HeadLimits;
 use crate::http::proxy::ProxyMode;
 use crate::net::{Local, Peer};
@@ -78,10 +87,54 @@ pub fn answered(c: &mut Conn) {
     c.state = State::Head;
 }
 
+/// An HTTP/2 stream as the application would have been given it (read by the unit
+/// tests; the fuzz target only counts them).
+#[derive(Debug)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub struct Dispatched {
+    /// The HTTP/1 head made from the stream's (`http::h2::request_head`).
+    pub head: String,
+    /// The scheme decision (`Exchange::begin`).
+    pub https: bool,
+    pub body: Vec<u8>,
+}
+
+/// Stands in for the pool threads of an HTTP/2 connection: each stream `drive` handed
+/// out is begun as a pool thread begins it (its head made, the scheme decided,
+/// counted in flight), answered `200 OK` — or with the error the product gives a
+/// refused stream — and handed back. The answers go out at the next `drive`. Returns
+/// the streams that reached the application.
+pub fn answer_streams(c: &mut Conn, ctx: &Shared) -> Vec<Dispatched> {
+    let mut dispatched = Vec::new();
+    for mut job in c.take_stream_jobs() {
+        let st = &mut job.stream;
+        if let Some(body) = stream_request(ctx, st, &job.facts) {
+            dispatched.push(Dispatched {
+                head: String::from_utf8_lossy(&st.ex.head_bytes).into_owned(),
+                https: st.ex.https,
+                body: match body {
+                    Body::Empty => Vec::new(),
+                    Body::Memory(b) => b,
+                    Body::File(mut f) => {
+                        let mut b = Vec::new();
+                        f.read_to_end(&mut b).expect("read a spilled body");
+                        b
+                    }
+                },
+            });
+            answer_error(st, 200, "OK");
+        }
+        if c.return_stream(Box::new(job)).is_err() {
+            panic!("a stream handed out by this connection was refused back");
+        }
+    }
+    dispatched
+}
+
 /// What a stream of client bytes made of the connection.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Complete requests handed to the application.
+    /// Complete requests (HTTP/1) or streams (HTTP/2) handed to the application.
     pub dispatched: usize,
     /// The connection was closed (by the client's end of stream or an error).
     pub closed: bool,
@@ -98,6 +151,19 @@ pub fn drive_stream(stream: &[u8], cuts: &[usize]) -> Outcome {
     // is a mapping that lives as long as the process.
     static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
     drive(SHARED.get_or_init(shared), stream, cuts)
+}
+
+/// `drive_stream` for a worker that takes HTTP/2 with prior knowledge
+/// (`--http2-cleartext`): each stream is answered by `answer_streams`.
+#[cfg(test)]
+pub fn drive_h2_stream(stream: &[u8], cuts: &[usize]) -> Outcome {
+    static SHARED: std::sync::OnceLock<Shared> = std::sync::OnceLock::new();
+    let ctx = SHARED.get_or_init(|| {
+        let mut ctx = shared();
+        ctx.settings.http2_cleartext = true;
+        ctx
+    });
+    drive(ctx, stream, cuts)
 }
 
 /// `drive_stream` for a worker that speaks uwsgi (`--protocol uwsgi`).
@@ -179,7 +245,13 @@ fn step(c: &mut Conn, ctx: &Shared, client: &mut UnixStream, out: &mut Outcome) 
                 return;
             }
             Drive::Yield => {}
-            Drive::WaitRead | Drive::WaitWrite => return,
+            Drive::WaitRead | Drive::WaitWrite => {
+                let streams = answer_streams(c, ctx).len();
+                if streams == 0 {
+                    return;
+                }
+                out.dispatched += streams;
+            }
         }
     }
 }

@@ -14,6 +14,8 @@ mod h2_stream;
 pub mod harness;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_h2;
 mod uwsgi;
 
 use std::io;
