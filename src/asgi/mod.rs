@@ -11,6 +11,8 @@
 pub mod cycle;
 pub mod scope;
 pub mod sink;
+#[cfg(test)]
+mod tests;
 pub mod wake;
 pub mod websocket;
 
