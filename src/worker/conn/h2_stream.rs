@@ -192,7 +192,10 @@ impl Stream {
                             body.end();
                         }
                         self.progress = Progress::Ready;
-                        return true;
+                        // On to the reset check: a client's RST_STREAM read with the
+                        // end of its request still keeps it from the application.
+                        moved = true;
+                        break;
                     }
                     Poll::Pending => return moved,
                 }

@@ -400,6 +400,20 @@ fn disagreeing_scheme_headers_from_a_trusted_proxy_get_400_over_h2c() {
 }
 
 #[test]
+fn a_complete_stream_reset_in_the_same_read_is_never_dispatched() {
+    // Rapid reset (CVE-2023-44487): the whole request and its RST_STREAM in one read.
+    let mut cl = Client::h2c();
+    let mut bytes = opening();
+    bytes.extend(headers(1, &request("GET", "/rapid", &[]), true));
+    bytes.extend(u32_frame(RST_STREAM, 1, CANCEL));
+    cl.send(&bytes);
+    assert!(cl.dispatched.is_empty(), "{:?}", cl.dispatched);
+    cl.send(&headers(3, &request("GET", "/next", &[]), true));
+    assert_eq!(cl.dispatched.len(), 1);
+    assert!(cl.dispatched[0].head.starts_with("GET /next "));
+}
+
+#[test]
 fn a_stream_reset_by_the_client_before_its_body_ends_is_never_dispatched() {
     let mut cl = Client::h2c();
     let mut bytes = opening();
