@@ -8,9 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::ServerName;
-
-use super::{fetch, h2c_server_of, wait_for_access_log, with_h2, with_h2_over, Kind, ASGI_APP};
+use super::tls::post_secret_over_h2_by_alpn;
+use super::{fetch, get_first_piece, h2c_server_of, wait_for_access_log, with_h2, Kind, ASGI_APP};
 use crate::support::{wait_until, zero_window_get, ServerBuilder};
 use crate::tls::Pki;
 
@@ -234,12 +233,7 @@ fn held_stream_sees_disconnect(how: &str, reset: bool) {
     let path = format!("/hold?file={}", record.display());
     with_h2(server.port, |send| async move {
         let mut send = send.ready().await.unwrap();
-        let req = http::Request::get(format!("http://127.0.0.1{path}"))
-            .body(())
-            .unwrap();
-        let (response, mut stream) = send.send_request(req, true).unwrap();
-        let mut body = response.await.unwrap().into_body();
-        let first = body.data().await.unwrap().unwrap();
+        let (mut stream, body, first) = get_first_piece(&mut send, &path).await;
         assert_eq!(&first[..], b"first piece");
         if reset {
             stream.send_reset(h2::Reason::CANCEL);
@@ -273,18 +267,7 @@ fn an_asgi_app_speaks_http2_over_tls_by_alpn() {
         .args(["--http-protocols", "h2,h1"])
         .start();
     let config = super::tls::h2_client(&pki, &[b"h2", b"http/1.1"]);
-    let (status, _, body) = with_h2_over(
-        server.port,
-        |tcp| async move {
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .expect("TLS handshake");
-            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-            tls
-        },
-        |mut send| async move { fetch(&mut send, "POST", "/echo", &[], b"secret").await },
-    );
+    let (status, _, body) = post_secret_over_h2_by_alpn(server.port, config);
     assert_eq!(status, 201, "{}", server.log());
     let e = echoed(&body);
     assert_eq!(e["http_version"], "2");

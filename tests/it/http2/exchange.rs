@@ -7,9 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-
-use super::{fetch, h2c_server_of, with_h2, with_h2_over, Kind, APP, ASGI_APP};
+use super::{fetch, get_first_piece, h2c_server_of, with_h2, with_h2_over, Kind, APP, ASGI_APP};
 use crate::support::ServerBuilder;
 use crate::tls::Pki;
 
@@ -49,12 +47,7 @@ fn disagreeing_scheme_is_a_400_everywhere(kind: Kind) {
     let config = super::tls::h2_client(&pki, &[b"h2"]);
     let h2_tls = with_h2_over(
         tls_server.port,
-        |tcp| async move {
-            tokio_rustls::TlsConnector::from(config)
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .expect("TLS handshake")
-        },
+        |tcp| super::tls::tls_over(config, tcp),
         |mut send| async move { fetch(&mut send, "GET", "/echo", &DISAGREEING, b"").await.0 },
     );
     assert_eq!(
@@ -91,12 +84,7 @@ fn post_request_runs_for_an_asgi_stream_whose_client_left_or_whose_app_raised() 
     with_h2(server.port, |send| async move {
         let mut send = send.ready().await.unwrap();
         // The client leaves: a reset once the first piece has come.
-        let req = http::Request::get(format!("http://127.0.0.1{path}"))
-            .body(())
-            .unwrap();
-        let (response, mut stream) = send.send_request(req, true).unwrap();
-        let mut body = response.await.unwrap().into_body();
-        let first = body.data().await.unwrap().unwrap();
+        let (mut stream, body, first) = get_first_piece(&mut send, &path).await;
         assert_eq!(&first[..], b"first piece");
         stream.send_reset(h2::Reason::CANCEL);
         drop(body);

@@ -102,6 +102,21 @@ where
     })
 }
 
+/// Asks for `path` on `send` (ready) and waits for the first piece of the body;
+/// returns the request's stream (to reset it), the rest of the body, and that piece.
+async fn get_first_piece(
+    send: &mut SendRequest<Bytes>,
+    path: &str,
+) -> (h2::SendStream<Bytes>, h2::RecvStream, Bytes) {
+    let req = http::Request::get(format!("http://127.0.0.1{path}"))
+        .body(())
+        .unwrap();
+    let (response, stream) = send.send_request(req, true).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    let first = body.data().await.unwrap().unwrap();
+    (stream, body, first)
+}
+
 /// One request; returns the status, the headers and the whole body.
 pub(crate) async fn fetch(
     send: &mut SendRequest<Bytes>,
@@ -367,12 +382,7 @@ fn a_stream_reset_mid_response_has_its_iterable_closed() {
         let path = format!("/stream?n=1000&tag={tag}");
         with_h2(server.port, |send| async move {
             let mut send = send.ready().await.unwrap();
-            let req = http::Request::get(format!("http://127.0.0.1{path}"))
-                .body(())
-                .unwrap();
-            let (response, mut stream) = send.send_request(req, true).unwrap();
-            let mut body = response.await.unwrap().into_body();
-            let first = body.data().await.unwrap().unwrap();
+            let (mut stream, body, first) = get_first_piece(&mut send, &path).await;
             assert!(!first.is_empty());
             stream.send_reset(h2::Reason::CANCEL);
             // Dropped, so what it received no longer holds the connection's window.

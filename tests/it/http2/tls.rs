@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::{fetch, with_h2_over, APP};
 use crate::support::ServerBuilder;
@@ -16,6 +18,34 @@ pub(super) fn h2_client(pki: &Pki, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> 
     Arc::new(config)
 }
 
+/// A TLS client connection to "localhost" over `tcp`, made with `config`.
+pub(super) async fn tls_over(
+    config: Arc<rustls::ClientConfig>,
+    tcp: TcpStream,
+) -> TlsStream<TcpStream> {
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// POSTs `secret` to `/echo` over HTTP/2 on TLS to `port`, ALPN having chosen h2;
+/// returns the status, the headers and the whole body.
+pub(super) fn post_secret_over_h2_by_alpn(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+) -> (u16, http::HeaderMap, Vec<u8>) {
+    with_h2_over(
+        port,
+        |tcp| async move {
+            let tls = tls_over(config, tcp).await;
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            tls
+        },
+        |mut send| async move { fetch(&mut send, "POST", "/echo", &[], b"secret").await },
+    )
+}
+
 #[test]
 fn a_client_offering_h2_by_alpn_speaks_http2_over_tls() {
     let pki = Pki::new();
@@ -24,18 +54,7 @@ fn a_client_offering_h2_by_alpn_speaks_http2_over_tls() {
         .args(["--http-protocols", "h2,h1"])
         .start();
     let config = h2_client(&pki, &[b"h2", b"http/1.1"]);
-    let (status, _, body) = with_h2_over(
-        server.port,
-        |tcp| async move {
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(ServerName::try_from("localhost").unwrap(), tcp)
-                .await
-                .expect("TLS handshake");
-            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-            tls
-        },
-        |mut send| async move { fetch(&mut send, "POST", "/echo", &[], b"secret").await },
-    );
+    let (status, _, body) = post_secret_over_h2_by_alpn(server.port, config);
     assert_eq!(status, 201, "{}", server.log());
     let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(echoed["protocol"], "HTTP/2");
