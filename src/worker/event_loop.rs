@@ -33,6 +33,10 @@ const WAKER_TOKEN: Token = Token(usize::MAX - 2);
 const WATCH_TOKEN: Token = Token(usize::MAX - 3);
 /// Most connections accepted per listener wake-up.
 const ACCEPT_BATCH: usize = 64;
+/// The loop's heartbeat on the scoreboard is written at most this often: the master
+/// reads it against `--timeout` (seconds), so a fresher one tells it nothing, and a
+/// turn of the loop per request would otherwise convert the time each turn.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(10);
 
 /// Why a connection is driven.
 #[derive(PartialEq, Eq)]
@@ -68,6 +72,8 @@ pub struct EventLoop<'a> {
     graceful_timeout: Duration,
     /// When the periodic work (deadlines, parent, sources) is next due.
     next_sweep: Instant,
+    /// When the heartbeat is next written (`HEARTBEAT_EVERY`).
+    next_heartbeat: Instant,
 }
 
 impl<'a> EventLoop<'a> {
@@ -125,6 +131,7 @@ impl<'a> EventLoop<'a> {
             watch,
             graceful_timeout,
             next_sweep: Instant::now() + sweep_every,
+            next_heartbeat: Instant::now(),
         })
     }
 
@@ -228,17 +235,14 @@ impl<'a> EventLoop<'a> {
             yield_cpu();
         }
         let now = Instant::now();
-        self.shared.slot.heartbeat_at(now);
+        if now >= self.next_heartbeat {
+            self.shared.slot.heartbeat_at(now);
+            self.next_heartbeat = now + HEARTBEAT_EVERY;
+        }
         crate::statsd::flush(now);
         self.listening.resume_if_due(&self.poll, self.open, now);
         if now >= self.next_sweep {
-            self.close_expired(now);
-            self.publish_oldest_asgi_request(now);
-            self.check_parent();
-            self.check_accept_recovery();
-            self.check_sources();
-            self.check_closing();
-            self.next_sweep = now + self.shared.settings.sweep_every;
+            self.sweep(now);
         }
         if let Some(deadline) = self.stop_by {
             if Instant::now() >= deadline {

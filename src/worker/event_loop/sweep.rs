@@ -11,6 +11,19 @@ use pyo3::prelude::*;
 use super::{Conn, EventLoop};
 
 impl EventLoop<'_> {
+    /// The periodic duties, due every `sweep_every`: out of `step`'s line, which runs
+    /// once per request under load.
+    #[cold]
+    pub(super) fn sweep(&mut self, now: Instant) {
+        self.close_expired(now);
+        self.publish_oldest_asgi_request(now);
+        self.check_parent();
+        self.check_accept_recovery();
+        self.check_sources();
+        self.check_closing();
+        self.next_sweep = now + self.shared.settings.sweep_every;
+    }
+
     /// A worker whose master died (re-parented) stops, as Gunicorn's do; the death
     /// signal set at boot usually gets there first.
     pub(super) fn check_parent(&mut self) {
