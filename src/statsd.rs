@@ -88,10 +88,15 @@ pub fn fd() -> Option<RawFd> {
 }
 
 /// One response, as Gunicorn's access hook counts it.
+#[inline]
 pub fn request(status: u16, elapsed: Duration) {
-    if !ENABLED.load(Ordering::Relaxed) {
-        return;
+    if ENABLED.load(Ordering::Relaxed) {
+        send_request(status, elapsed);
     }
+}
+
+#[inline(never)]
+fn send_request(status: u16, elapsed: Duration) {
     // Formatted by hand from lines made once: this runs for every response, and
     // core::fmt's float formatting costs more than the rest of the line.
     let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
@@ -150,16 +155,22 @@ pub fn histogram(name: &str, value: u64) {
 
 /// Sends what is waiting if the last send is `FLUSH_INTERVAL` old at `now`; called
 /// when a loop ends a turn, with the time it read anyway.
+#[inline]
 pub fn flush(now: Instant) {
     if ENABLED.load(Ordering::Relaxed) {
-        with_sender(|s| {
-            if (!s.pending.is_empty() || s.requests > 0)
-                && now.saturating_duration_since(s.last_send) >= FLUSH_INTERVAL
-            {
-                s.flush();
-            }
-        });
+        flush_if_due(now);
     }
+}
+
+#[inline(never)]
+fn flush_if_due(now: Instant) {
+    with_sender(|s| {
+        if (!s.pending.is_empty() || s.requests > 0)
+            && now.saturating_duration_since(s.last_send) >= FLUSH_INTERVAL
+        {
+            s.flush();
+        }
+    });
 }
 
 /// Sends what is waiting now (a process about to exit).

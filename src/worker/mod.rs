@@ -192,9 +192,10 @@ impl Shared {
         self.slot.closing.load(Ordering::Relaxed) == crate::scoreboard::STOP_ALL
     }
 
+    #[inline]
     pub fn log_access(&self, record: &AccessRecord<'_>) {
         if let Some(log) = &self.access_log {
-            log.lock().unwrap_or_else(|e| e.into_inner()).write(record);
+            write_access(log, record);
         }
     }
 
@@ -213,6 +214,13 @@ impl Shared {
             }
         }
     }
+}
+
+/// One access log line: out of the request path's line, which only asks whether
+/// there is a log.
+#[inline(never)]
+fn write_access(log: &Mutex<AccessLog>, record: &AccessRecord<'_>) {
+    log.lock().unwrap_or_else(|e| e.into_inner()).write(record);
 }
 
 /// Everything a worker receives from the master at fork time.
