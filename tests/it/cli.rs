@@ -101,12 +101,7 @@ fn unimportable_app_prints_the_traceback_and_exits() {
 fn missing_callable_names_it() {
     let mut s = ServerBuilder::new("echo:nope").no_wait().start();
     assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(4));
-    assert!(
-        s.log()
-            .contains("failed to find attribute 'nope' in 'echo'"),
-        "{}",
-        s.log()
-    );
+    s.assert_log_has("failed to find attribute 'nope' in 'echo'");
 }
 
 #[test]
@@ -145,11 +140,7 @@ fn binds_unix_socket_and_ipv6_and_env() {
     let r = crate::support::read_response(&mut std::io::BufReader::new(c), false).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["REMOTE_ADDR"], "");
-    assert!(
-        s.log().contains("Listening at: http://[::1]:"),
-        "{}",
-        s.log()
-    );
+    s.assert_log_has("Listening at: http://[::1]:");
     s.signal(libc::SIGTERM);
     assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
     assert!(!sock.exists(), "the unix socket file is removed on exit");

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::support::{has_setting, repo_root, wait_until, ServerBuilder};
+use crate::support::{has_setting, repo_root, wait_for_file, wait_until, ServerBuilder};
 
 /// Writes a config file `NAME.conf.py` in `dir` whose hooks append lines to
 /// `NAME.log` through `note(text)`; `hooks` is the Python that defines them.
@@ -18,17 +18,6 @@ pub fn hook_config(dir: &Path, name: &str, hooks: &str) -> (PathBuf, PathBuf) {
     );
     std::fs::write(&conf, preamble + hooks).unwrap();
     (record, conf)
-}
-
-pub fn wait_for_file(path: &Path, needle: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) || start.elapsed() > Duration::from_secs(10) {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -66,16 +55,7 @@ fn config_file_mistakes_are_named() {
     let conf = dir.path().join("bad.conf.py");
     let run = |text: &str| {
         std::fs::write(&conf, text).unwrap();
-        crate::support::rgun()
-            .args([
-                "-c",
-                conf.to_str().unwrap(),
-                "--print-config",
-                "demo.app:application",
-            ])
-            .current_dir(repo_root())
-            .output()
-            .unwrap()
+        crate::support::print_config_of(crate::support::rgun(), &conf)
     };
     let out = run("workers = 'four'\n");
     assert_eq!(out.status.code(), Some(1));
@@ -199,11 +179,7 @@ def on_exit(server):
     assert!(lines[3].starts_with("pre_fork age=0"), "{text}");
     assert!(text.contains(&format!("child_exit {victim}")), "{text}");
     assert_eq!(lines.last(), Some(&"on_exit"), "{text}");
-    assert!(
-        s.log().contains("a failing hook must not stop the master"),
-        "{}",
-        s.log()
-    );
+    s.assert_log_has("a failing hook must not stop the master");
 }
 
 #[test]
@@ -422,11 +398,6 @@ def pre_request(worker, req):
         .start();
     assert_eq!(s.get("/").text(), "ok", "the request is still served");
     s.wait_for_log("marker-5521", Duration::from_secs(10));
-    assert!(
-        s.log()
-            .contains("pre_request/post_request hooks skip this request"),
-        "{}",
-        s.log()
-    );
+    s.assert_log_has("pre_request/post_request hooks skip this request");
     assert!(!record.exists(), "pre_request ran with no req");
 }

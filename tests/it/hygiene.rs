@@ -89,6 +89,18 @@ fn daemon_mode_detaches_and_serves() {
     );
 }
 
+/// The id of group `name`, as /proc writes it.
+fn group_id(name: &str) -> String {
+    let group = nix::unistd::Group::from_name(name).unwrap().unwrap();
+    group.gid.as_raw().to_string()
+}
+
+/// The id of user `name`, as /proc writes it.
+fn user_id(name: &str) -> String {
+    let user = nix::unistd::User::from_name(name).unwrap().unwrap();
+    user.uid.as_raw().to_string()
+}
+
 #[test]
 fn workers_drop_privileges_when_root() {
     if !running_as_root("workers_drop_privileges_when_root") {
@@ -100,12 +112,7 @@ fn workers_drop_privileges_when_root() {
         let s = ServerBuilder::new("lifecycle_app:application")
             .args(["-g", "nogroup"])
             .start();
-        let nogroup = nix::unistd::Group::from_name("nogroup")
-            .unwrap()
-            .unwrap()
-            .gid
-            .as_raw()
-            .to_string();
+        let nogroup = group_id("nogroup");
         let gids = proc_ids(s.worker_pids()[0], "Gid:");
         assert!(gids.iter().all(|g| *g == nogroup), "{gids:?}");
         assert_eq!(s.get("/").text(), "ok");
@@ -114,12 +121,7 @@ fn workers_drop_privileges_when_root() {
     let s = ServerBuilder::new("lifecycle_app:application")
         .args(["-u", "nobody", "-g", "nogroup"])
         .start();
-    let nobody = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw()
-        .to_string();
+    let nobody = user_id("nobody");
     let uids = proc_ids(s.worker_pids()[0], "Uid:");
     assert!(uids.iter().all(|u| *u == nobody), "{uids:?}");
     assert_eq!(s.get("/").text(), "ok");
@@ -205,16 +207,7 @@ fn print_config_lists_every_setting_and_hook_as_gunicorn_does() {
         "workers = 2\nraw_env = ['A=1']\ndef post_fork(server, worker):\n    pass\n",
     )
     .unwrap();
-    let out = crate::support::rgun()
-        .args([
-            "-c",
-            conf.to_str().unwrap(),
-            "--print-config",
-            "demo.app:application",
-        ])
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
+    let out = crate::support::print_config_of(crate::support::rgun(), &conf);
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     let names: Vec<&str> = text
@@ -301,12 +294,7 @@ fn systemd_socket_activation_uses_listen_fds() {
         .systemd_activation()
         .start();
     assert_eq!(s.get("/").text(), "ok");
-    assert!(
-        s.log()
-            .contains("Using 1 socket(s) from systemd (LISTEN_FDS)"),
-        "{}",
-        s.log()
-    );
+    s.assert_log_has("Using 1 socket(s) from systemd (LISTEN_FDS)");
 }
 
 #[test]
@@ -394,15 +382,11 @@ fn a_low_port_bound_as_root_is_served_by_dropped_workers() {
     assert_eq!(r.text(), "ok");
     let worker = s.worker_pids()[0];
     let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
-    let nogroup = nix::unistd::Group::from_name("nogroup")
-        .unwrap()
-        .unwrap()
-        .gid
-        .as_raw();
+    let nogroup = group_id("nogroup");
     assert!(
         status
             .lines()
-            .any(|l| l.starts_with("Gid:") && l.contains(&nogroup.to_string())),
+            .any(|l| l.starts_with("Gid:") && l.contains(&nogroup)),
         "{status}"
     );
 }
@@ -419,12 +403,7 @@ fn initgroups_sets_the_supplementary_groups_of_the_user() {
         .start();
     let worker = s.worker_pids()[0];
     let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
-    let nogroup = nix::unistd::Group::from_name("nogroup")
-        .unwrap()
-        .unwrap()
-        .gid
-        .as_raw()
-        .to_string();
+    let nogroup = group_id("nogroup");
     let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
     assert!(groups.split_whitespace().any(|g| g == nogroup), "{groups}");
     assert_eq!(s.get("/").text(), "ok");

@@ -363,7 +363,7 @@ fn reload_flag_restarts_workers_when_the_code_changes() {
         "still the old code:\n{}",
         s.log()
     );
-    assert!(s.log().contains("live_app.py modified"), "{}", s.log());
+    s.assert_log_has("live_app.py modified");
 }
 
 #[test]

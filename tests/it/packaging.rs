@@ -29,17 +29,12 @@ fn build_deb_in(target: &std::path::Path) -> PathBuf {
     // One build at a time: they share ./target/generated.
     static PACKAGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = PACKAGING.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Command::new(repo_root().join("scripts/package"))
+    let mut package = Command::new(repo_root().join("scripts/package"));
+    package
         .env("RGUN_PROFILE", "dev")
         .env("CARGO_TARGET_DIR", target)
-        .current_dir(repo_root())
-        .output()
-        .expect("run scripts/package");
-    assert!(
-        out.status.success(),
-        "scripts/package failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .current_dir(repo_root());
+    crate::support::succeeding(package, "scripts/package");
     let dir = target.join("debian");
     let mut debs: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -48,6 +43,16 @@ fn build_deb_in(target: &std::path::Path) -> PathBuf {
         .collect();
     debs.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
     debs.pop().expect("a .deb in <target>/debian")
+}
+
+/// What `dpkg-deb OPTION DEB` prints (`-c`: the files, `-I`: the control information).
+fn dpkg_deb(option: &str, deb: &std::path::Path) -> String {
+    let out = Command::new("dpkg-deb")
+        .arg(option)
+        .arg(deb)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -59,24 +64,14 @@ fn package_honours_cargo_target_dir() {
     std::os::unix::fs::symlink(target_dir().join("debug"), other.path().join("debug")).unwrap();
     let deb = build_deb_in(other.path());
     assert!(deb.starts_with(other.path()), "{}", deb.display());
-    let list = Command::new("dpkg-deb")
-        .arg("-c")
-        .arg(&deb)
-        .output()
-        .unwrap();
-    let list = String::from_utf8_lossy(&list.stdout);
+    let list = dpkg_deb("-c", &deb);
     assert!(list.contains("./usr/bin/rgun"), "{list}");
 }
 
 #[test]
 fn debian_package_holds_everything() {
     let deb = build_deb();
-    let list = Command::new("dpkg-deb")
-        .arg("-c")
-        .arg(&deb)
-        .output()
-        .unwrap();
-    let list = String::from_utf8_lossy(&list.stdout);
+    let list = dpkg_deb("-c", &deb);
     for path in [
         "./usr/bin/rgun",
         "./usr/bin/rgunctl",
@@ -99,12 +94,7 @@ fn debian_package_holds_everything() {
             "{path} missing from the package:\n{list}"
         );
     }
-    let info = Command::new("dpkg-deb")
-        .arg("-I")
-        .arg(&deb)
-        .output()
-        .unwrap();
-    let info = String::from_utf8_lossy(&info.stdout);
+    let info = dpkg_deb("-I", &deb);
     assert!(info.contains("Package: rgun"), "{info}");
     assert!(
         info.contains("Depends: adduser, libc6, python3.11"),

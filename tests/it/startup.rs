@@ -242,6 +242,11 @@ fn negative_numbers_after_a_space_are_range_errors_as_in_gunicorn() {
     }
 }
 
+/// `-c CONF --check-config demo.app:application`, for rgun and Gunicorn alike.
+fn check_config_args(conf: &str) -> [&str; 4] {
+    ["-c", conf, "--check-config", "demo.app:application"]
+}
+
 /// A directory with `gunicorn.conf.py` holding `text`.
 fn config_dir(text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -267,7 +272,7 @@ fn a_configuration_file_that_raises_names_its_file_and_line_as_in_gunicorn() {
         let dir = config_dir(text);
         let conf = dir.path().join("gunicorn.conf.py");
         let conf = conf.to_str().unwrap();
-        let args = ["-c", conf, "--check-config", "demo.app:application"];
+        let args = check_config_args(conf);
         let (code, ours) = run(rgun_cmd(), &args);
         let (their_code, theirs) = run(gunicorn(), &args);
         assert_eq!(code, Some(1), "{ours}");
@@ -297,10 +302,7 @@ fn a_configuration_file_that_raises_names_its_file_and_line_as_in_gunicorn() {
 fn config_given_a_directory_says_so() {
     let dir = config_dir("workers = 1\n");
     let path = dir.path().to_str().unwrap();
-    let (code, ours) = run(
-        rgun_cmd(),
-        &["-c", path, "--check-config", "demo.app:application"],
-    );
+    let (code, ours) = run(rgun_cmd(), &check_config_args(path));
     assert_eq!(code, Some(1), "{ours}");
     assert_eq!(ours.trim_end().lines().count(), 1, "{ours}");
     assert!(ours.contains("is a directory"), "{ours}");
@@ -309,10 +311,7 @@ fn config_given_a_directory_says_so() {
         "{ours}"
     );
     // Gunicorn fails too, with a traceback ending in IsADirectoryError.
-    let (code, theirs) = run(
-        gunicorn(),
-        &["-c", path, "--check-config", "demo.app:application"],
-    );
+    let (code, theirs) = run(gunicorn(), &check_config_args(path));
     assert_eq!(code, Some(1), "{theirs}");
     assert!(theirs.contains("Is a directory"), "{theirs}");
 }
@@ -450,28 +449,14 @@ fn a_configuration_file_with_what_rgun_does_anyway_is_accepted_as_by_gunicorn() 
          sendfile = False\nheader_map = 'drop'\nworkers = 2\n",
     );
     let conf = dir.path().join("gunicorn.conf.py");
-    let args = [
-        "-c",
-        conf.to_str().unwrap(),
-        "--check-config",
-        "demo.app:application",
-    ];
+    let args = check_config_args(conf.to_str().unwrap());
     let (code, ours) = run(rgun_cmd(), &args);
     assert_eq!(code, Some(0), "{ours}");
     assert!(!ours.contains("warning"), "{ours}");
     let (code, theirs) = run(gunicorn(), &args);
     assert_eq!(code, Some(0), "{theirs}");
     // The effective values, by Gunicorn's names.
-    let out = rgun_cmd()
-        .args([
-            "-c",
-            conf.to_str().unwrap(),
-            "--print-config",
-            "demo.app:application",
-        ])
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
+    let out = crate::support::print_config_of(rgun_cmd(), &conf);
     let printed = String::from_utf8_lossy(&out.stdout);
     for (name, value) in [
         ("worker_tmp_dir", "/dev/shm"),
@@ -483,12 +468,7 @@ fn a_configuration_file_with_what_rgun_does_anyway_is_accepted_as_by_gunicorn() 
     // A header map rgun does not do is the file's error, naming the setting.
     let dir = config_dir("header_map = 'refuse'\n");
     let conf = dir.path().join("gunicorn.conf.py");
-    let args = [
-        "-c",
-        conf.to_str().unwrap(),
-        "--check-config",
-        "demo.app:application",
-    ];
+    let args = check_config_args(conf.to_str().unwrap());
     let (code, ours) = run(rgun_cmd(), &args);
     assert_eq!(code, Some(1), "{ours}");
     assert!(

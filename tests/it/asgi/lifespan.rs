@@ -12,11 +12,7 @@ fn lifespan_state_reaches_every_request_scope() {
     let worker = s.worker_pids()[0];
     let e = s.get("/scope").json();
     assert_eq!(e["state"]["started_by"], worker);
-    assert!(
-        s.log().contains("Application startup complete."),
-        "{}",
-        s.log()
-    );
+    s.assert_log_has("Application startup complete.");
 }
 
 #[test]
@@ -48,12 +44,7 @@ fn a_failed_lifespan_startup_stops_start_up_with_its_message() {
 fn an_app_without_lifespan_is_served_in_auto_mode_and_refused_in_on_mode() {
     let s = asgi("asgi_app:no_lifespan").start();
     assert_eq!(s.get("/").text(), "no lifespan here");
-    assert!(
-        s.log()
-            .contains("ASGI 'lifespan' protocol appears unsupported."),
-        "{}",
-        s.log()
-    );
+    s.assert_log_has("ASGI 'lifespan' protocol appears unsupported.");
     let mut on = asgi("asgi_app:no_lifespan")
         .args(["--asgi-lifespan", "on"])
         .no_wait()

@@ -41,11 +41,7 @@ fn every_asgi_worker_name_serves_an_asgi_app() {
         let r = s.get("/");
         assert_eq!(r.status, 200, "-k {class}");
         assert_eq!(r.text(), "Hello, ASGI!", "-k {class}");
-        assert!(
-            s.log().contains(&format!("Using worker: {class}\n")),
-            "{}",
-            s.log()
-        );
+        s.assert_log_has(&format!("Using worker: {class}\n"));
     }
 }
 
@@ -469,11 +465,7 @@ fn asgi_loop_chooses_the_event_loop() {
         .no_wait()
         .start();
     assert_eq!(uvloop.wait_exit(Duration::from_secs(20)), Some(4));
-    assert!(
-        uvloop.log().contains("No module named 'uvloop'"),
-        "{}",
-        uvloop.log()
-    );
+    uvloop.assert_log_has("No module named 'uvloop'");
 }
 
 /// `--threads` means nothing to an event loop: said once, and requests still run
@@ -481,12 +473,7 @@ fn asgi_loop_chooses_the_event_loop() {
 #[test]
 fn threads_are_ignored_with_a_warning() {
     let s = asgi("asgi_app:app").args(["--threads", "4"]).start();
-    assert!(
-        s.log()
-            .contains("--threads is ignored by -k asgi: its concurrency is the event loop"),
-        "{}",
-        s.log()
-    );
+    s.assert_log_has("--threads is ignored by -k asgi: its concurrency is the event loop");
     assert_eq!(s.get("/sleep").text(), "slept");
 }
 

@@ -3,23 +3,11 @@
 //! the age of the request in flight.
 
 use std::io::Write;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::asgi;
 use super::websocket::{ws_frame, ws_open, ws_read};
-use crate::support::wait_until;
-
-fn wait_for_file(path: &Path, needle: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) || start.elapsed() > Duration::from_secs(10) {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::support::{wait_for_file, wait_until};
 
 #[test]
 fn request_hooks_run_around_asgi_requests_and_websockets() {

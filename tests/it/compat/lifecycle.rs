@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::{records, APP};
+use super::{digits_as_n, records, APP};
 use crate::support::{wait_until, Server, ServerBuilder};
 
 /// Records rgun writes that Gunicorn does not, all of them additions beside
@@ -195,17 +195,6 @@ fn failed_start(app: &str, gunicorn: bool) -> (Option<i32>, Vec<(String, String,
     let mut server = builder.start();
     let code = server.wait_exit(Duration::from_secs(60));
     let master = u32::try_from(server.pid()).unwrap();
-    let digits = |text: &str| {
-        let mut out = String::new();
-        for c in text.chars() {
-            if !c.is_ascii_digit() {
-                out.push(c);
-            } else if !out.ends_with('N') {
-                out.push('N');
-            }
-        }
-        out
-    };
     let all = records(&server.log());
     let booted = all
         .iter()
@@ -215,7 +204,7 @@ fn failed_start(app: &str, gunicorn: bool) -> (Option<i32>, Vec<(String, String,
         .iter()
         .map(|r| {
             let who = if r.pid == master { "master" } else { "worker" };
-            (who.to_owned(), r.level.clone(), digits(&r.lines[0]))
+            (who.to_owned(), r.level.clone(), digits_as_n(&r.lines[0]))
         })
         .collect();
     (code, seen)

@@ -7,7 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::records;
+use super::{digits_as_n, records};
 use crate::support::{apps_dir, gunicorn_bin, read_response, wait_until};
 
 /// rgun's records beside Gunicorn's (each explained in `lifecycle.rs`'s `RGUN_ONLY`),
@@ -26,15 +26,8 @@ struct Run {
 }
 
 fn numbers_as_n(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars() {
-        if !c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.ends_with('N') {
-            out.push('N');
-        }
-    }
-    out.replace("Starting rgun N.N.N", "Starting SERVER")
+    digits_as_n(text)
+        .replace("Starting rgun N.N.N", "Starting SERVER")
         .replace("Starting gunicorn N.N.N", "Starting SERVER")
 }
 

@@ -6,9 +6,8 @@
 //! something else, are warned of as not provided, not as unknown.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
-use crate::support::{repo_root, rgun, venv};
+use crate::support::{repo_root, rgun, venv_python};
 
 /// Most settings rgun may decline.
 const MAX_NOT_APPLICABLE: usize = 6;
@@ -40,16 +39,8 @@ print(json.dumps(out))
 "#;
 
 fn known_settings() -> (String, Vec<Known>) {
-    let out = Command::new(venv().join("bin").join("python"))
-        .args(["-c", LIST_SETTINGS])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let out = venv_python(LIST_SETTINGS, &[], &repo_root());
+    let text = String::from_utf8(out).unwrap();
     let (version, json) = text.split_once('\n').unwrap();
     (version.to_owned(), serde_json::from_str(json).unwrap())
 }

@@ -38,16 +38,11 @@ use crate::support::{
 fn native_rgunctl() -> &'static Path {
     static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
             .args(["build", "-q", "-p", "rgunctl", "--bin", "rgunctl"])
-            .current_dir(repo_root())
-            .output()
-            .expect("run cargo build -p rgunctl");
-        assert!(
-            out.status.success(),
-            "cargo build -p rgunctl failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .current_dir(repo_root());
+        crate::support::succeeding(cargo, "cargo build -p rgunctl");
         // This test binary is target/<profile>/deps/it-*; rgunctl is in target/<profile>.
         let exe = std::env::current_exe().expect("the test binary's path");
         let bin = exe

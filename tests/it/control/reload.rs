@@ -243,7 +243,7 @@ fn ten_overlapping_reloads(args: &[&str]) {
         latest.is_some_and(|g| g < 11),
         "nothing was coalesced: {answers:?}"
     );
-    assert!(server.log().contains("Reload queued"), "{}", server.log());
+    server.assert_log_has("Reload queued");
 }
 
 // ---------------------------------------------------------------------------------

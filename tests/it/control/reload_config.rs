@@ -251,11 +251,7 @@ fn a_signal_during_a_master_hook_is_handled_after_it() {
         "{}",
         server.log()
     );
-    assert!(
-        server.log().contains("Handling signal: term"),
-        "{}",
-        server.log()
-    );
+    server.assert_log_has("Handling signal: term");
 }
 
 /// Starts rgun on a configuration file that serves `lifecycle_app` and defines `hook`

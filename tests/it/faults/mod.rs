@@ -64,16 +64,3 @@ fn reload_in_background(s: &Server) -> std::thread::JoinHandle<std::process::Out
         .stdin(std::process::Stdio::null());
     std::thread::spawn(move || cmd.output().expect("run rgunctl reload"))
 }
-
-/// Gone, or a zombie nobody will run again.
-fn is_gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|st| {
-            st.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(true)
-}

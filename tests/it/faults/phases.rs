@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::{boot_server, is_gone, reload_in_background, status};
-use crate::support::{wait_until, write_file, Server, ServerBuilder};
+use super::{boot_server, reload_in_background, status};
+use crate::support::{is_gone, wait_until, write_file, Server, ServerBuilder};
 
 /// Waits (bounded) until `status` says the master is in `state`.
 fn wait_for_state(s: &Server, state: &str) {
@@ -45,11 +45,7 @@ fn draining_refuses_reloads_and_usr2_and_a_quick_stop_overtakes_it() {
     assert_eq!(status(&s)["master"]["state"], "draining");
     s.signal(libc::SIGINT);
     assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(0), "{}", s.log());
-    assert!(
-        s.log().contains("Shutdown delay cut short by a quick stop"),
-        "{}",
-        s.log()
-    );
+    s.assert_log_has("Shutdown delay cut short by a quick stop");
     for w in workers {
         assert!(is_gone(w), "worker {w} outlived its master");
     }

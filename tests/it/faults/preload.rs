@@ -5,8 +5,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use super::{is_gone, metrics_text, reload_in_background, status, BOOT_APP};
-use crate::support::{children_of, rgunctl_bin, wait_until, write_file, Server, ServerBuilder};
+use super::{metrics_text, reload_in_background, status, BOOT_APP};
+use crate::support::{
+    children_of, is_gone, rgunctl_bin, wait_until, write_file, Server, ServerBuilder,
+};
 
 /// A process and all its descendants, as /proc shows them now.
 fn tree_of(pid: i32) -> Vec<i32> {

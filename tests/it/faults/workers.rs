@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{boot_server, metrics_text, reload_in_background, status};
-use crate::support::{read_response, wait_until, write_file, ServerBuilder};
+use crate::support::{is_gone, read_response, wait_until, write_file, ServerBuilder};
 
 /// Sets a process's soft RLIMIT_NOFILE (its hard limit unchanged); returns the old soft.
 fn set_soft_nofile(pid: i32, soft: u64) -> u64 {
@@ -226,17 +226,7 @@ fn a_stopped_worker_is_killed_within_timeout_plus_a_second() {
     let stopped = std::time::Instant::now();
     // SAFETY: kill has no memory effects.
     unsafe { libc::kill(victim, libc::SIGSTOP) };
-    let gone = || {
-        std::fs::read_to_string(format!("/proc/{victim}/stat"))
-            .map(|st| {
-                st.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true)
-    };
+    let gone = || is_gone(victim);
     assert!(wait_until(Duration::from_secs(15), gone), "{}", s.log());
     // Not timed (the machine may be loaded): the bound is the master's, which kills a
     // stopped worker at its time-out with SIGKILL, without SIGABRT's 2 s grace first.

@@ -215,18 +215,18 @@ fn burst_scenario(server: &Server, path: &str) {
     assert!(outcome.ok.load(Ordering::Relaxed) > 0);
 }
 
+/// `app` starting with one worker, autoscaled between 1 and `max` workers, one idle
+/// for `idle` seconds retired.
+fn autoscaled(app: &str, max: &str, idle: &str) -> ServerBuilder {
+    ServerBuilder::new(app)
+        .workers(1)
+        .args(["--workers-min", "1", "--workers-max", max])
+        .args(["--workers-idle", idle])
+}
+
 #[test]
 fn a_sync_burst_adds_workers_spreads_clients_and_returns_to_the_floor() {
-    let server = ServerBuilder::new("lifecycle_app:application")
-        .workers(1)
-        .args([
-            "--workers-min",
-            "1",
-            "--workers-max",
-            "6",
-            "--workers-idle",
-            "5",
-        ])
+    let server = autoscaled("lifecycle_app:application", "6", "5")
         .args(["--keep-alive", "30"])
         .start();
     burst_scenario(&server, "/sleep?0.02");
@@ -237,10 +237,8 @@ fn a_sync_burst_adds_workers_spreads_clients_and_returns_to_the_floor() {
 
 #[test]
 fn an_asgi_burst_whose_handler_blocks_the_loop_adds_workers() {
-    let server = ServerBuilder::new("asgi_app:app")
-        .workers(1)
-        .args(["-k", "asgi", "--workers-min", "1", "--workers-max", "6"])
-        .args(["--workers-idle", "5", "--keep-alive", "30"])
+    let server = autoscaled("asgi_app:app", "6", "5")
+        .args(["-k", "asgi", "--keep-alive", "30"])
         .start();
     burst_scenario(&server, "/block?0.005");
 }
@@ -258,17 +256,7 @@ fn control(server: &Server, request: &str) -> Value {
 
 #[test]
 fn operators_pin_resume_and_move_the_floor_and_every_view_shows_it() {
-    let server = ServerBuilder::new("lifecycle_app:application")
-        .workers(1)
-        .args([
-            "--workers-min",
-            "1",
-            "--workers-max",
-            "4",
-            "--workers-idle",
-            "1",
-        ])
-        .start();
+    let server = autoscaled("lifecycle_app:application", "4", "1").start();
     // A watcher from the start.
     let mut watch = UnixStream::connect(&server.ctl_path).unwrap();
     watch.write_all(b"{\"id\":1,\"cmd\":\"watch\"}\n").unwrap();

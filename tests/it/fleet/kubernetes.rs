@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use crate::support::{repo_root, rgun, venv};
+use crate::support::{repo_root, rgun, venv, venv_python};
 
 const MANIFESTS: [&str; 5] = [
     "deployment.yaml",
@@ -67,13 +67,9 @@ fn deployment() -> serde_json::Value {
         \x20   'ready': [c['readinessProbe']['httpGet']['path'], ports[c['readinessProbe']['httpGet']['port']]],\n\
         \x20   'live': [c['livenessProbe']['httpGet']['path'], ports[c['livenessProbe']['httpGet']['port']]],\n\
         \x20   'lifecycle': 'lifecycle' in c}))\n";
-    let out = Command::new(venv().join("bin").join("python"))
-        .args(["-c", script])
-        .arg(repo_root().join("packaging/kubernetes/deployment.yaml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    let manifest = repo_root().join("packaging/kubernetes/deployment.yaml");
+    let out = venv_python(script, &[manifest.as_os_str()], &repo_root());
+    serde_json::from_slice(&out).unwrap()
 }
 
 fn flag(command: &[String], name: &str) -> String {

@@ -244,7 +244,7 @@ fn held_stream_sees_disconnect(how: &str, reset: bool) {
         }
         // Otherwise the runtime ends here, and with it the connection.
     });
-    let text = crate::config::wait_for_file(&record, "http.disconnect");
+    let text = crate::support::wait_for_file(&record, "http.disconnect");
     assert_eq!(text, "http.disconnect\n", "{how}: {}", server.log());
 }
 
@@ -301,7 +301,7 @@ def post_request(worker, req, environ, resp):
         fetch(&mut send, "POST", "/echo", &[], b"x").await.0
     });
     assert_eq!(status, 201, "{}", server.log());
-    let text = crate::config::wait_for_file(&record, "post_request /echo 201 2");
+    let text = crate::support::wait_for_file(&record, "post_request /echo 201 2");
     assert!(text.contains("pre_request POST /echo"), "{text}");
     assert!(text.contains("post_request /echo 201 2"), "{text}");
 }

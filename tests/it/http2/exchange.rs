@@ -104,11 +104,11 @@ fn post_request_runs_for_an_asgi_stream_whose_client_left_or_whose_app_raised() 
         // Another request on the connection flushes the resets out and is served.
         assert_eq!(fetch(&mut send, "GET", "/echo", &[], b"").await.0, 201);
     });
-    let text = crate::config::wait_for_file(&record, "post_request /raise-after");
+    let text = crate::support::wait_for_file(&record, "post_request /raise-after");
     let text = if text.contains("post_request /hold") {
         text
     } else {
-        crate::config::wait_for_file(&record, "post_request /hold")
+        crate::support::wait_for_file(&record, "post_request /hold")
     };
     assert!(
         text.contains("post_request /hold 200"),
@@ -162,17 +162,17 @@ fn post_request_runs_for_an_http1_asgi_request_whose_client_left_or_whose_app_ra
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
     assert!(String::from_utf8_lossy(&got).contains("partial"));
-    let text = crate::config::wait_for_file(&record, "post_request /hold");
+    let text = crate::support::wait_for_file(&record, "post_request /hold");
     let text = if text.contains("post_request /raise-after") {
         text
     } else {
-        crate::config::wait_for_file(&record, "post_request /raise-after")
+        crate::support::wait_for_file(&record, "post_request /raise-after")
     };
     assert!(
         text.contains("post_request /hold 200") && text.contains("post_request /raise-after 200"),
         "{text}\n{}",
         server.log()
     );
-    let heard = crate::config::wait_for_file(&held, "http.disconnect");
+    let heard = crate::support::wait_for_file(&held, "http.disconnect");
     assert!(heard.contains("http.disconnect"), "{heard}");
 }

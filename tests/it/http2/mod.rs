@@ -369,7 +369,7 @@ def post_request(worker, req, environ, resp):
         fetch(&mut send, "POST", "/echo", &[], b"x").await.0
     });
     assert_eq!(status, 201, "{}", server.log());
-    let text = crate::config::wait_for_file(&record, "post_request /echo 201 HTTP/2");
+    let text = crate::support::wait_for_file(&record, "post_request /echo 201 HTTP/2");
     assert!(text.contains("pre_request POST /echo"), "{text}");
 }
 

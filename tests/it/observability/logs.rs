@@ -69,6 +69,23 @@ fn the_json_access_log_has_one_object_per_request_keyed_by_atoms() {
     assert_eq!(second["s"], 200);
 }
 
+/// Checks the syslog message of the `GET /hello` access line in `got` (it starts with
+/// `access_prefix`, says 200 and ends in NUL) and returns the one of `/boom`'s error.
+fn assert_hello_and_find_boom<'a>(got: &'a [String], access_prefix: &str) -> &'a String {
+    let access = got
+        .iter()
+        .find(|m| m.contains("GET /hello HTTP/1.1"))
+        .unwrap_or_else(|| panic!("no access line in {got:#?}"));
+    assert!(access.starts_with(access_prefix), "{access:?}");
+    assert!(
+        access.ends_with('\0') && access.contains("\" 200 "),
+        "{access:?}"
+    );
+    got.iter()
+        .find(|m| m.contains("boom, on purpose"))
+        .unwrap_or_else(|| panic!("no error in {got:#?}"))
+}
+
 /// Syslog messages received on `sink` until one of each `wanted` has come (or 10 s).
 fn syslog_messages(sink: &std::net::UdpSocket, wanted: &[&str]) -> Vec<String> {
     let start = std::time::Instant::now();
@@ -109,22 +126,7 @@ fn log_syslog_sends_the_error_and_access_logs_as_gunicorn_frames_them() {
         &["GET /hello HTTP/1.1", "boom, on purpose", "Booting worker"],
     );
     // local3 = 19: info is <158>, error <155>; Python's SysLogHandler ends each in NUL.
-    let access = got
-        .iter()
-        .find(|m| m.contains("GET /hello HTTP/1.1"))
-        .unwrap_or_else(|| panic!("no access line in {got:#?}"));
-    assert!(
-        access.starts_with("<158>gunicorn.shop.access: ["),
-        "{access:?}"
-    );
-    assert!(
-        access.ends_with('\0') && access.contains("\" 200 "),
-        "{access:?}"
-    );
-    let error = got
-        .iter()
-        .find(|m| m.contains("boom, on purpose"))
-        .unwrap_or_else(|| panic!("no error in {got:#?}"));
+    let error = assert_hello_and_find_boom(&got, "<158>gunicorn.shop.access: [");
     assert!(
         error.starts_with("<155>gunicorn.shop.error: ["),
         "{error:?}"
@@ -268,22 +270,7 @@ logconfig_dict = {{
     assert_eq!(server.get("/hello").status, 200);
     assert_eq!(server.get("/boom").status, 500);
     let got = syslog_messages(&sink, &["GET /hello HTTP/1.1", "boom, on purpose"]);
-    let access = got
-        .iter()
-        .find(|m| m.contains("GET /hello HTTP/1.1"))
-        .unwrap_or_else(|| panic!("no access line in {got:#?}"));
-    assert!(
-        access.starts_with("<158>gunicorn.access: 127.0.0.1 - - ["),
-        "{access:?}"
-    );
-    assert!(
-        access.ends_with('\0') && access.contains("\" 200 "),
-        "{access:?}"
-    );
-    let error = got
-        .iter()
-        .find(|m| m.contains("boom, on purpose"))
-        .unwrap_or_else(|| panic!("no error in {got:#?}"));
+    let error = assert_hello_and_find_boom(&got, "<158>gunicorn.access: 127.0.0.1 - - [");
     assert!(error.starts_with("<155>gunicorn.error["), "{error:?}");
     assert!(error.contains("]: ERROR "), "{error:?}");
     // The handlers replace the streams: nothing of this reaches stderr or the log file.

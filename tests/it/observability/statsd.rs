@@ -16,23 +16,39 @@ fn collect(
     (requests, tags): (&str, &str),
     limit: Duration,
 ) -> Vec<String> {
+    receive_until(recv, limit, |lines| {
+        wanted
+            .iter()
+            .all(|w| lines.iter().any(|l| l.starts_with(w)))
+            && counted(lines, requests, tags) >= 3
+    })
+}
+
+/// Every statsd line `recv` gives until `done` holds for them (or `limit` passes).
+fn receive_until(
+    recv: impl Fn(&mut [u8]) -> Option<usize>,
+    limit: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
     let start = Instant::now();
     let mut lines: Vec<String> = Vec::new();
     let mut buf = [0u8; 65536];
-    while start.elapsed() < limit {
-        if wanted
-            .iter()
-            .all(|w| lines.iter().any(|l| l.starts_with(w)))
-            && counted(&lines, requests, tags) >= 3
-        {
-            break;
-        }
+    while start.elapsed() < limit && !done(&lines) {
         if let Some(n) = recv(&mut buf) {
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             lines.extend(text.split('\n').map(str::to_owned));
         }
     }
     lines
+}
+
+/// A UDP statsd sink on a loopback port (reads time out after 200 ms) and its address.
+fn udp_sink() -> (UdpSocket, String) {
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let addr = sink.local_addr().unwrap().to_string();
+    (sink, addr)
 }
 
 /// The sum of counter `name`'s values (`name:N|c|@1.0TAGS` lines: statsd adds them
@@ -95,10 +111,7 @@ const WANTED: [&str; 6] = [
 
 #[test]
 fn statsd_over_udp_with_gunicorns_names_prefix_and_tags() {
-    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sink.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let addr = sink.local_addr().unwrap().to_string();
+    let (sink, addr) = udp_sink();
     let server = observed(
         1,
         &[
@@ -162,10 +175,7 @@ fn no_statsd_server_listening_costs_nothing_visible() {
 /// workers past a one-second idle window go back to the floor).
 #[test]
 fn statsd_carries_autoscalings_bounds_target_and_decisions() {
-    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sink.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let addr = sink.local_addr().unwrap().to_string();
+    let (sink, addr) = udp_sink();
     let server = observed(
         3,
         &[
@@ -179,9 +189,6 @@ fn statsd_carries_autoscalings_bounds_target_and_decisions() {
             "1",
         ],
     );
-    let start = Instant::now();
-    let mut lines: Vec<String> = Vec::new();
-    let mut buf = [0u8; 65536];
     let wanted = [
         "rgun.autoscale.down:1|c|@1.0",
         "rgun.workers.target:1|g",
@@ -189,14 +196,11 @@ fn statsd_carries_autoscalings_bounds_target_and_decisions() {
         "rgun.workers.min:1|g",
         "rgun.workers.max:3|g",
     ];
-    while start.elapsed() < Duration::from_secs(30)
-        && !wanted.iter().all(|w| lines.iter().any(|l| l == w))
-    {
-        if let Ok(n) = sink.recv(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            lines.extend(text.split('\n').map(str::to_owned));
-        }
-    }
+    let lines = receive_until(
+        |b| sink.recv(b).ok(),
+        Duration::from_secs(30),
+        |lines| wanted.iter().all(|w| lines.iter().any(|l| l == w)),
+    );
     for w in wanted {
         assert!(
             lines.iter().any(|l| l == w),

@@ -120,6 +120,55 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// The venv's Python run as `python -c CODE ARGS` in `dir`; panics with its stderr
+/// unless it succeeds; returns its stdout.
+pub fn venv_python(code: &str, args: &[&std::ffi::OsStr], dir: &Path) -> Vec<u8> {
+    let mut cmd = Command::new(venv().join("bin").join("python"));
+    cmd.arg("-c").arg(code).args(args).current_dir(dir);
+    succeeding(cmd, &format!("python -c {code:?}")).stdout
+}
+
+/// What `cmd` did, once it has succeeded (a panic naming it `what`, with its stderr,
+/// otherwise).
+#[track_caller]
+pub fn succeeding(mut cmd: Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `cmd` (an `rgun`) with `-c CONF --print-config demo.app:application`, run in the
+/// checkout; what it did.
+pub fn print_config_of(mut cmd: Command, conf: &Path) -> std::process::Output {
+    cmd.args([
+        "-c",
+        conf.to_str().unwrap(),
+        "--print-config",
+        "demo.app:application",
+    ])
+    .current_dir(repo_root())
+    .output()
+    .unwrap()
+}
+
+/// The text of the file at `path` once it contains `needle`, or as it is after 10 s.
+pub fn wait_for_file(path: &Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || start.elapsed() > Duration::from_secs(10) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls `f` every 50 ms until it holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();

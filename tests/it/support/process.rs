@@ -46,3 +46,16 @@ pub fn proc_ids(pid: i32, field: &str) -> Vec<String> {
         .map(|l| l.split_whitespace().skip(1).map(String::from).collect())
         .unwrap_or_default()
 }
+
+/// Gone, or a zombie nobody will run again.
+pub fn is_gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|st| {
+            st.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(true)
+}

@@ -227,6 +227,13 @@ impl Server {
         std::fs::read_to_string(&self.access_path).unwrap_or_default()
     }
 
+    /// Asserts that the error log contains `needle` (the log in the message otherwise).
+    #[track_caller]
+    pub fn assert_log_has(&self, needle: &str) {
+        let log = self.log();
+        assert!(log.contains(needle), "{log}");
+    }
+
     /// Waits until the error log contains `needle`; panics with the log on time-out.
     pub fn wait_for_log(&self, needle: &str, limit: Duration) {
         let start = Instant::now();

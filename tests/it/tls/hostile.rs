@@ -244,11 +244,7 @@ fn gunicorn_tls_settings_in_a_config_file() {
     let server = crate::support::ServerBuilder::new("echo:application")
         .args(["-c", &conf.display().to_string()])
         .start();
-    assert!(
-        server.log().contains("`ssl_version` is deprecated"),
-        "{}",
-        server.log()
-    );
+    server.assert_log_has("`ssl_version` is deprecated");
     let mut twelve = (*pki.client(&[&rustls::version::TLS12], true)).clone();
     twelve.resumption = rustls::client::Resumption::disabled();
     let mut tls = connect(&server, &Arc::new(twelve)).unwrap();

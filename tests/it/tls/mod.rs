@@ -349,6 +349,12 @@ fn sessions_resume_across_workers() {
     }
 }
 
+/// `rgunctl reload`, which must succeed, then waits until only the new generation is left.
+fn reload_to_the_new_generation(server: &Server) {
+    crate::support::ctl(server, &["reload"]).assert_ok("reload");
+    server.wait_for_the_old_workers_to_go();
+}
+
 #[test]
 fn a_renewed_certificate_is_served_after_rgunctl_reload() {
     let mut pki = Pki::new();
@@ -359,18 +365,7 @@ fn a_renewed_certificate_is_served_after_rgunctl_reload() {
     // (Held open, it would keep its old worker until the graceful timeout.)
     drop(before);
     pki.renew_server("second");
-    let out = std::process::Command::new(crate::support::rgunctl_bin())
-        .arg("-s")
-        .arg(&server.ctl_path)
-        .arg("reload")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "reload: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    server.wait_for_the_old_workers_to_go();
+    reload_to_the_new_generation(&server);
     let mut after = connect(&server, &config).unwrap();
     assert_eq!(after.conn.peer_certificates().unwrap()[0], pki.server_der);
     assert_eq!(get(&mut after, "/").unwrap().status, 200);
@@ -380,15 +375,9 @@ fn a_renewed_certificate_is_served_after_rgunctl_reload() {
         rcgen::KeyPair::generate().unwrap().serialize_pem(),
     )
     .unwrap();
-    let out = std::process::Command::new(crate::support::rgunctl_bin())
-        .arg("-s")
-        .arg(&server.ctl_path)
-        .arg("reload")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let out = crate::support::ctl(&server, &["reload"]);
+    assert_ne!(out.code, Some(0));
+    let text = out.stdout + &out.stderr;
     assert!(text.contains("does not fit"), "{text}");
     let mut still = connect(&server, &config).unwrap();
     assert_eq!(get(&mut still, "/").unwrap().status, 200);
@@ -397,17 +386,7 @@ fn a_renewed_certificate_is_served_after_rgunctl_reload() {
 /// Runs a Python snippet with the test venv's interpreter (the `cryptography` package
 /// writes RSA PKCS#1 and EC SEC1 keys, which rcgen does not).
 fn python(code: &str, dir: &Path) {
-    let out = std::process::Command::new(crate::support::venv().join("bin").join("python"))
-        .arg("-c")
-        .arg(code)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::venv_python(code, &[], dir);
 }
 
 #[test]
@@ -545,18 +524,7 @@ fn sessions_resume_across_a_reload() {
     let mut first = connect(&server, &config).unwrap();
     let old_pid = get(&mut first, "/").unwrap().json()["pid"].clone();
     drop(first);
-    let out = std::process::Command::new(crate::support::rgunctl_bin())
-        .arg("-s")
-        .arg(&server.ctl_path)
-        .arg("reload")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "reload: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    server.wait_for_the_old_workers_to_go();
+    reload_to_the_new_generation(&server);
     // A ticket from the old generation opens in the new one (the keys are the master's).
     let mut tls = connect(&server, &config).unwrap();
     let pid = get(&mut tls, "/").unwrap().json()["pid"].clone();
