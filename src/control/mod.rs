@@ -8,7 +8,7 @@
 //! speaks Gunicorn's length-prefixed protocol instead (`gunicornc`, see `gunicorn.rs`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -415,18 +415,7 @@ impl ControlServer {
 impl Conn {
     /// Writes what is queued; false when the client is gone.
     fn flush(&mut self) -> bool {
-        while !self.outbuf.is_empty() {
-            match self.stream.write(&self.outbuf) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.outbuf.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
+        crate::net::flush_nonblocking(&mut self.stream, &mut self.outbuf)
     }
 
     /// Turns what arrived into requests, in the protocol the client's first byte

@@ -63,3 +63,21 @@ pub struct Local {
     pub name: String,
     pub port: String,
 }
+
+/// Writes what `outbuf` holds to the non-blocking `socket`, removing what went out.
+/// False when the peer is gone (a write of nothing, or an error); true once all went
+/// or the socket is full.
+pub fn flush_nonblocking(mut socket: impl std::io::Write, outbuf: &mut Vec<u8>) -> bool {
+    while !outbuf.is_empty() {
+        match socket.write(outbuf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                outbuf.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}

@@ -21,6 +21,14 @@ pub trait SharedBytes: Send {
     fn bytes(&self) -> &[u8];
 }
 
+/// In unit tests, a piece may be plain owned bytes.
+#[cfg(test)]
+impl SharedBytes for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 /// A file to send from `offset`, `remaining` bytes at most (to its end if fewer).
 struct FileSpan {
     fd: OwnedFd,
@@ -174,13 +182,6 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
-    struct Owned(Vec<u8>);
-    impl SharedBytes for Owned {
-        fn bytes(&self) -> &[u8] {
-            &self.0
-        }
-    }
-
     fn pair() -> (Transport, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
@@ -196,8 +197,8 @@ mod tests {
         let mut out = Outbox::default();
         out.buf.extend_from_slice(b"HEAD\r\n");
         let big: Vec<u8> = (0..500_000u32).map(|i| (i % 13) as u8).collect();
-        out.push_shared(Box::new(Owned(big.clone())), 10, big.len());
-        out.push_shared(Box::new(Owned(b"tail".to_vec())), 0, 4);
+        out.push_shared(Box::new(big.clone()), 10, big.len());
+        out.push_shared(Box::new(b"tail".to_vec()), 0, 4);
         out.push_file(OwnedFd::from(file), 100, 1 << 40);
         let mut expected = b"HEAD\r\n".to_vec();
         expected.extend_from_slice(&big[10..]);

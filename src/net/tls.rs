@@ -279,16 +279,9 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
-    use crate::net::outbox::{Outbox, SharedBytes};
+    use crate::net::outbox::Outbox;
     use crate::net::tls_setup::{server_config, TlsOptions};
     use crate::net::transport::Transport;
-
-    struct Owned(Vec<u8>);
-    impl SharedBytes for Owned {
-        fn bytes(&self) -> &[u8] {
-            &self.0
-        }
-    }
 
     /// A server `Transport` in TLS over a socketpair, and a rustls client on the
     /// other end (blocking), trusting the self-signed certificate.
@@ -386,7 +379,7 @@ mod tests {
         );
         let mut out = Outbox::default();
         out.buf.extend_from_slice(b"head");
-        out.push_shared(Box::new(Owned(big.clone())), 0, big.len());
+        out.push_shared(Box::new(big.clone()), 0, big.len());
         out.push_file(OwnedFd::from(file), 0, 1 << 40);
         let mut blocked = 0;
         loop {

@@ -380,8 +380,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_client_waiting_for_a_busy_peer_ends_the_pause_and_starts_a_cool_down() {
+    /// A pausing `Listening` over a listener with a client in its backlog, paused after
+    /// three accepts; `end_the_pause` gets it, its poll, the peer that may turn busy and
+    /// when the pause ends, and must end the pause; then the next accepts start no new
+    /// pause (the cool-down).
+    fn a_pause_ended_for_a_waiting_client(
+        end_the_pause: impl FnOnce(&mut Listening, &Poll, &crate::scoreboard::Slot, Instant),
+    ) {
         let (board, peer) = board_with_peer();
         let poll = Poll::new().unwrap();
         let (listeners, _client) = listener_with_a_client();
@@ -389,12 +394,7 @@ mod tests {
         l.after_accepting(&poll, 3);
         let check = l.pause_ends().expect("paused");
         assert!(wait_for(|| l.clients_waiting()), "the client never arrived");
-        // An idle peer that accepted nothing has not run yet: the pause goes on.
-        l.resume_if_due(&poll, 3, check);
-        let check = l.pause_ends().expect("still paused: the peer is idle");
-        // A peer inside a request accepts nothing until it is done.
-        peer.set_state(WorkerState::Busy);
-        l.resume_if_due(&poll, 3, check);
+        end_the_pause(&mut l, &poll, peer, check);
         assert!(l.pause_ends().is_none());
         l.after_accepting(&poll, 4);
         assert!(
@@ -404,21 +404,22 @@ mod tests {
     }
 
     #[test]
+    fn a_client_waiting_for_a_busy_peer_ends_the_pause_and_starts_a_cool_down() {
+        a_pause_ended_for_a_waiting_client(|l, poll, peer, check| {
+            // An idle peer that accepted nothing has not run yet: the pause goes on.
+            l.resume_if_due(poll, 3, check);
+            let check = l.pause_ends().expect("still paused: the peer is idle");
+            // A peer inside a request accepts nothing until it is done.
+            peer.set_state(WorkerState::Busy);
+            l.resume_if_due(poll, 3, check);
+        });
+    }
+
+    #[test]
     fn a_client_waiting_at_the_longest_pause_starts_a_cool_down() {
-        let (board, _peer) = board_with_peer();
-        let poll = Poll::new().unwrap();
-        let (listeners, _client) = listener_with_a_client();
-        let mut l = Listening::new(&poll, &listeners, Peers::new(board, 0), true).unwrap();
-        l.after_accepting(&poll, 3);
-        let check = l.pause_ends().expect("paused");
-        assert!(wait_for(|| l.clients_waiting()), "the client never arrived");
-        l.resume_if_due(&poll, 3, check + MAX_PAUSE);
-        assert!(l.pause_ends().is_none());
-        l.after_accepting(&poll, 4);
-        assert!(
-            l.pause_ends().is_none(),
-            "paused again within the cool-down"
-        );
+        a_pause_ended_for_a_waiting_client(|l, poll, _peer, check| {
+            l.resume_if_due(poll, 3, check + MAX_PAUSE);
+        });
     }
 
     /// Whether the listeners raise an event for `poll` now (a client waits).

@@ -7,7 +7,7 @@
 //! scraper that stalls or vanishes costs only its own connection.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::ToSocketAddrs;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -373,18 +373,7 @@ impl Conn {
 
     /// Writes what is queued; false when the client is gone.
     fn flush(&mut self) -> bool {
-        while !self.outbuf.is_empty() {
-            match (&self.socket).write(&self.outbuf) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.outbuf.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
+        crate::net::flush_nonblocking(&self.socket, &mut self.outbuf)
     }
 }
 
