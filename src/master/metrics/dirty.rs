@@ -1,7 +1,7 @@
 //! The dirty pool's Prometheus families (`rgun_dirty_*`), from the figures
 //! `master::dirty` reports.
 
-use super::Exposition;
+use super::render::Exposition;
 use crate::master::Arbiter;
 
 impl Arbiter {
