@@ -6,26 +6,20 @@
 //! 4 the daemon was busy (the action was not attempted; try again — never a failure of
 //! the action itself, so a deploy script does not roll back on it).
 
+mod human;
+
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::clock::format_time;
-use crate::protocol::{DirtyStatus, ErrorCode, HistoryEntry, MasterStatus, Status};
+use crate::protocol::{ErrorBody, ErrorCode};
 use crate::socket_path::find_default_socket;
-use crate::stacks::print_stacks;
 use crate::{Client, ClientError};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
-/// `writeln!` into the output being assembled (a `String`, which cannot fail).
-macro_rules! w {
-    ($out:expr, $($arg:tt)*) => {{
-        use std::fmt::Write as _;
-        let _ = writeln!($out, $($arg)*);
-    }};
-}
+use human::print_human;
 
 /// The global flags (`-s`, `--json`, `--timeout`) go before or after the command:
 /// `rgunctl --json status` and `rgunctl status --json` are the same.
@@ -156,27 +150,46 @@ where
             return ExitCode::from(2);
         }
     };
+    let mut client = match connect(&cli, &path, waits) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let outcome = client.call(cmd, args);
+    answer(&cli, cmd, &mut client, outcome)
+}
+
+/// A client of the socket at `path`, with the time limit `--timeout` asks for (by
+/// default 10 s, none for a command that `waits` for its outcome); exit status 3 when
+/// the socket cannot be reached.
+fn connect(cli: &Cli, path: &Path, waits: bool) -> Result<Client, ExitCode> {
     let timeout = match cli.timeout {
         Some(s) if s > 0.0 => Some(Duration::from_secs_f64(s)),
         Some(_) => None,
         None if waits => None,
         None => Some(Duration::from_secs(10)),
     };
-    let mut client = match Client::connect(&path, timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("rgunctl: {e}");
-            if cli.socket.is_some() {
-                eprintln!(
-                    "rgunctl: that path came from -s or RGUN_CONTROL_SOCKET; rgun logs its socket at start-up (\"Control socket: PATH\")"
-                );
-            }
-            return ExitCode::from(3);
+    Client::connect(path, timeout).map_err(|e| {
+        eprintln!("rgunctl: {e}");
+        if cli.socket.is_some() {
+            eprintln!(
+                "rgunctl: that path came from -s or RGUN_CONTROL_SOCKET; rgun logs its socket at start-up (\"Control socket: PATH\")"
+            );
         }
-    };
-    match client.call(cmd, args) {
+        ExitCode::from(3)
+    })
+}
+
+/// Prints the daemon's answer to `cmd` (or follows `watch`'s events) and says the exit
+/// status: 0 done, 1 refused or failed, 3 the connection failed, 4 busy.
+fn answer(
+    cli: &Cli,
+    cmd: &str,
+    client: &mut Client,
+    outcome: Result<Result<Value, ErrorBody>, ClientError>,
+) -> ExitCode {
+    match outcome {
         Ok(Ok(result)) if matches!(cli.command, Cmd::Watch) => {
-            crate::watch::follow(&mut client, &result, cli.json)
+            crate::watch::follow(client, &result, cli.json)
         }
         Ok(Ok(result)) => {
             let mut out = String::new();
@@ -291,278 +304,6 @@ fn parse_scale(count: &str) -> Result<(&'static str, Value), String> {
         Err("scale: the number of workers must be at least 1".into())
     } else {
         Ok(("workers", json!(n)))
-    }
-}
-
-fn print_human(out: &mut String, cmd: &Cmd, result: &Value) {
-    match cmd {
-        Cmd::Status => match serde_json::from_value::<Status>(result.clone()) {
-            Ok(status) => print_status(out, &status),
-            Err(_) => w!(out, "{result}"),
-        },
-        Cmd::History => match serde_json::from_value::<Vec<HistoryEntry>>(
-            result.get("entries").cloned().unwrap_or_default(),
-        ) {
-            Ok(entries) if entries.is_empty() => w!(out, "no reloads or scale changes yet"),
-            Ok(entries) => {
-                w!(
-                    out,
-                    "{:<20} {:<7} {:<16} {:>9} {:<8} DETAIL",
-                    "STARTED",
-                    "ACTION",
-                    "TRIGGER",
-                    "DURATION",
-                    "OUTCOME"
-                );
-                for e in entries {
-                    let dur = e.duration_ms.map_or("-".into(), |d| format!("{d}ms"));
-                    let detail = e
-                        .error
-                        .clone()
-                        .map(|s| s.lines().last().unwrap_or("").to_owned())
-                        .unwrap_or_else(|| e.detail.to_string());
-                    w!(
-                        out,
-                        "{:<20} {:<7} {:<16} {:>9} {:<8} {}",
-                        format_time(e.started_at),
-                        e.action,
-                        e.trigger,
-                        dur,
-                        e.outcome,
-                        detail
-                    );
-                }
-            }
-            Err(_) => w!(out, "{result}"),
-        },
-        Cmd::Scale { count, .. } if count == "auto" => w!(
-            out,
-            "autoscaling resumed between {} and {} workers (target {})",
-            result["workers_min"],
-            result["workers_max"],
-            result["target"]
-        ),
-        Cmd::Scale { .. } if result["autoscale"] == json!("paused") => w!(
-            out,
-            "workers: {} -> {} (autoscaling paused until `rgunctl scale auto`)",
-            result["previous"],
-            result["target"]
-        ),
-        Cmd::Scale { .. } => w!(
-            out,
-            "workers: {} -> {}",
-            result["previous"],
-            result["target"]
-        ),
-        Cmd::Reload { .. } if result["queued"] == json!(true) => {
-            match result.get("handed_to_master") {
-                Some(pid) => w!(
-                    out,
-                    "reload handed to the new master {pid}, which loads the code as it is now"
-                ),
-                None => w!(
-                out,
-                "reload queued: it starts when the one in progress ends (generation {} serving)",
-                result["serving_generation"]
-            ),
-            }
-        }
-        Cmd::Reload { no_wait: false } => w!(
-            out,
-            "reloaded: generation {} -> {} in {} ms",
-            result["previous_generation"],
-            result["generation"],
-            result["duration_ms"]
-        ),
-        Cmd::Reload { no_wait: true } => {
-            w!(out, "reload started (generation {})", result["generation"])
-        }
-        Cmd::Ping => w!(
-            out,
-            "pong: rgun {} (pid {})",
-            result["version"].as_str().unwrap_or("?"),
-            result["pid"]
-        ),
-        Cmd::Config => w!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(result).unwrap_or_default()
-        ),
-        Cmd::Stop { .. } => match result["mode"].as_str() {
-            Some("graceful") => w!(
-                out,
-                "stopping rgun (pid {}): {} workers finish the requests in flight within {} s",
-                result["pid"],
-                result["workers"],
-                result["deadline_s"]
-            ),
-            _ => w!(
-                out,
-                "stopping rgun (pid {}) quickly: {} workers end what they are doing",
-                result["pid"],
-                result["workers"]
-            ),
-        },
-        Cmd::ReopenLogs => w!(out, "logs reopened"),
-        Cmd::Kill { pid } => w!(out, "worker {pid} is stopping"),
-        Cmd::Metrics => out.push_str(result["text"].as_str().unwrap_or_default()),
-        Cmd::Watch | Cmd::Top(_) => {}
-        Cmd::Stack { pid: Some(_), .. } => print_stacks(out, result),
-        Cmd::Stack { .. } => {
-            for worker in result["workers"].as_array().into_iter().flatten() {
-                print_stacks(out, worker);
-            }
-        }
-        Cmd::Generate { .. } => {}
-    }
-}
-
-/// Autoscaling's line in `status`: bounds, target, and the last decision.
-fn print_autoscale(out: &mut String, m: &MasterStatus) {
-    let (Some(state), Some(floor), Some(ceiling)) = (&m.autoscale, m.workers_min, m.workers_max)
-    else {
-        return;
-    };
-    let last = match &m.last_decision {
-        Some(d) => format!(
-            "; last {} {} -> {} at {}: {}",
-            d.direction,
-            d.from,
-            d.to,
-            format_time(d.time),
-            d.reason
-        ),
-        None => "; no decision yet".into(),
-    };
-    w!(
-        out,
-        "autoscale {state}  floor {floor}  ceiling {ceiling}  target {}{last}",
-        m.workers_target
-    );
-}
-
-fn print_status(out: &mut String, s: &Status) {
-    let m = &s.master;
-    let ready = s
-        .workers
-        .iter()
-        .filter(|w| w.generation == m.generation && (w.state == "idle" || w.state == "busy"))
-        .count();
-    w!(
-        out,
-        "master {}  rgun {}  {}  state {}  generation {}  workers {}/{}  up {}",
-        m.pid,
-        m.version,
-        m.app,
-        m.state,
-        m.generation,
-        ready,
-        m.workers_target,
-        format_age(m.uptime_s)
-    );
-    w!(out, "binds  {}", m.binds.join(" "));
-    print_autoscale(out, m);
-    if let Some(a) = &m.accept_failing {
-        w!(
-            out,
-            "ACCEPT FAILING for {}: {} ({} failed accepts)",
-            format_age(a.since_s),
-            a.error,
-            a.failures
-        );
-    }
-    w!(
-        out,
-        "{:<8} {:>4} {:<9} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
-        "PID",
-        "GEN",
-        "STATE",
-        "AGE",
-        "REQUESTS",
-        "CONNS",
-        "CURRENT",
-        "HEARTBEAT",
-        "RSS"
-    );
-    for w in &s.workers {
-        w!(
-            out,
-            "{:<8} {:>4} {:<9} {:>8} {:>9} {:>5} {:>8} {:>9} {:>10}",
-            w.pid,
-            w.generation,
-            w.state,
-            format_age(w.age_s),
-            w.requests,
-            w.connections,
-            w.current_request_s
-                .map_or("-".into(), |c| format!("{c:.1}s")),
-            format!("{:.1}s", w.last_heartbeat_s),
-            format!("{:.1} MiB", w.rss_bytes as f64 / 1048576.0)
-        );
-    }
-    if let Some(d) = &s.dirty {
-        print_dirty(out, d);
-    }
-    let t = &s.totals;
-    w!(
-        out,
-        "totals requests {}  spawned {}  exited {}  timeouts {}  reloads {}  accept errors {}",
-        t.requests,
-        t.workers_spawned,
-        t.workers_exited,
-        t.timeouts,
-        t.reloads,
-        t.accept_errors
-    );
-}
-
-/// The dirty pool's rows: each worker and the apps it holds.
-fn print_dirty(out: &mut String, d: &DirtyStatus) {
-    let ready = d.workers.iter().filter(|w| w.state == "ready").count();
-    let calls = |k: &str| d.calls.get(k).and_then(Value::as_u64).unwrap_or(0);
-    w!(
-        out,
-        "dirty  router {}  workers {}/{}  calls {}  errors {}  timeouts {}  queued {}  socket {}",
-        d.router_pid.map_or("-".into(), |p| p.to_string()),
-        ready,
-        d.target,
-        calls("calls"),
-        calls("errors"),
-        calls("timeouts"),
-        calls("queued"),
-        d.socket
-    );
-    w!(
-        out,
-        "{:<8} {:>4} {:<9} {:>8} {:>9} {:>10}  APPS",
-        "DIRTY",
-        "GEN",
-        "STATE",
-        "AGE",
-        "HEARTBEAT",
-        "RSS"
-    );
-    for w in &d.workers {
-        w!(
-            out,
-            "{:<8} {:>4} {:<9} {:>8} {:>9} {:>10}  {}",
-            w.pid,
-            w.generation,
-            w.state,
-            format_age(w.age_s),
-            format!("{:.1}s", w.last_heartbeat_s),
-            format!("{:.1} MiB", w.rss_bytes as f64 / 1048576.0),
-            w.apps.join(" ")
-        );
-    }
-}
-
-fn format_age(secs: f64) -> String {
-    let s = secs as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 

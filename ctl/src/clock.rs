@@ -14,6 +14,16 @@ pub(crate) fn format_time(unix: f64) -> String {
     )
 }
 
+/// An age in seconds as `42s`, `3m07s` or `5h02m`.
+pub(crate) fn format_age(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (UTC).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719468;

@@ -2,6 +2,15 @@
 //! client. Types, framing and a blocking client; no Python and no daemon code, so the
 //! client builds anywhere.
 
+/// `writeln!` into the output being assembled (a `String`, which cannot fail); defined
+/// before the modules, so every module of the crate has it.
+macro_rules! w {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod client;
 mod clock;

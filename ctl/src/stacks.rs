@@ -3,13 +3,6 @@
 
 use serde_json::Value;
 
-macro_rules! w {
-    ($out:expr, $($arg:tt)*) => {{
-        use std::fmt::Write as _;
-        let _ = writeln!($out, $($arg)*);
-    }};
-}
-
 /// One worker's `stack` answer: each thread, the request it serves, its stack.
 pub(crate) fn print_stacks(out: &mut String, worker: &Value) {
     w!(out, "worker {}", worker["pid"]);

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::clock::format_age;
 use crate::protocol::{Status, Traffic};
 
 /// One `status` answer and when it was taken.
@@ -212,15 +213,6 @@ pub fn quantile(q: f64, bounds: &[f64], counts: &[u64]) -> Option<f64> {
         below += n;
     }
     bounds.last().copied()
-}
-
-pub fn format_age(secs: f64) -> String {
-    let s = secs as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
 }
 
 /// Seconds as a short duration: `850 us`, `12.5 ms`, `1.20 s`.
