@@ -9,19 +9,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use rgun::worker::fuzzing::drive_stream;
+use rgun_fuzz::cuts_and_stream;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&k, rest)) = data.split_first() else {
+    let Some((cuts, stream)) = cuts_and_stream(data) else {
         return;
     };
-    let k = (k % 16) as usize;
-    if rest.len() < 2 * k {
-        return;
-    }
-    let (cuts, stream) = rest.split_at(2 * k);
-    let cuts: Vec<usize> = cuts
-        .chunks(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]) as usize)
-        .collect();
     drive_stream(stream, &cuts);
 });

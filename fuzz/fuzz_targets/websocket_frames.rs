@@ -11,6 +11,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rgun::http::websocket::{Decoder, Message, WsError};
+use rgun_fuzz::cuts_and_stream;
 
 /// Everything `stream` decodes to, delivered as a buffer that grows to each cut (a
 /// socket's reads) and is consumed from the front, as the connection does.
@@ -71,21 +72,15 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
-    let Some((&k, rest)) = rest.split_first() else {
+    let Some((cuts, stream)) = cuts_and_stream(rest) else {
         return;
     };
     let deflate = flags & 1 != 0;
     let limit = 1usize << (4 + ((flags >> 1) & 0x7));
-    let k = (k % 16) as usize;
-    if rest.len() < 2 * k {
-        return;
-    }
-    let (cuts, stream) = rest.split_at(2 * k);
-    let cuts: Vec<usize> = cuts
-        .chunks(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]) as usize)
-        .collect();
     let whole = decode_all(stream, &[], deflate, limit);
     let pieces = decode_all(stream, &cuts, deflate, limit);
-    assert_eq!(whole, pieces, "the outcome depends on how the stream is cut");
+    assert_eq!(
+        whole, pieces,
+        "the outcome depends on how the stream is cut"
+    );
 });
