@@ -122,31 +122,7 @@ impl ServerBuilder {
         let ctl_path = dir.path().join("rgun.ctl");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
         let port = listener.local_addr().unwrap().port();
-        let mut cmd = if self.gunicorn {
-            Command::new(gunicorn_bin())
-        } else if let Some((program, args)) = self.wrapper.split_first() {
-            let mut c = Command::new(program);
-            c.args(args).arg(rgun_bin());
-            c
-        } else if !self.cgroups.is_empty() {
-            let mut c = Command::new("/bin/sh");
-            let mut script = String::new();
-            for dir in &self.cgroups {
-                let procs = dir.join("cgroup.procs");
-                script.push_str(&format!("echo $$ > '{}' || exit 97; ", procs.display()));
-            }
-            script.push_str("exec \"$0\" \"$@\"");
-            c.arg("-c").arg(script).arg(rgun_bin());
-            c
-        } else if self.systemd {
-            // LISTEN_PID must be rgun's own pid: a shell sets it and execs in place.
-            let mut c = Command::new("/bin/sh");
-            c.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""]);
-            c.arg(rgun_bin());
-            c
-        } else {
-            rgun()
-        };
+        let mut cmd = self.program();
         cmd.args(&self.args);
         if self.workers_flag {
             cmd.arg("-w").arg(self.workers.to_string());
@@ -187,7 +163,45 @@ impl ServerBuilder {
             access_path,
             ctl_path,
         };
-        if self.wait_ready && self.gunicorn {
+        if self.wait_ready {
+            self.wait_until_ready(&server);
+        }
+        server
+    }
+
+    /// What runs: the venv's Gunicorn, rgun under a wrapper, a shell that puts itself
+    /// in the cgroups or sets LISTEN_PID and execs rgun, or rgun itself.
+    fn program(&self) -> Command {
+        if self.gunicorn {
+            Command::new(gunicorn_bin())
+        } else if let Some((program, args)) = self.wrapper.split_first() {
+            let mut c = Command::new(program);
+            c.args(args).arg(rgun_bin());
+            c
+        } else if !self.cgroups.is_empty() {
+            let mut c = Command::new("/bin/sh");
+            let mut script = String::new();
+            for dir in &self.cgroups {
+                let procs = dir.join("cgroup.procs");
+                script.push_str(&format!("echo $$ > '{}' || exit 97; ", procs.display()));
+            }
+            script.push_str("exec \"$0\" \"$@\"");
+            c.arg("-c").arg(script).arg(rgun_bin());
+            c
+        } else if self.systemd {
+            // LISTEN_PID must be rgun's own pid: a shell sets it and execs in place.
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""]);
+            c.arg(rgun_bin());
+            c
+        } else {
+            rgun()
+        }
+    }
+
+    /// Waits (30 s at most) until every worker of `server` is ready.
+    fn wait_until_ready(&self, server: &Server) {
+        if self.gunicorn {
             // Gunicorn logs no "ready": its workers have booted, and the listener
             // queues what they have not accepted yet.
             let booted = |log: &str| log.matches("Booting worker with pid").count();
@@ -195,13 +209,12 @@ impl ServerBuilder {
             if !wait_until(Duration::from_secs(30), || booted(&server.log()) >= n) {
                 panic!("gunicorn did not boot {n} workers:\n{}", server.log());
             }
-        } else if self.wait_ready {
+        } else {
             server.wait_for_log(
                 &format!("All {} workers ready", self.workers),
                 Duration::from_secs(30),
             );
         }
-        server
     }
 }
 
