@@ -134,69 +134,11 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         "history" => Command::History,
         "metrics" => Command::Metrics,
         "watch" => Command::Watch,
-        "scale" => {
-            let wait = opt_bool(obj, "wait", false)?;
-            let auto = opt_bool(obj, "auto", false)?;
-            let dirty = match obj.get("pool").map(|p| p.as_str()) {
-                None | Some(Some("http")) => false,
-                Some(Some("dirty")) => true,
-                Some(_) => return Err(bad_arg("scale: \"pool\" is \"http\" or \"dirty\"")),
-            };
-            let target = match (obj.get("workers"), obj.get("delta")) {
-                (Some(_), _) | (_, Some(_)) if auto => {
-                    return Err(bad_arg(
-                        "scale: give \"workers\", \"delta\" or \"auto\", not two",
-                    ))
-                }
-                (None, None) if auto => ScaleTarget::Auto,
-                (Some(_), Some(_)) => {
-                    return Err(bad_arg("scale: give \"workers\" or \"delta\", not both"))
-                }
-                (Some(n), None) => {
-                    let n = n.as_u64().filter(|n| (1..=MAX_WORKERS as u64).contains(n)).ok_or_else(|| {
-                        bad_arg(format!("scale: \"workers\" must be an integer from 1 to {MAX_WORKERS}, got {n}"))
-                    })?;
-                    ScaleTarget::Workers(n as u32)
-                }
-                (None, Some(d)) => {
-                    let d = d
-                        .as_i64()
-                        .filter(|d| d.unsigned_abs() <= MAX_WORKERS as u64 && *d != 0)
-                        .ok_or_else(|| {
-                            bad_arg(format!(
-                                "scale: \"delta\" must be a non-zero integer, got {d}"
-                            ))
-                        })?;
-                    ScaleTarget::Delta(d as i32)
-                }
-                (None, None) => {
-                    return Err(bad_arg(
-                        "scale: needs \"workers\", \"delta\" or \"auto\": true",
-                    ))
-                }
-            };
-            Command::Scale {
-                target,
-                wait,
-                dirty,
-            }
-        }
+        "scale" => parse_scale(obj)?,
         "reload" => Command::Reload {
             wait: opt_bool(obj, "wait", true)?,
         },
-        "stop" => {
-            let quick = match obj.get("mode") {
-                None => false,
-                Some(Value::String(m)) if m == "graceful" => false,
-                Some(Value::String(m)) if m == "quick" => true,
-                Some(other) => {
-                    return Err(bad_arg(format!(
-                        "stop: \"mode\" must be \"graceful\" or \"quick\", got {other}"
-                    )))
-                }
-            };
-            Command::Stop { quick }
-        }
+        "stop" => parse_stop(obj)?,
         "kill" => {
             let pid = obj
                 .get("pid")
@@ -221,6 +163,75 @@ fn parse_command(cmd: &str, obj: &Map<String, Value>) -> Result<Command, ErrorBo
         },
         _ => unreachable!("filtered above"),
     })
+}
+
+/// `scale`'s arguments: a count, a change or `auto`, whether to wait, which pool.
+fn parse_scale(obj: &Map<String, Value>) -> Result<Command, ErrorBody> {
+    let wait = opt_bool(obj, "wait", false)?;
+    let auto = opt_bool(obj, "auto", false)?;
+    let dirty = match obj.get("pool").map(|p| p.as_str()) {
+        None | Some(Some("http")) => false,
+        Some(Some("dirty")) => true,
+        Some(_) => return Err(bad_arg("scale: \"pool\" is \"http\" or \"dirty\"")),
+    };
+    let target = match (obj.get("workers"), obj.get("delta")) {
+        (Some(_), _) | (_, Some(_)) if auto => {
+            return Err(bad_arg(
+                "scale: give \"workers\", \"delta\" or \"auto\", not two",
+            ))
+        }
+        (None, None) if auto => ScaleTarget::Auto,
+        (Some(_), Some(_)) => {
+            return Err(bad_arg("scale: give \"workers\" or \"delta\", not both"))
+        }
+        (Some(n), None) => {
+            let n = n
+                .as_u64()
+                .filter(|n| (1..=MAX_WORKERS as u64).contains(n))
+                .ok_or_else(|| {
+                    bad_arg(format!(
+                        "scale: \"workers\" must be an integer from 1 to {MAX_WORKERS}, got {n}"
+                    ))
+                })?;
+            ScaleTarget::Workers(n as u32)
+        }
+        (None, Some(d)) => {
+            let d = d
+                .as_i64()
+                .filter(|d| d.unsigned_abs() <= MAX_WORKERS as u64 && *d != 0)
+                .ok_or_else(|| {
+                    bad_arg(format!(
+                        "scale: \"delta\" must be a non-zero integer, got {d}"
+                    ))
+                })?;
+            ScaleTarget::Delta(d as i32)
+        }
+        (None, None) => {
+            return Err(bad_arg(
+                "scale: needs \"workers\", \"delta\" or \"auto\": true",
+            ))
+        }
+    };
+    Ok(Command::Scale {
+        target,
+        wait,
+        dirty,
+    })
+}
+
+/// `stop`'s `mode`: graceful (the default) or quick.
+fn parse_stop(obj: &Map<String, Value>) -> Result<Command, ErrorBody> {
+    let quick = match obj.get("mode") {
+        None => false,
+        Some(Value::String(m)) if m == "graceful" => false,
+        Some(Value::String(m)) if m == "quick" => true,
+        Some(other) => {
+            return Err(bad_arg(format!(
+                "stop: \"mode\" must be \"graceful\" or \"quick\", got {other}"
+            )))
+        }
+    };
+    Ok(Command::Stop { quick })
 }
 
 fn bad_arg(msg: impl Into<String>) -> ErrorBody {

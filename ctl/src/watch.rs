@@ -50,30 +50,47 @@ pub(crate) fn watching(subscribed: &Value) -> Value {
 
 /// One event as a sentence, with its time.
 pub(crate) fn describe(e: &Value) -> String {
-    let s = |k: &str| match &e[k] {
+    let event = e["event"].as_str().unwrap_or("");
+    let what = worker_event(event, e)
+        .or_else(|| reload_or_scale_event(event, e))
+        .or_else(|| server_event(event, e))
+        .unwrap_or_else(|| e.to_string());
+    let time = e["time"]
+        .as_f64()
+        .map_or(String::new(), |t| format_time(t) + " ");
+    format!("{time}{what}")
+}
+
+/// Field `k` of event `e` as text (`-` when absent).
+fn field(e: &Value, k: &str) -> String {
+    match &e[k] {
         Value::String(v) => v.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
-    };
-    let what = match e["event"].as_str().unwrap_or("") {
+    }
+}
+
+/// The watcher's first line and a worker's life: spawned, ready, exited, timed out.
+fn worker_event(event: &str, e: &Value) -> Option<String> {
+    Some(match event {
         "watching" => format!(
             "watching rgun master {} (generation {}, {} of {} workers)",
-            s("pid"),
-            s("generation"),
-            s("workers"),
-            s("workers_target")
+            field(e, "pid"),
+            field(e, "generation"),
+            field(e, "workers"),
+            field(e, "workers_target")
         ),
         "worker_spawned" => format!(
             "worker {} spawned (generation {}, slot {})",
-            s("pid"),
-            s("generation"),
-            s("slot")
+            field(e, "pid"),
+            field(e, "generation"),
+            field(e, "slot")
         ),
         "worker_ready" => format!(
             "worker {} ready after {} ms (generation {})",
-            s("pid"),
-            s("boot_ms"),
-            s("generation")
+            field(e, "pid"),
+            field(e, "boot_ms"),
+            field(e, "generation")
         ),
         "worker_exited" => {
             let how = match (&e["code"], &e["signal"]) {
@@ -83,58 +100,72 @@ pub(crate) fn describe(e: &Value) -> String {
             };
             format!(
                 "worker {} exited: {} ({how}, generation {})",
-                s("pid"),
-                s("reason"),
-                s("generation")
+                field(e, "pid"),
+                field(e, "reason"),
+                field(e, "generation")
             )
         }
         "worker_timeout" => format!(
             "worker {} timed out (request running {} s); it is being aborted",
-            s("pid"),
-            s("request_s")
+            field(e, "pid"),
+            field(e, "request_s")
         ),
+        _ => return None,
+    })
+}
+
+/// Reloads, scale changes, autoscaling and rebalancing.
+fn reload_or_scale_event(event: &str, e: &Value) -> Option<String> {
+    Some(match event {
         "reload_started" => format!(
             "reload to generation {} started by {} ({} workers)",
-            s("generation"),
-            s("trigger"),
-            s("workers")
+            field(e, "generation"),
+            field(e, "trigger"),
+            field(e, "workers")
         ),
         "reload_finished" => format!(
             "reload finished: generation {} serves ({} ms)",
-            s("generation"),
-            s("duration_ms")
+            field(e, "generation"),
+            field(e, "duration_ms")
         ),
         "reload_rolled_back" => format!(
             "reload to generation {} rolled back, generation {} keeps serving: {}",
-            s("generation"),
-            s("serving_generation"),
-            s("error").lines().last().unwrap_or("")
+            field(e, "generation"),
+            field(e, "serving_generation"),
+            field(e, "error").lines().last().unwrap_or("")
         ),
         "scale" => format!(
             "workers {} -> {} ({})",
-            s("previous"),
-            s("target"),
-            s("trigger")
+            field(e, "previous"),
+            field(e, "target"),
+            field(e, "trigger")
         ),
         "autoscale" => match e["state"].as_str() {
-            Some("paused") => format!("autoscaling paused by {}", s("trigger")),
+            Some("paused") => format!("autoscaling paused by {}", field(e, "trigger")),
             Some("on") => format!(
                 "autoscaling resumed between {} and {} workers",
-                s("workers_min"),
-                s("workers_max")
+                field(e, "workers_min"),
+                field(e, "workers_max")
             ),
             _ => format!(
                 "autoscaling between {} and {} workers ({})",
-                s("workers_min"),
-                s("workers_max"),
-                s("trigger")
+                field(e, "workers_min"),
+                field(e, "workers_max"),
+                field(e, "trigger")
             ),
         },
         "rebalance" => format!(
             "rebalancing {} connections: {} end some after their next response",
-            s("connections"),
+            field(e, "connections"),
             e["closing"].as_object().map_or(0, |m| m.len())
         ),
+        _ => return None,
+    })
+}
+
+/// The server as a whole: logs reopened, stopping, draining; and events lost.
+fn server_event(event: &str, e: &Value) -> Option<String> {
+    Some(match event {
         "logs_reopened" => "logs reopened".into(),
         "stopping" => format!(
             "stopping ({})",
@@ -146,15 +177,14 @@ pub(crate) fn describe(e: &Value) -> String {
         ),
         "draining" => format!(
             "draining: not ready, still serving for {}s before stopping",
-            s("shutdown_delay_s")
+            field(e, "shutdown_delay_s")
         ),
-        "events_lost" => format!("{} events lost: this watcher read too slowly", s("count")),
-        _ => e.to_string(),
-    };
-    let time = e["time"]
-        .as_f64()
-        .map_or(String::new(), |t| format_time(t) + " ");
-    format!("{time}{what}")
+        "events_lost" => format!(
+            "{} events lost: this watcher read too slowly",
+            field(e, "count")
+        ),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
