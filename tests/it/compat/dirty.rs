@@ -42,9 +42,12 @@ fn dirty_args(timeout: u32) -> Vec<String> {
 
 /// rgun with the example app and two dirty workers (ready: they are all ready).
 fn start_rgun(timeout: u32) -> Server {
-    ServerBuilder::new("dirty_example:app")
-        .args(dirty_args(timeout))
-        .start()
+    rgun_with_dirty_workers(timeout).start()
+}
+
+/// The example app with two dirty workers and this `--dirty-timeout`, to start.
+fn rgun_with_dirty_workers(timeout: u32) -> ServerBuilder {
+    ServerBuilder::new("dirty_example:app").args(dirty_args(timeout))
 }
 
 /// Gunicorn 27 the same way; ready once both dirty workers listen. Each gets a name

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::{dirty_args, dirty_pids, dirty_ready, start_gunicorn, start_rgun};
-use crate::support::{wait_until, Server, ServerBuilder};
+use super::{dirty_pids, dirty_ready, rgun_with_dirty_workers, start_gunicorn, start_rgun};
+use crate::support::{wait_until, Server};
 
 #[test]
 fn a_timed_out_call_fails_alone_and_logs_its_stack() {
@@ -80,8 +80,7 @@ fn a_crashed_worker_fails_its_call_and_is_replaced() {
 /// and after the abort of its worker.
 #[test]
 fn a_timed_out_call_never_answers_the_next_caller() {
-    let rgun = ServerBuilder::new("dirty_example:app")
-        .args(dirty_args(1))
+    let rgun = rgun_with_dirty_workers(1)
         .args(["--log-level", "debug"])
         .start();
     let echo = rgun.get("/echo").json();
@@ -122,8 +121,7 @@ fn a_timed_out_call_never_answers_the_next_caller() {
 /// replacement holds the same apps), and calls go on.
 #[test]
 fn a_bloated_dirty_worker_is_replaced() {
-    let rgun = ServerBuilder::new("dirty_example:app")
-        .args(dirty_args(30))
+    let rgun = rgun_with_dirty_workers(30)
         .args(["--max-worker-rss", "150"])
         .start();
     let before: Vec<i64> = dirty_pids(&rgun);

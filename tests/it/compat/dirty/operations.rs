@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{ctl, dirty_args, dirty_ready, start_rgun};
+use super::{ctl, dirty_ready, rgun_with_dirty_workers, start_rgun};
 use crate::support::{wait_until, write_file, ServerBuilder};
 
 #[test]
@@ -80,15 +80,18 @@ fn a_reload_with_a_broken_dirty_app_keeps_the_old_generation() {
     assert_eq!(rgun.get("/").text(), "v3");
 }
 
+/// What `rgun ARGS` wrote to stderr, which must be one line, with exit status `code`.
+fn one_line_error(args: &[&str], code: i32) -> String {
+    let out = crate::support::rgun().args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(code));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
 #[test]
 fn bad_dirty_settings_are_one_line() {
-    let out = crate::support::rgun()
-        .args(["x:app", "--dirty-app", "pkg:Cls:0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = one_line_error(&["x:app", "--dirty-app", "pkg:Cls:0"], 2);
     assert!(
         err.contains("--dirty-app") && err.contains("at least 1"),
         "{err}"
@@ -99,13 +102,7 @@ fn bad_dirty_settings_are_one_line() {
         "conf.py",
         "workers = 1\ndirty_apps = ['nocolon']\n",
     );
-    let out = crate::support::rgun()
-        .args(["x:app", "-c", conf.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let err = one_line_error(&["x:app", "-c", conf.to_str().unwrap()], 1);
     assert!(
         err.contains("conf.py, line 2: setting 'dirty_apps'") && err.contains("nocolon"),
         "{err}"
@@ -119,8 +116,7 @@ fn dirty_calls_are_counted_in_prometheus_and_statsd() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let addr = statsd.local_addr().unwrap().to_string();
-    let rgun = ServerBuilder::new("dirty_example:app")
-        .args(dirty_args(30))
+    let rgun = rgun_with_dirty_workers(30)
         .args(["--statsd-host", addr.as_str()])
         .start();
     for _ in 0..3 {
