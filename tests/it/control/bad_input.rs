@@ -8,6 +8,22 @@ fn bad_input_gets_errors_and_the_connection_stays_usable() {
     let server = ServerBuilder::new("echo:application").workers(1).start();
     let path = server.ctl_path.clone();
     let mut c = Raw::connect(&path);
+    malformed_requests_get_errors(&mut c);
+    over_long_lines_get_one_error_each(&mut c);
+    a_half_written_line_holds_up_no_one(&mut c, &path);
+    vanished_clients_are_forgotten(&mut c, &server, &path);
+    hundreds_of_connections_are_answered(&path);
+
+    // Still serving, over the control socket and HTTP.
+    assert!(server.child_alive());
+    ok(&c.call(json!({"id": 28, "cmd": "status"})), &json!(28));
+    assert_eq!(server.get("/").status, 200);
+    assert!(!server.log().contains("panicked"), "log:\n{}", server.log());
+}
+
+/// Each malformed line gets its error (by id where the line had one), blank lines are
+/// ignored, CRLF is accepted, and the daemon did nothing it was not asked to.
+fn malformed_requests_get_errors(c: &mut Raw) {
     let cases: &[(&[u8], Value, &str)] = &[
         (b"{nope\n", Value::Null, "bad_request"),
         (b"\xff\xfe\x00garbage\n", Value::Null, "bad_request"),
@@ -115,8 +131,10 @@ fn bad_input_gets_errors_and_the_connection_stays_usable() {
     let st = ok(&c.call(json!({"id": 21, "cmd": "status"})), &json!(21));
     assert_eq!(st["master"]["workers_target"], json!(1));
     assert_eq!(st["master"]["state"], json!("running"));
+}
 
-    // Over-long lines: one error each, then the connection works.
+/// Over-long lines: one error each, then the connection works.
+fn over_long_lines_get_one_error_each(c: &mut Raw) {
     let mut long = vec![b'a'; 100 * 1024];
     long.push(b'\n');
     c.send(&long);
@@ -148,27 +166,33 @@ fn bad_input_gets_errors_and_the_connection_stays_usable() {
     // (an unknown argument, but judged as a request, not as an over-long line)
     let resp = c.recv();
     assert_eq!(err_code(&resp, &json!(26)), "bad_request", "{resp}");
+}
 
-    // A half-written line, completed later; others are served meanwhile.
+/// A half-written line, completed later; others are served meanwhile, and a client that
+/// connects and never writes blocks no one.
+fn a_half_written_line_holds_up_no_one(c: &mut Raw, path: &Path) {
     c.send(b"{\"id\":\"half\",\"cmd\":");
     std::thread::sleep(Duration::from_millis(200)); // let the daemon see the partial line
     ok(
-        &Raw::connect(&path).call(json!({"id": "other", "cmd": "ping"})),
+        &Raw::connect(path).call(json!({"id": "other", "cmd": "ping"})),
         &json!("other"),
     );
     c.send(b"\"ping\"}\n");
     ok(&c.recv(), &json!("half"));
 
     // A client that connects and never writes does not block anyone.
-    let _silent = UnixStream::connect(&path).unwrap();
+    let _silent = UnixStream::connect(path).unwrap();
     ok(
-        &Raw::connect(&path).call(json!({"id": "after-silent", "cmd": "ping"})),
+        &Raw::connect(path).call(json!({"id": "after-silent", "cmd": "ping"})),
         &json!("after-silent"),
     );
+}
 
-    // Clients that vanish: before reading many answers, and before a deferred answer.
+/// Clients that vanish before reading many answers, and before a deferred answer: what
+/// they asked for happens, and the daemon serves on.
+fn vanished_clients_are_forgotten(c: &mut Raw, server: &Server, path: &Path) {
     {
-        let mut v = Raw::connect(&path);
+        let mut v = Raw::connect(path);
         let mut burst = Vec::new();
         for i in 0..2000 {
             burst.extend_from_slice(format!("{{\"id\":{i},\"cmd\":\"status\"}}\n").as_bytes());
@@ -179,7 +203,7 @@ fn bad_input_gets_errors_and_the_connection_stays_usable() {
         v.reader.read_exact(&mut part).unwrap();
     }
     {
-        let mut v = Raw::connect(&path);
+        let mut v = Raw::connect(path);
         v.send(b"{\"id\":1,\"cmd\":\"scale\",\"workers\":2,\"wait\":true}\n");
     }
     assert!(
@@ -187,21 +211,23 @@ fn bad_input_gets_errors_and_the_connection_stays_usable() {
         "scale 2 (asked by a vanished client) did not happen"
     );
     {
-        let mut v = Raw::connect(&path);
+        let mut v = Raw::connect(path);
         v.send(b"{\"id\":1,\"cmd\":\"reload\"}\n");
     }
     assert!(
         wait_until(Duration::from_secs(30), || {
-            let st = status(&path);
+            let st = status(path);
             st["master"]["generation"] == json!(2) && st["master"]["state"] == json!("running")
         }),
         "reload asked by a vanished client did not finish; log:\n{}",
         server.log()
     );
     ok(&c.call(json!({"id": 27, "cmd": "ping"})), &json!(27));
+}
 
-    // Hundreds of connections at once, all answered.
-    let mut many: Vec<Raw> = (0..300).map(|_| Raw::connect(&path)).collect();
+/// Hundreds of connections at once, all answered.
+fn hundreds_of_connections_are_answered(path: &Path) {
+    let mut many: Vec<Raw> = (0..300).map(|_| Raw::connect(path)).collect();
     for (i, m) in many.iter_mut().enumerate() {
         m.send_json(&json!({"id": i, "cmd": "ping"}));
     }
@@ -209,10 +235,4 @@ fn bad_input_gets_errors_and_the_connection_stays_usable() {
         ok(&m.recv(), &json!(i));
     }
     drop(many);
-
-    // Still serving, over the control socket and HTTP.
-    assert!(server.child_alive());
-    ok(&c.call(json!({"id": 28, "cmd": "status"})), &json!(28));
-    assert_eq!(server.get("/").status, 200);
-    assert!(!server.log().contains("panicked"), "log:\n{}", server.log());
 }

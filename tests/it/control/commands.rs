@@ -28,6 +28,43 @@ fn every_command_over_one_raw_connection() {
     );
 
     let st = ok(&c.recv(), &json!("two"));
+    let pids = assert_a_fresh_status(&st, &server, t0, &ping);
+    let config = ok(&c.recv(), &json!([3]));
+    assert_eq!(config["wsgi_app"], json!("echo:application"), "{config}");
+    assert_eq!(config["workers"], json!(2), "{config}");
+    assert_eq!(
+        config["control_socket"],
+        json!(server.ctl_path.to_str().unwrap())
+    );
+    assert_eq!(config["control_socket_mode"], json!("0600"));
+
+    let history = ok(&c.recv(), &Value::Null);
+    assert_eq!(history["entries"], json!([]), "{history}");
+
+    requests_are_counted_and_logs_reopen(&mut c, &server);
+    kill_and_scale_change_the_workers(&mut c, &server, pids[0]);
+    reload_shows_in_status_and_history(&mut c);
+
+    // stop: answered, then the daemon exits 0 and removes its socket.
+    let stopping = ok(&c.call(json!({"id": 12, "cmd": "stop"})), &json!(12));
+    assert_eq!(stopping["pid"], json!(server.pid()), "{stopping}");
+    assert_eq!(stopping["mode"], json!("graceful"), "{stopping}");
+    assert!(
+        stopping["workers"].as_u64().is_some_and(|n| n >= 1),
+        "{stopping}"
+    );
+    assert!(
+        stopping["deadline_s"].as_u64().is_some_and(|s| s <= 30),
+        "{stopping}"
+    );
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(c.try_recv().is_none(), "connection closed after stop");
+    assert!(!server.ctl_path.exists(), "control socket left behind");
+}
+
+/// The `status` of `server`, two workers of generation 1 started just now (`t0`), and
+/// idle; `ping` its ping answer. Returns the workers' pids.
+fn assert_a_fresh_status(st: &Value, server: &Server, t0: f64, ping: &Value) -> Vec<i64> {
     let m = &st["master"];
     assert_eq!(m["pid"], json!(server.pid()), "{st}");
     assert_eq!(m["version"], ping["version"]);
@@ -82,19 +119,11 @@ fn every_command_over_one_raw_connection() {
     }
     assert_eq!(totals["workers_spawned"], json!(2));
     assert_eq!(totals["reloads"], json!(0));
+    pids
+}
 
-    let config = ok(&c.recv(), &json!([3]));
-    assert_eq!(config["wsgi_app"], json!("echo:application"), "{config}");
-    assert_eq!(config["workers"], json!(2), "{config}");
-    assert_eq!(
-        config["control_socket"],
-        json!(server.ctl_path.to_str().unwrap())
-    );
-    assert_eq!(config["control_socket_mode"], json!("0600"));
-
-    let history = ok(&c.recv(), &Value::Null);
-    assert_eq!(history["entries"], json!([]), "{history}");
-
+/// Requests show in `status`; `reopen_logs` recreates a rotated error log.
+fn requests_are_counted_and_logs_reopen(c: &mut Raw, server: &Server) {
     // Requests are counted.
     for _ in 0..3 {
         assert_eq!(server.get("/x").status, 200);
@@ -116,9 +145,12 @@ fn every_command_over_one_raw_connection() {
         server.log_path.exists(),
         "reopen_logs did not recreate the error log"
     );
+}
 
+/// `kill` of `victim`: replaced by a new pid; `scale` absolute with wait, then relative
+/// without.
+fn kill_and_scale_change_the_workers(c: &mut Raw, server: &Server, victim: i64) {
     // kill: that worker is replaced by a new pid.
-    let victim = pids[0];
     assert_eq!(
         ok(
             &c.call(json!({"id": 6, "cmd": "kill", "pid": victim})),
@@ -152,7 +184,11 @@ fn every_command_over_one_raw_connection() {
         wait_until(Duration::from_secs(20), || server.worker_pids().len() == 1),
         "scale to 1 did not converge"
     );
+}
 
+/// `reload` (waits by default), then `history`: the scale changes and the reload, with
+/// triggers and outcomes.
+fn reload_shows_in_status_and_history(c: &mut Raw) {
     // reload (waits by default).
     let r = ok(&c.call(json!({"id": 9, "cmd": "reload"})), &json!(9));
     assert_eq!(r["generation"], json!(2), "{r}");
@@ -182,22 +218,6 @@ fn every_command_over_one_raw_connection() {
     }
     assert!(entries[2]["duration_ms"].as_u64().is_some(), "{h}");
     assert_eq!(entries[0]["detail"], json!({"previous": 2, "target": 3}));
-
-    // stop: answered, then the daemon exits 0 and removes its socket.
-    let stopping = ok(&c.call(json!({"id": 12, "cmd": "stop"})), &json!(12));
-    assert_eq!(stopping["pid"], json!(server.pid()), "{stopping}");
-    assert_eq!(stopping["mode"], json!("graceful"), "{stopping}");
-    assert!(
-        stopping["workers"].as_u64().is_some_and(|n| n >= 1),
-        "{stopping}"
-    );
-    assert!(
-        stopping["deadline_s"].as_u64().is_some_and(|s| s <= 30),
-        "{stopping}"
-    );
-    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
-    assert!(c.try_recv().is_none(), "connection closed after stop");
-    assert!(!server.ctl_path.exists(), "control socket left behind");
 }
 
 // ---------------------------------------------------------------------------------

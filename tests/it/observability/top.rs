@@ -157,7 +157,26 @@ fn rgunctl_top_in_tmux_shows_the_status_figures_and_its_keys_work() {
     ]);
     assert!(out.status.success(), "tmux new-session: {out:?}");
 
-    // The figures, against `status` taken just before and just after the screen.
+    the_screen_matches_status(&tmux, &server);
+    a_long_request_shows_on_its_row(&tmux, server.port);
+    scale_and_sort_keys_work(&tmux, &server);
+    the_reload_key_shows_results_and_tracebacks(&tmux, &server, code.path());
+    the_stacks_key_shows_a_workers_stacks(&tmux, &server);
+
+    // `q`: quit, and the terminal's session ends with it.
+    tmux.keys("q");
+    assert!(
+        wait_until(Duration::from_secs(10), || !tmux.alive()),
+        "{}",
+        tmux.screen()
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert!(loader.join().unwrap() > 0);
+}
+
+/// The figures, against `status` taken just before and just after the screen: every
+/// worker's total in between, generation 1, idle or busy; a request rate under load.
+fn the_screen_matches_status(tmux: &Tmux, server: &Server) {
     let master = server.pid().to_string();
     let mut checked = false;
     let mut screen = String::new();
@@ -203,9 +222,10 @@ fn rgunctl_top_in_tmux_shows_the_status_figures_and_its_keys_work() {
         .unwrap_or(0.0);
     assert!(rate > 0.0, "no request rate under load:\n{screen}");
     eprintln!("rgunctl top under load:\n{screen}");
+}
 
-    // A long request in flight: its age, method, target and client on its row.
-    let port = server.port;
+/// A long request in flight: its age, method, target and client on its row.
+fn a_long_request_shows_on_its_row(tmux: &Tmux, port: u16) {
     let slow = std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.write_all(b"GET /sleep?4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -218,8 +238,10 @@ fn rgunctl_top_in_tmux_shows_the_status_figures_and_its_keys_work() {
     });
     eprintln!("a long request in flight:\n{long}");
     slow.join().unwrap();
+}
 
-    // `+`: one worker more.
+/// `+` adds a worker, `-` removes one, `>` and `<` move the sort.
+fn scale_and_sort_keys_work(tmux: &Tmux, server: &Server) {
     tmux.keys("+");
     tmux.wait_for("the scale result", |s| s.contains("workers: 2 -> 3"));
     assert!(wait_until(Duration::from_secs(30), || {
@@ -243,15 +265,17 @@ fn rgunctl_top_in_tmux_shows_the_status_figures_and_its_keys_work() {
     assert!(totals.windows(2).all(|w| w[0] >= w[1]), "{by_total}");
     tmux.keys("<");
     tmux.wait_for("sorted by req/s", |s| s.contains("sorted by req/s"));
+}
 
-    // `r`: a reload, its result, then a broken deploy's traceback.
+/// `r`: a reload, its result, then a broken deploy's traceback.
+fn the_reload_key_shows_results_and_tracebacks(tmux: &Tmux, server: &Server, code: &Path) {
     tmux.keys("r");
     tmux.wait_for("the reload result", |s| {
         s.contains("reloaded: generation 1 -> 2")
     });
     assert_eq!(server.status()["result"]["master"]["generation"], 2);
     write_file(
-        code.path(),
+        code,
         "top_app.py",
         "import no_such_module_for_the_top_test\n",
     );
@@ -263,9 +287,11 @@ fn rgunctl_top_in_tmux_shows_the_status_figures_and_its_keys_work() {
     assert_eq!(server.status()["result"]["master"]["generation"], 2);
     tmux.keys("Escape");
     tmux.wait_for("the pane closed", |s| !s.contains("Esc or q close"));
+}
 
-    // `s`: the selected worker's stacks, once the screen shows the workers that serve
-    // (the one selected then is alive: the rolled-back generation has gone).
+/// `s`: the selected worker's stacks, once the screen shows the workers that serve
+/// (the one selected then is alive: the rolled-back generation has gone).
+fn the_stacks_key_shows_a_workers_stacks(tmux: &Tmux, server: &Server) {
     tmux.wait_for("the serving workers alone", |s| {
         let pids: Vec<i64> = workers(&server.status()).iter().map(|w| w.0).collect();
         s.contains("phase running") && rows(s, &pids).len() == pids.len() && !s.contains("booting")
@@ -276,16 +302,6 @@ fn rgunctl_top_in_tmux_shows_the_status_figures_and_its_keys_work() {
     });
     tmux.keys("q");
     tmux.wait_for("the stacks pane closed", |s| !s.contains("Esc or q close"));
-
-    // `q`: quit, and the terminal's session ends with it.
-    tmux.keys("q");
-    assert!(
-        wait_until(Duration::from_secs(10), || !tmux.alive()),
-        "{}",
-        tmux.screen()
-    );
-    stop.store(true, Ordering::Relaxed);
-    assert!(loader.join().unwrap() > 0);
 }
 
 #[test]

@@ -169,6 +169,14 @@ pub fn wait_for_file(path: &Path, needle: &str) -> String {
     }
 }
 
+/// Asserts that less than `limit` has passed since `started` (the time taken in the
+/// message otherwise).
+#[track_caller]
+pub fn assert_within(started: Instant, limit: Duration) {
+    let took = started.elapsed();
+    assert!(took < limit, "{took:?}");
+}
+
 /// Polls `f` every 50 ms until it holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
