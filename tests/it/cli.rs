@@ -413,10 +413,26 @@ fn readme_and_migration_guide_describe_what_rgun_does() {
     let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap();
     let (readme, guide) = (read("README.md"), read("docs/migrating-from-gunicorn.md"));
 
-    // Every flag the README's "What works today" names, rgun's --help has.
+    readmes_flags_are_in_help(&readme);
+    readmes_worker_classes_run_or_are_refused(&readme, &guide);
+    guides_ignored_and_json_log_flags_hold(&guide);
+
+    // pyproject.toml's description says what the README's first line says.
+    let pyproject = read("pyproject.toml");
+    let description = pyproject
+        .lines()
+        .find_map(|l| l.strip_prefix("description = "))
+        .expect("pyproject.toml's description");
+    for word in ["WSGI", "ASGI", "HTTP/2", "WebSockets", "TLS", "Gunicorn"] {
+        assert!(description.contains(word), "its description: {word}");
+    }
+}
+
+/// Every flag the README's "What works today" names, rgun's --help has.
+fn readmes_flags_are_in_help(readme: &str) {
     let (_, help, _) = rgun(&["--help"]);
     let flags = named_flags(section(
-        &readme,
+        readme,
         "- **Gunicorn's command line and config files.**",
     ));
     assert!(flags.len() > 30, "{flags:?}");
@@ -429,10 +445,12 @@ fn readme_and_migration_guide_describe_what_rgun_does() {
             .any(|word| word == *flag);
         assert!(spelled, "README names {flag}, --help does not");
     }
+}
 
-    // Every worker class the README names runs its kind of application, and the
-    // guide names it too; the classes it says are refused are refused, naming them.
-    let workers = section(&readme, "- **WSGI and ASGI workers.**");
+/// Every worker class the README names runs its kind of application, and the guide
+/// names it too; the classes it says are refused are refused, naming them.
+fn readmes_worker_classes_run_or_are_refused(readme: &str, guide: &str) {
+    let workers = section(readme, "- **WSGI and ASGI workers.**");
     let classes: Vec<&str> = quoted(workers)
         .into_iter()
         .map(|s| s.strip_prefix("-k ").unwrap_or(s))
@@ -486,8 +504,11 @@ fn readme_and_migration_guide_describe_what_rgun_does() {
             );
         }
     }
+}
 
-    // The flags the guide says are accepted and ignored are, as it spells them.
+/// The flags the guide says are accepted and ignored are, as it spells them;
+/// --log-config-json works, as the guide says; --log-config is one line naming it.
+fn guides_ignored_and_json_log_flags_hold(guide: &str) {
     let (_, rest) = guide
         .split_once("On the command line, ")
         .expect("the guide's accepted-and-ignored flags");
@@ -525,14 +546,4 @@ fn readme_and_migration_guide_describe_what_rgun_does() {
         guide.contains("`--log-config-json`"),
         "the guide's --log-config-json"
     );
-
-    // pyproject.toml's description says what the README's first line says.
-    let pyproject = read("pyproject.toml");
-    let description = pyproject
-        .lines()
-        .find_map(|l| l.strip_prefix("description = "))
-        .expect("pyproject.toml's description");
-    for word in ["WSGI", "ASGI", "HTTP/2", "WebSockets", "TLS", "Gunicorn"] {
-        assert!(description.contains(word), "its description: {word}");
-    }
 }

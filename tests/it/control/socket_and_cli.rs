@@ -117,8 +117,36 @@ fn rgunctl_stop_exits_0_and_removes_the_socket() {
 fn rgunctl_exit_codes_output_and_socket_selection() {
     let server = ServerBuilder::new("echo:application").workers(2).start();
 
+    exit_0_with_human_and_json_output(&server);
+    exit_1_2_and_3_say_why(&server);
+
+    // Socket selection (`missing`: a path with no socket): RGUN_CONTROL_SOCKET, and -s
+    // over it.
+    let missing = server.dir.path().join("nope").join("x.ctl");
+    let mut cmd = rgunctl_cmd(None, &["--json", "ping"]);
+    cmd.env("RGUN_CONTROL_SOCKET", &server.ctl_path);
+    let run = run_bounded(cmd, Duration::from_secs(30));
+    run.assert_ok("ping via RGUN_CONTROL_SOCKET");
+    assert_eq!(run.json()["pid"], json!(server.pid()));
+    let mut cmd = rgunctl_cmd(Some(&server.ctl_path), &["ping"]);
+    cmd.env("RGUN_CONTROL_SOCKET", &missing);
+    run_bounded(cmd, Duration::from_secs(30)).assert_ok("-s wins over the environment");
+    let mut cmd = rgunctl_cmd(Some(&missing), &["ping"]);
+    cmd.env("RGUN_CONTROL_SOCKET", &server.ctl_path);
+    assert_eq!(run_bounded(cmd, Duration::from_secs(30)).code, Some(3));
+    let mut cmd = rgunctl_cmd(
+        None,
+        &["--socket", server.ctl_path.to_str().unwrap(), "ping"],
+    );
+    cmd.env("RGUN_CONTROL_SOCKET", &missing);
+    run_bounded(cmd, Duration::from_secs(30)).assert_ok("--socket");
+}
+
+/// Exit status 0: human output, `--json`'s raw result, `status`'s master line and
+/// worker rows, and the other commands.
+fn exit_0_with_human_and_json_output(server: &Server) {
     // 0: ok, human output.
-    let run = ctl(&server, &["ping"]);
+    let run = ctl(server, &["ping"]);
     run.assert_ok("ping");
     assert!(
         run.stdout.contains("pong") && run.stdout.contains(&server.pid().to_string()),
@@ -127,17 +155,17 @@ fn rgunctl_exit_codes_output_and_socket_selection() {
     );
 
     // --json prints the raw result.
-    let run = ctl(&server, &["--json", "ping"]);
+    let run = ctl(server, &["--json", "ping"]);
     run.assert_ok("--json ping");
     assert_eq!(run.json()["pid"], json!(server.pid()));
-    let run = ctl(&server, &["--json", "status"]);
+    let run = ctl(server, &["--json", "status"]);
     run.assert_ok("--json status");
     let st = run.json();
     assert_eq!(st["master"]["pid"], json!(server.pid()));
     assert_eq!(st["workers"].as_array().map(Vec::len), Some(2));
 
     // status: a master line and one row per worker.
-    let run = ctl(&server, &["status"]);
+    let run = ctl(server, &["status"]);
     run.assert_ok("status");
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert!(
@@ -156,29 +184,33 @@ fn rgunctl_exit_codes_output_and_socket_selection() {
     }
 
     // The other commands, human output.
-    let run = ctl(&server, &["config"]);
+    let run = ctl(server, &["config"]);
     run.assert_ok("config");
     assert!(run.stdout.contains("echo:application"), "{}", run.stdout);
-    ctl(&server, &["history"]).assert_ok("history");
-    let run = ctl(&server, &["reopen-logs"]);
+    ctl(server, &["history"]).assert_ok("history");
+    let run = ctl(server, &["reopen-logs"]);
     run.assert_ok("reopen-logs");
     assert!(run.stdout.contains("reopened"), "{}", run.stdout);
-    let run = ctl(&server, &["scale", "+1"]);
+    let run = ctl(server, &["scale", "+1"]);
     run.assert_ok("scale +1");
     assert!(run.stdout.contains("2 -> 3"), "{}", run.stdout);
-    let run = ctl(&server, &["scale", "-1", "--wait"]);
+    let run = ctl(server, &["scale", "-1", "--wait"]);
     run.assert_ok("scale -1 --wait");
     assert_eq!(server.worker_pids().len(), 2);
+}
 
+/// Exit status 1: the daemon answered with an error (on stderr); 2: usage; 3: cannot
+/// connect, the message naming the path and the OS error.
+fn exit_1_2_and_3_say_why(server: &Server) {
     // 1: the daemon answered with an error; the message is on stderr.
-    let run = ctl(&server, &["kill", "1"]);
+    let run = ctl(server, &["kill", "1"]);
     assert_eq!(run.code, Some(1), "{} {}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains("no worker with pid 1"),
         "{}",
         run.stderr
     );
-    let run = ctl(&server, &["scale", "-5"]);
+    let run = ctl(server, &["scale", "-5"]);
     assert_eq!(run.code, Some(1), "{} {}", run.stdout, run.stderr);
     assert!(run.stderr.contains("out of range"), "{}", run.stderr);
 
@@ -193,7 +225,7 @@ fn rgunctl_exit_codes_output_and_socket_selection() {
         &[],
         &["--bogus", "ping"],
     ] {
-        let run = ctl(&server, args);
+        let run = ctl(server, args);
         assert_eq!(
             run.code,
             Some(2),
@@ -217,25 +249,6 @@ fn rgunctl_exit_codes_output_and_socket_selection() {
         "{}",
         run.stderr
     );
-
-    // Socket selection: RGUN_CONTROL_SOCKET, and -s over it.
-    let mut cmd = rgunctl_cmd(None, &["--json", "ping"]);
-    cmd.env("RGUN_CONTROL_SOCKET", &server.ctl_path);
-    let run = run_bounded(cmd, Duration::from_secs(30));
-    run.assert_ok("ping via RGUN_CONTROL_SOCKET");
-    assert_eq!(run.json()["pid"], json!(server.pid()));
-    let mut cmd = rgunctl_cmd(Some(&server.ctl_path), &["ping"]);
-    cmd.env("RGUN_CONTROL_SOCKET", &missing);
-    run_bounded(cmd, Duration::from_secs(30)).assert_ok("-s wins over the environment");
-    let mut cmd = rgunctl_cmd(Some(&missing), &["ping"]);
-    cmd.env("RGUN_CONTROL_SOCKET", &server.ctl_path);
-    assert_eq!(run_bounded(cmd, Duration::from_secs(30)).code, Some(3));
-    let mut cmd = rgunctl_cmd(
-        None,
-        &["--socket", server.ctl_path.to_str().unwrap(), "ping"],
-    );
-    cmd.env("RGUN_CONTROL_SOCKET", &missing);
-    run_bounded(cmd, Duration::from_secs(30)).assert_ok("--socket");
 }
 
 // ---------------------------------------------------------------------------------

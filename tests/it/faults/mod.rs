@@ -21,15 +21,10 @@ fn status(s: &Server) -> Value {
 
 /// The Prometheus exposition, through `rgunctl metrics`.
 fn metrics_text(s: &Server) -> String {
-    let out = Command::new(rgunctl_bin())
-        .arg("-s")
-        .arg(&s.ctl_path)
-        .arg("metrics")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run rgunctl metrics");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::support::ctl(s, &["metrics"])
+        .assert_ok("rgunctl metrics")
+        .stdout
+        .clone()
 }
 
 /// An app whose import sleeps while `slow` exists in its directory and kills itself

@@ -3,9 +3,12 @@
 //! MAINPID to the new master.
 
 use std::io::{BufReader, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{read_response, wait_until, ServerBuilder};
+use crate::support::{read_response, wait_until, Server, ServerBuilder};
 
 #[test]
 fn systemd_notify_messages_arrive_in_order() {
@@ -72,23 +75,16 @@ fn notify_messages_in_order(args: &[&str]) {
     assert_eq!(s.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
-#[test]
-fn usr2_starts_a_new_master_on_the_same_sockets_without_failed_requests() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("rgun.pid");
-    let mut s = ServerBuilder::new("lifecycle_app:application")
-        .workers(2)
-        .args(["-p", pidfile.to_str().unwrap()])
-        .start();
-    let old_pid = s.pid();
-    let port = s.port;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..2)
+/// Two clients sending `GET /` on new connections to `port` until `stop`, counting
+/// the 200s in `ok` and the rest in `failed`.
+fn two_clients_requesting(
+    port: u16,
+    stop: &Arc<AtomicBool>,
+    (ok, failed): (&Arc<AtomicUsize>, &Arc<AtomicUsize>),
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..2)
         .map(|_| {
-            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            let (stop, ok, failed) = (Arc::clone(stop), Arc::clone(ok), Arc::clone(failed));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let answered = std::net::TcpStream::connect(("127.0.0.1", port))
@@ -106,19 +102,38 @@ fn usr2_starts_a_new_master_on_the_same_sockets_without_failed_requests() {
                 }
             })
         })
-        .collect();
+        .collect()
+}
+
+/// The pid of the new master a USR2 to `s` started, once it has written `pidfile` and
+/// its two workers are ready (20 s at most).
+fn new_master_ready(s: &Server, pidfile: &Path, old_pid: i32) -> i32 {
+    let mut found = None;
+    wait_until(Duration::from_secs(20), || {
+        found = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|p| *p != old_pid);
+        found.is_some() && s.log().matches("All 2 workers ready").count() >= 2
+    });
+    found.expect("a new master wrote the pidfile")
+}
+
+#[test]
+fn usr2_starts_a_new_master_on_the_same_sockets_without_failed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("rgun.pid");
+    let mut s = ServerBuilder::new("lifecycle_app:application")
+        .workers(2)
+        .args(["-p", pidfile.to_str().unwrap()])
+        .start();
+    let old_pid = s.pid();
+    let port = s.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = two_clients_requesting(port, &stop, (&ok, &failed));
     s.signal(libc::SIGUSR2);
-    let new_pid = {
-        let mut found = None;
-        wait_until(Duration::from_secs(20), || {
-            found = std::fs::read_to_string(&pidfile)
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-                .filter(|p| *p != old_pid);
-            found.is_some() && s.log().matches("All 2 workers ready").count() >= 2
-        });
-        found.expect("a new master wrote the pidfile")
-    };
+    let new_pid = new_master_ready(&s, &pidfile, old_pid);
     let _cleanup = crate::support::KillOnDrop(new_pid);
     assert!(
         std::fs::read_to_string(format!("{}.oldbin", pidfile.display()))

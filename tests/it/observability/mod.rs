@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{rgunctl_bin, venv, wait_until, Server, ServerBuilder};
+use crate::support::{venv, wait_until, Server, ServerBuilder};
 
 /// One sample as `prometheus_client` parsed it.
 #[derive(Debug, Clone)]
@@ -121,6 +121,47 @@ fn observed(workers: u32, extra: &[&str]) -> Server {
         .start()
 }
 
+/// The exposition after 7 answers of 200, 3 of 404 and 2 of 500 by two workers, none
+/// exited; and the fd://3 listener's backlog.
+fn assert_the_first_twelve_requests(samples: &[Sample]) {
+    assert_eq!(
+        total(samples, "rgun_requests_total", &[("status", "2xx")]),
+        7.0
+    );
+    assert_eq!(
+        total(samples, "rgun_requests_total", &[("status", "4xx")]),
+        3.0
+    );
+    assert_eq!(
+        total(samples, "rgun_requests_total", &[("status", "5xx")]),
+        2.0
+    );
+    assert_eq!(total(samples, "rgun_requests_total", &[]), 12.0);
+    assert_eq!(
+        total(
+            samples,
+            "rgun_request_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        12.0
+    );
+    assert_eq!(total(samples, "rgun_workers", &[("generation", "1")]), 2.0);
+    assert_eq!(total(samples, "rgun_workers_target", &[]), 2.0);
+    assert_eq!(total(samples, "rgun_worker_spawns_total", &[]), 2.0);
+    assert_eq!(total(samples, "rgun_worker_exits_total", &[]), 0.0);
+    assert_eq!(total(samples, "rgun_requests_in_flight", &[]), 0.0);
+    assert!(total(samples, "rgun_uptime_seconds", &[]) > 0.0);
+    assert!(total(samples, "rgun_worker_rss_bytes", &[]) > 1e6);
+    // The test's listener is a TCP socket handed over as fd://3.
+    let backlog: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == "rgun_listen_backlog_limit")
+        .collect();
+    assert_eq!(backlog.len(), 1, "{samples:#?}");
+    assert!(backlog[0].value >= 1.0);
+    assert!(samples.iter().any(|s| s.name == "rgun_listen_backlog"));
+}
+
 #[test]
 fn metrics_count_the_requests_sent_and_a_killed_worker() {
     let server = observed(2, &[]);
@@ -138,42 +179,7 @@ fn metrics_count_the_requests_sent_and_a_killed_worker() {
         total(&samples, "rgun_request_duration_seconds_count", &[]) == 12.0
     });
     assert!(counted, "{samples:#?}");
-    assert_eq!(
-        total(&samples, "rgun_requests_total", &[("status", "2xx")]),
-        7.0
-    );
-    assert_eq!(
-        total(&samples, "rgun_requests_total", &[("status", "4xx")]),
-        3.0
-    );
-    assert_eq!(
-        total(&samples, "rgun_requests_total", &[("status", "5xx")]),
-        2.0
-    );
-    assert_eq!(total(&samples, "rgun_requests_total", &[]), 12.0);
-    assert_eq!(
-        total(
-            &samples,
-            "rgun_request_duration_seconds_bucket",
-            &[("le", "+Inf")]
-        ),
-        12.0
-    );
-    assert_eq!(total(&samples, "rgun_workers", &[("generation", "1")]), 2.0);
-    assert_eq!(total(&samples, "rgun_workers_target", &[]), 2.0);
-    assert_eq!(total(&samples, "rgun_worker_spawns_total", &[]), 2.0);
-    assert_eq!(total(&samples, "rgun_worker_exits_total", &[]), 0.0);
-    assert_eq!(total(&samples, "rgun_requests_in_flight", &[]), 0.0);
-    assert!(total(&samples, "rgun_uptime_seconds", &[]) > 0.0);
-    assert!(total(&samples, "rgun_worker_rss_bytes", &[]) > 1e6);
-    // The test's listener is a TCP socket handed over as fd://3.
-    let backlog: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.name == "rgun_listen_backlog_limit")
-        .collect();
-    assert_eq!(backlog.len(), 1, "{samples:#?}");
-    assert!(backlog[0].value >= 1.0);
-    assert!(samples.iter().any(|s| s.name == "rgun_listen_backlog"));
+    assert_the_first_twelve_requests(&samples);
 
     // A worker killed: its replacement is counted, and so is the crash; the counts of
     // the requests it served survive it.
@@ -198,14 +204,8 @@ fn metrics_count_the_requests_sent_and_a_killed_worker() {
     );
 
     // rgunctl metrics prints the same exposition over the control socket.
-    let out = Command::new(rgunctl_bin())
-        .arg("-s")
-        .arg(&server.ctl_path)
-        .arg("metrics")
-        .output()
-        .expect("run rgunctl metrics");
-    assert!(out.status.success(), "{out:?}");
-    let via_ctl = parse(&String::from_utf8_lossy(&out.stdout));
+    let out = crate::support::ctl(&server, &["metrics"]);
+    let via_ctl = parse(&out.assert_ok("rgunctl metrics").stdout);
     assert_eq!(
         total(&via_ctl, "rgun_requests_total", &[("status", "4xx")]),
         3.0

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::metrics_port;
-use crate::support::{repo_root, rgunctl_bin, skip, wait_until, write_file, ServerBuilder};
+use crate::support::{repo_root, skip, wait_until, write_file, Server, ServerBuilder};
 
 fn packaging(path: &str) -> PathBuf {
     repo_root().join("packaging").join(path)
@@ -225,6 +225,27 @@ fn dashboard_queries() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Six seconds of requests: 2xx, 4xx, 5xx, and one request in 25 that takes 0.3 s.
+/// Returns how many of each class were sent, and how many slow ones.
+fn mixed_load(server: &Server) -> ([u64; 3], u64) {
+    let (mut sent, mut slow) = ([0u64; 3], 0u64);
+    let start = Instant::now();
+    let mut i = 0u64;
+    while start.elapsed() < Duration::from_secs(6) {
+        i += 1;
+        let (path, status, class) = match i % 10 {
+            7 => ("/missing", 404, 1),
+            9 => ("/boom", 500, 2),
+            _ if i.is_multiple_of(25) => ("/sleep?0.3", 200, 0),
+            _ => ("/", 200, 0),
+        };
+        assert_eq!(server.get(path).status, status, "{path}");
+        sent[class] += 1;
+        slow += u64::from(path.starts_with("/sleep"));
+    }
+    (sent, slow)
+}
+
 #[test]
 fn a_real_prometheus_scrapes_rgun_and_answers_the_dashboard_and_alerts() {
     let test = "a_real_prometheus_scrapes_rgun_and_answers_the_dashboard_and_alerts";
@@ -242,22 +263,7 @@ fn a_real_prometheus_scrapes_rgun_and_answers_the_dashboard_and_alerts() {
     let data = tempfile::tempdir().unwrap();
     let prom = Prometheus::start(&binary, data.path(), metrics_port(&server));
 
-    // Load for a few seconds: 2xx, 4xx, 5xx, and one request in 25 that takes 0.3 s.
-    let (mut sent, mut slow) = ([0u64; 3], 0u64);
-    let start = Instant::now();
-    let mut i = 0u64;
-    while start.elapsed() < Duration::from_secs(6) {
-        i += 1;
-        let (path, status, class) = match i % 10 {
-            7 => ("/missing", 404, 1),
-            9 => ("/boom", 500, 2),
-            _ if i.is_multiple_of(25) => ("/sleep?0.3", 200, 0),
-            _ => ("/", 200, 0),
-        };
-        assert_eq!(server.get(path).status, status, "{path}");
-        sent[class] += 1;
-        slow += u64::from(path.starts_with("/sleep"));
-    }
+    let (sent, slow) = mixed_load(&server);
     let total: u64 = sent.iter().sum();
     // The rate while the load ran, and the p99 from the histogram: the slow requests
     // are 1 in 25 (4%), so the 99th percentile is in the (0.25, 0.5] bucket.
@@ -282,13 +288,8 @@ fn a_real_prometheus_scrapes_rgun_and_answers_the_dashboard_and_alerts() {
         "scraped_app.py",
         "raise ImportError('a broken deploy, on purpose, for the Prometheus test')\n",
     );
-    let out = Command::new(rgunctl_bin())
-        .arg("-s")
-        .arg(&server.ctl_path)
-        .arg("reload")
-        .output()
-        .expect("run rgunctl reload");
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = crate::support::ctl(&server, &["reload"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
 
     // Prometheus's counts are the ones sent, once a scrape has seen them all.
     let scraped = |class: &str| format!("sum(rgun_requests_total{{status=\"{class}\"}})");
