@@ -21,104 +21,108 @@ fn bad_input_gets_errors_and_the_connection_stays_usable() {
     assert!(!server.log().contains("panicked"), "log:\n{}", server.log());
 }
 
+/// Malformed lines, the id each answer must carry (none when the line has none that
+/// can be read) and the error code it must have.
+const MALFORMED: &[(&[u8], Option<u64>, &str)] = &[
+    (b"{nope\n", None, "bad_request"),
+    (b"\xff\xfe\x00garbage\n", None, "bad_request"),
+    (b"[1,2]\n", None, "bad_request"),
+    (b"\"ping\"\n", None, "bad_request"),
+    (b"{}\n", None, "bad_request"),
+    (b"{\"id\":1,\"cmd\":5}\n", Some(1), "bad_request"),
+    (
+        b"{\"id\":2,\"cmd\":\"dance\"}\n",
+        Some(2),
+        "unknown_command",
+    ),
+    (
+        b"{\"id\":3,\"cmd\":\"scale\",\"workers\":-5}\n",
+        Some(3),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":4,\"cmd\":\"scale\",\"workers\":\"many\"}\n",
+        Some(4),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":5,\"cmd\":\"scale\",\"workers\":0}\n",
+        Some(5),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":6,\"cmd\":\"scale\",\"workers\":100000}\n",
+        Some(6),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":7,\"cmd\":\"scale\",\"workers\":2.5}\n",
+        Some(7),
+        "bad_request",
+    ),
+    (b"{\"id\":8,\"cmd\":\"scale\"}\n", Some(8), "bad_request"),
+    (
+        b"{\"id\":9,\"cmd\":\"scale\",\"delta\":0}\n",
+        Some(9),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":10,\"cmd\":\"scale\",\"delta\":-5}\n",
+        Some(10),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":11,\"cmd\":\"scale\",\"workers\":2,\"delta\":1}\n",
+        Some(11),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":12,\"cmd\":\"scale\",\"workers\":2,\"wait\":\"yes\"}\n",
+        Some(12),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":13,\"cmd\":\"reload\",\"wait\":1}\n",
+        Some(13),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":14,\"cmd\":\"stop\",\"mode\":\"now\"}\n",
+        Some(14),
+        "bad_request",
+    ),
+    (b"{\"id\":15,\"cmd\":\"kill\"}\n", Some(15), "bad_request"),
+    (
+        b"{\"id\":16,\"cmd\":\"kill\",\"pid\":\"1\"}\n",
+        Some(16),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":17,\"cmd\":\"kill\",\"pid\":-1}\n",
+        Some(17),
+        "bad_request",
+    ),
+    (
+        b"{\"id\":18,\"cmd\":\"kill\",\"pid\":1}\n",
+        Some(18),
+        "failed",
+    ),
+    (
+        b"{\"id\":19,\"cmd\":\"ping\",\"extra\":true}\n",
+        Some(19),
+        "bad_request",
+    ),
+];
+
 /// Each malformed line gets its error (by id where the line had one), blank lines are
 /// ignored, CRLF is accepted, and the daemon did nothing it was not asked to.
 fn malformed_requests_get_errors(c: &mut Raw) {
-    let cases: &[(&[u8], Value, &str)] = &[
-        (b"{nope\n", Value::Null, "bad_request"),
-        (b"\xff\xfe\x00garbage\n", Value::Null, "bad_request"),
-        (b"[1,2]\n", Value::Null, "bad_request"),
-        (b"\"ping\"\n", Value::Null, "bad_request"),
-        (b"{}\n", Value::Null, "bad_request"),
-        (b"{\"id\":1,\"cmd\":5}\n", json!(1), "bad_request"),
-        (
-            b"{\"id\":2,\"cmd\":\"dance\"}\n",
-            json!(2),
-            "unknown_command",
-        ),
-        (
-            b"{\"id\":3,\"cmd\":\"scale\",\"workers\":-5}\n",
-            json!(3),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":4,\"cmd\":\"scale\",\"workers\":\"many\"}\n",
-            json!(4),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":5,\"cmd\":\"scale\",\"workers\":0}\n",
-            json!(5),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":6,\"cmd\":\"scale\",\"workers\":100000}\n",
-            json!(6),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":7,\"cmd\":\"scale\",\"workers\":2.5}\n",
-            json!(7),
-            "bad_request",
-        ),
-        (b"{\"id\":8,\"cmd\":\"scale\"}\n", json!(8), "bad_request"),
-        (
-            b"{\"id\":9,\"cmd\":\"scale\",\"delta\":0}\n",
-            json!(9),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":10,\"cmd\":\"scale\",\"delta\":-5}\n",
-            json!(10),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":11,\"cmd\":\"scale\",\"workers\":2,\"delta\":1}\n",
-            json!(11),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":12,\"cmd\":\"scale\",\"workers\":2,\"wait\":\"yes\"}\n",
-            json!(12),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":13,\"cmd\":\"reload\",\"wait\":1}\n",
-            json!(13),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":14,\"cmd\":\"stop\",\"mode\":\"now\"}\n",
-            json!(14),
-            "bad_request",
-        ),
-        (b"{\"id\":15,\"cmd\":\"kill\"}\n", json!(15), "bad_request"),
-        (
-            b"{\"id\":16,\"cmd\":\"kill\",\"pid\":\"1\"}\n",
-            json!(16),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":17,\"cmd\":\"kill\",\"pid\":-1}\n",
-            json!(17),
-            "bad_request",
-        ),
-        (
-            b"{\"id\":18,\"cmd\":\"kill\",\"pid\":1}\n",
-            json!(18),
-            "failed",
-        ),
-        (
-            b"{\"id\":19,\"cmd\":\"ping\",\"extra\":true}\n",
-            json!(19),
-            "bad_request",
-        ),
-    ];
-    for (line, id, code) in cases {
+    for (line, id, code) in MALFORMED {
         c.send(line);
         let resp = c.recv();
+        let id = id.map_or(Value::Null, |id| json!(id));
         assert_eq!(
-            err_code(&resp, id),
+            err_code(&resp, &id),
             *code,
             "{}: {resp}",
             String::from_utf8_lossy(line)
