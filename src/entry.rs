@@ -80,11 +80,7 @@ fn run() -> i32 {
             return 1;
         }
     }
-    if let Err(e) = crate::log::init_error_log(
-        &cfg.error_logfile,
-        &cfg.loglevel,
-        cfg.observability.error_log_format.clone(),
-    ) {
+    if let Err(e) = crate::log::init_error_log(&crate::log::ErrorLog::of(&cfg)) {
         eprintln!("rgun: {e}");
         return 1;
     }

@@ -100,6 +100,14 @@ fn file_setting_error(e: &clap::Error, loc: &str, lines: &[(String, u64)]) -> St
         .unwrap_or("invalid value")
         .trim_start_matches("error: ")
         .to_owned();
+    // A long value (a `logconfig_dict`) is named by its start: the line is about why.
+    let first = match e.get(clap::error::ContextKind::InvalidValue) {
+        Some(clap::error::ContextValue::String(v)) if v.chars().count() > 60 => {
+            let start: String = v.chars().take(40).collect();
+            first.replacen(&format!("'{v}'"), &format!("'{start}...'"), 1)
+        }
+        _ => first,
+    };
     let flag = match e.get(clap::error::ContextKind::InvalidArg) {
         Some(clap::error::ContextValue::String(arg)) => {
             arg.split_whitespace().next().unwrap_or("").to_owned()

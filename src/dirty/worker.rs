@@ -108,6 +108,7 @@ fn take_over_process(init: &mut DirtyInit<'_>) -> Result<SignalPipe, i32> {
         signal_hook::low_level::unregister(id);
     }
     let cfg = init.cfg;
+    crate::log::switch_after_fork(cfg);
     crate::syslog::start(&cfg.observability, cfg.proc_name());
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };

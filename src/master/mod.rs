@@ -369,9 +369,8 @@ impl Arbiter {
             Intent::QuickStop => self.begin_stop(false),
             Intent::Reload => {
                 tracing::info!("Hang up: Master");
-                if let Err(e) = self.request_reload("signal HUP".into(), None) {
-                    tracing::warn!("reload not started: {}", e.message);
-                }
+                // A refusal is logged where it is decided (`request_reload`).
+                let _ = self.request_reload("signal HUP".into(), None);
             }
             Intent::MoreWorkers if self.scaling.is_some() => self.move_floor(1, "signal TTIN"),
             Intent::FewerWorkers if self.scaling.is_some() => self.move_floor(-1, "signal TTOU"),
@@ -406,7 +405,7 @@ impl Arbiter {
     }
 
     fn reopen_logs(&mut self) {
-        if let Err(e) = crate::log::reopen_error_log(&self.cfg.error_logfile) {
+        if let Err(e) = crate::log::reopen_current_error_log() {
             tracing::error!("{e}");
         }
         self.signal_all(Signal::SIGUSR1);

@@ -12,6 +12,8 @@
 //! The re-read configuration belongs to the new generation alone until it serves:
 //! the master adopts it (and a changed `workers`) only then, so after a failed reload
 //! everything — replacement workers, `status`, `config` — is the serving configuration.
+//! Its logging is the exception: the master logs as it says from the start of the
+//! reload, as Gunicorn does (`switch_logging`), and back as before if the reload fails.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,7 @@ use serde_json::{json, Value};
 use super::metrics::ExitReason;
 use super::{unix_now, Arbiter, Event, Step};
 use crate::config::Config;
+use crate::log::ErrorLog;
 
 /// A reload in progress.
 pub struct Reload {
@@ -126,7 +129,8 @@ pub(super) fn boot_timeout(timeout_secs: u64) -> Duration {
 
 impl Arbiter {
     /// A reload request (HUP, `rgunctl reload`): started now, or queued behind the one
-    /// in progress. `waiter` is a client to answer with the outcome.
+    /// in progress. `waiter` is a client to answer with the outcome. A refusal is
+    /// logged as well as answered.
     pub(super) fn request_reload(
         &mut self,
         trigger: String,
@@ -146,10 +150,15 @@ impl Arbiter {
                 queued.waiters.extend(waiter);
                 return Ok(ReloadTicket::Queued);
             }
-            Step::Refuse(why) => return Err(ErrorBody::new(ErrorCode::Failed, why)),
+            Step::Refuse(why) => {
+                tracing::warn!("reload not started: {why}");
+                return Err(ErrorBody::new(ErrorCode::Failed, why));
+            }
             other => unreachable!("a reload request cannot lead to {other:?}"),
         }
-        let generation = self.begin_reload(trigger)?;
+        let generation = self.begin_reload(trigger).inspect_err(|e| {
+            tracing::warn!("reload not started: {}", e.message);
+        })?;
         if let (Some(r), Some(w)) = (self.reload.as_mut(), waiter) {
             r.waiters.push(w);
         }
@@ -209,13 +218,19 @@ impl Arbiter {
     /// Starts booting the next generation (the master is `Reloading`); on an error
     /// the reload is over before it began.
     fn begin_reload(&mut self, trigger: String) -> Result<u32, ErrorBody> {
-        let (cfg, target, workers_changed) = match self.next_config() {
+        let (next, target, workers_changed) = match self.next_config() {
             Ok(next) => next,
             Err(e) => {
                 self.reload_over();
                 return Err(e);
             }
         };
+        if let Err(e) = self.switch_logging(&next) {
+            self.reload_over();
+            return Err(e);
+        }
+        // With `--preload` the re-executed master reads the configuration itself.
+        let cfg = (!self.cfg.preload).then(|| Box::new(next));
         let generation = self.generation + 1;
         self.call_hook("on_reload", json!({}));
         self.notifier.reloading();
@@ -271,11 +286,10 @@ impl Arbiter {
 
     /// As Gunicorn's HUP: the new generation gets the configuration as it is now.
     /// Returns it, the new generation's worker count, and whether the configured count
-    /// changed. With `--preload` the re-executed master reads it again itself (so it
-    /// is `None`): it is read here all the same, so that a configuration that cannot
-    /// be read fails the reload before the master re-executes, not after.
-    #[allow(clippy::type_complexity)]
-    fn next_config(&mut self) -> Result<(Option<Box<Config>>, usize, bool), ErrorBody> {
+    /// changed. With `--preload` the re-executed master reads it again itself: it is
+    /// read here all the same, so that a configuration that cannot be read fails the
+    /// reload before the master re-executes, not after.
+    fn next_config(&mut self) -> Result<(Config, usize, bool), ErrorBody> {
         let fresh = self.reread_config()?;
         let workers = fresh.worker_count().map_err(|e| {
             ErrorBody::new(
@@ -291,7 +305,6 @@ impl Arbiter {
         } else {
             self.target
         };
-        let fresh = (!self.cfg.preload).then(|| Box::new(fresh));
         Ok((fresh, target, changed))
     }
 
@@ -407,11 +420,12 @@ impl Arbiter {
     }
 
     /// Tears down the new generation; the serving one, and the configuration it runs,
-    /// are untouched.
+    /// are untouched, and the master logs as the serving configuration says again.
     pub(super) fn fail_reload(&mut self, why: &str) {
         let Some(reload) = self.reload.take() else {
             return;
         };
+        self.restore_logging();
         for w in self
             .workers
             .values_mut()
@@ -470,5 +484,38 @@ impl Arbiter {
             entry.outcome = outcome.into();
             entry.error = error;
         }
+    }
+}
+
+// A reload's logging in the master. As Gunicorn's arbiter re-runs its logger's set-up
+// on HUP before it spawns the new workers, the master switches to the re-read
+// configuration's error log, level, format and syslog when it begins booting the new
+// generation (its "Reloading" record is the new log's first); the new workers switch
+// to it themselves right after fork, and the old ones keep theirs until they go. A
+// reload that fails puts the serving configuration's logging back. A log file that
+// cannot be opened refuses the reload before anything changes.
+impl Arbiter {
+    /// Switches the master to `next`'s logging, or changes nothing and says why not.
+    pub(super) fn switch_logging(&self, next: &Config) -> Result<(), ErrorBody> {
+        let refused = |what: &str, e: std::io::Error| {
+            ErrorBody::new(
+                ErrorCode::Failed,
+                format!("the configuration cannot be read: {what}: {e}"),
+            )
+        };
+        if let Some(path) = &next.access_logfile {
+            crate::log::check_path(path).map_err(|e| refused("accesslog", e))?;
+        }
+        crate::log::switch(&ErrorLog::of(next)).map_err(|e| refused("errorlog", e))?;
+        crate::syslog::start(&next.observability, next.proc_name());
+        Ok(())
+    }
+
+    /// After a failed reload: the serving configuration's logging again.
+    pub(super) fn restore_logging(&self) {
+        if let Err(e) = crate::log::switch(&ErrorLog::of(&self.cfg)) {
+            tracing::error!("cannot put back the serving configuration's error log: {e}");
+        }
+        crate::syslog::start(&self.cfg.observability, self.cfg.proc_name());
     }
 }

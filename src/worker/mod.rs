@@ -320,6 +320,7 @@ fn take_over_process(init: &mut WorkerInit<'_>) -> Result<SignalPipe, i32> {
         signal_hook::low_level::unregister(id);
     }
     let cfg = init.cfg;
+    crate::log::switch_after_fork(cfg);
     // This worker's own statsd and syslog senders (the master's, inherited, close).
     crate::statsd::start(&cfg.observability);
     crate::syslog::start(&cfg.observability, cfg.proc_name());

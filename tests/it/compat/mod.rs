@@ -10,6 +10,7 @@ mod forwarder;
 mod lifecycle;
 mod logging;
 mod procfile;
+mod reload_logging;
 mod settings;
 mod startup;
 

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,8 @@ pub struct ServerBuilder {
     cgroups: Vec<PathBuf>,
     /// A command rgun runs under (`unshare ...`), rgun's path and arguments after it.
     wrapper: Vec<String>,
+    /// The configuration file names the logs; the error log starts here.
+    error_log_from_config: Option<PathBuf>,
 }
 
 impl ServerBuilder {
@@ -53,6 +55,7 @@ impl ServerBuilder {
             gunicorn: false,
             cgroups: Vec::new(),
             wrapper: Vec::new(),
+            error_log_from_config: None,
         }
     }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
@@ -109,6 +112,13 @@ impl ServerBuilder {
         self
     }
 
+    /// No `--error-logfile`/`--access-logfile`: the configuration file names the logs,
+    /// its error log at `path` (which `Server::log` reads).
+    pub fn logs_from_config(mut self, path: &Path) -> Self {
+        self.error_log_from_config = Some(path.to_owned());
+        self
+    }
+
     /// Run rgun under `command` (e.g. `unshare --pid --fork`), which execs it.
     pub fn wrapped_in(mut self, command: &[&str]) -> Self {
         self.wrapper = command.iter().map(|s| s.to_string()).collect();
@@ -117,7 +127,8 @@ impl ServerBuilder {
 
     pub fn start(self) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log_path = dir.path().join("error.log");
+        let log_path =
+            (self.error_log_from_config.clone()).unwrap_or_else(|| dir.path().join("error.log"));
         let access_path = dir.path().join("access.log");
         let ctl_path = dir.path().join("rgun.ctl");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
@@ -127,12 +138,13 @@ impl ServerBuilder {
         if self.workers_flag {
             cmd.arg("-w").arg(self.workers.to_string());
         }
-        cmd.arg("--error-logfile")
-            .arg(&log_path)
-            .arg("--access-logfile")
-            .arg(&access_path)
-            .arg("--pythonpath")
-            .arg(apps_dir());
+        if self.error_log_from_config.is_none() {
+            cmd.arg("--error-logfile")
+                .arg(&log_path)
+                .arg("--access-logfile")
+                .arg(&access_path);
+        }
+        cmd.arg("--pythonpath").arg(apps_dir());
         if self.gunicorn {
             cmd.arg("--no-control-socket");
         } else {
