@@ -26,7 +26,7 @@ use super::wake::Wakeups;
 use crate::http::body::Body;
 use crate::http::framer::{Http1Response, ResponseSink};
 use crate::http::h2::H2Response;
-use crate::http::response::{reason_phrase, RequestFacts};
+use crate::http::response::{RequestFacts, StatusLine};
 use crate::net::outbox::Outbox;
 
 /// `send()` suspends the application once this much waits for the socket.
@@ -355,14 +355,14 @@ impl Cycle {
                 "the response head was refused; only an exception (a 500) can follow",
             ));
         };
-        let line = format!("{status} {}", reason_phrase(status));
+        let line = StatusLine::new(status);
         let facts = RequestFacts {
             known_length,
             ..self.facts
         };
         self.sink
             .head(
-                &line,
+                line.as_str(),
                 headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
                 facts,
             )

@@ -273,8 +273,8 @@ impl WsCycle {
             ..self.facts
         };
         let mut http = Http1Response::new(std::mem::take(&mut self.outbox), &facts);
-        let line = format!("{status} {}", crate::http::response::reason_phrase(status));
-        let _ = http.head(&line, std::iter::empty(), facts);
+        let line = crate::http::response::StatusLine::new(status);
+        let _ = http.head(line.as_str(), std::iter::empty(), facts);
         http.end();
         self.outbox = http.outbox;
         self.status = status;
@@ -395,10 +395,10 @@ impl WsCycle {
                     ..self.facts
                 };
                 let mut response = Http1Response::new(std::mem::take(&mut self.outbox), &facts);
-                let line = format!("{status} {}", crate::http::response::reason_phrase(*status));
+                let line = crate::http::response::StatusLine::new(*status);
                 response
                     .head(
-                        &line,
+                        line.as_str(),
                         headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
                         facts,
                     )

@@ -170,6 +170,37 @@ pub fn write_error(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.extend_from_slice(body.as_bytes());
 }
 
+/// `{code} {reason}`, the status line for a code alone (ASGI gives only the code),
+/// made without core::fmt or an allocation: one per ASGI response.
+pub struct StatusLine {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl StatusLine {
+    pub fn new(code: u16) -> StatusLine {
+        let mut digits = itoa::Buffer::new();
+        let code_text = digits.format(code);
+        let reason = reason_phrase(code);
+        let mut line = StatusLine {
+            buf: [0; 48],
+            len: code_text.len() + 1 + reason.len(),
+        };
+        // Five digits at most, and the longest reason phrase has 31 bytes.
+        let (digits_out, rest) = line.buf.split_at_mut(code_text.len());
+        digits_out.copy_from_slice(code_text.as_bytes());
+        rest[0] = b' ';
+        rest[1..=reason.len()].copy_from_slice(reason.as_bytes());
+        line
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: the buffer up to `len` is a `str` (the code's digits), a space and
+        // another `str` (the reason phrase), back to back.
+        unsafe { std::str::from_utf8_unchecked(&self.buf[..self.len]) }
+    }
+}
+
 /// The standard reason phrase for a status code (RFC 9110), for servers that are given
 /// only the code (ASGI); `"Unknown"` for codes without one.
 pub fn reason_phrase(code: u16) -> &'static str {
@@ -285,6 +316,17 @@ pub fn push_http_date(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_line_is_code_space_reason() {
+        assert_eq!(StatusLine::new(200).as_str(), "200 OK");
+        assert_eq!(
+            StatusLine::new(511).as_str(),
+            "511 Network Authentication Required"
+        );
+        assert_eq!(StatusLine::new(599).as_str(), "599 Unknown");
+        assert_eq!(StatusLine::new(65535).as_str(), "65535 Unknown");
+    }
 
     fn facts() -> RequestFacts {
         RequestFacts {

@@ -199,5 +199,7 @@ impl Exchange {
 
 /// An HTTP status line for a code (ASGI gives only the code).
 pub(super) fn status_line(status: u16) -> String {
-    format!("{status} {}", crate::http::response::reason_phrase(status))
+    crate::http::response::StatusLine::new(status)
+        .as_str()
+        .to_owned()
 }
