@@ -73,6 +73,7 @@ pub(super) fn holds_thread(service: &Service) -> bool {
 /// raised (logged by `Exchange::fail`); the driver answers 500 and finishes the
 /// exchange.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub(super) fn call<S: ResponseSink + Default + Into<Sink>>(
     py: Python<'_>,
     service: &Service,

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use pyo3::exceptions::{PyAssertionError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 /// The response head the application chose, in wire bytes: the status and every
 /// header name and value back to back in one buffer (one allocation, not two per
@@ -118,25 +118,50 @@ fn convert_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResu
     };
     push_latin1(&mut head.bytes, status)?;
     head.status_len = head.bytes.len();
-    for item in headers.try_iter()? {
-        let item = item?;
-        let pair = item
-            .downcast::<PyTuple>()
-            .map_err(|_| PyTypeError::new_err("headers must be (name, value) tuples"))?;
-        if pair.len() != 2 {
-            return Err(PyTypeError::new_err("headers must be (name, value) tuples"));
+    // Almost every application gives a list: read by index, its items borrowed (no
+    // iterator object, no reference counting per item). Nothing here runs Python
+    // code, so the list cannot change under us.
+    if let Ok(list) = headers.downcast_exact::<PyList>() {
+        for i in 0..list.len() {
+            // SAFETY: `i` is below the list's length, read just now with the GIL
+            // held; the item is borrowed from the list, which `headers` holds.
+            let item = unsafe {
+                let ptr = pyo3::ffi::PyList_GET_ITEM(list.as_ptr(), i as pyo3::ffi::Py_ssize_t);
+                pyo3::Borrowed::from_ptr(list.py(), ptr)
+            };
+            push_header(&mut head, &item)?;
         }
-        let name = pair.get_item(0)?;
-        let value = pair.get_item(1)?;
-        let (Ok(name), Ok(value)) = (name.downcast::<PyString>(), value.downcast::<PyString>())
-        else {
-            return Err(PyTypeError::new_err("header names and values must be str"));
-        };
-        let name = push_latin1(&mut head.bytes, name)?;
-        let value = push_latin1(&mut head.bytes, value)?;
-        head.headers.push((name, value));
+        return Ok(head);
+    }
+    for item in headers.try_iter()? {
+        push_header(&mut head, &item?)?;
     }
     Ok(head)
+}
+
+/// One `(name, value)` header of the application's list into `head`.
+#[inline]
+fn push_header(head: &mut AppHead, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    let not_a_pair = || PyTypeError::new_err("headers must be (name, value) tuples");
+    let pair = item.downcast::<PyTuple>().map_err(|_| not_a_pair())?;
+    if pair.len() != 2 {
+        return Err(not_a_pair());
+    }
+    // SAFETY: the tuple has two items (checked above); they are borrowed from it
+    // while `item` holds it.
+    let (name, value) = unsafe {
+        (
+            pair.get_borrowed_item_unchecked(0),
+            pair.get_borrowed_item_unchecked(1),
+        )
+    };
+    let (Ok(name), Ok(value)) = (name.downcast::<PyString>(), value.downcast::<PyString>()) else {
+        return Err(PyTypeError::new_err("header names and values must be str"));
+    };
+    let name = push_latin1(&mut head.bytes, name)?;
+    let value = push_latin1(&mut head.bytes, value)?;
+    head.headers.push((name, value));
+    Ok(())
 }
 
 /// Appends a `str` as latin-1 bytes, as PEP 3333 requires of status and headers, and
