@@ -60,19 +60,34 @@ pub fn request_head(
     head: &mut RequestHead,
 ) -> Result<(), HttpError> {
     out.clear();
+    let target = match parts.uri.path_and_query().map_or("/", |p| p.as_str()) {
+        "" => "/",
+        target => target,
+    };
+    let authority = (!parts.headers.contains_key(http::header::HOST))
+        .then(|| parts.uri.authority())
+        .flatten();
+    // The whole head in one allocation: grown field by field, a stream's (new) buffer
+    // was reallocated several times.
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    out.reserve(
+        parts.method.as_str().len()
+            + target.len()
+            + b"  HTTP/1.1\r\n".len()
+            + authority.map_or(0, |a| a.as_str().len() + b"host: \r\n".len())
+            + fields
+            + b"content-length: 18446744073709551615\r\n\r\n".len(),
+    );
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(if target.is_empty() {
-        b"/"
-    } else {
-        target.as_bytes()
-    });
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(http::header::HOST) {
-        if let Some(authority) = parts.uri.authority() {
-            push_field(out, b"host", authority.as_str().as_bytes());
-        }
+    if let Some(authority) = authority {
+        push_field(out, b"host", authority.as_str().as_bytes());
     }
     for (name, value) in &parts.headers {
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
