@@ -33,6 +33,38 @@ pub enum Field {
     Process,
 }
 
+impl LineFormat {
+    /// The format as Python's `logging.Formatter` takes it (the Python loggers a
+    /// worker sets up for the application write the same lines as rgun's own).
+    pub fn python(&self) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(s) => out.push_str(&s.replace('%', "%%")),
+                Piece::Field { name, left, width } => {
+                    let (name, conv) = match name {
+                        Field::Asctime => ("asctime", 's'),
+                        Field::Created => ("created", 'f'),
+                        Field::Levelname => ("levelname", 's'),
+                        Field::Levelno => ("levelno", 'd'),
+                        Field::Message => ("message", 's'),
+                        Field::Name => ("name", 's'),
+                        Field::Process => ("process", 'd'),
+                    };
+                    let align = if *left { "-" } else { "" };
+                    let width = if *width > 0 {
+                        width.to_string()
+                    } else {
+                        String::new()
+                    };
+                    out.push_str(&format!("%({name}){align}{width}{conv}"));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Compiles `%(name)[-][width]s|d|f` fields and literal text (`%%` is a `%`).
 pub fn compile(fmt: &str) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
@@ -93,4 +125,24 @@ pub fn compile(fmt: &str) -> Result<Vec<Piece>, String> {
         pieces.push(Piece::Literal(literal));
     }
     Ok(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compiled_format_is_given_back_to_python_as_it_reads() {
+        for fmt in [
+            "%(asctime)s %(levelname)-8s [%(process)d] 100%% %(message)s",
+            "%(created)f %(levelno)d %(name)s: %(message)s",
+            "%(levelname)8s|%(message)s",
+        ] {
+            let format = LineFormat {
+                pieces: compile(fmt).unwrap(),
+                datefmt: None,
+            };
+            assert_eq!(format.python(), fmt);
+        }
+    }
 }

@@ -27,13 +27,17 @@ def handler_for(path, stream):
     return logging.handlers.WatchedFileHandler(path)
 
 
-def set_up(level, error_path, access_path):
+def set_up(level, error_path, access_path, error_format=None, error_datefmt=None, access_format=None):
+    """The formats are a logging configuration's (`logconfig_dict`), else Gunicorn's."""
     error = logging.getLogger("gunicorn.error")
     error.propagate = False
     error.setLevel(LEVELS.get(level.lower(), logging.INFO))
     # fd 2 is the error log: "-" writes where rgun's own records go.
     handler = handler_for(error_path, sys.stderr)
-    handler.setFormatter(logging.Formatter(ERROR_FORMAT, ERROR_DATE_FORMAT))
+    if error_format is None:
+        handler.setFormatter(logging.Formatter(ERROR_FORMAT, ERROR_DATE_FORMAT))
+    else:
+        handler.setFormatter(logging.Formatter(error_format, error_datefmt))
     error.addHandler(handler)
 
     access = logging.getLogger("gunicorn.access")
@@ -42,5 +46,5 @@ def set_up(level, error_path, access_path):
     if access_path is not None:
         # sys.stdout is the error log in a worker; "-" is the process's own stdout.
         handler = handler_for(access_path, sys.__stdout__)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(logging.Formatter(access_format or "%(message)s"))
         access.addHandler(handler)

@@ -238,6 +238,10 @@ fn a_reload_applies_a_changed_logconfig_dict_format_as_gunicorn_does() {
             Some("FORMAT2"),
             "{context}"
         );
+        // The application's records through `gunicorn.error` too.
+        let app = |pid| tag_of(pid, "app warning from");
+        assert_eq!(app(run.old), Some("FORMAT1"), "{context}");
+        assert_eq!(app(run.new), Some("FORMAT2"), "{context}");
         let shutdown = tag_of(run.master, "Shutting down: Master");
         assert_eq!(shutdown, Some("FORMAT2"), "{context}");
         // Everything the master wrote after the HUP is in the new format.
