@@ -23,7 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
 use self::cycle::{Cycle, Kit};
-use self::scope::ScopeBuilder;
+use self::scope::{Addresses, ScopeBuilder};
 use self::sink::Sink;
 use self::wake::Wakeups;
 use self::websocket::WsCycle;
@@ -140,7 +140,8 @@ impl AsgiApp {
         py: Python<'py>,
         req: &RequestInfo<'_>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
-        let scope = self.scope.build(py, req, self.state.bind(py))?;
+        let addresses = scope::addresses(py, req.peer, req.local)?;
+        let scope = self.scope.build(py, req, self.state.bind(py), &addresses)?;
         Ok((self.callable.bind(py).clone(), scope))
     }
 
@@ -214,12 +215,13 @@ impl AsgiApp {
         &self,
         py: Python<'py>,
         req: &RequestInfo<'_>,
+        addresses: &Addresses,
         body: Body,
         sink: Sink,
         facts: RequestFacts,
         key: usize,
     ) -> PyResult<(Py<Cycle>, Bound<'py, PyDict>)> {
-        let scope = self.scope.build(py, req, self.state.bind(py))?;
+        let scope = self.scope.build(py, req, self.state.bind(py), addresses)?;
         let cycle = Py::new(
             py,
             Cycle::new(

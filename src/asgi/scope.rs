@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::http::request::RequestInfo;
+use crate::net::{Local, Peer};
 
 crate::python::interned_keys! {
     type_ = "type",
@@ -21,6 +22,10 @@ crate::python::interned_keys! {
     post = "POST",
 }
 
+/// The scope's `client` and `server`, made by a connection's first request and
+/// shared by the rest (tuples are immutable).
+pub type Addresses = (Py<PyAny>, Py<PyAny>);
+
 /// The per-worker part of every scope.
 pub struct ScopeBuilder {
     k: Keys,
@@ -29,6 +34,25 @@ pub struct ScopeBuilder {
     root_path: String,
     /// `{"version": "3.0", "spec_version": "2.4"}`.
     asgi_version: Py<PyDict>,
+}
+
+/// The scope's `client` (`None` for a Unix-socket peer) and `server` for a
+/// connection's peer and local address.
+pub fn addresses(py: Python<'_>, peer: &Peer, local: &Local) -> PyResult<Addresses> {
+    let client = if peer.addr.is_empty() {
+        py.None()
+    } else {
+        let port: u16 = peer.port.parse().unwrap_or(0);
+        (peer.addr.as_str(), port)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind()
+    };
+    let server = match local.port.parse::<u16>() {
+        Ok(port) => (local.name.as_str(), port).into_pyobject(py)?,
+        Err(_) => (local.name.as_str(), py.None()).into_pyobject(py)?,
+    };
+    Ok((client, server.into_any().unbind()))
 }
 
 impl ScopeBuilder {
@@ -60,7 +84,7 @@ impl ScopeBuilder {
         state: &Bound<'py, PyDict>,
         subprotocols: &[String],
     ) -> PyResult<Bound<'py, PyDict>> {
-        let scope = self.build(py, req, state)?;
+        let scope = self.build(py, req, state, &addresses(py, req.peer, req.local)?)?;
         scope.set_item(&self.k.type_, "websocket")?;
         scope.del_item(&self.k.method)?;
         scope.set_item(&self.k.scheme, if req.https { "wss" } else { "ws" })?;
@@ -71,12 +95,14 @@ impl ScopeBuilder {
         Ok(scope)
     }
 
-    /// A fresh scope for one request; `state` is the lifespan state, copied shallowly.
+    /// A fresh scope for one request; `state` is the lifespan state, copied shallowly;
+    /// `addresses` its connection's (`addresses`).
     pub fn build<'py>(
         &self,
         py: Python<'py>,
         req: &RequestInfo<'_>,
         state: &Bound<'py, PyDict>,
+        addresses: &Addresses,
     ) -> PyResult<Bound<'py, PyDict>> {
         let k = &self.k;
         let scope = self.template.bind(py).copy()?;
@@ -144,16 +170,8 @@ impl ScopeBuilder {
             }
         }
         scope.set_item(&k.headers, headers)?;
-        if req.peer.addr.is_empty() {
-            scope.set_item(&k.client, py.None())?;
-        } else {
-            let port: u16 = req.peer.port.parse().unwrap_or(0);
-            scope.set_item(&k.client, (req.peer.addr.as_str(), port))?;
-        }
-        match req.local.port.parse::<u16>() {
-            Ok(port) => scope.set_item(&k.server, (req.local.name.as_str(), port))?,
-            Err(_) => scope.set_item(&k.server, (req.local.name.as_str(), py.None()))?,
-        }
+        scope.set_item(&k.client, addresses.0.bind(py))?;
+        scope.set_item(&k.server, addresses.1.bind(py))?;
         scope.set_item(&k.state, state.copy()?)?;
         Ok(scope)
     }

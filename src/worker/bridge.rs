@@ -15,6 +15,7 @@ use pyo3::prelude::*;
 use super::exchange::{status_line, Exchange};
 use super::{Application, Service, Shared};
 use crate::asgi::cycle::Cycle;
+use crate::asgi::scope::Addresses;
 use crate::asgi::sink::Sink;
 use crate::http::body::Body;
 use crate::http::framer::ResponseSink;
@@ -35,9 +36,19 @@ pub(super) struct Origin<'a> {
     pub(super) peer: &'a Peer,
     pub(super) local: &'a Local,
     pub(super) client_subject: Option<&'a str>,
-    /// REMOTE_ADDR/REMOTE_PORT as Python strings, made by the first WSGI request
-    /// that needs them and kept where the connection keeps them.
-    pub(super) remote: &'a mut Option<Remote>,
+    /// The peer and local address as Python objects, kept where the connection keeps
+    /// them.
+    pub(super) peer_objects: &'a mut PeerObjects,
+}
+
+/// The peer and the local address as the application is given them, made by a
+/// connection's first request and kept for the rest.
+#[derive(Default)]
+pub(super) struct PeerObjects {
+    /// REMOTE_ADDR and REMOTE_PORT (WSGI).
+    remote: Option<Remote>,
+    /// The scope's `client` and `server` (ASGI).
+    addresses: Option<Addresses>,
 }
 
 /// What produces a called application's response.
@@ -102,6 +113,7 @@ pub(super) fn call<S: ResponseSink + Default + Into<Sink>>(
     let called = match &service.app {
         Application::Wsgi(app) => {
             let remote = origin
+                .peer_objects
                 .remote
                 .get_or_insert_with(|| remote_strings(py, origin.peer));
             match app.call(py, &info, remote, body) {
@@ -122,14 +134,22 @@ pub(super) fn call<S: ResponseSink + Default + Into<Sink>>(
             if slot.request_started_ms.load(Ordering::Relaxed) == 0 {
                 slot.request_begin();
             }
-            match app.call(
-                py,
-                &info,
-                body,
-                std::mem::take(sink).into(),
-                facts,
-                origin.key,
-            ) {
+            let addresses = match &mut origin.peer_objects.addresses {
+                Some(addresses) => Ok(&*addresses),
+                empty => crate::asgi::scope::addresses(py, origin.peer, origin.local)
+                    .map(|made| &*empty.insert(made)),
+            };
+            match addresses.and_then(|addresses| {
+                app.call(
+                    py,
+                    &info,
+                    addresses,
+                    body,
+                    std::mem::take(sink).into(),
+                    facts,
+                    origin.key,
+                )
+            }) {
                 Ok((cycle, scope)) => {
                     ex.keep_for_post_request(service, hook_req, scope.as_any());
                     Ok(Running::Asgi(cycle))

@@ -170,7 +170,7 @@ impl Conn {
             peer: &self.peer,
             local: &self.local,
             client_subject: self.transport.peer_subject(),
-            remote: &mut self.remote_py,
+            peer_objects: &mut self.peer_objects,
         };
         let outbox = Outbox::with_buffer(std::mem::take(&mut self.spare_out));
         let mut http = Http1Response::new(outbox, &facts);

@@ -22,7 +22,7 @@ use crate::http::framer::ResponseSink;
 use crate::http::h2::{request_head, H2Response};
 use crate::http::response::RequestFacts;
 use crate::worker::body::BodyReader;
-use crate::worker::bridge::{self, Origin, Produced, Running, HIGH_WATER_BYTES};
+use crate::worker::bridge::{self, Origin, PeerObjects, Produced, Running, HIGH_WATER_BYTES};
 use crate::worker::exchange::Exchange;
 use crate::worker::{Service, Shared};
 use crate::wsgi::response::WsgiSource;
@@ -348,13 +348,13 @@ fn call_stream(
         close: false,
         known_length: None,
     };
-    let mut remote = None;
+    let mut peer_objects = PeerObjects::default();
     let origin = Origin {
         key: facts.key,
         peer: &facts.peer,
         local: &facts.local,
         client_subject: facts.client_subject.as_deref(),
-        remote: &mut remote,
+        peer_objects: &mut peer_objects,
     };
     st.response = H2Response::new(is_head);
     match bridge::call(

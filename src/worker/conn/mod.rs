@@ -27,6 +27,7 @@ use pyo3::prelude::*;
 use self::app::Responding;
 pub use self::h2_stream::StreamJob;
 use super::body::{BodyError, BodyReader};
+use super::bridge::PeerObjects;
 use super::exchange::Exchange;
 use super::{Service, Shared};
 use crate::http::body::Body;
@@ -35,7 +36,6 @@ use crate::http::scan::HeadScan;
 use crate::http::HttpError;
 use crate::net::transport::Transport;
 use crate::net::{Local, Peer};
-use crate::wsgi::environ::Remote;
 
 /// Blank-line bytes tolerated before a request.
 const MAX_BLANK_BYTES: usize = 1024;
@@ -126,8 +126,8 @@ pub struct Conn {
     pub queued: bool,
     /// Blank-line bytes skipped before the current request.
     blank_bytes: usize,
-    /// REMOTE_ADDR/REMOTE_PORT as Python strings, made at the first request.
-    remote_py: Option<Remote>,
+    /// The peer and local address as Python objects, made at the first request.
+    peer_objects: PeerObjects,
     /// A PROXY protocol header may still come first (`--proxy-protocol`).
     proxy_pending: Option<ProxyMode>,
 }
@@ -156,7 +156,7 @@ impl Conn {
             served: 0,
             pending_body: None,
             proxy_pending,
-            remote_py: None,
+            peer_objects: PeerObjects::default(),
             blank_bytes: 0,
             writable_registered: false,
             unread: true,
