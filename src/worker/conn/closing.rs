@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::{Conn, State, Step};
 use crate::http::response::write_error;
 use crate::http::HttpError;
+use crate::net::transport::Transport;
 
 /// After an error response, how long we read and discard before closing, so the client
 /// sees our answer rather than a reset.
@@ -27,25 +28,6 @@ impl Conn {
         self.state = State::Closing { out, pos: 0 };
         self.in_request = false;
         Step::Continue
-    }
-
-    pub(super) fn step_closing(&mut self) -> Step {
-        let State::Closing { out, pos } = &mut self.state else {
-            unreachable!()
-        };
-        while *pos < out.len() {
-            match self.transport.write(&out[*pos..]) {
-                Ok(n) => *pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WaitWrite,
-                Err(_) => return Step::Close,
-            }
-        }
-        match self.transport.flush_pending() {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WaitWrite,
-            Err(_) => return Step::Close,
-        }
-        self.shutdown_and_drain()
     }
 
     pub(super) fn shutdown_and_drain(&mut self) -> Step {
@@ -68,5 +50,23 @@ impl Conn {
                 Err(_) => return Step::Close,
             }
         }
+    }
+}
+
+/// `State::Closing`: writes the rest of a server-generated response (`out` from
+/// `pos`); `None` once all of it (and what TLS holds) is sent, when the connection
+/// half-closes (`Conn::shutdown_and_drain`).
+pub(super) fn send_rest(transport: &mut Transport, out: &[u8], pos: &mut usize) -> Option<Step> {
+    while *pos < out.len() {
+        match transport.write(&out[*pos..]) {
+            Ok(n) => *pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Step::WaitWrite),
+            Err(_) => return Some(Step::Close),
+        }
+    }
+    match transport.flush_pending() {
+        Ok(()) => None,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(Step::WaitWrite),
+        Err(_) => Some(Step::Close),
     }
 }

@@ -203,7 +203,12 @@ impl Conn {
                     unreachable!("an ASGI worker has no pool")
                 }
                 (State::Http2(_), _) => self.step_h2(exec, ctx),
-                (State::Closing { .. }, _) => self.step_closing(),
+                (State::Closing { out, pos }, _) => {
+                    match closing::send_rest(&mut self.transport, out, pos) {
+                        Some(step) => step,
+                        None => self.shutdown_and_drain(),
+                    }
+                }
                 (State::Draining, _) => self.step_draining(),
             };
             match step {
