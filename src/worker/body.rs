@@ -142,13 +142,13 @@ impl BodyReader {
     }
 
     /// The complete body, ready for `wsgi.input`.
-    pub fn finish(self) -> Result<Body, BodyError> {
-        Ok(match self.file {
+    pub fn take_body(&mut self) -> Result<Body, BodyError> {
+        Ok(match self.file.take() {
             Some(mut f) => {
                 f.seek(SeekFrom::Start(0)).map_err(BodyError::Spill)?;
                 Body::File(f)
             }
-            None => Body::Memory(self.mem),
+            None => Body::Memory(std::mem::take(&mut self.mem)),
         })
     }
 }

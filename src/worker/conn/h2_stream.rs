@@ -416,7 +416,7 @@ pub(super) fn stream_request(ctx: &Shared, st: &mut Stream, facts: &StreamCtx) -
         answer_error(st, code, reason);
         return None;
     }
-    match st.body.take().map(BodyReader::finish) {
+    match st.body.take().map(|mut reader| reader.take_body()) {
         _ if received == 0 => Some(Body::Empty),
         Some(Ok(body)) => Some(body),
         Some(Err(e)) => {

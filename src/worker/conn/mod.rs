@@ -195,7 +195,10 @@ impl Conn {
         loop {
             let step = match (&mut self.state, exec) {
                 (State::Head, _) => self.step_head(exec, ctx),
-                (State::Body(_), _) => self.step_body(exec, ctx),
+                (State::Body(reader), _) => {
+                    let fed = feed_body(reader, &self.read_buf, &mut self.read_start);
+                    self.step_body(exec, ctx, fed)
+                }
                 (State::Responding(_), _) => self.step_respond(exec, ctx),
                 (State::Asgi(_), Exec::Inline(py, service)) => self.step_asgi(py, service, ctx),
                 (State::WebSocket(_), Exec::Inline(py, service)) => self.step_ws(py, service, ctx),
@@ -443,31 +446,25 @@ impl Conn {
         }
     }
 
-    fn step_body(&mut self, exec: Exec<'_>, ctx: &Shared) -> Step {
-        let State::Body(reader) = &mut self.state else {
-            unreachable!()
-        };
-        if self.read_start < self.read_buf.len() {
-            match reader.feed(&self.read_buf[self.read_start..]) {
-                Ok(n) => self.read_start += n,
-                Err(BodyError::Http(e)) => return self.fail(&e),
-                Err(e @ BodyError::Spill(_)) => {
-                    tracing::error!("{e}");
-                    return self.fail_status(500, "Internal Server Error");
-                }
+    /// `State::Body` after `feed_body`: a complete body goes to the application, an
+    /// error is answered, else more is read.
+    fn step_body(
+        &mut self,
+        exec: Exec<'_>,
+        ctx: &Shared,
+        fed: Result<Option<Body>, BodyError>,
+    ) -> Step {
+        match fed {
+            Ok(Some(body)) => {
+                self.state = State::Head;
+                return self.request_ready(exec, ctx, body);
             }
-        }
-        if reader.is_done() {
-            let State::Body(reader) = std::mem::replace(&mut self.state, State::Head) else {
-                unreachable!()
-            };
-            return match reader.finish() {
-                Ok(body) => self.request_ready(exec, ctx, body),
-                Err(e) => {
-                    tracing::error!("{e}");
-                    self.fail_status(500, "Internal Server Error")
-                }
-            };
+            Ok(None) => {}
+            Err(BodyError::Http(e)) => return self.fail(&e),
+            Err(e @ BodyError::Spill(_)) => {
+                tracing::error!("{e}");
+                return self.fail_status(500, "Internal Server Error");
+            }
         }
         self.compact();
         match self.fill() {
@@ -514,6 +511,23 @@ impl Conn {
                 Err(e)
             }
         }
+    }
+}
+
+/// Feeds the buffered bytes from `start` on to `reader`: `Some` body once it is
+/// complete (taken out of the reader), `None` while more is to come.
+fn feed_body(
+    reader: &mut BodyReader,
+    buf: &[u8],
+    start: &mut usize,
+) -> Result<Option<Body>, BodyError> {
+    if *start < buf.len() {
+        *start += reader.feed(&buf[*start..])?;
+    }
+    if reader.is_done() {
+        reader.take_body().map(Some)
+    } else {
+        Ok(None)
     }
 }
 
