@@ -30,7 +30,7 @@ use crate::worker::{Application, Service, Shared};
 
 /// A WebSocket connection's protocol state beside its application cycle.
 pub struct WsConn {
-    cycle: Py<WsCycle>,
+    pub(super) cycle: Py<WsCycle>,
     decoder: websocket::Decoder,
 }
 
@@ -96,11 +96,14 @@ impl Conn {
 
     /// Sends what the application framed; once the response is complete, finishes the
     /// request like any other; until then, watches for the client leaving.
-    pub(super) fn step_asgi(&mut self, py: Python<'_>, service: &Service, ctx: &Shared) -> Step {
-        let State::Asgi(cycle) = &self.state else {
-            unreachable!()
-        };
-        let cycle = cycle.clone_ref(py);
+    /// `cycle`: the one `State::Asgi` holds.
+    pub(super) fn step_asgi(
+        &mut self,
+        py: Python<'_>,
+        service: &Service,
+        ctx: &Shared,
+        cycle: Py<Cycle>,
+    ) -> Step {
         let mut c = cycle.borrow_mut(py);
         match c.http().outbox.flush(&mut self.transport) {
             Ok(()) => c.drained(py),
@@ -175,11 +178,14 @@ impl Conn {
     /// A WebSocket: sends the frames the application (and the connection's own answers
     /// to pings and closes) queued, reads and decodes the client's frames, and closes
     /// once a close frame (or the handshake's refusal) is out.
-    pub(super) fn step_ws(&mut self, py: Python<'_>, service: &Service, ctx: &Shared) -> Step {
-        let State::WebSocket(ws) = &self.state else {
-            unreachable!()
-        };
-        let cycle = ws.cycle.clone_ref(py);
+    /// `cycle`: the one `State::WebSocket` holds.
+    pub(super) fn step_ws(
+        &mut self,
+        py: Python<'_>,
+        service: &Service,
+        ctx: &Shared,
+        cycle: Py<WsCycle>,
+    ) -> Step {
         let mut c = cycle.borrow_mut(py);
         match c.outbox().flush(&mut self.transport) {
             Ok(()) => c.drained(py),

@@ -200,8 +200,14 @@ impl Conn {
                     self.step_body(exec, ctx, fed)
                 }
                 (State::Responding(_), _) => self.step_respond(exec, ctx),
-                (State::Asgi(_), Exec::Inline(py, service)) => self.step_asgi(py, service, ctx),
-                (State::WebSocket(_), Exec::Inline(py, service)) => self.step_ws(py, service, ctx),
+                (State::Asgi(cycle), Exec::Inline(py, service)) => {
+                    let cycle = cycle.clone_ref(py);
+                    self.step_asgi(py, service, ctx, cycle)
+                }
+                (State::WebSocket(ws), Exec::Inline(py, service)) => {
+                    let cycle = ws.cycle.clone_ref(py);
+                    self.step_ws(py, service, ctx, cycle)
+                }
                 (State::Asgi(_) | State::WebSocket(_), Exec::Pool) => {
                     unreachable!("an ASGI worker has no pool")
                 }
