@@ -96,8 +96,8 @@ def server_cmd(server, wl, port):
 def plain_server_cmd(server, wl, port):
     app, threads = wl.app, wl.threads
     if wl.interface == "asgi":
-        if server == "rgun":
-            return [RGUN, "-k", "asgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH,
+        if server in ("rgun", BASE):
+            return [BASELINE[0] if server == BASE else RGUN, "-k", "asgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}", "--pythonpath", BENCH,
                     "--no-control-socket", "--worker-connections", "2000", app]
         if server == "Gunicorn":
             return [f"{VENV}/bin/gunicorn", "-k", "asgi", "-w", str(WORKERS), "-b", f"127.0.0.1:{port}",
@@ -391,7 +391,7 @@ def main():
                     help="also run rgun+obs: rgun with --metrics-bind (scraped every second) and --statsd-host")
     ap.add_argument("--baseline", metavar="RGUN",
                     help="also run this rgun executable (another build, e.g. an older commit's) as rgun@base "
-                         "on the plain HTTP/1 WSGI workloads, beside rgun in the same rounds")
+                         "on the workloads over plain HTTP/1 (WSGI and ASGI), beside rgun in the same rounds")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"), help="markdown output ('' for none)")
     args = ap.parse_args()
     if args.observability:
@@ -402,6 +402,7 @@ def main():
             sys.exit(f"--baseline {args.baseline}: not an executable")
         BASELINE.append(os.path.abspath(args.baseline))
         SERVERS["wsgi"].insert(1, BASE)
+        SERVERS["asgi"].insert(1, BASE)
     args.duration = args.duration or (2 if args.quick else 10)
     args.rounds = args.rounds or (1 if args.quick else 2)
     wls = args.workloads.split(",") if args.workloads else (QUICK_WORKLOADS if args.quick else list(WORKLOADS))

@@ -49,8 +49,8 @@ WORKLOADS = {
 QUICK_WORKLOADS = ["hello", "post_1m", "sleep10ms", "asgi_hello", "asgi_sleep10ms", "ws_echo", "tls_hello"]
 # rgun+obs (--observability) runs where issue 15 measures it.
 OBS_WORKLOADS = {"hello", "flask_json"}
-# rgun@base (--baseline: another rgun build, e.g. an older commit's) runs the plain
-# HTTP/1 WSGI workloads, which every build serves; it sits beside rgun in the same
+# rgun@base (--baseline: another rgun build, e.g. an older commit's) runs the workloads
+# over plain HTTP/1 (WSGI and ASGI, not TLS or HTTP/2); it sits beside rgun in the same
 # rounds, so the two builds' ratios to the peers come from one run on one machine.
 BASE = "rgun@base"
 
@@ -59,4 +59,4 @@ def servers_for(wl):
     """The servers that run workload `wl`, in the order they run within a round."""
     w = WORKLOADS[wl]
     return [s for s in SERVERS[w.interface]
-            if (s != "rgun+obs" or wl in OBS_WORKLOADS) and (s != BASE or (w.interface == "wsgi" and not w.tls))]
+            if (s != "rgun+obs" or wl in OBS_WORKLOADS) and (s != BASE or not w.tls)]
