@@ -173,6 +173,13 @@ fn flush_if_due(now: Instant) {
     });
 }
 
+/// A reload in the master: what is waiting goes to the old address, then the sender is
+/// the one `cfg` says (`start`).
+pub fn restart(cfg: &Observability) {
+    flush_now();
+    start(cfg);
+}
+
 /// Sends what is waiting now (a process about to exit).
 pub fn flush_now() {
     if ENABLED.load(Ordering::Relaxed) {

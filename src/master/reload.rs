@@ -489,10 +489,10 @@ impl Arbiter {
 
 // A reload's logging in the master. As Gunicorn's arbiter re-runs its logger's set-up
 // on HUP before it spawns the new workers, the master switches to the re-read
-// configuration's error log, level, format and syslog when it begins booting the new
-// generation (its "Reloading" record is the new log's first); the new workers switch
-// to it themselves right after fork, and the old ones keep theirs until they go. A
-// reload that fails puts the serving configuration's logging back. A log file that
+// configuration's error log, level, format, syslog and statsd when it begins booting
+// the new generation (its "Reloading" record is the new log's first); the new workers
+// switch to it themselves right after fork, and the old ones keep theirs until they go.
+// A reload that fails puts the serving configuration's logging back. A log file that
 // cannot be opened refuses the reload before anything changes.
 impl Arbiter {
     /// Switches the master to `next`'s logging, or changes nothing and says why not.
@@ -508,6 +508,7 @@ impl Arbiter {
         }
         crate::log::switch(&ErrorLog::of(next)).map_err(|e| refused("errorlog", e))?;
         crate::syslog::start(&next.observability, next.proc_name());
+        crate::statsd::restart(&next.observability);
         Ok(())
     }
 
@@ -517,5 +518,6 @@ impl Arbiter {
             tracing::error!("cannot put back the serving configuration's error log: {e}");
         }
         crate::syslog::start(&self.cfg.observability, self.cfg.proc_name());
+        crate::statsd::restart(&self.cfg.observability);
     }
 }

@@ -1,12 +1,13 @@
 //! `--statsd-host`: Gunicorn's metric names and types, with the prefix and dogstatsd
-//! tags, for 2xx, 4xx and 5xx requests, over UDP and a Unix datagram socket; and
-//! autoscaling's bounds, target and decisions.
+//! tags, for 2xx, 4xx and 5xx requests, over UDP and a Unix datagram socket;
+//! autoscaling's bounds, target and decisions; and a reload onto another host.
 
 use std::net::UdpSocket;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use super::observed;
+use crate::support::{ctl, ServerBuilder};
 
 /// Every statsd line received until each of `wanted` has been seen and the
 /// `requests` counter (`PREFIX.gunicorn.requests`) adds up to three (or `limit`).
@@ -210,4 +211,44 @@ fn statsd_carries_autoscalings_bounds_target_and_decisions() {
     }
     assert_eq!(counted(&lines, "rgun.autoscale.down", ""), 1, "{lines:#?}");
     assert_eq!(counted(&lines, "rgun.autoscale.up", ""), 0, "{lines:#?}");
+}
+
+/// A reload that changes `statsd_host` moves the whole server to it: the master's
+/// `gunicorn.workers` gauge and the new worker's request lines go to the re-read
+/// address. (Gunicorn 27 keeps the socket its logger was made with until a restart.)
+#[test]
+fn a_reload_moves_statsd_to_the_re_read_host() {
+    let (first, first_addr) = udp_sink();
+    let (second, second_addr) = udp_sink();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("gunicorn.conf.py");
+    std::fs::write(&conf, format!("statsd_host = {first_addr:?}\n")).unwrap();
+    let server = ServerBuilder::new("observed_app:application")
+        .args(["-c", conf.to_str().unwrap()])
+        .start();
+    assert_eq!(server.get("/").status, 200);
+    let gauge = |lines: &[String]| lines.iter().any(|l| l == "gunicorn.workers:1|g");
+    let before = receive_until(|b| first.recv(b).ok(), Duration::from_secs(10), gauge);
+    assert!(gauge(&before), "{before:#?}\n{}", server.log());
+
+    std::fs::write(&conf, format!("statsd_host = {second_addr:?}\n")).unwrap();
+    ctl(&server, &["reload"]).assert_ok("a reload onto another statsd host");
+    let after = receive_until(
+        |b| {
+            assert_eq!(server.get("/").status, 200);
+            second.recv(b).ok()
+        },
+        Duration::from_secs(15),
+        |lines| gauge(lines) && counted(lines, "gunicorn.requests", "") >= 1,
+    );
+    assert!(
+        gauge(&after),
+        "no master gauge at the new host: {after:#?}\n{}",
+        server.log()
+    );
+    assert!(
+        counted(&after, "gunicorn.requests", "") >= 1,
+        "no worker's requests at the new host: {after:#?}\n{}",
+        server.log()
+    );
 }
