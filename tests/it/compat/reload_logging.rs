@@ -178,6 +178,41 @@ fn a_reload_applies_a_lower_loglevel_to_the_master_and_the_new_workers_as_gunico
     }
 }
 
+#[test]
+fn a_reload_applies_a_changed_access_log_format_to_the_new_workers_as_gunicorn_does() {
+    for (name, gunicorn) in server_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let access = dir.path().join("access.log");
+        let conf = |tag: &str| {
+            format!(
+                "errorlog = {:?}\naccesslog = {access:?}\naccess_log_format = '{tag} %(m)s %(U)s %(s)s'\n",
+                dir.path().join("error.log")
+            )
+        };
+        let run = reload(
+            gunicorn,
+            dir.path(),
+            &conf("first"),
+            &dir.path().join("error.log"),
+            &conf("second"),
+        );
+        let text = read(&access);
+        let count = |line: &str| text.lines().filter(|l| *l == line).count();
+        // The old worker wrote every line in the first format, the new one every line
+        // in the second: nothing else is in the file.
+        assert_eq!(
+            (count("first GET / 200"), count("second GET / 200")),
+            (run.answered_by_old, run.answered_by_new),
+            "{name}:\n{text}"
+        );
+        assert_eq!(
+            text.lines().count(),
+            run.answered_by_old + run.answered_by_new,
+            "{name}:\n{text}"
+        );
+    }
+}
+
 /// A `logconfig_dict` that writes `gunicorn.error` to `log` as `TAG LEVEL [PID] MESSAGE`,
 /// with `handler` as the handler's class.
 fn logconfig(tag: &str, log: &Path, handler: &str) -> String {
