@@ -99,64 +99,15 @@ pub(super) fn call<S: ResponseSink + Default + Into<Sink>>(
         sink.keep_head();
     }
     let hook_req = ex.pre_request(py, service, origin.peer);
-    let info = RequestInfo {
-        head_bytes: &ex.head_bytes,
-        head: &ex.head,
-        peer: origin.peer,
-        local: origin.local,
-        https: ex.https,
-        client_subject: origin.client_subject,
-        forwarder_headers: &ctx.settings.forwarder_headers,
-    };
     // What `post_request` needs is kept as soon as the call answered (a failure
     // after it, `Exchange::fail`, forgets it again).
     let called = match &service.app {
-        Application::Wsgi(app) => {
-            let remote = origin
-                .peer_objects
-                .remote
-                .get_or_insert_with(|| remote_strings(py, origin.peer));
-            match app.call(py, &info, remote, body) {
-                Ok(response) => {
-                    let environ = response.environ.bind(py).as_any();
-                    ex.keep_for_post_request(service, hook_req, environ);
-                    WsgiSource::start(py, app, response, facts, sink)
-                        .map(Running::Wsgi)
-                        .map_err(|e| e.to_string())
-                }
-                Err(e) => Err(crate::python::format_exception(py, &e)),
-            }
-        }
-        Application::Asgi(app) => {
-            // `rgunctl status` shows a request's age; the sweep keeps it on the
-            // oldest (`EventLoop::publish_oldest_asgi_request`).
-            let slot = &ctx.slot;
-            if slot.request_started_ms.load(Ordering::Relaxed) == 0 {
-                slot.request_begin();
-            }
-            let addresses = match &mut origin.peer_objects.addresses {
-                Some(addresses) => Ok(&*addresses),
-                empty => crate::asgi::scope::addresses(py, origin.peer, origin.local)
-                    .map(|made| &*empty.insert(made)),
-            };
-            match addresses.and_then(|addresses| {
-                app.call(
-                    py,
-                    &info,
-                    addresses,
-                    body,
-                    std::mem::take(sink).into(),
-                    facts,
-                    origin.key,
-                )
-            }) {
-                Ok((cycle, scope)) => {
-                    ex.keep_for_post_request(service, hook_req, scope.as_any());
-                    Ok(Running::Asgi(cycle))
-                }
-                Err(e) => Err(crate::python::format_exception(py, &e)),
-            }
-        }
+        Application::Wsgi(app) => call_wsgi(
+            py, service, ctx, app, ex, hook_req, origin, body, facts, sink,
+        ),
+        Application::Asgi(app) => call_asgi(
+            py, service, ctx, app, ex, hook_req, origin, body, facts, sink,
+        ),
     };
     match called {
         Ok(running) => Some(running),
@@ -164,6 +115,107 @@ pub(super) fn call<S: ResponseSink + Default + Into<Sink>>(
             ex.fail(&traceback);
             None
         }
+    }
+}
+
+/// `call` for a WSGI application: the environ, the call, the response started in
+/// `sink`. `Err`: the traceback.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn call_wsgi<'py, S: ResponseSink>(
+    py: Python<'py>,
+    service: &Service,
+    ctx: &Shared,
+    app: &crate::wsgi::App,
+    ex: &mut Exchange,
+    hook_req: Option<Bound<'py, PyAny>>,
+    origin: Origin<'_>,
+    body: Body,
+    facts: RequestFacts,
+    sink: &mut S,
+) -> Result<Running, String> {
+    let remote = origin
+        .peer_objects
+        .remote
+        .get_or_insert_with(|| remote_strings(py, origin.peer));
+    let info = request_info(ex, ctx, origin.peer, origin.local, origin.client_subject);
+    match app.call(py, &info, remote, body) {
+        Ok(response) => {
+            let environ = response.environ.bind(py).as_any();
+            ex.keep_for_post_request(service, hook_req, environ);
+            WsgiSource::start(py, app, response, facts, sink)
+                .map(Running::Wsgi)
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(crate::python::format_exception(py, &e)),
+    }
+}
+
+/// `call` for an ASGI application: the scope (its addresses made once per
+/// connection), the cycle, which takes `sink`. `Err`: the traceback.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn call_asgi<'py, S: Default + Into<Sink>>(
+    py: Python<'py>,
+    service: &Service,
+    ctx: &Shared,
+    app: &crate::asgi::AsgiApp,
+    ex: &mut Exchange,
+    hook_req: Option<Bound<'py, PyAny>>,
+    origin: Origin<'_>,
+    body: Body,
+    facts: RequestFacts,
+    sink: &mut S,
+) -> Result<Running, String> {
+    // `rgunctl status` shows a request's age; the sweep keeps it on the oldest
+    // (`EventLoop::publish_oldest_asgi_request`).
+    let slot = &ctx.slot;
+    if slot.request_started_ms.load(Ordering::Relaxed) == 0 {
+        slot.request_begin();
+    }
+    let addresses = match &mut origin.peer_objects.addresses {
+        Some(addresses) => Ok(&*addresses),
+        empty => crate::asgi::scope::addresses(py, origin.peer, origin.local)
+            .map(|made| &*empty.insert(made)),
+    };
+    let info = request_info(ex, ctx, origin.peer, origin.local, origin.client_subject);
+    match addresses.and_then(|addresses| {
+        app.call(
+            py,
+            &info,
+            addresses,
+            body,
+            std::mem::take(sink).into(),
+            facts,
+            origin.key,
+        )
+    }) {
+        Ok((cycle, scope)) => {
+            ex.keep_for_post_request(service, hook_req, scope.as_any());
+            Ok(Running::Asgi(cycle))
+        }
+        Err(e) => Err(crate::python::format_exception(py, &e)),
+    }
+}
+
+/// What the environ or scope is made from: the exchange's head and scheme, the
+/// connection's addresses.
+#[inline(always)]
+fn request_info<'a>(
+    ex: &'a Exchange,
+    ctx: &'a Shared,
+    peer: &'a Peer,
+    local: &'a Local,
+    client_subject: Option<&'a str>,
+) -> RequestInfo<'a> {
+    RequestInfo {
+        head_bytes: &ex.head_bytes,
+        head: &ex.head,
+        peer,
+        local,
+        https: ex.https,
+        client_subject,
+        forwarder_headers: &ctx.settings.forwarder_headers,
     }
 }
 
