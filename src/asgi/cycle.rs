@@ -21,6 +21,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
+use super::message::{body_and_more, disconnect_message, header_pair, required};
 use super::sink::Sink;
 use super::wake::Wakeups;
 use crate::http::body::Body;
@@ -531,80 +532,6 @@ impl Ready {
             None => Ok(None),
         }
     }
-}
-
-/// A response body message's `body` (bytes, if any; else `not_bytes` is the error)
-/// and `more_body`.
-pub(super) fn body_and_more<'py>(
-    message: &Bound<'py, PyDict>,
-    not_bytes: &'static str,
-) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
-    let py = message.py();
-    let more = match message.get_item(intern!(py, "more_body"))? {
-        Some(m) => m.is_truthy()?,
-        None => false,
-    };
-    let body = match message.get_item(intern!(py, "body"))? {
-        Some(b) => Some(
-            b.downcast_into::<PyBytes>()
-                .map_err(|_| PyTypeError::new_err(not_bytes))?,
-        ),
-        None => None,
-    };
-    Ok((body, more))
-}
-
-fn required<'py>(
-    message: &Bound<'py, PyDict>,
-    key: &Bound<'py, PyString>,
-) -> PyResult<Bound<'py, PyAny>> {
-    message.get_item(key)?.ok_or_else(|| {
-        PyTypeError::new_err(format!(
-            "the ASGI message has no {:?} key",
-            key.to_string_lossy()
-        ))
-    })
-}
-
-/// A `[name, value]` header pair: a tuple or list read by index (the common case, no
-/// iterator object), any other iterable of two items through the iterator protocol.
-fn header_pair(pair: &Bound<'_, PyAny>) -> PyResult<(Vec<u8>, Vec<u8>)> {
-    let refused = || PyValueError::new_err("each response header must be a [name, value] pair");
-    if let Ok(t) = pair.downcast::<pyo3::types::PyTuple>() {
-        if t.len() != 2 {
-            return Err(refused());
-        }
-        return Ok((
-            header_bytes(&t.get_item(0)?)?,
-            header_bytes(&t.get_item(1)?)?,
-        ));
-    }
-    if let Ok(l) = pair.downcast::<pyo3::types::PyList>() {
-        if l.len() != 2 {
-            return Err(refused());
-        }
-        return Ok((
-            header_bytes(&l.get_item(0)?)?,
-            header_bytes(&l.get_item(1)?)?,
-        ));
-    }
-    let mut items = pair.try_iter()?;
-    let (Some(name), Some(value), None) = (items.next(), items.next(), items.next()) else {
-        return Err(refused());
-    };
-    Ok((header_bytes(&name?)?, header_bytes(&value?)?))
-}
-
-fn header_bytes(item: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
-    item.downcast::<PyBytes>()
-        .map(|b| b.as_bytes().to_vec())
-        .map_err(|_| PyTypeError::new_err("response header names and values must be bytes"))
-}
-
-fn disconnect_message(py: Python<'_>) -> PyObject {
-    let message = PyDict::new(py);
-    let _ = message.set_item(intern!(py, "type"), intern!(py, "http.disconnect"));
-    message.into_any().unbind()
 }
 
 /// `future.set_result(value)` unless it is already done (cancelled).

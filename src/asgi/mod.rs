@@ -9,6 +9,7 @@
 //! the event loop's connections beyond a key to wake.
 
 pub mod cycle;
+mod message;
 pub mod scope;
 pub mod sink;
 #[cfg(test)]

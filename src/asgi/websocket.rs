@@ -14,7 +14,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
-use super::cycle::{body_and_more, task_error, Kit, Ready, SEND_HIGH_WATER_BYTES};
+use super::cycle::{task_error, Kit, Ready, SEND_HIGH_WATER_BYTES};
+use super::message::body_and_more;
 use super::wake::Wakeups;
 use crate::http::framer::{Http1Response, ResponseSink};
 use crate::http::response::RequestFacts;
