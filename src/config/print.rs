@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::values::{AllowIps, MaxWorkerRss};
+use super::values::MaxWorkerRss;
 use super::{file, Config};
 
 impl Config {
@@ -58,7 +58,7 @@ impl Config {
             "access_log_format": self.access_log_format,
             "errorlog": self.error_logfile,
             "loglevel": self.loglevel,
-            "forwarded_allow_ips": allow_ips_text(&self.forwarded_allow_ips),
+            "forwarded_allow_ips": self.forwarded_allow_ips.to_text(),
             "secure_scheme_headers": self.secure_scheme_headers().into_iter().collect::<BTreeMap<_, _>>(),
             "forwarder_headers": self.forwarder_headers.to_text(),
             "worker_connections": self.worker_connections,
@@ -70,7 +70,7 @@ impl Config {
             },
             "backlog": self.backlog,
             "proxy_protocol": self.proxy_protocol,
-            "proxy_allow_ips": allow_ips_text(&self.proxy_allow_from),
+            "proxy_allow_ips": self.proxy_allow_from.to_text(),
             "reuse_port": self.reuse_port,
         }))
     }
@@ -214,17 +214,5 @@ fn object(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
         _ => Map::new(),
-    }
-}
-
-/// An allow list as Gunicorn's setting spells it: `*`, or the addresses comma-separated.
-fn allow_ips_text(ips: &AllowIps) -> String {
-    match ips {
-        AllowIps::Any => "*".to_owned(),
-        AllowIps::List(ips) => ips
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
     }
 }

@@ -25,17 +25,12 @@ impl ProtocolArgs {
 
     /// These settings as `rgunctl config` and `--print-config` show them.
     pub fn settings_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        let allow = match &self.uwsgi_allow_from {
-            AllowIps::Any => "*".to_owned(),
-            AllowIps::List(ips) => ips
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        };
         let mut m = serde_json::Map::new();
         m.insert("protocol".into(), self.protocol.clone().into());
-        m.insert("uwsgi_allow_ips".into(), allow.into());
+        m.insert(
+            "uwsgi_allow_ips".into(),
+            self.uwsgi_allow_from.to_text().into(),
+        );
         m
     }
 }

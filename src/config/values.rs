@@ -48,6 +48,18 @@ pub enum AllowIps {
 }
 
 impl AllowIps {
+    /// As Gunicorn's setting spells it: `*`, or the addresses comma-separated.
+    pub fn to_text(&self) -> String {
+        match self {
+            AllowIps::Any => "*".to_owned(),
+            AllowIps::List(ips) => ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
     pub fn allows(&self, ip: IpAddr) -> bool {
         match self {
             AllowIps::Any => true,

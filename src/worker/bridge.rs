@@ -102,9 +102,23 @@ pub(super) fn call<S: ResponseSink + Default + Into<Sink>>(
     // What `post_request` needs is kept as soon as the call answered (a failure
     // after it, `Exchange::fail`, forgets it again).
     let called = match &service.app {
-        Application::Wsgi(app) => call_wsgi(
-            py, service, ctx, app, ex, hook_req, origin, body, facts, sink,
-        ),
+        Application::Wsgi(app) => {
+            let remote = origin
+                .peer_objects
+                .remote
+                .get_or_insert_with(|| remote_strings(py, origin.peer));
+            let info = request_info(ex, ctx, origin.peer, origin.local, origin.client_subject);
+            match app.call(py, &info, remote, body) {
+                Ok(response) => {
+                    let environ = response.environ.bind(py).as_any();
+                    ex.keep_for_post_request(service, hook_req, environ);
+                    WsgiSource::start(py, app, response, facts, sink)
+                        .map(Running::Wsgi)
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(crate::python::format_exception(py, &e)),
+            }
+        }
         Application::Asgi(app) => call_asgi(
             py, service, ctx, app, ex, hook_req, origin, body, facts, sink,
         ),
@@ -118,41 +132,8 @@ pub(super) fn call<S: ResponseSink + Default + Into<Sink>>(
     }
 }
 
-/// `call` for a WSGI application: the environ, the call, the response started in
-/// `sink`. `Err`: the traceback.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn call_wsgi<'py, S: ResponseSink>(
-    py: Python<'py>,
-    service: &Service,
-    ctx: &Shared,
-    app: &crate::wsgi::App,
-    ex: &mut Exchange,
-    hook_req: Option<Bound<'py, PyAny>>,
-    origin: Origin<'_>,
-    body: Body,
-    facts: RequestFacts,
-    sink: &mut S,
-) -> Result<Running, String> {
-    let remote = origin
-        .peer_objects
-        .remote
-        .get_or_insert_with(|| remote_strings(py, origin.peer));
-    let info = request_info(ex, ctx, origin.peer, origin.local, origin.client_subject);
-    match app.call(py, &info, remote, body) {
-        Ok(response) => {
-            let environ = response.environ.bind(py).as_any();
-            ex.keep_for_post_request(service, hook_req, environ);
-            WsgiSource::start(py, app, response, facts, sink)
-                .map(Running::Wsgi)
-                .map_err(|e| e.to_string())
-        }
-        Err(e) => Err(crate::python::format_exception(py, &e)),
-    }
-}
-
-/// `call` for an ASGI application: the scope (its addresses made once per
-/// connection), the cycle, which takes `sink`. `Err`: the traceback.
+/// `call`'s ASGI arm: the scope (its addresses made once per connection), the cycle,
+/// which takes `sink`. `Err`: the traceback.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn call_asgi<'py, S: Default + Into<Sink>>(
