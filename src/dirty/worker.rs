@@ -24,7 +24,7 @@ use super::tlv::Value;
 use super::{BYE_ID, HELLO_ID};
 use crate::config::Config;
 use crate::signals::SignalPipe;
-use crate::worker::exit;
+use crate::worker::{exit, leave_master, own_signals};
 
 const WORKER_PY: &str = include_str!("worker.py");
 /// How often the I/O thread tells the master it is alive.
@@ -101,36 +101,24 @@ fn boot_and_serve(mut init: DirtyInit<'_>) -> Result<(), i32> {
     Ok(())
 }
 
-/// The master's signal handlers go and ours come; dying with the master; the
-/// environment and the user to run as.
+/// Leaving the master (`worker::leave_master`), our signal handlers
+/// (`worker::own_signals`), the environment and the user to run as.
 fn take_over_process(init: &mut DirtyInit<'_>) -> Result<SignalPipe, i32> {
-    for id in init.master_signals.drain(..) {
-        signal_hook::low_level::unregister(id);
-    }
     let cfg = init.cfg;
-    crate::log::switch_after_fork(cfg);
-    crate::syslog::start(&cfg.observability, cfg.proc_name());
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-    if nix::unistd::getppid() != init.master_pid {
+    if !leave_master(cfg, &mut init.master_signals, init.master_pid) {
         return Err(exit::BOOT_ERROR);
     }
     crate::process::set_title(&format!("rgun: dirty worker [{}]", cfg.proc_name()));
     tracing::info!("Booting dirty worker with pid: {}", std::process::id());
     use signal_hook::consts::*;
-    let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT]).map_err(|e| {
+    let handled = [SIGTERM, SIGINT, SIGQUIT];
+    let ignored = [SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH];
+    let signals = own_signals(&handled, &ignored, init.signals.take()).map_err(|e| {
         boot_failure(
             &mut init.to_master,
             &format!("cannot install signal handlers: {e}"),
         )
     })?;
-    for sig in [SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGWINCH] {
-        // SAFETY: setting a standard disposition.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
-    }
-    if let Some(blocked) = init.signals.take() {
-        blocked.release();
-    }
     Python::with_gil(|py| crate::python::set_environ(py, &cfg.env)).map_err(|e| {
         boot_failure(
             &mut init.to_master,

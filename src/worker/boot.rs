@@ -113,47 +113,30 @@ fn boot_and_serve(mut init: WorkerInit<'_>) -> Result<(), i32> {
     Ok(())
 }
 
-/// The process-wide part of the set-up: the master's signal handlers go and ours come,
-/// the statsd and syslog senders, dying with the master, the environment (`-e`), the
+/// The process-wide part of the set-up: the statsd sender, leaving the master
+/// (`leave_master`), our signal handlers (`own_signals`), the environment (`-e`), the
 /// descriptor limit and the user to run as. Returns this worker's signal pipe.
 fn take_over_process(init: &mut WorkerInit<'_>) -> Result<SignalPipe, i32> {
-    for id in init.master_signals.drain(..) {
-        signal_hook::low_level::unregister(id);
-    }
     let cfg = init.cfg;
-    crate::log::switch_after_fork(cfg);
-    // This worker's own statsd and syslog senders (the master's, inherited, close).
-    crate::statsd::start(&cfg.observability);
-    crate::syslog::start(&cfg.observability, cfg.proc_name());
-    // Die with the master (SIGTERM: finish what is in flight); if it is already gone,
-    // stop now rather than serve as an orphan.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
-    if nix::unistd::getppid() != init.master_pid {
+    if !leave_master(cfg, &mut init.master_signals, init.master_pid) {
         return Err(exit::BOOT_ERROR);
     }
+    // This worker's own statsd sender (the master's, inherited, closes).
+    crate::statsd::start(&cfg.observability);
     crate::process::set_title(&format!("rgun: worker [{}]", cfg.proc_name()));
     // Before anything of the application runs, as in Gunicorn.
     tracing::info!("Booting worker with pid: {}", std::process::id());
     use signal_hook::consts::*;
-    let signals = SignalPipe::install(&[SIGTERM, SIGINT, SIGQUIT, SIGUSR1]).map_err(|e| {
+    // The master handles HUP/TTIN/...; a worker ignores them rather than dying.
+    let handled = [SIGTERM, SIGINT, SIGQUIT, SIGUSR1];
+    let ignored = [SIGHUP, SIGTTIN, SIGTTOU, SIGUSR2, SIGWINCH];
+    let signals = own_signals(&handled, &ignored, init.signals.take()).map_err(|e| {
         boot_failure(
             &mut init.to_master,
             &format!("cannot install signal handlers: {e}"),
             exit::BOOT_ERROR,
         )
     })?;
-    // The master handles HUP/TTIN/...; a worker ignores them rather than dying.
-    for sig in [SIGHUP, SIGTTIN, SIGTTOU, SIGUSR2, SIGWINCH] {
-        // SAFETY: setting a standard disposition.
-        unsafe { libc::signal(sig, libc::SIG_IGN) };
-    }
-    // Signals were blocked since before fork: a TERM sent to a worker that was just
-    // forked (`scale +1` then `scale -1`) is delivered now, to the worker's handler,
-    // instead of to the master's inherited one, which would have lost it.
-    if let Some(blocked) = init.signals.take() {
-        blocked.release();
-    }
     Python::with_gil(|py| crate::python::set_environ(py, &cfg.env)).map_err(|e| {
         boot_failure(
             &mut init.to_master,
@@ -168,6 +151,45 @@ fn take_over_process(init: &mut WorkerInit<'_>) -> Result<SignalPipe, i32> {
             &format!("cannot switch user/group: {e}"),
             exit::BOOT_ERROR,
         ));
+    }
+    Ok(signals)
+}
+
+/// What a child of the master (a worker, a dirty worker) does first: the master's signal
+/// handlers go, its log and syslog sender are this process's own, and it dies with the
+/// master (SIGTERM: finish what is in flight). False: the master is gone already, and
+/// the child stops rather than serve as an orphan.
+pub(crate) fn leave_master(
+    cfg: &Config,
+    master_signals: &mut Vec<signal_hook::SigId>,
+    master_pid: nix::unistd::Pid,
+) -> bool {
+    for id in master_signals.drain(..) {
+        signal_hook::low_level::unregister(id);
+    }
+    crate::log::switch_after_fork(cfg);
+    crate::syslog::start(&cfg.observability, cfg.proc_name());
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    nix::unistd::getppid() == master_pid
+}
+
+/// A child's own signal handling: a pipe for `handled`, `ignored` ignored, then the
+/// signals blocked since before fork let through. A TERM sent to a child that was just
+/// forked (`scale +1` then `scale -1`) is delivered now, to the child's handler,
+/// instead of to the master's inherited one, which would have lost it.
+pub(crate) fn own_signals(
+    handled: &[libc::c_int],
+    ignored: &[libc::c_int],
+    blocked: Option<crate::python::BlockedSignals>,
+) -> std::io::Result<SignalPipe> {
+    let signals = SignalPipe::install(handled)?;
+    for &sig in ignored {
+        // SAFETY: setting a standard disposition.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+    if let Some(blocked) = blocked {
+        blocked.release();
     }
     Ok(signals)
 }

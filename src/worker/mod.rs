@@ -23,6 +23,7 @@ mod probe;
 pub mod stack;
 pub use self::abort::thread_stacks;
 pub use self::boot::{check_app, run, WorkerInit};
+pub(crate) use self::boot::{leave_master, own_signals};
 pub use self::loggers::set_up as set_up_loggers;
 mod watch;
 
