@@ -8,7 +8,8 @@ For each workload and round it starts each server (2 workers, loopback, free por
 waits until it answers, warms up, then runs `wrk -t2 --latency` at 1 and 64
 connections (the 10 ms sleep workloads: their own counts; WebSocket echo:
 bench/ws_client.py). Servers are interleaved within a round (rgun, Granian, Gunicorn,
-rgun, ...) and the MEDIAN over rounds is reported. Results go to stdout and to
+rgun, ...; with --baseline or --observability, rgun and the build it is compared with
+swap places every other round) and the MEDIAN over rounds is reported. Results go to stdout and to
 BENCHMARKS.md.
 
 Measurements:
@@ -224,6 +225,17 @@ def stop(proc, grace=10):
             pass
 
 
+def run_order(wl, rnd):
+    """The servers of `wl` in the order they run in round `rnd`: rgun and the build it is
+    compared with (rgun@base or rgun+obs, second in `servers_for`) swap places every
+    other round, so that neither always runs right after the same server (the previous
+    round's last, Gunicorn, is the slowest to let go of its CPU and sockets)."""
+    order = servers_for(wl)
+    if rnd % 2 and len(order) > 1 and order[1] in (BASE, "rgun+obs"):
+        order[0], order[1] = order[1], order[0]
+    return order
+
+
 def connection(port, timeout, over_tls):
     if over_tls:
         return tls.connection(port, timeout)
@@ -427,7 +439,7 @@ def main():
     for wl in wls:
         w = WORKLOADS[wl]
         for rnd in range(args.rounds):
-            runs = [(server, w) for server in servers_for(wl)]
+            runs = [(server, w) for server in run_order(wl, rnd)]
             if wl == "asgi_sleep10ms":
                 runs.append(("cap", WORKLOADS["hello"]))
             for server, load in runs:

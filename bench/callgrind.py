@@ -14,6 +14,7 @@ builds (or two apps) compare to the instruction. Kernel time is not counted.
     bench/.venv/bin/python bench/callgrind.py --uwsgi         # --protocol uwsgi, nginx's packet
     bench/.venv/bin/python bench/callgrind.py -k asgi --app asgi_apps:sleep10ms --connections 256
     bench/.venv/bin/python bench/callgrind.py --h2             # HTTP/2 in the clear (h2c), one stream at a time
+    bench/.venv/bin/python bench/callgrind.py --post 1024 --app apps:post_1m --short 50 --long 250
 
 With --connections N, N keep-alive connections each send a request, then every answer
 is read, round after round (requests counts them all), so a turn of the worker's loop
@@ -59,6 +60,13 @@ UWSGI_VARS = [
     ("SERVER_PORT", "80"), ("SERVER_NAME", "localhost"), ("HTTP_HOST", "127.0.0.1"),
 ]
 UWSGI = []  # [True] with --uwsgi
+BODY = []  # [KiB] with --post
+
+
+def with_body(request, kib):
+    """`request` (a GET head) as a POST of `kib` KiB, sent with its Content-Length."""
+    head = request.replace(b"GET ", b"POST ", 1)[:-2]
+    return head + f"Content-Length: {kib * 1024}\r\n\r\n".encode() + b"a" * (kib * 1024)
 
 
 def uwsgi_packet(path, close=False):
@@ -204,6 +212,8 @@ def worker_instructions(app, requests, path, kind="wrk", worker_class="sync", co
         try:
             wait_listening(port, proc)
             request = uwsgi_packet(path) if UWSGI else REQUESTS[kind].format(path=path, port=port).encode()
+            if BODY:
+                request = with_body(request, BODY[0])
             if fresh:
                 fresh_requests(port, request, requests)
             if h2:
@@ -258,12 +268,18 @@ def main():
     ap.add_argument("--h2", action="store_true", help="HTTP/2 with prior knowledge in the clear (--http2-cleartext)")
     ap.add_argument("--keep", help="directory to keep the profiles in (for callgrind_annotate)")
     ap.add_argument("--uwsgi", action="store_true", help="--protocol uwsgi: each request a uwsgi packet, as nginx's uwsgi_pass sends wrk's")
+    ap.add_argument("--post", type=int, metavar="KIB", help="each request a POST with a body of KIB KiB "
+                    "(e.g. --post 1024 --app apps:post_1m --short 50 --long 250)")
     ap.add_argument("--rgun-args", default="", help="more rgun flags, e.g. '--metrics-bind 127.0.0.1:9100'")
     args = ap.parse_args()
     EXTRA_ARGS.extend(args.rgun_args.split())
     if args.uwsgi:
         EXTRA_ARGS.extend(["--protocol", "uwsgi"])
         UWSGI.append(args.path)
+    if args.post is not None:
+        if args.uwsgi or args.h2 or args.fresh:
+            sys.exit("--post goes with plain keep-alive requests only (not --uwsgi, --h2, --fresh)")
+        BODY.append(args.post)
     if args.tls:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import tls as tls_bench  # bench/tls.py
@@ -276,7 +292,7 @@ def main():
     run = lambda n: worker_instructions(args.app, n, args.path, args.request, args.worker_class, args.connections, args.keep, args.fresh, args.h2)
     short, long = run(args.short), run(args.long)
     per_request = (long - short) / (args.long - args.short)
-    print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {'a uwsgi packet (nginx, wrk)' if args.uwsgi else args.request + ' request'}{' over TLS' if args.tls else ''}{', a new connection each' if args.fresh else ''}{', HTTP/2 (h2c)' if args.h2 else ''}: {per_request:,.0f} instructions per request "
+    print(f"{args.app} (-k {args.worker_class}, {args.connections} connections), {'a uwsgi packet (nginx, wrk)' if args.uwsgi else args.request + ' request'}{' over TLS' if args.tls else ''}{', a new connection each' if args.fresh else ''}{', HTTP/2 (h2c)' if args.h2 else ''}{f', a POST of {args.post} KiB' if BODY else ''}: {per_request:,.0f} instructions per request "
           f"(worker: {short:,} at {args.short} requests, {long:,} at {args.long})")
 
 
