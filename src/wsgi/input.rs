@@ -19,34 +19,47 @@ enum Source {
 }
 
 impl Source {
-    fn read_upto(&mut self, limit: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    /// Up to `limit` bytes. A body in memory is copied once, straight into the bytes
+    /// object the app gets.
+    fn read<'py>(&mut self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyBytes>> {
         match self {
             Source::Memory { data, pos } => {
                 let end = pos.saturating_add(limit).min(data.len());
-                out.extend_from_slice(&data[*pos..end]);
+                let out = PyBytes::new(py, &data[*pos..end]);
                 *pos = end;
+                Ok(out)
             }
             Source::File(f) => {
-                f.by_ref().take(limit as u64).read_to_end(out)?;
+                let mut out = Vec::new();
+                f.by_ref()
+                    .take(limit as u64)
+                    .read_to_end(&mut out)
+                    .map_err(io_err)?;
+                Ok(PyBytes::new(py, &out))
             }
         }
-        Ok(())
     }
 
-    fn read_line(&mut self, limit: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+    /// Up to `limit` bytes, to the end of the line (the `\n` included).
+    fn read_line<'py>(&mut self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyBytes>> {
         match self {
             Source::Memory { data, pos } => {
                 let rest = &data[*pos..];
                 let window = &rest[..limit.min(rest.len())];
                 let take = memchr::memchr(b'\n', window).map_or(window.len(), |i| i + 1);
-                out.extend_from_slice(&window[..take]);
+                let out = PyBytes::new(py, &window[..take]);
                 *pos += take;
+                Ok(out)
             }
             Source::File(f) => {
-                f.by_ref().take(limit as u64).read_until(b'\n', out)?;
+                let mut out = Vec::new();
+                f.by_ref()
+                    .take(limit as u64)
+                    .read_until(b'\n', &mut out)
+                    .map_err(io_err)?;
+                Ok(PyBytes::new(py, &out))
             }
         }
-        Ok(())
     }
 }
 
@@ -85,11 +98,7 @@ fn io_err(e: std::io::Error) -> PyErr {
 impl Input {
     #[pyo3(signature = (size = None))]
     fn read<'py>(&mut self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        let mut out = Vec::new();
-        self.source
-            .read_upto(limit(size), &mut out)
-            .map_err(io_err)?;
-        Ok(PyBytes::new(py, &out))
+        self.source.read(py, limit(size))
     }
 
     #[pyo3(signature = (size = None))]
@@ -107,11 +116,7 @@ impl Input {
         py: Python<'py>,
         size: Option<isize>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let mut out = Vec::new();
-        self.source
-            .read_line(limit(size), &mut out)
-            .map_err(io_err)?;
-        Ok(PyBytes::new(py, &out))
+        self.source.read_line(py, limit(size))
     }
 
     #[pyo3(signature = (hint = None))]
@@ -124,15 +129,12 @@ impl Input {
         let budget = limit(hint);
         let mut total = 0usize;
         loop {
-            let mut line = Vec::new();
-            self.source
-                .read_line(usize::MAX, &mut line)
-                .map_err(io_err)?;
-            if line.is_empty() {
+            let line = self.source.read_line(py, usize::MAX)?;
+            if line.as_bytes().is_empty() {
                 break;
             }
-            total += line.len();
-            lines.append(PyBytes::new(py, &line))?;
+            total += line.as_bytes().len();
+            lines.append(line)?;
             if total >= budget {
                 break;
             }
