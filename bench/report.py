@@ -158,6 +158,9 @@ def report(results, caps, args, info):
     """Markdown: per interface, one main table (servers side by side per workload) and a
     ratio table; the sleep workloads against their ideal; the ASGI targets."""
     notes = []
+    # bench.run_order: rgun swaps places with the second server, the base build if any.
+    paired = next((s for s in (BASE, "rgun+obs") if any(s in per for per in results.values())), None)
+    swap = f" (rgun and {paired} swap places every other round)" if paired else ""
     for (wl, conns), per in results.items():
         w = WORKLOADS[wl]
         med = medians(per)
@@ -185,7 +188,7 @@ def report(results, caps, args, info):
         f"Machine: {info['machine']}  ",
         f"Versions: {info['versions']}  ",
         f"Load average (1/5/15 min) {info['load']}  ",
-        f"Settings: {WORKERS} workers each; wrk -t2 (-t1 at 1 connection: wrk needs conns >= threads), {args.duration} s per run, {args.rounds} interleaved round(s), "
+        f"Settings: {WORKERS} workers each; wrk -t2 (-t1 at 1 connection: wrk needs conns >= threads), {args.duration} s per run, {args.rounds} interleaved round(s){swap}, "
         f"values are the MEDIAN over rounds (errors are summed). sleep10ms runs 4 threads per worker "
         f"(rgun --threads 4, gunicorn --threads 4 = gthread, granian --blocking-threads 4); other WSGI workloads use each "
         f"server's default (Gunicorn: sync worker).",
